@@ -1,0 +1,43 @@
+"""gpu-mm: multimodal preprocessing for VLM serving on CUDA or CPU behind one async interface."""
+
+from __future__ import annotations
+
+from .errors import (
+    BackendUnavailable,
+    DecodeError,
+    GpuMMError,
+    LimitExceeded,
+    MediaError,
+    Overloaded,
+    ProcessingTimeout,
+    ProcessorClosed,
+    SourceError,
+    UnsupportedMedia,
+)
+from .metrics import LatencySummary, StageTimer
+from .processor import AsyncMMDataProcessor, ProcessorStatistics
+from .slots import Completion, Slot, SlotPool, SlotPoolStatistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncMMDataProcessor",
+    "BackendUnavailable",
+    "Completion",
+    "DecodeError",
+    "GpuMMError",
+    "LatencySummary",
+    "LimitExceeded",
+    "MediaError",
+    "Overloaded",
+    "ProcessingTimeout",
+    "ProcessorClosed",
+    "ProcessorStatistics",
+    "Slot",
+    "SlotPool",
+    "SlotPoolStatistics",
+    "SourceError",
+    "StageTimer",
+    "UnsupportedMedia",
+    "__version__",
+]

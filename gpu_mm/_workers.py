@@ -1,0 +1,123 @@
+"""A bounded pool of worker threads, each owning a private copy of a processor and its own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import inspect
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_STOP = object()
+
+
+class WorkerPool:
+    """Runs ``job(processor)`` on one of at most ``max_workers`` threads.
+
+    Each thread builds its private processor once (``factory()``, or a deep copy of ``prototype``, or
+    the prototype itself when it declares ``thread_safe = True``), so objects that are not thread-safe
+    (HF processors, tokenizers, decoder handles) are never shared. A job that returns an awaitable has
+    it driven to completion on the thread's own event loop. The caller bounds the number of jobs in
+    flight, so a job always finds a thread: threads are started on demand up to ``max_workers``.
+    """
+
+    def __init__(
+        self,
+        max_workers: int,
+        *,
+        prototype: Any = None,
+        factory: Callable[[], Any] | None = None,
+        name: str = "gpu-mm-worker",
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers!r}")
+        self.max_workers = max_workers
+        self._prototype = prototype
+        self._factory = factory
+        self._name = name
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def num_threads(self) -> int:
+        return sum(1 for t in self._threads if t.is_alive())
+
+    def submit(self, job: Callable[[Any], Any]) -> concurrent.futures.Future[Any]:
+        """Queue ``job``; the returned future resolves when the job has really finished."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("worker pool is shut down")
+            self._queue.put((job, fut))
+            if self._idle > 0:
+                self._idle -= 1
+            elif len(self._threads) < self.max_workers:
+                t = threading.Thread(
+                    target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(t)
+                t.start()
+        return fut
+
+    def _make_processor(self) -> Any:
+        if self._factory is not None:
+            return self._factory()
+        if self._prototype is None or getattr(self._prototype, "thread_safe", False):
+            return self._prototype
+        return copy.deepcopy(self._prototype)
+
+    def _run(self) -> None:
+        processor: Any = None
+        built = False
+        loop: asyncio.AbstractEventLoop | None = None
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                job, fut = item
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        if not built:
+                            processor = self._make_processor()
+                            built = True
+                        result = job(processor)
+                        if inspect.isawaitable(result):
+                            if loop is None:
+                                loop = asyncio.new_event_loop()
+                            result = loop.run_until_complete(_await(result))
+                    except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                        fut.set_exception(exc)
+                    else:
+                        fut.set_result(result)
+                    del job, fut, item
+                with self._lock:
+                    self._idle += 1
+        finally:
+            if loop is not None:
+                loop.close()
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Let each thread finish its queued work and exit; optionally join them."""
+        with self._lock:
+            if self._closed:
+                threads = list(self._threads)
+            else:
+                self._closed = True
+                threads = list(self._threads)
+                for _ in threads:
+                    self._queue.put(_STOP)
+        if wait:
+            for t in threads:
+                if t is not threading.current_thread():
+                    t.join()
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable

@@ -1,0 +1,65 @@
+"""Typed errors raised by gpu_mm.
+
+Every error a caller can meet is a subclass of :class:`GpuMMError`, so a server can map the whole
+family at once (``Overloaded`` -> HTTP 503, ``ProcessingTimeout`` -> 504, ``MediaError`` -> 400).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "DecodeError",
+    "GpuMMError",
+    "LimitExceeded",
+    "MediaError",
+    "Overloaded",
+    "ProcessingTimeout",
+    "ProcessorClosed",
+    "SourceError",
+    "UnsupportedMedia",
+]
+
+
+class GpuMMError(Exception):
+    """Base class of every error raised by gpu_mm."""
+
+
+class Overloaded(GpuMMError):
+    """Raised at once when a call would exceed the in-flight plus queued bound (HTTP 503)."""
+
+
+class ProcessingTimeout(GpuMMError, TimeoutError):
+    """Raised when a call's deadline passes; its work may still be running (HTTP 504)."""
+
+
+class ProcessorClosed(GpuMMError, RuntimeError):
+    """Raised for calls made, or still queued, after ``shutdown()``."""
+
+
+class BackendUnavailable(GpuMMError, RuntimeError):
+    """Raised when a requested backend (CUDA, DALI, decord, ...) is not installed or usable."""
+
+
+class MediaError(GpuMMError, ValueError):
+    """Base class of errors about one input item; the message names the item and the reason."""
+
+    def __init__(self, item: str, reason: str) -> None:
+        self.item = item
+        self.reason = reason
+        super().__init__(f"{item}: {reason}")
+
+
+class SourceError(MediaError):
+    """Raised when an item's bytes cannot be obtained (bad path, bad base64, URL not allowed)."""
+
+
+class LimitExceeded(MediaError):
+    """Raised when an item exceeds a configured limit (bytes, pixels, frames, duration)."""
+
+
+class UnsupportedMedia(MediaError):
+    """Raised when an item is of a format or codec no available backend decodes."""
+
+
+class DecodeError(MediaError):
+    """Raised when an item is corrupt, truncated or empty and cannot be decoded."""

@@ -1,0 +1,354 @@
+"""Device slots: a worker thread (and, on CUDA, a low-priority stream) per slot, completion by polling.
+
+``SlotPool.run(fn, ...)`` waits for a free slot (FIFO, bounded queue, optional GPU-memory budget in
+bytes in flight), runs ``fn(slot, ...)`` on that slot's own thread (inside its CUDA stream on a GPU),
+then records a completion event after the enqueued work. The event loop never blocks on the GPU: one
+poller task per pool queries every pending event, a few ``sleep(0)`` turns while work completes, then
+backing off to ``poll_max_interval_s``. A caller whose deadline passes gets
+:class:`~gpu_mm.ProcessingTimeout` at once; its slot is *quarantined* until the thread has returned and
+the event has fired, so work in flight never exceeds the number of slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from ._aio import consume
+from ._gate import Gate
+from ._workers import WorkerPool
+from .errors import BackendUnavailable, ProcessingTimeout, ProcessorClosed
+from .metrics import LatencySummary, Window
+
+__all__ = ["Completion", "Slot", "SlotPool", "SlotPoolStatistics"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Completion(Protocol):
+    """What the poller needs of a CUDA event: ``query()`` is True once the work before it is done."""
+
+    def query(self) -> bool: ...
+
+
+@dataclasses.dataclass
+class Slot:
+    """One slot: its index, device, CUDA stream (None on CPU) and per-thread state owned by its worker."""
+
+    index: int
+    device: str
+    stream: Any = None
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Decoders, DALI pipelines and buffers that belong to this slot's thread only."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotPoolStatistics:
+    """A snapshot of a :class:`SlotPool`."""
+
+    device: str
+    num_slots: int
+    busy: int
+    """Slots whose work is running, abandoned work included."""
+    quarantined: int
+    """Busy slots whose caller has given up (deadline or cancellation) and whose work still runs."""
+    queued: int
+    bytes_in_flight: int
+    memory_budget_bytes: int | None
+    completed: int
+    failed: int
+    timed_out: int
+    pending_events: int
+    queue_wait: LatencySummary
+    run_time: LatencySummary
+
+
+class _Pending:
+    __slots__ = ("slot", "nbytes", "done", "abandoned", "started")
+
+    def __init__(self, slot: Slot, nbytes: int, done: asyncio.Future[Any]) -> None:
+        self.slot = slot
+        self.nbytes = nbytes
+        self.done = done
+        self.abandoned = False
+        self.started = time.monotonic()
+
+
+class _EventPoller:
+    """One task per pool that polls every pending completion event from the event loop."""
+
+    HOT_SPINS = 8
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_interval_s: float) -> None:
+        self.loop = loop
+        self.max_interval_s = max_interval_s
+        self.entries: list[tuple[Completion, Callable[[BaseException | None], None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task = loop.create_task(self._run(), name="gpu-mm-event-poller")
+
+    def add(self, event: Completion, on_done: Callable[[BaseException | None], None]) -> None:
+        self.entries.append((event, on_done))
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        idle_turns = 0
+        while True:
+            if not self.entries:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                idle_turns = 0
+            current, self.entries = self.entries, []
+            still: list[tuple[Completion, Callable[[BaseException | None], None]]] = []
+            fired = False
+            for event, on_done in current:
+                try:
+                    ready = event.query()
+                except Exception as exc:  # noqa: BLE001 - a failed query ends that work with an error
+                    on_done(exc)
+                    fired = True
+                    continue
+                if ready:
+                    on_done(None)
+                    fired = True
+                else:
+                    still.append((event, on_done))
+            self.entries = still + self.entries
+            if fired:
+                idle_turns = 0
+            else:
+                idle_turns += 1
+            if idle_turns <= self.HOT_SPINS:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(min(self.max_interval_s, 1e-4 * 2 ** (idle_turns - self.HOT_SPINS)))
+
+
+class SlotPool:
+    """A fixed set of device slots gated by a FIFO admission queue.
+
+    Args:
+        num_slots: slots (threads, and CUDA streams on a GPU) working at once.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        max_queued: calls allowed to wait for a slot (``None``: unbounded).
+        memory_budget_bytes: bytes in flight allowed at once (each call says its ``nbytes``).
+        stream_priority: ``"low"`` (default, so the model's kernels win) or ``"normal"``.
+        event_factory: ``event_factory(slot)`` returns the completion to poll after ``fn`` returns;
+            default: a CUDA event recorded on the slot's stream on CUDA, none on the CPU (the
+            thread's return is the completion). Tests pass fake events here.
+        poll_max_interval_s: the longest the poller sleeps between queries when nothing completes.
+    """
+
+    def __init__(
+        self,
+        num_slots: int = 1,
+        *,
+        device: str = "cpu",
+        max_queued: int | None = None,
+        memory_budget_bytes: int | None = None,
+        stream_priority: str = "low",
+        event_factory: Callable[[Slot], Completion | None] | None = None,
+        poll_max_interval_s: float = 0.002,
+    ) -> None:
+        device = str(device)
+        if not (device == "cpu" or device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if stream_priority not in ("low", "normal"):
+            raise ValueError(f"stream_priority must be 'low' or 'normal', got {stream_priority!r}")
+        self.device = device
+        self.num_slots = num_slots
+        self.memory_budget_bytes = memory_budget_bytes
+        self._gate = Gate(num_slots, max_queued=max_queued, byte_budget=memory_budget_bytes, name="SlotPool")
+        self._slots = [Slot(i, device) for i in range(num_slots)]
+        if device.startswith("cuda"):
+            self._init_cuda(stream_priority)
+        self._event_factory = event_factory if event_factory is not None else self._default_event
+        self._free = list(reversed(self._slots))
+        self._pending: set[_Pending] = set()
+        self._threads = [WorkerPool(1, name=f"gpu-mm-slot-{i}") for i in range(num_slots)]
+        self._poll_max = poll_max_interval_s
+        self._poller: _EventPoller | None = None
+        self._closed = False
+        self._completed = self._failed = self._timed_out = 0
+        self._queue_wait = Window()
+        self._run_time = Window()
+
+    def _init_cuda(self, stream_priority: str) -> None:
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover - torch is a dependency
+            raise BackendUnavailable("torch is not installed") from exc
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(f"device {self.device!r} requested but CUDA is not available")
+        dev = torch.device(self.device)
+        # Larger numbers are lower priority; the range is (least, greatest) = (0, -k).
+        least, _greatest = torch.cuda.Stream.priority_range()
+        priority = least if stream_priority == "low" else 0
+        for slot in self._slots:
+            slot.stream = torch.cuda.Stream(device=dev, priority=priority)
+
+    @staticmethod
+    def _default_event(slot: Slot) -> Completion | None:
+        if slot.stream is None:
+            return None
+        import torch
+
+        event = torch.cuda.Event()
+        event.record(slot.stream)
+        return event
+
+    # ------------------------------------------------------------------ public API
+
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        nbytes: int = 0,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``fn(slot, *args, **kwargs)`` on a slot's thread and await its completion.
+
+        Args:
+            fn: the work; on CUDA it runs with the slot's stream current and must only enqueue.
+            nbytes: device bytes this work holds until it completes (for the memory budget).
+            deadline: ``time.monotonic()`` instant after which the caller gives up.
+
+        Raises:
+            ProcessingTimeout: the deadline passed (queued or running); a running slot is
+                quarantined until its work ends.
+            Overloaded: the queue is full.
+            LimitExceeded: ``nbytes`` is larger than the whole memory budget.
+            Exception: whatever ``fn`` (or the completion event) raised.
+        """
+        if self._closed:
+            raise ProcessorClosed("SlotPool is closed")
+        loop = asyncio.get_running_loop()
+        arrived = time.monotonic()
+        await self._gate.acquire(nbytes=nbytes, deadline=deadline)
+        self._queue_wait.add(time.monotonic() - arrived)
+        slot = self._free.pop()
+        pending = _Pending(slot, nbytes, loop.create_future())
+        self._pending.add(pending)
+        pending.done.add_done_callback(functools.partial(self._release, pending))
+        work = functools.partial(self._work, fn, slot, args, kwargs)
+        cfut = self._threads[slot.index].submit(lambda _processor: work())
+        cfut.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._on_thread_done, pending, f)
+            if not loop.is_closed()
+            else None
+        )
+        try:
+            if deadline is None:
+                await asyncio.wait({pending.done})
+            else:
+                await asyncio.wait({pending.done}, timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.CancelledError:
+            if pending.done.done():
+                consume(pending.done)
+            else:
+                pending.abandoned = True
+            raise
+        if not pending.done.done():
+            pending.abandoned = True
+            self._timed_out += 1
+            raise ProcessingTimeout(
+                f"slot {slot.index} on {self.device}: work did not complete by its deadline; "
+                "the slot stays quarantined until it does"
+            )
+        return pending.done.result()
+
+    def statistics(self) -> SlotPoolStatistics:
+        """Return a snapshot of the pool's state and counters."""
+        return SlotPoolStatistics(
+            device=self.device,
+            num_slots=self.num_slots,
+            busy=self._gate.in_use,
+            quarantined=sum(1 for p in self._pending if p.abandoned),
+            queued=self._gate.queued,
+            bytes_in_flight=self._gate.bytes_in_use,
+            memory_budget_bytes=self.memory_budget_bytes,
+            completed=self._completed,
+            failed=self._failed,
+            timed_out=self._timed_out,
+            pending_events=0 if self._poller is None else len(self._poller.entries),
+            queue_wait=self._queue_wait.summary(),
+            run_time=self._run_time.summary(),
+        )
+
+    async def aclose(self, timeout_s: float | None = None) -> None:
+        """Refuse new work, fail queued calls, and wait (up to ``timeout_s``) for running work."""
+        self._closed = True
+        self._gate.close("SlotPool was closed while the call was queued")
+        pending = [p.done for p in self._pending]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+        for worker in self._threads:
+            worker.shutdown(wait=False)
+        if self._poller is not None and not self._poller.entries:
+            self._poller.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _work(self, fn: Callable[..., T], slot: Slot, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[T, Any]:
+        """Runs on the slot's thread: the work, then the completion event after it."""
+        if slot.stream is not None:
+            import torch
+
+            with torch.cuda.stream(slot.stream):
+                try:
+                    result = fn(slot, *args, **kwargs)
+                finally:
+                    # Even on error, record after whatever was enqueued so the slot is freed only then.
+                    event = self._event_factory(slot)
+            return result, event
+        result = fn(slot, *args, **kwargs)
+        return result, self._event_factory(slot)
+
+    def _on_thread_done(self, pending: _Pending, cfut: Any) -> None:
+        exc = cfut.exception()
+        if exc is not None:
+            # fn raised. On CUDA, work it enqueued may still run; poll a fresh event before release.
+            event = self._event_factory(pending.slot) if pending.slot.stream is not None else None
+            if event is None:
+                self._complete(pending, None, exc)
+            else:
+                self._poll(event, lambda qexc: self._complete(pending, None, exc))
+            return
+        result, event = cfut.result()
+        if event is None:
+            self._complete(pending, result, None)
+        else:
+            self._poll(event, lambda qexc: self._complete(pending, result, qexc))
+
+    def _poll(self, event: Completion, on_done: Callable[[BaseException | None], None]) -> None:
+        loop = asyncio.get_running_loop()
+        if self._poller is None or self._poller.loop is not loop:
+            self._poller = _EventPoller(loop, self._poll_max)
+        self._poller.add(event, on_done)
+
+    def _complete(self, pending: _Pending, result: Any, exc: BaseException | None) -> None:
+        if pending.done.done():
+            return
+        if exc is None:
+            self._completed += 1
+            pending.done.set_result(result)
+        else:
+            self._failed += 1
+            pending.done.set_exception(exc)
+            if pending.abandoned:
+                pending.done.exception()  # retrieved: the caller is gone
+
+    def _release(self, pending: _Pending, _fut: asyncio.Future[Any]) -> None:
+        self._pending.discard(pending)
+        self._run_time.add(time.monotonic() - pending.started)
+        self._free.append(pending.slot)
+        self._gate.release(pending.nbytes)
