@@ -1,0 +1,163 @@
+"""Image decoding to uint8 RGB ``[3, H, W]`` tensors, with one documented colour policy.
+
+Policy (the same pixels transformers' Qwen2-VL processors see when given the decoded image):
+* EXIF orientation is applied (as transformers' ``load_image`` and browsers do);
+* transparency (alpha channel or palette transparency) is composited onto white (as transformers'
+  ``convert_to_rgb`` and qwen-vl-utils' ``to_rgb`` do);
+* grayscale is replicated to three channels; CMYK and other modes use Pillow's conversion to RGB;
+* 16-bit images are reduced to 8 bits by keeping the high byte (Pillow would clip them instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DecodeError, LimitExceeded, UnsupportedMedia
+from .sources import MediaLimits, Source
+
+__all__ = ["ImageInfo", "decode_image", "probe_image"]
+
+_JPEG = b"\xff\xd8\xff"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """Header facts of an image, read without decoding its pixels."""
+
+    width: int
+    height: int
+    format: str
+    mode: str
+
+
+def _open(src: Source) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    assert src.data is not None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(src.data))
+    except UnidentifiedImageError:
+        raise UnsupportedMedia(src.item, "not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise LimitExceeded(src.item, f"image header declares too many pixels ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(src.item, f"corrupt image header: {exc}") from None
+
+
+def probe_image(src: Source, limits: MediaLimits = MediaLimits()) -> ImageInfo:
+    """Read size and format of an encoded or decoded image, checking the pixel limit.
+
+    Raises:
+        UnsupportedMedia, DecodeError, LimitExceeded.
+    """
+    if src.kind == "encoded":
+        img = _open(src)
+        info = ImageInfo(img.width, img.height, img.format or "?", img.mode)
+        if img.format in ("JPEG", "MPO", "TIFF", "WEBP") or "exif" in img.info:
+            orientation = img.getexif().get(0x0112, 1)
+            if orientation in (5, 6, 7, 8):  # transposed: height and width swap
+                info = dataclasses.replace(info, width=img.height, height=img.width)
+    elif src.kind == "pil":
+        img = src.pixels
+        info = ImageInfo(img.width, img.height, "PIL", img.mode)
+    else:
+        arr = _as_hwc(src)
+        info = ImageInfo(arr.shape[1], arr.shape[0], "array", f"{arr.shape[2]}ch")
+    if info.width < 1 or info.height < 1:
+        raise DecodeError(src.item, f"image has no pixels ({info.width}x{info.height})")
+    if info.width * info.height > limits.max_image_pixels:
+        raise LimitExceeded(
+            src.item,
+            f"{info.width}x{info.height} = {info.width * info.height} pixels is over "
+            f"max_image_pixels={limits.max_image_pixels}",
+        )
+    return info
+
+
+def decode_image(src: Source, limits: MediaLimits = MediaLimits()) -> torch.Tensor:
+    """Decode one item to a uint8 RGB ``[3, H, W]`` CPU tensor following the module's colour policy.
+
+    Raises:
+        UnsupportedMedia, DecodeError, LimitExceeded.
+    """
+    probe_image(src, limits)
+    if src.kind == "array":
+        return _array_to_rgb(src)
+    if src.kind == "encoded" and src.data is not None and src.data.startswith(_JPEG):
+        fast = _decode_jpeg_fast(src)
+        if fast is not None:
+            return fast
+    img = _open(src) if src.kind == "encoded" else src.pixels
+    try:
+        return _pil_to_rgb(img)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(src.item, f"cannot decode image: {exc}") from None
+
+
+def _decode_jpeg_fast(src: Source) -> torch.Tensor | None:
+    """libjpeg-turbo through torchvision for plain RGB/grayscale JPEGs; None to use Pillow instead."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    img = _open(src)
+    if img.mode not in ("RGB", "L"):
+        return None  # CMYK / YCCK: Pillow's conversion
+    data = torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8)
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError as exc:
+        raise DecodeError(src.item, f"corrupt JPEG: {exc}") from None
+
+
+def _pil_to_rgb(img: Any) -> torch.Tensor:
+    from PIL import Image, ImageOps
+
+    img.load()
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.uint32)
+        if img.mode != "I" or arr.max(initial=0) > 255:
+            arr = arr >> 8
+        rgb = np.repeat(arr.astype(np.uint8)[..., None], 3, axis=-1)
+    elif "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    else:
+        rgb = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+
+
+def _as_hwc(src: Source) -> np.ndarray:
+    arr = src.pixels
+    if isinstance(arr, torch.Tensor):
+        arr = arr.detach().cpu().numpy()
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8:
+        raise UnsupportedMedia(src.item, f"image arrays must be uint8, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise UnsupportedMedia(src.item, f"image arrays must be HxW, HxWxC or CxHxW, got shape {arr.shape}")
+    if arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.shape[-1] not in (1, 3, 4):
+        raise UnsupportedMedia(src.item, f"image arrays need 1, 3 or 4 channels, got shape {arr.shape}")
+    return arr
+
+
+def _array_to_rgb(src: Source) -> torch.Tensor:
+    arr = _as_hwc(src)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        alpha = arr[..., 3:].astype(np.float32) / 255.0
+        arr = np.round(arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()

@@ -1,0 +1,106 @@
+"""Synthetic test media made in-process (no downloads): images with Pillow, videos with PyAV."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["make_image", "make_video", "pattern"]
+
+
+def pattern(height: int, width: int, seed: int = 0, t: int = 0) -> np.ndarray:
+    """A deterministic RGB uint8 picture with gradients, edges and texture (moves with ``t``)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, size=3)
+    r = 127.5 + 127.5 * np.sin(xx / (7.0 + seed % 5) + phase[0] + t * 0.3)
+    g = 127.5 + 127.5 * np.cos(yy / (11.0 + seed % 3) + phase[1] - t * 0.2)
+    b = ((xx + yy + 4 * t) % 64) * 4.0
+    img = np.stack([r, g, b], axis=-1)
+    # A moving square with hard edges.
+    s = max(2, min(height, width) // 5)
+    y0 = (t * 3 + seed * 7) % max(1, height - s)
+    x0 = (t * 5 + seed * 11) % max(1, width - s)
+    img[y0 : y0 + s, x0 : x0 + s] = (255.0, 32.0, 200.0)
+    noise = rng.normal(0, 6, size=img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def make_image(
+    height: int, width: int, fmt: str = "JPEG", mode: str = "RGB", seed: int = 0, quality: int = 90, **save_kw
+) -> bytes:
+    """Encode a :func:`pattern` as ``fmt`` (JPEG, PNG, WEBP, ...) in Pillow ``mode``."""
+    from PIL import Image
+
+    img = Image.fromarray(pattern(height, width, seed))
+    if mode == "RGBA":
+        alpha = Image.fromarray(np.tile(np.linspace(0, 255, width, dtype=np.uint8), (height, 1)))
+        img = img.convert("RGBA")
+        img.putalpha(alpha)
+    elif mode == "I;16":
+        arr = np.asarray(img.convert("L")).astype(np.uint16) * 257
+        img = Image.fromarray(arr, mode="I;16")
+    elif mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    if fmt.upper() == "JPEG":
+        save_kw.setdefault("quality", quality)
+    img.save(buf, format=fmt, **save_kw)
+    return buf.getvalue()
+
+
+def make_video(
+    num_frames: int,
+    height: int,
+    width: int,
+    *,
+    codec: str = "h264",
+    fps: int = 30,
+    gop: int = 30,
+    bframes: int = 0,
+    container: str | None = None,
+    bit_rate: int | None = None,
+    seed: int = 0,
+    pix_fmt: str | None = None,
+) -> bytes:
+    """Encode ``num_frames`` moving :func:`pattern` frames with PyAV and return the container bytes.
+
+    ``codec``: h264 (libx264), hevc (libx265), vp9 (libvpx-vp9), av1 (libsvtav1), mjpeg, mpeg4.
+    """
+    import av
+
+    encoder = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}.get(codec, codec)
+    if container is None:
+        container = {"vp9": "webm", "mjpeg": "avi"}.get(codec, "mp4")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(encoder, rate=Fraction(fps))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
+        if codec not in ("mjpeg",):
+            stream.codec_context.gop_size = gop
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        opts: dict[str, str] = {}
+        if encoder == "libx264":
+            opts = {"preset": "ultrafast" if not bframes else "veryfast", "bf": str(bframes)}
+            if not bframes:
+                opts["tune"] = "zerolatency"
+        elif encoder == "libx265":
+            opts = {"preset": "ultrafast", "x265-params": f"log-level=error:keyint={gop}:bframes={bframes}"}
+        elif encoder == "libvpx-vp9":
+            opts = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+        elif encoder == "libsvtav1":
+            opts = {"preset": "12"}
+        stream.options = opts
+        base = pattern(height, width, seed)
+        for t in range(num_frames):
+            img = np.roll(base, shift=(t * 3, t * 5), axis=(0, 1))
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()

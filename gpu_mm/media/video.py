@@ -1,0 +1,293 @@
+"""Video probing (from the container's packets, before any decoding) and frame decoders.
+
+Decoders fetch exactly the frames a plan asks for; sampling is planned elsewhere (``gpu_mm.ops``).
+Backends register by name and are imported lazily, so a missing optional package bothers no one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import io
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailable, DecodeError, LimitExceeded, UnsupportedMedia
+from .sources import MediaLimits, Source
+
+__all__ = [
+    "VideoDecoder",
+    "VideoInfo",
+    "available_video_decoders",
+    "get_video_decoder",
+    "probe_video",
+    "register_video_decoder",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What a video is, from its container: header values kept apart from counted ones."""
+
+    width: int
+    height: int
+    codec: str
+    container: str
+    fps: float
+    """Average frame rate (header), or measured from packet timestamps when the header has none."""
+    num_frames: int
+    """Frames counted from the container's packets (exact; never the header's claim)."""
+    header_num_frames: int | None
+    """What the header claims (0/None for WebM and others that do not say); may be wrong."""
+    duration_s: float
+    frame_pts: tuple[int, ...] = dataclasses.field(repr=False, default=())
+    """Presentation timestamps of every frame, in presentation order (index i -> frame_pts[i])."""
+    keyframe_pts: tuple[int, ...] = dataclasses.field(repr=False, default=())
+    time_base: Fraction = Fraction(1, 1)
+
+    def timestamps_s(self, indices: Sequence[int]) -> list[float]:
+        """Seconds at which the given frame indices are shown."""
+        start = self.frame_pts[0] if self.frame_pts else 0
+        if self.frame_pts:
+            return [float((self.frame_pts[i] - start) * self.time_base) for i in indices]
+        return [i / self.fps for i in indices]
+
+
+def _open_av(src: Source) -> Any:
+    import av
+
+    try:
+        return av.open(io.BytesIO(src.data or b""), mode="r")
+    except av.error.InvalidDataError:
+        raise UnsupportedMedia(src.item, "not a recognised video container (or corrupt header)") from None
+    except av.error.FFmpegError as exc:
+        raise DecodeError(src.item, f"cannot open video: {exc}") from None
+
+
+def probe_video(src: Source, limits: MediaLimits = MediaLimits()) -> VideoInfo:
+    """Probe an encoded video: size, codec, fps, and the exact frame index from its packets.
+
+    Raises:
+        UnsupportedMedia: not a container, or no video stream.
+        LimitExceeded: too long, too many frames or too many pixels per frame (checked before decoding).
+        DecodeError: the container is corrupt or holds no frames.
+    """
+    import av
+
+    if src.kind != "encoded":
+        raise UnsupportedMedia(src.item, "probe_video needs encoded bytes")
+    with _open_av(src) as container:
+        if not container.streams.video:
+            raise UnsupportedMedia(src.item, "container has no video stream")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        if width * height > limits.max_video_pixels:
+            raise LimitExceeded(
+                src.item, f"{width}x{height} frames are over max_video_pixels={limits.max_video_pixels}"
+            )
+        duration_hdr = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration_hdr = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration_hdr = container.duration / 1e6
+        if duration_hdr is not None and duration_hdr > limits.max_duration_s:
+            raise LimitExceeded(
+                src.item, f"header duration {duration_hdr:.0f} s is over max_duration_s={limits.max_duration_s:.0f}"
+            )
+        header_frames = int(stream.frames or 0) or None
+        if header_frames is not None and header_frames > limits.max_frames * 4:
+            raise LimitExceeded(src.item, f"header claims {header_frames} frames; max_frames={limits.max_frames}")
+        pts: list[int] = []
+        keys: list[int] = []
+        missing_pts = False
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # flush packet
+                if packet.pts is None:
+                    missing_pts = True
+                    pts.append(len(pts))
+                else:
+                    pts.append(int(packet.pts))
+                if packet.is_keyframe:
+                    keys.append(pts[-1])
+                if len(pts) > limits.max_frames:
+                    raise LimitExceeded(src.item, f"more than max_frames={limits.max_frames} frames")
+        except av.error.FFmpegError as exc:
+            if not pts:
+                raise DecodeError(src.item, f"corrupt video stream: {exc}") from None
+            # A damaged tail: keep the frames before it (decoding will confirm them).
+        if not pts:
+            raise DecodeError(src.item, "video stream holds no frames")
+        if width < 1 or height < 1:
+            raise DecodeError(src.item, "video stream has no frame size")
+        tb = Fraction(stream.time_base) if stream.time_base is not None else Fraction(1, 1)
+        if missing_pts:
+            keys = []  # cannot seek by timestamp: decode sequentially
+        pts.sort()
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if rate:
+            fps = float(rate)
+        elif len(pts) > 1 and not missing_pts:
+            fps = (len(pts) - 1) / float((pts[-1] - pts[0]) * tb)
+        else:
+            raise DecodeError(src.item, "cannot determine the frame rate")
+        duration = len(pts) / fps if fps > 0 else 0.0
+        if duration > limits.max_duration_s:
+            raise LimitExceeded(src.item, f"{duration:.0f} s is over max_duration_s={limits.max_duration_s:.0f}")
+        return VideoInfo(
+            width=width,
+            height=height,
+            codec=ctx.name,
+            container=container.format.name,
+            fps=fps,
+            num_frames=len(pts),
+            header_num_frames=header_frames,
+            duration_s=duration,
+            frame_pts=tuple(pts) if not missing_pts else (),
+            keyframe_pts=tuple(sorted(set(keys))),
+            time_base=tb,
+        )
+
+
+class VideoDecoder(Protocol):
+    """A backend that returns the frames at given indices as uint8 ``[N, H, W, 3]``."""
+
+    name: str
+
+    def get_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> torch.Tensor: ...
+
+
+class PyAVDecoder:
+    """PyAV (bundled FFmpeg): seeks to the keyframe before a wanted frame only when that frame's GOP
+    lies ahead of the decode position; otherwise decodes forward, keeping only wanted frames."""
+
+    name = "pyav"
+
+    def __init__(self, thread_type: str | None = None) -> None:
+        self.thread_type = thread_type
+
+    def get_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> torch.Tensor:
+        import av
+
+        if not indices:
+            raise ValueError("no frame indices given")
+        bad = [i for i in indices if not 0 <= i < info.num_frames]
+        if bad:
+            raise ValueError(f"frame indices {bad[:5]} out of range [0, {info.num_frames})")
+        wanted = sorted(set(indices))
+        got: dict[int, np.ndarray] = {}
+        try:
+            with _open_av(src) as container:
+                stream = container.streams.video[0]
+                if self.thread_type:
+                    stream.thread_type = self.thread_type
+                if info.frame_pts:
+                    self._by_pts(container, stream, info, wanted, got)
+                else:
+                    self._sequential(container, stream, wanted, got)
+        except av.error.FFmpegError as exc:
+            raise DecodeError(src.item, f"video decode failed: {exc}") from None
+        missing = [i for i in wanted if i not in got]
+        if missing:
+            raise DecodeError(
+                src.item,
+                f"{len(missing)} of {len(wanted)} planned frames could not be decoded (first: {missing[0]}); "
+                "the stream is truncated or corrupt",
+            )
+        return torch.from_numpy(np.stack([got[i] for i in indices]))
+
+    @staticmethod
+    def _by_pts(container: Any, stream: Any, info: VideoInfo, wanted: list[int], got: dict[int, np.ndarray]) -> None:
+        pts_to_index = {info.frame_pts[i]: i for i in wanted}
+        keys = info.keyframe_pts
+        pos = -1  # index of the last frame decoded
+        frames = None
+        for i in wanted:
+            if i in got:
+                continue
+            target = info.frame_pts[i]
+            k = bisect.bisect_right(keys, target) - 1
+            key_pts = keys[k] if k >= 0 else info.frame_pts[0]
+            key_index = bisect.bisect_left(info.frame_pts, key_pts)
+            if frames is None or key_index > pos:
+                if frames is not None or key_index > 0:
+                    container.seek(key_pts, stream=stream, backward=True, any_frame=False)
+                frames = container.decode(stream)
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                idx = pts_to_index.get(frame.pts)
+                pos = max(pos, bisect.bisect_left(info.frame_pts, frame.pts))
+                if idx is not None and idx not in got:
+                    got[idx] = frame.to_ndarray(format="rgb24")
+                if frame.pts >= target:
+                    break
+
+    @staticmethod
+    def _sequential(container: Any, stream: Any, wanted: list[int], got: dict[int, np.ndarray]) -> None:
+        want = set(wanted)
+        last = wanted[-1]
+        for n, frame in enumerate(container.decode(stream)):
+            if n in want:
+                got[n] = frame.to_ndarray(format="rgb24")
+            if n >= last:
+                break
+
+
+_FACTORIES: dict[str, Callable[[], VideoDecoder]] = {"pyav": PyAVDecoder}
+
+
+def register_video_decoder(name: str, factory: Callable[[], VideoDecoder]) -> None:
+    """Register a decoder backend under ``name`` (its factory is called lazily, per worker)."""
+    _FACTORIES[name] = factory
+
+
+def available_video_decoders() -> list[str]:
+    """Names of registered decoders whose packages import here."""
+    out = []
+    for name in _FACTORIES:
+        try:
+            get_video_decoder(name)
+        except BackendUnavailable:
+            continue
+        out.append(name)
+    return out
+
+
+def get_video_decoder(name: str = "pyav") -> VideoDecoder:
+    """Build the decoder registered as ``name``.
+
+    Raises:
+        ValueError: unknown name.
+        BackendUnavailable: its package is not installed.
+    """
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown video decoder {name!r}; registered: {sorted(_FACTORIES)}")
+    return _FACTORIES[name]()
+
+
+def frames_from_array(src: Source) -> torch.Tensor:
+    """Already decoded frames (``T x H x W x C`` or ``T x C x H x W`` uint8) as ``[T, H, W, 3]``.
+
+    Raises:
+        UnsupportedMedia: wrong dtype, rank or channel count.
+    """
+    arr = src.pixels
+    t = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr))
+    if t.dtype != torch.uint8:
+        raise UnsupportedMedia(src.item, f"video arrays must be uint8, got {t.dtype}")
+    if t.ndim != 4:
+        raise UnsupportedMedia(src.item, f"video arrays must be T x H x W x C, got shape {tuple(t.shape)}")
+    if t.shape[-1] not in (1, 3) and t.shape[1] in (1, 3):
+        t = t.permute(0, 2, 3, 1)
+    if t.shape[-1] == 1:
+        t = t.expand(-1, -1, -1, 3)
+    if t.shape[-1] != 3 or t.shape[0] == 0:
+        raise UnsupportedMedia(src.item, f"video arrays need >= 1 frame of 1 or 3 channels, got {tuple(t.shape)}")
+    return t.contiguous()

@@ -1,0 +1,456 @@
+"""Qwen2-VL / Qwen2.5-VL preprocessing: plan (pure), then run on a device slot; HF-compatible output.
+
+``Qwen2VLPreprocessor`` turns images and videos into ``pixel_values``, ``image_grid_thw``,
+``pixel_values_videos``, ``video_grid_thw`` and ``second_per_grid_ts``, the same features transformers'
+``Qwen2VLImageProcessor`` / ``Qwen2VLVideoProcessor`` produce from the same decoded pixels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from .. import ops
+from ..errors import BackendUnavailable, LimitExceeded, UnsupportedMedia
+from ..media.image import decode_image, probe_image
+from ..media.sources import MediaLimits, Source, load_source
+from ..media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video
+from ..metrics import StageTimer
+from ..slots import Slot, SlotPool
+
+__all__ = ["ItemReport", "Qwen2VLConfig", "Qwen2VLFeatures", "Qwen2VLPreprocessor"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2VLConfig:
+    """Preprocessing settings; defaults are transformers 5.x Qwen2-VL defaults and qwen-vl-utils sampling."""
+
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    image_min_pixels: int = 56 * 56
+    image_max_pixels: int = 28 * 28 * 1280
+    video_min_pixels: int = 128 * 28 * 28
+    video_max_pixels: int = 768 * 28 * 28
+    image_mean: tuple[float, float, float] = ops.OPENAI_CLIP_MEAN
+    image_std: tuple[float, float, float] = ops.OPENAI_CLIP_STD
+    sampling: Literal["qwen_vl_utils", "hf"] = "qwen_vl_utils"
+    """``qwen_vl_utils``: fps 2, even count in [4, 768], linspace indices, per-frame pixel cap from
+    ``video_total_pixels``. ``hf``: transformers' rule (all frames unless ``fps``/``nframes`` given)."""
+    fps: float | None = 2.0
+    min_frames: int = 4
+    max_frames: int = 768
+    video_total_pixels: float = 128000 * 28 * 28 * 0.9
+    cap_pixels_per_frame: bool = False
+    """For the ``hf`` rule: apply transformers' ``cap_pixels_per_frame`` budget."""
+    output_dtype: torch.dtype = torch.float32
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+
+@dataclasses.dataclass
+class ItemReport:
+    """What happened to one item: its plan, the decoder used, and per-stage seconds."""
+
+    kind: Literal["image", "video"]
+    item: str
+    source_size: tuple[int, int]
+    """(height, width) as decoded."""
+    resized: tuple[int, int]
+    grid_thw: tuple[int, int, int]
+    num_tokens: int
+    """Visual tokens after the 2x2 merge: t*h*w / merge**2."""
+    decoder: str
+    frame_indices: list[int] | None = None
+    sample_fps: float | None = None
+    video_fps: float | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Qwen2VLFeatures:
+    """Model inputs for Qwen2-VL / Qwen2.5-VL, plus a report per item."""
+
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    second_per_grid_ts: list[float] | None = None
+    items: list[ItemReport] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys and dtypes a transformers Qwen2-VL model consumes (absent modalities left out)."""
+        out: dict[str, Any] = {}
+        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.second_per_grid_ts is not None:
+            out["second_per_grid_ts"] = torch.tensor(self.second_per_grid_ts, dtype=torch.float32)
+        return out
+
+
+@dataclasses.dataclass
+class _Plan:
+    """Everything decided before touching pixels (pure data, no tensors except array inputs)."""
+
+    kind: Literal["image", "video"]
+    src: Source
+    target: tuple[int, int]
+    grid: tuple[int, int, int]
+    source_size: tuple[int, int]
+    indices: list[int] | None = None
+    info: VideoInfo | None = None
+    sample_fps: float | None = None
+    nbytes: int = 0
+    timer: StageTimer = dataclasses.field(default_factory=StageTimer)
+
+
+class Qwen2VLPreprocessor:
+    """Images and videos to Qwen2-VL features on CUDA or CPU.
+
+    Use it synchronously (``pre(images=..., videos=...)``), asynchronously
+    (``await pre.preprocess(...)``, heavy work on device slots), or as an SGLang-style processor
+    (``process_mm_data_async``) inside :class:`gpu_mm.AsyncMMDataProcessor`.
+
+    Args:
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        config: a :class:`Qwen2VLConfig`; keyword overrides of its fields may be given directly.
+        limits: :class:`MediaLimits` applied to every item.
+        video_decoder: a registered decoder name (``"pyav"`` always exists).
+        num_slots: device slots (default: 1 on CUDA, as SGLang found best, else 2).
+        memory_budget_bytes: bytes in flight allowed on the device (decoded frames and outputs).
+        output: ``"device"`` leaves features where they were made; ``"cpu"`` copies them to the CPU.
+    """
+
+    thread_safe = True  # no shared mutable state: per-thread state lives in the slots
+
+    def __init__(
+        self,
+        device: str = "auto",
+        *,
+        config: Qwen2VLConfig | None = None,
+        limits: MediaLimits | None = None,
+        video_decoder: str = "pyav",
+        num_slots: int | None = None,
+        memory_budget_bytes: int | None = None,
+        max_queued: int | None = None,
+        output: Literal["device", "cpu"] = "device",
+        **overrides: Any,
+    ) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable(f"device {device!r} requested but CUDA is not available")
+        if output not in ("device", "cpu"):
+            raise ValueError(f"output must be 'device' or 'cpu', got {output!r}")
+        self.device = device
+        self.config = dataclasses.replace(config or Qwen2VLConfig(), **overrides)
+        if self.config.sampling not in ("qwen_vl_utils", "hf"):
+            raise ValueError(f"sampling must be 'qwen_vl_utils' or 'hf', got {self.config.sampling!r}")
+        self.limits = limits or MediaLimits()
+        get_video_decoder(video_decoder)  # fail now, not per request, if the backend is missing
+        self.video_decoder = video_decoder
+        self.output = output
+        self._num_slots = num_slots or (1 if device.startswith("cuda") else 2)
+        self._memory_budget = memory_budget_bytes
+        self._max_queued = max_queued
+        self._slots: SlotPool | None = None
+        self._io: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ sync API
+
+    def __call__(
+        self,
+        images: Sequence[Any] | Any | None = None,
+        videos: Sequence[Any] | Any | None = None,
+        **request: Any,
+    ) -> Qwen2VLFeatures:
+        """Preprocess on the calling thread (scripts, tests). Per-request keys: ``fps``, ``nframes``,
+        ``video_start``, ``video_end``, ``min_pixels``, ``max_pixels``, ``total_pixels``."""
+        plans = self._plan_all(images, videos, request)
+        slot = Slot(-1, self.device)
+        outs = [self._execute(slot, plan) for plan in plans]
+        return self._assemble(plans, outs)
+
+    # ------------------------------------------------------------------ async API
+
+    async def preprocess(
+        self,
+        images: Sequence[Any] | Any | None = None,
+        videos: Sequence[Any] | Any | None = None,
+        *,
+        deadline: float | None = None,
+        **request: Any,
+    ) -> Qwen2VLFeatures:
+        """Like ``__call__`` but async: planning on IO threads, pixel work on device slots.
+
+        ``deadline`` is a ``time.monotonic()`` instant; past it :class:`gpu_mm.ProcessingTimeout` is
+        raised and any running item keeps its slot until it ends.
+        """
+        loop = asyncio.get_running_loop()
+        if self._io is None:
+            self._io = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="gpu-mm-io")
+        if self._slots is None:
+            self._slots = SlotPool(
+                self._num_slots,
+                device=self.device,
+                memory_budget_bytes=self._memory_budget,
+                max_queued=self._max_queued,
+            )
+        plan_future = loop.run_in_executor(self._io, self._plan_all, images, videos, request)
+        plans = await _within(plan_future, deadline)
+        slots = self._slots
+        runs = [slots.run(self._execute, plan, nbytes=plan.nbytes, deadline=deadline) for plan in plans]
+        results = await asyncio.gather(*runs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return self._assemble(plans, list(results))  # type: ignore[arg-type]
+
+    async def process_mm_data_async(
+        self,
+        image_data: Any = None,
+        audio_data: Any = None,
+        input_text: Any = None,
+        request_obj: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """SGLang's processor contract: features for the request's images and videos as a dict.
+
+        Videos come from ``kwargs["video_data"]`` or ``request_obj.video_data``. Audio is refused.
+        """
+        if audio_data:
+            raise UnsupportedMedia("audio", "Qwen2-VL takes no audio")
+        videos = kwargs.pop("video_data", None)
+        if videos is None and request_obj is not None:
+            videos = getattr(request_obj, "video_data", None)
+        feats = await self.preprocess(images=image_data or None, videos=videos or None, **kwargs)
+        out = feats.to_dict()
+        out["input_text"] = input_text
+        out["items"] = feats.items
+        return out
+
+    async def aclose(self) -> None:
+        """Release the slots and IO threads."""
+        if self._slots is not None:
+            await self._slots.aclose()
+        if self._io is not None:
+            self._io.shutdown(wait=False)
+
+    # ------------------------------------------------------------------ planning (pure, no pixels)
+
+    def _plan_all(self, images: Any, videos: Any, request: dict[str, Any]) -> list[_Plan]:
+        unknown = set(request) - {"fps", "nframes", "video_start", "video_end", "min_pixels", "max_pixels",
+                                  "total_pixels"}
+        if unknown:
+            raise TypeError(f"unknown per-request options {sorted(unknown)}")
+        plans = [self._plan_image(obj, f"image[{i}]", request) for i, obj in enumerate(_as_list(images))]
+        plans += [self._plan_video(obj, f"video[{i}]", request) for i, obj in enumerate(_as_list(videos))]
+        return plans
+
+    def _target(self, src: Source, h: int, w: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
+        try:
+            return ops.smart_resize(h, w, self.config.factor, int(min_pixels), int(max_pixels))
+        except ValueError as exc:
+            raise LimitExceeded(src.item, str(exc)) from None
+
+    def _plan_image(self, obj: Any, item: str, request: dict[str, Any]) -> _Plan:
+        timer = StageTimer()
+        with timer.stage("load"):
+            src = load_source(obj, item, self.limits)
+            info = probe_image(src, self.limits)
+        cfg = self.config
+        target = self._target(
+            src, info.height, info.width,
+            request.get("min_pixels", cfg.image_min_pixels), request.get("max_pixels", cfg.image_max_pixels),
+        )
+        grid = (1, target[0] // cfg.patch_size, target[1] // cfg.patch_size)
+        nbytes = 3 * (info.height * info.width + target[0] * target[1]) + _feature_bytes(grid, cfg)
+        return _Plan("image", src, target, grid, (info.height, info.width), nbytes=nbytes, timer=timer)
+
+    def _plan_video(self, obj: Any, item: str, request: dict[str, Any]) -> _Plan:
+        cfg = self.config
+        timer = StageTimer()
+        with timer.stage("load"):
+            src = load_source(obj, item, self.limits)
+        info: VideoInfo | None = None
+        if src.kind == "encoded":
+            with timer.stage("probe"):
+                info = probe_video(src, self.limits)
+            total, video_fps, h, w = info.num_frames, info.fps, info.height, info.width
+        elif src.kind == "array":
+            frames = frames_from_array(src)
+            src.pixels = frames
+            total, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
+            video_fps = float(request.get("fps") or cfg.fps or 2.0)
+        else:
+            raise UnsupportedMedia(src.item, "a video must be encoded bytes/path/URL or a T x H x W x C array")
+        fps = request.get("fps", cfg.fps)
+        nframes = request.get("nframes")
+        try:
+            if cfg.sampling == "qwen_vl_utils":
+                start, end = _frame_range(total, video_fps, request.get("video_start"), request.get("video_end"))
+                n = ops.nframes_qwen_vl_utils(
+                    end - start + 1, video_fps, fps=None if nframes is not None else fps, nframes=nframes,
+                    min_frames=cfg.min_frames, max_frames=cfg.max_frames, frame_factor=cfg.temporal_patch_size,
+                )
+                indices = ops.sample_indices_qwen_vl_utils(start, end, n)
+                sample_fps = n / max(end - start + 1, 1e-6) * video_fps
+                max_pixels = ops.video_max_pixels_qwen_vl_utils(
+                    n, min_pixels=request.get("min_pixels", cfg.video_min_pixels),
+                    frame_max_pixels=cfg.video_max_pixels,
+                    total_pixels=request.get("total_pixels", cfg.video_total_pixels),
+                    max_pixels=request.get("max_pixels"), frame_factor=cfg.temporal_patch_size,
+                )
+            else:
+                n_hf = ops.nframes_hf(
+                    total, video_fps, fps=request.get("fps") if nframes is None else None, num_frames=nframes,
+                    min_frames=cfg.min_frames, max_frames=cfg.max_frames, temporal_patch_size=cfg.temporal_patch_size,
+                )
+                indices = ops.sample_indices_hf(total, n_hf)
+                sample_fps = len(indices) / total * video_fps
+                max_pixels = request.get("max_pixels", cfg.video_max_pixels)
+                if cfg.cap_pixels_per_frame:
+                    budget = int(cfg.video_total_pixels)
+                    max_pixels = max(
+                        min(max_pixels, budget * cfg.temporal_patch_size // len(indices)),
+                        int(cfg.video_min_pixels * 1.05),
+                    )
+        except ValueError as exc:
+            raise LimitExceeded(src.item, f"cannot sample frames: {exc}") from None
+        target = self._target(src, h, w, request.get("min_pixels", cfg.video_min_pixels), max_pixels)
+        t = len(indices) + (-len(indices) % cfg.temporal_patch_size)
+        grid = (t // cfg.temporal_patch_size, target[0] // cfg.patch_size, target[1] // cfg.patch_size)
+        nbytes = len(indices) * 3 * (h * w + target[0] * target[1]) + _feature_bytes(grid, cfg)
+        return _Plan("video", src, target, grid, (h, w), indices=indices, info=info, sample_fps=sample_fps,
+                     nbytes=nbytes, timer=timer)
+
+    # ------------------------------------------------------------------ execution (on a slot thread)
+
+    def _execute(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
+        """Decode, resize, normalize and patchify one planned item on ``slot``'s device."""
+        device = torch.device(slot.device)
+        timer = plan.timer
+        with timer.stage("decode"):
+            frames, decoder = self._decode(slot, plan)  # uint8 [T, 3, H, W]
+        with timer.stage("transfer"):
+            if frames.device != device:
+                frames = frames.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else frames.to(device)
+        with timer.stage("resize"):
+            frames = ops.resize(frames, plan.target)
+        with timer.stage("normalize_patchify"):
+            pv, grid = self._normalize_patchify(frames)
+        if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
+            raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
+        if self.output == "cpu" and pv.device.type != "cpu":
+            pv = pv.to("cpu")
+        return pv, decoder
+
+    def _decode(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
+        src = plan.src
+        if plan.kind == "image":
+            return decode_image(src, self.limits).unsqueeze(0), "torchvision/pillow"
+        if src.kind == "array":
+            assert plan.indices is not None
+            frames = src.pixels[plan.indices]
+            return frames.permute(0, 3, 1, 2), "array"
+        assert plan.info is not None and plan.indices is not None
+        decoder = slot.state.get(("video_decoder", self.video_decoder))
+        if decoder is None:
+            decoder = get_video_decoder(self.video_decoder)
+            slot.state[("video_decoder", self.video_decoder)] = decoder
+        frames = decoder.get_frames_at(src, plan.info, plan.indices)
+        return frames.permute(0, 3, 1, 2), decoder.name
+
+    def _normalize_patchify(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        cfg = self.config
+        if frames.device.type == "cuda":
+            from ..kernels import fused_normalize_patchify, triton_available
+
+            if triton_available():
+                return fused_normalize_patchify(
+                    frames, cfg.image_mean, cfg.image_std, patch_size=cfg.patch_size,
+                    temporal_patch_size=cfg.temporal_patch_size, merge_size=cfg.merge_size,
+                    dtype=cfg.output_dtype,
+                )
+        return ops.normalize_patchify(
+            frames, cfg.image_mean, cfg.image_std, patch_size=cfg.patch_size,
+            temporal_patch_size=cfg.temporal_patch_size, merge_size=cfg.merge_size, dtype=cfg.output_dtype,
+        )
+
+    # ------------------------------------------------------------------ output
+
+    def _assemble(self, plans: list[_Plan], outs: list[tuple[torch.Tensor, str]]) -> Qwen2VLFeatures:
+        feats = Qwen2VLFeatures()
+        cfg = self.config
+        img = [(p, o) for p, o in zip(plans, outs) if p.kind == "image"]
+        vid = [(p, o) for p, o in zip(plans, outs) if p.kind == "video"]
+        if img:
+            feats.pixel_values = torch.cat([o[0] for _, o in img]) if len(img) > 1 else img[0][1][0]
+            feats.image_grid_thw = torch.tensor([p.grid for p, _ in img], dtype=torch.long)
+        if vid:
+            feats.pixel_values_videos = torch.cat([o[0] for _, o in vid]) if len(vid) > 1 else vid[0][1][0]
+            feats.video_grid_thw = torch.tensor([p.grid for p, _ in vid], dtype=torch.long)
+            feats.second_per_grid_ts = [cfg.temporal_patch_size / (p.sample_fps or 1.0) for p, _ in vid]
+        for p, (pv, decoder) in zip(plans, outs):
+            t, h, w = p.grid
+            feats.items.append(
+                ItemReport(
+                    kind=p.kind, item=p.src.item, source_size=p.source_size, resized=p.target, grid_thw=p.grid,
+                    num_tokens=t * h * w // cfg.merge_size**2, decoder=decoder, frame_indices=p.indices,
+                    sample_fps=p.sample_fps, video_fps=None if p.info is None else p.info.fps,
+                    timings=dict(p.timer.stages),
+                )
+            )
+        return feats
+
+
+def _feature_bytes(grid: tuple[int, int, int], cfg: Qwen2VLConfig) -> int:
+    t, h, w = grid
+    itemsize = torch.empty((), dtype=cfg.output_dtype).element_size()
+    return t * h * w * 3 * cfg.temporal_patch_size * cfg.patch_size**2 * itemsize
+
+
+def _as_list(x: Any) -> list[Any]:
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+def _frame_range(total: int, fps: float, start_s: float | None, end_s: float | None) -> tuple[int, int]:
+    """qwen-vl-utils' ``calculate_video_frame_range``: [start, end] frame indices for a time window."""
+    import math
+
+    if start_s is None and end_s is None:
+        return 0, total - 1
+    max_duration = total / fps
+    start = math.ceil(max(0.0, min(start_s, max_duration)) * fps) if start_s is not None else 0
+    end = min(math.floor(max(0.0, min(end_s, max_duration)) * fps), total - 1) if end_s is not None else total - 1
+    if start >= end:
+        raise ValueError(f"time window [{start_s}, {end_s}] s selects no frames of a {max_duration:.2f} s video")
+    return start, end
+
+
+async def _within(fut: asyncio.Future[Any], deadline: float | None) -> Any:
+    from ..errors import ProcessingTimeout
+
+    if deadline is None:
+        return await fut
+    done, _ = await asyncio.wait({fut}, timeout=max(0.0, deadline - time.monotonic()))
+    if not done:
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        raise ProcessingTimeout("planning (load + probe) did not finish by the deadline")
+    return fut.result()
+
+

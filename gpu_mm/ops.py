@@ -1,0 +1,232 @@
+"""Device-agnostic tensor ops for Qwen2-VL preprocessing: sizes, frame sampling, resize, normalize, patchify.
+
+Everything here is pure: no requests, no I/O. Tensor ops create their constants on the input's device
+and dtype and work on CPU and CUDA alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as tvF
+
+__all__ = [
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "normalize",
+    "normalize_patchify",
+    "nframes_hf",
+    "nframes_qwen_vl_utils",
+    "patchify",
+    "resize",
+    "sample_indices_hf",
+    "sample_indices_qwen_vl_utils",
+    "smart_resize",
+    "video_max_pixels_qwen_vl_utils",
+]
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_RATIO = 200
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = 28,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 1280,
+) -> tuple[int, int]:
+    """Target (height, width): multiples of ``factor``, area within [min, max] pixels, aspect kept.
+
+    Same arithmetic as transformers 5.x ``smart_resize``.
+
+    Raises:
+        ValueError: a side is < 1 or the aspect ratio is over 200.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than {MAX_RATIO}, got {max(height, width) / min(height, width)}"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+# ---------------------------------------------------------------- frame sampling (planned once)
+
+
+def nframes_qwen_vl_utils(
+    total_frames: int,
+    video_fps: float,
+    *,
+    fps: float | None = 2.0,
+    nframes: int | None = None,
+    min_frames: int = 4,
+    max_frames: int = 768,
+    frame_factor: int = 2,
+) -> int:
+    """Number of frames qwen-vl-utils 0.0.14 samples (``smart_nframes``).
+
+    Raises:
+        ValueError: the result is outside ``[frame_factor, total_frames]`` (too short a video).
+    """
+    if nframes is not None:
+        n = round(nframes / frame_factor) * frame_factor
+    else:
+        fps = 2.0 if fps is None else fps
+        lo = math.ceil(min_frames / frame_factor) * frame_factor
+        hi = math.floor(min(max_frames, total_frames) / frame_factor) * frame_factor
+        n = total_frames / video_fps * fps
+        n = min(min(max(n, lo), hi), total_frames)
+        n = math.floor(n / frame_factor) * frame_factor
+    if not (frame_factor <= n <= total_frames):
+        raise ValueError(f"nframes should be in [{frame_factor}, {total_frames}], got {n}")
+    return int(n)
+
+
+def sample_indices_qwen_vl_utils(start: int, end: int, n: int) -> list[int]:
+    """qwen-vl-utils' indices: ``torch.linspace(start, end, n).round()`` (float32, half to even)."""
+    return torch.linspace(start, end, n).round().long().tolist()
+
+
+def video_max_pixels_qwen_vl_utils(
+    nframes: int,
+    *,
+    min_pixels: int = 128 * 28 * 28,
+    frame_max_pixels: int = 768 * 28 * 28,
+    total_pixels: float = 128000 * 28 * 28 * 0.9,
+    max_pixels: float | None = None,
+    frame_factor: int = 2,
+) -> float:
+    """qwen-vl-utils' per-frame pixel cap: an even share of the total budget, within the frame bounds."""
+    cap = max(min(frame_max_pixels, total_pixels / nframes * frame_factor), int(min_pixels * 1.05))
+    return cap if max_pixels is None else min(max_pixels, cap)
+
+
+def nframes_hf(
+    total_frames: int,
+    video_fps: float | None,
+    *,
+    fps: float | None = None,
+    num_frames: int | None = None,
+    min_frames: int = 4,
+    max_frames: int = 768,
+    temporal_patch_size: int = 2,
+) -> int | None:
+    """Number of frames transformers' ``Qwen2VLVideoProcessor.sample_frames`` keeps (None: all)."""
+    if fps is not None and num_frames is not None:
+        raise ValueError("num_frames and fps are mutually exclusive")
+    if num_frames is not None:
+        n: float = round(num_frames / temporal_patch_size) * temporal_patch_size
+    elif fps is not None:
+        if not video_fps:
+            raise ValueError("sampling by fps needs the video's fps")
+        hi = math.floor(min(max_frames, total_frames) / temporal_patch_size) * temporal_patch_size
+        n = total_frames / video_fps * fps
+        n = min(max(n, min_frames), hi, total_frames)
+        n = math.floor(n / temporal_patch_size) * temporal_patch_size
+    else:
+        return None
+    if n > total_frames:
+        raise ValueError(f"cannot sample {n} frames from {total_frames}")
+    return int(n)
+
+
+def sample_indices_hf(total_frames: int, n: int | None) -> list[int]:
+    """transformers' indices: ``arange(0, total, total / n).int()`` (all frames when n is None)."""
+    if n is None:
+        return list(range(total_frames))
+    if n <= 0:
+        raise ValueError(f"cannot sample {n} frames")
+    return torch.arange(0, total_frames, total_frames / n).int().tolist()
+
+
+# ---------------------------------------------------------------- tensor ops
+
+
+def resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic, antialiased resize of ``[..., C, H, W]`` (uint8 stays uint8, as in transformers).
+
+    Returns the input itself when it already has that size.
+    """
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    return tvF.resize(frames, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def _mean_std(
+    like: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # The same float32 arithmetic as transformers' fused rescale+normalize: mean / (1/255), std / (1/255).
+    m = torch.tensor(mean, device=like.device) * (1.0 / (1 / 255))
+    s = torch.tensor(std, device=like.device) * (1.0 / (1 / 255))
+    return m, s
+
+
+def normalize(
+    frames: torch.Tensor,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> torch.Tensor:
+    """Fused rescale + normalize of uint8 ``[..., C, H, W]``: ``(x - 255 mean) / (255 std)`` in float32."""
+    m, s = _mean_std(frames, mean, std)
+    x = frames.to(torch.float32)
+    return (x - m[:, None, None]) / s[:, None, None]
+
+
+def patchify(
+    frames: torch.Tensor,
+    patch_size: int = 14,
+    temporal_patch_size: int = 2,
+    merge_size: int = 2,
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Flatten ``[T, C, H, W]`` into ``[grid_t*grid_h*grid_w, C*tp*p*p]`` rows in Qwen2-VL order.
+
+    An odd last frame is repeated (one image becomes a pair of itself), exactly as transformers does.
+    Rows follow (t, h-block, w-block, h-in-merge, w-in-merge); each row is (C, tp, p, p).
+    """
+    t, c, h, w = frames.shape
+    if h % (patch_size * merge_size) or w % (patch_size * merge_size):
+        raise ValueError(f"frame size {h}x{w} is not a multiple of {patch_size * merge_size}")
+    if pad := -t % temporal_patch_size:
+        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
+        t += pad
+    gt, gh, gw = t // temporal_patch_size, h // patch_size, w // patch_size
+    x = frames.reshape(
+        gt, temporal_patch_size, c, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size
+    )
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(gt * gh * gw, c * temporal_patch_size * patch_size * patch_size), (gt, gh, gw)
+
+
+def normalize_patchify(
+    frames: torch.Tensor,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+    *,
+    patch_size: int = 14,
+    temporal_patch_size: int = 2,
+    merge_size: int = 2,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Reference for the fused kernel: normalize uint8 ``[T, C, H, W]`` then patchify, cast to ``dtype``."""
+    pv, grid = patchify(normalize(frames, mean, std), patch_size, temporal_patch_size, merge_size)
+    return pv.to(dtype), grid
+
+
+SamplingRule = Literal["qwen_vl_utils", "hf"]

@@ -1,0 +1,100 @@
+"""Fused rescale + normalize + Qwen2-VL patchify: read resized uint8 frames once, write features once.
+
+Reference: ``gpu_mm.ops.normalize_patchify`` (normalize then patchify in torch). Output rows are in
+Qwen2-VL order (t-pair, h-block, w-block, h-in-merge, w-in-merge); each row is (C, tp, p, p); an odd
+last frame is repeated, as transformers does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+
+@triton.jit
+def _normalize_patchify_kernel(
+    src_ptr,  # uint8 [T, C, H, W], contiguous
+    out_ptr,  # [rows, C * TP * P * P]
+    mean_ptr,  # float32 [C], already * 255
+    std_ptr,  # float32 [C], already * 255
+    T, H, W, GH, GW,
+    C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
+    ROW: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < ROW
+    # row -> (gt, bh, bw, mh, mw)
+    per_t = GH * GW
+    gt = row // per_t
+    rem = row % per_t
+    mw = rem % M
+    mh = (rem // M) % M
+    blk = rem // (M * M)
+    bw = blk % (GW // M)
+    bh = blk // (GW // M)
+    # col -> (c, tt, ph, pw)
+    c = cols // (TP * P * P)
+    r = cols % (TP * P * P)
+    tt = r // (P * P)
+    ph = (r // P) % P
+    pw = r % P
+    t = tl.minimum(gt * TP + tt, T - 1)  # odd frame count: repeat the last frame
+    h = (bh * M + mh) * P + ph
+    w = (bw * M + mw) * P + pw
+    offs = ((t * C + c) * H + h) * W + w
+    x = tl.load(src_ptr + offs, mask=mask, other=0).to(tl.float32)
+    m = tl.load(mean_ptr + c, mask=mask, other=0.0)
+    s = tl.load(std_ptr + c, mask=mask, other=1.0)
+    y = (x - m) / s
+    tl.store(out_ptr + row * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def fused_normalize_patchify(
+    frames: torch.Tensor,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+    *,
+    patch_size: int = 14,
+    temporal_patch_size: int = 2,
+    merge_size: int = 2,
+    dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Normalize uint8 ``[T, C, H, W]`` frames and lay them out as Qwen2-VL ``pixel_values`` rows.
+
+    Args:
+        out: optional preallocated ``[rows, C*tp*p*p]`` output (e.g. from a reused pool).
+
+    Returns:
+        (pixel_values, (grid_t, grid_h, grid_w)).
+    """
+    if frames.dtype != torch.uint8 or frames.ndim != 4:
+        raise ValueError(f"frames must be uint8 [T, C, H, W], got {frames.dtype} {tuple(frames.shape)}")
+    t, c, h, w = frames.shape
+    factor = patch_size * merge_size
+    if h % factor or w % factor:
+        raise ValueError(f"frame size {h}x{w} is not a multiple of {factor}")
+    frames = frames.contiguous()
+    gt = -(-t // temporal_patch_size)
+    gh, gw = h // patch_size, w // patch_size
+    rows, row = gt * gh * gw, c * temporal_patch_size * patch_size * patch_size
+    if out is None:
+        out = torch.empty((rows, row), dtype=dtype, device=frames.device)
+    elif out.shape != (rows, row) or out.dtype != dtype or out.device != frames.device:
+        raise ValueError(f"out must be {dtype} {(rows, row)} on {frames.device}, got {out.dtype} {tuple(out.shape)}")
+    # Same float32 constants as the torch reference (transformers' fused rescale+normalize).
+    m = torch.tensor(mean, device=frames.device) * (1.0 / (1 / 255))
+    s = torch.tensor(std, device=frames.device) * (1.0 / (1 / 255))
+    if rows:
+        _normalize_patchify_kernel[(rows,)](
+            frames, out, m, s, t, h, w, gh, gw,
+            C=c, TP=temporal_patch_size, P=patch_size, M=merge_size,
+            ROW=row, BLOCK=triton.next_power_of_2(row),
+        )
+    return out, (gt, gh, gw)
