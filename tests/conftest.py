@@ -36,3 +36,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         asyncio.run(pyfuncitem.obj(**kwargs))
         return True
     return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Triton kernels run under the interpreter on machines without a GPU (must be set before import).
+    import os
+
+    if not _cuda_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")

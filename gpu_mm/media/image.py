@@ -111,7 +111,11 @@ def _decode_jpeg_fast(src: Source) -> torch.Tensor | None:
         return None  # CMYK / YCCK: Pillow's conversion
     data = torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8)
     try:
-        return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        with warnings.catch_warnings():
+            # torchvision 0.29 marks its image codecs deprecated in favour of torchcodec; they still
+            # are the libjpeg-turbo (CPU) and nvJPEG (CUDA) decoders we want.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*image decoding.*")
+            return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError as exc:
         raise DecodeError(src.item, f"corrupt JPEG: {exc}") from None
 
@@ -129,10 +133,10 @@ def _pil_to_rgb(img: Any) -> torch.Tensor:
     elif "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        rgb = np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+        rgb = np.array(Image.alpha_composite(background, rgba).convert("RGB"))
     else:
-        rgb = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+        rgb = np.array(img.convert("RGB"))
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 def _as_hwc(src: Source) -> np.ndarray:
@@ -160,4 +164,4 @@ def _array_to_rgb(src: Source) -> torch.Tensor:
     elif arr.shape[-1] == 4:
         alpha = arr[..., 3:].astype(np.float32) / 255.0
         arr = np.round(arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(arr)).permute(2, 0, 1).contiguous()

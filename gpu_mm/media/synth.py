@@ -41,7 +41,7 @@ def make_image(
         img.putalpha(alpha)
     elif mode == "I;16":
         arr = np.asarray(img.convert("L")).astype(np.uint16) * 257
-        img = Image.fromarray(arr, mode="I;16")
+        img = Image.fromarray(arr)  # uint16 -> mode I;16
     elif mode != "RGB":
         img = img.convert(mode)
     buf = io.BytesIO()

@@ -279,7 +279,11 @@ def frames_from_array(src: Source) -> torch.Tensor:
         UnsupportedMedia: wrong dtype, rank or channel count.
     """
     arr = src.pixels
-    t = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr))
+    if isinstance(arr, torch.Tensor):
+        t = arr
+    else:
+        a = np.asarray(arr)
+        t = torch.from_numpy(a if a.flags.writeable else a.copy())
     if t.dtype != torch.uint8:
         raise UnsupportedMedia(src.item, f"video arrays must be uint8, got {t.dtype}")
     if t.ndim != 4:

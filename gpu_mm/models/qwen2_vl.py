@@ -288,10 +288,7 @@ class Qwen2VLPreprocessor:
                 info = probe_video(src, self.limits)
             total, video_fps, h, w = info.num_frames, info.fps, info.height, info.width
         elif src.kind == "array":
-            frames = frames_from_array(src)
-            src.pixels = frames
-            total, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
-            video_fps = float(request.get("fps") or cfg.fps or 2.0)
+            return self._plan_frames(src, request, timer)
         else:
             raise UnsupportedMedia(src.item, "a video must be encoded bytes/path/URL or a T x H x W x C array")
         fps = request.get("fps", cfg.fps)
@@ -328,10 +325,35 @@ class Qwen2VLPreprocessor:
         except ValueError as exc:
             raise LimitExceeded(src.item, f"cannot sample frames: {exc}") from None
         target = self._target(src, h, w, request.get("min_pixels", cfg.video_min_pixels), max_pixels)
+        return self._video_plan(src, indices, info, sample_fps, target, (h, w), timer)
+
+    def _plan_frames(self, src: Source, request: dict[str, Any], timer: StageTimer) -> _Plan:
+        """Decoded frames are taken as already sampled, at ``fps`` (as qwen-vl-utils treats frame lists)."""
+        cfg = self.config
+        frames = frames_from_array(src)
+        src.pixels = frames
+        n, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
+        sample_fps = float(request.get("fps") or cfg.fps or 2.0)
+        if cfg.sampling == "qwen_vl_utils":
+            max_pixels = ops.video_max_pixels_qwen_vl_utils(
+                n + (-n % cfg.temporal_patch_size), min_pixels=request.get("min_pixels", cfg.video_min_pixels),
+                frame_max_pixels=cfg.video_max_pixels, total_pixels=request.get("total_pixels", cfg.video_total_pixels),
+                max_pixels=request.get("max_pixels"), frame_factor=cfg.temporal_patch_size,
+            )
+        else:
+            max_pixels = request.get("max_pixels", cfg.video_max_pixels)
+        target = self._target(src, h, w, request.get("min_pixels", cfg.video_min_pixels), max_pixels)
+        return self._video_plan(src, list(range(n)), None, sample_fps, target, (h, w), timer)
+
+    def _video_plan(
+        self, src: Source, indices: list[int], info: VideoInfo | None, sample_fps: float,
+        target: tuple[int, int], size: tuple[int, int], timer: StageTimer,
+    ) -> _Plan:
+        cfg = self.config
         t = len(indices) + (-len(indices) % cfg.temporal_patch_size)
         grid = (t // cfg.temporal_patch_size, target[0] // cfg.patch_size, target[1] // cfg.patch_size)
-        nbytes = len(indices) * 3 * (h * w + target[0] * target[1]) + _feature_bytes(grid, cfg)
-        return _Plan("video", src, target, grid, (h, w), indices=indices, info=info, sample_fps=sample_fps,
+        nbytes = len(indices) * 3 * (size[0] * size[1] + target[0] * target[1]) + _feature_bytes(grid, cfg)
+        return _Plan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sample_fps,
                      nbytes=nbytes, timer=timer)
 
     # ------------------------------------------------------------------ execution (on a slot thread)

@@ -1,0 +1,252 @@
+"""Qwen2VLPreprocessor against independent references: transformers' Qwen2-VL image and video
+processors (built in code, defaults) given the same decoded pixels, the PIL processor, and
+qwen-vl-utils' own video pipeline. Also bad input through the whole pipeline, and the async paths."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gpu_mm
+from gpu_mm import LimitExceeded, MediaError, ProcessingTimeout
+from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from media_helpers import all_frames, clip, make_image, make_video
+
+transformers = pytest.importorskip("transformers")
+from transformers import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil, Qwen2VLVideoProcessor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pre():
+    return Qwen2VLPreprocessor("cpu")
+
+
+def _hf_image(data: bytes, **kw):
+    img = Image.open(io.BytesIO(data))
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    return Qwen2VLImageProcessor(**kw)(images=[img], return_tensors="pt")
+
+
+IMAGE_CASES = [
+    (1080, 1920, "JPEG", "RGB"),
+    (333, 517, "JPEG", "RGB"),     # odd sizes
+    (10, 10, "PNG", "RGB"),        # smaller than one 28 px patch: upscaled to min_pixels
+    (20, 27, "JPEG", "RGB"),
+    (28, 5000, "PNG", "RGB"),      # aspect ratio 178.6: extreme but legal
+    (4000, 21, "PNG", "RGB"),
+    (300, 200, "PNG", "RGBA"),     # alpha composited on white
+    (120, 90, "JPEG", "L"),        # grayscale
+    (64, 96, "PNG", "P"),          # palette
+    (2048, 2048, "JPEG", "RGB"),   # downscaled to max_pixels
+]
+
+
+class TestImageParity:
+    @pytest.mark.parametrize("h,w,fmt,mode", IMAGE_CASES)
+    def test_matches_transformers_torchvision_processor(self, pre, h, w, fmt, mode):
+        data = make_image(h, w, fmt, mode=mode)
+        ours = pre(images=[data])
+        ref = _hf_image(data)
+        assert torch.equal(ours.image_grid_thw, ref["image_grid_thw"])
+        # Same decoded pixels and the same torch ops (uint8 bicubic antialias, fused normalize): exact.
+        torch.testing.assert_close(ours.pixel_values, ref["pixel_values"], rtol=0, atol=0)
+
+    @pytest.mark.parametrize("mode", ["CMYK", "I;16"])
+    def test_other_modes_match_transformers_given_the_same_rgb(self, pre, mode):
+        fmt = "JPEG" if mode == "CMYK" else "PNG"
+        data = make_image(50, 70, fmt, mode=mode)
+        ours = pre(images=[data])
+        rgb = gpu_mm.media.image.decode_image(gpu_mm.media.sources.load_source(data, "i"))
+        ref = Qwen2VLImageProcessor()(images=[rgb], return_tensors="pt")
+        torch.testing.assert_close(ours.pixel_values, ref["pixel_values"], rtol=0, atol=0)
+
+    @pytest.mark.parametrize("min_px,max_px", [(3136, 200704), (100352, 1003520), (784, 4 * 784)])
+    def test_min_max_pixels(self, min_px, max_px):
+        data = make_image(480, 640, "JPEG")
+        ours = Qwen2VLPreprocessor("cpu", image_min_pixels=min_px, image_max_pixels=max_px)(images=[data])
+        ref = _hf_image(data, min_pixels=min_px, max_pixels=max_px)
+        assert torch.equal(ours.image_grid_thw, ref["image_grid_thw"])
+        torch.testing.assert_close(ours.pixel_values, ref["pixel_values"], rtol=0, atol=0)
+
+    def test_against_pil_processor_within_resampling_tolerance(self, pre):
+        data = make_image(480, 640, "JPEG")
+        ours = pre(images=[data])
+        ref = Qwen2VLImageProcessorPil()(images=[Image.open(io.BytesIO(data))], return_tensors="pt")
+        assert torch.equal(ours.image_grid_thw, ref["image_grid_thw"])
+        # PIL's bicubic filter and torchvision's antialiased bicubic differ by a few uint8 levels at
+        # edges (PIL resamples in fixed point); after /(255*std) one level is ~0.015, so a few levels
+        # peak near 0.1 while the mean stays tiny.
+        diff = (ours.pixel_values - ref["pixel_values"]).abs()
+        assert diff.max() < 0.2 and diff.mean() < 0.01
+
+    def test_several_images_concatenate_in_order(self, pre):
+        a, b = make_image(100, 200, "JPEG", seed=1), make_image(300, 150, "PNG", seed=2)
+        ours = pre(images=[a, b])
+        ra, rb = _hf_image(a), _hf_image(b)
+        assert ours.image_grid_thw.tolist() == ra["image_grid_thw"].tolist() + rb["image_grid_thw"].tolist()
+        torch.testing.assert_close(ours.pixel_values, torch.cat([ra["pixel_values"], rb["pixel_values"]]),
+                                   rtol=0, atol=0)
+
+    def test_to_dict_has_model_keys_and_dtypes(self, pre):
+        d = pre(images=[make_image(56, 56, "PNG")]).to_dict()
+        assert set(d) == {"pixel_values", "image_grid_thw"}
+        assert d["pixel_values"].dtype == torch.float32 and d["image_grid_thw"].dtype == torch.long
+
+    def test_bfloat16_output(self):
+        data = make_image(56, 84, "PNG")
+        ours = Qwen2VLPreprocessor("cpu", output_dtype=torch.bfloat16)(images=[data])
+        ref = _hf_image(data)["pixel_values"]
+        assert ours.pixel_values.dtype == torch.bfloat16
+        torch.testing.assert_close(ours.pixel_values, ref.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def _hf_video(frames: np.ndarray, max_pixels: int, min_pixels: int = 128 * 28 * 28):
+    vp = Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": int(max_pixels)})
+    return vp(videos=[torch.from_numpy(frames).permute(0, 3, 1, 2)], return_tensors="pt",
+              do_sample_frames=False, cap_pixels_per_frame=False)
+
+
+class TestVideoParity:
+    @pytest.mark.parametrize("codec,h,w,bframes", [
+        ("h264", 96, 128, 2), ("hevc", 96, 128, 2), ("vp9", 96, 128, 0), ("av1", 96, 128, 0),
+        ("mjpeg", 96, 128, 0), ("h264", 160, 90, 0),  # portrait
+    ])
+    def test_matches_transformers_video_processor_given_the_same_frames(self, pre, codec, h, w, bframes):
+        data = clip(codec, 48, h, w, bframes=bframes)
+        ours = pre(videos=[data])
+        item = ours.items[0]
+        # qwen-vl-utils rule: 48 frames at 24 fps, 2 fps -> 4 frames, linspace(0, 47, 4).round().
+        assert item.frame_indices == [0, 16, 31, 47]
+        ref = _hf_video(all_frames(data)[item.frame_indices], max_pixels=768 * 28 * 28)
+        assert torch.equal(ours.video_grid_thw, ref["video_grid_thw"])
+        torch.testing.assert_close(ours.pixel_values_videos, ref["pixel_values_videos"], rtol=0, atol=0)
+        assert ours.second_per_grid_ts == pytest.approx([2 / (4 / 48 * 24)])
+        assert item.decoder == "pyav"
+
+    def test_hf_rule_with_odd_frame_count_repeats_last_frame(self):
+        data = clip("h264", 7, 64, 64, gop=4)
+        ours = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data])
+        assert ours.items[0].frame_indices == list(range(7))
+        ref = _hf_video(all_frames(data), max_pixels=768 * 28 * 28)
+        assert ours.video_grid_thw.tolist() == ref["video_grid_thw"].tolist()
+        assert ours.video_grid_thw[0, 0] == 4  # 7 frames -> 4 temporal pairs
+        torch.testing.assert_close(ours.pixel_values_videos, ref["pixel_values_videos"], rtol=0, atol=0)
+
+    def test_hf_rule_with_fps(self):
+        data = clip("h264", 48, gop=12)
+        ours = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], fps=1.0)
+        from transformers.video_utils import VideoMetadata
+
+        ref_idx = Qwen2VLVideoProcessor().sample_frames(VideoMetadata(total_num_frames=48, fps=24.0), fps=1.0)
+        assert ours.items[0].frame_indices == ref_idx.tolist()
+
+    def test_per_request_nframes_and_time_window(self, pre):
+        data = clip("h264", 48, gop=12)
+        assert pre(videos=[data], nframes=6).items[0].frame_indices == [0, 9, 19, 28, 38, 47]
+        win = pre(videos=[data], video_start=0.5, video_end=1.5).items[0]
+        # Frames 12..36 (1 s at 24 fps) -> 2 frames at 2 fps, raised to the 4-frame minimum.
+        assert win.frame_indices == torch.linspace(12, 36, 4).round().long().tolist()
+
+    def test_frames_array_input(self, pre):
+        """Decoded frames are taken as already sampled (as qwen-vl-utils treats a list of frames)."""
+        frames = all_frames(clip("h264", 15, 56, 56))
+        ours = pre(videos=[frames])
+        assert ours.items[0].frame_indices == list(range(15))
+        ref = _hf_video(frames, max_pixels=768 * 28 * 28)
+        assert ours.video_grid_thw.tolist() == ref["video_grid_thw"].tolist()
+        torch.testing.assert_close(ours.pixel_values_videos, ref["pixel_values_videos"], rtol=0, atol=0)
+
+    def test_matches_qwen_vl_utils_fetch_video_end_to_end(self, tmp_path, monkeypatch):
+        qvu = pytest.importorskip("qwen_vl_utils.vision_process")
+        pytest.importorskip("decord")
+        data = make_video(60, 120, 160, gop=15, bframes=2, fps=30)
+        path = tmp_path / "clip.mp4"
+        path.write_bytes(data)
+        monkeypatch.setattr(qvu, "FORCE_QWENVL_VIDEO_READER", "decord")
+        video, sample_fps = qvu.fetch_video({"video": str(path)}, return_video_sample_fps=True)
+        ref = Qwen2VLVideoProcessor()(videos=[video.round().to(torch.uint8)], return_tensors="pt",
+                                      do_sample_frames=False, cap_pixels_per_frame=False)
+        ours = Qwen2VLPreprocessor("cpu")(videos=[data])
+        assert ours.video_grid_thw.tolist() == ref["video_grid_thw"].tolist()
+        assert ours.items[0].sample_fps == pytest.approx(sample_fps)
+        # decord converts YUV->RGB with its own FFmpeg build and settings: a few uint8 levels
+        # (~0.015 each after normalization) may differ, so compare statistically.
+        diff = (ours.pixel_values_videos - ref["pixel_values_videos"]).abs()
+        assert diff.mean() < 0.05
+
+
+class TestBadInputThroughPipeline:
+    @pytest.mark.parametrize("videos,match", [
+        ([b"\x00" * 500], "video\\[0\\]"),
+        ([clip("h264", 48)[:2000]], "video\\[0\\]"),
+        ([make_image(32, 32, "PNG")], "video\\[0\\]"),  # one frame: cannot sample a pair
+        ([make_video(1, 32, 32)], "video\\[0\\]"),
+    ], ids=["zeros", "truncated", "png-as-video", "one-frame"])
+    def test_bad_videos_raise_media_errors(self, pre, videos, match):
+        with pytest.raises(MediaError, match=match):
+            pre(videos=videos)
+
+    def test_extreme_aspect_ratio_is_a_limit_error(self, pre):
+        with pytest.raises(LimitExceeded, match="aspect ratio"):
+            pre(images=[make_image(4, 1000, "PNG")])
+
+    def test_second_item_named_in_error(self, pre):
+        with pytest.raises(MediaError, match="image\\[1\\]"):
+            pre(images=[make_image(30, 30, "PNG"), b"garbage bytes"])
+
+    def test_unknown_option_rejected(self, pre):
+        with pytest.raises(TypeError, match="unknown per-request"):
+            pre(images=[make_image(30, 30, "PNG")], colour="blue")
+
+
+class TestAsync:
+    async def test_async_equals_sync_and_runs_on_slot_threads(self):
+        pre = Qwen2VLPreprocessor("cpu", num_slots=2)
+        img, vid = make_image(200, 300, "JPEG"), clip("h264", 48)
+        sync = pre(images=[img], videos=[vid])
+        feats = await pre.preprocess(images=[img], videos=[vid])
+        assert torch.equal(sync.pixel_values, feats.pixel_values)
+        assert torch.equal(sync.pixel_values_videos, feats.pixel_values_videos)
+        assert set(feats.items[0].timings) >= {"load", "decode", "resize", "normalize_patchify"}
+        await pre.aclose()
+
+    async def test_bad_item_fails_fast_and_frees_slots(self):
+        pre = Qwen2VLPreprocessor("cpu", num_slots=1)
+        with pytest.raises(MediaError, match="video\\[0\\]"):
+            await pre.preprocess(videos=[b"not a video"], deadline=time.monotonic() + 30)
+        with pytest.raises(MediaError):
+            await pre.preprocess(images=[make_image(10, 10, "PNG"), b"\xff\xd8\xff" + b"\x00" * 50])
+        assert pre._slots is not None and pre._slots.statistics().busy == 0
+        ok = await pre.preprocess(images=[make_image(56, 56, "PNG")])
+        assert ok.image_grid_thw.tolist() == [[1, 4, 4]]
+        await pre.aclose()
+
+    async def test_deadline(self):
+        pre = Qwen2VLPreprocessor("cpu", num_slots=1)
+        with pytest.raises(ProcessingTimeout):
+            await pre.preprocess(videos=[clip("h264", 48)], deadline=time.monotonic() - 1)
+        await pre.aclose()
+
+    async def test_inside_async_mm_data_processor_with_sglang_contract(self):
+        pre = Qwen2VLPreprocessor("cpu", num_slots=2)
+        wrapper = gpu_mm.AsyncMMDataProcessor(pre, max_concurrent_calls=4, timeout_s=60)
+        img = make_image(100, 100, "JPEG")
+        outs = await asyncio.gather(*(
+            wrapper.process(image_data=[img], input_text_or_ids="<image>", request_obj=None,
+                            video_data=[clip("vp9", 20)]) for _ in range(4)))
+        for out in outs:
+            assert out["image_grid_thw"].tolist() == [[1, 8, 8]]  # 100 px rounds to 112
+            assert out["pixel_values_videos"].shape[1] == 1176
+            assert out["input_text"] == "<image>"
+        s = wrapper.statistics()
+        assert s.completed == 4 and s.in_flight == 0
+        await wrapper.aclose()
+        await pre.aclose()
