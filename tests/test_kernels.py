@@ -40,7 +40,13 @@ def test_bfloat16_output_equals_rounded_reference(device):
     x = torch.randint(0, 256, (2, 3, 28, 56), dtype=torch.uint8, device=device)
     out, _ = fused_normalize_patchify(x, dtype=torch.bfloat16)
     ref, _ = ops.normalize_patchify(x, dtype=torch.bfloat16)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, ref)
+    assert out.dtype == torch.bfloat16
+    if device == "cuda":
+        assert torch.equal(out, ref)  # compiled casts round to nearest even, as torch does
+    else:
+        # Triton's interpreter casts float32 -> bfloat16 by truncation while torch rounds to nearest:
+        # at most one bfloat16 ulp apart (relative 2**-7).
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
