@@ -1,0 +1,1 @@
+"""Benchmark scenarios and baseline adapters used by ``gpu-mm bench`` and the scripts in benchmarks/."""

@@ -1,0 +1,97 @@
+"""Baselines gpu-mm is measured against, reimplemented or wrapped as they are used in serving stacks."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+
+class SeedAsyncMMDataProcessor:
+    """SGLang PR #12066's wrapper as merged (and later reverted): semaphore + ``asyncio.wait_for`` +
+    a thread pool for sync processors. Kept faithful, defects included, as the baseline:
+    a blocking ``async def`` processor runs on the loop, a timeout releases the semaphore while the
+    thread keeps running, and one processor instance is shared by every pool thread."""
+
+    def __init__(self, mm_processor: Any, *, max_concurrent_calls: int | None = None,
+                 timeout_s: float | None = None) -> None:
+        self.mm_processor = mm_processor
+        self.timeout_s = timeout_s
+        self.semaphore = asyncio.Semaphore(max_concurrent_calls) if max_concurrent_calls else None
+        self._proc_async = getattr(mm_processor, "process_mm_data_async", None)
+        self.is_async = asyncio.iscoroutinefunction(self._proc_async)
+        self._proc_sync = getattr(mm_processor, "process_mm_data", None)
+        self.fallback_exec = None
+        if not self.is_async and callable(self._proc_sync):
+            self.fallback_exec = ThreadPoolExecutor(max_workers=max_concurrent_calls or 32)
+
+    async def process(self, *, image_data=None, audio_data=None, input_text_or_ids=None, request_obj=None,
+                      **kwargs: Any) -> Any:
+        async def _invoke() -> Any:
+            if self.is_async:
+                return await self._proc_async(image_data=image_data, audio_data=audio_data,
+                                              input_text=input_text_or_ids, request_obj=request_obj, **kwargs)
+            if not self.fallback_exec:
+                raise RuntimeError("process_mm_data is not available")
+            loop = asyncio.get_running_loop()
+            fn = partial(self._proc_sync, image_data=image_data, audio_data=audio_data,
+                         input_text=input_text_or_ids, request_obj=request_obj, **kwargs)
+            return await loop.run_in_executor(self.fallback_exec, fn)
+
+        if self.semaphore is not None:
+            async with self.semaphore:
+                if self.timeout_s is not None:
+                    return await asyncio.wait_for(_invoke(), timeout=self.timeout_s)
+                return await _invoke()
+        if self.timeout_s is not None:
+            return await asyncio.wait_for(_invoke(), timeout=self.timeout_s)
+        return await _invoke()
+
+    def shutdown(self) -> None:
+        if self.fallback_exec:
+            self.fallback_exec.shutdown(wait=False)
+
+
+class HFImageProcessor:
+    """transformers' ``Qwen2VLImageProcessor`` (torchvision backend) on encoded bytes, with both the
+    sync (``process_mm_data``) and the "fake async" (``process_mm_data_async``) entry points."""
+
+    def __init__(self, backend: str = "torchvision") -> None:
+        from transformers import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil
+
+        self.backend = backend
+        self.proc = Qwen2VLImageProcessor() if backend == "torchvision" else Qwen2VLImageProcessorPil()
+
+    def process_mm_data(self, image_data=None, **_: Any) -> dict[str, Any]:
+        from PIL import Image
+
+        images = [Image.open(io.BytesIO(b)) for b in image_data]
+        for im in images:
+            im.load()
+        return dict(self.proc(images=images, return_tensors="pt"))
+
+
+class FakeAsyncHF(HFImageProcessor):
+    """The same work inside ``async def`` with no await: it blocks the caller's loop."""
+
+    async def process_mm_data_async(self, image_data=None, **kw: Any) -> dict[str, Any]:
+        return self.process_mm_data(image_data=image_data, **kw)
+
+
+def qwen_vl_utils_video(path: str, video_processor: Any) -> tuple[Any, dict[str, float]]:
+    """qwen-vl-utils' ``fetch_video`` (decord reader) then transformers' video processor, timed."""
+    import time
+
+    import qwen_vl_utils.vision_process as qvu
+    import torch
+
+    qvu.FORCE_QWENVL_VIDEO_READER = "decord"
+    t0 = time.perf_counter()
+    video, sample_fps = qvu.fetch_video({"video": path}, return_video_sample_fps=True)
+    t1 = time.perf_counter()
+    out = video_processor(videos=[video.round().to(torch.uint8)], return_tensors="pt", do_sample_frames=False,
+                          cap_pixels_per_frame=False)
+    t2 = time.perf_counter()
+    return out, {"fetch_video": t1 - t0, "hf_video_processor": t2 - t1, "total": t2 - t0}

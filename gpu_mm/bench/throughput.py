@@ -1,0 +1,117 @@
+"""Bytes -> features latency of gpu-mm against transformers' processors and qwen-vl-utils, side by side."""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def _time_side_by_side(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, dict[str, float]]:
+    """Time each callable ``reps`` times, interleaved round-robin so drift hits all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up: imports, allocator, first-call caches
+    xs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            xs[name].append(time.perf_counter() - t0)
+    return {
+        name: {"p50_ms": statistics.median(v) * 1e3, "mean_ms": statistics.fmean(v) * 1e3,
+               "min_ms": min(v) * 1e3, "reps": reps}
+        for name, v in xs.items()
+    }
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def image_bench(jpeg: bytes, device: str, reps: int) -> dict[str, Any]:
+    """One JPEG, bytes -> pixel_values, on ``device`` vs transformers (torchvision and PIL backends)."""
+    from PIL import Image
+
+    from ..models.qwen2_vl import Qwen2VLPreprocessor
+
+    pre = Qwen2VLPreprocessor(device)
+
+    def ours() -> Any:
+        out = pre(images=[jpeg])
+        _sync(device)
+        return out
+
+    fns: dict[str, Callable[[], Any]] = {"gpu_mm": ours}
+    try:
+        from transformers import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil
+    except ImportError:
+        return _time_side_by_side(fns, reps)
+    tv = Qwen2VLImageProcessor()
+    pil = Qwen2VLImageProcessorPil()
+
+    def hf(proc: Any, **kw: Any) -> Callable[[], Any]:
+        def run() -> Any:
+            img = Image.open(io.BytesIO(jpeg))
+            out = proc(images=[img], return_tensors="pt", **kw)
+            _sync(device)
+            return out
+
+        return run
+
+    fns["hf_torchvision"] = hf(tv, **({"device": device} if device != "cpu" else {}))
+    fns["hf_pil"] = hf(pil)
+    return _time_side_by_side(fns, reps)
+
+
+def video_bench(clip: bytes, device: str, reps: int) -> dict[str, Any]:
+    """One clip, bytes -> pixel_values_videos with qwen-vl-utils sampling, vs qwen-vl-utils' own
+    ``fetch_video`` (decord reader) + transformers' video processor."""
+    from ..models.qwen2_vl import Qwen2VLPreprocessor
+
+    pre = Qwen2VLPreprocessor(device)
+    last: dict[str, Any] = {}
+
+    def ours() -> Any:
+        out = pre(videos=[clip])
+        _sync(device)
+        last["items"] = out.items
+        return out
+
+    def finish(res: dict[str, Any]) -> dict[str, Any]:
+        item = last["items"][0]
+        res["gpu_mm"]["stages_ms"] = {k: v * 1e3 for k, v in item.timings.items()}
+        res["grid_thw"] = list(item.grid_thw)
+        res["frames"] = len(item.frame_indices or [])
+        return res
+
+    try:
+        import decord  # noqa: F401
+        from transformers import Qwen2VLVideoProcessor
+
+        from .baselines import qwen_vl_utils_video
+    except ImportError as exc:
+        res = finish(_time_side_by_side({"gpu_mm": ours}, reps))
+        res["qwen_vl_utils"] = {"skipped": f"not installed: {exc}"}
+        return res
+    vp = Qwen2VLVideoProcessor()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "clip.mp4")
+        with open(path, "wb") as f:
+            f.write(clip)
+        stages: dict[str, float] = {}
+
+        def theirs() -> Any:
+            out, st = qwen_vl_utils_video(path, vp)
+            stages.update(st)
+            return out
+
+        res = finish(_time_side_by_side({"gpu_mm": ours, "qwen_vl_utils": theirs}, reps))
+        res["qwen_vl_utils"]["stages_ms"] = {k: v * 1e3 for k, v in stages.items()}
+    return res

@@ -1,0 +1,166 @@
+"""The ``gpu-mm`` command: ``preprocess`` media into Qwen2-VL features, or ``bench`` this machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+from .errors import GpuMMError
+
+
+def _progress(msg: str) -> None:
+    print(f"[gpu-mm] {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .media.sources import MediaLimits
+    from .models.qwen2_vl import Qwen2VLPreprocessor
+
+    pre = Qwen2VLPreprocessor(args.device, limits=MediaLimits(allow_urls=args.allow_urls),
+                              sampling=args.sampling)
+    rows: list[dict[str, Any]] = []
+    status = 0
+    for i, source in enumerate(args.sources):
+        data: Any = sys.stdin.buffer.read() if source == "-" else source
+        is_video = args.video or (isinstance(data, str) and data.lower().endswith(
+            (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")))
+        t0 = time.perf_counter()
+        try:
+            feats = pre(videos=[data]) if is_video else pre(images=[data])
+        except GpuMMError as exc:
+            status = 1
+            rows.append({"source": source, "error": type(exc).__name__, "message": str(exc)})
+            print(f"error: {source}: {exc}", file=sys.stderr)
+            continue
+        item = feats.items[0]
+        pv = feats.pixel_values_videos if is_video else feats.pixel_values
+        assert pv is not None
+        rows.append({
+            "source": source, "kind": item.kind, "grid_thw": list(item.grid_thw), "tokens": item.num_tokens,
+            "shape": list(pv.shape), "dtype": str(pv.dtype).replace("torch.", ""), "device": str(pv.device),
+            "decoder": item.decoder, "source_size": list(item.source_size), "resized": list(item.resized),
+            "frame_indices": item.frame_indices, "sample_fps": item.sample_fps,
+            "timings_ms": {k: round(v * 1e3, 3) for k, v in item.timings.items()},
+            "total_ms": round((time.perf_counter() - t0) * 1e3, 3),
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            if "error" in r:
+                continue
+            print(f"{r['source']}: {r['kind']} {r['source_size'][0]}x{r['source_size'][1]} -> "
+                  f"{r['resized'][0]}x{r['resized'][1]}, grid {r['grid_thw']}, {r['tokens']} tokens, "
+                  f"features {r['shape']} {r['dtype']} on {r['device']}, decoder {r['decoder']}, "
+                  f"{r['total_ms']:.1f} ms")
+            if r["frame_indices"] is not None:
+                print(f"  frames {r['frame_indices']} (sample fps {r['sample_fps']:.3f})")
+            print("  stages: " + ", ".join(f"{k} {v:.1f} ms" for k, v in r["timings_ms"].items()))
+    return status
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench.loop_lag import run_all
+    from .bench.machine import machine_info, machine_label
+    from .bench.throughput import image_bench, video_bench
+    from .media.synth import make_image, make_video
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    info = machine_info()
+    quick = args.quick
+    reps = 5 if quick else 15
+    _progress(f"machine: {machine_label(info)}; device {device}; {'quick' if quick else 'full'} run")
+    _progress("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
+    jpeg = make_image(1080, 1920, "JPEG")
+    clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280)}
+    seconds = 10 if quick else 30
+    videos = {name: make_video(seconds * 30, h, w, fps=30, gop=60, bframes=2, bit_rate=550_000 * (h // 360) ** 2)
+              for name, (h, w) in clips.items()}
+    result: dict[str, Any] = {"machine": info, "device": device, "quick": quick, "image": {}, "video": {}}
+    _progress("image: bytes -> features, gpu-mm vs transformers ...")
+    result["image"]["1080p_jpeg"] = image_bench(jpeg, device, reps)
+    for name, clip in videos.items():
+        _progress(f"video {name} ({len(clip) / 1e6:.1f} MB, {seconds} s): gpu-mm vs qwen-vl-utils + transformers ...")
+        result["video"][name] = video_bench(clip, device, max(1, reps // 3))
+        result["video"][name]["bytes"] = len(clip)
+    _progress(f"responsiveness: {args.concurrency} concurrent image requests, loop lag and health probe ...")
+    result["loop_lag"] = asyncio.run(run_all(jpeg, args.concurrency, workers=2, progress=lambda n: _progress(f"  {n}")))
+    _print_summary(result)
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"bench_{(info['gpu'] or 'cpu').replace(' ', '_')}_{info['date'][:10]}.json"
+        path.write_text(json.dumps(result, indent=2, default=str))
+        _progress(f"wrote {path}")
+    return 0
+
+
+def _print_summary(r: dict[str, Any]) -> None:
+    from .bench.machine import machine_label
+
+    print(f"\ngpu-mm bench on {machine_label(r['machine'])}, device {r['device']}")
+    img = r["image"]["1080p_jpeg"]
+    ours = img["gpu_mm"]["p50_ms"]
+    print("\n1920x1080 JPEG, bytes -> pixel_values (p50):")
+    print(f"  {'gpu-mm':28s} {ours:8.1f} ms")
+    for k in ("hf_torchvision", "hf_pil"):
+        if k in img:
+            print(f"  {'transformers ' + k[3:]:28s} {img[k]['p50_ms']:8.1f} ms   ({img[k]['p50_ms'] / ours:.2f}x gpu-mm)")
+    for name, v in r["video"].items():
+        o = v["gpu_mm"]
+        print(f"\nH.264 {name} clip ({v['bytes'] / 1e6:.1f} MB), {v['frames']} frames -> grid {v['grid_thw']} (p50):")
+        stages = ", ".join(f"{k} {x:.0f}" for k, x in o.get("stages_ms", {}).items())
+        print(f"  {'gpu-mm':28s} {o['p50_ms']:8.1f} ms   [{stages}]")
+        q = v.get("qwen_vl_utils", {})
+        if "p50_ms" in q:
+            print(f"  {'qwen-vl-utils + transformers':28s} {q['p50_ms']:8.1f} ms   ({q['p50_ms'] / o['p50_ms']:.2f}x gpu-mm)")
+        elif q:
+            print(f"  qwen-vl-utils: {q.get('skipped')}")
+    ll = r["loop_lag"]
+    n = next(iter(ll.values()))["requests"]
+    print(f"\nevent loop while {n} image requests run (ms):")
+    print(f"  {'scenario':26s} {'lag p99':>8s} {'lag max':>8s} {'health p99':>10s} {'wall s':>7s}")
+    for k, v in ll.items():
+        print(f"  {k:26s} {v['loop_lag']['p99_ms']:8.2f} {v['loop_lag']['max_ms']:8.1f} "
+              f"{v['health_probe']['p99_ms']:10.2f} {v['wall_s']:7.2f}")
+    if "inline" in ll and "gpu_mm_native" in ll:
+        ratio = ll["inline"]["loop_lag"]["max_ms"] / max(ll["gpu_mm_native"]["loop_lag"]["max_ms"], 1e-6)
+        print(f"  max loop lag: inline is {ratio:.0f}x gpu-mm")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="gpu-mm", description="Qwen2-VL multimodal preprocessing on CUDA or CPU.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("preprocess", help="turn images/videos into Qwen2-VL features and report them")
+    p.add_argument("sources", nargs="+", help="files, URLs (with --allow-urls), or - for stdin")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--video", action="store_true", help="treat every source as a video")
+    p.add_argument("--sampling", default="qwen_vl_utils", choices=["qwen_vl_utils", "hf"])
+    p.add_argument("--allow-urls", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_preprocess)
+    b = sub.add_parser("bench", help="benchmark gpu-mm against transformers and qwen-vl-utils on generated media")
+    b.add_argument("--quick", action="store_true", help="about a minute on 2 cores")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--concurrency", type=int, default=64)
+    b.add_argument("--out", default="bench-out", help="folder for the JSON result")
+    b.set_defaults(fn=cmd_bench)
+    args = ap.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except GpuMMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
