@@ -21,7 +21,7 @@ import torch
 from ..errors import DecodeError, LimitExceeded, UnsupportedMedia
 from .sources import MediaLimits, Source
 
-__all__ = ["ImageInfo", "decode_image", "probe_image"]
+__all__ = ["ImageInfo", "decode_image", "decode_jpeg_cuda", "probe_image"]
 
 _JPEG = b"\xff\xd8\xff"
 
@@ -102,10 +102,13 @@ def decode_image(src: Source, limits: MediaLimits = MediaLimits()) -> torch.Tens
         raise DecodeError(src.item, f"cannot decode image: {exc}") from None
 
 
-def _decode_jpeg_fast(src: Source) -> torch.Tensor | None:
-    """libjpeg-turbo through torchvision for plain RGB/grayscale JPEGs; None to use Pillow instead."""
+def _decode_jpeg_fast(src: Source, device: str = "cpu") -> torch.Tensor | None:
+    """torchvision's JPEG decoder (libjpeg-turbo on the CPU, nvJPEG on CUDA) for plain RGB/grayscale
+    JPEGs; None when Pillow must decode instead (CMYK/YCCK, or not a JPEG)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if src.kind != "encoded" or not (src.data or b"").startswith(_JPEG):
+        return None
     img = _open(src)
     if img.mode not in ("RGB", "L"):
         return None  # CMYK / YCCK: Pillow's conversion
@@ -115,9 +118,22 @@ def _decode_jpeg_fast(src: Source) -> torch.Tensor | None:
             # torchvision 0.29 marks its image codecs deprecated in favour of torchcodec; they still
             # are the libjpeg-turbo (CPU) and nvJPEG (CUDA) decoders we want.
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*image decoding.*")
-            return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True, device=device)
     except RuntimeError as exc:
         raise DecodeError(src.item, f"corrupt JPEG: {exc}") from None
+
+
+def decode_jpeg_cuda(src: Source, device: str = "cuda", limits: MediaLimits = MediaLimits()) -> torch.Tensor | None:
+    """Decode a plain JPEG with nvJPEG into a uint8 ``[3, H, W]`` CUDA tensor; None for anything else
+    (the caller then decodes on the CPU and uploads).
+
+    Raises:
+        DecodeError, LimitExceeded: as :func:`decode_image`.
+    """
+    if src.kind != "encoded" or not (src.data or b"").startswith(_JPEG):
+        return None
+    probe_image(src, limits)
+    return _decode_jpeg_fast(src, device)
 
 
 def _pil_to_rgb(img: Any) -> torch.Tensor:

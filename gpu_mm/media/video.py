@@ -156,7 +156,11 @@ def probe_video(src: Source, limits: MediaLimits = MediaLimits()) -> VideoInfo:
 
 
 class VideoDecoder(Protocol):
-    """A backend that returns the frames at given indices as uint8 ``[N, H, W, 3]``."""
+    """A backend that returns the frames at given indices as uint8 ``[N, H, W, 3]``.
+
+    ``get_frames_at`` raises :class:`UnsupportedMedia` for a codec it does not decode, so that the
+    caller can fall back to another backend for that item.
+    """
 
     name: str
 
@@ -240,7 +244,20 @@ class PyAVDecoder:
                 break
 
 
-_FACTORIES: dict[str, Callable[[], VideoDecoder]] = {"pyav": PyAVDecoder}
+def _dali(backend: str) -> Callable[[], VideoDecoder]:
+    def make() -> VideoDecoder:
+        from .dali import DALIVideoDecoder
+
+        return DALIVideoDecoder(backend)
+
+    return make
+
+
+_FACTORIES: dict[str, Callable[[], VideoDecoder]] = {
+    "pyav": PyAVDecoder,
+    "dali": _dali("mixed"),
+    "dali-cpu": _dali("cpu"),
+}
 
 
 def register_video_decoder(name: str, factory: Callable[[], VideoDecoder]) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from .. import ops
 from ..errors import BackendUnavailable, LimitExceeded, UnsupportedMedia
-from ..media.image import decode_image, probe_image
+from ..media.image import decode_image, decode_jpeg_cuda, probe_image
 from ..media.sources import MediaLimits, Source, load_source
 from ..media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video
 from ..metrics import StageTimer
@@ -125,7 +125,9 @@ class Qwen2VLPreprocessor:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         config: a :class:`Qwen2VLConfig`; keyword overrides of its fields may be given directly.
         limits: :class:`MediaLimits` applied to every item.
-        video_decoder: a registered decoder name (``"pyav"`` always exists).
+        video_decoder: a registered decoder name: ``"pyav"`` (always there), ``"dali"`` (NVDEC),
+            ``"dali-cpu"``; ``"auto"``: DALI/NVDEC on CUDA when installed, else PyAV. An item whose codec
+            the decoder lacks falls back to PyAV, and its report says so.
         num_slots: device slots (default: 1 on CUDA, as SGLang found best, else 2).
         memory_budget_bytes: bytes in flight allowed on the device (decoded frames and outputs).
         output: ``"device"`` leaves features where they were made; ``"cpu"`` copies them to the CPU.
@@ -139,7 +141,7 @@ class Qwen2VLPreprocessor:
         *,
         config: Qwen2VLConfig | None = None,
         limits: MediaLimits | None = None,
-        video_decoder: str = "pyav",
+        video_decoder: str = "auto",
         num_slots: int | None = None,
         memory_budget_bytes: int | None = None,
         max_queued: int | None = None,
@@ -157,6 +159,14 @@ class Qwen2VLPreprocessor:
         if self.config.sampling not in ("qwen_vl_utils", "hf"):
             raise ValueError(f"sampling must be 'qwen_vl_utils' or 'hf', got {self.config.sampling!r}")
         self.limits = limits or MediaLimits()
+        if video_decoder == "auto":
+            video_decoder = "pyav"
+            if device.startswith("cuda"):
+                try:
+                    get_video_decoder("dali")
+                    video_decoder = "dali"
+                except BackendUnavailable:
+                    pass
         get_video_decoder(video_decoder)  # fail now, not per request, if the backend is missing
         self.video_decoder = video_decoder
         self.output = output
@@ -380,18 +390,36 @@ class Qwen2VLPreprocessor:
     def _decode(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
         src = plan.src
         if plan.kind == "image":
-            return decode_image(src, self.limits).unsqueeze(0), "torchvision/pillow"
+            if slot.device.startswith("cuda"):
+                gpu = decode_jpeg_cuda(src, slot.device)
+                if gpu is not None:
+                    return gpu.unsqueeze(0), "nvjpeg"
+            return decode_image(src, self.limits).unsqueeze(0), "cpu (libjpeg-turbo/pillow)"
         if src.kind == "array":
             assert plan.indices is not None
             frames = src.pixels[plan.indices]
             return frames.permute(0, 3, 1, 2), "array"
         assert plan.info is not None and plan.indices is not None
-        decoder = slot.state.get(("video_decoder", self.video_decoder))
+        decoder = self._decoder(slot, self.video_decoder)
+        try:
+            frames = decoder.get_frames_at(src, plan.info, plan.indices)
+            name = decoder.name
+        except UnsupportedMedia as exc:
+            if self.video_decoder == "pyav":
+                raise
+            fallback = self._decoder(slot, "pyav")
+            frames = fallback.get_frames_at(src, plan.info, plan.indices)
+            name = f"pyav (fallback: {exc.reason})"
+        return frames.permute(0, 3, 1, 2), name
+
+    @staticmethod
+    def _decoder(slot: Slot, name: str) -> Any:
+        """The slot thread's own instance of decoder ``name`` (decoders are never shared)."""
+        key = ("video_decoder", name)
+        decoder = slot.state.get(key)
         if decoder is None:
-            decoder = get_video_decoder(self.video_decoder)
-            slot.state[("video_decoder", self.video_decoder)] = decoder
-        frames = decoder.get_frames_at(src, plan.info, plan.indices)
-        return frames.permute(0, 3, 1, 2), decoder.name
+            decoder = slot.state[key] = get_video_decoder(name)
+        return decoder
 
     def _normalize_patchify(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         cfg = self.config
