@@ -81,9 +81,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _progress(f"machine: {machine_label(info)}; device {device}; {'quick' if quick else 'full'} run")
     _progress("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
     jpeg = make_image(1080, 1920, "JPEG")
-    clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280)}
+    clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
     seconds = 10 if quick else 30
-    videos = {name: make_video(seconds * 30, h, w, fps=30, gop=60, bframes=2, bit_rate=550_000 * (h // 360) ** 2)
+    # ~0.55 Mbit/s: a 30 s clip is ~2 MB, the size of the seed's example video.
+    videos = {name: make_video(seconds * 30, h, w, fps=30, gop=60, bframes=2, bit_rate=550_000)
               for name, (h, w) in clips.items()}
     result: dict[str, Any] = {"machine": info, "device": device, "quick": quick, "image": {}, "video": {}}
     _progress("image: bytes -> features, gpu-mm vs transformers ...")
@@ -94,6 +95,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result["video"][name]["bytes"] = len(clip)
     _progress(f"responsiveness: {args.concurrency} concurrent image requests, loop lag and health probe ...")
     result["loop_lag"] = asyncio.run(run_all(jpeg, args.concurrency, workers=2, progress=lambda n: _progress(f"  {n}")))
+    if not args.no_http:
+        from .bench.http import run_mode
+
+        n_http = 8 if quick else 16
+        _progress(f"HTTP: {n_http} concurrent video requests to gpu-mm serve on loopback, probing /health and /metrics")
+        result["http"] = {}
+        for mode in ("inline", "seed", "gpu_mm"):
+            _progress(f"  serve --mode {mode}")
+            result["http"][mode] = asyncio.run(run_mode(mode, videos["360p"], n_http, device))
     _print_summary(result)
     if args.out:
         out = pathlib.Path(args.out)
@@ -135,6 +145,25 @@ def _print_summary(r: dict[str, Any]) -> None:
     if "inline" in ll and "gpu_mm_native" in ll:
         ratio = ll["inline"]["loop_lag"]["max_ms"] / max(ll["gpu_mm_native"]["loop_lag"]["max_ms"], 1e-6)
         print(f"  max loop lag: inline is {ratio:.0f}x gpu-mm")
+    http = r.get("http")
+    if http:
+        n = next(iter(http.values()))["requests"]
+        print(f"\nHTTP server under {n} concurrent video requests (ms):")
+        print(f"  {'mode':8s} {'/health p99':>11s} {'/health max':>11s} {'/metrics p99':>12s} {'request p50':>11s} "
+              f"{'503':>4s} {'504':>4s}")
+        for k, v in http.items():
+            print(f"  {k:8s} {v['health']['p99_ms']:11.1f} {v['health']['max_ms']:11.1f} {v['metrics']['p99_ms']:12.1f} "
+                  f"{v['request']['p50_ms']:11.0f} {v['rejected_503']:4d} {v['timeouts_504']:4d}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .media.sources import MediaLimits
+    from .serve import run
+
+    run(args.mode, args.host, args.port, device=args.device, max_concurrent_calls=args.max_concurrent_calls,
+        max_queued=args.max_queued, timeout_s=args.timeout_s, num_slots=args.slots,
+        limits=MediaLimits(allow_urls=args.allow_urls))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--device", default="auto")
     b.add_argument("--concurrency", type=int, default=64)
     b.add_argument("--out", default="bench-out", help="folder for the JSON result")
+    b.add_argument("--no-http", action="store_true", help="skip the HTTP server scenario")
     b.set_defaults(fn=cmd_bench)
+    sv = sub.add_parser("serve", help="HTTP front end: POST /v1/preprocess, GET /health, GET /metrics")
+    sv.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", "seed", "inline"])
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--max-concurrent-calls", type=int, default=32)
+    sv.add_argument("--max-queued", type=int, default=None)
+    sv.add_argument("--timeout-s", type=float, default=30.0)
+    sv.add_argument("--slots", type=int, default=None, help="device slots (default 1)")
+    sv.add_argument("--allow-urls", action="store_true")
+    sv.set_defaults(fn=cmd_serve)
     args = ap.parse_args(argv)
     try:
         return int(args.fn(args))

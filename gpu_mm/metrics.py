@@ -7,8 +7,9 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["LatencySummary", "StageTimer"]
+__all__ = ["LatencySummary", "PrometheusMetrics", "StageTimer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,3 +77,69 @@ class StageTimer:
 
     def add(self, name: str, seconds: float) -> None:
         self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+
+class PrometheusMetrics:
+    """Prometheus exposition for a front end: per-stage and request latency histograms, results by
+    outcome, and gauges/counters read from watched processors' statistics at scrape time."""
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def __init__(self, namespace: str = "gpu_mm") -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self._stage = Histogram(f"{namespace}_stage_seconds", "Seconds per preprocessing stage of one item",
+                                ["stage"], buckets=self.BUCKETS, registry=self.registry)
+        self._request = Histogram(f"{namespace}_request_seconds", "Seconds per preprocessing request",
+                                  buckets=self.BUCKETS, registry=self.registry)
+        self._results = Counter(f"{namespace}_requests", "Requests by outcome", ["outcome"], registry=self.registry)
+        self._watched: list[Any] = []
+        self.registry.register(_StatsCollector(namespace, self._watched))
+
+    def watch(self, processor: Any) -> None:
+        """Expose ``processor.statistics()`` (an AsyncMMDataProcessor) at every scrape."""
+        self._watched.append(processor)
+
+    def observe_stages(self, stages: dict[str, float]) -> None:
+        for name, seconds in stages.items():
+            self._stage.labels(stage=name).observe(seconds)
+
+    def observe_request(self, seconds: float) -> None:
+        self._request.observe(seconds)
+
+    def result(self, outcome: str) -> None:
+        self._results.labels(outcome=outcome).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StatsCollector:
+    def __init__(self, namespace: str, watched: list[Any]) -> None:
+        self.ns = namespace
+        self.watched = watched
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        gauges = {k: GaugeMetricFamily(f"{self.ns}_{k}", f"Jobs {k.replace('_', ' ')}") for k in
+                  ("in_flight", "queued", "abandoned")}
+        counters = {k: CounterMetricFamily(f"{self.ns}_{k}", f"Calls {k.replace('_', ' ')}") for k in
+                    ("completed", "failed", "timed_out", "rejected", "cancelled")}
+        hold = GaugeMetricFamily(f"{self.ns}_loop_hold_max_seconds", "Longest stretch a processor held the loop")
+        for proc in self.watched:
+            s = proc.statistics()
+            for k, g in gauges.items():
+                g.add_metric([], getattr(s, k))
+            for k, c in counters.items():
+                c.add_metric([], getattr(s, k))
+            hold.add_metric([], s.loop_hold_max_s)
+        yield from gauges.values()
+        yield from counters.values()
+        yield hold

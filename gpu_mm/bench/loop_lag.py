@@ -98,7 +98,7 @@ def scenarios(image: bytes, workers: int) -> dict[str, Callable[[], tuple[Callab
         return (lambda i: w.process(image_data=[image])), w.shutdown
 
     def gpu_mm_native():
-        pre = Qwen2VLPreprocessor("auto", num_slots=workers)
+        pre = Qwen2VLPreprocessor("auto")  # default slots
         w = AsyncMMDataProcessor(pre, max_concurrent_calls=64, max_queued=4096)
         return (lambda i: w.process(image_data=[image])), w.shutdown
 

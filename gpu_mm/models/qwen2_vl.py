@@ -86,6 +86,13 @@ class Qwen2VLFeatures:
     second_per_grid_ts: list[float] | None = None
     items: list[ItemReport] = dataclasses.field(default_factory=list)
 
+    def processor_output(self, input_text: Any = None) -> dict[str, Any]:
+        """What ``process_mm_data_async`` returns: :meth:`to_dict` plus ``input_text`` and ``items``."""
+        out = self.to_dict()
+        out["input_text"] = input_text
+        out["items"] = self.items
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The keys and dtypes a transformers Qwen2-VL model consumes (absent modalities left out)."""
         out: dict[str, Any] = {}
@@ -128,7 +135,9 @@ class Qwen2VLPreprocessor:
         video_decoder: a registered decoder name: ``"pyav"`` (always there), ``"dali"`` (NVDEC),
             ``"dali-cpu"``; ``"auto"``: DALI/NVDEC on CUDA when installed, else PyAV. An item whose codec
             the decoder lacks falls back to PyAV, and its report says so.
-        num_slots: device slots (default: 1 on CUDA, as SGLang found best, else 2).
+        num_slots: device slots (default 1: SGLang found one GPU worker best, and on the CPU one slot
+            lets torch's intra-op threads use the cores without oversubscribing them, which is what
+            keeps the caller's loop responsive on small machines).
         memory_budget_bytes: bytes in flight allowed on the device (decoded frames and outputs).
         output: ``"device"`` leaves features where they were made; ``"cpu"`` copies them to the CPU.
     """
@@ -170,7 +179,7 @@ class Qwen2VLPreprocessor:
         get_video_decoder(video_decoder)  # fail now, not per request, if the backend is missing
         self.video_decoder = video_decoder
         self.output = output
-        self._num_slots = num_slots or (1 if device.startswith("cuda") else 2)
+        self._num_slots = num_slots or 1
         self._memory_budget = memory_budget_bytes
         self._max_queued = max_queued
         self._slots: SlotPool | None = None
@@ -244,10 +253,7 @@ class Qwen2VLPreprocessor:
         if videos is None and request_obj is not None:
             videos = getattr(request_obj, "video_data", None)
         feats = await self.preprocess(images=image_data or None, videos=videos or None, **kwargs)
-        out = feats.to_dict()
-        out["input_text"] = input_text
-        out["items"] = feats.items
-        return out
+        return feats.processor_output(input_text)
 
     async def aclose(self) -> None:
         """Release the slots and IO threads."""

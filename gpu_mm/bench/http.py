@@ -1,0 +1,113 @@
+"""The seed's responsiveness scenario over real HTTP: N concurrent video requests against
+``gpu-mm serve`` on loopback while a second client probes ``/health`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..metrics import LatencySummary
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(mode: str, device: str, port: int, extra: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``gpu-mm serve`` in its own process on 127.0.0.1:port; stop it on exit."""
+    cmd = [sys.executable, "-m", "gpu_mm.cli", "serve", "--mode", mode, "--device", device, "--host", "127.0.0.1",
+           "--port", str(port), *(extra or [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _wait_up(session: Any, base: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+    import aiohttp
+
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            async with session.get(base + "/health") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("server did not come up")
+
+
+def _ms(xs: list[float]) -> dict[str, float]:
+    s = LatencySummary.of(xs)
+    return {"p50_ms": s.p50_s * 1e3, "p99_ms": s.p99_s * 1e3, "max_ms": s.max_s * 1e3, "count": s.count}
+
+
+async def run_mode(mode: str, video: bytes, n_requests: int, device: str = "cpu",
+                   server_args: list[str] | None = None) -> dict[str, Any]:
+    """Figures for one server mode: probe latencies, request latencies and status counts."""
+    import aiohttp
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    body = {"videos": [base64.b64encode(video).decode()]}
+    with server(mode, device, port, server_args) as proc:
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await _wait_up(session, base, proc)
+            async with session.post(base + "/v1/preprocess", json=body) as r:  # warm-up
+                await r.read()
+            health: list[float] = []
+            metrics: list[float] = []
+            stop = asyncio.Event()
+
+            async def probe() -> None:
+                async with aiohttp.ClientSession(timeout=timeout) as probe_session:
+                    while not stop.is_set():
+                        for path, out in (("/health", health), ("/metrics", metrics)):
+                            t0 = time.perf_counter()
+                            async with probe_session.get(base + path) as r:
+                                await r.read()
+                            out.append(time.perf_counter() - t0)
+                        await asyncio.sleep(0.05)
+
+            statuses: dict[int, int] = {}
+            latencies: list[float] = []
+
+            async def one() -> None:
+                t0 = time.perf_counter()
+                async with session.post(base + "/v1/preprocess", json=body) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                latencies.append(time.perf_counter() - t0)
+
+            prober = asyncio.ensure_future(probe())
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(n_requests)))
+            wall = time.perf_counter() - t0
+            stop.set()
+            await prober
+    return {
+        "mode": mode, "requests": n_requests, "wall_s": wall, "status": {str(k): v for k, v in statuses.items()},
+        "request": _ms(latencies), "health": _ms(health), "metrics": _ms(metrics),
+        "rejected_503": statuses.get(503, 0), "timeouts_504": statuses.get(504, 0),
+    }
