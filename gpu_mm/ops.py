@@ -203,15 +203,19 @@ def patchify(
     t, c, h, w = frames.shape
     if h % (patch_size * merge_size) or w % (patch_size * merge_size):
         raise ValueError(f"frame size {h}x{w} is not a multiple of {patch_size * merge_size}")
+    gh, gw, m, p = h // patch_size, w // patch_size, merge_size, patch_size
+    if t == 1:
+        # One image: broadcast it over the temporal pair instead of copying it first (as transformers does).
+        x = frames.reshape(c, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6)
+        x = x.unsqueeze(5).expand(-1, -1, -1, -1, -1, temporal_patch_size, -1, -1)
+        return x.reshape(gh * gw, c * temporal_patch_size * p * p), (1, gh, gw)
     if pad := -t % temporal_patch_size:
         frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
         t += pad
-    gt, gh, gw = t // temporal_patch_size, h // patch_size, w // patch_size
-    x = frames.reshape(
-        gt, temporal_patch_size, c, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size
-    )
+    gt = t // temporal_patch_size
+    x = frames.reshape(gt, temporal_patch_size, c, gh // m, m, p, gw // m, m, p)
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return x.reshape(gt * gh * gw, c * temporal_patch_size * patch_size * patch_size), (gt, gh, gw)
+    return x.reshape(gt * gh * gw, c * temporal_patch_size * p * p), (gt, gh, gw)
 
 
 def normalize_patchify(
@@ -224,16 +228,13 @@ def normalize_patchify(
     merge_size: int = 2,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Reference for the fused kernel: normalize uint8 ``[T, C, H, W]`` and patchify, cast to ``dtype``.
+    """Reference for the fused kernel: normalize uint8 ``[T, C, H, W]`` then patchify, cast to ``dtype``.
 
-    Patchifies the uint8 frames first (a quarter of the bytes to move) and normalizes the rows after;
-    the elementwise arithmetic is the same as normalize-then-patchify, so the result is identical.
+    The same operations in the same order as transformers (normalize the contiguous frames, then lay
+    out the patches), so the result is identical to it.
     """
-    pv, grid = patchify(frames, patch_size, temporal_patch_size, merge_size)
-    m, s = _mean_std(frames, mean, std)
-    rows, c = pv.shape[0], frames.shape[1]
-    out = (pv.view(rows, c, -1).to(torch.float32) - m[:, None]) / s[:, None]
-    return out.view(rows, -1).to(dtype), grid
+    pv, grid = patchify(normalize(frames, mean, std), patch_size, temporal_patch_size, merge_size)
+    return pv.to(dtype), grid
 
 
 SamplingRule = Literal["qwen_vl_utils", "hf"]
