@@ -25,7 +25,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
                               sampling=args.sampling)
     rows: list[dict[str, Any]] = []
     status = 0
-    for i, source in enumerate(args.sources):
+    for source in args.sources:
         data: Any = sys.stdin.buffer.read() if source == "-" else source
         is_video = args.video or (isinstance(data, str) and data.lower().endswith(
             (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")))

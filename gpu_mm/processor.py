@@ -22,7 +22,7 @@ import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Literal
 
-from ._aio import consume
+from ._aio import consume, wait_until
 from ._gate import Gate
 from ._workers import WorkerPool
 from .errors import GpuMMError, Overloaded, ProcessingTimeout, ProcessorClosed
@@ -206,16 +206,13 @@ class AsyncMMDataProcessor:
         self._queue_wait.add(time.monotonic() - arrived)
         job = self._start(call_kwargs)
         try:
-            if deadline is None:
-                await asyncio.wait({job.done})
-            else:
-                await asyncio.wait({job.done}, timeout=max(0.0, deadline - time.monotonic()))
+            done = await wait_until(job.done, deadline)
         except asyncio.CancelledError:
             if not job.done.done():
                 self._abandon(job)
             self._cancelled += 1
             raise
-        if not job.done.done():
+        if not done:
             self._abandon(job)
             self._timed_out += 1
             raise ProcessingTimeout(

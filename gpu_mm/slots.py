@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from ._aio import consume
+from ._aio import consume, wait_until
 from ._gate import Gate
 from ._workers import WorkerPool
 from .errors import BackendUnavailable, ProcessingTimeout, ProcessorClosed
@@ -247,17 +247,14 @@ class SlotPool:
             else None
         )
         try:
-            if deadline is None:
-                await asyncio.wait({pending.done})
-            else:
-                await asyncio.wait({pending.done}, timeout=max(0.0, deadline - time.monotonic()))
+            done = await wait_until(pending.done, deadline)
         except asyncio.CancelledError:
             if pending.done.done():
                 consume(pending.done)
             else:
                 pending.abandoned = True
             raise
-        if not pending.done.done():
+        if not done:
             pending.abandoned = True
             self._timed_out += 1
             raise ProcessingTimeout(

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _mean_std
 
 
 @triton.jit
@@ -88,9 +88,7 @@ def fused_normalize_patchify(
         out = torch.empty((rows, row), dtype=dtype, device=frames.device)
     elif out.shape != (rows, row) or out.dtype != dtype or out.device != frames.device:
         raise ValueError(f"out must be {dtype} {(rows, row)} on {frames.device}, got {out.dtype} {tuple(out.shape)}")
-    # Same float32 constants as the torch reference (transformers' fused rescale+normalize).
-    m = torch.tensor(mean, device=frames.device) * (1.0 / (1 / 255))
-    s = torch.tensor(std, device=frames.device) * (1.0 / (1 / 255))
+    m, s = _mean_std(frames, mean, std)  # the reference's float32 constants, so results are bit-identical
     if rows:
         _normalize_patchify_kernel[(rows,)](
             frames, out, m, s, t, h, w, gh, gw,

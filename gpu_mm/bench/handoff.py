@@ -47,11 +47,11 @@ def run(reps: int = 5, sizes: dict[str, tuple[int, int]] | None = None) -> dict[
         for name, shape in (sizes or SIZES).items():
             feats = {"pixel_values_videos": torch.randn(*shape), "video_grid_thw": torch.tensor([[1, 2, 3]])}
 
-            def pickled() -> None:
+            def pickled(feats: dict[str, torch.Tensor] = feats) -> None:
                 parent.send_bytes(b"p" + pickle.dumps(feats, protocol=pickle.HIGHEST_PROTOCOL))
                 parent.recv_bytes()
 
-            def shm_copy() -> None:
+            def shm_copy(feats: dict[str, torch.Tensor] = feats) -> None:
                 h = pool.put(feats)
                 parent.send_bytes(b"h" + pickle.dumps(h))
                 parent.recv_bytes()
@@ -61,7 +61,7 @@ def run(reps: int = 5, sizes: dict[str, tuple[int, int]] | None = None) -> dict[
             for k, v in feats.items():
                 lease.tensors[k].copy_(v)  # features made in the pool, as a producer writing out= would
 
-            def shm_in_place() -> None:
+            def shm_in_place(lease: Any = lease) -> None:
                 parent.send_bytes(b"h" + pickle.dumps(lease.handle))
                 parent.recv_bytes()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -457,7 +456,7 @@ class Qwen2VLPreprocessor:
             feats.pixel_values_videos = torch.cat([o[0] for _, o in vid]) if len(vid) > 1 else vid[0][1][0]
             feats.video_grid_thw = torch.tensor([p.grid for p, _ in vid], dtype=torch.long)
             feats.second_per_grid_ts = [cfg.temporal_patch_size / (p.sample_fps or 1.0) for p, _ in vid]
-        for p, (pv, decoder) in zip(plans, outs):
+        for p, (_, decoder) in zip(plans, outs):
             t, h, w = p.grid
             feats.items.append(
                 ItemReport(
@@ -499,14 +498,10 @@ def _frame_range(total: int, fps: float, start_s: float | None, end_s: float | N
 
 
 async def _within(fut: asyncio.Future[Any], deadline: float | None) -> Any:
+    from .._aio import consume, wait_until
     from ..errors import ProcessingTimeout
 
-    if deadline is None:
-        return await fut
-    done, _ = await asyncio.wait({fut}, timeout=max(0.0, deadline - time.monotonic()))
-    if not done:
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    if not await wait_until(fut, deadline):
+        fut.add_done_callback(consume)
         raise ProcessingTimeout("planning (load + probe) did not finish by the deadline")
     return fut.result()
-
-
