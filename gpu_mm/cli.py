@@ -95,6 +95,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result["video"][name]["bytes"] = len(clip)
     _progress(f"responsiveness: {args.concurrency} concurrent image requests, loop lag and health probe ...")
     result["loop_lag"] = asyncio.run(run_all(jpeg, args.concurrency, workers=2, progress=lambda n: _progress(f"  {n}")))
+    sweep_levels = [1, 8, 32] if quick else [1, 4, 16, 64]
+    _progress(f"throughput vs concurrency {sweep_levels}: gpu-mm vs the seed's wrapper ...")
+    result["concurrency_sweep"] = {}
+    for c in sweep_levels:
+        for name, figures in asyncio.run(run_all(jpeg, c, workers=2, only=["seed_wrapper_sync", "gpu_mm_native"])).items():
+            result["concurrency_sweep"].setdefault(name, []).append({"concurrency": c, **figures})
     if not args.no_http:
         from .bench.http import run_mode
 
@@ -106,11 +112,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result["http"][mode] = asyncio.run(run_mode(mode, videos["360p"], n_http, device))
     _print_summary(result)
     if args.out:
+        from .bench.plots import write_plots
+
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"bench_{(info['gpu'] or 'cpu').replace(' ', '_')}_{info['date'][:10]}.json"
+        stem = f"bench_{(info['gpu'] or 'cpu').replace(' ', '_')}_{info['date'][:10]}"
+        path = out / f"{stem}.json"
         path.write_text(json.dumps(result, indent=2, default=str))
         _progress(f"wrote {path}")
+        for png in write_plots(result, out / stem):
+            _progress(f"wrote {png}")
     return 0
 
 

@@ -186,7 +186,9 @@ def normalize(
     """Fused rescale + normalize of uint8 ``[..., C, H, W]``: ``(x - 255 mean) / (255 std)`` in float32."""
     m, s = _mean_std(frames, mean, std)
     x = frames.to(torch.float32)
-    return (x - m[:, None, None]) / s[:, None, None]
+    if x is frames:  # already float32: do not modify the caller's tensor
+        return (x - m[:, None, None]) / s[:, None, None]
+    return x.sub_(m[:, None, None]).div_(s[:, None, None])  # in place on the fresh copy, as transformers
 
 
 def patchify(
