@@ -14,7 +14,9 @@ from .errors import (
     SourceError,
     UnsupportedMedia,
 )
+from .media.sources import MediaLimits
 from .metrics import LatencySummary, StageTimer
+from .models.qwen2_vl import ItemReport, Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
 from .processor import AsyncMMDataProcessor, ProcessorStatistics
 from .slots import Completion, Slot, SlotPool, SlotPoolStatistics
 
@@ -26,13 +28,18 @@ __all__ = [
     "Completion",
     "DecodeError",
     "GpuMMError",
+    "ItemReport",
     "LatencySummary",
     "LimitExceeded",
+    "MediaLimits",
     "MediaError",
     "Overloaded",
     "ProcessingTimeout",
     "ProcessorClosed",
     "ProcessorStatistics",
+    "Qwen2VLConfig",
+    "Qwen2VLFeatures",
+    "Qwen2VLPreprocessor",
     "Slot",
     "SlotPool",
     "SlotPoolStatistics",

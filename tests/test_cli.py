@@ -1,0 +1,26 @@
+"""The ``gpu-mm`` command: ``preprocess`` reports per item and fails with a non-zero code on bad input."""
+
+from __future__ import annotations
+
+import json
+
+from gpu_mm.cli import main
+from media_helpers import clip, make_image
+
+
+def test_preprocess_json_reports_grid_tokens_decoder_and_frames(tmp_path, capsys):
+    img, vid = tmp_path / "a.jpg", tmp_path / "b.mp4"
+    img.write_bytes(make_image(480, 640, "JPEG"))
+    vid.write_bytes(clip("h264", 48))
+    assert main(["preprocess", str(img), str(vid), "--json", "--device", "cpu"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["grid_thw"] == [1, 34, 46] and rows[0]["tokens"] == 391 and rows[0]["shape"] == [1564, 1176]
+    assert rows[1]["kind"] == "video" and rows[1]["frame_indices"] == [0, 16, 31, 47]
+    assert rows[1]["decoder"] == "pyav" and set(rows[1]["timings_ms"]) >= {"decode", "resize"}
+
+
+def test_preprocess_bad_input_exits_non_zero_naming_the_item(tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    assert main(["preprocess", str(bad), "--device", "cpu"]) == 1
+    assert "notes.txt" in capsys.readouterr().err
