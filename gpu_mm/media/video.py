@@ -244,6 +244,84 @@ class PyAVDecoder:
                 break
 
 
+def _refuse_together(name: str, other: str) -> None:
+    """decord2 bundles its own FFmpeg while torchcodec loads the system's: with both in one process,
+    decoding crashed the interpreter (decord2 3.4 + torchcodec 0.17, AV1). Refuse the second one."""
+    import sys
+
+    if other in sys.modules:
+        raise BackendUnavailable(
+            f"{name} cannot be used in a process that has loaded {other}: their FFmpeg builds clash "
+            "(the process can crash); use one of them per process"
+        )
+
+
+class DecordDecoder:
+    """decord (the ``decord2`` package, CPU): ``VideoReader.get_batch`` on the planned indices.
+
+    The plan's frame count comes from the container's packets, not from decord, whose own count can
+    be over-reported by a container header (dmlc/decord#373); indices beyond what decord can reach
+    are an error, never a loop or a silent repeat.
+    """
+
+    name = "decord"
+
+    def __init__(self) -> None:
+        _refuse_together("decord", "torchcodec")
+        try:
+            import decord
+        except ImportError as exc:
+            raise BackendUnavailable(f"decord is not installed ({exc}); pip install 'gpu-mm[decord]'") from None
+        self._decord = decord
+
+    def get_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> torch.Tensor:
+        decord = self._decord
+        if not indices:
+            raise ValueError("no frame indices given")
+        try:
+            reader = decord.VideoReader(io.BytesIO(src.data or b""), ctx=decord.cpu(0), num_threads=1)
+            available = min(len(reader), info.num_frames)
+            beyond = [i for i in indices if not 0 <= i < available]
+            if beyond:
+                raise DecodeError(src.item, f"decord reaches {available} frames; planned index {beyond[0]} is beyond")
+            frames = reader.get_batch(list(indices)).asnumpy()
+        except decord.DECORDError as exc:
+            raise DecodeError(src.item, f"decord failed: {str(exc).splitlines()[0]}") from None
+        return torch.from_numpy(frames)
+
+
+class TorchCodecDecoder:
+    """torchcodec (needs the system's FFmpeg shared libraries), exact seek mode, planned indices only."""
+
+    name = "torchcodec"
+
+    def __init__(self, num_ffmpeg_threads: int = 1) -> None:
+        _refuse_together("torchcodec", "decord")
+        try:
+            from torchcodec.decoders import VideoDecoder as _VideoDecoder
+        except (ImportError, RuntimeError, OSError) as exc:
+            raise BackendUnavailable(
+                f"torchcodec is not usable ({str(exc).splitlines()[0]}); it needs pip install torchcodec "
+                "and FFmpeg's shared libraries (4..9) on the system"
+            ) from None
+        self._cls = _VideoDecoder
+        self.num_ffmpeg_threads = num_ffmpeg_threads
+
+    def get_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> torch.Tensor:
+        if not indices:
+            raise ValueError("no frame indices given")
+        try:
+            decoder = self._cls(src.data or b"", seek_mode="exact", dimension_order="NHWC",
+                                num_ffmpeg_threads=self.num_ffmpeg_threads)
+            available = min(int(decoder.metadata.num_frames or 0), info.num_frames)
+            beyond = [i for i in indices if not 0 <= i < available]
+            if beyond:
+                raise DecodeError(src.item, f"torchcodec reaches {available} frames; planned index {beyond[0]} is beyond")
+            return decoder.get_frames_at(list(indices)).data
+        except (RuntimeError, ValueError) as exc:
+            raise DecodeError(src.item, f"torchcodec failed: {str(exc).splitlines()[0]}") from None
+
+
 def _dali(backend: str) -> Callable[[], VideoDecoder]:
     def make() -> VideoDecoder:
         from .dali import DALIVideoDecoder
@@ -255,6 +333,8 @@ def _dali(backend: str) -> Callable[[], VideoDecoder]:
 
 _FACTORIES: dict[str, Callable[[], VideoDecoder]] = {
     "pyav": PyAVDecoder,
+    "decord": DecordDecoder,
+    "torchcodec": TorchCodecDecoder,
     "dali": _dali("mixed"),
     "dali-cpu": _dali("cpu"),
 }

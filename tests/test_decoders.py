@@ -1,0 +1,73 @@
+"""Every CPU video backend returns exactly PyAV's frames for the planned indices (same FFmpeg colour
+conversion), on every codec the test machine encodes; bad streams get typed errors.
+
+decord and torchcodec load different FFmpeg builds and must not share a process (it crashed here), so
+each backend's checks run in a subprocess of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from gpu_mm import BackendUnavailable
+
+CHECK = r'''
+import json, sys, torch
+from gpu_mm import MediaError, BackendUnavailable
+from gpu_mm.media.sources import load_source
+from gpu_mm.media.video import get_video_decoder, probe_video
+from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from media_helpers import all_frames, clip
+
+backend = sys.argv[1]
+try:
+    decoder = get_video_decoder(backend)
+except BackendUnavailable as exc:
+    print(json.dumps({"unavailable": str(exc)})); sys.exit(0)
+out = {}
+idx = [0, 5, 17, 17, 39, 2]
+for codec in ["h264", "hevc", "vp9", "av1", "mjpeg"]:
+    data = clip(codec, 40, bframes=2 if codec in ("h264", "hevc") else 0)
+    src = load_source(data, "video[0]")
+    got = decoder.get_frames_at(src, probe_video(src), idx)
+    out[codec] = got.dtype == torch.uint8 and torch.equal(got, torch.from_numpy(all_frames(data)[idx]))
+data = clip("h264", 48, bframes=2)
+ours = Qwen2VLPreprocessor("cpu", video_decoder=backend)(videos=[data])
+ref = Qwen2VLPreprocessor("cpu", video_decoder="pyav")(videos=[data])
+out["preprocessor"] = ours.items[0].decoder == backend and torch.equal(ours.pixel_values_videos, ref.pixel_values_videos)
+vp9 = clip("vp9", 40)
+info = probe_video(load_source(vp9, "v"))
+try:
+    decoder.get_frames_at(load_source(vp9[: len(vp9) // 2], "video[4]"), info, [0, 39])
+    out["truncated"] = "no error"
+except MediaError as exc:
+    out["truncated"] = "video[4]" in str(exc)
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.parametrize("backend", ["decord", "torchcodec"])
+def test_backend_equals_pyav_in_its_own_process(backend):
+    tests = pathlib.Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", CHECK, backend],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "unavailable" in result:
+        pytest.skip(result["unavailable"])
+    assert result == {"h264": True, "hevc": True, "vp9": True, "av1": True, "mjpeg": True,
+                      "preprocessor": True, "truncated": True}
+
+
+def test_decord_and_torchcodec_refuse_to_share_a_process(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchcodec", sys.modules.get("torchcodec") or object())
+    from gpu_mm.media.video import get_video_decoder
+
+    with pytest.raises(BackendUnavailable, match="clash"):
+        get_video_decoder("decord")
