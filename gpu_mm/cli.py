@@ -17,6 +17,17 @@ def _progress(msg: str) -> None:
     print(f"[gpu-mm] {msg}", file=sys.stderr, flush=True)
 
 
+class _Steps:
+    """Numbered progress lines with elapsed time for the long stages of a run."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        self.done += 1
+        _progress(f"[{self.done}/{self.total} +{time.perf_counter() - self.t0:5.0f}s] {msg}")
+
+
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from .media.sources import MediaLimits
     from .models.qwen2_vl import Qwen2VLPreprocessor
@@ -79,24 +90,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     quick = args.quick
     reps = 5 if quick else 15
     _progress(f"machine: {machine_label(info)}; device {device}; {'quick' if quick else 'full'} run")
-    _progress("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
-    jpeg = make_image(1080, 1920, "JPEG")
     clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
+    step = _Steps(1 + 1 + len(clips) + 1 + 1 + (0 if args.no_http else 1))
+    step("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
+    jpeg = make_image(1080, 1920, "JPEG")
     seconds = 10 if quick else 30
     # ~0.55 Mbit/s: a 30 s clip is ~2 MB, the size of the seed's example video.
     videos = {name: make_video(seconds * 30, h, w, fps=30, gop=60, bframes=2, bit_rate=550_000)
               for name, (h, w) in clips.items()}
     result: dict[str, Any] = {"machine": info, "device": device, "quick": quick, "image": {}, "video": {}}
-    _progress("image: bytes -> features, gpu-mm vs transformers ...")
+    step("image: bytes -> features, gpu-mm vs transformers ...")
     result["image"]["1080p_jpeg"] = image_bench(jpeg, device, reps)
     for name, clip in videos.items():
-        _progress(f"video {name} ({len(clip) / 1e6:.1f} MB, {seconds} s): gpu-mm vs qwen-vl-utils + transformers ...")
+        step(f"video {name} ({len(clip) / 1e6:.1f} MB, {seconds} s): gpu-mm vs qwen-vl-utils + transformers ...")
         result["video"][name] = video_bench(clip, device, max(1, reps // 3))
         result["video"][name]["bytes"] = len(clip)
-    _progress(f"responsiveness: {args.concurrency} concurrent image requests, loop lag and health probe ...")
+    step(f"responsiveness: {args.concurrency} concurrent image requests, loop lag and health probe ...")
     result["loop_lag"] = asyncio.run(run_all(jpeg, args.concurrency, workers=2, progress=lambda n: _progress(f"  {n}")))
     sweep_levels = [1, 8, 32] if quick else [1, 4, 16, 64]
-    _progress(f"throughput vs concurrency {sweep_levels}: gpu-mm vs the seed's wrapper ...")
+    step(f"throughput vs concurrency {sweep_levels}: gpu-mm vs the seed's wrapper ...")
     result["concurrency_sweep"] = {}
     for c in sweep_levels:
         for name, figures in asyncio.run(run_all(jpeg, c, workers=2, only=["seed_wrapper_sync", "gpu_mm_native"])).items():
@@ -105,7 +117,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench.http import run_mode
 
         n_http = 8 if quick else 16
-        _progress(f"HTTP: {n_http} concurrent video requests to gpu-mm serve on loopback, probing /health and /metrics")
+        step(f"HTTP: {n_http} concurrent video requests to gpu-mm serve on loopback, probing /health and /metrics")
         result["http"] = {}
         for mode in ("inline", "seed", "gpu_mm"):
             _progress(f"  serve --mode {mode}")
