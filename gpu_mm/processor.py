@@ -278,7 +278,13 @@ class AsyncMMDataProcessor:
         loop = asyncio.get_running_loop()
         if self._inline:
             method = getattr(self.mm_processor, self._method)
-            task = loop.create_task(self._timed(method(**call_kwargs)))
+            try:
+                coro = method(**call_kwargs)  # a bad signature raises here, before any task exists
+            except BaseException:
+                self._gate.release()
+                self._failed += 1
+                raise
+            task = loop.create_task(self._timed(coro))
             job = _Job(task, task)
         else:
             assert self._pool is not None

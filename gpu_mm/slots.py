@@ -240,7 +240,12 @@ class SlotPool:
         self._pending.add(pending)
         pending.done.add_done_callback(functools.partial(self._release, pending))
         work = functools.partial(self._work, fn, slot, args, kwargs)
-        cfut = self._threads[slot.index].submit(lambda _processor: work())
+        try:
+            cfut = self._threads[slot.index].submit(lambda _processor: work())
+        except RuntimeError as exc:  # the pool was closed between admission and submission
+            pending.done.set_exception(ProcessorClosed(str(exc)))
+            consume(pending.done)
+            raise ProcessorClosed(f"SlotPool is closed: {exc}") from None
         cfut.add_done_callback(
             lambda f: loop.call_soon_threadsafe(self._on_thread_done, pending, f)
             if not loop.is_closed()

@@ -444,3 +444,16 @@ def test_statistics_is_a_frozen_snapshot():
 def test_bad_arguments_say_what_to_fix(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         AsyncMMDataProcessor(AsyncProc(), **kwargs)
+
+
+async def test_bad_call_signature_fails_without_leaking_a_slot():
+    class Strict:
+        async def process_mm_data_async(self, image_data=None, audio_data=None, input_text=None, request_obj=None):
+            return "ok"
+
+    p = AsyncMMDataProcessor(Strict(), max_concurrent_calls=1)
+    with pytest.raises(TypeError):
+        await p.process(unexpected=1)
+    s = p.statistics()
+    assert s.in_flight == 0 and s.failed == 1
+    assert await p.process() == "ok"

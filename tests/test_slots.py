@@ -325,3 +325,15 @@ async def test_gate_is_fifo_for_large_requests():
     assert not small.done()
     gate.release(100)
     await small
+
+
+async def test_work_admitted_as_the_pool_closes_fails_cleanly():
+    pool = SlotPool(1)
+    await pool.run(work, 0)
+    for worker in pool._threads:  # the pool's threads stop between admission and submission
+        worker.shutdown(wait=True)
+    with pytest.raises(ProcessorClosed):
+        await pool.run(work, 1)
+    await asyncio.sleep(0)  # one loop turn: the slot comes back in the future's done-callback
+    assert pool.statistics().busy == 0
+    await pool.aclose()
