@@ -298,6 +298,14 @@ class SlotPool:
         if self._poller is not None and not self._poller.entries:
             self._poller.close()
 
+    def __del__(self) -> None:
+        # Let idle slot threads exit when the pool is dropped without aclose().
+        for worker in getattr(self, "_threads", ()):
+            try:
+                worker.shutdown(wait=False)
+            except Exception:  # noqa: BLE001 - interpreter teardown
+                pass
+
     # ------------------------------------------------------------------ internals
 
     def _work(self, fn: Callable[..., T], slot: Slot, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[T, Any]:

@@ -337,3 +337,19 @@ async def test_work_admitted_as_the_pool_closes_fails_cleanly():
     await asyncio.sleep(0)  # one loop turn: the slot comes back in the future's done-callback
     assert pool.statistics().busy == 0
     await pool.aclose()
+
+
+def test_dropped_pool_lets_its_threads_exit():
+    import gc
+
+    async def use():
+        pool = SlotPool(2)
+        await asyncio.gather(pool.run(work, 1), pool.run(work, 2))
+        return [t for t in threading.enumerate() if t.name.startswith("gpu-mm-slot-")]
+
+    threads = asyncio.run(use())
+    assert threads
+    gc.collect()
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
