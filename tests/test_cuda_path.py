@@ -72,3 +72,13 @@ async def test_no_memory_growth_over_many_requests():
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= before + (1 << 20)
     await pre.aclose()
+
+
+async def test_pinned_output_is_complete_when_awaited():
+    data = [make_image(480, 640, "JPEG")]
+    pre = Qwen2VLPreprocessor("cuda", output="pinned")
+    feats = await pre.preprocess(images=data)
+    assert feats.pixel_values.is_pinned() and feats.pixel_values.device.type == "cpu"
+    ref = Qwen2VLPreprocessor("cuda")(images=data)
+    assert torch.equal(feats.pixel_values, ref.pixel_values.cpu())
+    await pre.aclose()

@@ -275,3 +275,64 @@ class TestPyAVDecoder:
         assert "pyav" in available_video_decoders()
         with pytest.raises(ValueError, match="unknown video decoder"):
             get_video_decoder("nope")
+
+
+def _faststart_mp4(tmp_path, frames: int = 48) -> bytes:
+    """An MP4 with its index (moov) before the data, as web uploads usually are."""
+    import av
+    from fractions import Fraction
+
+    from gpu_mm.media.synth import pattern
+
+    path = tmp_path / "faststart.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
+        s = out.add_stream("libx264", rate=Fraction(24))
+        s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+        s.codec_context.gop_size = 12
+        s.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        for t in range(frames):
+            img = np.roll(pattern(96, 128), t * 3, axis=1)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path.read_bytes()
+
+
+class TestDamagedVideos:
+    def test_header_over_reporting_frames_is_not_trusted(self, tmp_path):
+        """A cut upload keeps a header claiming 48 frames; the plan uses what the packets hold."""
+        data = _faststart_mp4(tmp_path)
+        cut = load_source(data[: len(data) * 6 // 10], "video[0]")
+        info = probe_video(cut)
+        assert info.header_num_frames == 48 and info.num_frames < 48
+        got = PyAVDecoder().get_frames_at(cut, info, [0, 12])
+        assert torch.equal(got, torch.from_numpy(all_frames(data)[[0, 12]]))
+        with pytest.raises(MediaError, match="video\\[0\\]"):  # the torn last packet: typed, not a hang
+            PyAVDecoder().get_frames_at(cut, info, list(range(info.num_frames)))
+
+    def test_container_with_a_stream_but_no_frames(self):
+        import av
+
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="matroska") as out:
+            s = out.add_stream("libx264", rate=24)
+            s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        with pytest.raises(MediaError, match="video\\[0\\]"):
+            probe_video(load_source(buf.getvalue(), "video[0]"))
+
+    def test_bit_flipped_videos_never_crash_or_hang(self):
+        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
+        pre = Qwen2VLPreprocessor("cpu")
+        data = bytearray(clip("h264", 48, gop=12))
+        rng = np.random.default_rng(7)
+        for _ in range(12):
+            bad = bytearray(data)
+            for pos in rng.integers(64, len(bad), 16):
+                bad[pos] ^= 0xFF
+            try:
+                feats = pre(videos=[bytes(bad)])
+                assert feats.pixel_values_videos.shape[1] == 1176
+            except MediaError as exc:
+                assert "video[0]" in str(exc)

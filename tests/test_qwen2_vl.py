@@ -250,3 +250,10 @@ class TestAsync:
         assert s.completed == 4 and s.in_flight == 0
         await wrapper.aclose()
         await pre.aclose()
+
+
+def test_pinned_output_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="pinned"):
+        Qwen2VLPreprocessor("cpu", output="pinned")

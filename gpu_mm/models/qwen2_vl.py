@@ -138,7 +138,9 @@ class Qwen2VLPreprocessor:
             lets torch's intra-op threads use the cores without oversubscribing them, which is what
             keeps the caller's loop responsive on small machines).
         memory_budget_bytes: bytes in flight allowed on the device (decoded frames and outputs).
-        output: ``"device"`` leaves features where they were made; ``"cpu"`` copies them to the CPU.
+        output: ``"device"`` leaves features where they were made; ``"cpu"`` copies them to the CPU;
+            ``"pinned"`` (CUDA only) copies them asynchronously into pinned host memory on the slot's
+            stream, the slot's completion event covering the copy.
     """
 
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots
@@ -153,15 +155,17 @@ class Qwen2VLPreprocessor:
         num_slots: int | None = None,
         memory_budget_bytes: int | None = None,
         max_queued: int | None = None,
-        output: Literal["device", "cpu"] = "device",
+        output: Literal["device", "cpu", "pinned"] = "device",
         **overrides: Any,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable(f"device {device!r} requested but CUDA is not available")
-        if output not in ("device", "cpu"):
-            raise ValueError(f"output must be 'device' or 'cpu', got {output!r}")
+        if output not in ("device", "cpu", "pinned"):
+            raise ValueError(f"output must be 'device', 'cpu' or 'pinned', got {output!r}")
+        if output == "pinned" and not device.startswith("cuda"):
+            raise ValueError("output='pinned' needs a CUDA device (pinned memory is page-locked for GPU copies)")
         self.device = device
         self.config = dataclasses.replace(config or Qwen2VLConfig(), **overrides)
         if self.config.sampling not in ("qwen_vl_utils", "hf"):
@@ -390,6 +394,12 @@ class Qwen2VLPreprocessor:
             raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
         if self.output == "cpu" and pv.device.type != "cpu":
             pv = pv.to("cpu")
+        elif self.output == "pinned":
+            host = torch.empty(pv.shape, dtype=pv.dtype, pin_memory=True)
+            host.copy_(pv, non_blocking=True)
+            if slot.stream is None:  # the synchronous API returns finished tensors
+                torch.cuda.current_stream().synchronize()
+            pv = host
         return pv, decoder
 
     def _decode(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
