@@ -208,7 +208,9 @@ class AsyncMMDataProcessor:
         try:
             done = await wait_until(job.done, deadline)
         except asyncio.CancelledError:
-            if not job.done.done():
+            if job.done.done():
+                consume(job.done)
+            else:
                 self._abandon(job)
             self._cancelled += 1
             raise
