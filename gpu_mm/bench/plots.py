@@ -30,31 +30,24 @@ def write_plots(result: dict[str, Any], out_dir: str | pathlib.Path) -> list[pat
         ax.legend()
         ax.grid(axis="y", alpha=0.3)
 
-    ll = result.get("loop_lag")
-    if ll:
+    def quantile_bars(figures: dict[str, Any], key: str, ylabel: str, title: str, name: str) -> None:
+        """p50 / p99 / max of ``figures[scenario][key]`` as grouped bars on a log scale."""
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        names = list(ll)
-        bars(ax, names, {q: [max(ll[n]["loop_lag"][f"{q}_ms"], 1e-3) for n in names] for q in ("p50", "p99", "max")},
-             "event-loop lag (ms, log)")
-        n = next(iter(ll.values()))["requests"]
-        ax.set_title(f"Event-loop lag, {n} concurrent image requests\n{label}", fontsize=10)
+        names = list(figures)
+        bars(ax, names, {q: [max(figures[n][key][f"{q}_ms"], 1e-3) for n in names] for q in ("p50", "p99", "max")},
+             ylabel)
+        ax.set_title(f"{title}, {next(iter(figures.values()))['requests']} concurrent requests\n{label}", fontsize=10)
         fig.tight_layout()
-        paths.append(out / "loop_lag.png")
+        paths.append(out / name)
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
 
-    http = result.get("http")
-    if http:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        names = list(http)
-        bars(ax, names, {q: [max(http[n]["health"][f"{q}_ms"], 1e-3) for n in names] for q in ("p50", "p99", "max")},
-             "GET /health latency (ms, log)")
-        n = next(iter(http.values()))["requests"]
-        ax.set_title(f"/health while serving {n} concurrent video requests\n{label}", fontsize=10)
-        fig.tight_layout()
-        paths.append(out / "http_health.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+    if result.get("loop_lag"):
+        quantile_bars(result["loop_lag"], "loop_lag", "event-loop lag (ms, log)", "Event-loop lag under image load",
+                      "loop_lag.png")
+    if result.get("http"):
+        quantile_bars(result["http"], "health", "GET /health latency (ms, log)", "/health while serving videos",
+                      "http_health.png")
 
     sweep = result.get("concurrency_sweep")
     if sweep:
