@@ -196,28 +196,37 @@ def patchify(
     patch_size: int = 14,
     temporal_patch_size: int = 2,
     merge_size: int = 2,
+    *,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """Flatten ``[T, C, H, W]`` into ``[grid_t*grid_h*grid_w, C*tp*p*p]`` rows in Qwen2-VL order.
 
     An odd last frame is repeated (one image becomes a pair of itself), exactly as transformers does.
     Rows follow (t, h-block, w-block, h-in-merge, w-in-merge); each row is (C, tp, p, p).
+    ``out``: a contiguous destination of that shape (any dtype) written in place, e.g. a shared block.
     """
     t, c, h, w = frames.shape
     if h % (patch_size * merge_size) or w % (patch_size * merge_size):
         raise ValueError(f"frame size {h}x{w} is not a multiple of {patch_size * merge_size}")
-    gh, gw, m, p = h // patch_size, w // patch_size, merge_size, patch_size
+    gh, gw, m, p, tp = h // patch_size, w // patch_size, merge_size, patch_size, temporal_patch_size
     if t == 1:
         # One image: broadcast it over the temporal pair instead of copying it first (as transformers does).
         x = frames.reshape(c, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6)
-        x = x.unsqueeze(5).expand(-1, -1, -1, -1, -1, temporal_patch_size, -1, -1)
-        return x.reshape(gh * gw, c * temporal_patch_size * p * p), (1, gh, gw)
-    if pad := -t % temporal_patch_size:
-        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
-        t += pad
-    gt = t // temporal_patch_size
-    x = frames.reshape(gt, temporal_patch_size, c, gh // m, m, p, gw // m, m, p)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return x.reshape(gt * gh * gw, c * temporal_patch_size * p * p), (gt, gh, gw)
+        x = x.unsqueeze(5).expand(-1, -1, -1, -1, -1, tp, -1, -1)
+        gt = 1
+    else:
+        if pad := -t % tp:
+            frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
+            t += pad
+        gt = t // tp
+        x = frames.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    rows, row = gt * gh * gw, c * tp * p * p
+    if out is None:
+        return x.reshape(rows, row), (gt, gh, gw)
+    if tuple(out.shape) != (rows, row) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {(rows, row)} tensor, got {tuple(out.shape)}")
+    out.view(x.shape).copy_(x)
+    return out, (gt, gh, gw)
 
 
 def normalize_patchify(
@@ -229,13 +238,16 @@ def normalize_patchify(
     temporal_patch_size: int = 2,
     merge_size: int = 2,
     dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """Reference for the fused kernel: normalize uint8 ``[T, C, H, W]`` then patchify, cast to ``dtype``.
 
     The same operations in the same order as transformers (normalize the contiguous frames, then lay
-    out the patches), so the result is identical to it.
+    out the patches), so the result is identical to it. ``out`` (of ``dtype``) receives the rows in place.
     """
-    pv, grid = patchify(normalize(frames, mean, std), patch_size, temporal_patch_size, merge_size)
+    if out is not None and out.dtype != dtype:
+        raise ValueError(f"out must be {dtype}, got {out.dtype}")
+    pv, grid = patchify(normalize(frames, mean, std), patch_size, temporal_patch_size, merge_size, out=out)
     return pv.to(dtype), grid
 
 

@@ -70,14 +70,16 @@ class SlotPoolStatistics:
 
 
 class _Pending:
-    __slots__ = ("slot", "nbytes", "done", "abandoned", "started")
+    __slots__ = ("slot", "nbytes", "done", "abandoned", "started", "on_release")
 
-    def __init__(self, slot: Slot, nbytes: int, done: asyncio.Future[Any]) -> None:
+    def __init__(self, slot: Slot, nbytes: int, done: asyncio.Future[Any],
+                 on_release: Callable[[], None] | None) -> None:
         self.slot = slot
         self.nbytes = nbytes
         self.done = done
         self.abandoned = False
         self.started = time.monotonic()
+        self.on_release = on_release
 
 
 class _EventPoller:
@@ -213,6 +215,7 @@ class SlotPool:
         *args: Any,
         nbytes: int = 0,
         deadline: float | None = None,
+        on_release: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> T:
         """Run ``fn(slot, *args, **kwargs)`` on a slot's thread and await its completion.
@@ -221,6 +224,8 @@ class SlotPool:
             fn: the work; on CUDA it runs with the slot's stream current and must only enqueue.
             nbytes: device bytes this work holds until it completes (for the memory budget).
             deadline: ``time.monotonic()`` instant after which the caller gives up.
+            on_release: called once on the loop when this call is settled for good: its work has
+                really ended (even if the caller gave up first), or it never started.
 
         Raises:
             ProcessingTimeout: the deadline passed (queued or running); a running slot is
@@ -230,13 +235,20 @@ class SlotPool:
             Exception: whatever ``fn`` (or the completion event) raised.
         """
         if self._closed:
+            if on_release is not None:
+                on_release()
             raise ProcessorClosed("SlotPool is closed")
         loop = asyncio.get_running_loop()
         arrived = time.monotonic()
-        await self._gate.acquire(nbytes=nbytes, deadline=deadline)
+        try:
+            await self._gate.acquire(nbytes=nbytes, deadline=deadline)
+        except BaseException:
+            if on_release is not None:
+                on_release()  # never started
+            raise
         self._queue_wait.add(time.monotonic() - arrived)
         slot = self._free.pop()
-        pending = _Pending(slot, nbytes, loop.create_future())
+        pending = _Pending(slot, nbytes, loop.create_future(), on_release)
         self._pending.add(pending)
         pending.done.add_done_callback(functools.partial(self._release, pending))
         work = functools.partial(self._work, fn, slot, args, kwargs)
@@ -362,3 +374,5 @@ class SlotPool:
         self._run_time.add(time.monotonic() - pending.started)
         self._free.append(pending.slot)
         self._gate.release(pending.nbytes)
+        if pending.on_release is not None:
+            pending.on_release()

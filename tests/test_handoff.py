@@ -122,3 +122,65 @@ def test_cuda_ipc_handoff_across_processes():
         assert torch.cuda.memory_allocated() <= before + pool.statistics().bytes_reserved
         parent.send(None)
         proc.join(30)
+
+
+class TestPreprocessorIntoPool:
+    """Features made straight into a shared block: same values, a handle to send, leases never leak."""
+
+    def test_features_written_in_place_equal_the_normal_path(self):
+        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+        from media_helpers import clip, make_image
+
+        images, videos = [make_image(100, 150, "JPEG"), make_image(64, 64, "PNG")], [clip("h264", 48)]
+        ref = Qwen2VLPreprocessor("cpu")(images=images, videos=videos)
+        with FeaturePool(max_blocks=2) as pool:
+            pre = Qwen2VLPreprocessor("cpu", output_pool=pool)
+            for _ in range(5):
+                feats = pre(images=images, videos=videos)
+                got = FeatureReceiver().open(feats.handle)
+                for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+                    assert torch.equal(got[key], getattr(ref, key)), key
+                    assert torch.equal(getattr(feats, key), getattr(ref, key)), key
+                pool.release(feats.handle)
+            s = pool.statistics()
+            assert s.leased == 0 and s.blocks == 1 and s.reuses == 4
+
+    def test_failed_call_returns_its_lease(self):
+        from gpu_mm import MediaError
+        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+        from media_helpers import make_image
+
+        with FeaturePool(max_blocks=1) as pool:
+            pre = Qwen2VLPreprocessor("cpu", output_pool=pool)
+            with pytest.raises(MediaError):
+                pre(images=[make_image(64, 64, "PNG"), b"\xff\xd8\xff" + b"\x00" * 64])
+            assert pool.statistics().leased == 0
+
+    async def test_timed_out_call_keeps_its_lease_until_the_work_ends(self):
+        import threading
+        import time
+
+        from gpu_mm import ProcessingTimeout
+        from gpu_mm.media.video import PyAVDecoder, register_video_decoder
+        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+        from media_helpers import clip
+
+        gate = threading.Event()
+
+        class Blocking(PyAVDecoder):
+            name = "blocking-test"
+
+            def get_frames_at(self, src, info, indices):
+                assert gate.wait(10), "test gate never opened"
+                return super().get_frames_at(src, info, indices)
+
+        register_video_decoder("blocking-test", Blocking)
+        with FeaturePool(max_blocks=2) as pool:
+            pre = Qwen2VLPreprocessor("cpu", output_pool=pool, video_decoder="blocking-test")
+            with pytest.raises(ProcessingTimeout):
+                await pre.preprocess(videos=[clip("h264", 48)], deadline=time.monotonic() + 0.05)
+            # The caller has gone, but the item's work may still write into the block: it stays leased.
+            assert pool.statistics().leased == 1
+            gate.set()
+            await pre.aclose()  # waits for the abandoned work to end
+            assert pool.statistics().leased == 0

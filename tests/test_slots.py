@@ -353,3 +353,20 @@ def test_dropped_pool_lets_its_threads_exit():
     for t in threads:
         t.join(5)
         assert not t.is_alive()
+
+
+async def test_on_release_fires_once_when_work_really_ends_or_never_starts():
+    box = EventBox()
+    pool = SlotPool(1, event_factory=box, max_queued=0)
+    released: list[str] = []
+    first = asyncio.ensure_future(pool.run(work, 1, deadline=_in(0.05), on_release=lambda: released.append("a")))
+    ev = await box.next_recorded()
+    with pytest.raises(ProcessingTimeout):
+        await first
+    assert released == []  # the caller left, the work has not ended
+    with pytest.raises(Overloaded):  # never starts: settled at once
+        await pool.run(work, 2, on_release=lambda: released.append("b"))
+    assert released == ["b"]
+    ev.fired.set()
+    await pool.aclose(timeout_s=5)  # waits for the abandoned work's event
+    assert released == ["b", "a"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -84,6 +85,9 @@ class Qwen2VLFeatures:
     video_grid_thw: torch.Tensor | None = None
     second_per_grid_ts: list[float] | None = None
     items: list[ItemReport] = dataclasses.field(default_factory=list)
+    handle: Any = None
+    """With an output pool: the :class:`gpu_mm.handoff.FeatureHandle` of the block holding these tensors
+    (send it to the consumer; ``pool.release(handle)`` once it is done with them)."""
 
     def processor_output(self, input_text: Any = None) -> dict[str, Any]:
         """What ``process_mm_data_async`` returns: :meth:`to_dict` plus ``input_text`` and ``items``."""
@@ -118,6 +122,28 @@ class _Plan:
     sample_fps: float | None = None
     nbytes: int = 0
     timer: StageTimer = dataclasses.field(default_factory=StageTimer)
+    out: torch.Tensor | None = None
+    """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
+
+
+class _LeaseGuard:
+    """Returns a lease to its pool if the call fails, but only once no item's work can still write into it."""
+
+    def __init__(self, pool: Any, lease: Any, items: int) -> None:
+        self.pool, self.lease, self.unsettled, self.failed = pool, lease, items, False
+
+    def settled(self) -> None:
+        self.unsettled -= 1
+        self._maybe_release()
+
+    def fail(self) -> None:
+        self.failed = True
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self.failed and self.unsettled == 0 and self.lease is not None:
+            self.pool.release(self.lease.handle)
+            self.lease = None
 
 
 class Qwen2VLPreprocessor:
@@ -141,6 +167,9 @@ class Qwen2VLPreprocessor:
         output: ``"device"`` leaves features where they were made; ``"cpu"`` copies them to the CPU;
             ``"pinned"`` (CUDA only) copies them asynchronously into pinned host memory on the slot's
             stream, the slot's completion event covering the copy.
+        output_pool: a :class:`gpu_mm.handoff.FeaturePool`; features are then written straight into a
+            block leased from it (in place on the CPU; by the kernel's ``out=`` on CUDA), ready to hand to
+            another process with ``features.handle``.
     """
 
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots
@@ -156,6 +185,7 @@ class Qwen2VLPreprocessor:
         memory_budget_bytes: int | None = None,
         max_queued: int | None = None,
         output: Literal["device", "cpu", "pinned"] = "device",
+        output_pool: Any = None,
         **overrides: Any,
     ) -> None:
         if device == "auto":
@@ -164,6 +194,11 @@ class Qwen2VLPreprocessor:
             raise BackendUnavailable(f"device {device!r} requested but CUDA is not available")
         if output not in ("device", "cpu", "pinned"):
             raise ValueError(f"output must be 'device', 'cpu' or 'pinned', got {output!r}")
+        if output_pool is not None and output != "device":
+            raise ValueError("output_pool decides where features go: leave output='device'")
+        if output_pool is not None and output_pool.device != "cpu" and not device.startswith("cuda"):
+            raise ValueError(f"a {output_pool.device} output pool needs a CUDA preprocessor, got device={device!r}")
+        self.output_pool = output_pool
         if output == "pinned" and not device.startswith("cuda"):
             raise ValueError("output='pinned' needs a CUDA device (pinned memory is page-locked for GPU copies)")
         self.device = device
@@ -200,8 +235,16 @@ class Qwen2VLPreprocessor:
         ``video_start``, ``video_end``, ``min_pixels``, ``max_pixels``, ``total_pixels``."""
         plans = self._plan_all(images, videos, request)
         slot = Slot(-1, self.device)
-        outs = [self._execute(slot, plan) for plan in plans]
-        return self._assemble(plans, outs)
+        lease = self._lease(plans)
+        try:
+            outs = [self._execute(slot, plan) for plan in plans]
+        except BaseException:
+            if lease is not None:
+                self.output_pool.release(lease.handle)
+            raise
+        if lease is not None and self.output_pool.device != "cpu":
+            torch.cuda.current_stream().synchronize()  # another process may read the block at once
+        return self._assemble(plans, outs, lease)
 
     # ------------------------------------------------------------------ async API
 
@@ -231,12 +274,21 @@ class Qwen2VLPreprocessor:
         plan_future = loop.run_in_executor(self._io, self._plan_all, images, videos, request)
         plans = await _within(plan_future, deadline)
         slots = self._slots
-        runs = [slots.run(self._execute, plan, nbytes=plan.nbytes, deadline=deadline) for plan in plans]
-        results = await asyncio.gather(*runs, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return self._assemble(plans, list(results))  # type: ignore[arg-type]
+        lease = self._lease(plans)
+        guard = _LeaseGuard(self.output_pool, lease, len(plans)) if lease is not None else None
+        settled = guard.settled if guard is not None else None
+        runs = [slots.run(self._execute, plan, nbytes=plan.nbytes, deadline=deadline, on_release=settled)
+                for plan in plans]
+        try:
+            results = await asyncio.gather(*runs, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        except BaseException:
+            if guard is not None:
+                guard.fail()  # the block returns to the pool once no abandoned item can write into it
+            raise
+        return self._assemble(plans, list(results), lease)  # type: ignore[arg-type]
 
     async def process_mm_data_async(
         self,
@@ -389,9 +441,15 @@ class Qwen2VLPreprocessor:
         with timer.stage("resize"):
             frames = ops.resize(frames, plan.target)
         with timer.stage("normalize_patchify"):
-            pv, grid = self._normalize_patchify(frames)
+            out = plan.out if plan.out is not None and plan.out.device == frames.device else None
+            pv, grid = self._normalize_patchify(frames, out)
+            if plan.out is not None and out is None:  # a CPU block for GPU features: one copy into it
+                plan.out.copy_(pv)
+                pv = plan.out
         if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
             raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
+        if plan.out is not None:
+            return pv, decoder
         if self.output == "cpu" and pv.device.type != "cpu":
             pv = pv.to("cpu")
         elif self.output == "pinned":
@@ -436,35 +494,64 @@ class Qwen2VLPreprocessor:
             decoder = slot.state[key] = get_video_decoder(name)
         return decoder
 
-    def _normalize_patchify(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    def _normalize_patchify(
+        self, frames: torch.Tensor, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
         cfg = self.config
+        kw = dict(patch_size=cfg.patch_size, temporal_patch_size=cfg.temporal_patch_size,
+                  merge_size=cfg.merge_size, dtype=cfg.output_dtype, out=out)
         if frames.device.type == "cuda":
             from ..kernels import fused_normalize_patchify, triton_available
 
             if triton_available():
-                return fused_normalize_patchify(
-                    frames, cfg.image_mean, cfg.image_std, patch_size=cfg.patch_size,
-                    temporal_patch_size=cfg.temporal_patch_size, merge_size=cfg.merge_size,
-                    dtype=cfg.output_dtype,
-                )
-        return ops.normalize_patchify(
-            frames, cfg.image_mean, cfg.image_std, patch_size=cfg.patch_size,
-            temporal_patch_size=cfg.temporal_patch_size, merge_size=cfg.merge_size, dtype=cfg.output_dtype,
-        )
+                return fused_normalize_patchify(frames, cfg.image_mean, cfg.image_std, **kw)
+        return ops.normalize_patchify(frames, cfg.image_mean, cfg.image_std, **kw)
 
     # ------------------------------------------------------------------ output
 
-    def _assemble(self, plans: list[_Plan], outs: list[tuple[torch.Tensor, str]]) -> Qwen2VLFeatures:
+    def _lease(self, plans: list[_Plan]) -> Any:
+        """With an output pool: lease one block for all features and point each plan at its rows."""
+        if self.output_pool is None or not plans:
+            return None
+        cfg = self.config
+        row = 3 * cfg.temporal_patch_size * cfg.patch_size**2
+        layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        for kind, key, grid_key in (("image", "pixel_values", "image_grid_thw"),
+                                    ("video", "pixel_values_videos", "video_grid_thw")):
+            group = [p for p in plans if p.kind == kind]
+            if group:
+                layout[key] = ((sum(math.prod(p.grid) for p in group), row), cfg.output_dtype)
+                layout[grid_key] = ((len(group), 3), torch.long)
+        lease = self.output_pool.lease(layout)
+        offsets = {"image": 0, "video": 0}
+        for p in plans:
+            key = "pixel_values" if p.kind == "image" else "pixel_values_videos"
+            n = math.prod(p.grid)
+            p.out = lease.tensors[key][offsets[p.kind] : offsets[p.kind] + n]
+            offsets[p.kind] += n
+        return lease
+
+    def _assemble(self, plans: list[_Plan], outs: list[tuple[torch.Tensor, str]], lease: Any = None) -> Qwen2VLFeatures:
         feats = Qwen2VLFeatures()
         cfg = self.config
         img = [(p, o) for p, o in zip(plans, outs) if p.kind == "image"]
         vid = [(p, o) for p, o in zip(plans, outs) if p.kind == "video"]
-        if img:
-            feats.pixel_values = torch.cat([o[0] for _, o in img]) if len(img) > 1 else img[0][1][0]
-            feats.image_grid_thw = torch.tensor([p.grid for p, _ in img], dtype=torch.long)
+        if lease is not None:
+            feats.handle = lease.handle
+            for group, key, grid_key in ((img, "pixel_values", "image_grid_thw"),
+                                         (vid, "pixel_values_videos", "video_grid_thw")):
+                if group:
+                    lease.tensors[grid_key].copy_(torch.tensor([p.grid for p, _ in group], dtype=torch.long))
+                    setattr(feats, key, lease.tensors[key])
+                    setattr(feats, grid_key, lease.tensors[grid_key])
+        else:
+            if img:
+                feats.pixel_values = torch.cat([o[0] for _, o in img]) if len(img) > 1 else img[0][1][0]
+                feats.image_grid_thw = torch.tensor([p.grid for p, _ in img], dtype=torch.long)
+            if vid:
+                feats.pixel_values_videos = torch.cat([o[0] for _, o in vid]) if len(vid) > 1 else vid[0][1][0]
+                feats.video_grid_thw = torch.tensor([p.grid for p, _ in vid], dtype=torch.long)
         if vid:
-            feats.pixel_values_videos = torch.cat([o[0] for _, o in vid]) if len(vid) > 1 else vid[0][1][0]
-            feats.video_grid_thw = torch.tensor([p.grid for p, _ in vid], dtype=torch.long)
             feats.second_per_grid_ts = [cfg.temporal_patch_size / (p.sample_fps or 1.0) for p, _ in vid]
         for p, (_, decoder) in zip(plans, outs):
             t, h, w = p.grid
