@@ -14,6 +14,7 @@ from .errors import (
     SourceError,
     UnsupportedMedia,
 )
+from .handoff import FeatureHandle, FeaturePool, FeatureReceiver
 from .media.sources import MediaLimits
 from .metrics import LatencySummary, StageTimer
 from .models.qwen2_vl import ItemReport, Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
@@ -27,6 +28,9 @@ __all__ = [
     "BackendUnavailable",
     "Completion",
     "DecodeError",
+    "FeatureHandle",
+    "FeaturePool",
+    "FeatureReceiver",
     "GpuMMError",
     "ItemReport",
     "LatencySummary",
