@@ -538,19 +538,18 @@ class Qwen2VLPreprocessor:
         vid = [(p, o) for p, o in zip(plans, outs) if p.kind == "video"]
         if lease is not None:
             feats.handle = lease.handle
-            for group, key, grid_key in ((img, "pixel_values", "image_grid_thw"),
-                                         (vid, "pixel_values_videos", "video_grid_thw")):
-                if group:
-                    lease.tensors[grid_key].copy_(torch.tensor([p.grid for p, _ in group], dtype=torch.long))
-                    setattr(feats, key, lease.tensors[key])
-                    setattr(feats, grid_key, lease.tensors[grid_key])
-        else:
-            if img:
-                feats.pixel_values = torch.cat([o[0] for _, o in img]) if len(img) > 1 else img[0][1][0]
-                feats.image_grid_thw = torch.tensor([p.grid for p, _ in img], dtype=torch.long)
-            if vid:
-                feats.pixel_values_videos = torch.cat([o[0] for _, o in vid]) if len(vid) > 1 else vid[0][1][0]
-                feats.video_grid_thw = torch.tensor([p.grid for p, _ in vid], dtype=torch.long)
+        for group, key, grid_key in ((img, "pixel_values", "image_grid_thw"),
+                                     (vid, "pixel_values_videos", "video_grid_thw")):
+            if not group:
+                continue
+            grid = torch.tensor([p.grid for p, _ in group], dtype=torch.long)
+            if lease is not None:  # the rows are already in the block; the grid joins them there
+                pv = lease.tensors[key]
+                grid = lease.tensors[grid_key].copy_(grid)
+            else:
+                pv = torch.cat([o[0] for _, o in group]) if len(group) > 1 else group[0][1][0]
+            setattr(feats, key, pv)
+            setattr(feats, grid_key, grid)
         if vid:
             feats.second_per_grid_ts = [cfg.temporal_patch_size / (p.sample_fps or 1.0) for p, _ in vid]
         for p, (_, decoder) in zip(plans, outs):
