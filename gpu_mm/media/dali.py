@@ -15,7 +15,7 @@ import torch
 
 from ..errors import BackendUnavailable, DecodeError, UnsupportedMedia
 from .sources import Source
-from .video import VideoInfo
+from .video import VideoInfo, check_planned_indices
 
 __all__ = ["CPU_CODECS", "DALIVideoDecoder", "NVDEC_CODECS"]
 
@@ -77,11 +77,8 @@ class DALIVideoDecoder:
         """
         if not self.supports(info.codec):
             raise UnsupportedMedia(src.item, f"codec {info.codec!r} is not decoded by DALI's {self.backend} backend")
-        if not indices:
-            raise ValueError("no frame indices given")
+        check_planned_indices(indices, info)
         wanted = sorted(set(int(i) for i in indices))
-        if wanted[0] < 0 or wanted[-1] >= info.num_frames:
-            raise ValueError(f"frame indices out of range [0, {info.num_frames})")
         ndd = self._ndd
         encoded = ndd.as_tensor(np.frombuffer(src.data or b"", dtype=np.uint8))
         try:

@@ -155,6 +155,19 @@ def probe_video(src: Source, limits: MediaLimits = MediaLimits()) -> VideoInfo:
         )
 
 
+def check_planned_indices(indices: Sequence[int], info: VideoInfo) -> None:
+    """Reject an empty plan or indices outside the probed video (a caller's bug, not bad media).
+
+    Raises:
+        ValueError: no indices, or an index outside ``[0, info.num_frames)``.
+    """
+    if not indices:
+        raise ValueError("no frame indices given")
+    bad = [i for i in indices if not 0 <= i < info.num_frames]
+    if bad:
+        raise ValueError(f"frame indices {bad[:5]} out of range [0, {info.num_frames})")
+
+
 class VideoDecoder(Protocol):
     """A backend that returns the frames at given indices as uint8 ``[N, H, W, 3]``.
 
@@ -179,11 +192,7 @@ class PyAVDecoder:
     def get_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> torch.Tensor:
         import av
 
-        if not indices:
-            raise ValueError("no frame indices given")
-        bad = [i for i in indices if not 0 <= i < info.num_frames]
-        if bad:
-            raise ValueError(f"frame indices {bad[:5]} out of range [0, {info.num_frames})")
+        check_planned_indices(indices, info)
         wanted = sorted(set(indices))
         got: dict[int, np.ndarray] = {}
         try:
