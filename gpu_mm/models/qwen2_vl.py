@@ -373,12 +373,7 @@ class Qwen2VLPreprocessor:
                 )
                 indices = ops.sample_indices_qwen_vl_utils(start, end, n)
                 sample_fps = n / max(end - start + 1, 1e-6) * video_fps
-                max_pixels = ops.video_max_pixels_qwen_vl_utils(
-                    n, min_pixels=request.get("min_pixels", cfg.video_min_pixels),
-                    frame_max_pixels=cfg.video_max_pixels,
-                    total_pixels=request.get("total_pixels", cfg.video_total_pixels),
-                    max_pixels=request.get("max_pixels"), frame_factor=cfg.temporal_patch_size,
-                )
+                max_pixels = self._qwen_frame_max_pixels(n, request)
             else:
                 n_hf = ops.nframes_hf(
                     total, video_fps, fps=request.get("fps") if nframes is None else None, num_frames=nframes,
@@ -398,6 +393,15 @@ class Qwen2VLPreprocessor:
         target = self._target(src, h, w, request.get("min_pixels", cfg.video_min_pixels), max_pixels)
         return self._video_plan(src, indices, info, sample_fps, target, (h, w), timer)
 
+    def _qwen_frame_max_pixels(self, nframes: int, request: dict[str, Any]) -> float:
+        """qwen-vl-utils' per-frame pixel cap for ``nframes`` frames under this config and request."""
+        cfg = self.config
+        return ops.video_max_pixels_qwen_vl_utils(
+            nframes, min_pixels=request.get("min_pixels", cfg.video_min_pixels),
+            frame_max_pixels=cfg.video_max_pixels, total_pixels=request.get("total_pixels", cfg.video_total_pixels),
+            max_pixels=request.get("max_pixels"), frame_factor=cfg.temporal_patch_size,
+        )
+
     def _plan_frames(self, src: Source, request: dict[str, Any], timer: StageTimer) -> _Plan:
         """Decoded frames are taken as already sampled, at ``fps`` (as qwen-vl-utils treats frame lists)."""
         cfg = self.config
@@ -406,11 +410,7 @@ class Qwen2VLPreprocessor:
         n, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
         sample_fps = float(request.get("fps") or cfg.fps or 2.0)
         if cfg.sampling == "qwen_vl_utils":
-            max_pixels = ops.video_max_pixels_qwen_vl_utils(
-                n + (-n % cfg.temporal_patch_size), min_pixels=request.get("min_pixels", cfg.video_min_pixels),
-                frame_max_pixels=cfg.video_max_pixels, total_pixels=request.get("total_pixels", cfg.video_total_pixels),
-                max_pixels=request.get("max_pixels"), frame_factor=cfg.temporal_patch_size,
-            )
+            max_pixels = self._qwen_frame_max_pixels(n + (-n % cfg.temporal_patch_size), request)
         else:
             max_pixels = request.get("max_pixels", cfg.video_max_pixels)
         target = self._target(src, h, w, request.get("min_pixels", cfg.video_min_pixels), max_pixels)
