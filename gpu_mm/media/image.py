@@ -88,13 +88,12 @@ def decode_image(src: Source, limits: MediaLimits = MediaLimits()) -> torch.Tens
     Raises:
         UnsupportedMedia, DecodeError, LimitExceeded.
     """
-    probe_image(src, limits)
+    info = probe_image(src, limits)
     if src.kind == "array":
         return _array_to_rgb(src)
-    if src.kind == "encoded" and src.data is not None and src.data.startswith(_JPEG):
-        fast = _decode_jpeg_fast(src)
-        if fast is not None:
-            return fast
+    fast = _decode_jpeg_fast(src, info)
+    if fast is not None:
+        return fast
     img = _open(src) if src.kind == "encoded" else src.pixels
     try:
         return _pil_to_rgb(img)
@@ -102,15 +101,15 @@ def decode_image(src: Source, limits: MediaLimits = MediaLimits()) -> torch.Tens
         raise DecodeError(src.item, f"cannot decode image: {exc}") from None
 
 
-def _decode_jpeg_fast(src: Source, device: str = "cpu") -> torch.Tensor | None:
+def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torch.Tensor | None:
     """torchvision's JPEG decoder (libjpeg-turbo on the CPU, nvJPEG on CUDA) for plain RGB/grayscale
-    JPEGs; None when Pillow must decode instead (CMYK/YCCK, or not a JPEG)."""
+    JPEGs (``info`` from :func:`probe_image`); None when Pillow must decode instead (CMYK/YCCK, or not
+    a JPEG)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if src.kind != "encoded" or not (src.data or b"").startswith(_JPEG):
         return None
-    img = _open(src)
-    if img.mode not in ("RGB", "L"):
+    if info.mode not in ("RGB", "L"):
         return None  # CMYK / YCCK: Pillow's conversion
     data = torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8)
     try:
@@ -131,9 +130,8 @@ def decode_jpeg_cuda(src: Source, device: str = "cuda", limits: MediaLimits = Me
         DecodeError, LimitExceeded: as :func:`decode_image`.
     """
     if src.kind != "encoded" or not (src.data or b"").startswith(_JPEG):
-        return None
-    probe_image(src, limits)
-    return _decode_jpeg_fast(src, device)
+        return None  # not a JPEG: skip the header parse, the CPU path will do it
+    return _decode_jpeg_fast(src, probe_image(src, limits), device)
 
 
 def _pil_to_rgb(img: Any) -> torch.Tensor:
