@@ -29,7 +29,8 @@ def main() -> int:
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"handoff_cpu_{info['date'][:10]}.json").write_text(json.dumps({"machine": info, "results": res}, indent=2))
+        payload = json.dumps({"machine": info, "results": res}, indent=2)
+        (out / f"handoff_cpu_{info['date'][:10]}.json").write_text(payload)
     return 0
 
 

@@ -111,7 +111,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     step(f"throughput vs concurrency {sweep_levels}: gpu-mm vs the seed's wrapper ...")
     result["concurrency_sweep"] = {}
     for c in sweep_levels:
-        for name, figures in asyncio.run(run_all(jpeg, c, workers=2, only=["seed_wrapper_sync", "gpu_mm_native"])).items():
+        sweep = asyncio.run(run_all(jpeg, c, workers=2, only=["seed_wrapper_sync", "gpu_mm_native"]))
+        for name, figures in sweep.items():
             result["concurrency_sweep"].setdefault(name, []).append({"concurrency": c, **figures})
     if not args.no_http:
         from .bench.http import run_mode
@@ -147,7 +148,8 @@ def _print_summary(r: dict[str, Any]) -> None:
     print(f"  {'gpu-mm':28s} {ours:8.1f} ms")
     for k in ("hf_torchvision", "hf_pil"):
         if k in img:
-            print(f"  {'transformers ' + k[3:]:28s} {img[k]['p50_ms']:8.1f} ms   ({img[k]['p50_ms'] / ours:.2f}x gpu-mm)")
+            p50 = img[k]["p50_ms"]
+            print(f"  {'transformers ' + k[3:]:28s} {p50:8.1f} ms   ({p50 / ours:.2f}x gpu-mm)")
     for name, v in r["video"].items():
         o = v["gpu_mm"]
         print(f"\nH.264 {name} clip ({v['bytes'] / 1e6:.1f} MB), {v['frames']} frames -> grid {v['grid_thw']} (p50):")
@@ -155,7 +157,8 @@ def _print_summary(r: dict[str, Any]) -> None:
         print(f"  {'gpu-mm':28s} {o['p50_ms']:8.1f} ms   [{stages}]")
         q = v.get("qwen_vl_utils", {})
         if "p50_ms" in q:
-            print(f"  {'qwen-vl-utils + transformers':28s} {q['p50_ms']:8.1f} ms   ({q['p50_ms'] / o['p50_ms']:.2f}x gpu-mm)")
+            name = "qwen-vl-utils + transformers"
+            print(f"  {name:28s} {q['p50_ms']:8.1f} ms   ({q['p50_ms'] / o['p50_ms']:.2f}x gpu-mm)")
         elif q:
             print(f"  qwen-vl-utils: {q.get('skipped')}")
     ll = r["loop_lag"]
@@ -175,7 +178,8 @@ def _print_summary(r: dict[str, Any]) -> None:
         print(f"  {'mode':8s} {'/health p99':>11s} {'/health max':>11s} {'/metrics p99':>12s} {'request p50':>11s} "
               f"{'503':>4s} {'504':>4s}")
         for k, v in http.items():
-            print(f"  {k:8s} {v['health']['p99_ms']:11.1f} {v['health']['max_ms']:11.1f} {v['metrics']['p99_ms']:12.1f} "
+            health, metrics = v["health"], v["metrics"]
+            print(f"  {k:8s} {health['p99_ms']:11.1f} {health['max_ms']:11.1f} {metrics['p99_ms']:12.1f} "
                   f"{v['request']['p50_ms']:11.0f} {v['rejected_503']:4d} {v['timeouts_504']:4d}")
 
 
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sources", nargs="+", help="files, URLs (with --allow-urls), or - for stdin")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--video", action="store_true", help="treat every source as a video")
-    p.add_argument("--sampling", default="qwen_vl_utils", choices=["qwen_vl_utils", "hf"])
+    p.add_argument("--sampling", default="qwen_vl_utils", choices=["qwen_vl_utils", "sglang", "hf"])
     p.add_argument("--allow-urls", action="store_true")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_preprocess)

@@ -25,6 +25,7 @@ __all__ = [
     "resize",
     "sample_indices_hf",
     "sample_indices_qwen_vl_utils",
+    "sample_indices_sglang",
     "smart_resize",
     "video_max_pixels_qwen_vl_utils",
 ]
@@ -104,6 +105,14 @@ def sample_indices_qwen_vl_utils(start: int, end: int, n: int) -> list[int]:
     return torch.linspace(start, end, n).round().long().tolist()
 
 
+def sample_indices_sglang(start: int, end: int, n: int) -> list[int]:
+    """SGLang's Qwen-VL indices: ``np.linspace(start, end, n, dtype=int64)``, i.e. truncated, not rounded
+    (same count as qwen-vl-utils; frames differ where the linspace has a fraction >= .5)."""
+    import numpy as np
+
+    return np.unique(np.linspace(start, end, num=n, dtype=np.int64)).tolist()
+
+
 def video_max_pixels_qwen_vl_utils(
     nframes: int,
     *,
@@ -159,14 +168,21 @@ def sample_indices_hf(total_frames: int, n: int | None) -> list[int]:
 # ---------------------------------------------------------------- tensor ops
 
 
-def resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic, antialiased resize of ``[..., C, H, W]`` (uint8 stays uint8, as in transformers).
+_INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
-    Returns the input itself when it already has that size.
+
+def resize(frames: torch.Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
+    """Antialiased resize of ``[..., C, H, W]`` (uint8 stays uint8, as in transformers).
+
+    ``interpolation``: ``"bicubic"`` (transformers, qwen-vl-utils) or ``"bilinear"`` (SGLang's own
+    Qwen-VL video path). Returns the input itself when it already has that size.
     """
+    mode = _INTERPOLATION.get(interpolation)
+    if mode is None:
+        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}")
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
-    return tvF.resize(frames, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return tvF.resize(frames, list(size), interpolation=mode, antialias=True)
 
 
 def _mean_std(
@@ -251,4 +267,4 @@ def normalize_patchify(
     return pv.to(dtype), grid
 
 
-SamplingRule = Literal["qwen_vl_utils", "hf"]
+SamplingRule = Literal["qwen_vl_utils", "sglang", "hf"]

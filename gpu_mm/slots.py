@@ -298,6 +298,16 @@ class SlotPool:
             run_time=self._run_time.summary(),
         )
 
+    def shutdown(self) -> None:
+        """Refuse new work and fail queued calls without waiting (for synchronous teardown paths).
+
+        Running work is not interrupted: each slot thread exits once its current item has ended.
+        """
+        self._closed = True
+        self._gate.close("SlotPool was closed while the call was queued")
+        for worker in self._threads:
+            worker.shutdown(wait=False)
+
     async def aclose(self, timeout_s: float | None = None) -> None:
         """Refuse new work, fail queued calls, and wait (up to ``timeout_s``) for running work."""
         self._closed = True

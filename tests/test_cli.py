@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from gpu_mm.cli import main
+
 from media_helpers import clip, make_image
 
 

@@ -11,6 +11,7 @@ import torch
 
 from gpu_mm import ProcessingTimeout
 from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
 from media_helpers import clip, make_image
 
 pytestmark = pytest.mark.cuda

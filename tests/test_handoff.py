@@ -129,6 +129,7 @@ class TestPreprocessorIntoPool:
 
     def test_features_written_in_place_equal_the_normal_path(self):
         from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
         from media_helpers import clip, make_image
 
         images, videos = [make_image(100, 150, "JPEG"), make_image(64, 64, "PNG")], [clip("h264", 48)]
@@ -148,6 +149,7 @@ class TestPreprocessorIntoPool:
     def test_failed_call_returns_its_lease(self):
         from gpu_mm import MediaError
         from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
         from media_helpers import make_image
 
         with FeaturePool(max_blocks=1) as pool:
@@ -163,6 +165,7 @@ class TestPreprocessorIntoPool:
         from gpu_mm import ProcessingTimeout
         from gpu_mm.media.video import PyAVDecoder, register_video_decoder
         from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
         from media_helpers import clip
 
         gate = threading.Event()

@@ -19,6 +19,7 @@ from transformers import (  # noqa: E402
 )
 
 from gpu_mm.integrations.hf import GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor  # noqa: E402
+
 from media_helpers import all_frames, clip, make_image  # noqa: E402
 
 SPECIAL = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
@@ -64,7 +65,8 @@ def test_gpu_mm_actually_runs(monkeypatch):
     """Guard against a drop-in that silently delegates everything to transformers."""
     calls = []
     orig = Qwen2VLImageProcessor.preprocess
-    monkeypatch.setattr(Qwen2VLImageProcessor, "preprocess", lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+    monkeypatch.setattr(Qwen2VLImageProcessor, "preprocess",
+                        lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
     out = GpuMMQwen2VLImageProcessor()(images=[np.zeros((56, 56, 3), np.uint8)], return_tensors="pt")
     assert out["image_grid_thw"].tolist() == [[1, 4, 4]] and not calls
     GpuMMQwen2VLImageProcessor()(images=[np.zeros((56, 56, 3), np.uint8)], do_normalize=False, return_tensors="pt")

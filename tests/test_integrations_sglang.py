@@ -1,13 +1,20 @@
-"""The SGLang plug-in against the real ``sglang`` package (0.5.x, installed with --no-deps): the same
-image request through SGLang's Qwen-VL processor and through gpu-mm's gives identical input_ids,
-M-RoPE positions and features. Runs in a subprocess: importing sglang changes process-wide state
-(warnings, environment) that must not leak into the other tests.
+"""The SGLang plug-in against the real ``sglang`` package (0.5.x, installed with --no-deps).
 
-Not testable on the CPU: SGLang's own video decoder pins host memory (``pin_memory()``) and fails
-without a CUDA driver, so the video path of either processor runs only on a GPU machine."""
+The same requests (two images and a video; and a prompt given as token ids) go through SGLang's own
+Qwen-VL processor and through the plug-in, called as SGLang's TokenizerManager calls it. The scenarios run
+in one child process (``sglang_scenarios.py``): importing sglang changes process-wide state. The only
+patch there: SGLang's two "CPU engine" predicates, so that its video path skips ``pin_memory()``, which
+needs a CUDA driver this machine lacks.
+
+Tolerances: images are decoded by the same libjpeg-turbo / Pillow in both and come out exact. Video frames
+are resized bilinearly in both, SGLang through torchvision's v1 float kernel, gpu-mm through its v2 uint8
+kernel (3x faster here), which round differently: at most 1 level of 255 before normalization, i.e.
+1 / (255 * min(std)) after it.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -18,80 +25,99 @@ import pytest
 
 pytest.importorskip("sglang")
 
-SCRIPT = r'''
-import asyncio, json, sys, torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLImageProcessor, Qwen2VLProcessor,
-                          Qwen2VLVideoProcessor)
-from sglang.srt.runtime_context import get_context
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
-from media_helpers import make_image
+from gpu_mm.ops import OPENAI_CLIP_STD
 
-SPECIAL = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
-vocab = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}, "describe": 5, "this": 6, "and": 7, "<pad>": 8}
-
-def hf_processor():
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                additional_special_tokens=SPECIAL)
-    return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=t,
-                            video_processor=Qwen2VLVideoProcessor())
-
-calls = []
-orig = Qwen2VLPreprocessor.__call__
-def counting(self, *a, **k):
-    calls.append(1)
-    return orig(self, *a, **k)
-Qwen2VLPreprocessor.__call__ = counting
-
-class Req:
-    video_data = None
-    audio_data = None
-    rid = "r"
-
-images = [make_image(100, 140, "JPEG", seed=1), make_image(300, 200, "PNG", seed=2)]
-prompt = ("<|vision_start|><|image_pad|><|vision_end|> describe this and "
-          "<|vision_start|><|image_pad|><|vision_end|> this")
-cfg = Qwen2VLConfig(vision_start_token_id=3, vision_end_token_id=4, image_token_id=1, video_token_id=2)
-cfg.architectures = ["Qwen2VLForConditionalGeneration"]
-with get_context().override_server_args(mm_process_config={}) as server_args:
-    from sglang.srt.managers.multimodal_processor import PROCESSOR_MAPPING
-    from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
-    from gpu_mm.integrations.sglang import install
-    cls = install()
-    registered = {m.__name__: c.__name__ for m, c in PROCESSOR_MAPPING.items()
-                  if m.__name__ in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")}
-    theirs = QwenVLImageProcessor(cfg, server_args, hf_processor(), "default")
-    ours = cls(cfg, server_args, hf_processor(), "default")
-    a = asyncio.run(ours.process_mm_data_async(list(images), prompt, Req()))
-    n_calls = len(calls)
-    b = asyncio.run(theirs.process_mm_data_async(list(images), prompt, Req()))
-fa = torch.cat([it.feature for it in a.mm_items]); fb = torch.cat([it.feature for it in b.mm_items])
-print(json.dumps({
-    "registered": registered,
-    "gpu_mm_calls": n_calls,
-    "input_ids": a.input_ids == b.input_ids,
-    "n_tokens": len(a.input_ids),
-    "mrope": torch.equal(a.mrope_positions, b.mrope_positions),
-    "delta": torch.equal(torch.as_tensor(a.mrope_position_delta), torch.as_tensor(b.mrope_position_delta)),
-    "offsets": [it.offsets for it in a.mm_items] == [it.offsets for it in b.mm_items],
-    "features": torch.equal(fa, fb),
-    "shape": list(fa.shape),
-}))
-'''
+ONE_LEVEL = 1 / (255 * min(OPENAI_CLIP_STD))
+# The clip: 45 frames at 15 fps (3 s). SGLang's rule samples 6 frames (2 fps) = 3 temporal grid steps, each
+# covering temporal_patch_size / sample_fps = 2 / 2 = 1 s.
+SECONDS_PER_GRID = 2 / (6 / 3)
+TOKENS_PER_SECOND = 2
 
 
-def test_same_request_through_sglang_and_the_plugin():
+@functools.lru_cache(maxsize=1)
+def scenarios() -> dict:
     tests = pathlib.Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    env = {k: v for k, v in env.items() if not k.startswith("GPU_MM_")}
+    proc = subprocess.run([sys.executable, str(tests / "sglang_scenarios.py")], capture_output=True, text=True,
+                          timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert r["registered"] == {"Qwen2VLForConditionalGeneration": "GpuMMQwenVLProcessor",
-                               "Qwen2_5_VLForConditionalGeneration": "GpuMMQwenVLProcessor"}
-    assert r["gpu_mm_calls"] >= 1  # the features really came from gpu-mm
-    assert r["input_ids"] and r["mrope"] and r["delta"] and r["offsets"]
-    # Same decoded pixels (SGLang loads the images), same ops: exact.
-    assert r["features"], r
-    assert r["shape"][1] == 1176
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_registered_for_qwen2_vl_and_qwen2_5_vl():
+    assert scenarios()["registered"] == {"Qwen2VLForConditionalGeneration": "GpuMMQwenVLProcessor",
+                                         "Qwen2_5_VLForConditionalGeneration": "GpuMMQwenVLProcessor"}
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+def test_same_tokens_items_and_features_as_sglangs_processor(model_type):
+    r = scenarios()[model_type]
+    ours, theirs = r["ours"], r["theirs"]
+    assert r["fallbacks"] == {} and r["completed"] == 2  # both requests went through gpu-mm's processor
+    assert ours["input_ids"] == theirs["input_ids"]
+    assert ours["padded"] == theirs["padded"]
+    strip = [{k: v for k, v in it.items() if k != "spgt"} for it in ours["items"]]
+    assert strip == [{k: v for k, v in it.items() if k != "spgt"} for it in theirs["items"]]
+    assert [it["modality"] for it in ours["items"]] == ["IMAGE", "IMAGE", "VIDEO"]  # SGLang's order
+    img1, img2, vid = r["feature_max_abs_diff"]
+    assert img1 == 0.0 and img2 == 0.0  # same decoded pixels, same ops
+    assert 0.0 < vid <= ONE_LEVEL + 1e-6  # bilinear rounding, see the module docstring
+    assert r["ours_feature_devices"] == ["cpu"] * 3
+    # A prompt given as token ids: the same ids and items as SGLang's own processor makes from them.
+    assert r["ours_from_ids"]["input_ids"] == r["theirs_from_ids"]["input_ids"]
+    offsets = [[it["offsets"] for it in r[k]["items"]] for k in ("ours_from_ids", "theirs_from_ids")]
+    assert offsets[0] == offsets[1]
+
+
+def test_qwen2_vl_positions_equal_sglangs():
+    r = scenarios()["qwen2_vl"]
+    assert r["ours"]["mrope"] == r["theirs"]["mrope"] and r["ours"]["delta"] == r["theirs"]["delta"]
+
+
+def test_qwen2_5_vl_video_time_positions_use_the_real_sampling_rate():
+    """gpu-mm reports temporal_patch_size / sample_fps (as qwen-vl-utils + transformers); SGLang 0.5.23 gives
+    transformers frames without their fps and gets 2 / 24, which collapses the video's time positions."""
+    r = scenarios()["qwen2_5_vl"]
+    ours, theirs = r["ours"], r["theirs"]
+    assert ours["items"][2]["spgt"] == [pytest.approx(SECONDS_PER_GRID)]
+    assert theirs["items"][2]["spgt"] == [pytest.approx(2 / 24)]
+    (start, end), = ours["items"][2]["offsets"]
+    t_ours = sorted(set(ours["mrope"][0][start : end + 1]))
+    t_theirs = sorted(set(theirs["mrope"][0][start : end + 1]))
+    step = int(SECONDS_PER_GRID * TOKENS_PER_SECOND)
+    assert t_ours == [t_ours[0] + k * step for k in range(3)]  # one step per temporal grid
+    assert len(t_theirs) == 1  # all three grid steps at one time position
+    # Height and width positions, and everything before the video, are the same.
+    assert ours["mrope"][1][start : end + 1] != [] and ours["mrope"][0][:start] == theirs["mrope"][0][:start]
+    for axis in (1, 2):
+        ours_rel = [x - t_ours[0] for x in ours["mrope"][axis][start : end + 1]]
+        assert ours_rel == [x - t_theirs[0] for x in theirs["mrope"][axis][start : end + 1]]
+
+
+def test_preprocessed_input_goes_to_sglangs_own_path_unchanged():
+    r = scenarios()["fallback"]
+    assert r["same"]
+    assert r["fallbacks"] == {"preprocessed input (processor_output / precomputed_embedding)": 1}
+    assert not r["gpu_mm_built"]
+
+
+def test_bad_video_is_a_typed_value_error_naming_the_item_and_nothing_leaks():
+    r = scenarios()["bad_input"]
+    for name in ("truncated", "empty", "garbage"):
+        case = r[name]
+        assert case["gpu_mm_error"] and case["value_error"], case  # SGLang's HTTP server answers 400
+        assert case["message"].startswith("video[0]"), case
+        assert case["seconds"] < 5, case
+    assert r["after"] == {"ok": True, "in_flight": 0, "failed": 3}
+
+
+def test_deadline_and_admission_bound_hold_inside_sglang():
+    r = scenarios()["limits"]
+    assert r["overloaded"] == "Overloaded"  # max_concurrent_calls=1, max_queued=0: refused at once
+    assert r["stalled_pending_at_refusal"]  # refused while the first call still ran, not after it
+    assert r["timed_out"] == "ProcessingTimeout"
+    assert 0.45 <= r["timed_out_after_s"] < 3.0  # timeout_s=0.5
+    assert r["in_flight_while_stalled"] == 1  # the stalled work keeps its slot until it really ends
+    assert r["in_flight_after"] == 0
+    assert r["works_after"]

@@ -15,6 +15,7 @@ from gpu_mm import DecodeError, LimitExceeded, MediaError, SourceError, Unsuppor
 from gpu_mm.media.image import decode_image, probe_image
 from gpu_mm.media.sources import MediaLimits, load_source
 from gpu_mm.media.video import PyAVDecoder, available_video_decoders, get_video_decoder, probe_video
+
 from media_helpers import all_frames, clip, make_image
 
 
@@ -191,8 +192,9 @@ class TestVideoProbe:
         assert info.num_frames == 20 and info.header_num_frames is None
 
     def test_ten_hour_header_is_refused_before_decoding(self):
-        import av
         from fractions import Fraction
+
+        import av
 
         buf = io.BytesIO()
         with av.open(buf, "w", format="mp4") as out:
@@ -279,8 +281,9 @@ class TestPyAVDecoder:
 
 def _faststart_mp4(tmp_path, frames: int = 48) -> bytes:
     """An MP4 with its index (moov) before the data, as web uploads usually are."""
-    import av
     from fractions import Fraction
+
+    import av
 
     from gpu_mm.media.synth import pattern
 

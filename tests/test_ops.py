@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -85,6 +86,23 @@ class TestSampling:
         ref = max(min(768 * 28 * 28, 128000 * 28 * 28 * 0.9 / nframes * 2), int(128 * 28 * 28 * 1.05))
         assert ops.video_max_pixels_qwen_vl_utils(nframes) == ref
 
+    @settings(max_examples=200, deadline=None)
+    @given(total=st.integers(2, 20000), data=st.data())
+    def test_sglang_indices_truncate_the_exact_linspace(self, total, data):
+        from fractions import Fraction
+
+        n = data.draw(st.integers(1, min(total, 768)))
+        idx = ops.sample_indices_sglang(0, total - 1, n)
+        if n == 1:
+            assert idx == [0]
+            return
+        # SGLang's rule is numpy's float linspace truncated to int64 (so 47.99999 -> 47 where the exact value
+        # is 48): equal to the float computation, within one frame of the exact floor, never merging frames.
+        assert idx == np.linspace(0, total - 1, n).astype(np.int64).tolist()
+        exact = [math.floor(Fraction(i * (total - 1), n - 1)) for i in range(n)]
+        assert all(0 <= e - i <= 1 for i, e in zip(idx, exact))
+        assert len(set(idx)) == n and idx == sorted(idx)
+
     def test_hf_rule_matches_transformers(self):
         from transformers import Qwen2VLVideoProcessor
         from transformers.video_utils import VideoMetadata
@@ -109,6 +127,23 @@ class TestResize:
         assert y.dtype == torch.uint8 and y.shape == (4, 3, 28, 56)
         # Batched resize equals per-frame resize (exactly: same kernel).
         assert torch.equal(y[2], ops.resize(x[2], (28, 56)))
+
+    def test_bilinear_is_within_one_level_of_sglangs_call(self):
+        """SGLang resizes video frames with torchvision's v1 ``resize(..., BILINEAR)`` (float kernel); gpu-mm
+        uses the v2 uint8 kernel, which rounds differently by at most one level."""
+        import torchvision.transforms.functional as v1
+        from torchvision.transforms import InterpolationMode
+
+        x = torch.randint(0, 256, (3, 3, 120, 160), dtype=torch.uint8)
+        for size in [(280, 392), (56, 84), (119, 161)]:
+            ref = v1.resize(x, list(size), interpolation=InterpolationMode.BILINEAR)
+            ours = ops.resize(x, size, "bilinear")
+            assert ours.dtype == torch.uint8 and ours.shape == ref.shape
+            assert (ours.int() - ref.int()).abs().max() <= 1
+
+    def test_unknown_interpolation_is_refused(self):
+        with pytest.raises(ValueError, match="interpolation"):
+            ops.resize(torch.zeros(3, 8, 8, dtype=torch.uint8), (4, 4), "nearest")
 
 
 class TestNormalizePatchify:

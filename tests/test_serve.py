@@ -12,6 +12,7 @@ pytest.importorskip("prometheus_client")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from gpu_mm.serve import build_app  # noqa: E402
+
 from media_helpers import clip, make_image  # noqa: E402
 
 

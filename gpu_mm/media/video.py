@@ -325,7 +325,8 @@ class TorchCodecDecoder:
             available = min(int(decoder.metadata.num_frames or 0), info.num_frames)
             beyond = [i for i in indices if not 0 <= i < available]
             if beyond:
-                raise DecodeError(src.item, f"torchcodec reaches {available} frames; planned index {beyond[0]} is beyond")
+                reason = f"torchcodec reaches {available} frames; planned index {beyond[0]} is beyond"
+                raise DecodeError(src.item, reason)
             return decoder.get_frames_at(list(indices)).data
         except (RuntimeError, ValueError) as exc:
             raise DecodeError(src.item, f"torchcodec failed: {str(exc).splitlines()[0]}") from None

@@ -40,15 +40,19 @@ class Qwen2VLConfig:
     video_max_pixels: int = 768 * 28 * 28
     image_mean: tuple[float, float, float] = ops.OPENAI_CLIP_MEAN
     image_std: tuple[float, float, float] = ops.OPENAI_CLIP_STD
-    sampling: Literal["qwen_vl_utils", "hf"] = "qwen_vl_utils"
-    """``qwen_vl_utils``: fps 2, even count in [4, 768], linspace indices, per-frame pixel cap from
-    ``video_total_pixels``. ``hf``: transformers' rule (all frames unless ``fps``/``nframes`` given)."""
+    sampling: Literal["qwen_vl_utils", "sglang", "hf"] = "qwen_vl_utils"
+    """``qwen_vl_utils``: fps 2, even count in [4, 768], rounded linspace indices, per-frame pixel cap from
+    ``video_total_pixels``. ``sglang``: the same but with SGLang's truncated linspace indices (its own
+    Qwen-VL video path). ``hf``: transformers' rule (all frames unless ``fps``/``nframes`` given)."""
     fps: float | None = 2.0
     min_frames: int = 4
     max_frames: int = 768
     video_total_pixels: float = 128000 * 28 * 28 * 0.9
     cap_pixels_per_frame: bool = False
     """For the ``hf`` rule: apply transformers' ``cap_pixels_per_frame`` budget."""
+    video_resample: Literal["bicubic", "bilinear"] = "bicubic"
+    """How video frames are resized: ``bicubic`` as transformers and qwen-vl-utils do; ``bilinear`` as
+    SGLang's own Qwen-VL video path does (its plug-in uses it, so its features equal SGLang's)."""
     output_dtype: torch.dtype = torch.float32
 
     @property
@@ -203,8 +207,10 @@ class Qwen2VLPreprocessor:
             raise ValueError("output='pinned' needs a CUDA device (pinned memory is page-locked for GPU copies)")
         self.device = device
         self.config = dataclasses.replace(config or Qwen2VLConfig(), **overrides)
-        if self.config.sampling not in ("qwen_vl_utils", "hf"):
-            raise ValueError(f"sampling must be 'qwen_vl_utils' or 'hf', got {self.config.sampling!r}")
+        if self.config.sampling not in ("qwen_vl_utils", "sglang", "hf"):
+            raise ValueError(f"sampling must be 'qwen_vl_utils', 'sglang' or 'hf', got {self.config.sampling!r}")
+        if self.config.video_resample not in ("bicubic", "bilinear"):
+            raise ValueError(f"video_resample must be 'bicubic' or 'bilinear', got {self.config.video_resample!r}")
         self.limits = limits or MediaLimits()
         if video_decoder == "auto":
             video_decoder = "pyav"
@@ -310,6 +316,13 @@ class Qwen2VLPreprocessor:
         feats = await self.preprocess(images=image_data or None, videos=videos or None, **kwargs)
         return feats.processor_output(input_text)
 
+    def shutdown(self) -> None:
+        """Refuse new calls and let the slot and IO threads exit once their current work ends (no wait)."""
+        if self._slots is not None:
+            self._slots.shutdown()
+        if self._io is not None:
+            self._io.shutdown(wait=False)
+
     async def aclose(self) -> None:
         """Release the slots and IO threads."""
         if self._slots is not None:
@@ -365,13 +378,14 @@ class Qwen2VLPreprocessor:
         fps = request.get("fps", cfg.fps)
         nframes = request.get("nframes")
         try:
-            if cfg.sampling == "qwen_vl_utils":
+            if cfg.sampling in ("qwen_vl_utils", "sglang"):
                 start, end = _frame_range(total, video_fps, request.get("video_start"), request.get("video_end"))
                 n = ops.nframes_qwen_vl_utils(
                     end - start + 1, video_fps, fps=None if nframes is not None else fps, nframes=nframes,
                     min_frames=cfg.min_frames, max_frames=cfg.max_frames, frame_factor=cfg.temporal_patch_size,
                 )
-                indices = ops.sample_indices_qwen_vl_utils(start, end, n)
+                sample = ops.sample_indices_sglang if cfg.sampling == "sglang" else ops.sample_indices_qwen_vl_utils
+                indices = sample(start, end, n)
                 sample_fps = n / max(end - start + 1, 1e-6) * video_fps
                 max_pixels = self._qwen_frame_max_pixels(n, request)
             else:
@@ -409,7 +423,7 @@ class Qwen2VLPreprocessor:
         src.pixels = frames
         n, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
         sample_fps = float(request.get("fps") or cfg.fps or 2.0)
-        if cfg.sampling == "qwen_vl_utils":
+        if cfg.sampling != "hf":
             max_pixels = self._qwen_frame_max_pixels(n + (-n % cfg.temporal_patch_size), request)
         else:
             max_pixels = request.get("max_pixels", cfg.video_max_pixels)
@@ -437,9 +451,12 @@ class Qwen2VLPreprocessor:
             frames, decoder = self._decode(slot, plan)  # uint8 [T, 3, H, W]
         with timer.stage("transfer"):
             if frames.device != device:
-                frames = frames.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else frames.to(device)
+                if device.type == "cuda":
+                    frames = frames.pin_memory().to(device, non_blocking=True)
+                else:
+                    frames = frames.to(device)
         with timer.stage("resize"):
-            frames = ops.resize(frames, plan.target)
+            frames = ops.resize(frames, plan.target, self.config.video_resample if plan.kind == "video" else "bicubic")
         with timer.stage("normalize_patchify"):
             out = plan.out if plan.out is not None and plan.out.device == frames.device else None
             pv, grid = self._normalize_patchify(frames, out)

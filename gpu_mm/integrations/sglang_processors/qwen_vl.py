@@ -1,15 +1,51 @@
-"""gpu-mm's Qwen2-VL / Qwen2.5-VL processor for SGLang (imported by SGLang's processor registry)."""
+"""gpu-mm's Qwen2-VL / Qwen2.5-VL processor for SGLang (imported by SGLang's processor registry).
+
+How a request flows (SGLang 0.5.x):
+
+1. ``process_mm_data_async`` (called by SGLang's TokenizerManager) wraps each image and video in a
+   ``_Deferred`` and runs SGLang's own ``_process_mm_data_uncached``.
+2. SGLang's ``load_mm_data`` checks the prompt's placeholders against the items as usual; its per-item
+   loader (``_load_single_item``) passes ``_Deferred`` items through undecoded.
+3. ``process_and_combine_mm_data_async`` -- the step where SGLang would call the HF processor -- sends the
+   raw items to gpu-mm through an :class:`gpu_mm.AsyncMMDataProcessor` (admission bound, deadline) wrapped
+   around a :class:`gpu_mm.Qwen2VLPreprocessor` (device slots); then SGLang's ``build_input_ids``
+   expands the prompt and SGLang's item collection, offsets, per-item split and transport run on
+   gpu-mm's features.
+4. SGLang finishes as for its own processor: padded ids, grids, ``second_per_grid_ts``, M-RoPE.
+
+Sampling and sizes follow SGLang's Qwen-VL video path (its constants and ``mm_process_config``), and
+video frames are resized bilinearly as SGLang does, so features equal SGLang's own; images follow the
+HF image processor's settings. One deliberate difference: ``second_per_grid_ts`` (Qwen2.5-VL) is the
+clip's real seconds per temporal grid step, ``temporal_patch_size / sample_fps`` as qwen-vl-utils and
+transformers compute it when told the sampling fps, where SGLang 0.5.23 with transformers 5 passes frames
+without their fps and gets ``2 / 24``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import copy
+import logging
+import threading
 from typing import Any
 
+import torch
 from sglang.srt.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from sglang.srt.models.qwen2_vl import Qwen2VLForConditionalGeneration
+from sglang.srt.multimodal.processors import qwen_vl as _sglang_qwen_vl
 from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
 
-from gpu_mm.integrations.hf import GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor
+from gpu_mm.integrations.hf import GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor, _sizes
+from gpu_mm.integrations.sglang import PluginSettings, settings
+from gpu_mm.models.qwen2_vl import Qwen2VLConfig, Qwen2VLPreprocessor
+from gpu_mm.processor import AsyncMMDataProcessor
+
+logger = logging.getLogger("gpu_mm.integrations.sglang")
+
+_FEATURE_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+# SGLang's video_config keys gpu-mm implements; any other key (resized_height/width ...) goes to SGLang's path.
+_VIDEO_KEYS = {"fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels"}
 
 
 def _adopt(obj: Any, cls: type) -> Any:
@@ -21,14 +57,212 @@ def _adopt(obj: Any, cls: type) -> Any:
     return new
 
 
+class _Deferred:
+    """A request item SGLang's loader hands on undecoded: gpu-mm loads and decodes it on its slots."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"<gpu-mm deferred {type(self.source).__name__}>"
+
+
+class _RequestView:
+    """``request_obj`` as SGLang's uncached path reads it, with its videos replaced by deferred items."""
+
+    def __init__(self, request_obj: Any, video_data: Any) -> None:
+        self._request_obj = request_obj
+        self.video_data = video_data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request_obj, name)
+
+
+def _same(value: Any) -> Any:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _unwrap(item: Any) -> Any:
+    """SGLang's ``ImageData`` / ``VideoData`` carry the source in ``url``; gpu-mm takes the source."""
+    url = getattr(item, "url", None)
+    return url if url is not None and not isinstance(item, (str, bytes)) else item
+
+
 class GpuMMQwenVLProcessor(QwenVLImageProcessor):
-    """SGLang's Qwen-VL processor with features computed by gpu-mm (token expansion and M-RoPE: SGLang's)."""
+    """SGLang's Qwen-VL processor with media loading, decoding and features done by gpu-mm.
+
+    Attributes:
+        gpu_mm_settings: the :class:`~gpu_mm.integrations.sglang.PluginSettings` in force.
+        gpu_mm_unsupported: why gpu-mm takes no request under this configuration, or None.
+        gpu_mm_fallbacks: requests sent to SGLang's own path, counted by reason.
+    """
 
     models = [Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration]
 
     def __init__(self, hf_config: Any, server_args: Any, _processor: Any, *args: Any, **kwargs: Any) -> None:
+        # SGLang's own path (fallbacks, its image cache) still gets gpu-mm features through the drop-ins.
         if getattr(_processor, "image_processor", None) is not None:
             _processor.image_processor = _adopt(_processor.image_processor, GpuMMQwen2VLImageProcessor)
         if getattr(_processor, "video_processor", None) is not None:
             _processor.video_processor = _adopt(_processor.video_processor, GpuMMQwen2VLVideoProcessor)
         super().__init__(hf_config, server_args, _processor, *args, **kwargs)
+        self.gpu_mm_settings: PluginSettings = settings()
+        self.gpu_mm_fallbacks: collections.Counter[str] = collections.Counter()
+        self._gpu_mm_config, self._gpu_mm_request, self.gpu_mm_unsupported = self._gpu_mm_configure()
+        self._gpu_mm_emits_spgt = "second_per_grid_ts" in getattr(_processor, "model_input_names", ())
+        self._gpu_mm_runner: AsyncMMDataProcessor | None = None
+        self._gpu_mm_preprocessor: Qwen2VLPreprocessor | None = None
+        self._gpu_mm_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ configuration
+
+    def _gpu_mm_configure(self) -> tuple[Qwen2VLConfig | None, dict[str, Any], str | None]:
+        """gpu-mm's config mirroring this SGLang processor's, the per-call options, or why there is none."""
+        ip = getattr(self._processor, "image_processor", None)
+        vp = getattr(self._processor, "video_processor", None)
+        if not isinstance(ip, GpuMMQwen2VLImageProcessor):
+            return None, {}, f"image processor {type(ip).__name__} is not a Qwen2-VL image processor"
+        image_kw = dict(self.image_config or {})
+        if not ip._handled(image_kw, ip._KW):
+            return None, {}, f"image options gpu-mm does not implement: {sorted(image_kw)}"
+        video_kw = dict(self.video_config or {})
+        extra = sorted(set(video_kw) - _VIDEO_KEYS)
+        if extra:
+            return None, {}, f"video options gpu-mm does not implement: {extra}"
+        if "fps" in video_kw and "nframes" in video_kw:
+            return None, {}, "video options give both fps and nframes"
+        shared = ("image_mean", "image_std", "patch_size", "temporal_patch_size", "merge_size")
+        if vp is not None and any(_same(getattr(vp, k, None)) != _same(getattr(ip, k, None)) for k in shared):
+            return None, {}, "image and video processors differ in normalization or patching"
+        lo, hi = _sizes(image_kw.get("size") or ip.size, image_kw.get("min_pixels"), image_kw.get("max_pixels"))
+        s = _sglang_qwen_vl  # SGLang's own video constants, so sampling and sizes equal its path's
+        config = Qwen2VLConfig(
+            patch_size=ip.patch_size, temporal_patch_size=ip.temporal_patch_size, merge_size=ip.merge_size,
+            image_min_pixels=lo, image_max_pixels=hi,
+            image_mean=tuple(ip.image_mean), image_std=tuple(ip.image_std),
+            sampling="sglang",
+            fps=video_kw.get("fps", s.FPS),
+            min_frames=video_kw.get("min_frames", s.FPS_MIN_FRAMES),
+            max_frames=video_kw.get("max_frames", s.FPS_MAX_FRAMES),
+            video_min_pixels=video_kw.get("min_pixels", s.VIDEO_MIN_PIXELS),
+            video_max_pixels=video_kw.get("max_pixels", s.VIDEO_MAX_PIXELS),
+            video_total_pixels=video_kw.get("total_pixels", s.VIDEO_TOTAL_PIXELS),
+            video_resample="bilinear",
+        )
+        request = {"nframes": video_kw["nframes"]} if "nframes" in video_kw else {}
+        return config, request, None
+
+    def gpu_mm_processor(self) -> AsyncMMDataProcessor:
+        """The :class:`gpu_mm.AsyncMMDataProcessor` requests go through (built on first use)."""
+        with self._gpu_mm_lock:
+            if self._gpu_mm_runner is None:
+                if self._gpu_mm_config is None:
+                    raise RuntimeError(f"gpu-mm takes no request here: {self.gpu_mm_unsupported}")
+                st = self.gpu_mm_settings
+                keep_on_device = self.keep_mm_features_on_device or self.precompute_hash_before_cpu_transfer
+                pre = Qwen2VLPreprocessor(
+                    st.device, config=self._gpu_mm_config, video_decoder=st.video_decoder,
+                    num_slots=st.num_slots, memory_budget_bytes=st.memory_budget_bytes,
+                    output="device" if keep_on_device else "cpu",
+                )
+                self._gpu_mm_preprocessor = pre
+                self._gpu_mm_runner = AsyncMMDataProcessor(
+                    pre, max_concurrent_calls=st.max_concurrent_calls, max_queued=st.max_queued,
+                    timeout_s=st.timeout_s,
+                )
+            return self._gpu_mm_runner
+
+    # ------------------------------------------------------------------ SGLang's hooks
+
+    async def process_mm_data_async(self, image_data: Any, input_text: Any, request_obj: Any, *args: Any,
+                                    **kwargs: Any) -> Any:
+        videos = getattr(request_obj, "video_data", None)
+        reason = self._gpu_mm_declines(image_data, videos, request_obj, kwargs)
+        if reason is not None:
+            if not self.gpu_mm_fallbacks[reason]:
+                logger.info("gpu-mm leaves a request to SGLang's own path: %s", reason)
+            self.gpu_mm_fallbacks[reason] += 1
+            return await super().process_mm_data_async(image_data, input_text, request_obj, *args, **kwargs)
+        images = [_Deferred(_unwrap(x)) for x in image_data] if image_data else image_data
+        view = _RequestView(request_obj, [_Deferred(_unwrap(v)) for v in videos] if videos else videos)
+        return await self._process_mm_data_uncached(images, input_text, view, *args, **kwargs)
+
+    @classmethod
+    def _load_single_item(cls, data: Any, modality: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(data, _Deferred):
+            return data  # gpu-mm loads and decodes it on its slots
+        return super()._load_single_item(data, modality, *args, **kwargs)
+
+    async def process_and_combine_mm_data_async(self, base_output: Any, mm_tokens: Any, **kwargs: Any) -> Any:
+        images = list(base_output.images or [])
+        videos = list(base_output.videos or [])
+        if not any(isinstance(x, _Deferred) for x in images + videos):
+            return await super().process_and_combine_mm_data_async(base_output, mm_tokens, **kwargs)
+        if not all(isinstance(x, _Deferred) for x in images + videos) or base_output.audios:
+            raise RuntimeError("gpu-mm: a request mixes deferred and loaded items")  # declined earlier
+        out = await self.gpu_mm_processor().process(
+            image_data=[x.source for x in images] or None,
+            video_data=[x.source for x in videos] or None,
+            **(self._gpu_mm_request if videos else {}),
+        )
+        # Tokenizing the prompt and building items is CPU work: keep it off the serving loop.
+        return await asyncio.to_thread(self._gpu_mm_combine, base_output, mm_tokens, out)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        if self._gpu_mm_runner is not None:
+            self._gpu_mm_runner.shutdown(wait=False)
+        if self._gpu_mm_preprocessor is not None:
+            self._gpu_mm_preprocessor.shutdown()
+
+    # ------------------------------------------------------------------ internals
+
+    def _gpu_mm_declines(self, image_data: Any, videos: Any, request_obj: Any, kwargs: dict[str, Any]) -> str | None:
+        """Why this request goes to SGLang's own path, or None when gpu-mm takes it."""
+        if self.gpu_mm_unsupported is not None:
+            return self.gpu_mm_unsupported
+        if getattr(request_obj, "audio_data", None) or kwargs.get("audio_data"):
+            return "the request has audio"
+        if not image_data and not videos:
+            return "the request has no images or videos"
+        for data in (image_data, videos):
+            if data is not None and not isinstance(data, list):
+                return "media not given as a list"
+            if data and any(self._is_preprocessed_input(x) for x in data):
+                return "preprocessed input (processor_output / precomputed_embedding)"
+        if not videos and (self.mm_preprocess_cache.enabled or self.uses_media_artifacts_without_cache):
+            return "image-only request served by SGLang's preprocessing cache"
+        return None
+
+    def _gpu_mm_combine(
+        self, base_output: Any, mm_tokens: Any, out: dict[str, Any]
+    ) -> tuple[list[Any], torch.Tensor, dict[str, Any]]:
+        """What SGLang's ``process_and_combine_mm_data`` returns for raw items, from gpu-mm's features:
+        SGLang's ``build_input_ids`` expands the prompt; SGLang's own item code does the rest."""
+        from sglang.srt.environ import envs
+        from sglang.srt.managers.mm_utils import get_new_expanded_mm_items
+
+        ret: dict[str, Any] = {k: out[k] for k in _FEATURE_KEYS if out.get(k) is not None}
+        if not self._gpu_mm_emits_spgt:
+            ret.pop("second_per_grid_ts", None)  # Qwen2-VL's processor has no such output
+        prompt: Any = base_output.input_text
+        if (envs.SGLANG_MM_AVOID_RETOKENIZE.get() and not self.preserve_processor_input_ids
+                and isinstance(base_output.input_ids, list) and not base_output.videos):
+            prompt = base_output.input_ids  # SGLang keeps the caller's tokens here too
+        ids = prompt if isinstance(prompt, list) else self._tokenizer.encode(prompt)
+        n_img, n_vid = len(base_output.images or []), len(base_output.videos or [])
+        for name, token, n in (("image", self.IM_TOKEN_ID, n_img), ("video", self.VIDEO_TOKEN_ID, n_vid)):
+            found = sum(1 for t in ids if t == token)
+            if found != n:
+                raise ValueError(f"Prompt has {found} {name} placeholders but {n} {name} inputs were provided")
+        input_ids_list, _, _ = self.build_input_ids(ids, ret.get("image_grid_thw"), ret.get("video_grid_thw"))
+        input_ids = torch.tensor(input_ids_list, dtype=torch.long)
+        ret["input_ids"] = input_ids.unsqueeze(0)
+        items = self.collect_mm_items_from_processor_output(ret)
+        for item in items:
+            item.offsets = self.get_mm_item_offsets(input_ids=input_ids, mm_tokens=mm_tokens, modality=item.modality)
+        items = get_new_expanded_mm_items(items)
+        items = self._finalize_mm_items(items, images=base_output.images)
+        return items, input_ids, ret

@@ -1,0 +1,244 @@
+"""Scenarios for the SGLang plug-in, run in a child process by test_integrations_sglang.py (importing
+sglang changes process-wide state). Prints one JSON object with what each scenario observed.
+
+SGLang's own Qwen-VL processor is the reference. Its video path pins host memory, which needs a CUDA
+driver; the only thing patched here is SGLang's "is this a CPU engine" test (two predicates) so it skips
+``pin_memory()`` on this CPU-only machine. Everything else is SGLang 0.5.x's code as installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import sglang.srt.multimodal.processors.qwen_vl as sglang_qwen_vl
+import sglang.srt.utils.video_decoder as sglang_video_decoder
+import torch
+from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.runtime_context import get_context
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+import gpu_mm
+from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
+from media_helpers import make_image, make_video
+
+sglang_qwen_vl.is_cpu = lambda: True
+sglang_video_decoder._is_cpu_engine = lambda: True
+
+SPECIAL = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+VOCAB = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}, "describe": 5, "this": 6, "and": 7, "<pad>": 8}
+IMG = "<|vision_start|><|image_pad|><|vision_end|>"
+VID = "<|vision_start|><|video_pad|><|vision_end|>"
+ARCH = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+# 45 frames at 15 fps = 3 s; SGLang's rule samples 6 frames (2 fps) -> 3 temporal grid steps of 1 s each.
+VIDEO = make_video(45, 120, 160, fps=15)
+IMAGES = [make_image(100, 140, "JPEG", seed=1), make_image(300, 200, "PNG", seed=2)]
+
+
+def hf_processor(model_type: str):
+    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.Fuse()  # ids -> text -> ids round-trips for prompts without spaces
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                additional_special_tokens=SPECIAL)
+    cls = Qwen2_5_VLProcessor if model_type == "qwen2_5_vl" else Qwen2VLProcessor
+    return cls(image_processor=Qwen2VLImageProcessor(), tokenizer=t, video_processor=Qwen2VLVideoProcessor())
+
+
+def hf_config(model_type: str):
+    cfg = Qwen2VLConfig(vision_start_token_id=3, vision_end_token_id=4, image_token_id=1, video_token_id=2)
+    cfg.model_type = model_type
+    cfg.architectures = [ARCH[model_type]]
+    cfg.vision_config.tokens_per_second = 2  # Qwen2.5-VL's value
+    return cfg
+
+
+def request(text, images=None, videos=None):
+    return GenerateReqInput(text=text, image_data=images, video_data=videos, rid="r1")
+
+
+async def call(proc, req, prompt=None):
+    """The call SGLang's TokenizerManager makes."""
+    return await proc.process_mm_data_async(image_data=req.image_data, audio_data=req.audio_data,
+                                            input_text=prompt if prompt is not None else req.text, request_obj=req,
+                                            max_req_input_len=4096)
+
+
+def summary(out):
+    return {
+        "input_ids": list(out.input_ids),
+        "padded": list(out.padded_input_ids) if out.padded_input_ids is not None else None,
+        "items": [{"modality": it.modality.name, "offsets": [list(o) for o in it.offsets],
+                   "shape": list(it.feature.shape),
+                   "grid": {k: v.tolist() for k, v in it.model_specific_data.items() if "grid_thw" in k},
+                   "spgt": (it.model_specific_data["second_per_grid_ts"].tolist()
+                            if "second_per_grid_ts" in it.model_specific_data else None)}
+                  for it in out.mm_items],
+        "mrope": out.mrope_positions.tolist(),
+        "delta": torch.as_tensor(out.mrope_position_delta).tolist(),
+    }
+
+
+def feature_diff(a, b):
+    return [float((x.feature.float() - y.feature.float()).abs().max()) for x, y in zip(a.mm_items, b.mm_items)]
+
+
+def counted_preprocessor_calls():
+    calls = []
+    orig = Qwen2VLPreprocessor.preprocess
+
+    async def counting(self, *a, **k):
+        calls.append(1)
+        return await orig(self, *a, **k)
+
+    Qwen2VLPreprocessor.preprocess = counting
+    return calls
+
+
+async def compare(model_type, server_args, install):
+    cls = install()
+    theirs = sglang_qwen_vl.QwenVLImageProcessor(hf_config(model_type), server_args, hf_processor(model_type),
+                                                 "default")
+    ours = cls(hf_config(model_type), server_args, hf_processor(model_type), "default")
+    text = f"{IMG} describe this and {VID} this {IMG}"
+    req = request(text, list(IMAGES), [VIDEO])
+    a = await call(ours, req)
+    b = await call(theirs, request(text, list(IMAGES), [VIDEO]))
+    # A prompt given as token ids (SGLang's input_ids path; spaceless so the toy tokenizer round-trips).
+    ids = ours._tokenizer.encode(f"{IMG}describe{VID}this{IMG}")
+    c = await call(ours, request(None, list(IMAGES), [VIDEO]), prompt=list(ids))
+    d = await call(theirs, request(None, list(IMAGES), [VIDEO]), prompt=list(ids))
+    stats = ours.gpu_mm_processor().statistics()
+    return {
+        "ours": summary(a), "theirs": summary(b), "ours_from_ids": summary(c), "theirs_from_ids": summary(d),
+        "feature_max_abs_diff": feature_diff(a, b),
+        "ours_feature_devices": [str(it.feature.device) for it in a.mm_items],
+        "fallbacks": dict(ours.gpu_mm_fallbacks),
+        "completed": stats.completed, "in_flight": stats.in_flight,
+    }
+
+
+async def fallbacks(server_args, install):
+    cls = install()
+    ours = cls(hf_config("qwen2_vl"), server_args, hf_processor("qwen2_vl"), "default")
+    theirs = sglang_qwen_vl.QwenVLImageProcessor(hf_config("qwen2_vl"), server_args, hf_processor("qwen2_vl"),
+                                                 "default")
+    # A request carrying processor output already: SGLang's own path takes it, unchanged.
+    pre = Qwen2VLPreprocessor("cpu")(images=[IMAGES[1]])
+    po = {"format": "processor_output", "pixel_values": pre.pixel_values, "image_grid_thw": pre.image_grid_thw}
+    ids = ours._tokenizer.encode(f"{IMG} this")
+    pos = [i for i, t in enumerate(ids) if t == 1][0]
+    n = int(pre.image_grid_thw.prod()) // 4
+    ids = ids[:pos] + [1] * n + ids[pos + 1:]
+    a = await call(ours, request(None, [po]), prompt=ids)
+    b = await call(theirs, request(None, [dict(po)]), prompt=list(ids))
+    return {"same": summary(a) == summary(b), "fallbacks": dict(ours.gpu_mm_fallbacks),
+            "gpu_mm_built": ours._gpu_mm_runner is not None}
+
+
+async def bad_input(server_args, install):
+    cls = install()
+    ours = cls(hf_config("qwen2_vl"), server_args, hf_processor("qwen2_vl"), "default")
+    out = {}
+    for name, videos in (("truncated", [VIDEO[: len(VIDEO) // 3]]), ("empty", [b""]), ("garbage", [b"\x00" * 5000])):
+        t0 = time.monotonic()
+        try:
+            await call(ours, request(f"{VID} this", None, videos))
+            out[name] = {"raised": None}
+        except Exception as exc:  # noqa: BLE001 - recording what surfaced
+            out[name] = {"raised": type(exc).__name__, "value_error": isinstance(exc, ValueError),
+                         "gpu_mm_error": isinstance(exc, gpu_mm.GpuMMError), "message": str(exc),
+                         "seconds": time.monotonic() - t0}
+    good = await call(ours, request(f"{VID} this", None, [VIDEO]))
+    stats = ours.gpu_mm_processor().statistics()
+    out["after"] = {"ok": len(good.mm_items) == 1, "in_flight": stats.in_flight, "failed": stats.failed}
+    return out
+
+
+async def limits(server_args, install):
+    """A stalled item times out at its deadline without freeing its slot; a full processor refuses at once."""
+    gate = threading.Event()
+    started = threading.Event()
+    orig = Qwen2VLPreprocessor._decode
+
+    def stalling(self, slot, plan):
+        if plan.kind == "video":
+            started.set()
+            gate.wait(30)
+        return orig(self, slot, plan)
+
+    Qwen2VLPreprocessor._decode = stalling
+    try:
+        cls = install(timeout_s=0.5, max_concurrent_calls=1, max_queued=0)
+        ours = cls(hf_config("qwen2_vl"), server_args, hf_processor("qwen2_vl"), "default")
+        t0 = time.monotonic()
+        stalled = asyncio.ensure_future(call(ours, request(f"{VID} this", None, [VIDEO])))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        try:
+            await call(ours, request(f"{IMG} this", [IMAGES[0]]))
+            overloaded = None
+        except Exception as exc:  # noqa: BLE001
+            overloaded = type(exc).__name__
+        stalled_pending_at_refusal = not stalled.done()
+        try:
+            await stalled
+            timed_out = None
+        except Exception as exc:  # noqa: BLE001
+            timed_out = type(exc).__name__
+        timed_out_after = time.monotonic() - t0
+        held = ours.gpu_mm_processor().statistics().in_flight  # the stalled work still runs: slot kept
+        gate.set()
+        for _ in range(500):
+            if ours.gpu_mm_processor().statistics().in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        freed = ours.gpu_mm_processor().statistics().in_flight
+        after = await call(ours, request(f"{IMG} this", [IMAGES[0]]))
+        return {"overloaded": overloaded, "stalled_pending_at_refusal": stalled_pending_at_refusal,
+                "timed_out": timed_out,
+                "timed_out_after_s": timed_out_after, "in_flight_while_stalled": held, "in_flight_after": freed,
+                "works_after": len(after.mm_items) == 1}
+    finally:
+        gate.set()
+        Qwen2VLPreprocessor._decode = orig
+
+
+def main():
+    calls = counted_preprocessor_calls()
+    results = {}
+    with get_context().override_server_args(mm_process_config={}) as server_args:
+        from sglang.srt.managers.multimodal_processor import PROCESSOR_MAPPING
+
+        from gpu_mm.integrations.sglang import install
+
+        install()
+        results["registered"] = {m.__name__: c.__name__ for m, c in PROCESSOR_MAPPING.items()
+                                 if m.__name__ in ARCH.values()}
+
+        async def run_all():
+            for mt in ARCH:
+                results[mt] = await compare(mt, server_args, install)
+            results["fallback"] = await fallbacks(server_args, install)
+            results["bad_input"] = await bad_input(server_args, install)
+            results["limits"] = await limits(server_args, install)
+
+        asyncio.run(run_all())
+    results["preprocess_calls"] = len(calls)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
