@@ -13,56 +13,23 @@ import json
 import threading
 import time
 
-import sglang.srt.multimodal.processors.qwen_vl as sglang_qwen_vl
-import sglang.srt.utils.video_decoder as sglang_video_decoder
 import torch
 from sglang.srt.managers.io_struct import GenerateReqInput
 from sglang.srt.runtime_context import get_context
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    PreTrainedTokenizerFast,
-    Qwen2_5_VLProcessor,
-    Qwen2VLConfig,
-    Qwen2VLImageProcessor,
-    Qwen2VLProcessor,
-    Qwen2VLVideoProcessor,
-)
 
 import gpu_mm
+from gpu_mm.bench.sglang import ARCHITECTURES, IMAGE_TOKEN, VIDEO_TOKEN, allow_cpu_video, build
 from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
 
 from media_helpers import make_image, make_video
 
-sglang_qwen_vl.is_cpu = lambda: True
-sglang_video_decoder._is_cpu_engine = lambda: True
+allow_cpu_video()
 
-SPECIAL = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
-VOCAB = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}, "describe": 5, "this": 6, "and": 7, "<pad>": 8}
-IMG = "<|vision_start|><|image_pad|><|vision_end|>"
-VID = "<|vision_start|><|video_pad|><|vision_end|>"
-ARCH = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+IMG, VID, ARCH = IMAGE_TOKEN, VIDEO_TOKEN, ARCHITECTURES
 
 # 45 frames at 15 fps = 3 s; SGLang's rule samples 6 frames (2 fps) -> 3 temporal grid steps of 1 s each.
 VIDEO = make_video(45, 120, 160, fps=15)
 IMAGES = [make_image(100, 140, "JPEG", seed=1), make_image(300, 200, "PNG", seed=2)]
-
-
-def hf_processor(model_type: str):
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.Fuse()  # ids -> text -> ids round-trips for prompts without spaces
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                additional_special_tokens=SPECIAL)
-    cls = Qwen2_5_VLProcessor if model_type == "qwen2_5_vl" else Qwen2VLProcessor
-    return cls(image_processor=Qwen2VLImageProcessor(), tokenizer=t, video_processor=Qwen2VLVideoProcessor())
-
-
-def hf_config(model_type: str):
-    cfg = Qwen2VLConfig(vision_start_token_id=3, vision_end_token_id=4, image_token_id=1, video_token_id=2)
-    cfg.model_type = model_type
-    cfg.architectures = [ARCH[model_type]]
-    cfg.vision_config.tokens_per_second = 2  # Qwen2.5-VL's value
-    return cfg
 
 
 def request(text, images=None, videos=None):
@@ -107,11 +74,8 @@ def counted_preprocessor_calls():
     return calls
 
 
-async def compare(model_type, server_args, install):
-    cls = install()
-    theirs = sglang_qwen_vl.QwenVLImageProcessor(hf_config(model_type), server_args, hf_processor(model_type),
-                                                 "default")
-    ours = cls(hf_config(model_type), server_args, hf_processor(model_type), "default")
+async def compare(model_type, server_args):
+    theirs, ours = build(model_type, server_args)
     text = f"{IMG} describe this and {VID} this {IMG}"
     req = request(text, list(IMAGES), [VIDEO])
     a = await call(ours, req)
@@ -130,11 +94,8 @@ async def compare(model_type, server_args, install):
     }
 
 
-async def fallbacks(server_args, install):
-    cls = install()
-    ours = cls(hf_config("qwen2_vl"), server_args, hf_processor("qwen2_vl"), "default")
-    theirs = sglang_qwen_vl.QwenVLImageProcessor(hf_config("qwen2_vl"), server_args, hf_processor("qwen2_vl"),
-                                                 "default")
+async def fallbacks(server_args):
+    theirs, ours = build("qwen2_vl", server_args)
     # A request carrying processor output already: SGLang's own path takes it, unchanged.
     pre = Qwen2VLPreprocessor("cpu")(images=[IMAGES[1]])
     po = {"format": "processor_output", "pixel_values": pre.pixel_values, "image_grid_thw": pre.image_grid_thw}
@@ -148,9 +109,8 @@ async def fallbacks(server_args, install):
             "gpu_mm_built": ours._gpu_mm_runner is not None}
 
 
-async def bad_input(server_args, install):
-    cls = install()
-    ours = cls(hf_config("qwen2_vl"), server_args, hf_processor("qwen2_vl"), "default")
+async def bad_input(server_args):
+    _, ours = build("qwen2_vl", server_args)
     out = {}
     for name, videos in (("truncated", [VIDEO[: len(VIDEO) // 3]]), ("empty", [b""]), ("garbage", [b"\x00" * 5000])):
         t0 = time.monotonic()
@@ -167,7 +127,7 @@ async def bad_input(server_args, install):
     return out
 
 
-async def limits(server_args, install):
+async def limits(server_args):
     """A stalled item times out at its deadline without freeing its slot; a full processor refuses at once."""
     gate = threading.Event()
     started = threading.Event()
@@ -181,8 +141,7 @@ async def limits(server_args, install):
 
     Qwen2VLPreprocessor._decode = stalling
     try:
-        cls = install(timeout_s=0.5, max_concurrent_calls=1, max_queued=0)
-        ours = cls(hf_config("qwen2_vl"), server_args, hf_processor("qwen2_vl"), "default")
+        _, ours = build("qwen2_vl", server_args, timeout_s=0.5, max_concurrent_calls=1, max_queued=0)
         t0 = time.monotonic()
         stalled = asyncio.ensure_future(call(ours, request(f"{VID} this", None, [VIDEO])))
         while not started.is_set():
@@ -230,10 +189,10 @@ def main():
 
         async def run_all():
             for mt in ARCH:
-                results[mt] = await compare(mt, server_args, install)
-            results["fallback"] = await fallbacks(server_args, install)
-            results["bad_input"] = await bad_input(server_args, install)
-            results["limits"] = await limits(server_args, install)
+                results[mt] = await compare(mt, server_args)
+            results["fallback"] = await fallbacks(server_args)
+            results["bad_input"] = await bad_input(server_args)
+            results["limits"] = await limits(server_args)
 
         asyncio.run(run_all())
     results["preprocess_calls"] = len(calls)

@@ -1,0 +1,142 @@
+"""SGLang's own Qwen-VL processor vs gpu-mm's plug-in, side by side in one process (needs ``sglang``).
+
+Both are built the way SGLang builds them (``hf_config``, server args, an HF processor), with a
+word-level tokenizer made in code (no hub), and called the way SGLang's TokenizerManager calls them.
+Measured: bytes -> ``MultimodalProcessorOutput`` latency per request (interleaved repetitions), and,
+with N requests in flight at once, the wall time and how late the caller's event loop runs (the loop
+is SGLang's TokenizerManager loop: every millisecond it is blocked delays every other request).
+
+Without CUDA, SGLang's own video path calls ``pin_memory()``, which needs a driver; :func:`allow_cpu_video`
+then flips SGLang's two "CPU engine" predicates so that it skips pinning. Nothing else of SGLang is changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+from .loop_lag import measure
+
+SPECIAL = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+VOCAB = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}, "describe": 5, "this": 6, "and": 7, "<pad>": 8}
+IMAGE_TOKEN = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO_TOKEN = "<|vision_start|><|video_pad|><|vision_end|>"
+ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+
+def toy_processor(model_type: str) -> Any:
+    """A transformers Qwen2-VL / Qwen2.5-VL processor with default image/video processors and a tiny
+    word-level tokenizer that knows the vision special tokens (ids 1-4)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.Fuse()  # ids -> text -> ids round-trips for prompts without spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                   additional_special_tokens=SPECIAL)
+    cls = Qwen2_5_VLProcessor if model_type == "qwen2_5_vl" else Qwen2VLProcessor
+    return cls(image_processor=Qwen2VLImageProcessor(), tokenizer=fast, video_processor=Qwen2VLVideoProcessor())
+
+
+def toy_config(model_type: str) -> Any:
+    """A Qwen2-VL config whose token ids match :func:`toy_processor` (``tokens_per_second`` 2 as Qwen2.5-VL)."""
+    from transformers import Qwen2VLConfig
+
+    cfg = Qwen2VLConfig(vision_start_token_id=3, vision_end_token_id=4, image_token_id=1, video_token_id=2)
+    cfg.model_type = model_type
+    cfg.architectures = [ARCHITECTURES[model_type]]
+    cfg.vision_config.tokens_per_second = 2
+    return cfg
+
+
+def allow_cpu_video() -> bool:
+    """Without CUDA, let SGLang's video path skip ``pin_memory()``; return whether anything was patched."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    import sglang.srt.multimodal.processors.qwen_vl as sglang_qwen_vl
+    import sglang.srt.utils.video_decoder as sglang_video_decoder
+
+    sglang_qwen_vl.is_cpu = lambda: True
+    sglang_video_decoder._is_cpu_engine = lambda: True
+    return True
+
+
+def build(model_type: str, server_args: Any, **settings: Any) -> tuple[Any, Any]:
+    """(SGLang's own processor, gpu-mm's plug-in), both for ``model_type``."""
+    from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
+
+    from ..integrations.sglang import install
+
+    plugin = install(**settings)
+    theirs = QwenVLImageProcessor(toy_config(model_type), server_args, toy_processor(model_type), "default")
+    ours = plugin(toy_config(model_type), server_args, toy_processor(model_type), "default")
+    return theirs, ours
+
+
+async def call(processor: Any, text: str, images: list[Any] | None = None, videos: list[Any] | None = None) -> Any:
+    """One request, as SGLang's TokenizerManager sends it."""
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    req = GenerateReqInput(text=text, image_data=images, video_data=videos, rid="bench")
+    return await processor.process_mm_data_async(image_data=req.image_data, audio_data=req.audio_data,
+                                                 input_text=text, request_obj=req, max_req_input_len=1 << 20)
+
+
+async def _latency(processors: dict[str, Any], request: dict[str, Any], reps: int) -> dict[str, Any]:
+    times: dict[str, list[float]] = {name: [] for name in processors}
+    for name, proc in processors.items():  # warm-up, not timed
+        await call(proc, **request)
+    for _ in range(reps):
+        for name, proc in processors.items():  # interleaved, so drift hits both alike
+            t0 = time.perf_counter()
+            await call(proc, **request)
+            times[name].append(time.perf_counter() - t0)
+    out: dict[str, Any] = {name: {"p50_ms": statistics.median(t) * 1e3, "samples_ms": [x * 1e3 for x in t]}
+                           for name, t in times.items()}
+    out["speedup_p50"] = out["sglang"]["p50_ms"] / out["gpu_mm"]["p50_ms"]
+    return out
+
+
+async def run(video: bytes, image: bytes, *, reps: int = 3, concurrency: int = 8,
+              model_type: str = "qwen2_5_vl", progress: Any = print) -> dict[str, Any]:
+    """The whole comparison; returns JSON-ready figures."""
+    from sglang.srt.runtime_context import get_context
+
+    patched = allow_cpu_video()
+    result: dict[str, Any] = {"model_type": model_type, "sglang_pin_memory_skipped": patched,
+                              "video_bytes": len(video), "image_bytes": len(image)}
+    with get_context().override_server_args(mm_process_config={}) as server_args:
+        theirs, ours = build(model_type, server_args)
+        procs = {"sglang": theirs, "gpu_mm": ours}
+        video_req = {"text": f"{VIDEO_TOKEN} describe this", "videos": [video]}
+        image_req = {"text": f"{IMAGE_TOKEN} describe this", "images": [image]}
+        progress(f"latency, one video request at a time ({reps} interleaved repetitions) ...")
+        result["video_latency"] = await _latency(procs, video_req, reps)
+        progress(f"latency, one image request at a time ({reps * 3} interleaved repetitions) ...")
+        result["image_latency"] = await _latency(procs, image_req, reps * 3)
+        result["concurrent_video"] = {}
+        for name, proc in procs.items():
+            progress(f"{concurrency} video requests in flight at once through {name} ...")
+            result["concurrent_video"][name] = await measure(lambda i, p=proc: call(p, **video_req), concurrency)
+        c = result["concurrent_video"]
+        result["concurrent_video"]["loop_lag_max_ratio"] = (c["sglang"]["loop_lag"]["max_ms"]
+                                                           / max(c["gpu_mm"]["loop_lag"]["max_ms"], 1e-3))
+        result["gpu_mm_device"] = ours._gpu_mm_preprocessor.device if ours._gpu_mm_preprocessor else None
+        theirs.shutdown()
+        ours.shutdown()
+    return result
+
+
+def main_sync(video: bytes, image: bytes, **kw: Any) -> dict[str, Any]:
+    return asyncio.run(run(video, image, **kw))
