@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 
@@ -175,7 +176,55 @@ async def limits(server_args):
         Qwen2VLPreprocessor._decode = orig
 
 
+def tokenizer_manager():
+    """SGLang's real TokenizerManager, built as the engine builds it (ServerArgs for a local model folder,
+    published for the tokenizer role), once as shipped and once with the operator's switch
+    (``SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE``); the same request tokenized by both."""
+    import os
+    import tempfile
+
+    from sglang.srt.managers.tokenizer_manager import TokenizerManager
+    from sglang.srt.runtime_context import publish
+    from sglang.srt.server_args import PortArgs, ServerArgs
+
+    from gpu_mm.bench.sglang import toy_config, toy_processor
+
+    model = tempfile.mkdtemp(prefix="gpu-mm-model-")
+    toy_processor("qwen2_5_vl").save_pretrained(model)
+    toy_config("qwen2_5_vl").save_pretrained(model)
+    server_args = ServerArgs(model_path=model, device="cpu")
+    publish(server_args, role="tokenizer")
+    os.environ.pop("SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE", None)
+    managers = {"sglang": TokenizerManager(server_args, PortArgs.init_new(server_args))}
+    os.environ["SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE"] = "gpu_mm.integrations.sglang_processors"
+    managers["gpu_mm"] = TokenizerManager(server_args, PortArgs.init_new(server_args))
+
+    async def tokenize(tm):
+        req = GenerateReqInput(text=f"{IMG} describe {VID} this", image_data=[IMAGES[1]], video_data=[VIDEO])
+        req.normalize_batch_and_arguments()
+        tm.max_req_input_len = 4096  # set by the engine after start-up
+        tm._init_req_state(req, None)  # what generate_request does before tokenizing
+        return await tm._tokenize_one_request(req)
+
+    out = {name: asyncio.run(tokenize(tm)) for name, tm in managers.items()}
+    a, b = out["gpu_mm"], out["sglang"]
+    ia, ib = a.mm_inputs.mm_items, b.mm_inputs.mm_items
+    return {
+        "processor": {name: type(tm.mm_processor).__name__ for name, tm in managers.items()},
+        "tokenized_type": type(a).__name__,
+        "input_ids": list(a.input_ids) == list(b.input_ids),
+        "n_tokens": len(a.input_ids),
+        "offsets": [it.offsets for it in ia] == [it.offsets for it in ib],
+        "modalities": [it.modality.name for it in ia],
+        "feature_max_abs_diff": [float((x.feature - y.feature).abs().max()) for x, y in zip(ia, ib)],
+        "gpu_mm_completed": managers["gpu_mm"].mm_processor.gpu_mm_processor().statistics().completed,
+    }
+
+
 def main():
+    if sys.argv[1:] == ["tokenizer_manager"]:
+        print(json.dumps(tokenizer_manager()))
+        return
     calls = counted_preprocessor_calls()
     results = {}
     with get_context().override_server_args(mm_process_config={}) as server_args:

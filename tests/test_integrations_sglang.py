@@ -34,15 +34,27 @@ SECONDS_PER_GRID = 2 / (6 / 3)
 TOKENS_PER_SECOND = 2
 
 
-@functools.lru_cache(maxsize=1)
-def scenarios() -> dict:
+@functools.lru_cache(maxsize=None)
+def scenarios(*args: str) -> dict:
     tests = pathlib.Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
-    env = {k: v for k, v in env.items() if not k.startswith("GPU_MM_")}
-    proc = subprocess.run([sys.executable, str(tests / "sglang_scenarios.py")], capture_output=True, text=True,
-                          timeout=300, env=env)
+    env = {k: v for k, v in env.items() if not k.startswith(("GPU_MM_", "SGLANG_EXTERNAL_MM_PROCESSOR"))}
+    proc = subprocess.run([sys.executable, str(tests / "sglang_scenarios.py"), *args], capture_output=True,
+                          text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sglangs_tokenizer_manager_routes_requests_through_the_plugin():
+    """The operator's switch in a real TokenizerManager (built from ServerArgs for a local model folder):
+    the same request tokenized with and without it gives the same ids and items, features from gpu-mm."""
+    r = scenarios("tokenizer_manager")
+    assert r["processor"] == {"sglang": "QwenVLImageProcessor", "gpu_mm": "GpuMMQwenVLProcessor"}
+    assert r["tokenized_type"] == "TokenizedGenerateReqInput"
+    assert r["input_ids"] and r["offsets"] and r["modalities"] == ["IMAGE", "VIDEO"]
+    image, video = r["feature_max_abs_diff"]
+    assert image == 0.0 and video <= ONE_LEVEL + 1e-6
+    assert r["gpu_mm_completed"] == 1
 
 
 def test_registered_for_qwen2_vl_and_qwen2_5_vl():
