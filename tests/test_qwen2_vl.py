@@ -96,6 +96,22 @@ class TestImageParity:
         torch.testing.assert_close(ours.pixel_values, torch.cat([ra["pixel_values"], rb["pixel_values"]]),
                                    rtol=0, atol=0)
 
+    def test_each_image_header_is_parsed_once(self, pre, monkeypatch):
+        import gpu_mm.media.image as image_mod
+        import gpu_mm.models.qwen2_vl as model_mod
+
+        calls = []
+        orig = image_mod.probe_image
+
+        def counting(src, *a, **k):
+            calls.append(src.item)
+            return orig(src, *a, **k)
+
+        monkeypatch.setattr(image_mod, "probe_image", counting)
+        monkeypatch.setattr(model_mod, "probe_image", counting)
+        pre(images=[make_image(100, 200, "JPEG", seed=1), make_image(60, 90, "PNG", seed=2)])
+        assert [c.split(" ")[0] for c in calls] == ["image[0]", "image[1]"]
+
     def test_to_dict_has_model_keys_and_dtypes(self, pre):
         d = pre(images=[make_image(56, 56, "PNG")]).to_dict()
         assert set(d) == {"pixel_values", "image_grid_thw"}

@@ -82,13 +82,17 @@ def probe_image(src: Source, limits: MediaLimits = MediaLimits()) -> ImageInfo:
     return info
 
 
-def decode_image(src: Source, limits: MediaLimits = MediaLimits()) -> torch.Tensor:
+def decode_image(src: Source, limits: MediaLimits = MediaLimits(), info: ImageInfo | None = None) -> torch.Tensor:
     """Decode one item to a uint8 RGB ``[3, H, W]`` CPU tensor following the module's colour policy.
+
+    ``info``: the item's :func:`probe_image` result when the caller has it (its header is then not
+    parsed again; the limits were checked when it was made).
 
     Raises:
         UnsupportedMedia, DecodeError, LimitExceeded.
     """
-    info = probe_image(src, limits)
+    if info is None:
+        info = probe_image(src, limits)
     if src.kind == "array":
         return _array_to_rgb(src)
     fast = _decode_jpeg_fast(src, info)
@@ -122,16 +126,18 @@ def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torc
         raise DecodeError(src.item, f"corrupt JPEG: {exc}") from None
 
 
-def decode_jpeg_cuda(src: Source, device: str = "cuda", limits: MediaLimits = MediaLimits()) -> torch.Tensor | None:
+def decode_jpeg_cuda(
+    src: Source, device: str = "cuda", limits: MediaLimits = MediaLimits(), info: ImageInfo | None = None
+) -> torch.Tensor | None:
     """Decode a plain JPEG with nvJPEG into a uint8 ``[3, H, W]`` CUDA tensor; None for anything else
-    (the caller then decodes on the CPU and uploads).
+    (the caller then decodes on the CPU and uploads). ``info`` as for :func:`decode_image`.
 
     Raises:
         DecodeError, LimitExceeded: as :func:`decode_image`.
     """
     if src.kind != "encoded" or not (src.data or b"").startswith(_JPEG):
         return None  # not a JPEG: skip the header parse, the CPU path will do it
-    return _decode_jpeg_fast(src, probe_image(src, limits), device)
+    return _decode_jpeg_fast(src, info if info is not None else probe_image(src, limits), device)
 
 
 def _pil_to_rgb(img: Any) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from .. import ops
 from ..errors import BackendUnavailable, LimitExceeded, UnsupportedMedia
-from ..media.image import decode_image, decode_jpeg_cuda, probe_image
+from ..media.image import ImageInfo, decode_image, decode_jpeg_cuda, probe_image
 from ..media.sources import MediaLimits, Source, load_source
 from ..media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video
 from ..metrics import StageTimer
@@ -123,6 +123,8 @@ class _Plan:
     source_size: tuple[int, int]
     indices: list[int] | None = None
     info: VideoInfo | None = None
+    image_info: ImageInfo | None = None
+    """An image's probe (size, format, mode), so decoding does not parse its header again."""
     sample_fps: float | None = None
     nbytes: int = 0
     timer: StageTimer = dataclasses.field(default_factory=StageTimer)
@@ -359,7 +361,8 @@ class Qwen2VLPreprocessor:
         )
         grid = (1, target[0] // cfg.patch_size, target[1] // cfg.patch_size)
         nbytes = 3 * (info.height * info.width + target[0] * target[1]) + _feature_bytes(grid, cfg)
-        return _Plan("image", src, target, grid, (info.height, info.width), nbytes=nbytes, timer=timer)
+        return _Plan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
+                     timer=timer)
 
     def _plan_video(self, obj: Any, item: str, request: dict[str, Any]) -> _Plan:
         cfg = self.config
@@ -481,10 +484,10 @@ class Qwen2VLPreprocessor:
         src = plan.src
         if plan.kind == "image":
             if slot.device.startswith("cuda"):
-                gpu = decode_jpeg_cuda(src, slot.device)
+                gpu = decode_jpeg_cuda(src, slot.device, self.limits, plan.image_info)
                 if gpu is not None:
                     return gpu.unsqueeze(0), "nvjpeg"
-            return decode_image(src, self.limits).unsqueeze(0), "cpu (libjpeg-turbo/pillow)"
+            return decode_image(src, self.limits, plan.image_info).unsqueeze(0), "cpu (libjpeg-turbo/pillow)"
         if src.kind == "array":
             assert plan.indices is not None
             frames = src.pixels[plan.indices]
