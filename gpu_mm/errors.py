@@ -21,19 +21,30 @@ __all__ = [
 
 
 class GpuMMError(Exception):
-    """Base class of every error raised by gpu_mm."""
+    """Base class of every error raised by gpu_mm.
+
+    ``status_code`` is the HTTP status a server should answer with (SGLang's HTTP server reads it).
+    """
+
+    status_code = 500
 
 
 class Overloaded(GpuMMError):
     """Raised at once when a call would exceed the in-flight plus queued bound (HTTP 503)."""
 
+    status_code = 503
+
 
 class ProcessingTimeout(GpuMMError, TimeoutError):
     """Raised when a call's deadline passes; its work may still be running (HTTP 504)."""
 
+    status_code = 504
+
 
 class ProcessorClosed(GpuMMError, RuntimeError):
     """Raised for calls made, or still queued, after ``shutdown()``."""
+
+    status_code = 503
 
 
 class BackendUnavailable(GpuMMError, RuntimeError):
@@ -42,6 +53,8 @@ class BackendUnavailable(GpuMMError, RuntimeError):
 
 class MediaError(GpuMMError, ValueError):
     """Base class of errors about one input item; the message names the item and the reason."""
+
+    status_code = 400
 
     def __init__(self, item: str, reason: str) -> None:
         self.item = item

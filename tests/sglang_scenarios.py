@@ -120,12 +120,24 @@ async def bad_input(server_args):
             out[name] = {"raised": None}
         except Exception as exc:  # noqa: BLE001 - recording what surfaced
             out[name] = {"raised": type(exc).__name__, "value_error": isinstance(exc, ValueError),
+                         "http_status": describe(exc)["http_status"],
                          "gpu_mm_error": isinstance(exc, gpu_mm.GpuMMError), "message": str(exc),
                          "seconds": time.monotonic() - t0}
     good = await call(ours, request(f"{VID} this", None, [VIDEO]))
     stats = ours.gpu_mm_processor().statistics()
     out["after"] = {"ok": len(good.mm_items) == 1, "in_flight": stats.in_flight, "failed": stats.failed}
     return out
+
+
+def describe(exc):
+    """An exception as the test sees it, with the HTTP status SGLang's own error handler gives it."""
+    from sglang.srt.entrypoints.http_server import _create_error_response
+
+    gpu_mm_types = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "gpu_mm.errors"]
+    # SGLang's handler takes ValueErrors; anything else escapes it and the server answers 500.
+    status = _create_error_response(exc).status_code if isinstance(exc, ValueError) else 500
+    return {"type": type(exc).__name__, "gpu_mm": gpu_mm_types, "value_error": isinstance(exc, ValueError),
+            "http_status": status}
 
 
 async def limits(server_args):
@@ -151,13 +163,13 @@ async def limits(server_args):
             await call(ours, request(f"{IMG} this", [IMAGES[0]]))
             overloaded = None
         except Exception as exc:  # noqa: BLE001
-            overloaded = type(exc).__name__
+            overloaded = describe(exc)
         stalled_pending_at_refusal = not stalled.done()
         try:
             await stalled
             timed_out = None
         except Exception as exc:  # noqa: BLE001
-            timed_out = type(exc).__name__
+            timed_out = describe(exc)
         timed_out_after = time.monotonic() - t0
         held = ours.gpu_mm_processor().statistics().in_flight  # the stalled work still runs: slot kept
         gate.set()

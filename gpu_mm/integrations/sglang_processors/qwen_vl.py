@@ -36,6 +36,7 @@ from sglang.srt.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from sglang.srt.multimodal.processors import qwen_vl as _sglang_qwen_vl
 from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
 
+from gpu_mm.errors import Overloaded, ProcessingTimeout, ProcessorClosed
 from gpu_mm.integrations.hf import GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor, _sizes
 from gpu_mm.integrations.sglang import PluginSettings, settings
 from gpu_mm.models.qwen2_vl import Qwen2VLConfig, Qwen2VLPreprocessor
@@ -55,6 +56,23 @@ def _adopt(obj: Any, cls: type) -> Any:
     new = copy.copy(obj)
     new.__class__ = cls
     return new
+
+
+class SGLangOverloaded(Overloaded, ValueError):
+    r""":class:`gpu_mm.Overloaded` that SGLang's HTTP server answers with 503 (it maps ``ValueError``\s by
+    their ``status_code``; anything else would become a 500)."""
+
+
+class SGLangProcessingTimeout(ProcessingTimeout, ValueError):
+    """:class:`gpu_mm.ProcessingTimeout` that SGLang's HTTP server answers with 504, not 500."""
+
+
+class SGLangProcessorClosed(ProcessorClosed, ValueError):
+    """:class:`gpu_mm.ProcessorClosed` that SGLang's HTTP server answers with 503."""
+
+
+_FOR_SGLANG = ((Overloaded, SGLangOverloaded), (ProcessingTimeout, SGLangProcessingTimeout),
+               (ProcessorClosed, SGLangProcessorClosed))
 
 
 class _Deferred:
@@ -202,11 +220,17 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
             return await super().process_and_combine_mm_data_async(base_output, mm_tokens, **kwargs)
         if not all(isinstance(x, _Deferred) for x in images + videos) or base_output.audios:
             raise RuntimeError("gpu-mm: a request mixes deferred and loaded items")  # declined earlier
-        out = await self.gpu_mm_processor().process(
-            image_data=[x.source for x in images] or None,
-            video_data=[x.source for x in videos] or None,
-            **(self._gpu_mm_request if videos else {}),
-        )
+        try:
+            out = await self.gpu_mm_processor().process(
+                image_data=[x.source for x in images] or None,
+                video_data=[x.source for x in videos] or None,
+                **(self._gpu_mm_request if videos else {}),
+            )
+        except (Overloaded, ProcessingTimeout, ProcessorClosed) as exc:
+            for base, wrapped in _FOR_SGLANG:
+                if isinstance(exc, base) and not isinstance(exc, ValueError):
+                    raise wrapped(str(exc)) from exc
+            raise
         # Tokenizing the prompt and building items is CPU work: keep it off the serving loop.
         return await asyncio.to_thread(self._gpu_mm_combine, base_output, mm_tokens, out)
 
