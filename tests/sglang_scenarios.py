@@ -9,6 +9,7 @@ driver; the only thing patched here is SGLang's "is this a CPU engine" test (two
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 import threading
@@ -17,6 +18,7 @@ import time
 import torch
 from sglang.srt.managers.io_struct import GenerateReqInput
 from sglang.srt.runtime_context import get_context
+from sglang.srt.utils.common import ImageData, VideoData
 
 import gpu_mm
 from gpu_mm.bench.sglang import ARCHITECTURES, IMAGE_TOKEN, VIDEO_TOKEN, allow_cpu_video, build
@@ -31,6 +33,10 @@ IMG, VID, ARCH = IMAGE_TOKEN, VIDEO_TOKEN, ARCHITECTURES
 # 45 frames at 15 fps = 3 s; SGLang's rule samples 6 frames (2 fps) -> 3 temporal grid steps of 1 s each.
 VIDEO = make_video(45, 120, 160, fps=15)
 IMAGES = [make_image(100, 140, "JPEG", seed=1), make_image(300, 200, "PNG", seed=2)]
+
+
+def _data_uri(data, mime):
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
 def request(text, images=None, videos=None):
@@ -78,9 +84,11 @@ def counted_preprocessor_calls():
 async def compare(model_type, server_args):
     theirs, ours = build(model_type, server_args)
     text = f"{IMG} describe this and {VID} this {IMG}"
-    req = request(text, list(IMAGES), [VIDEO])
-    a = await call(ours, req)
-    b = await call(theirs, request(text, list(IMAGES), [VIDEO]))
+    # Media as the OpenAI-compatible routes pass them: ImageData / VideoData carrying data: URIs.
+    images = [ImageData(url=_data_uri(IMAGES[0], "image/jpeg")), IMAGES[1]]
+    videos = [VideoData(url=_data_uri(VIDEO, "video/mp4"))]
+    a = await call(ours, request(text, list(images), list(videos)))
+    b = await call(theirs, request(text, list(images), list(videos)))
     # A prompt given as token ids (SGLang's input_ids path; spaceless so the toy tokenizer round-trips).
     ids = ours._tokenizer.encode(f"{IMG}describe{VID}this{IMG}")
     c = await call(ours, request(None, list(IMAGES), [VIDEO]), prompt=list(ids))
