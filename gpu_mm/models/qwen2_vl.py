@@ -170,7 +170,9 @@ class Qwen2VLPreprocessor:
             lets torch's intra-op threads use the cores without oversubscribing them, which is what
             keeps the caller's loop responsive on small machines).
         memory_budget_bytes: bytes in flight allowed on the device (decoded frames and outputs).
-        output: ``"device"`` leaves features where they were made; ``"cpu"`` copies them to the CPU;
+        output: ``"device"`` leaves features where they were made (finished when returned; safe to use on
+            the default CUDA stream, on another stream call ``tensor.record_stream(stream)``); ``"cpu"`` copies
+            them to the CPU;
             ``"pinned"`` (CUDA only) copies them asynchronously into pinned host memory on the slot's
             stream, the slot's completion event covering the copy.
         output_pool: a :class:`gpu_mm.handoff.FeaturePool`; features are then written straight into a
@@ -470,6 +472,11 @@ class Qwen2VLPreprocessor:
             raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
         if plan.out is not None:
             return pv, decoder
+        if self.output == "device" and pv.device.type == "cuda" and slot.stream is not None:
+            # Allocated on the slot's stream, read by the caller on its own (usually the default stream):
+            # once the caller frees it, the block must not go to the slot's next item before the default
+            # stream's work queued by then has finished. Callers on other streams record theirs.
+            pv.record_stream(torch.cuda.default_stream(pv.device))
         if self.output == "cpu" and pv.device.type != "cpu":
             pv = pv.to("cpu")
         elif self.output == "pinned":
