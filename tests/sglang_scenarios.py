@@ -115,7 +115,21 @@ async def fallbacks(server_args):
     a = await call(ours, request(None, [po]), prompt=ids)
     b = await call(theirs, request(None, [dict(po)]), prompt=list(ids))
     return {"same": summary(a) == summary(b), "fallbacks": dict(ours.gpu_mm_fallbacks),
-            "gpu_mm_built": ours._gpu_mm_runner is not None}
+            "gpu_mm_calls": ours.gpu_mm_processor().statistics().completed}
+
+
+def bad_settings(server_args):
+    """Settings that cannot work fail when SGLang builds the processor (server start), not per request."""
+    out = {}
+    for name, settings in (("device", {"device": "cuda:7" if not torch.cuda.is_available() else "tpu"}),
+                           ("decoder", {"video_decoder": "no-such-decoder"})):
+        try:
+            build("qwen2_vl", server_args, **settings)
+            out[name] = None
+        except Exception as exc:  # noqa: BLE001
+            out[name] = {"type": type(exc).__name__, "gpu_mm_error": isinstance(exc, gpu_mm.GpuMMError),
+                         "message": str(exc)}
+    return out
 
 
 async def bad_input(server_args):
@@ -262,6 +276,7 @@ def main():
             results["fallback"] = await fallbacks(server_args)
             results["bad_input"] = await bad_input(server_args)
             results["limits"] = await limits(server_args)
+            results["bad_settings"] = bad_settings(server_args)
 
         asyncio.run(run_all())
     results["preprocess_calls"] = len(calls)

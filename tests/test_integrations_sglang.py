@@ -111,7 +111,14 @@ def test_preprocessed_input_goes_to_sglangs_own_path_unchanged():
     r = scenarios()["fallback"]
     assert r["same"]
     assert r["fallbacks"] == {"preprocessed input (processor_output / precomputed_embedding)": 1}
-    assert not r["gpu_mm_built"]
+    assert r["gpu_mm_calls"] == 0
+
+
+def test_unusable_settings_fail_at_server_start():
+    r = scenarios()["bad_settings"]
+    # No CUDA here: "cuda:7" is BackendUnavailable; on a GPU machine "tpu" is not a device (ValueError).
+    assert r["device"]["type"] in ("BackendUnavailable", "ValueError"), r
+    assert r["decoder"]["type"] == "ValueError" and "no-such-decoder" in r["decoder"]["message"], r
 
 
 def test_bad_video_is_a_typed_value_error_naming_the_item_and_nothing_leaks():

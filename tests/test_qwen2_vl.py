@@ -219,6 +219,11 @@ class TestBadInputThroughPipeline:
         with pytest.raises(MediaError, match="image\\[1\\]"):
             pre(images=[make_image(30, 30, "PNG"), b"garbage bytes"])
 
+    @pytest.mark.parametrize("device", ["tpu", "cuda:x", "CPU", ""])
+    def test_unknown_device_rejected_at_construction(self, device):
+        with pytest.raises(ValueError, match="device must be"):
+            Qwen2VLPreprocessor(device)
+
     def test_unknown_option_rejected(self, pre):
         with pytest.raises(TypeError, match="unknown per-request"):
             pre(images=[make_image(30, 30, "PNG")], colour="blue")

@@ -198,6 +198,8 @@ class Qwen2VLPreprocessor:
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable(f"device {device!r} requested but CUDA is not available")
         if output not in ("device", "cpu", "pinned"):

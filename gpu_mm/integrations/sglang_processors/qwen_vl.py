@@ -27,7 +27,6 @@ import asyncio
 import collections
 import copy
 import logging
-import threading
 from typing import Any
 
 import torch
@@ -132,7 +131,8 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         self._gpu_mm_emits_spgt = "second_per_grid_ts" in getattr(_processor, "model_input_names", ())
         self._gpu_mm_runner: AsyncMMDataProcessor | None = None
         self._gpu_mm_preprocessor: Qwen2VLPreprocessor | None = None
-        self._gpu_mm_lock = threading.Lock()
+        if self._gpu_mm_config is not None:
+            self._gpu_mm_build()  # at server start: a bad device or decoder setting fails here, not per request
 
     # ------------------------------------------------------------------ configuration
 
@@ -172,25 +172,24 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         request = {"nframes": video_kw["nframes"]} if "nframes" in video_kw else {}
         return config, request, None
 
+    def _gpu_mm_build(self) -> None:
+        st = self.gpu_mm_settings
+        keep_on_device = self.keep_mm_features_on_device or self.precompute_hash_before_cpu_transfer
+        self._gpu_mm_preprocessor = Qwen2VLPreprocessor(
+            st.device, config=self._gpu_mm_config, video_decoder=st.video_decoder,
+            num_slots=st.num_slots, memory_budget_bytes=st.memory_budget_bytes,
+            output="device" if keep_on_device else "cpu",
+        )
+        self._gpu_mm_runner = AsyncMMDataProcessor(
+            self._gpu_mm_preprocessor, max_concurrent_calls=st.max_concurrent_calls, max_queued=st.max_queued,
+            timeout_s=st.timeout_s,
+        )
+
     def gpu_mm_processor(self) -> AsyncMMDataProcessor:
-        """The :class:`gpu_mm.AsyncMMDataProcessor` requests go through (built on first use)."""
-        with self._gpu_mm_lock:
-            if self._gpu_mm_runner is None:
-                if self._gpu_mm_config is None:
-                    raise RuntimeError(f"gpu-mm takes no request here: {self.gpu_mm_unsupported}")
-                st = self.gpu_mm_settings
-                keep_on_device = self.keep_mm_features_on_device or self.precompute_hash_before_cpu_transfer
-                pre = Qwen2VLPreprocessor(
-                    st.device, config=self._gpu_mm_config, video_decoder=st.video_decoder,
-                    num_slots=st.num_slots, memory_budget_bytes=st.memory_budget_bytes,
-                    output="device" if keep_on_device else "cpu",
-                )
-                self._gpu_mm_preprocessor = pre
-                self._gpu_mm_runner = AsyncMMDataProcessor(
-                    pre, max_concurrent_calls=st.max_concurrent_calls, max_queued=st.max_queued,
-                    timeout_s=st.timeout_s,
-                )
-            return self._gpu_mm_runner
+        """The :class:`gpu_mm.AsyncMMDataProcessor` requests go through."""
+        if self._gpu_mm_runner is None:
+            raise RuntimeError(f"gpu-mm takes no request here: {self.gpu_mm_unsupported}")
+        return self._gpu_mm_runner
 
     # ------------------------------------------------------------------ SGLang's hooks
 
