@@ -69,18 +69,6 @@ def feature_diff(a, b):
     return [float((x.feature.float() - y.feature.float()).abs().max()) for x, y in zip(a.mm_items, b.mm_items)]
 
 
-def counted_preprocessor_calls():
-    calls = []
-    orig = Qwen2VLPreprocessor.preprocess
-
-    async def counting(self, *a, **k):
-        calls.append(1)
-        return await orig(self, *a, **k)
-
-    Qwen2VLPreprocessor.preprocess = counting
-    return calls
-
-
 async def compare(model_type, server_args):
     theirs, ours = build(model_type, server_args)
     text = f"{IMG} describe this and {VID} this {IMG}"
@@ -259,7 +247,6 @@ def main():
     if sys.argv[1:] == ["tokenizer_manager"]:
         print(json.dumps(tokenizer_manager()))
         return
-    calls = counted_preprocessor_calls()
     results = {}
     with get_context().override_server_args(mm_process_config={}) as server_args:
         from sglang.srt.managers.multimodal_processor import PROCESSOR_MAPPING
@@ -279,7 +266,6 @@ def main():
             results["bad_settings"] = bad_settings(server_args)
 
         asyncio.run(run_all())
-    results["preprocess_calls"] = len(calls)
     print(json.dumps(results))
 
 
