@@ -370,3 +370,20 @@ async def test_on_release_fires_once_when_work_really_ends_or_never_starts():
     ev.fired.set()
     await pool.aclose(timeout_s=5)  # waits for the abandoned work's event
     assert released == ["b", "a"]
+
+
+def test_pool_serves_one_event_loop_after_another():
+    """Scripts call ``asyncio.run`` once per batch with one long-lived pool (as the GPU benchmark does):
+    each loop gets its own event poller and every call completes."""
+
+    def fired(slot):
+        ev = FakeEvent()
+        ev.fired.set()
+        return ev
+
+    pool = SlotPool(1, event_factory=fired)
+    for value in range(3):
+        _, _, got = asyncio.run(pool.run(work, value))
+        assert got == value
+    s = pool.statistics()
+    assert s.completed == 3 and s.busy == 0 and s.pending_events == 0
