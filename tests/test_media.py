@@ -135,6 +135,30 @@ class TestImages:
         assert probe_image(src).height == 40
         assert decode_image(src).shape == (3, 40, 20)
 
+    @pytest.mark.parametrize("orientation", range(1, 9))
+    def test_every_exif_orientation_matches_pillow(self, orientation):
+        """The JPEG fast path applies EXIF itself (so nvJPEG's output, which torchvision leaves unrotated,
+        is turned the same way): exactly Pillow's ``exif_transpose`` of the same libjpeg-turbo pixels."""
+        from PIL import Image, ImageOps
+
+        from gpu_mm.media.image import apply_exif_orientation
+
+        img = Image.open(io.BytesIO(make_image(30, 52, "PNG", seed=orientation))).convert("RGB")
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+        src = load_source(buf.getvalue(), "i")
+        info = probe_image(src)
+        ours = decode_image(src, info=info)
+        ref_img = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB")
+        ref = torch.from_numpy(np.array(ref_img)).permute(2, 0, 1)
+        assert info.orientation == orientation and (info.height, info.width) == tuple(ref.shape[1:])
+        assert torch.equal(ours, ref)
+        # The same function on a stored image, as the CUDA path uses it after nvJPEG.
+        stored = torch.from_numpy(np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(apply_exif_orientation(stored, orientation), ref)
+
     def test_16_bit_keeps_high_byte(self):
         from PIL import Image
 

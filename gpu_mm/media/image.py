@@ -32,8 +32,11 @@ class ImageInfo:
 
     width: int
     height: int
+    """As displayed: after the EXIF orientation (transposing orientations swap the stored sides)."""
     format: str
     mode: str
+    orientation: int = 1
+    """EXIF orientation tag (1-8; 1 = as stored)."""
 
 
 def _open(src: Source) -> Any:
@@ -63,6 +66,8 @@ def probe_image(src: Source, limits: MediaLimits = MediaLimits()) -> ImageInfo:
         info = ImageInfo(img.width, img.height, img.format or "?", img.mode)
         if img.format in ("JPEG", "MPO", "TIFF", "WEBP") or "exif" in img.info:
             orientation = img.getexif().get(0x0112, 1)
+            if orientation in (2, 3, 4, 5, 6, 7, 8):
+                info = dataclasses.replace(info, orientation=int(orientation))
             if orientation in (5, 6, 7, 8):  # transposed: height and width swap
                 info = dataclasses.replace(info, width=img.height, height=img.width)
     elif src.kind == "pil":
@@ -105,6 +110,27 @@ def decode_image(src: Source, limits: MediaLimits = MediaLimits(), info: ImageIn
         raise DecodeError(src.item, f"cannot decode image: {exc}") from None
 
 
+def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Turn a ``[..., H, W]`` image as stored into the image as displayed for EXIF ``orientation``, the way
+    Pillow's ``ImageOps.exif_transpose`` does, with tensor ops on any device (nvJPEG does not apply EXIF)."""
+    h, w = -2, -1
+    if orientation == 2:
+        return image.flip(w)
+    if orientation == 3:
+        return image.flip(h, w)
+    if orientation == 4:
+        return image.flip(h)
+    if orientation == 5:
+        return image.transpose(h, w)
+    if orientation == 6:
+        return image.transpose(h, w).flip(w)  # 90 degrees clockwise
+    if orientation == 7:
+        return image.transpose(h, w).flip(h, w)
+    if orientation == 8:
+        return image.transpose(h, w).flip(h)  # 90 degrees counter-clockwise
+    return image
+
+
 def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torch.Tensor | None:
     """torchvision's JPEG decoder (libjpeg-turbo on the CPU, nvJPEG on CUDA) for plain RGB/grayscale
     JPEGs (``info`` from :func:`probe_image`); None when Pillow must decode instead (CMYK/YCCK, or not
@@ -121,9 +147,11 @@ def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torc
             # torchvision 0.29 marks its image codecs deprecated in favour of torchcodec; they still
             # are the libjpeg-turbo (CPU) and nvJPEG (CUDA) decoders we want.
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*image decoding.*")
-            return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True, device=device)
+            # EXIF is applied here, on either device: torchvision applies it on the CPU only.
+            image = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as exc:
         raise DecodeError(src.item, f"corrupt JPEG: {exc}") from None
+    return apply_exif_orientation(image, info.orientation).contiguous()
 
 
 def decode_jpeg_cuda(
