@@ -229,6 +229,85 @@ class TestBadInputThroughPipeline:
             pre(images=[make_image(30, 30, "PNG")], colour="blue")
 
 
+def _rotated_jpeg(h: int, w: int, orientation: int, seed: int) -> bytes:
+    img = Image.open(io.BytesIO(make_image(h, w, "PNG", seed=seed))).convert("RGB")
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def _truncated_jpeg() -> bytes:
+    data = make_image(64, 96, "JPEG", seed=9)
+    return data[: data.index(b"\xff\xda") + 40]  # header intact, scan cut short
+
+
+class TestImageBatches:
+    """Plain JPEGs of one call are decoded in batches (nvJPEG's batched decoder on CUDA); forced on here
+    with ``image_batch`` so the grouping, ordering, errors and leases are checked on the CPU."""
+
+    IMAGES = [make_image(100, 200, "JPEG", seed=1), make_image(60, 90, "PNG", seed=2),
+              _rotated_jpeg(80, 50, 6, seed=3), make_image(40, 300, "JPEG", seed=4),
+              make_image(70, 70, "JPEG", seed=5, mode="L"), make_image(90, 64, "JPEG", seed=6)]
+
+    def test_same_features_as_one_by_one_in_order(self, pre):
+        batched = Qwen2VLPreprocessor("cpu", image_batch=3)
+        a, b = batched(images=self.IMAGES), pre(images=self.IMAGES)
+        assert torch.equal(a.image_grid_thw, b.image_grid_thw)
+        assert torch.equal(a.pixel_values, b.pixel_values)
+        decoders = [it.decoder for it in a.items]
+        assert decoders[0] == decoders[2] == decoders[3] == "cpu (libjpeg-turbo), batch of 3"
+        assert "batch" not in decoders[1]  # the PNG goes alone
+        assert decoders[4] == decoders[5] == "cpu (libjpeg-turbo), batch of 2"
+
+    async def test_async_path_batches_too(self, pre):
+        batched = Qwen2VLPreprocessor("cpu", image_batch=4)
+        try:
+            a = await batched.preprocess(images=self.IMAGES)
+        finally:
+            await batched.aclose()
+        b = pre(images=self.IMAGES)
+        assert torch.equal(a.pixel_values, b.pixel_values)
+        assert batched._slots.statistics().completed == 3  # one job of 4 JPEGs, the PNG, one of 1 JPEG
+
+    def test_corrupt_jpeg_in_a_batch_is_named(self):
+        batched = Qwen2VLPreprocessor("cpu", image_batch=8)
+        images = [self.IMAGES[0], self.IMAGES[3], _truncated_jpeg(), self.IMAGES[5]]
+        with pytest.raises(gpu_mm.DecodeError, match=r"^image\[2\]"):
+            batched(images=images)
+
+    def test_batches_respect_the_memory_budget(self):
+        plans = Qwen2VLPreprocessor("cpu", image_batch=8)._plan_all(self.IMAGES, None, {})
+        jpegs = [i for i, p in enumerate(plans) if p.src.data.startswith(b"\xff\xd8")]
+        assert Qwen2VLPreprocessor("cpu", image_batch=8)._groups(plans) == [[1], jpegs]
+        budget = max(plans[i].nbytes for i in jpegs) + 1  # room for the largest JPEG alone
+        groups = Qwen2VLPreprocessor("cpu", image_batch=8, memory_budget_bytes=budget)._groups(plans)
+        assert sorted(i for g in groups for i in g) == list(range(len(plans)))
+        assert all(sum(plans[i].nbytes for i in g) <= budget for g in groups)
+        assert len(groups) > 2  # the JPEGs no longer fit in one job
+
+    def test_failed_batch_returns_its_pool_lease(self):
+        from gpu_mm.handoff import FeaturePool
+
+        with FeaturePool(max_blocks=1) as pool:
+            batched = Qwen2VLPreprocessor("cpu", image_batch=4, output_pool=pool)
+
+            async def run():
+                try:
+                    with pytest.raises(gpu_mm.DecodeError):
+                        await batched.preprocess(images=[self.IMAGES[0], _truncated_jpeg(), self.IMAGES[1]])
+                finally:
+                    await batched.aclose()
+
+            asyncio.run(run())
+            assert pool.statistics().leased == 0
+
+    def test_image_batch_must_be_positive(self):
+        with pytest.raises(ValueError, match="image_batch"):
+            Qwen2VLPreprocessor("cpu", image_batch=0)
+
+
 class TestAsync:
     async def test_async_equals_sync_and_runs_on_slot_threads(self):
         pre = Qwen2VLPreprocessor("cpu", num_slots=2)

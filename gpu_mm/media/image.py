@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -137,10 +138,8 @@ def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torc
     a JPEG)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    if src.kind != "encoded" or not (src.data or b"").startswith(_JPEG):
-        return None
-    if info.mode not in ("RGB", "L"):
-        return None  # CMYK / YCCK: Pillow's conversion
+    if not is_plain_jpeg(src, info):
+        return None  # not a JPEG, or CMYK / YCCK: Pillow decodes it
     data = torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8)
     try:
         with warnings.catch_warnings():
@@ -152,6 +151,36 @@ def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torc
     except RuntimeError as exc:
         raise DecodeError(src.item, f"corrupt JPEG: {exc}") from None
     return apply_exif_orientation(image, info.orientation).contiguous()
+
+
+def is_plain_jpeg(src: Source, info: ImageInfo) -> bool:
+    """Whether torchvision's JPEG decoder (libjpeg-turbo / nvJPEG) takes this item: an encoded RGB or
+    grayscale JPEG (CMYK/YCCK go to Pillow for its colour conversion)."""
+    return src.kind == "encoded" and (src.data or b"").startswith(_JPEG) and info.mode in ("RGB", "L")
+
+
+def decode_jpegs(items: Sequence[tuple[Source, ImageInfo]], device: str = "cpu") -> list[torch.Tensor]:
+    """Decode plain JPEGs (:func:`is_plain_jpeg`) in one call: nvJPEG's batched (hardware where the chip
+    has it) decoder on CUDA, libjpeg-turbo one by one on the CPU. uint8 ``[3, H, W]`` each, EXIF applied.
+
+    Raises:
+        DecodeError: naming the first corrupt item (the batch is retried one by one to find it).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8) for src, _ in items]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*image decoding.*")
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        out = []
+        for src, info in items:  # torchvision returns nothing for a failed batch: find the bad item
+            image = _decode_jpeg_fast(src, info, device)
+            assert image is not None  # plain JPEGs only
+            out.append(image)
+        return out
+    return [apply_exif_orientation(image, info.orientation).contiguous() for image, (_, info) in zip(images, items)]
 
 
 def decode_jpeg_cuda(
