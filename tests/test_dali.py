@@ -55,6 +55,36 @@ def test_preprocessor_falls_back_per_item_and_says_so():
     assert torch.equal(feats.pixel_values_videos[-n:], ref.pixel_values_videos)
 
 
+def test_a_stream_the_backend_fails_on_falls_back_to_pyav(monkeypatch):
+    """A DecodeError from a non-PyAV backend (e.g. NVDEC without that codec on this chip) is retried with
+    PyAV for that item; if PyAV fails too, PyAV's error names the item."""
+    from gpu_mm import DecodeError
+    from gpu_mm.media.video import _FACTORIES, register_video_decoder
+
+    class Failing:
+        name = "failing"
+
+        def get_frames_at(self, src, info, indices):
+            raise DecodeError(src.item, "this chip's decoder has no such codec")
+
+    register_video_decoder("failing", Failing)
+    try:
+        feats = Qwen2VLPreprocessor("cpu", video_decoder="failing")(videos=[clip("h264", 40)])
+        assert feats.items[0].decoder == "pyav (fallback: this chip's decoder has no such codec)"
+        ref = Qwen2VLPreprocessor("cpu", video_decoder="pyav")(videos=[clip("h264", 40)])
+        assert torch.equal(feats.pixel_values_videos, ref.pixel_values_videos)
+        from gpu_mm.media.video import PyAVDecoder
+
+        def pyav_fails(self, src, info, indices):
+            raise DecodeError(src.item, "pyav: corrupt too")
+
+        monkeypatch.setattr(PyAVDecoder, "get_frames_at", pyav_fails)
+        with pytest.raises(DecodeError, match=r"^video\[0\].*pyav: corrupt too"):
+            Qwen2VLPreprocessor("cpu", video_decoder="failing")(videos=[clip("h264", 40)])
+    finally:
+        _FACTORIES.pop("failing", None)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("codec", ["h264", "hevc", "vp9"])
 def test_nvdec_frames_on_gpu_close_to_pyav(codec):

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from .. import ops
-from ..errors import BackendUnavailable, LimitExceeded, UnsupportedMedia
+from ..errors import BackendUnavailable, LimitExceeded, MediaError, UnsupportedMedia
 from ..media.image import ImageInfo, decode_image, decode_jpeg_cuda, decode_jpegs, is_plain_jpeg, probe_image
 from ..media.sources import MediaLimits, Source, load_source
 from ..media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video
@@ -562,7 +562,9 @@ class Qwen2VLPreprocessor:
         try:
             frames = decoder.get_frames_at(src, plan.info, plan.indices)
             name = decoder.name
-        except UnsupportedMedia as exc:
+        except MediaError as exc:
+            # A codec the backend lacks (UnsupportedMedia), or a stream it failed on (DecodeError: e.g. a
+            # codec this chip's NVDEC does not have): PyAV decodes it instead, or names what is wrong.
             if self.video_decoder == "pyav":
                 raise
             fallback = self._decoder(slot, "pyav")
