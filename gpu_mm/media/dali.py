@@ -22,7 +22,8 @@ __all__ = ["CPU_CODECS", "DALIVideoDecoder", "NVDEC_CODECS"]
 CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 """What DALI's CPU video decoder handles ("Codec 27 (h264) is not supported by the CPU variant")."""
 NVDEC_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "mpeg4"})
-"""What DALI's mixed backend accepts; the chip decides the rest (e.g. no AV1 on Hopper NVDEC)."""
+"""What DALI's mixed backend accepts; the chip decides the rest (not every NVDEC generation decodes AV1;
+an item it fails on falls back to PyAV)."""
 
 
 def _ndd() -> Any:
