@@ -21,7 +21,7 @@ from sglang.srt.runtime_context import get_context
 from sglang.srt.utils.common import ImageData, VideoData
 
 import gpu_mm
-from gpu_mm.bench.sglang import ARCHITECTURES, IMAGE_TOKEN, VIDEO_TOKEN, allow_cpu_video, build
+from gpu_mm.bench.sglang import ARCHITECTURES, IMAGE_TOKEN, VIDEO_TOKEN, allow_cpu_video, build, call
 from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
 
 from media_helpers import make_image, make_video
@@ -37,17 +37,6 @@ IMAGES = [make_image(100, 140, "JPEG", seed=1), make_image(300, 200, "PNG", seed
 
 def _data_uri(data, mime):
     return f"data:{mime};base64," + base64.b64encode(data).decode()
-
-
-def request(text, images=None, videos=None):
-    return GenerateReqInput(text=text, image_data=images, video_data=videos, rid="r1")
-
-
-async def call(proc, req, prompt=None):
-    """The call SGLang's TokenizerManager makes."""
-    return await proc.process_mm_data_async(image_data=req.image_data, audio_data=req.audio_data,
-                                            input_text=prompt if prompt is not None else req.text, request_obj=req,
-                                            max_req_input_len=4096)
 
 
 def summary(out):
@@ -75,12 +64,12 @@ async def compare(model_type, server_args):
     # Media as the OpenAI-compatible routes pass them: ImageData / VideoData carrying data: URIs.
     images = [ImageData(url=_data_uri(IMAGES[0], "image/jpeg")), IMAGES[1]]
     videos = [VideoData(url=_data_uri(VIDEO, "video/mp4"))]
-    a = await call(ours, request(text, list(images), list(videos)))
-    b = await call(theirs, request(text, list(images), list(videos)))
+    a = await call(ours, text, list(images), list(videos))
+    b = await call(theirs, text, list(images), list(videos))
     # A prompt given as token ids (SGLang's input_ids path; spaceless so the toy tokenizer round-trips).
     ids = ours._tokenizer.encode(f"{IMG}describe{VID}this{IMG}")
-    c = await call(ours, request(None, list(IMAGES), [VIDEO]), prompt=list(ids))
-    d = await call(theirs, request(None, list(IMAGES), [VIDEO]), prompt=list(ids))
+    c = await call(ours, None, list(IMAGES), [VIDEO], prompt=list(ids))
+    d = await call(theirs, None, list(IMAGES), [VIDEO], prompt=list(ids))
     stats = ours.gpu_mm_processor().statistics()
     return {
         "ours": summary(a), "theirs": summary(b), "ours_from_ids": summary(c), "theirs_from_ids": summary(d),
@@ -100,8 +89,8 @@ async def fallbacks(server_args):
     pos = [i for i, t in enumerate(ids) if t == 1][0]
     n = int(pre.image_grid_thw.prod()) // 4
     ids = ids[:pos] + [1] * n + ids[pos + 1:]
-    a = await call(ours, request(None, [po]), prompt=ids)
-    b = await call(theirs, request(None, [dict(po)]), prompt=list(ids))
+    a = await call(ours, None, [po], prompt=ids)
+    b = await call(theirs, None, [dict(po)], prompt=list(ids))
     return {"same": summary(a) == summary(b), "fallbacks": dict(ours.gpu_mm_fallbacks),
             "gpu_mm_calls": ours.gpu_mm_processor().statistics().completed}
 
@@ -126,14 +115,14 @@ async def bad_input(server_args):
     for name, videos in (("truncated", [VIDEO[: len(VIDEO) // 3]]), ("empty", [b""]), ("garbage", [b"\x00" * 5000])):
         t0 = time.monotonic()
         try:
-            await call(ours, request(f"{VID} this", None, videos))
+            await call(ours, f"{VID} this", None, videos)
             out[name] = {"raised": None}
         except Exception as exc:  # noqa: BLE001 - recording what surfaced
             out[name] = {"raised": type(exc).__name__, "value_error": isinstance(exc, ValueError),
                          "http_status": describe(exc)["http_status"],
                          "gpu_mm_error": isinstance(exc, gpu_mm.GpuMMError), "message": str(exc),
                          "seconds": time.monotonic() - t0}
-    good = await call(ours, request(f"{VID} this", None, [VIDEO]))
+    good = await call(ours, f"{VID} this", None, [VIDEO])
     stats = ours.gpu_mm_processor().statistics()
     out["after"] = {"ok": len(good.mm_items) == 1, "in_flight": stats.in_flight, "failed": stats.failed}
     return out
@@ -166,11 +155,11 @@ async def limits(server_args):
     try:
         _, ours = build("qwen2_vl", server_args, timeout_s=0.5, max_concurrent_calls=1, max_queued=0)
         t0 = time.monotonic()
-        stalled = asyncio.ensure_future(call(ours, request(f"{VID} this", None, [VIDEO])))
+        stalled = asyncio.ensure_future(call(ours, f"{VID} this", None, [VIDEO]))
         while not started.is_set():
             await asyncio.sleep(0.01)
         try:
-            await call(ours, request(f"{IMG} this", [IMAGES[0]]))
+            await call(ours, f"{IMG} this", [IMAGES[0]])
             overloaded = None
         except Exception as exc:  # noqa: BLE001
             overloaded = describe(exc)
@@ -188,7 +177,7 @@ async def limits(server_args):
                 break
             await asyncio.sleep(0.01)
         freed = ours.gpu_mm_processor().statistics().in_flight
-        after = await call(ours, request(f"{IMG} this", [IMAGES[0]]))
+        after = await call(ours, f"{IMG} this", [IMAGES[0]])
         return {"overloaded": overloaded, "stalled_pending_at_refusal": stalled_pending_at_refusal,
                 "timed_out": timed_out,
                 "timed_out_after_s": timed_out_after, "in_flight_while_stalled": held, "in_flight_after": freed,
