@@ -6,6 +6,7 @@ from .errors import (
     BackendUnavailable,
     DecodeError,
     GpuMMError,
+    InvalidRequest,
     LimitExceeded,
     MediaError,
     Overloaded,
@@ -18,6 +19,7 @@ from .handoff import FeatureHandle, FeaturePool, FeatureReceiver
 from .media.sources import MediaLimits
 from .metrics import LatencySummary, StageTimer
 from .models.qwen2_vl import ItemReport, Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
+from .options import RequestOptions
 from .processor import AsyncMMDataProcessor, ProcessorStatistics
 from .slots import Completion, Slot, SlotPool, SlotPoolStatistics
 
@@ -32,6 +34,7 @@ __all__ = [
     "FeaturePool",
     "FeatureReceiver",
     "GpuMMError",
+    "InvalidRequest",
     "ItemReport",
     "LatencySummary",
     "LimitExceeded",
@@ -44,6 +47,7 @@ __all__ = [
     "Qwen2VLConfig",
     "Qwen2VLFeatures",
     "Qwen2VLPreprocessor",
+    "RequestOptions",
     "Slot",
     "SlotPool",
     "SlotPoolStatistics",

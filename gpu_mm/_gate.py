@@ -12,6 +12,10 @@ from .errors import LimitExceeded, Overloaded, ProcessingTimeout, ProcessorClose
 class Gate:
     """Admits at most ``capacity`` holders (and ``byte_budget`` bytes) at once, first come first served.
 
+    With ``express`` units, requests of more than ``express_max_bytes`` ("large") may hold at most
+    ``capacity - express`` units; the rest serve only small requests, which may pass large ones queued
+    behind the large units' cap (never ones waiting for bytes), so cheap work is not stuck behind bombs.
+
     Waiting is cancellation-safe: a waiter that is cancelled or times out removes itself, and if it had
     already been granted a unit in the same instant it hands the unit straight back. Units are returned
     with :meth:`release` by whoever owns the work, which is not necessarily the task that acquired them.
@@ -23,6 +27,8 @@ class Gate:
         *,
         max_queued: int | None,
         byte_budget: int | None = None,
+        express: int = 0,
+        express_max_bytes: int = 0,
         name: str = "gate",
     ) -> None:
         if capacity < 1:
@@ -31,11 +37,16 @@ class Gate:
             raise ValueError(f"max_queued must be >= 0 or None, got {max_queued!r}")
         if byte_budget is not None and byte_budget <= 0:
             raise ValueError(f"byte_budget must be > 0 or None, got {byte_budget!r}")
+        if not 0 <= express < capacity:
+            raise ValueError(f"express must be in [0, capacity), got {express!r} for capacity {capacity!r}")
         self.capacity = capacity
         self.max_queued = max_queued
         self.byte_budget = byte_budget
+        self.express = express
+        self.express_max_bytes = express_max_bytes
         self.name = name
         self.in_use = 0
+        self.large_in_use = 0
         self.bytes_in_use = 0
         self._waiters: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
         self._closed_exc: BaseException | None = None
@@ -44,14 +55,34 @@ class Gate:
     def queued(self) -> int:
         return sum(1 for fut, _ in self._waiters if not fut.done())
 
-    def _fits(self, nbytes: int) -> bool:
+    def _large(self, nbytes: int) -> bool:
+        return self.express > 0 and nbytes > self.express_max_bytes
+
+    def _blocked(self, nbytes: int) -> str | None:
+        """None when a request of ``nbytes`` can take a unit now; else what holds it: "lane" (only the
+        large units' cap) or "full" (no unit, or no budget)."""
         if self.in_use >= self.capacity:
-            return False
-        return self.byte_budget is None or self.bytes_in_use + nbytes <= self.byte_budget
+            return "full"
+        if self.byte_budget is not None and self.bytes_in_use + nbytes > self.byte_budget:
+            return "full"
+        if self._large(nbytes) and self.large_in_use >= self.capacity - self.express:
+            return "lane"
+        return None
+
+    def _fits(self, nbytes: int) -> bool:
+        return self._blocked(nbytes) is None
 
     def _take(self, nbytes: int) -> None:
         self.in_use += 1
         self.bytes_in_use += nbytes
+        if self._large(nbytes):
+            self.large_in_use += 1
+
+    def _may_pass_queue(self, nbytes: int) -> bool:
+        """A small request may go ahead of waiters that only wait for a large unit."""
+        if self._large(nbytes):
+            return False
+        return all(fut.done() or self._blocked(n) == "lane" for fut, n in self._waiters)
 
     def _check_request(self, nbytes: int) -> None:
         if self._closed_exc is not None:
@@ -66,7 +97,7 @@ class Gate:
     def try_acquire(self, nbytes: int = 0) -> bool:
         """Take a unit at once if one is free and nobody is queued ahead; never waits."""
         self._check_request(nbytes)
-        if not self._waiters and self._fits(nbytes):
+        if self._fits(nbytes) and (not self._waiters or self._may_pass_queue(nbytes)):
             self._take(nbytes)
             return True
         return False
@@ -121,17 +152,26 @@ class Gate:
             raise RuntimeError(f"{self.name}: release() without a matching acquire()")
         self.in_use -= 1
         self.bytes_in_use -= nbytes
+        if self._large(nbytes):
+            self.large_in_use -= 1
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters:
-            fut, nbytes = self._waiters[0]
+        # FIFO, except that a waiter held only by the large units' cap lets small ones behind it pass; one
+        # held by the unit count or the byte budget stops the scan, so nothing starves a large request.
+        i = 0
+        while i < len(self._waiters):
+            fut, nbytes = self._waiters[i]
             if fut.done():
-                self._waiters.popleft()
+                del self._waiters[i]
                 continue
-            if not self._fits(nbytes):
-                return  # strict FIFO: a large request is not starved by smaller ones behind it
-            self._waiters.popleft()
+            blocked = self._blocked(nbytes)
+            if blocked == "full":
+                return
+            if blocked == "lane":
+                i += 1
+                continue
+            del self._waiters[i]
             self._take(nbytes)
             fut.set_result(None)
 

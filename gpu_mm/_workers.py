@@ -30,6 +30,7 @@ class WorkerPool:
         *,
         prototype: Any = None,
         factory: Callable[[], Any] | None = None,
+        spares: list[Any] | None = None,
         name: str = "gpu-mm-worker",
     ) -> None:
         if max_workers < 1:
@@ -37,6 +38,8 @@ class WorkerPool:
         self.max_workers = max_workers
         self._prototype = prototype
         self._factory = factory
+        self._spares = list(spares or [])
+        """Private processors made ahead of time (e.g. the copy that proved copying works); used first."""
         self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -66,6 +69,9 @@ class WorkerPool:
         return fut
 
     def _make_processor(self) -> Any:
+        with self._lock:
+            if self._spares:
+                return self._spares.pop()
         if self._factory is not None:
             return self._factory()
         if self._prototype is None or getattr(self._prototype, "thread_safe", False):

@@ -187,9 +187,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .media.sources import MediaLimits
     from .serve import run
 
+    max_body = int(args.max_body_mb * 2**20)
+    limits = MediaLimits.for_network(allow_urls=args.allow_urls, local_media_root=args.allowed_local_media_path,
+                                     allow_private_urls=args.allow_private_urls, max_bytes=max_body)
     run(args.mode, args.host, args.port, device=args.device, max_concurrent_calls=args.max_concurrent_calls,
-        max_queued=args.max_queued, timeout_s=args.timeout_s, num_slots=args.slots,
-        limits=MediaLimits(allow_urls=args.allow_urls))
+        max_queued=args.max_queued, timeout_s=args.timeout_s, num_slots=args.slots, limits=limits,
+        max_body_bytes=max_body, body_budget_bytes=int(args.body_budget_mb * 2**20),
+        memory_budget_bytes=None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20))
     return 0
 
 
@@ -220,7 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--max-queued", type=int, default=None)
     sv.add_argument("--timeout-s", type=float, default=30.0)
     sv.add_argument("--slots", type=int, default=None, help="device slots (default 1)")
-    sv.add_argument("--allow-urls", action="store_true")
+    sv.add_argument("--allow-urls", action="store_true", help="fetch http(s) URLs (public addresses only)")
+    sv.add_argument("--allow-private-urls", action="store_true",
+                    help="with --allow-urls: also loopback/private addresses (only on a trusted network)")
+    sv.add_argument("--allowed-local-media-path", metavar="DIR", default=None,
+                    help="read local files, but only regular files inside DIR (default: no local files)")
+    sv.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (default 64)")
+    sv.add_argument("--body-budget-mb", type=float, default=512.0,
+                    help="request bodies in flight at once; beyond it 503 (default 512)")
+    sv.add_argument("--memory-budget-mb", type=float, default=None,
+                    help="working memory of the pixel work in flight (default: 8 GiB or half the RAM)")
     sv.set_defaults(fn=cmd_serve)
     args = ap.parse_args(argv)
     try:

@@ -10,6 +10,7 @@ __all__ = [
     "BackendUnavailable",
     "DecodeError",
     "GpuMMError",
+    "InvalidRequest",
     "LimitExceeded",
     "MediaError",
     "Overloaded",
@@ -76,3 +77,14 @@ class UnsupportedMedia(MediaError):
 
 class DecodeError(MediaError):
     """Raised when an item is corrupt, truncated or empty and cannot be decoded."""
+
+
+class InvalidRequest(GpuMMError, ValueError):
+    """Raised when a request option has the wrong type or an out-of-range value (HTTP 400)."""
+
+    status_code = 400
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")

@@ -13,6 +13,7 @@ A drop-in for SGLang's wrapper of the same name (PR #12066), fixing what made it
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import functools
 import inspect
@@ -141,10 +142,22 @@ class AsyncMMDataProcessor:
         self._gate = Gate(max_concurrent_calls, max_queued=max_queued, name="AsyncMMDataProcessor")
         self._pool: WorkerPool | None = None
         if not self._inline:
+            spares = []
+            if processor_factory is None and not getattr(mm_processor, "thread_safe", False):
+                # Each worker thread deep-copies the processor: find out now, not on every call, if it cannot.
+                try:
+                    spares.append(copy.deepcopy(mm_processor))
+                except Exception as exc:  # noqa: BLE001 - locks, sockets, CUDA handles: many types
+                    raise TypeError(
+                        f"{type(mm_processor).__name__} cannot be deep-copied for the worker threads ({exc}); pass "
+                        "processor_factory= to build one private processor per thread, or set thread_safe = True "
+                        "on its class if one instance may serve every thread"
+                    ) from None
             self._pool = WorkerPool(
                 max_concurrent_calls,
                 prototype=mm_processor,
                 factory=processor_factory,
+                spares=spares,
                 name="gpu-mm-mm-processor",
             )
         self._jobs: set[_Job] = set()

@@ -1,9 +1,16 @@
 """``gpu-mm serve``: a small asyncio HTTP front end (aiohttp) over the Qwen2-VL preprocessor.
 
 ``POST /v1/preprocess`` takes JSON ``{"images": [...], "videos": [...], "fps": ..., "nframes": ...}``
-whose items are base64 strings, data URIs or (when enabled) URLs, and answers with the grids, shapes,
-token counts, decoders and per-stage timings (the features themselves stay in the process).
-``GET /health`` answers at once; ``GET /metrics`` is Prometheus exposition.
+whose items are base64 strings or data URIs (plus http(s) URLs with ``allow_urls``, and files inside one
+directory with ``local_media_root``), and answers with the grids, shapes, token counts, decoders and
+per-stage timings (the features themselves stay in the process). ``GET /health`` answers at once;
+``GET /metrics`` is Prometheus exposition.
+
+Everything a client sends is hostile: the body is bounded in size (``max_body_bytes``) and bodies being
+read or processed are bounded together (``body_budget_bytes``, else 503 at once), the JSON is parsed off
+the loop, every option is type- and range-checked, and every error is a JSON answer with the status its
+type carries (400 bad input, 413 too large, 503 overloaded, 504 timeout, 500 for anything unforeseen,
+which is logged and counted).
 
 Modes, to compare what a serving engine's front end experiences:
 ``gpu_mm`` (AsyncMMDataProcessor + slots), ``seed`` (SGLang PR #12066's wrapper over the same work done
@@ -14,15 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any, Literal
 
-from .errors import GpuMMError, MediaError, Overloaded, ProcessingTimeout
+from .errors import GpuMMError, InvalidRequest, ProcessingTimeout
 from .media.sources import MediaLimits
 from .models.qwen2_vl import Qwen2VLPreprocessor
+from .options import RequestOptions
 from .processor import AsyncMMDataProcessor
 
 Mode = Literal["gpu_mm", "seed", "inline"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 2**20
+"""One request's JSON body (base64 media is 4/3 of its bytes)."""
+DEFAULT_BODY_BUDGET_BYTES = 512 * 2**20
+"""Bodies being read or processed at once; a request that would exceed it gets 503 before it is read."""
+DEFAULT_MAX_ITEMS = 64
+"""Images plus videos in one request."""
 
 
 class _SyncAdapter:
@@ -48,6 +66,43 @@ def _summary(out: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def parse_request(raw: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> tuple[list[Any], list[Any], RequestOptions]:
+    """Parse and check a ``/v1/preprocess`` body (runs off the event loop).
+
+    Raises:
+        InvalidRequest: not a JSON object, too deep, unknown fields, wrong item lists or option values.
+    """
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise InvalidRequest("body", "JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("body", f"not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body", f"must be a JSON object, got {type(body).__name__}")
+    lists = []
+    for key in ("images", "videos"):
+        items = body.pop(key, None)
+        if items is None:
+            items = []
+        elif isinstance(items, (str, dict)):
+            items = [items]
+        elif not isinstance(items, list):
+            raise InvalidRequest(key, f"must be a list of media items, got {type(items).__name__}")
+        lists.append(items)
+    if len(lists[0]) + len(lists[1]) > max_items:
+        raise InvalidRequest("images", f"{len(lists[0]) + len(lists[1])} items is over max_items={max_items}")
+    return lists[0], lists[1], RequestOptions.parse(body)
+
+
+def _error(exc: BaseException, status: int) -> Any:
+    from aiohttp import web
+
+    name = type(exc).__name__ if isinstance(exc, GpuMMError) else "InternalError"
+    message = str(exc) if isinstance(exc, GpuMMError) else "internal error (logged on the server)"
+    return web.json_response({"error": name, "message": message}, status=status)
+
+
 def build_app(
     mode: Mode = "gpu_mm",
     *,
@@ -57,13 +112,25 @@ def build_app(
     timeout_s: float | None = 30.0,
     num_slots: int | None = None,
     limits: MediaLimits | None = None,
+    memory_budget_bytes: int | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES,
+    max_items: int = DEFAULT_MAX_ITEMS,
 ) -> Any:
-    """Build the aiohttp application for ``mode``."""
+    """Build the aiohttp application for ``mode``.
+
+    ``limits`` default to :meth:`MediaLimits.for_network` (inline media only) with ``max_bytes`` no larger
+    than a body can carry.
+    """
     from aiohttp import web
 
     from .metrics import PrometheusMetrics
 
-    pre = Qwen2VLPreprocessor(device, limits=limits, num_slots=num_slots)
+    if limits is None:
+        limits = MediaLimits.for_network(max_bytes=max_body_bytes)
+    if max_body_bytes > body_budget_bytes:
+        raise ValueError(f"max_body_bytes={max_body_bytes} is over body_budget_bytes={body_budget_bytes}")
+    pre = Qwen2VLPreprocessor(device, limits=limits, num_slots=num_slots, memory_budget_bytes=memory_budget_bytes)
     metrics = PrometheusMetrics()
     wrapper: Any
     if mode == "gpu_mm":
@@ -80,36 +147,54 @@ def build_app(
     else:
         raise ValueError(f"mode must be 'gpu_mm', 'seed' or 'inline', got {mode!r}")
     sync = _SyncAdapter(pre)
+    bodies = {"bytes": 0}
+
+    async def handle(request: web.Request) -> web.Response:
+        length = request.content_length
+        if length is not None and length > max_body_bytes:
+            metrics.result("bad_input")
+            return _error(InvalidRequest("body", f"{length} bytes is over max_body_bytes={max_body_bytes}"), 413)
+        reserved = length if length is not None else max_body_bytes
+        if bodies["bytes"] + reserved > body_budget_bytes:
+            metrics.result("rejected")
+            return web.json_response({"error": "Overloaded", "message": (
+                f"request bodies in flight would exceed body_budget_bytes={body_budget_bytes}; try again later")},
+                status=503)
+        bodies["bytes"] += reserved
+        try:
+            return await preprocess(request)
+        finally:
+            bodies["bytes"] -= reserved
 
     async def preprocess(request: web.Request) -> web.Response:
         t0 = time.perf_counter()
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            metrics.result("bad_input")
+            return _error(InvalidRequest("body", f"over max_body_bytes={max_body_bytes}"), 413)
         try:
             # A request carrying a base64 video is megabytes of JSON: parse it off the event loop.
-            body = await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
-            if not isinstance(body, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            return web.json_response({"error": "BadRequest", "message": "body must be a JSON object"}, status=400)
-        images, videos = body.pop("images", None), body.pop("videos", None)
-        options = {k: body[k] for k in ("fps", "nframes", "video_start", "video_end") if k in body}
-        try:
+            images, videos, options = await asyncio.get_running_loop().run_in_executor(
+                None, parse_request, raw, max_items)
+            del raw
+            kw = options.as_dict()
             if wrapper is None:
-                out = sync.process_mm_data(image_data=images, video_data=videos, **options)
+                out = sync.process_mm_data(image_data=images, video_data=videos, **kw)
             else:
-                out = await wrapper.process(image_data=images, video_data=videos, **options)
-        except Overloaded as exc:
-            metrics.result("rejected")
-            return web.json_response({"error": "Overloaded", "message": str(exc)}, status=503)
-        except (ProcessingTimeout, asyncio.TimeoutError) as exc:
-            metrics.result("timeout")
-            return web.json_response({"error": "Timeout", "message": str(exc)}, status=504)
-        except MediaError as exc:
-            metrics.result("bad_input")
-            return web.json_response({"error": type(exc).__name__, "message": str(exc)}, status=400)
-        except (GpuMMError, TypeError) as exc:
+                out = await wrapper.process(image_data=images, video_data=videos, **kw)
+        except (GpuMMError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, GpuMMError):
+                exc = ProcessingTimeout(str(exc) or "deadline passed")
+            status = getattr(exc, "status_code", 500)
+            metrics.result({400: "bad_input", 503: "rejected", 504: "timeout"}.get(status, "error"))
+            if status >= 500 and status not in (503, 504):
+                logger.warning("preprocess failed: %r", exc)
+            return _error(exc, status)
+        except Exception:  # noqa: BLE001 - a bug, not the client's fault: a JSON 500, logged and counted
+            logger.exception("unexpected error in /v1/preprocess")
             metrics.result("error")
-            return web.json_response({"error": type(exc).__name__, "message": str(exc)}, status=500)
+            return _error(RuntimeError(), 500)
         metrics.result("ok")
         for item in out["items"]:
             metrics.observe_stages(item.timings)
@@ -128,8 +213,21 @@ def build_app(
             await wrapper.aclose(wait=False)
         await pre.aclose()
 
-    app = web.Application(client_max_size=(limits or MediaLimits()).max_bytes * 2)
-    app.router.add_post("/v1/preprocess", preprocess)
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:  # 404, 405, ...: the same JSON shape as every other error
+            if exc.status < 400:
+                raise
+            return web.json_response({"error": exc.reason, "message": exc.text or exc.reason}, status=exc.status)
+        except Exception:  # noqa: BLE001 - never aiohttp's plain-text 500
+            logger.exception("unexpected error serving %s", request.path)
+            metrics.result("error")
+            return _error(RuntimeError(), 500)
+
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[json_errors])
+    app.router.add_post("/v1/preprocess", handle)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prom)
     app.on_cleanup.append(on_cleanup)

@@ -54,6 +54,7 @@ class SlotPoolStatistics:
 
     device: str
     num_slots: int
+    express_slots: int
     busy: int
     """Slots whose work is running, abandoned work included."""
     quarantined: int
@@ -142,6 +143,9 @@ class SlotPool:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         max_queued: calls allowed to wait for a slot (``None``: unbounded).
         memory_budget_bytes: bytes in flight allowed at once (each call says its ``nbytes``).
+        express_slots: extra slots that only calls of at most ``express_max_bytes`` may use, so cheap items
+            are never queued behind expensive ones (decompression bombs, long videos) for long.
+        express_max_bytes: the ``nbytes`` up to which a call counts as cheap.
         stream_priority: ``"low"`` (default, so the model's kernels win) or ``"normal"``.
         event_factory: ``event_factory(slot)`` returns the completion to poll after ``fn`` returns;
             default: a CUDA event recorded on the slot's stream on CUDA, none on the CPU (the
@@ -156,6 +160,8 @@ class SlotPool:
         device: str = "cpu",
         max_queued: int | None = None,
         memory_budget_bytes: int | None = None,
+        express_slots: int = 0,
+        express_max_bytes: int = 64 * 2**20,
         stream_priority: str = "low",
         event_factory: Callable[[Slot], Completion | None] | None = None,
         poll_max_interval_s: float = 0.002,
@@ -165,17 +171,25 @@ class SlotPool:
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         if stream_priority not in ("low", "normal"):
             raise ValueError(f"stream_priority must be 'low' or 'normal', got {stream_priority!r}")
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots!r}")
+        if express_slots < 0:
+            raise ValueError(f"express_slots must be >= 0, got {express_slots!r}")
         self.device = device
         self.num_slots = num_slots
+        self.express_slots = express_slots
+        self.express_max_bytes = express_max_bytes
         self.memory_budget_bytes = memory_budget_bytes
-        self._gate = Gate(num_slots, max_queued=max_queued, byte_budget=memory_budget_bytes, name="SlotPool")
-        self._slots = [Slot(i, device) for i in range(num_slots)]
+        total = num_slots + express_slots
+        self._gate = Gate(total, max_queued=max_queued, byte_budget=memory_budget_bytes, express=express_slots,
+                          express_max_bytes=express_max_bytes, name="SlotPool")
+        self._slots = [Slot(i, device) for i in range(total)]
         if device.startswith("cuda"):
             self._init_cuda(stream_priority)
         self._event_factory = event_factory if event_factory is not None else self._default_event
         self._free = list(reversed(self._slots))
         self._pending: set[_Pending] = set()
-        self._threads = [WorkerPool(1, name=f"gpu-mm-slot-{i}") for i in range(num_slots)]
+        self._threads = [WorkerPool(1, name=f"gpu-mm-slot-{i}") for i in range(total)]
         self._poll_max = poll_max_interval_s
         self._poller: _EventPoller | None = None
         self._closed = False
@@ -285,6 +299,7 @@ class SlotPool:
         return SlotPoolStatistics(
             device=self.device,
             num_slots=self.num_slots,
+            express_slots=self.express_slots,
             busy=self._gate.in_use,
             quarantined=sum(1 for p in self._pending if p.abandoned),
             queued=self._gate.queued,

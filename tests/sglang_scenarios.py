@@ -143,7 +143,7 @@ async def limits(server_args):
     """A stalled item times out at its deadline without freeing its slot; a full processor refuses at once."""
     gate = threading.Event()
     started = threading.Event()
-    orig = Qwen2VLPreprocessor._decode
+    orig = Qwen2VLPreprocessor._execute
 
     def stalling(self, slot, plan):
         if plan.kind == "video":
@@ -151,7 +151,7 @@ async def limits(server_args):
             gate.wait(30)
         return orig(self, slot, plan)
 
-    Qwen2VLPreprocessor._decode = stalling
+    Qwen2VLPreprocessor._execute = stalling
     try:
         _, ours = build("qwen2_vl", server_args, timeout_s=0.5, max_concurrent_calls=1, max_queued=0)
         t0 = time.monotonic()
@@ -184,7 +184,7 @@ async def limits(server_args):
                 "works_after": len(after.mm_items) == 1}
     finally:
         gate.set()
-        Qwen2VLPreprocessor._decode = orig
+        Qwen2VLPreprocessor._execute = orig
 
 
 def tokenizer_manager():

@@ -79,6 +79,7 @@ def test_a_stream_the_backend_fails_on_falls_back_to_pyav(monkeypatch):
             raise DecodeError(src.item, "pyav: corrupt too")
 
         monkeypatch.setattr(PyAVDecoder, "get_frames_at", pyav_fails)
+        monkeypatch.setattr(PyAVDecoder, "iter_frames_at", pyav_fails)
         with pytest.raises(DecodeError, match=r"^video\[0\].*pyav: corrupt too"):
             Qwen2VLPreprocessor("cpu", video_decoder="failing")(videos=[clip("h264", 40)])
     finally:

@@ -72,3 +72,20 @@ def test_decord_and_torchcodec_refuse_to_share_a_process(monkeypatch):
 
     with pytest.raises(BackendUnavailable, match="clash"):
         get_video_decoder("decord")
+
+
+def test_torchcodec_without_ffmpeg_libraries_is_unavailable_not_every_item_bad():
+    """On a machine without the system's FFmpeg libraries, ``import torchcodec`` works but decoding does not:
+    the backend must say it is unavailable (so its tests skip and ``auto`` passes it by)."""
+    pytest.importorskip("torchcodec")
+    code = (
+        "import torchcodec._internally_replaced_utils as u\n"
+        "def fail():\n    raise RuntimeError('Could not load libtorchcodec. (simulated)')\n"
+        "u.load_core_libraries = fail\n"
+        "from gpu_mm import BackendUnavailable\n"
+        "from gpu_mm.media.video import get_video_decoder\n"
+        "try:\n    get_video_decoder('torchcodec')\nexcept BackendUnavailable as exc:\n    print('unavailable:', exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "unavailable: torchcodec is not usable (Could not load libtorchcodec" in proc.stdout

@@ -177,6 +177,10 @@ class TestPreprocessorIntoPool:
                 assert gate.wait(10), "test gate never opened"
                 return super().get_frames_at(src, info, indices)
 
+            def iter_frames_at(self, src, info, indices):
+                assert gate.wait(10), "test gate never opened"
+                yield from super().iter_frames_at(src, info, indices)
+
         register_video_decoder("blocking-test", Blocking)
         with FeaturePool(max_blocks=2) as pool:
             pre = Qwen2VLPreprocessor("cpu", output_pool=pool, video_decoder="blocking-test")

@@ -457,3 +457,27 @@ async def test_bad_call_signature_fails_without_leaking_a_slot():
     s = p.statistics()
     assert s.in_flight == 0 and s.failed == 1
     assert await p.process() == "ok"
+
+
+class _HoldsALock:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def process_mm_data(self, image_data=None, audio_data=None, input_text=None, request_obj=None, **kw):
+        return input_text
+
+
+def test_processor_that_cannot_be_copied_is_refused_at_construction():
+    with pytest.raises(TypeError, match="cannot be deep-copied.*processor_factory="):
+        AsyncMMDataProcessor(_HoldsALock())
+
+
+async def test_processor_that_cannot_be_copied_works_with_a_factory_or_thread_safe():
+    async with AsyncMMDataProcessor(_HoldsALock(), processor_factory=_HoldsALock) as proc:
+        assert await proc.process(input_text_or_ids="a") == "a"
+
+    class Shared(_HoldsALock):
+        thread_safe = True
+
+    async with AsyncMMDataProcessor(Shared()) as proc:
+        assert await proc.process(input_text_or_ids="b") == "b"

@@ -387,3 +387,59 @@ def test_pool_serves_one_event_loop_after_another():
         assert got == value
     s = pool.statistics()
     assert s.completed == 3 and s.busy == 0 and s.pending_events == 0
+
+
+async def test_express_unit_serves_small_requests_past_queued_large_ones():
+    gate = Gate(2, max_queued=None, express=1, express_max_bytes=10)
+    await gate.acquire(nbytes=100)  # the one large unit
+    large = asyncio.ensure_future(gate.acquire(nbytes=100))
+    await asyncio.sleep(0)
+    assert not large.done()  # a large request never takes the express unit
+    await asyncio.wait_for(gate.acquire(nbytes=5), 1)  # small: passes the large one that waits for its lane
+    assert gate.in_use == 2 and gate.large_in_use == 1
+    third = asyncio.ensure_future(gate.acquire(nbytes=5))
+    await asyncio.sleep(0)
+    gate.release(100)  # the large unit frees: the first large waiter gets it, FIFO among large ones
+    await asyncio.wait_for(large, 1)
+    assert not third.done()
+    gate.release(5)
+    await asyncio.wait_for(third, 1)
+    gate.release(5)
+    gate.release(100)
+    assert gate.in_use == gate.large_in_use == gate.bytes_in_use == 0
+
+
+async def test_express_does_not_let_small_requests_starve_one_waiting_for_bytes():
+    gate = Gate(3, max_queued=None, byte_budget=100, express=1, express_max_bytes=10)
+    await gate.acquire(nbytes=60)
+    big = asyncio.ensure_future(gate.acquire(nbytes=50))  # waits for bytes, not for its lane
+    await asyncio.sleep(0)
+    small = asyncio.ensure_future(gate.acquire(nbytes=5))
+    await asyncio.sleep(0)
+    assert not big.done() and not small.done()
+    gate.release(60)
+    await asyncio.wait_for(asyncio.gather(big, small), 1)
+
+
+async def test_cheap_items_are_not_stuck_behind_bombs():
+    """One slot busy with an expensive item and another queued: cheap items still complete, on the express
+    slot, while both expensive ones wait."""
+    gate = threading.Event()
+
+    def bomb(slot):
+        assert gate.wait(10)
+        return "bomb"
+
+    def cheap(slot):
+        return slot.index
+
+    pool = SlotPool(1, express_slots=1, express_max_bytes=1000)
+    bombs = [asyncio.ensure_future(pool.run(bomb, nbytes=10**6)) for _ in range(2)]
+    await asyncio.sleep(0.02)
+    done = await asyncio.wait_for(asyncio.gather(*(pool.run(cheap, nbytes=100) for _ in range(5))), 5)
+    assert len(done) == 5 and not any(b.done() for b in bombs)
+    s = pool.statistics()
+    assert s.num_slots == 1 and s.express_slots == 1 and s.queued == 1
+    gate.set()
+    assert await asyncio.gather(*bombs) == ["bomb", "bomb"]
+    await pool.aclose()

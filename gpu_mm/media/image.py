@@ -46,14 +46,21 @@ def _open(src: Source) -> Any:
     assert src.data is not None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above its MAX_IMAGE_PIXELS (89.5 Mpx); gpu-mm's own max_image_pixels, checked from
+            # the header right after, is the one limit (Pillow still refuses more than twice its number).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(src.data))
     except UnidentifiedImageError:
         raise UnsupportedMedia(src.item, "not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise LimitExceeded(src.item, f"image header declares too many pixels ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError(src.item, f"corrupt image header: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on hostile headers
+        raise DecodeError(src.item, f"corrupt image header: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
 def probe_image(src: Source, limits: MediaLimits = MediaLimits()) -> ImageInfo:
@@ -66,7 +73,10 @@ def probe_image(src: Source, limits: MediaLimits = MediaLimits()) -> ImageInfo:
         img = _open(src)
         info = ImageInfo(img.width, img.height, img.format or "?", img.mode)
         if img.format in ("JPEG", "MPO", "TIFF", "WEBP") or "exif" in img.info:
-            orientation = img.getexif().get(0x0112, 1)
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+            except Exception as exc:  # noqa: BLE001 - a hostile EXIF block
+                raise DecodeError(src.item, f"corrupt EXIF data: {_describe(exc)}") from None
             if orientation in (2, 3, 4, 5, 6, 7, 8):
                 info = dataclasses.replace(info, orientation=int(orientation))
             if orientation in (5, 6, 7, 8):  # transposed: height and width swap
@@ -107,8 +117,10 @@ def decode_image(src: Source, limits: MediaLimits = MediaLimits(), info: ImageIn
     img = _open(src) if src.kind == "encoded" else src.pixels
     try:
         return _pil_to_rgb(img)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError(src.item, f"cannot decode image: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on hostile data
+        raise DecodeError(src.item, f"cannot decode image: {_describe(exc)}") from None
 
 
 def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -197,7 +209,14 @@ def decode_jpeg_cuda(
     return _decode_jpeg_fast(src, info if info is not None else probe_image(src, limits), device)
 
 
+BAND_PIXELS = 1 << 20
+"""Pixels converted at a time from Pillow's image into the output, so conversion buffers stay small."""
+
+
 def _pil_to_rgb(img: Any) -> torch.Tensor:
+    """Pillow image -> uint8 ``[3, H, W]``, converted band by band into the output: the same per-pixel
+    conversions as converting the whole image (``convert``, alpha composite on white), without whole-image
+    RGBA, composite, RGB and array copies (a 67 Mpx RGBA PNG took ~25 bytes per pixel that way)."""
     from PIL import Image, ImageOps
 
     img.load()
@@ -207,13 +226,20 @@ def _pil_to_rgb(img: Any) -> torch.Tensor:
         if img.mode != "I" or arr.max(initial=0) > 255:
             arr = arr >> 8
         rgb = np.repeat(arr.astype(np.uint8)[..., None], 3, axis=-1)
-    elif "A" in img.getbands() or img.info.get("transparency") is not None:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        rgb = np.array(Image.alpha_composite(background, rgba).convert("RGB"))
-    else:
-        rgb = np.array(img.convert("RGB"))
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    alpha = "A" in img.getbands() or img.info.get("transparency") is not None
+    width, height = img.size
+    out = torch.empty((3, height, width), dtype=torch.uint8)
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        band = img.crop((0, top, width, min(height, top + rows)))
+        if alpha:
+            rgba = band.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            band = Image.alpha_composite(white, rgba)
+        rgb = np.array(band.convert("RGB"))  # a writable band-sized copy
+        out[:, top : top + rgb.shape[0]] = torch.from_numpy(rgb).permute(2, 0, 1)
+    return out
 
 
 def _as_hwc(src: Source) -> np.ndarray:

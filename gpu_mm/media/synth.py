@@ -64,10 +64,12 @@ def make_video(
     bit_rate: int | None = None,
     seed: int = 0,
     pix_fmt: str | None = None,
+    rotation: int = 0,
 ) -> bytes:
     """Encode ``num_frames`` moving :func:`pattern` frames with PyAV and return the container bytes.
 
     ``codec``: h264 (libx264), hevc (libx265), vp9 (libvpx-vp9), av1 (libsvtav1), mjpeg, mpeg4.
+    ``rotation``: a display-matrix rotation in degrees, counter-clockwise (as phones tag portrait clips).
     """
     import av
 
@@ -79,6 +81,8 @@ def make_video(
         stream = out.add_stream(encoder, rate=Fraction(fps))
         stream.width, stream.height = width, height
         stream.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
+        if rotation:
+            stream.set_display_rotation(rotation)
         if codec not in ("mjpeg",):
             stream.codec_context.gop_size = gop
         if bit_rate:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ..errors import BackendUnavailable, DecodeError, LimitExceeded, UnsupportedMedia
+from ..errors import BackendUnavailable, DecodeError, GpuMMError, LimitExceeded, UnsupportedMedia
 from .sources import MediaLimits, Source
 
 __all__ = [
@@ -35,6 +35,7 @@ class VideoInfo:
 
     width: int
     height: int
+    """Coded frame size, as decoders return frames (before :attr:`rotation`)."""
     codec: str
     container: str
     fps: float
@@ -45,9 +46,18 @@ class VideoInfo:
     """What the header claims (0/None for WebM and others that do not say); may be wrong."""
     duration_s: float
     frame_pts: tuple[int, ...] = dataclasses.field(repr=False, default=())
-    """Presentation timestamps of every frame, in presentation order (index i -> frame_pts[i])."""
+    """Presentation timestamps of every frame, in presentation order (index i -> frame_pts[i]); empty when
+    the stream's timestamps are missing or not distinct (then frames are counted in decode order)."""
     keyframe_pts: tuple[int, ...] = dataclasses.field(repr=False, default=())
     time_base: Fraction = Fraction(1, 1)
+    rotation: int = 0
+    """Display rotation in degrees counter-clockwise (0, 90, 180, 270), from the container's display
+    matrix (phones tag portrait clips so). gpu-mm shows frames as a player does: rotated."""
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(height, width) of a frame as displayed, after :attr:`rotation`."""
+        return (self.width, self.height) if self.rotation in (90, 270) else (self.height, self.width)
 
     def timestamps_s(self, indices: Sequence[int]) -> list[float]:
         """Seconds at which the given frame indices are shown."""
@@ -57,6 +67,11 @@ class VideoInfo:
         return [i / self.fps for i in indices]
 
 
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+
+
 def _open_av(src: Source) -> Any:
     import av
 
@@ -64,95 +79,145 @@ def _open_av(src: Source) -> Any:
         return av.open(io.BytesIO(src.data or b""), mode="r")
     except av.error.InvalidDataError:
         raise UnsupportedMedia(src.item, "not a recognised video container (or corrupt header)") from None
-    except av.error.FFmpegError as exc:
-        raise DecodeError(src.item, f"cannot open video: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FFmpeg errors, and e.g. a track title that is not UTF-8
+        raise DecodeError(src.item, f"cannot open video: {_describe(exc)}") from None
+
+
+_ROTATION_TO_ORIENTATION = {90: 8, 180: 3, 270: 6}
+"""A counter-clockwise display rotation as the EXIF orientation that shows a frame the same way."""
+
+
+def rotate_frames(frames: torch.Tensor, rotation: int) -> torch.Tensor:
+    """Show ``[..., H, W]`` frames as displayed for a counter-clockwise ``rotation`` (any device)."""
+    from .image import apply_exif_orientation
+
+    orientation = _ROTATION_TO_ORIENTATION.get(rotation % 360)
+    return frames if orientation is None else apply_exif_orientation(frames, orientation)
+
+
+def _first_frame_rotation(packet: Any) -> int | None:
+    """The display rotation of the first frame ``packet`` decodes to (None: it decoded no frame yet)."""
+    for frame in packet.decode():
+        angle = int(round(float(frame.rotation or 0))) % 360
+        return angle if angle in (0, 90, 180, 270) else 0  # oblique matrices are shown unrotated
+    return None
 
 
 def probe_video(src: Source, limits: MediaLimits = MediaLimits()) -> VideoInfo:
-    """Probe an encoded video: size, codec, fps, and the exact frame index from its packets.
+    """Probe an encoded video: size, codec, fps, rotation, and the exact frame index from its packets.
 
     Raises:
-        UnsupportedMedia: not a container, or no video stream.
+        UnsupportedMedia: not a container, no video stream, or no decoder for its codec.
         LimitExceeded: too long, too many frames or too many pixels per frame (checked before decoding).
         DecodeError: the container is corrupt or holds no frames.
     """
-    import av
-
     if src.kind != "encoded":
         raise UnsupportedMedia(src.item, "probe_video needs encoded bytes")
-    with _open_av(src) as container:
-        if not container.streams.video:
-            raise UnsupportedMedia(src.item, "container has no video stream")
-        stream = container.streams.video[0]
-        ctx = stream.codec_context
-        width, height = int(ctx.width or 0), int(ctx.height or 0)
-        if width * height > limits.max_video_pixels:
-            raise LimitExceeded(
-                src.item, f"{width}x{height} frames are over max_video_pixels={limits.max_video_pixels}"
-            )
-        duration_hdr = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration_hdr = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration_hdr = container.duration / 1e6
-        if duration_hdr is not None and duration_hdr > limits.max_duration_s:
-            raise LimitExceeded(
-                src.item, f"header duration {duration_hdr:.0f} s is over max_duration_s={limits.max_duration_s:.0f}"
-            )
-        header_frames = int(stream.frames or 0) or None
-        if header_frames is not None and header_frames > limits.max_frames * 4:
-            raise LimitExceeded(src.item, f"header claims {header_frames} frames; max_frames={limits.max_frames}")
-        pts: list[int] = []
-        keys: list[int] = []
-        missing_pts = False
-        try:
-            for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue  # flush packet
-                if packet.pts is None:
-                    missing_pts = True
-                    pts.append(len(pts))
-                else:
-                    pts.append(int(packet.pts))
-                if packet.is_keyframe:
-                    keys.append(pts[-1])
-                if len(pts) > limits.max_frames:
-                    raise LimitExceeded(src.item, f"more than max_frames={limits.max_frames} frames")
-        except av.error.FFmpegError as exc:
-            if not pts:
-                raise DecodeError(src.item, f"corrupt video stream: {exc}") from None
-            # A damaged tail: keep the frames before it (decoding will confirm them).
-        if not pts:
-            raise DecodeError(src.item, "video stream holds no frames")
-        if width < 1 or height < 1:
-            raise DecodeError(src.item, "video stream has no frame size")
-        tb = Fraction(stream.time_base) if stream.time_base is not None else Fraction(1, 1)
-        if missing_pts:
-            keys = []  # cannot seek by timestamp: decode sequentially
-        pts.sort()
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if rate:
-            fps = float(rate)
-        elif len(pts) > 1 and not missing_pts:
-            fps = (len(pts) - 1) / float((pts[-1] - pts[0]) * tb)
-        else:
-            raise DecodeError(src.item, "cannot determine the frame rate")
-        duration = len(pts) / fps if fps > 0 else 0.0
-        if duration > limits.max_duration_s:
-            raise LimitExceeded(src.item, f"{duration:.0f} s is over max_duration_s={limits.max_duration_s:.0f}")
-        return VideoInfo(
-            width=width,
-            height=height,
-            codec=ctx.name,
-            container=container.format.name,
-            fps=fps,
-            num_frames=len(pts),
-            header_num_frames=header_frames,
-            duration_s=duration,
-            frame_pts=tuple(pts) if not missing_pts else (),
-            keyframe_pts=tuple(sorted(set(keys))),
-            time_base=tb,
+    try:
+        with _open_av(src) as container:
+            return _probe(container, src, limits)
+    except GpuMMError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever FFmpeg or PyAV raise on a hostile container
+        raise DecodeError(src.item, f"cannot read video: {_describe(exc)}") from None
+
+
+def _probe(container: Any, src: Source, limits: MediaLimits) -> VideoInfo:
+    import av
+
+    if not container.streams.video:
+        raise UnsupportedMedia(src.item, "container has no video stream")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    if ctx is None:
+        raise UnsupportedMedia(src.item, "no decoder for the video stream's codec")
+    width, height = int(ctx.width or 0), int(ctx.height or 0)
+    if width * height > limits.max_video_pixels:
+        raise LimitExceeded(
+            src.item, f"{width}x{height} frames are over max_video_pixels={limits.max_video_pixels}"
         )
+    duration_hdr = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration_hdr = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration_hdr = container.duration / 1e6
+    if duration_hdr is not None and duration_hdr > limits.max_duration_s:
+        raise LimitExceeded(
+            src.item, f"header duration {duration_hdr:.0f} s is over max_duration_s={limits.max_duration_s:.0f}"
+        )
+    header_frames = int(stream.frames or 0) or None
+    if header_frames is not None and header_frames > limits.max_frames * 4:
+        raise LimitExceeded(src.item, f"header claims {header_frames} frames; max_frames={limits.max_frames}")
+    pts: list[int] = []
+    keys: list[int] = []
+    missing_pts = False
+    rotation: int | None = None
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # flush packet
+            if packet.pts is None:
+                missing_pts = True
+                pts.append(len(pts))
+            else:
+                pts.append(int(packet.pts))
+            if packet.is_keyframe:
+                keys.append(pts[-1])
+            if len(pts) > limits.max_frames:
+                raise LimitExceeded(src.item, f"more than max_frames={limits.max_frames} frames")
+            if rotation is None and len(pts) <= 32:
+                # The display matrix reaches frames, not PyAV's stream object: decode until the first frame.
+                try:
+                    rotation = _first_frame_rotation(packet)
+                except av.error.FFmpegError:
+                    rotation = 0
+    except av.error.FFmpegError as exc:
+        if not pts:
+            raise DecodeError(src.item, f"corrupt video stream: {exc}") from None
+        # A damaged tail: keep the frames before it (decoding will confirm them).
+    if not pts:
+        raise DecodeError(src.item, "video stream holds no frames")
+    if width < 1 or height < 1:
+        raise DecodeError(src.item, "video stream has no frame size")
+    tb = Fraction(stream.time_base) if stream.time_base is not None else Fraction(1, 1)
+    span = (max(pts) - min(pts)) if not missing_pts else 0
+    if len(set(pts)) != len(pts):
+        # Frames that share a timestamp (a rate finer than the container's clock, a zero stts delta): the
+        # timestamps cannot say which frame is which, so frames are counted in decode order instead.
+        missing_pts = True
+    if missing_pts:
+        keys = []  # cannot seek by timestamp: decode sequentially
+    pts.sort()
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if rate and 0 < float(rate) < float("inf"):
+        fps = float(rate)
+    elif len(pts) > 1 and span > 0:
+        fps = (len(pts) - 1) / float(span * tb)
+    elif len(pts) == 1:
+        fps = 1.0  # one frame: any rate gives the same plan
+    else:
+        raise DecodeError(src.item, "cannot determine the frame rate (no header rate, no distinct timestamps)")
+    duration = len(pts) / fps
+    if duration > limits.max_duration_s:
+        raise LimitExceeded(src.item, f"{duration:.0f} s is over max_duration_s={limits.max_duration_s:.0f}")
+    return VideoInfo(
+        width=width,
+        height=height,
+        codec=ctx.name,
+        container=container.format.name,
+        fps=fps,
+        num_frames=len(pts),
+        header_num_frames=header_frames,
+        duration_s=duration,
+        frame_pts=tuple(pts) if not missing_pts else (),
+        keyframe_pts=tuple(sorted(set(keys))),
+        time_base=tb,
+        rotation=rotation or 0,
+    )
 
 
 def check_planned_indices(indices: Sequence[int], info: VideoInfo) -> None:
@@ -182,7 +247,10 @@ class VideoDecoder(Protocol):
 
 class PyAVDecoder:
     """PyAV (bundled FFmpeg): seeks to the keyframe before a wanted frame only when that frame's GOP
-    lies ahead of the decode position; otherwise decodes forward, keeping only wanted frames."""
+    lies ahead of the decode position; otherwise decodes forward, keeping only wanted frames.
+
+    :meth:`iter_frames_at` hands the frames over one at a time, so a caller that resizes as they come
+    holds a few source-size frames, not the whole clip."""
 
     name = "pyav"
 
@@ -190,39 +258,62 @@ class PyAVDecoder:
         self.thread_type = thread_type
 
     def get_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> torch.Tensor:
+        check_planned_indices(indices, info)
+        order = sorted(range(len(indices)), key=lambda k: indices[k])
+        out = np.empty((len(indices), info.height, info.width, 3), np.uint8)
+        for k, frame in zip(order, self.iter_frames_at(src, info, [indices[k] for k in order])):
+            out[k] = frame
+        return torch.from_numpy(out)
+
+    def iter_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> Iterator[np.ndarray]:
+        """Yield the frame at each of ``indices`` (ascending) as uint8 ``[H, W, 3]``, in order.
+
+        Raises:
+            DecodeError: the stream is corrupt or truncated before a planned frame, or changes frame size.
+            ValueError: indices outside the video or not ascending (a caller's bug).
+        """
         import av
 
         check_planned_indices(indices, info)
+        if any(b < a for a, b in zip(indices, indices[1:])):
+            raise ValueError("iter_frames_at needs ascending indices")
         wanted = sorted(set(indices))
-        got: dict[int, np.ndarray] = {}
+        pos = 0  # next position in ``indices`` to hand out
         try:
             with _open_av(src) as container:
                 stream = container.streams.video[0]
                 if self.thread_type:
                     stream.thread_type = self.thread_type
-                if info.frame_pts:
-                    self._by_pts(container, stream, info, wanted, got)
-                else:
-                    self._sequential(container, stream, wanted, got)
+                found = (self._by_pts(container, stream, info, wanted) if info.frame_pts
+                         else self._sequential(container, stream, wanted))
+                for index, frame in found:
+                    array = frame.to_ndarray(format="rgb24")
+                    if array.shape != (info.height, info.width, 3):
+                        raise DecodeError(
+                            src.item, f"frame {index} is {array.shape[1]}x{array.shape[0]}, the stream's size is "
+                            f"{info.width}x{info.height} (a stream that changes size is not supported)",
+                        )
+                    while pos < len(indices) and indices[pos] == index:
+                        yield array
+                        pos += 1
         except av.error.FFmpegError as exc:
             raise DecodeError(src.item, f"video decode failed: {exc}") from None
-        missing = [i for i in wanted if i not in got]
-        if missing:
+        if pos < len(indices):
             raise DecodeError(
                 src.item,
-                f"{len(missing)} of {len(wanted)} planned frames could not be decoded (first: {missing[0]}); "
-                "the stream is truncated or corrupt",
+                f"{len(wanted) - len(set(indices[:pos]))} of {len(wanted)} planned frames could not be decoded "
+                f"(first: {indices[pos]}); the stream is truncated or corrupt",
             )
-        return torch.from_numpy(np.stack([got[i] for i in indices]))
 
     @staticmethod
-    def _by_pts(container: Any, stream: Any, info: VideoInfo, wanted: list[int], got: dict[int, np.ndarray]) -> None:
+    def _by_pts(container: Any, stream: Any, info: VideoInfo, wanted: list[int]) -> Iterator[tuple[int, Any]]:
         pts_to_index = {info.frame_pts[i]: i for i in wanted}
         keys = info.keyframe_pts
         pos = -1  # index of the last frame decoded
         frames = None
+        done = -1  # the last wanted index handed out (wanted is ascending)
         for i in wanted:
-            if i in got:
+            if i <= done:
                 continue
             target = info.frame_pts[i]
             k = bisect.bisect_right(keys, target) - 1
@@ -237,18 +328,21 @@ class PyAVDecoder:
                     continue
                 idx = pts_to_index.get(frame.pts)
                 pos = max(pos, bisect.bisect_left(info.frame_pts, frame.pts))
-                if idx is not None and idx not in got:
-                    got[idx] = frame.to_ndarray(format="rgb24")
+                if idx is not None and idx > done:
+                    done = idx
+                    yield idx, frame
                 if frame.pts >= target:
                     break
+            if done < i:
+                return  # the stream ended before frame i: the caller reports it
 
     @staticmethod
-    def _sequential(container: Any, stream: Any, wanted: list[int], got: dict[int, np.ndarray]) -> None:
+    def _sequential(container: Any, stream: Any, wanted: list[int]) -> Iterator[tuple[int, Any]]:
         want = set(wanted)
         last = wanted[-1]
         for n, frame in enumerate(container.decode(stream)):
             if n in want:
-                got[n] = frame.to_ndarray(format="rgb24")
+                yield n, frame
             if n >= last:
                 break
 
@@ -299,6 +393,20 @@ class DecordDecoder:
         return torch.from_numpy(frames)
 
 
+def _load_torchcodec_ffmpeg() -> None:
+    """``import torchcodec`` succeeds without the system's FFmpeg libraries; its video decoder then fails on
+    first use. Load them now, so a machine without them reports the backend unavailable, not every item bad.
+
+    Raises:
+        RuntimeError: torchcodec cannot load FFmpeg's shared libraries.
+    """
+    try:
+        from torchcodec._internally_replaced_utils import load_core_libraries
+    except ImportError:  # pragma: no cover - a torchcodec without this helper loads at import
+        return
+    load_core_libraries()
+
+
 class TorchCodecDecoder:
     """torchcodec (needs the system's FFmpeg shared libraries), exact seek mode, planned indices only."""
 
@@ -308,6 +416,8 @@ class TorchCodecDecoder:
         _refuse_together("torchcodec", "decord")
         try:
             from torchcodec.decoders import VideoDecoder as _VideoDecoder
+
+            _load_torchcodec_ffmpeg()
         except (ImportError, RuntimeError, OSError) as exc:
             raise BackendUnavailable(
                 f"torchcodec is not usable ({str(exc).splitlines()[0]}); it needs pip install torchcodec "

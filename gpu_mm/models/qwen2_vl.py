@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -21,8 +22,9 @@ from .. import ops
 from ..errors import BackendUnavailable, LimitExceeded, MediaError, UnsupportedMedia
 from ..media.image import ImageInfo, decode_image, decode_jpeg_cuda, decode_jpegs, is_plain_jpeg, probe_image
 from ..media.sources import MediaLimits, Source, load_source
-from ..media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video
+from ..media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video, rotate_frames
 from ..metrics import StageTimer
+from ..options import RequestOptions
 from ..slots import Slot, SlotPool
 
 __all__ = ["ItemReport", "Qwen2VLConfig", "Qwen2VLFeatures", "Qwen2VLPreprocessor"]
@@ -128,6 +130,9 @@ class _Plan:
     """An image's probe (size, format, mode), so decoding does not parse its header again."""
     sample_fps: float | None = None
     nbytes: int = 0
+    """Peak working memory this item may take while it runs (its bound; see :func:`video_working_bytes`)."""
+    chunk: int = 0
+    """Video frames decoded, resized and patchified together (a multiple of the temporal patch)."""
     timer: StageTimer = dataclasses.field(default_factory=StageTimer)
     out: torch.Tensor | None = None
     """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
@@ -170,7 +175,14 @@ class Qwen2VLPreprocessor:
         num_slots: device slots (default 1: SGLang found one GPU worker best, and on the CPU one slot
             lets torch's intra-op threads use the cores without oversubscribing them, which is what
             keeps the caller's loop responsive on small machines).
-        memory_budget_bytes: bytes in flight allowed on the device (decoded frames and outputs).
+        memory_budget_bytes: working memory (decoded frames, intermediates and outputs) of the items
+            running at once, bounded per item by what its plan states. An item that could never fit is
+            refused at planning with :class:`gpu_mm.LimitExceeded`; others queue. ``None``: the default,
+            :func:`default_memory_budget` (8 GiB, or half the machine's memory / a quarter of the GPU's if
+            less).
+        express_slots: extra slots only for cheap items (planned at most ``express_max_bytes``), so a
+            cheap image never waits behind a decompression bomb or a long video (default 1).
+        express_max_bytes: what counts as cheap (default 64 MiB: a 4K image, a short 720p clip).
         output: ``"device"`` leaves features where they were made (finished when returned; safe to use on
             the default CUDA stream, on another stream call ``tensor.record_stream(stream)``); ``"cpu"`` copies
             them to the CPU;
@@ -194,6 +206,8 @@ class Qwen2VLPreprocessor:
         video_decoder: str = "auto",
         num_slots: int | None = None,
         memory_budget_bytes: int | None = None,
+        express_slots: int = 1,
+        express_max_bytes: int = 64 * 2**20,
         max_queued: int | None = None,
         output: Literal["device", "cpu", "pinned"] = "device",
         output_pool: Any = None,
@@ -238,7 +252,16 @@ class Qwen2VLPreprocessor:
             raise ValueError(f"image_batch must be >= 1 or None, got {image_batch!r}")
         # nvJPEG decodes a list in one batched (hardware where present) call; libjpeg-turbo gains nothing.
         self._image_batch = image_batch or (32 if device.startswith("cuda") else 1)
+        if memory_budget_bytes is None:
+            memory_budget_bytes = default_memory_budget(device)
+        if memory_budget_bytes < 1:
+            raise ValueError(f"memory_budget_bytes must be >= 1 or None, got {memory_budget_bytes!r}")
+        if express_slots < 0:
+            raise ValueError(f"express_slots must be >= 0, got {express_slots!r}")
+        self.memory_budget_bytes = memory_budget_bytes
         self._memory_budget = memory_budget_bytes
+        self._express_slots = express_slots
+        self._express_max_bytes = express_max_bytes
         self._max_queued = max_queued
         self._slots: SlotPool | None = None
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
@@ -292,6 +315,8 @@ class Qwen2VLPreprocessor:
                 self._num_slots,
                 device=self.device,
                 memory_budget_bytes=self._memory_budget,
+                express_slots=self._express_slots,
+                express_max_bytes=self._express_max_bytes,
                 max_queued=self._max_queued,
             )
         plan_future = loop.run_in_executor(self._io, self._plan_all, images, videos, request)
@@ -356,12 +381,21 @@ class Qwen2VLPreprocessor:
     # ------------------------------------------------------------------ planning (pure, no pixels)
 
     def _plan_all(self, images: Any, videos: Any, request: dict[str, Any]) -> list[_Plan]:
-        unknown = set(request) - {"fps", "nframes", "video_start", "video_end", "min_pixels", "max_pixels",
-                                  "total_pixels"}
-        if unknown:
-            raise TypeError(f"unknown per-request options {sorted(unknown)}")
+        options = request.pop("options", None)
+        if options is not None and request:
+            raise TypeError("pass per-request options either as options=RequestOptions(...) or as keywords")
+        request = RequestOptions.parse(options if options is not None else request).as_dict()
         plans = [self._plan_image(obj, f"image[{i}]", request) for i, obj in enumerate(_as_list(images))]
         plans += [self._plan_video(obj, f"video[{i}]", request) for i, obj in enumerate(_as_list(videos))]
+        for p in plans:
+            if p.nbytes > self._memory_budget:
+                raise LimitExceeded(
+                    p.src.item,
+                    f"needs up to {_mib(p.nbytes)} of working memory ({p.source_size[1]}x{p.source_size[0]} "
+                    f"-> {p.target[1]}x{p.target[0]}"
+                    + (f", {len(p.indices)} frames" if p.indices is not None else "")
+                    + f"), over the preprocessor's memory_budget_bytes={_mib(self._memory_budget)}",
+                )
         return plans
 
     def _target(self, src: Source, h: int, w: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
@@ -381,7 +415,8 @@ class Qwen2VLPreprocessor:
             request.get("min_pixels", cfg.image_min_pixels), request.get("max_pixels", cfg.image_max_pixels),
         )
         grid = (1, target[0] // cfg.patch_size, target[1] // cfg.patch_size)
-        nbytes = 3 * (info.height * info.width + target[0] * target[1]) + _feature_bytes(grid, cfg)
+        nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
+                                     via_pillow=not is_plain_jpeg(src, info))
         return _Plan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
                      timer=timer)
 
@@ -394,7 +429,8 @@ class Qwen2VLPreprocessor:
         if src.kind == "encoded":
             with timer.stage("probe"):
                 info = probe_video(src, self.limits)
-            total, video_fps, h, w = info.num_frames, info.fps, info.height, info.width
+            total, video_fps = info.num_frames, info.fps
+            h, w = info.display_size
         elif src.kind == "array":
             return self._plan_frames(src, request, timer)
         else:
@@ -402,7 +438,14 @@ class Qwen2VLPreprocessor:
         fps = request.get("fps", cfg.fps)
         nframes = request.get("nframes")
         try:
-            if cfg.sampling in ("qwen_vl_utils", "sglang"):
+            if total < cfg.temporal_patch_size and nframes is None:
+                # Fewer frames than one temporal patch (a 1-frame clip): all of them, the last repeated to fill
+                # the patch as for an image (qwen-vl-utils refuses such a clip; transformers pads it so).
+                indices = list(range(total))
+                sample_fps = video_fps
+                max_pixels = (self._qwen_frame_max_pixels(cfg.temporal_patch_size, request)
+                              if cfg.sampling != "hf" else request.get("max_pixels", cfg.video_max_pixels))
+            elif cfg.sampling in ("qwen_vl_utils", "sglang"):
                 start, end = _frame_range(total, video_fps, request.get("video_start"), request.get("video_end"))
                 n = ops.nframes_qwen_vl_utils(
                     end - start + 1, video_fps, fps=None if nframes is not None else fps, nframes=nframes,
@@ -461,9 +504,14 @@ class Qwen2VLPreprocessor:
         cfg = self.config
         t = len(indices) + (-len(indices) % cfg.temporal_patch_size)
         grid = (t // cfg.temporal_patch_size, target[0] // cfg.patch_size, target[1] // cfg.patch_size)
-        nbytes = len(indices) * 3 * (size[0] * size[1] + target[0] * target[1]) + _feature_bytes(grid, cfg)
+        if info is None:  # decoded frames given: they are all in memory already; one pass over them
+            chunk = len(indices)
+            nbytes = image_working_bytes(size, target, _feature_bytes(grid, cfg), via_pillow=False, frames=chunk)
+        else:
+            chunk = video_chunk_frames(size, target, cfg.temporal_patch_size, len(indices))
+            nbytes = video_working_bytes(size, target, chunk, _feature_bytes(grid, cfg))
         return _Plan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sample_fps,
-                     nbytes=nbytes, timer=timer)
+                     nbytes=nbytes, chunk=chunk, timer=timer)
 
     # ------------------------------------------------------------------ execution (on a slot thread)
 
@@ -504,12 +552,24 @@ class Qwen2VLPreprocessor:
 
     def _execute(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
         """Decode, resize, normalize and patchify one planned item on ``slot``'s device."""
+        if plan.kind == "video" and plan.info is not None:
+            return self._execute_video(slot, plan)
         with plan.timer.stage("decode"):
             frames, decoder = self._decode(slot, plan)  # uint8 [T, 3, H, W]
         return self._finish(slot, plan, frames, decoder)
 
     def _finish(self, slot: Slot, plan: _Plan, frames: torch.Tensor, decoder: str) -> tuple[torch.Tensor, str]:
         """Upload (if needed), resize, normalize and patchify decoded uint8 ``[T, 3, H, W]`` frames."""
+        frames = self._upload_resize(slot, plan, frames)
+        with plan.timer.stage("normalize_patchify"):
+            out = plan.out if plan.out is not None and plan.out.device == frames.device else None
+            pv, grid = self._normalize_patchify(frames, out)
+        if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
+            raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
+        return self._place(slot, plan, pv), decoder
+
+    def _upload_resize(self, slot: Slot, plan: _Plan, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (uint8 ``[T, 3, H, W]``, any device) on the slot's device, shown as displayed, resized."""
         device = torch.device(slot.device)
         timer = plan.timer
         with timer.stage("transfer"):
@@ -519,17 +579,16 @@ class Qwen2VLPreprocessor:
                 else:
                     frames = frames.to(device)
         with timer.stage("resize"):
-            frames = ops.resize(frames, plan.target, self.config.video_resample if plan.kind == "video" else "bicubic")
-        with timer.stage("normalize_patchify"):
-            out = plan.out if plan.out is not None and plan.out.device == frames.device else None
-            pv, grid = self._normalize_patchify(frames, out)
-            if plan.out is not None and out is None:  # a CPU block for GPU features: one copy into it
-                plan.out.copy_(pv)
-                pv = plan.out
-        if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
-            raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
+            if plan.info is not None and plan.info.rotation:
+                frames = rotate_frames(frames, plan.info.rotation)
+            return ops.resize(frames, plan.target, self.config.video_resample if plan.kind == "video" else "bicubic")
+
+    def _place(self, slot: Slot, plan: _Plan, pv: torch.Tensor) -> torch.Tensor:
+        """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned)."""
         if plan.out is not None:
-            return pv, decoder
+            if pv is not plan.out:  # a CPU block for GPU features: one copy into it
+                plan.out.copy_(pv)
+            return plan.out
         if self.output == "device" and pv.device.type == "cuda" and slot.stream is not None:
             # Allocated on the slot's stream, read by the caller on its own (usually the default stream):
             # once the caller frees it, the block must not go to the slot's next item before the default
@@ -543,7 +602,47 @@ class Qwen2VLPreprocessor:
             if slot.stream is None:  # the synchronous API returns finished tensors
                 torch.cuda.current_stream().synchronize()
             pv = host
-        return pv, decoder
+        return pv
+
+    def _execute_video(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
+        """A video, ``plan.chunk`` frames at a time: decode, resize and patchify each group straight into the
+        item's output rows, so memory follows the output and the chunk, not the source's frame count."""
+        cfg = self.config
+        device = torch.device(slot.device)
+        gt, gh, gw = plan.grid
+        row = 3 * cfg.temporal_patch_size * cfg.patch_size**2
+        if plan.out is not None and plan.out.device == device:
+            out = plan.out
+        else:
+            out = torch.empty((gt * gh * gw, row), dtype=cfg.output_dtype, device=device)
+        try:
+            name = self._video_chunks(slot, plan, self.video_decoder, out)
+        except MediaError as exc:
+            # A codec the backend lacks (UnsupportedMedia), or a stream it failed on (DecodeError: e.g. a
+            # codec this chip's NVDEC does not have): PyAV decodes it instead, or names what is wrong.
+            if self.video_decoder == "pyav":
+                raise
+            self._video_chunks(slot, plan, "pyav", out)
+            name = f"pyav (fallback: {exc.reason})"
+        return self._place(slot, plan, out), name
+
+    def _video_chunks(self, slot: Slot, plan: _Plan, decoder_name: str, out: torch.Tensor) -> str:
+        assert plan.info is not None and plan.indices is not None
+        cfg = self.config
+        tp = cfg.temporal_patch_size
+        rows_per_step = plan.grid[1] * plan.grid[2]
+        decoder = self._decoder(slot, decoder_name)
+        done = 0
+        for first, frames in _frame_chunks(decoder, plan, plan.chunk):
+            frames = self._upload_resize(slot, plan, frames.permute(0, 3, 1, 2))
+            steps = -(-frames.shape[0] // tp)
+            begin = first // tp * rows_per_step
+            with plan.timer.stage("normalize_patchify"):
+                self._normalize_patchify(frames, out[begin : begin + steps * rows_per_step])
+            done = first + frames.shape[0]
+        if done != len(plan.indices):  # pragma: no cover - decoders raise for frames they cannot reach
+            raise RuntimeError(f"{plan.src.item}: decoded {done} of {len(plan.indices)} planned frames")
+        return decoder.name
 
     def _decode(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
         src = plan.src
@@ -553,24 +652,9 @@ class Qwen2VLPreprocessor:
                 if gpu is not None:
                     return gpu.unsqueeze(0), "nvjpeg"
             return decode_image(src, self.limits, plan.image_info).unsqueeze(0), "cpu (libjpeg-turbo/pillow)"
-        if src.kind == "array":
-            assert plan.indices is not None
-            frames = src.pixels[plan.indices]
-            return frames.permute(0, 3, 1, 2), "array"
-        assert plan.info is not None and plan.indices is not None
-        decoder = self._decoder(slot, self.video_decoder)
-        try:
-            frames = decoder.get_frames_at(src, plan.info, plan.indices)
-            name = decoder.name
-        except MediaError as exc:
-            # A codec the backend lacks (UnsupportedMedia), or a stream it failed on (DecodeError: e.g. a
-            # codec this chip's NVDEC does not have): PyAV decodes it instead, or names what is wrong.
-            if self.video_decoder == "pyav":
-                raise
-            fallback = self._decoder(slot, "pyav")
-            frames = fallback.get_frames_at(src, plan.info, plan.indices)
-            name = f"pyav (fallback: {exc.reason})"
-        return frames.permute(0, 3, 1, 2), name
+        assert src.kind == "array" and plan.indices is not None
+        frames = src.pixels[plan.indices]
+        return frames.permute(0, 3, 1, 2), "array"
 
     @staticmethod
     def _decoder(slot: Slot, name: str) -> Any:
@@ -650,6 +734,98 @@ class Qwen2VLPreprocessor:
                 )
             )
         return feats
+
+
+# ---------------------------------------------------------------------------------------------- memory bounds
+#
+# What one item may hold at its peak, from its plan alone (ARCHITECTURE rule 9). Each term names the buffers it
+# counts; the multipliers were measured (peak RSS over the baseline, benchmarks/reliability.py) and rounded up.
+
+CHUNK_BYTES = 128 * 2**20
+"""Working set a video chunk aims at: source-size frames decoded, then resized, a few at a time."""
+MAX_CHUNK_FRAMES = 32
+
+
+def _video_frame_bytes(size: tuple[int, int], target: tuple[int, int]) -> int:
+    src, tgt = size[0] * size[1], target[0] * target[1]
+    # the chunk's uint8 RGB frame (3) + resize's channels-last copy and horizontal pass (3 + 4 * tgt/src)
+    # + the resized frame (3) and its float32 normalized copy (12) per target pixel
+    return 6 * src + 4 * size[0] * target[1] + 15 * tgt
+
+
+def video_chunk_frames(size: tuple[int, int], target: tuple[int, int], temporal_patch_size: int,
+                       frames: int) -> int:
+    """Frames per chunk: as many as fit :data:`CHUNK_BYTES` (at most 32, at most the item's ``frames``
+    rounded up), a multiple of the temporal patch."""
+    n = CHUNK_BYTES // max(_video_frame_bytes(size, target), 1)
+    n = min(n, MAX_CHUNK_FRAMES, frames + (-frames % temporal_patch_size))
+    return max(n // temporal_patch_size * temporal_patch_size, temporal_patch_size)
+
+
+def video_working_bytes(size: tuple[int, int], target: tuple[int, int], chunk: int, feature_bytes: int) -> int:
+    """Peak bytes of one video item: its output rows, one chunk in flight, and the decoder's own frames
+    (FFmpeg's reference and threading buffers, up to ~20 YUV 4:2:0 frames, plus one RGB conversion)."""
+    src = size[0] * size[1]
+    return feature_bytes + chunk * _video_frame_bytes(size, target) + 33 * src
+
+
+def image_working_bytes(size: tuple[int, int], target: tuple[int, int], feature_bytes: int, *,
+                        via_pillow: bool, frames: int = 1) -> int:
+    """Peak bytes of one image (or of ``frames`` already decoded frames): the decoded RGB tensor (3 B/px),
+    Pillow's own decoded image and conversion bands for formats it decodes (8 B/px: RGBA + a band),
+    resize's copies, the resized frame, its float32 copy, and the output rows."""
+    src = size[0] * size[1]
+    decode = (3 + (8 if via_pillow else 0)) * src
+    return frames * (decode + 3 * src + 4 * size[0] * target[1] + 15 * target[0] * target[1]) + feature_bytes
+
+
+def default_memory_budget(device: str) -> int:
+    """8 GiB, or less on a small machine: half the RAM (CPU) or a quarter of the GPU's memory (CUDA)."""
+    cap = 8 * 2**30
+    if device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        return min(cap, total // 4)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return cap
+    return min(cap, total // 2)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def _frame_chunks(decoder: Any, plan: _Plan, chunk: int) -> Any:
+    """Yield ``(position, frames)``: the plan's frames ``chunk`` at a time as uint8 ``[k, H, W, 3]``.
+
+    Decoders that stream (``iter_frames_at``) fill one reused buffer frame by frame; others are asked for
+    each chunk's indices. Decode time goes to the item's ``decode`` stage."""
+    assert plan.info is not None and plan.indices is not None
+    indices, info, timer = plan.indices, plan.info, plan.timer
+    iterate = getattr(decoder, "iter_frames_at", None)
+    if iterate is None:
+        for first in range(0, len(indices), chunk):
+            with timer.stage("decode"):
+                frames = decoder.get_frames_at(plan.src, info, indices[first : first + chunk])
+            yield first, frames
+        return
+    buf = torch.empty((min(chunk, len(indices)), info.height, info.width, 3), dtype=torch.uint8)
+    stream = iterate(plan.src, info, indices)
+    first = k = 0
+    while True:
+        with timer.stage("decode"):
+            frame = next(stream, None)
+            if frame is not None:
+                buf[k].copy_(torch.from_numpy(frame))
+        if frame is None:
+            break
+        k += 1
+        if k == buf.shape[0]:
+            yield first, buf  # consumed (resized) before the next frame is decoded into it
+            first, k = first + k, 0
+    if k:
+        yield first, buf[:k]
 
 
 def _settles(settled: Any, n: int) -> Any:

@@ -1,0 +1,223 @@
+"""Media a client can send that is odd, broken or built to hurt: each gets a typed error naming the item, or a
+decision that is written down and tested (one-frame clips, frames sharing a timestamp, rotated clips), and
+memory follows the output, not the source (chunked decode, a working-memory bound checked at planning).
+
+References are independent of the code under test: PyAV's sequential decode of every frame, numpy's
+rot90, transformers' Qwen2VLVideoProcessor built in code with defaults."""
+
+from __future__ import annotations
+
+import io
+import struct
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpu_mm.models.qwen2_vl as qwen2_vl
+from gpu_mm import DecodeError, LimitExceeded, MediaError, UnsupportedMedia
+from gpu_mm.media.sources import load_source
+from gpu_mm.media.video import PyAVDecoder, probe_video, register_video_decoder
+from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
+from media_helpers import all_frames, clip, make_image, make_video
+
+
+@pytest.fixture(scope="module")
+def pre():
+    return Qwen2VLPreprocessor("cpu")
+
+
+def _from_frames(pre, frames: np.ndarray):
+    """The same pipeline fed already decoded frames (taken as sampled): the reference for decode-side cases."""
+    return pre(videos=[frames])
+
+
+def _mkv_frames_sharing_timestamps(n: int = 20) -> bytes:
+    """n frames at 1,000,000 fps in Matroska, whose clock ticks in milliseconds: every pts is 0."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as c:
+        s = c.add_stream("libx264", rate=1_000_000)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 12, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 1_000_000)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return buf.getvalue()
+
+
+def _zero_stts(data: bytes) -> bytes:
+    """An MP4 whose sample durations are all 0 (every frame at the same time)."""
+    b = bytearray(data)
+    i = b.find(b"stts")
+    for e in range(struct.unpack(">I", b[i + 8 : i + 12])[0]):
+        o = i + 12 + 8 * e + 4
+        b[o : o + 4] = b"\0\0\0\0"
+    return bytes(b)
+
+
+class TestTypedErrors:
+    def test_stream_without_a_decoder(self, pre):
+        svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"><rect width="9" height="9"/></svg>'
+        with pytest.raises(UnsupportedMedia, match=r"video\[0\].*no decoder"):
+            pre(videos=[svg])
+
+    def test_track_title_not_utf8(self, pre):
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="matroska") as c:
+            s = c.add_stream("libx264", rate=24)
+            s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+            s.metadata["title"] = "TITLEXYZ"
+            for _ in range(4):
+                for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        data = buf.getvalue().replace(b"TITLEXYZ", bytes(range(0xF8, 0x100)))
+        with pytest.raises(DecodeError, match=r"video\[0\].*UnicodeDecodeError"):
+            pre(videos=[data])
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(fmt=st.sampled_from(["PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP"]),
+           edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+           cut=st.integers(8, 10_000))
+    def test_corrupted_images_are_media_errors(self, pre, fmt, edits, cut):
+        data = bytearray(make_image(40, 48, fmt, mode="RGB"))
+        for pos, value in edits:
+            data[pos % len(data)] = value
+        try:
+            pre(images=[bytes(data[:cut])])
+        except MediaError as exc:
+            assert str(exc).startswith("image[0]")
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(edits=st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 255)), min_size=1, max_size=8),
+           cut=st.integers(16, 100_000), container=st.sampled_from(["mp4", "matroska"]))
+    def test_corrupted_videos_are_media_errors(self, pre, edits, cut, container):
+        data = bytearray(_clip_in(container))
+        for pos, value in edits:
+            data[pos % len(data)] = value
+        try:
+            pre(videos=[bytes(data[:cut])])
+        except MediaError as exc:
+            assert str(exc).startswith("video[0]")
+
+
+def _clip_in(container: str) -> bytes:
+    return make_video(12, 32, 48, gop=4, container=container)
+
+
+class TestOddButValidVideos:
+    def test_frames_sharing_a_timestamp_are_counted_in_decode_order(self, pre):
+        data = _mkv_frames_sharing_timestamps()
+        info = probe_video(load_source(data, "v"))
+        assert info.num_frames == 20 and info.frame_pts == ()  # timestamps cannot tell frames apart
+        ours = pre(videos=[data])
+        idx = ours.items[0].frame_indices
+        ref = _from_frames(pre, all_frames(data)[idx])
+        assert torch.equal(ours.pixel_values_videos, ref.pixel_values_videos)
+
+    def test_zero_sample_durations(self, pre):
+        data = _zero_stts(make_video(12, 64, 64, gop=4))
+        ours = pre(videos=[data])
+        idx = ours.items[0].frame_indices
+        assert len(idx) == 4
+        ref = _from_frames(pre, all_frames(data)[idx])
+        assert torch.equal(ours.pixel_values_videos, ref.pixel_values_videos)
+
+    def test_one_frame_video_is_one_temporal_patch_like_transformers(self, pre):
+        from transformers import Qwen2VLVideoProcessor
+
+        data = make_video(1, 64, 96)
+        ours = pre(videos=[data])
+        assert ours.items[0].frame_indices == [0] and ours.video_grid_thw.tolist()[0][0] == 1
+        frames = torch.from_numpy(all_frames(data)).permute(0, 3, 1, 2)
+        ref = Qwen2VLVideoProcessor()(videos=[frames], return_tensors="pt", do_sample_frames=False,
+                                      cap_pixels_per_frame=False)
+        assert ours.video_grid_thw.tolist() == ref["video_grid_thw"].tolist()
+        # Same decoded pixels, the same torch ops, the frame repeated to fill the pair as transformers does.
+        assert torch.equal(ours.pixel_values_videos, ref["pixel_values_videos"])
+
+    @pytest.mark.parametrize("rotation,k", [(90, 1), (180, 2), (270, 3)])
+    def test_rotated_clip_is_shown_as_a_player_shows_it(self, pre, rotation, k):
+        data = make_video(8, 48, 96, rotation=rotation)
+        ours = pre(videos=[data])
+        idx = ours.items[0].frame_indices
+        # Display rotation is counter-clockwise: numpy's rot90 turns the same way.
+        shown = np.ascontiguousarray(np.rot90(all_frames(data)[idx], k=k, axes=(1, 2)))
+        ref = _from_frames(pre, shown)
+        assert ours.items[0].source_size == shown.shape[1:3]
+        assert torch.equal(ours.pixel_values_videos, ref.pixel_values_videos)
+
+    def test_unrotated_clip_unchanged(self):
+        assert probe_video(load_source(clip("h264", 8), "v")).rotation == 0
+
+
+class _NoStreaming:
+    """A backend that only answers whole index lists (as DALI, decord and torchcodec do)."""
+
+    name = "no-streaming-test"
+    calls: list[int] = []
+
+    def get_frames_at(self, src, info, indices):
+        type(self).calls.append(len(indices))
+        return PyAVDecoder().get_frames_at(src, info, indices)
+
+
+class TestBoundedMemory:
+    def test_chunked_decode_equals_one_pass(self, monkeypatch):
+        data = clip("h264", 48, gop=12, bframes=2)
+        whole = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=24)
+        monkeypatch.setattr(qwen2_vl, "CHUNK_BYTES", 1)  # two frames per chunk
+        chunked = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=24)
+        assert torch.equal(whole.pixel_values_videos, chunked.pixel_values_videos)
+
+    def test_backends_without_streaming_are_asked_chunk_by_chunk(self, monkeypatch):
+        register_video_decoder("no-streaming-test", _NoStreaming)
+        monkeypatch.setattr(qwen2_vl, "CHUNK_BYTES", 1)
+        data = clip("h264", 48, gop=12)
+        ours = Qwen2VLPreprocessor("cpu", video_decoder="no-streaming-test", sampling="hf")(videos=[data], nframes=10)
+        ref = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=10)
+        assert _NoStreaming.calls == [2, 2, 2, 2, 2]
+        assert torch.equal(ours.pixel_values_videos, ref.pixel_values_videos)
+
+    def test_item_over_the_budget_refused_at_planning(self, monkeypatch):
+        decoded = []
+        monkeypatch.setattr(PyAVDecoder, "iter_frames_at", lambda *a: decoded.append(1) or iter(()))
+        pre = Qwen2VLPreprocessor("cpu", memory_budget_bytes=32 * 2**20)
+        with pytest.raises(LimitExceeded, match=r"video\[1\].*: needs up to \d+ MiB of working memory.*memory_budget"):
+            pre(videos=[clip("h264", 8), make_video(8, 720, 1280)], max_pixels=1280 * 720)
+        assert decoded == []
+
+    def test_plan_states_a_bound_that_grows_with_output_not_frame_count(self):
+        pre = Qwen2VLPreprocessor("cpu", sampling="hf")
+        short = pre._plan_all(None, [clip("h264", 48, h=96, w=128)], {"nframes": 40})[0]
+        long = pre._plan_all(None, [clip("h264", 48, h=96, w=128)], {"nframes": 48})[0]
+        assert short.chunk == long.chunk == qwen2_vl.MAX_CHUNK_FRAMES
+        per_frame_out = (long.nbytes - short.nbytes) / 8
+        # Past one chunk, more frames add only their output rows (float32 at the target size).
+        target_px = long.target[0] * long.target[1]
+        assert per_frame_out == pytest.approx(target_px * 3 * 4, rel=0.01)
+
+    def test_default_budget_is_stated(self):
+        pre = Qwen2VLPreprocessor("cpu")
+        assert 0 < pre.memory_budget_bytes <= 8 * 2**30
+
+
+@pytest.mark.parametrize("fmt,mode", [("PNG", "RGBA"), ("PNG", "P"), ("PNG", "LA"), ("JPEG", "CMYK"), ("PNG", "L")])
+def test_band_conversion_equals_whole_image_conversion(monkeypatch, fmt, mode):
+    """Pillow images are converted into the output band by band (bounded buffers); each band gets the same
+    per-pixel conversion as the whole image would, so the result is identical to one whole conversion."""
+    import gpu_mm.media.image as image
+
+    data = make_image(301, 203, fmt, mode=mode)
+    whole = image.decode_image(load_source(data, "i"))
+    monkeypatch.setattr(image, "BAND_PIXELS", 1000)  # 4 rows per band, 76 bands
+    assert torch.equal(image.decode_image(load_source(data, "i")), whole)
