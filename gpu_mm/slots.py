@@ -161,7 +161,7 @@ class SlotPool:
         max_queued: int | None = None,
         memory_budget_bytes: int | None = None,
         express_slots: int = 0,
-        express_max_bytes: int = 64 * 2**20,
+        express_max_bytes: int = 256 * 2**20,
         stream_priority: str = "low",
         event_factory: Callable[[Slot], Completion | None] | None = None,
         poll_max_interval_s: float = 0.002,

@@ -191,7 +191,7 @@ class TestBoundedMemory:
     def test_item_over_the_budget_refused_at_planning(self, monkeypatch):
         decoded = []
         monkeypatch.setattr(PyAVDecoder, "iter_frames_at", lambda *a: decoded.append(1) or iter(()))
-        pre = Qwen2VLPreprocessor("cpu", memory_budget_bytes=32 * 2**20)
+        pre = Qwen2VLPreprocessor("cpu", memory_budget_bytes=160 * 2**20)
         with pytest.raises(LimitExceeded, match=r"video\[1\].*: needs up to \d+ MiB of working memory.*memory_budget"):
             pre(videos=[clip("h264", 8), make_video(8, 720, 1280)], max_pixels=1280 * 720)
         assert decoded == []
@@ -221,3 +221,18 @@ def test_band_conversion_equals_whole_image_conversion(monkeypatch, fmt, mode):
     whole = image.decode_image(load_source(data, "i"))
     monkeypatch.setattr(image, "BAND_PIXELS", 1000)  # 4 rows per band, 76 bands
     assert torch.equal(image.decode_image(load_source(data, "i")), whole)
+
+
+@pytest.mark.parametrize("actual,wanted,same", [
+    ("cpu", "cpu", True), ("cuda:0", "cuda:0", True), ("cuda:1", "cuda:1", True), ("cuda:0", "cuda:1", False),
+    ("cpu", "cuda", False), ("cuda:0", "cpu", False), ("cuda", "cuda", True),
+])
+def test_same_device_compares_like_with_like(actual, wanted, same):
+    """A decoder's CUDA output (``cuda:0``) is already on a ``cuda`` slot: no pin_memory() of a CUDA tensor."""
+    assert qwen2_vl.same_device(torch.device(actual), torch.device(wanted)) is same
+
+
+def test_cuda_without_index_means_the_current_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert qwen2_vl.same_device(torch.device("cuda:1"), torch.device("cuda"))
+    assert not qwen2_vl.same_device(torch.device("cuda:0"), torch.device("cuda"))

@@ -160,7 +160,8 @@ async def test_unforeseen_errors_are_json_500_and_counted(monkeypatch):
     client = await _client()
     try:
         status, answer = await _post(client, {"images": [b64(make_image(8, 8, "PNG"))]})
-        assert status == 500 and answer == {"error": "InternalError", "message": "internal error (logged on the server)"}
+        assert status == 500
+        assert answer == {"error": "InternalError", "message": "internal error (logged on the server)"}
         text = await (await client.get("/metrics")).text()
         assert 'gpu_mm_requests_total{outcome="error"} 1.0' in text
         r = await client.get("/no/such/route")

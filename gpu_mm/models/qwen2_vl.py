@@ -182,7 +182,8 @@ class Qwen2VLPreprocessor:
             less).
         express_slots: extra slots only for cheap items (planned at most ``express_max_bytes``), so a
             cheap image never waits behind a decompression bomb or a long video (default 1).
-        express_max_bytes: what counts as cheap (default 64 MiB: a 4K image, a short 720p clip).
+        express_max_bytes: what counts as cheap (default 256 MiB: a 4K JPEG plans ~160 MiB, a 67 Mpx image
+            or a minute of 1080p video several GiB).
         output: ``"device"`` leaves features where they were made (finished when returned; safe to use on
             the default CUDA stream, on another stream call ``tensor.record_stream(stream)``); ``"cpu"`` copies
             them to the CPU;
@@ -207,7 +208,7 @@ class Qwen2VLPreprocessor:
         num_slots: int | None = None,
         memory_budget_bytes: int | None = None,
         express_slots: int = 1,
-        express_max_bytes: int = 64 * 2**20,
+        express_max_bytes: int = 256 * 2**20,
         max_queued: int | None = None,
         output: Literal["device", "cpu", "pinned"] = "device",
         output_pool: Any = None,
@@ -562,7 +563,7 @@ class Qwen2VLPreprocessor:
         """Upload (if needed), resize, normalize and patchify decoded uint8 ``[T, 3, H, W]`` frames."""
         frames = self._upload_resize(slot, plan, frames)
         with plan.timer.stage("normalize_patchify"):
-            out = plan.out if plan.out is not None and plan.out.device == frames.device else None
+            out = plan.out if plan.out is not None and same_device(plan.out.device, frames.device) else None
             pv, grid = self._normalize_patchify(frames, out)
         if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
             raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
@@ -573,8 +574,8 @@ class Qwen2VLPreprocessor:
         device = torch.device(slot.device)
         timer = plan.timer
         with timer.stage("transfer"):
-            if frames.device != device:
-                if device.type == "cuda":
+            if not same_device(frames.device, device):
+                if device.type == "cuda" and frames.device.type == "cpu":
                     frames = frames.pin_memory().to(device, non_blocking=True)
                 else:
                     frames = frames.to(device)
@@ -611,7 +612,7 @@ class Qwen2VLPreprocessor:
         device = torch.device(slot.device)
         gt, gh, gw = plan.grid
         row = 3 * cfg.temporal_patch_size * cfg.patch_size**2
-        if plan.out is not None and plan.out.device == device:
+        if plan.out is not None and same_device(plan.out.device, device):
             out = plan.out
         else:
             out = torch.empty((gt * gh * gw, row), dtype=cfg.output_dtype, device=device)
@@ -744,6 +745,8 @@ class Qwen2VLPreprocessor:
 CHUNK_BYTES = 128 * 2**20
 """Working set a video chunk aims at: source-size frames decoded, then resized, a few at a time."""
 MAX_CHUNK_FRAMES = 32
+SLACK_BYTES = 64 * 2**20
+"""Per item, for what no formula counts: allocator rounding and fragmentation, Python objects, codec state."""
 
 
 def _video_frame_bytes(size: tuple[int, int], target: tuple[int, int]) -> int:
@@ -763,20 +766,21 @@ def video_chunk_frames(size: tuple[int, int], target: tuple[int, int], temporal_
 
 
 def video_working_bytes(size: tuple[int, int], target: tuple[int, int], chunk: int, feature_bytes: int) -> int:
-    """Peak bytes of one video item: its output rows, one chunk in flight, and the decoder's own frames
-    (FFmpeg's reference and threading buffers, up to ~20 YUV 4:2:0 frames, plus one RGB conversion)."""
+    """Peak bytes of one video item: its output rows, one chunk in flight, the decoder's own frames (FFmpeg's
+    reference and threading buffers, up to ~20 YUV 4:2:0 frames, plus one RGB conversion) and a slack."""
     src = size[0] * size[1]
-    return feature_bytes + chunk * _video_frame_bytes(size, target) + 33 * src
+    return feature_bytes + chunk * _video_frame_bytes(size, target) + 33 * src + SLACK_BYTES
 
 
 def image_working_bytes(size: tuple[int, int], target: tuple[int, int], feature_bytes: int, *,
                         via_pillow: bool, frames: int = 1) -> int:
-    """Peak bytes of one image (or of ``frames`` already decoded frames): the decoded RGB tensor (3 B/px),
-    Pillow's own decoded image and conversion bands for formats it decodes (8 B/px: RGBA + a band),
-    resize's copies, the resized frame, its float32 copy, and the output rows."""
+    """Peak bytes of one image (or of ``frames`` already decoded frames): per source pixel the decoded RGB
+    tensor (3) and resize's channels-last and 4-channel copies (5), plus for formats Pillow decodes its own
+    image (up to 4) and an EXIF-transposed copy (4); per target pixel the resized frame and its float32 copy
+    (15); the output rows; a slack."""
     src = size[0] * size[1]
-    decode = (3 + (8 if via_pillow else 0)) * src
-    return frames * (decode + 3 * src + 4 * size[0] * target[1] + 15 * target[0] * target[1]) + feature_bytes
+    per_pixel = 8 + (8 if via_pillow else 0)
+    return frames * (per_pixel * src + 15 * target[0] * target[1]) + feature_bytes + SLACK_BYTES
 
 
 def default_memory_budget(device: str) -> int:
@@ -826,6 +830,18 @@ def _frame_chunks(decoder: Any, plan: _Plan, chunk: int) -> Any:
             first, k = first + k, 0
     if k:
         yield first, buf[:k]
+
+
+def same_device(actual: torch.device, wanted: torch.device) -> bool:
+    """Whether a tensor on ``actual`` is already where ``wanted`` names: ``cuda`` (no index) means the
+    current CUDA device, so a tensor on ``cuda:0`` is there when device 0 is current; ``cpu`` is ``cpu``."""
+    if actual.type != wanted.type:
+        return False
+    if wanted.type != "cuda" or actual.index == wanted.index:
+        return True
+    index = wanted.index if wanted.index is not None else torch.cuda.current_device()
+    actual_index = actual.index if actual.index is not None else torch.cuda.current_device()
+    return index == actual_index
 
 
 def _settles(settled: Any, n: int) -> Any:
