@@ -16,7 +16,9 @@ import triton.language as tl
 from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _mean_std
 
 
-@triton.jit
+# The sizes are runtime values: without do_not_specialize Triton compiles a variant per size class (== 1,
+# divisible by 16), and a new variant compiles inside a slot job, against its deadline.
+@triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW"])
 def _normalize_patchify_kernel(
     src_ptr,  # uint8 [T, C, H, W], contiguous
     out_ptr,  # [rows, C * TP * P * P]
@@ -51,7 +53,8 @@ def _normalize_patchify_kernel(
     x = tl.load(src_ptr + offs, mask=mask, other=0).to(tl.float32)
     m = tl.load(mean_ptr + c, mask=mask, other=0.0)
     s = tl.load(std_ptr + c, mask=mask, other=1.0)
-    y = (x - m) / s
+    # div_rn: IEEE round-to-nearest, as torch divides; ``/`` compiles to div.full.f32 (up to 2 ulp off).
+    y = tl.math.div_rn(x - m, s)
     tl.store(out_ptr + row * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -3,6 +3,12 @@ the CPU (small shapes), and compiled on CUDA under the ``cuda`` marker."""
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -71,3 +77,67 @@ def test_preallocated_output_and_argument_errors():
         fused_normalize_patchify(x[..., :27])
     with pytest.raises(ValueError, match="out must be"):
         fused_normalize_patchify(x, out=torch.empty(3, 1176))
+
+
+_COMPILE = r"""
+import json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from gpu_mm.kernels.normalize_patchify import _normalize_patchify_kernel as kernel
+
+out = {"sizes": [p.name for p in kernel.params if not p.is_constexpr and not p.name.endswith("_ptr")],
+       "not_specialized": [p.name for p in kernel.params if p.do_not_specialize]}
+for name, dtype in (("fp32", "*fp32"), ("bf16", "*bf16")):
+    sig = {"src_ptr": "*u8", "out_ptr": dtype, "mean_ptr": "*fp32", "std_ptr": "*fp32",
+           **{n: "i32" for n in ("T", "H", "W", "GH", "GW")},
+           **{n: "constexpr" for n in ("C", "TP", "P", "M", "ROW", "BLOCK")}}
+    consts = {"C": 3, "TP": 2, "P": 14, "M": 2, "ROW": 1176, "BLOCK": 2048}
+    try:
+        ptx = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                             target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    except Exception as exc:
+        print(json.dumps({"skip": f"{type(exc).__name__}: {exc}"[:300]})); sys.exit(0)
+    out[name] = sorted(set(re.findall(r"(?:div|cvt)\.[a-z0-9.]+", ptx)))
+print(json.dumps(out))
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled() -> dict:
+    """The kernel compiled for a Hopper GPU (sm_90) to PTX, here on the CPU (Triton's NVIDIA backend needs
+    no device to compile), in a process without TRITON_INTERPRET: what the interpreter cannot show (it
+    divides and casts in numpy), the PTX does."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _ptx_ops(dtype: str) -> list[str]:
+    result = _compiled()
+    if "skip" in result:
+        pytest.skip(f"Triton cannot compile for sm_90 here: {result['skip']}")
+    return result[dtype]
+
+
+def test_compiled_kernel_divides_with_ieee_rounding():
+    """torch divides float32 with IEEE round-to-nearest; a plain ``/`` in Triton compiles to div.full.f32
+    (up to 2 ulp off), so the GPU exactness claim rests on the kernel asking for div.rn."""
+    ops_ = _ptx_ops("fp32")
+    assert "div.rn.f32" in ops_
+    assert "div.full.f32" not in ops_ and "div.approx.f32" not in ops_
+
+
+def test_compiled_bfloat16_cast_rounds_to_nearest_even():
+    assert "cvt.rn.bf16.f32" in _ptx_ops("bf16")
+
+
+def test_sizes_do_not_make_new_kernel_variants():
+    """Triton specializes int arguments (== 1, divisible by 16) unless told not to: each variant would
+    compile inside a slot job. Every runtime size of the kernel is exempt."""
+    result = _compiled()
+    if "skip" in result:
+        pytest.skip(result["skip"])
+    assert result["sizes"] == ["T", "H", "W", "GH", "GW"]
+    assert set(result["sizes"]) <= set(result["not_specialized"])
