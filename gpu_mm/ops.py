@@ -6,6 +6,7 @@ and dtype and work on CPU and CUDA alike.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -188,9 +189,18 @@ def resize(frames: torch.Tensor, size: tuple[int, int], interpolation: str = "bi
 def _mean_std(
     like: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalization constants on ``like``'s device, made once per device and values: building them
+    per call on CUDA is a pageable host-to-device copy that synchronizes the slot's stream. Read-only."""
+    return _mean_std_on(str(like.device), tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_std_on(
+    device: str, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     # The same float32 arithmetic as transformers' fused rescale+normalize: mean / (1/255), std / (1/255).
-    m = torch.tensor(mean, device=like.device) * (1.0 / (1 / 255))
-    s = torch.tensor(std, device=like.device) * (1.0 / (1 / 255))
+    m = torch.tensor(mean, device=device) * (1.0 / (1 / 255))
+    s = torch.tensor(std, device=device) * (1.0 / (1 / 255))
     return m, s
 
 

@@ -1,4 +1,4 @@
-"""Device slots: a worker thread (and, on CUDA, a low-priority stream) per slot, completion by polling.
+"""Device slots: a worker thread (and, on CUDA, a stream) per slot, completion by polling.
 
 ``SlotPool.run(fn, ...)`` waits for a free slot (FIFO, bounded queue, optional GPU-memory budget in
 bytes in flight), runs ``fn(slot, ...)`` on that slot's own thread (inside its CUDA stream on a GPU),
@@ -146,7 +146,10 @@ class SlotPool:
         express_slots: extra slots that only calls of at most ``express_max_bytes`` may use, so cheap items
             are never queued behind expensive ones (decompression bombs, long videos) for long.
         express_max_bytes: the ``nbytes`` up to which a call counts as cheap.
-        stream_priority: ``"low"`` (default, so the model's kernels win) or ``"normal"``.
+        stream_priority: the CUDA priority of the slots' streams, in
+            ``torch.cuda.Stream.priority_range()``; lower numbers are higher priority. torch's lowest is 0,
+            which is also every default stream's, so slot streams cannot rank below the model's: an engine
+            that wants its model's kernels to win runs the model on a stream of priority -1 or less.
         event_factory: ``event_factory(slot)`` returns the completion to poll after ``fn`` returns;
             default: a CUDA event recorded on the slot's stream on CUDA, none on the CPU (the
             thread's return is the completion). Tests pass fake events here.
@@ -162,15 +165,15 @@ class SlotPool:
         memory_budget_bytes: int | None = None,
         express_slots: int = 0,
         express_max_bytes: int = 256 * 2**20,
-        stream_priority: str = "low",
+        stream_priority: int = 0,
         event_factory: Callable[[Slot], Completion | None] | None = None,
         poll_max_interval_s: float = 0.002,
     ) -> None:
         device = str(device)
         if not (device == "cpu" or device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-        if stream_priority not in ("low", "normal"):
-            raise ValueError(f"stream_priority must be 'low' or 'normal', got {stream_priority!r}")
+        if isinstance(stream_priority, bool) or not isinstance(stream_priority, int):
+            raise TypeError(f"stream_priority must be an int (a CUDA stream priority), got {stream_priority!r}")
         if num_slots < 1:
             raise ValueError(f"num_slots must be >= 1, got {num_slots!r}")
         if express_slots < 0:
@@ -197,7 +200,7 @@ class SlotPool:
         self._queue_wait = Window()
         self._run_time = Window()
 
-    def _init_cuda(self, stream_priority: str) -> None:
+    def _init_cuda(self, stream_priority: int) -> None:
         try:
             import torch
         except ImportError as exc:  # pragma: no cover - torch is a dependency
@@ -206,8 +209,10 @@ class SlotPool:
             raise BackendUnavailable(f"device {self.device!r} requested but CUDA is not available")
         dev = torch.device(self.device)
         # Larger numbers are lower priority; the range is (least, greatest) = (0, -k).
-        least, _greatest = torch.cuda.Stream.priority_range()
-        priority = least if stream_priority == "low" else 0
+        least, greatest = torch.cuda.Stream.priority_range()
+        if not greatest <= stream_priority <= least:
+            raise ValueError(f"stream_priority must be in [{greatest}, {least}], got {stream_priority}")
+        priority = stream_priority
         for slot in self._slots:
             slot.stream = torch.cuda.Stream(device=dev, priority=priority)
 

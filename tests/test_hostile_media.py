@@ -236,3 +236,25 @@ def test_cuda_without_index_means_the_current_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     assert qwen2_vl.same_device(torch.device("cuda:1"), torch.device("cuda"))
     assert not qwen2_vl.same_device(torch.device("cuda:0"), torch.device("cuda"))
+
+
+def test_sync_api_keeps_one_slot_per_thread_and_copies_get_their_own():
+    """The synchronous API reuses its thread's slot (decoders built once, not per call); a deep copy of the
+    preprocessor (as a worker pool makes) starts with none of the original's threads or slots."""
+    import copy
+    import threading
+
+    pre = Qwen2VLPreprocessor("cpu")
+    pre(videos=[clip("h264", 8)])
+    slot = pre._sync_slot()
+    pre(videos=[clip("h264", 8)])
+    assert pre._sync_slot() is slot and ("video_decoder", "pyav") in slot.state
+    other: list = []
+    t = threading.Thread(target=lambda: other.append(pre._sync_slot()))
+    t.start()
+    t.join()
+    assert other[0] is not slot
+    twin = copy.deepcopy(pre)
+    assert twin._sync_slot() is not slot
+    same = twin(videos=[clip("h264", 8)]).pixel_values_videos
+    assert torch.equal(same, pre(videos=[clip("h264", 8)]).pixel_values_videos)

@@ -183,3 +183,12 @@ class TestNormalizePatchify:
         assert grid == grid2 and out.device.type == device
         # CPU vs CUDA float32 division may differ in the last ulp.
         torch.testing.assert_close(out.cpu(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_normalization_constants_are_made_once_per_device():
+    """On CUDA, building them per call is a host-to-device copy that synchronizes the slot's stream."""
+    x = torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+    m1, s1 = ops._mean_std(x, ops.OPENAI_CLIP_MEAN, ops.OPENAI_CLIP_STD)
+    m2, s2 = ops._mean_std(x, list(ops.OPENAI_CLIP_MEAN), list(ops.OPENAI_CLIP_STD))
+    assert m1 is m2 and s1 is s2
+    assert torch.equal(m1, torch.tensor(ops.OPENAI_CLIP_MEAN) * (1.0 / (1 / 255)))

@@ -259,10 +259,11 @@ def test_cuda_slot_pool_without_cuda_says_so():
 
 
 @pytest.mark.cuda
-async def test_cuda_slots_record_real_events_on_low_priority_streams():
+async def test_cuda_slots_record_real_events_on_their_own_streams():
     import torch
 
-    pool = SlotPool(2, device="cuda")
+    _, greatest = torch.cuda.Stream.priority_range()
+    pool = SlotPool(2, device="cuda", stream_priority=greatest)
 
     def gpu_work(slot, n):
         assert torch.cuda.current_stream() == slot.stream
@@ -271,9 +272,13 @@ async def test_cuda_slots_record_real_events_on_low_priority_streams():
 
     outs = await asyncio.gather(*(pool.run(gpu_work, 512) for _ in range(8)))
     assert all(torch.isfinite(o).item() for o in outs)
-    least, _ = torch.cuda.Stream.priority_range()
-    assert pool._slots[0].stream.priority == least
+    assert pool._slots[0].stream.priority == greatest != torch.cuda.current_stream().priority
     await pool.aclose()
+
+
+def test_stream_priority_must_be_an_int():
+    with pytest.raises(TypeError, match="stream_priority"):
+        SlotPool(1, stream_priority="low")
 
 
 @pytest.mark.cuda

@@ -46,7 +46,7 @@ class PluginSettings:
     timeout_s: float | None = None
     """Per-request deadline counted from arrival; past it ``gpu_mm.ProcessingTimeout`` (a TimeoutError)."""
     num_slots: int | None = None
-    """Device slots (worker thread + low-priority CUDA stream each); ``None``: 1."""
+    """Device slots (worker thread + CUDA stream each); ``None``: 1."""
     memory_budget_bytes: int | None = None
     """Device bytes in flight (decoded frames + outputs) before further items queue."""
 

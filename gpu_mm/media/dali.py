@@ -93,5 +93,6 @@ class DALIVideoDecoder:
         if wanted == list(indices):
             return frames
         pos = {f: k for k, f in enumerate(wanted)}
-        order = torch.tensor([pos[int(i)] for i in indices], device=frames.device)
-        return frames.index_select(0, order)
+        # Views stacked on the device: an index tensor built here would be a pageable host-to-device copy
+        # that synchronizes the slot's stream.
+        return torch.stack([frames[pos[int(i)]] for i in indices])

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -266,6 +268,7 @@ class Qwen2VLPreprocessor:
         self._max_queued = max_queued
         self._slots: SlotPool | None = None
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sync_local = threading.local()
 
     # ------------------------------------------------------------------ sync API
 
@@ -278,13 +281,15 @@ class Qwen2VLPreprocessor:
         """Preprocess on the calling thread (scripts, tests). Per-request keys: ``fps``, ``nframes``,
         ``video_start``, ``video_end``, ``min_pixels``, ``max_pixels``, ``total_pixels``."""
         plans = self._plan_all(images, videos, request)
-        slot = Slot(-1, self.device)
+        slot = self._sync_slot()
         lease = self._lease(plans)
         try:
             outs: list[Any] = [None] * len(plans)
-            for group in self._groups(plans):
-                for i, out in zip(group, self._execute_group(slot, [plans[i] for i in group])):
-                    outs[i] = out
+            # cuda:N: the current device for every kernel launched here (slot threads get it from their stream).
+            with torch.cuda.device(self.device) if self.device.startswith("cuda") else contextlib.nullcontext():
+                for group in self._groups(plans):
+                    for i, out in zip(group, self._execute_group(slot, [plans[i] for i in group])):
+                        outs[i] = out
         except BaseException:
             if lease is not None:
                 self.output_pool.release(lease.handle)
@@ -292,6 +297,25 @@ class Qwen2VLPreprocessor:
         if lease is not None and self.output_pool.device != "cpu":
             torch.cuda.current_stream().synchronize()  # another process may read the block at once
         return self._assemble(plans, outs, lease)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (deepcopy, pickle) gets its own threads, slots and per-thread decoders, never these.
+        state = self.__dict__.copy()
+        state.update(_slots=None, _io=None)
+        state.pop("_sync_local", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._sync_local = threading.local()
+
+    def _sync_slot(self) -> Slot:
+        """The calling thread's own slot for the synchronous API, kept between calls so that its decoders
+        (a DALI pipeline, an NVDEC session) are built once per thread, not per call."""
+        slot = getattr(self._sync_local, "slot", None)
+        if slot is None:
+            slot = self._sync_local.slot = Slot(-1, self.device)
+        return slot
 
     # ------------------------------------------------------------------ async API
 
