@@ -4,6 +4,7 @@ grows over many hand-offs."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import os
 
@@ -191,3 +192,69 @@ class TestPreprocessorIntoPool:
             gate.set()
             await pre.aclose()  # waits for the abandoned work to end
             assert pool.statistics().leased == 0
+
+
+class TestNothingHeavyOnTheLoop:
+    async def test_lease_and_join_run_off_the_event_loop(self, monkeypatch):
+        import threading
+
+        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
+        from media_helpers import make_image
+
+        threads: dict[str, list[str]] = {"lease": [], "assemble": []}
+        lease = FeaturePool.lease
+        monkeypatch.setattr(FeaturePool, "lease",
+                            lambda self, *a, **k: threads["lease"].append(threading.current_thread().name)
+                            or lease(self, *a, **k))
+        assemble = Qwen2VLPreprocessor._assemble
+        def recorded(self, plans, outs, lease=None):
+            if lease is None:  # with a lease, assembling only attaches the block's tensors: bookkeeping
+                threads["assemble"].append(threading.current_thread().name)
+            return assemble(self, plans, outs, lease)
+
+        monkeypatch.setattr(Qwen2VLPreprocessor, "_assemble", recorded)
+        images = [make_image(56, 56, "PNG"), make_image(84, 56, "PNG")]
+        with FeaturePool(max_blocks=2) as pool:
+            pre = Qwen2VLPreprocessor("cpu", output_pool=pool)
+            feats = await pre.preprocess(images=images)
+            assert feats.image_grid_thw.tolist() == [[1, 4, 4], [1, 6, 4]]  # written by the slot jobs
+            pool.release(feats.handle)
+            await pre.aclose()
+        joined = await Qwen2VLPreprocessor("cpu").preprocess(images=images)  # two items' rows concatenated
+        assert joined.pixel_values.shape[0] == 16 + 24
+        main = threading.current_thread().name
+        assert threads["lease"] and main not in threads["lease"]
+        assert threads["assemble"] and main not in threads["assemble"]
+
+    async def test_lease_of_a_plan_that_outlived_its_deadline_goes_back(self, monkeypatch):
+        import threading
+        import time
+
+        from gpu_mm import ProcessingTimeout
+        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
+        from media_helpers import make_image
+
+        gate = threading.Event()
+        plan_all = Qwen2VLPreprocessor._plan_all
+
+        def slow_plan(self, *a):
+            assert gate.wait(10)
+            return plan_all(self, *a)
+
+        monkeypatch.setattr(Qwen2VLPreprocessor, "_plan_all", slow_plan)
+        with FeaturePool(max_blocks=1) as pool:
+            pre = Qwen2VLPreprocessor("cpu", output_pool=pool)
+            with pytest.raises(ProcessingTimeout):
+                await pre.preprocess(images=[make_image(56, 56, "PNG")], deadline=time.monotonic() + 0.05)
+            gate.set()
+            for _ in range(200):
+                if pool.statistics().leased == 0 and pool.statistics().blocks:
+                    break
+                await asyncio.sleep(0.01)
+            assert pool.statistics().leased == 0  # leased after the caller left, then returned
+            monkeypatch.setattr(Qwen2VLPreprocessor, "_plan_all", plan_all)
+            feats = await pre.preprocess(images=[make_image(56, 56, "PNG")])  # the one block is free again
+            pool.release(feats.handle)
+            await pre.aclose()

@@ -258,3 +258,19 @@ def test_sync_api_keeps_one_slot_per_thread_and_copies_get_their_own():
     assert twin._sync_slot() is not slot
     same = twin(videos=[clip("h264", 8)]).pixel_values_videos
     assert torch.equal(same, pre(videos=[clip("h264", 8)]).pixel_values_videos)
+
+
+def test_joined_rows_keep_their_placement(monkeypatch):
+    """Several items' rows are joined into one tensor; pinned output stays pinned (torch.cat's would not)."""
+    rows = [torch.arange(6.0).reshape(2, 3), torch.arange(3.0).reshape(1, 3)]
+    joined = qwen2_vl._join(rows, pinned=False)
+    assert torch.equal(joined, torch.cat(rows)) and qwen2_vl._join(rows[:1], pinned=False) is rows[0]
+    asked = {}
+    empty = torch.empty
+
+    def spy(*a, pin_memory=False, **k):
+        asked["pin_memory"] = pin_memory
+        return empty(*a, **k)  # no CUDA driver here to page-lock with; the request is what is checked
+
+    monkeypatch.setattr(torch, "empty", spy)
+    assert torch.equal(qwen2_vl._join(rows, pinned=True), torch.cat(rows)) and asked["pin_memory"] is True

@@ -138,6 +138,8 @@ class _Plan:
     timer: StageTimer = dataclasses.field(default_factory=StageTimer)
     out: torch.Tensor | None = None
     """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
+    grid_out: torch.Tensor | None = None
+    """This item's ``grid_thw`` row inside that lease, written by the item's slot job."""
 
 
 class _LeaseGuard:
@@ -344,10 +346,10 @@ class Qwen2VLPreprocessor:
                 express_max_bytes=self._express_max_bytes,
                 max_queued=self._max_queued,
             )
-        plan_future = loop.run_in_executor(self._io, self._plan_all, images, videos, request)
-        plans = await _within(plan_future, deadline)
+        # Planning and leasing the output block (an allocation, a CUDA IPC handle) run on an IO thread.
+        plan_future = loop.run_in_executor(self._io, self._plan_and_lease, images, videos, request)
+        plans, lease = await _within(plan_future, deadline, on_abandoned=self._release_late_lease)
         slots = self._slots
-        lease = self._lease(plans)
         guard = _LeaseGuard(self.output_pool, lease, len(plans)) if lease is not None else None
         settled = guard.settled if guard is not None else None
         groups = self._groups(plans)
@@ -367,7 +369,20 @@ class Qwen2VLPreprocessor:
         for group, result in zip(groups, results):
             for i, out in zip(group, result):  # type: ignore[arg-type]
                 outs[i] = out
+        if lease is None and (sum(p.kind == "image" for p in plans) > 1 or sum(p.kind == "video" for p in plans) > 1):
+            # Joining several items' rows is a copy of every feature byte: not on the caller's loop.
+            return await loop.run_in_executor(self._io, self._assemble, plans, outs, lease)
         return self._assemble(plans, outs, lease)
+
+    def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[_Plan], Any]:
+        plans = self._plan_all(images, videos, request)
+        return plans, self._lease(plans)
+
+    def _release_late_lease(self, result: tuple[list[_Plan], Any]) -> None:
+        """Planning finished after its caller gave up: no item will run, so its block goes back at once."""
+        _, lease = result
+        if lease is not None:
+            self.output_pool.release(lease.handle)
 
     async def process_mm_data_async(
         self,
@@ -613,6 +628,9 @@ class Qwen2VLPreprocessor:
         if plan.out is not None:
             if pv is not plan.out:  # a CPU block for GPU features: one copy into it
                 plan.out.copy_(pv)
+            if plan.grid_out is not None:
+                for k, v in enumerate(plan.grid):  # fills on the slot's stream: no host-to-device copy, no sync
+                    plan.grid_out[k].fill_(v)
             return plan.out
         if self.output == "device" and pv.device.type == "cuda" and slot.stream is not None:
             # Allocated on the slot's stream, read by the caller on its own (usually the default stream):
@@ -720,11 +738,15 @@ class Qwen2VLPreprocessor:
                 layout[grid_key] = ((len(group), 3), torch.long)
         lease = self.output_pool.lease(layout)
         offsets = {"image": 0, "video": 0}
+        counts = {"image": 0, "video": 0}
         for p in plans:
-            key = "pixel_values" if p.kind == "image" else "pixel_values_videos"
+            key, grid_key = (("pixel_values", "image_grid_thw") if p.kind == "image"
+                             else ("pixel_values_videos", "video_grid_thw"))
             n = math.prod(p.grid)
             p.out = lease.tensors[key][offsets[p.kind] : offsets[p.kind] + n]
+            p.grid_out = lease.tensors[grid_key][counts[p.kind]]
             offsets[p.kind] += n
+            counts[p.kind] += 1
         return lease
 
     def _assemble(self, plans: list[_Plan], outs: list[tuple[torch.Tensor, str]], lease: Any = None) -> Qwen2VLFeatures:
@@ -738,12 +760,12 @@ class Qwen2VLPreprocessor:
                                      (vid, "pixel_values_videos", "video_grid_thw")):
             if not group:
                 continue
-            grid = torch.tensor([p.grid for p, _ in group], dtype=torch.long)
-            if lease is not None:  # the rows are already in the block; the grid joins them there
+            if lease is not None:  # rows and grids are already in the block, written by the slot jobs
                 pv = lease.tensors[key]
-                grid = lease.tensors[grid_key].copy_(grid)
+                grid = lease.tensors[grid_key]
             else:
-                pv = torch.cat([o[0] for _, o in group]) if len(group) > 1 else group[0][1][0]
+                grid = torch.tensor([p.grid for p, _ in group], dtype=torch.long)
+                pv = _join([o[0] for _, o in group], pinned=self.output == "pinned")
             setattr(feats, key, pv)
             setattr(feats, grid_key, grid)
         if vid:
@@ -856,6 +878,16 @@ def _frame_chunks(decoder: Any, plan: _Plan, chunk: int) -> Any:
         yield first, buf[:k]
 
 
+def _join(parts: list[torch.Tensor], *, pinned: bool) -> torch.Tensor:
+    """Items' rows as one tensor; with ``pinned`` the joined copy is page-locked too (torch.cat's is not)."""
+    if len(parts) == 1:
+        return parts[0]
+    rows = sum(p.shape[0] for p in parts)
+    out = torch.empty((rows, *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device,
+                      pin_memory=pinned and parts[0].device.type == "cpu")
+    return torch.cat(parts, out=out)
+
+
 def same_device(actual: torch.device, wanted: torch.device) -> bool:
     """Whether a tensor on ``actual`` is already where ``wanted`` names: ``cuda`` (no index) means the
     current CUDA device, so a tensor on ``cuda:0`` is there when device 0 is current; ``cpu`` is ``cpu``."""
@@ -908,11 +940,29 @@ def _frame_range(total: int, fps: float, start_s: float | None, end_s: float | N
     return start, end
 
 
-async def _within(fut: asyncio.Future[Any], deadline: float | None) -> Any:
+async def _within(fut: asyncio.Future[Any], deadline: float | None,
+                  on_abandoned: Any = None) -> Any:
+    """``fut``'s result, or :class:`ProcessingTimeout` at ``deadline``; a result that arrives after the caller
+    gave up goes to ``on_abandoned`` (to return what it holds)."""
     from .._aio import consume, wait_until
     from ..errors import ProcessingTimeout
 
-    if not await wait_until(fut, deadline):
-        fut.add_done_callback(consume)
+    try:
+        done = await wait_until(fut, deadline)
+    except asyncio.CancelledError:
+        done = False
+        _late(fut, on_abandoned, consume)
+        raise
+    if not done:
+        _late(fut, on_abandoned, consume)
         raise ProcessingTimeout("planning (load + probe) did not finish by the deadline")
     return fut.result()
+
+
+def _late(fut: asyncio.Future[Any], on_abandoned: Any, consume: Any) -> None:
+    def settle(f: asyncio.Future[Any]) -> None:
+        consume(f)
+        if on_abandoned is not None and not f.cancelled() and f.exception() is None:
+            on_abandoned(f.result())
+
+    fut.add_done_callback(settle)
