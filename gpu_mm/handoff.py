@@ -7,6 +7,11 @@ over any channel, and the receiver maps the block (once, cached) and gets tensor
 a copy. Lifetimes are explicit: the receiver's tensors stay valid until the producer is told the
 handle is done with (:meth:`FeaturePool.release`), after which the block is reused. Because a CUDA IPC
 allocation cannot be freed while another process maps it, the fixed pool is what keeps memory bounded.
+
+CUDA IPC reference counts (torch's): every time a block is shared, torch counts one more reference that one
+receiver's open gives back (when its mapping goes, or at once if it already maps the block). So each lease
+shares its block afresh, a handle is for one receiver, and :meth:`FeaturePool.handle_for_another_receiver`
+shares it once more for each further receiver; a receiver that opens the same handle twice uses it once.
 """
 
 from __future__ import annotations
@@ -99,19 +104,27 @@ class _Block:
 
             self.shm = shared_memory.SharedMemory(create=True, size=nbytes, name=f"gpumm_{uuid.uuid4().hex[:16]}")
             self.buffer = torch.frombuffer(self.shm.buf, dtype=torch.uint8, count=nbytes)
-            self.ref: Any = self.shm.name
         else:
-            from torch.multiprocessing.reductions import reduce_tensor
+            self.buffer = _cuda_buffer(nbytes, device)
 
-            self.buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
-            _rebuild, args = reduce_tensor(self.buffer)
-            self.ref = (_rebuild, args)
+    def share(self) -> Any:
+        """What a receiver needs to map this block: the shared-memory name, or a fresh CUDA IPC share (torch
+        counts one reference per share, given back by the one receiver that opens it)."""
+        if self.shm is not None:
+            return self.shm.name
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        return reduce_tensor(self.buffer)
 
     def close(self) -> None:
         self.buffer = None  # type: ignore[assignment]
         if self.shm is not None:
             _close_shm(self.shm)
             self.shm.unlink()
+
+
+def _cuda_buffer(nbytes: int, device: str) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
 
 def _close_shm(shm: Any) -> None:
@@ -164,8 +177,23 @@ class FeaturePool:
             block = self._take(nbytes)
             lease_id = next(self._lease_ids)
             self._leases[lease_id] = block.id
-        handle = FeatureHandle(self.id, lease_id, block.id, block.ref, self.device, specs, self.max_blocks)
+        handle = FeatureHandle(self.id, lease_id, block.id, block.share(), self.device, specs, self.max_blocks)
         return Lease(handle, _views(block.buffer, specs))
+
+    def handle_for_another_receiver(self, handle: FeatureHandle) -> FeatureHandle:
+        """A handle to the same outstanding lease for one more receiving process (a CUDA block is shared once
+        more, so torch's reference count covers that receiver too). Release the lease once, after every
+        receiver is done.
+
+        Raises:
+            KeyError: the lease is not outstanding.
+        """
+        with self._lock:
+            block_id = self._leases.get(handle.lease_id)
+            if block_id is None:
+                raise KeyError(f"lease {handle.lease_id} is not outstanding in pool {self.id}")
+            block = self._blocks[block_id]
+        return dataclasses.replace(handle, block_ref=block.share())
 
     def put(self, tensors: Mapping[str, torch.Tensor]) -> FeatureHandle:
         """Copy ``tensors`` into a leased block and return its handle."""
@@ -231,11 +259,23 @@ class FeatureReceiver:
     def __init__(self) -> None:
         # (pool, block) -> (shared memory or None, byte buffer), least recently used first.
         self._mapped: dict[tuple[str, int], tuple[Any, torch.Tensor]] = {}
+        # (pool, lease) of CUDA handles already opened here, whose share was given back (bounded).
+        self._opened: dict[tuple[str, int], None] = {}
 
     def open(self, handle: FeatureHandle) -> dict[str, torch.Tensor]:
         """Tensors of ``handle``; valid until the producer is told to release it."""
         key = (handle.pool_id, handle.block_id)
         entry = self._mapped.pop(key, None)
+        if handle.device != "cpu":
+            lease = (handle.pool_id, handle.lease_id)
+            if lease not in self._opened:
+                # Every CUDA handle carries one share: rebuilding gives it back (torch releases the count at
+                # once when this process already maps the block, else when the mapping goes).
+                rebuilt = self._map(handle)
+                entry = entry or rebuilt
+                self._opened[lease] = None
+                while len(self._opened) > 4 * handle.max_blocks:
+                    self._opened.pop(next(iter(self._opened)))
         if entry is None:
             entry = self._map(handle)
             same_pool = [k for k in self._mapped if k[0] == handle.pool_id]

@@ -258,3 +258,53 @@ class TestNothingHeavyOnTheLoop:
             feats = await pre.preprocess(images=[make_image(56, 56, "PNG")])  # the one block is free again
             pool.release(feats.handle)
             await pre.aclose()
+
+
+class TestCudaIPCReferenceCounts:
+    """torch counts one CUDA IPC reference per share and one receiver's open gives it back (at once when that
+    process already maps the block). The bookkeeping is checked here with a fake share and rebuild standing
+    in for torch's CUDA IPC (no GPU on this machine): every share is given back exactly once."""
+
+    @pytest.fixture()
+    def fake_ipc(self, monkeypatch):
+        import torch.multiprocessing.reductions as reductions
+
+        import gpu_mm.handoff as handoff
+
+        shares: list[int] = []
+        given_back: list[int] = []
+        buffers: dict[int, torch.Tensor] = {}
+
+        def rebuild(share_id, buffer_id):
+            given_back.append(share_id)
+            return buffers[buffer_id]
+
+        def reduce_tensor(buffer):
+            shares.append(len(shares))
+            buffers[id(buffer)] = buffer
+            return rebuild, (shares[-1], id(buffer))
+
+        monkeypatch.setattr(reductions, "reduce_tensor", reduce_tensor)
+        monkeypatch.setattr(handoff, "_cuda_buffer", lambda nbytes, device: torch.zeros(nbytes, dtype=torch.uint8))
+        return shares, given_back
+
+    def test_each_lease_shares_afresh_and_each_share_is_given_back_once(self, fake_ipc):
+        shares, given_back = fake_ipc
+        pool = FeaturePool(max_blocks=2, device="cuda")
+        receiver = FeatureReceiver()
+        layout = {"x": ((4,), torch.float32)}
+        first = pool.lease(layout)
+        first.tensors["x"].fill_(1)
+        assert torch.equal(receiver.open(first.handle)["x"], torch.ones(4))
+        receiver.open(first.handle)  # opened twice by one receiver: its one share is given back once
+        pool.release(first.handle)
+        second = pool.lease(layout)  # the same block, reused: a new share for the new handle
+        assert second.handle.block_id == first.handle.block_id
+        receiver.open(second.handle)
+        other = FeatureReceiver()
+        extra = pool.handle_for_another_receiver(second.handle)
+        other.open(extra)
+        assert shares == [0, 1, 2] and sorted(given_back) == [0, 1, 2]
+        pool.release(second.handle)
+        with pytest.raises(KeyError):
+            pool.handle_for_another_receiver(second.handle)

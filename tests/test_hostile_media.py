@@ -274,3 +274,35 @@ def test_joined_rows_keep_their_placement(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", spy)
     assert torch.equal(qwen2_vl._join(rows, pinned=True), torch.cat(rows)) and asked["pin_memory"] is True
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_nvjpeg_waits_for_the_slot_streams_earlier_work(monkeypatch, batched):
+    """pytorch/vision#9606: CUDA decode_jpeg writes from its own stream into memory allocated on the current
+    one; the current stream must have finished its earlier work before the decode starts (checked here with
+    a fake stream and decoder, since the order of calls is what matters)."""
+    import torchvision.io
+
+    import gpu_mm.media.image as image
+
+    calls: list[str] = []
+
+    class FakeStream:
+        def synchronize(self):
+            calls.append("synchronize")
+
+    def fake_decode(data, mode=None, device="cpu"):
+        calls.append(f"decode on {device}")
+        out = torch.zeros(3, 16, 16, dtype=torch.uint8)
+        return [out for _ in data] if isinstance(data, list) else out
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
+    data = make_image(16, 16, "JPEG")
+    src = load_source(data, "image[0]")
+    info = image.probe_image(src)
+    if batched:
+        image.decode_jpegs([(src, info), (src, info)], device="cuda:0")
+    else:
+        image.decode_jpeg_cuda(src, "cuda:0", info=info)
+    assert calls == ["synchronize", "decode on cuda:0"]

@@ -158,11 +158,23 @@ def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torc
             # torchvision 0.29 marks its image codecs deprecated in favour of torchcodec; they still
             # are the libjpeg-turbo (CPU) and nvJPEG (CUDA) decoders we want.
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*image decoding.*")
+            _before_nvjpeg(device)
             # EXIF is applied here, on either device: torchvision applies it on the CPU only.
             image = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as exc:
         raise DecodeError(src.item, f"corrupt JPEG: {exc}") from None
     return apply_exif_orientation(image, info.orientation).contiguous()
+
+
+def _before_nvjpeg(device: str) -> None:
+    """torchvision's CUDA ``decode_jpeg`` allocates its outputs on the current stream but writes them from
+    nvJPEG's own stream without waiting for the current one (pytorch/vision#9606): a block freed on the
+    current stream while its kernels are still queued can be handed to the decoder and overwritten under
+    them. So the current (slot) stream's earlier work finishes first. The decode itself runs under
+    torchvision's global lock and ends with a synchronize, so JPEG decodes do not overlap across slots
+    anyway; gpu-mm sends a call's JPEGs as one batch instead."""
+    if device.startswith("cuda"):
+        torch.cuda.current_stream(torch.device(device)).synchronize()
 
 
 def is_plain_jpeg(src: Source, info: ImageInfo) -> bool:
@@ -184,6 +196,7 @@ def decode_jpegs(items: Sequence[tuple[Source, ImageInfo]], device: str = "cpu")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*image decoding.*")
+            _before_nvjpeg(device)
             images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         out = []
