@@ -1,34 +1,28 @@
 #!/usr/bin/env bash
-# Prepare, on a machine that reaches the package registry, what the GPU machine lacks (it has Python 3.12,
-# torch, torchvision, triton, transformers; no PyAV, no DALI, no network). Everything lands in git-ignored
-# folders, each small enough for one `carry` (64 MiB per call, working tree included):
-#   wheels-gpu/           gpu-mm itself (wheel), PyAV, pytest + pytest-timeout, hypothesis   (~40 MB)
-#   wheels-gpu-dali-N/    with --with-dali: DALI and its nvImageCodec/nvCOMP/nvJPEG wheels, tarred and
-#                         split into ~55 MB parts, one folder per part                      (~265 MB)
+# Prepare, on a machine that reaches the package registry, the few wheels the GPU machine lacks. Its image
+# has Python 3.12 with torch, torchvision, triton, transformers, pillow, aiohttp, prometheus-client, pytest,
+# pytest-timeout and hypothesis, but no PyAV and no DALI, and nothing can be fetched there. The project's
+# source travels with the working tree; only these wheels are carried (git-ignored):
+#   .whl/                     PyAV for CPython 3.12 (~35 MB): the first call's `carry`
+#   .whl-dali-1 .. -N/        with --with-dali: DALI and its nvImageCodec/nvCOMP/nvJPEG wheels, tarred and
+#                             split into parts of at most 50 MB, one folder (and one call) per part
 # See benchmarks/GPU_CHECK.md for the device calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-PLAT=(--only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
-      --platform manylinux2014_x86_64)
-rm -rf wheels-gpu wheels-gpu-dali-* .wheels-dali-tmp
-mkdir -p wheels-gpu
-"$PY" -m pip wheel --no-deps --quiet -w wheels-gpu .
-"$PY" -m pip download --quiet --no-deps "${PLAT[@]}" -d wheels-gpu \
-  av pytest pluggy iniconfig pygments packaging pytest-timeout hypothesis attrs sortedcontainers
-du -sh wheels-gpu
+PLAT=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+rm -rf .whl .whl-dali-* .whl-dali-tmp
+mkdir -p .whl
+"$PY" -m pip download --quiet --no-deps "${PLAT[@]}" -d .whl "av==18.1.0"
+du -sh .whl
 if [ "${1:-}" = "--with-dali" ]; then
-  mkdir -p .wheels-dali-tmp
-  "$PY" -m pip download --quiet "${PLAT[@]}" -d .wheels-dali-tmp "nvidia-dali-cuda130" "packaging<=26.3"
-  rm -f .wheels-dali-tmp/numpy-*.whl  # the GPU machine has numpy with its torch
-  tar -cf .wheels-dali.tar -C .wheels-dali-tmp .
-  split -b 55M -d .wheels-dali.tar .wheels-dali.tar.part-
-  n=0
-  for part in .wheels-dali.tar.part-*; do
-    n=$((n + 1))
-    mkdir -p "wheels-gpu-dali-$n"
-    mv "$part" "wheels-gpu-dali-$n/"
-  done
-  rm -rf .wheels-dali-tmp .wheels-dali.tar
-  du -sh wheels-gpu-dali-*
+  mkdir -p .whl-dali-tmp
+  "$PY" -m pip download --quiet "${PLAT[@]}" -d .whl-dali-tmp "nvidia-dali-cuda130==2.4.0" "packaging<=26.3"
+  rm -f .whl-dali-tmp/numpy-*.whl  # the GPU machine has numpy with its torch
+  # shellcheck source=benchmarks/dali_parts.sh
+  . benchmarks/dali_parts.sh
+  dali_split .whl-dali-tmp .whl-dali 50
+  rm -rf .whl-dali-tmp
+  du -sh .whl-dali-*
 fi

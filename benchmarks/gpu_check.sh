@@ -1,30 +1,38 @@
 #!/usr/bin/env bash
-# The one prepared device run (aim: under 8 minutes): install carried wheels, run the `cuda` tests and
-# the GPU benchmark, write everything to $OUT. Run from the repository root on the GPU machine.
-# Inputs (git-ignored, carried): wheels-gpu/ (required), .gpu-stash/*.part-* (DALI, optional; see
-# benchmarks/GPU_CHECK.md). Python runs with -P so the installed gpu_mm (with gpu_mm.kernels) is used,
-# not the source folder.
+# The one prepared device run (benchmarks/GPU_CHECK.md): the `cuda` tests and the GPU benchmark on the
+# project's source, everything written to $OUT. Run from the repository root on the GPU machine with
+# `.whl/` carried (PyAV). Budget: the tests get 150 s, the benchmark 150 s, install and layout ~20 s, so the
+# call ends within ~6 minutes; with a cold start (1-2 minutes) that is ~8 of the session's 15, leaving a
+# rerun on the warm machine.
 set -uo pipefail
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 log() { echo "[gpu_check] $*" | tee -a "$OUT/device.txt"; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; "$PY" -V; } >> "$OUT/device.txt" 2>&1
-pipi() { "$PY" -m pip install --no-index --quiet "$@" || "$PY" -m pip install --no-index --quiet --break-system-packages "$@"; }
-if [ -d wheels-gpu ]; then
-  pipi --no-deps wheels-gpu/*.whl >> "$OUT/install.log" 2>&1 && log "installed wheels-gpu" || log "wheels-gpu install FAILED"
+# Carried wheels into a private folder (nothing of the image changes); DALI too if a previous call joined it.
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >> "$OUT/install.log" 2>&1 \
+    && log "installed $(ls .whl)" || log "wheel install FAILED (see install.log)"
+else
+  log "no .whl/ carried: video tests that need PyAV will skip"
 fi
-if compgen -G ".gpu-stash/*.part-*" > /dev/null; then
-  mkdir -p .gpu-stash/dali && cat .gpu-stash/*.part-* | tar -xf - -C .gpu-stash/dali \
-    && pipi --find-links .gpu-stash/dali .gpu-stash/dali/nvidia_dali*.whl >> "$OUT/install.log" 2>&1 \
-    && log "installed DALI" || log "DALI install FAILED"
+if compgen -G "/tmp/dali-wheels/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --find-links /tmp/dali-wheels --target /tmp/site /tmp/dali-wheels/nvidia_dali*.whl \
+    >> "$OUT/install.log" 2>&1 && log "installed DALI" || log "DALI install FAILED (see install.log)"
 fi
+# The source as the distribution lays it out (kernels/ ships as gpu_mm.kernels), without building a wheel.
+SRC=${GPU_MM_SRC:-/tmp/src}
+rm -rf "$SRC" && mkdir -p "$SRC" && cp -r gpu_mm "$SRC"/ && cp -r kernels "$SRC"/gpu_mm/kernels
+export PYTHONPATH=$SRC:/tmp/site
 "$PY" -P -c "import gpu_mm, gpu_mm.kernels, torch; print('gpu_mm', gpu_mm.__file__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" >> "$OUT/device.txt" 2>&1
-# Warnings are reported, not fatal here: the GPU machine's package versions differ from CI's.
-timeout 300 "$PY" -P -m pytest -q -m cuda -W default -p no:cacheprovider --junitxml="$OUT/cuda-tests.xml" tests \
+# -P: the laid-out source, not the checkout's gpu_mm/ (which lacks gpu_mm.kernels). A module that cannot be
+# imported there (the image's versions differ from CI's) must not stop the others. Warnings are reported,
+# not fatal: the GPU machine's package versions differ from CI's.
+timeout 150 "$PY" -P -m pytest -q -m cuda -W default -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/cuda-tests.xml" tests \
   > "$OUT/cuda-tests.txt" 2>&1
 log "cuda tests rc=$?"
-timeout 200 "$PY" -P benchmarks/gpu_bench.py --out "$OUT" > "$OUT/gpu_bench.txt" 2>&1
+timeout 150 "$PY" -P benchmarks/gpu_bench.py --out "$OUT" > "$OUT/gpu_bench.txt" 2>&1
 log "gpu bench rc=$?"
 tail -5 "$OUT/cuda-tests.txt"
 tail -40 "$OUT/gpu_bench.txt"
