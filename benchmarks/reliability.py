@@ -82,7 +82,7 @@ import json, resource, sys, time
 import gpu_mm
 from gpu_mm.media.synth import make_image, make_video
 kind, path = sys.argv[1], sys.argv[2]
-pre = gpu_mm.Qwen2VLPreprocessor("cpu")
+pre = gpu_mm.Qwen2VLPreprocessor("cpu", cache_bytes=0)
 pre(images=[make_image(64, 64, "PNG")], videos=[make_video(8, 64, 64)])  # warm-up: imports, allocator
 data = open(path, "rb").read()
 def rss():
@@ -187,8 +187,9 @@ def hostile_bodies() -> list[bytes]:
 
 def health_benchmark(seconds: float, concurrency: int) -> dict:
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "gpu_mm.cli", "serve", "--device", "cpu", "--port", str(port),
-                               "--timeout-s", "10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [sys.executable, "-m", "gpu_mm.cli", "serve", "--device", "cpu", "--port", str(port), "--timeout-s", "10",
+           "--cache-mb", "0"]  # hostile traffic repeats: every request computed, as in the committed run
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(300):
             try:
@@ -210,7 +211,7 @@ def health_benchmark(seconds: float, concurrency: int) -> dict:
 async def _cheap_behind_bombs(express_slots: int, bombs: list[bytes], cheap: bytes, n_cheap: int) -> dict:
     import gpu_mm
 
-    pre = gpu_mm.Qwen2VLPreprocessor("cpu", express_slots=express_slots)
+    pre = gpu_mm.Qwen2VLPreprocessor("cpu", express_slots=express_slots, cache_bytes=0)
     pre(images=[cheap])  # warm-up
     t0 = time.perf_counter()
     heavy = [asyncio.ensure_future(pre.preprocess(videos=[b])) for b in bombs]
@@ -255,7 +256,7 @@ async def _soak(calls: int) -> dict:
 
     good_img, good_vid = make_image(120, 160, "JPEG"), make_video(16, 64, 96, gop=4)
     bad = [b"\x00" * 300, good_vid[: len(good_vid) // 2], _jpeg_claiming(3000, 3000), "/etc/passwd"]
-    pre = gpu_mm.Qwen2VLPreprocessor("cpu", limits=gpu_mm.MediaLimits.for_network())
+    pre = gpu_mm.Qwen2VLPreprocessor("cpu", limits=gpu_mm.MediaLimits.for_network(), cache_bytes=0)
     proc = gpu_mm.AsyncMMDataProcessor(pre, max_concurrent_calls=4, max_queued=8, timeout_s=5)
     marks = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .cache import CacheStatistics, FeatureCache
 from .errors import (
     BackendUnavailable,
     DecodeError,
@@ -28,8 +29,10 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncMMDataProcessor",
     "BackendUnavailable",
+    "CacheStatistics",
     "Completion",
     "DecodeError",
+    "FeatureCache",
     "FeatureHandle",
     "FeaturePool",
     "FeatureReceiver",

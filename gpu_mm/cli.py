@@ -193,7 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run(args.mode, args.host, args.port, device=args.device, max_concurrent_calls=args.max_concurrent_calls,
         max_queued=args.max_queued, timeout_s=args.timeout_s, num_slots=args.slots, limits=limits,
         max_body_bytes=max_body, body_budget_bytes=int(args.body_budget_mb * 2**20),
-        memory_budget_bytes=None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20))
+        memory_budget_bytes=None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20),
+        cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20))
     return 0
 
 
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="request bodies in flight at once; beyond it 503 (default 512)")
     sv.add_argument("--memory-budget-mb", type=float, default=None,
                     help="working memory of the pixel work in flight (default: 8 GiB or half the RAM)")
+    sv.add_argument("--cache-mb", type=float, default=None,
+                    help="feature cache by content (default: 1 GiB or 1/16 of the RAM; 0: off)")
     sv.set_defaults(fn=cmd_serve)
     args = ap.parse_args(argv)
     try:

@@ -95,11 +95,16 @@ class PrometheusMetrics:
                                   buckets=self.BUCKETS, registry=self.registry)
         self._results = Counter(f"{namespace}_requests", "Requests by outcome", ["outcome"], registry=self.registry)
         self._watched: list[Any] = []
-        self.registry.register(_StatsCollector(namespace, self._watched))
+        self._caches: list[Any] = []
+        self.registry.register(_StatsCollector(namespace, self._watched, self._caches))
 
     def watch(self, processor: Any) -> None:
         """Expose ``processor.statistics()`` (an AsyncMMDataProcessor) at every scrape."""
         self._watched.append(processor)
+
+    def watch_cache(self, cache: Any) -> None:
+        """Expose a :class:`gpu_mm.FeatureCache`'s statistics at every scrape."""
+        self._caches.append(cache)
 
     def observe_stages(self, stages: dict[str, float]) -> None:
         for name, seconds in stages.items():
@@ -118,9 +123,10 @@ class PrometheusMetrics:
 
 
 class _StatsCollector:
-    def __init__(self, namespace: str, watched: list[Any]) -> None:
+    def __init__(self, namespace: str, watched: list[Any], caches: list[Any]) -> None:
         self.ns = namespace
         self.watched = watched
+        self.caches = caches
 
     def describe(self) -> list[Any]:
         return []
@@ -143,3 +149,15 @@ class _StatsCollector:
         yield from gauges.values()
         yield from counters.values()
         yield hold
+        if self.caches:
+            held = {k: GaugeMetricFamily(f"{self.ns}_cache_{k}", f"Feature cache {k}") for k in ("bytes", "entries")}
+            seen = {k: CounterMetricFamily(f"{self.ns}_cache_{k}", f"Feature cache {k}") for k in
+                    ("hits", "misses", "coalesced", "evictions")}
+            for cache in self.caches:
+                c = cache.statistics()
+                for k, g in held.items():
+                    g.add_metric([], getattr(c, k))
+                for k, m in seen.items():
+                    m.add_metric([], getattr(c, k))
+            yield from held.values()
+            yield from seen.values()

@@ -58,7 +58,7 @@ def _summary(out: dict[str, Any]) -> dict[str, Any]:
     return {
         "items": [
             {"item": r.item, "kind": r.kind, "grid_thw": list(r.grid_thw), "tokens": r.num_tokens,
-             "decoder": r.decoder, "frame_indices": r.frame_indices,
+             "decoder": r.decoder, "frame_indices": r.frame_indices, "cache": r.cache,
              "timings_ms": {k: round(v * 1e3, 3) for k, v in r.timings.items()}}
             for r in out["items"]
         ],
@@ -116,6 +116,7 @@ def build_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES,
     max_items: int = DEFAULT_MAX_ITEMS,
+    cache_bytes: int | None = None,
 ) -> Any:
     """Build the aiohttp application for ``mode``.
 
@@ -130,8 +131,10 @@ def build_app(
         limits = MediaLimits.for_network(max_bytes=max_body_bytes)
     if max_body_bytes > body_budget_bytes:
         raise ValueError(f"max_body_bytes={max_body_bytes} is over body_budget_bytes={body_budget_bytes}")
-    pre = Qwen2VLPreprocessor(device, limits=limits, num_slots=num_slots, memory_budget_bytes=memory_budget_bytes)
+    pre = Qwen2VLPreprocessor(device, limits=limits, num_slots=num_slots, memory_budget_bytes=memory_budget_bytes,
+                              cache_bytes=cache_bytes)
     metrics = PrometheusMetrics()
+    metrics.watch_cache(pre.cache)
     wrapper: Any
     if mode == "gpu_mm":
         wrapper = AsyncMMDataProcessor(pre, max_concurrent_calls=max_concurrent_calls, max_queued=max_queued,

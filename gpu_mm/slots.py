@@ -71,16 +71,18 @@ class SlotPoolStatistics:
 
 
 class _Pending:
-    __slots__ = ("slot", "nbytes", "done", "abandoned", "started", "on_release")
+    __slots__ = ("slot", "nbytes", "done", "abandoned", "started", "on_release", "on_done")
 
     def __init__(self, slot: Slot, nbytes: int, done: asyncio.Future[Any],
-                 on_release: Callable[[], None] | None) -> None:
+                 on_release: Callable[[], None] | None,
+                 on_done: Callable[[Any, BaseException | None], None] | None = None) -> None:
         self.slot = slot
         self.nbytes = nbytes
         self.done = done
         self.abandoned = False
         self.started = time.monotonic()
         self.on_release = on_release
+        self.on_done = on_done
 
 
 class _EventPoller:
@@ -235,6 +237,7 @@ class SlotPool:
         nbytes: int = 0,
         deadline: float | None = None,
         on_release: Callable[[], None] | None = None,
+        on_done: Callable[[Any, BaseException | None], None] | None = None,
         **kwargs: Any,
     ) -> T:
         """Run ``fn(slot, *args, **kwargs)`` on a slot's thread and await its completion.
@@ -245,6 +248,9 @@ class SlotPool:
             deadline: ``time.monotonic()`` instant after which the caller gives up.
             on_release: called once on the loop when this call is settled for good: its work has
                 really ended (even if the caller gave up first), or it never started.
+            on_done: called once on the loop with ``(result, None)`` or ``(None, exception)`` when the work
+                has really ended, or with the reason it never started; also when the caller has left (so
+                others waiting for the same work get its outcome).
 
         Raises:
             ProcessingTimeout: the deadline passed (queued or running); a running slot is
@@ -254,26 +260,33 @@ class SlotPool:
             Exception: whatever ``fn`` (or the completion event) raised.
         """
         if self._closed:
+            closed = ProcessorClosed("SlotPool is closed")
+            if on_done is not None:
+                on_done(None, closed)
             if on_release is not None:
                 on_release()
-            raise ProcessorClosed("SlotPool is closed")
+            raise closed
         loop = asyncio.get_running_loop()
         arrived = time.monotonic()
         try:
             await self._gate.acquire(nbytes=nbytes, deadline=deadline)
-        except BaseException:
+        except BaseException as exc:
+            if on_done is not None:
+                on_done(None, exc)
             if on_release is not None:
                 on_release()  # never started
             raise
         self._queue_wait.add(time.monotonic() - arrived)
         slot = self._free.pop()
-        pending = _Pending(slot, nbytes, loop.create_future(), on_release)
+        pending = _Pending(slot, nbytes, loop.create_future(), on_release, on_done)
         self._pending.add(pending)
         pending.done.add_done_callback(functools.partial(self._release, pending))
         work = functools.partial(self._work, fn, slot, args, kwargs)
         try:
             cfut = self._threads[slot.index].submit(lambda _processor: work())
         except RuntimeError as exc:  # the pool was closed between admission and submission
+            if on_done is not None:
+                on_done(None, ProcessorClosed(str(exc)))
             pending.done.set_exception(ProcessorClosed(str(exc)))
             consume(pending.done)
             raise ProcessorClosed(f"SlotPool is closed: {exc}") from None
@@ -390,6 +403,8 @@ class SlotPool:
     def _complete(self, pending: _Pending, result: Any, exc: BaseException | None) -> None:
         if pending.done.done():
             return
+        if pending.on_done is not None:
+            pending.on_done(result, exc)
         if exc is None:
             self._completed += 1
             pending.done.set_result(result)

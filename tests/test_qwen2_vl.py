@@ -109,7 +109,8 @@ class TestImageParity:
 
         monkeypatch.setattr(image_mod, "probe_image", counting)
         monkeypatch.setattr(model_mod, "probe_image", counting)
-        pre(images=[make_image(100, 200, "JPEG", seed=1), make_image(60, 90, "PNG", seed=2)])
+        Qwen2VLPreprocessor("cpu", cache_bytes=0)(images=[make_image(100, 200, "JPEG", seed=1),
+                                                    make_image(60, 90, "PNG", seed=2)])
         assert [c.split(" ")[0] for c in calls] == ["image[0]", "image[1]"]
 
     def test_to_dict_has_model_keys_and_dtypes(self, pre):
@@ -308,7 +309,7 @@ class TestImageBatches:
 
 class TestAsync:
     async def test_async_equals_sync_and_runs_on_slot_threads(self):
-        pre = Qwen2VLPreprocessor("cpu", num_slots=2)
+        pre = Qwen2VLPreprocessor("cpu", num_slots=2, cache_bytes=0)  # computed both times
         img, vid = make_image(200, 300, "JPEG"), clip("h264", 48)
         sync = pre(images=[img], videos=[vid])
         feats = await pre.preprocess(images=[img], videos=[vid])

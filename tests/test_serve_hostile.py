@@ -207,3 +207,25 @@ def test_fuzzed_bodies_get_json_4xx_or_200_never_500(bodies):
             await client.close()
 
     asyncio.run(run())
+
+
+async def test_repeats_are_cache_hits_visible_in_answers_and_metrics():
+    client = await _client()
+    try:
+        body = {"images": [b64(make_image(56, 56, "PNG"))]}
+        first, again = [(await _post(client, body))[1] for _ in range(2)]
+        assert first["items"][0]["cache"] == "miss" and again["items"][0]["cache"] == "hit"
+        text = await (await client.get("/metrics")).text()
+        assert "gpu_mm_cache_hits_total 1.0" in text and "gpu_mm_cache_entries 1.0" in text
+    finally:
+        await client.close()
+
+
+async def test_cache_off_with_zero():
+    client = await _client(cache_bytes=0)
+    try:
+        body = {"images": [b64(make_image(56, 56, "PNG"))]}
+        answers = [(await _post(client, body))[1] for _ in range(2)]
+        assert [a["items"][0]["cache"] for a in answers] == [None, None]
+    finally:
+        await client.close()

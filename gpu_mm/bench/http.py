@@ -26,7 +26,7 @@ def _free_port() -> int:
 def server(mode: str, device: str, port: int, extra: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``gpu-mm serve`` in its own process on 127.0.0.1:port; stop it on exit."""
     cmd = [sys.executable, "-m", "gpu_mm.cli", "serve", "--mode", mode, "--device", device, "--host", "127.0.0.1",
-           "--port", str(port), *(extra or [])]
+           "--port", str(port), "--cache-mb", "0", *(extra or [])]  # every request computed: measure the work
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield proc

@@ -98,7 +98,7 @@ def scenarios(image: bytes, workers: int) -> dict[str, Callable[[], tuple[Callab
         return (lambda i: w.process(image_data=[image])), w.shutdown
 
     def gpu_mm_native():
-        pre = Qwen2VLPreprocessor("auto")  # default slots
+        pre = Qwen2VLPreprocessor("auto", cache_bytes=0)  # default slots; every request computed
         w = AsyncMMDataProcessor(pre, max_concurrent_calls=64, max_queued=4096)
         return (lambda i: w.process(image_data=[image])), w.shutdown
 

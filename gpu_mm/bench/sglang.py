@@ -78,6 +78,7 @@ def build(model_type: str, server_args: Any, **settings: Any) -> tuple[Any, Any]
 
     from ..integrations.sglang import install
 
+    settings.setdefault("cache_bytes", 0)  # both sides compute every request: the comparison is of the work
     plugin = install(**settings)
     theirs = QwenVLImageProcessor(toy_config(model_type), server_args, toy_processor(model_type), "default")
     ours = plugin(toy_config(model_type), server_args, toy_processor(model_type), "default")

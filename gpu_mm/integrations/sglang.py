@@ -33,7 +33,7 @@ __all__ = ["PACKAGE", "PluginSettings", "install", "settings"]
 @dataclasses.dataclass(frozen=True)
 class PluginSettings:
     """How the SGLang plug-in runs gpu-mm. Each field has a ``GPU_MM_<FIELD>`` environment variable
-    (upper case; ``GPU_MM_MEMORY_BUDGET_MB`` for the budget, in MiB)."""
+    (upper case; ``GPU_MM_MEMORY_BUDGET_MB`` and ``GPU_MM_CACHE_MB`` in MiB)."""
 
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
@@ -49,6 +49,9 @@ class PluginSettings:
     """Device slots (worker thread + CUDA stream each); ``None``: 1."""
     memory_budget_bytes: int | None = None
     """Device bytes in flight (decoded frames + outputs) before further items queue."""
+    cache_bytes: int | None = None
+    """Feature cache by content (``GPU_MM_CACHE_MB``); ``None``: gpu-mm's default (1 GiB); 0: off. SGLang's own
+    ``mm_preprocess_cache_size_mb`` is separate."""
 
     @classmethod
     def from_env(cls, environ: Any = None) -> PluginSettings:
@@ -56,7 +59,8 @@ class PluginSettings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            name = "GPU_MM_MEMORY_BUDGET_MB" if field.name == "memory_budget_bytes" else f"GPU_MM_{field.name.upper()}"
+            name = {"memory_budget_bytes": "GPU_MM_MEMORY_BUDGET_MB", "cache_bytes": "GPU_MM_CACHE_MB"}.get(
+                field.name, f"GPU_MM_{field.name.upper()}")
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
@@ -65,7 +69,7 @@ class PluginSettings:
                     values[field.name] = raw
                 elif field.name == "timeout_s":
                     values[field.name] = float(raw)
-                elif field.name == "memory_budget_bytes":
+                elif field.name in ("memory_budget_bytes", "cache_bytes"):
                     values[field.name] = int(float(raw) * 2**20)
                 else:
                     values[field.name] = int(raw)

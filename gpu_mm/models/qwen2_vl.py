@@ -21,7 +21,8 @@ from typing import Any, Literal
 import torch
 
 from .. import ops
-from ..errors import BackendUnavailable, LimitExceeded, MediaError, UnsupportedMedia
+from ..cache import Entry, FeatureCache, content_key
+from ..errors import BackendUnavailable, LimitExceeded, MediaError, ProcessingTimeout, UnsupportedMedia
 from ..media.image import ImageInfo, decode_image, decode_jpeg_cuda, decode_jpegs, is_plain_jpeg, probe_image
 from ..media.sources import MediaLimits, Source, load_source
 from ..media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video, rotate_frames
@@ -82,6 +83,9 @@ class ItemReport:
     sample_fps: float | None = None
     video_fps: float | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    cache: Literal["hit", "miss", "coalesced"] | None = None
+    """``hit``: served from the feature cache; ``coalesced``: joined a computation of the same content
+    already in flight; ``miss``: computed (and kept); None: the cache is off or the item is not cacheable."""
 
 
 @dataclasses.dataclass
@@ -140,6 +144,14 @@ class _Plan:
     """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
     grid_out: torch.Tensor | None = None
     """This item's ``grid_thw`` row inside that lease, written by the item's slot job."""
+    video_fps: float | None = None
+    key: bytes | None = None
+    """The item's feature-cache key (None: cache off, or not cacheable)."""
+    cached: Entry | None = None
+    """The cache's entry, when this item is a hit (nothing is decoded)."""
+    cache_state: Literal["hit", "miss", "coalesced"] | None = None
+    flight: asyncio.Future[Any] | None = None
+    """For a miss computed by this call: resolved with its result for calls that join it."""
 
 
 class _LeaseGuard:
@@ -198,6 +210,10 @@ class Qwen2VLPreprocessor:
         output_pool: a :class:`gpu_mm.handoff.FeaturePool`; features are then written straight into a
             block leased from it (in place on the CPU; by the kernel's ``out=`` on CUDA), ready to hand to
             another process with ``features.handle``.
+        cache_bytes: bytes of finished features kept by content (:class:`gpu_mm.cache.FeatureCache`, LRU);
+            concurrent requests for content being computed wait for that computation. ``None``: 1 GiB, or
+            1/16 of the machine's memory if less; ``0``: off. Hits share their tensors (read-only by
+            contract) unless ``copy_on_hit``.
     """
 
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots
@@ -217,6 +233,8 @@ class Qwen2VLPreprocessor:
         output: Literal["device", "cpu", "pinned"] = "device",
         output_pool: Any = None,
         image_batch: int | None = None,
+        cache_bytes: int | None = None,
+        copy_on_hit: bool = False,
         **overrides: Any,
     ) -> None:
         if device == "auto":
@@ -271,6 +289,12 @@ class Qwen2VLPreprocessor:
         self._slots: SlotPool | None = None
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
         self._sync_local = threading.local()
+        if cache_bytes is None:
+            cache_bytes = default_cache_bytes()
+        self.cache = FeatureCache(cache_bytes, copy_on_hit=copy_on_hit)
+        # Everything besides the media and the request's options that changes an item's features.
+        self._cache_identity = (repr(self.config), self.device, self.output, self.video_decoder)
+        self._inflight: dict[bytes, asyncio.Future[Any]] = {}
 
     # ------------------------------------------------------------------ sync API
 
@@ -285,13 +309,21 @@ class Qwen2VLPreprocessor:
         plans = self._plan_all(images, videos, request)
         slot = self._sync_slot()
         lease = self._lease(plans)
+        if lease is not None:
+            _fill_block([(p, p.cached.rows) for p in plans if p.cached is not None])
         try:
             outs: list[Any] = [None] * len(plans)
+            fresh = [i for i, p in enumerate(plans) if p.cached is None]
+            for i, p in enumerate(plans):
+                if p.cached is not None:
+                    outs[i] = self._from_cache(p)
             # cuda:N: the current device for every kernel launched here (slot threads get it from their stream).
             with torch.cuda.device(self.device) if self.device.startswith("cuda") else contextlib.nullcontext():
-                for group in self._groups(plans):
-                    for i, out in zip(group, self._execute_group(slot, [plans[i] for i in group])):
+                for group in self._groups([plans[i] for i in fresh]):
+                    members = [fresh[k] for k in group]
+                    for i, out in zip(members, self._execute_group(slot, [plans[i] for i in members])):
                         outs[i] = out
+                        self._keep(plans[i], out)
         except BaseException:
             if lease is not None:
                 self.output_pool.release(lease.handle)
@@ -303,7 +335,7 @@ class Qwen2VLPreprocessor:
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle) gets its own threads, slots and per-thread decoders, never these.
         state = self.__dict__.copy()
-        state.update(_slots=None, _io=None)
+        state.update(_slots=None, _io=None, _inflight={})
         state.pop("_sync_local", None)
         return state
 
@@ -350,12 +382,28 @@ class Qwen2VLPreprocessor:
         plan_future = loop.run_in_executor(self._io, self._plan_and_lease, images, videos, request)
         plans, lease = await _within(plan_future, deadline, on_abandoned=self._release_late_lease)
         slots = self._slots
-        guard = _LeaseGuard(self.output_pool, lease, len(plans)) if lease is not None else None
+        outs: list[Any] = [None] * len(plans)
+        fresh: list[int] = []
+        followers: list[tuple[int, asyncio.Future[Any]]] = []
+        for i, p in enumerate(plans):
+            if p.cached is not None:
+                outs[i] = self._from_cache(p)
+            elif p.key is not None and p.key in self._inflight:
+                p.cache_state = "coalesced"  # the same content is being computed: wait for that
+                self.cache.coalesced()
+                followers.append((i, self._inflight[p.key]))
+            else:
+                fresh.append(i)
+                if p.key is not None:
+                    p.flight = self._inflight[p.key] = loop.create_future()
+        guard = _LeaseGuard(self.output_pool, lease, len(fresh)) if lease is not None and fresh else None
         settled = guard.settled if guard is not None else None
-        groups = self._groups(plans)
+        groups = [[fresh[k] for k in group] for group in self._groups([plans[i] for i in fresh])]
         runs = [slots.run(self._execute_group, [plans[i] for i in group], nbytes=sum(plans[i].nbytes for i in group),
-                          deadline=deadline, on_release=_settles(settled, len(group)))
+                          deadline=deadline, on_release=_settles(settled, len(group)),
+                          on_done=self._landed([plans[i] for i in group]))
                 for group in groups]
+        runs += [self._follow(plans[i], flight, deadline) for i, flight in followers]
         try:
             results = await asyncio.gather(*runs, return_exceptions=True)
             for r in results:
@@ -365,10 +413,14 @@ class Qwen2VLPreprocessor:
             if guard is not None:
                 guard.fail()  # the block returns to the pool once no abandoned item can write into it
             raise
-        outs: list[Any] = [None] * len(plans)
         for group, result in zip(groups, results):
             for i, out in zip(group, result):  # type: ignore[arg-type]
                 outs[i] = out
+        for (i, _), result in zip(followers, results[len(groups):]):
+            outs[i] = result
+        if lease is not None and followers:
+            # Rows computed for another call: copied into this call's block, off the loop.
+            await loop.run_in_executor(self._io, _fill_block, [(plans[i], outs[i][0]) for i, _ in followers])
         if lease is None and (sum(p.kind == "image" for p in plans) > 1 or sum(p.kind == "video" for p in plans) > 1):
             # Joining several items' rows is a copy of every feature byte: not on the caller's loop.
             return await loop.run_in_executor(self._io, self._assemble, plans, outs, lease)
@@ -376,13 +428,75 @@ class Qwen2VLPreprocessor:
 
     def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[_Plan], Any]:
         plans = self._plan_all(images, videos, request)
-        return plans, self._lease(plans)
+        lease = self._lease(plans)
+        if lease is not None:
+            _fill_block([(p, p.cached.rows) for p in plans if p.cached is not None])
+        return plans, lease
 
     def _release_late_lease(self, result: tuple[list[_Plan], Any]) -> None:
         """Planning finished after its caller gave up: no item will run, so its block goes back at once."""
         _, lease = result
         if lease is not None:
             self.output_pool.release(lease.handle)
+
+    def _from_cache(self, plan: _Plan) -> tuple[torch.Tensor, str]:
+        assert plan.cached is not None
+        plan.cache_state = "hit"
+        return plan.cached.rows, plan.cached.value["decoder"]
+
+    def _keep(self, plan: _Plan, out: tuple[torch.Tensor, str]) -> None:
+        """Put a computed item in the cache (a copy when its rows live in a reusable pool block)."""
+        if plan.key is None:
+            return
+        rows, decoder = out
+        if plan.out is not None:
+            rows = rows.clone()
+        self.cache.put(plan.key, rows, {
+            "target": plan.target, "grid": plan.grid, "source_size": plan.source_size, "indices": plan.indices,
+            "sample_fps": plan.sample_fps, "video_fps": plan.video_fps, "decoder": decoder,
+        })
+        plan.cache_state = "miss"
+
+    def _landed(self, group: list[_Plan]) -> Any:
+        """``on_done`` for a slot job: when its work really ends (whether or not its caller is still there),
+        keep its items in the cache and hand the outcome to every call that joined them."""
+        if not any(p.flight is not None for p in group):
+            return None
+
+        def on_done(result: Any, exc: BaseException | None) -> None:
+            for k, plan in enumerate(group):
+                flight = plan.flight
+                if flight is None:
+                    continue
+                if self._inflight.get(plan.key) is flight:  # type: ignore[arg-type]
+                    del self._inflight[plan.key]  # type: ignore[arg-type]
+                if flight.done():
+                    continue
+                if exc is None:
+                    self._keep(plan, result[k])
+                    flight.set_result(result[k])
+                else:
+                    if isinstance(exc, asyncio.CancelledError):
+                        exc = ProcessingTimeout("the computation this item joined was cancelled before it ran")
+                    flight.set_exception(exc)
+                    flight.exception()  # retrieved: nobody may have joined
+
+        return on_done
+
+    async def _follow(self, plan: _Plan, flight: asyncio.Future[Any], deadline: float | None) -> Any:
+        """Wait, until this call's own deadline, for a computation of the same content another call started;
+        its failure is this item's failure, named as this item."""
+        from .._aio import wait_until
+
+        if not await wait_until(flight, deadline):
+            raise ProcessingTimeout(f"{plan.src.item}: the computation of the same content did not finish by "
+                                    "this request's deadline")
+        exc = flight.exception()
+        if isinstance(exc, MediaError):
+            raise type(exc)(plan.src.item, exc.reason) from exc
+        if exc is not None:
+            raise exc
+        return flight.result()
 
     async def process_mm_data_async(
         self,
@@ -438,6 +552,22 @@ class Qwen2VLPreprocessor:
                 )
         return plans
 
+    def _lookup(self, src: Source, kind: str, request: dict[str, Any],
+                timer: StageTimer) -> tuple[bytes | None, Entry | None]:
+        """The item's cache key and entry (runs on a planning thread: hashing never touches the loop).
+        Encoded bytes and CPU arrays are cacheable; PIL images and device tensors are not."""
+        if not self.cache.enabled:
+            return None, None
+        if src.kind == "encoded":
+            data = src.data
+        elif src.kind == "array" and not (isinstance(src.pixels, torch.Tensor) and src.pixels.device.type != "cpu"):
+            data = src.pixels
+        else:
+            return None, None
+        with timer.stage("cache"):
+            key = content_key(data, kind, self._cache_identity, sorted(request.items()))
+            return key, self.cache.get(key)
+
     def _target(self, src: Source, h: int, w: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
         try:
             return ops.smart_resize(h, w, self.config.factor, int(min_pixels), int(max_pixels))
@@ -448,6 +578,10 @@ class Qwen2VLPreprocessor:
         timer = StageTimer()
         with timer.stage("load"):
             src = load_source(obj, item, self.limits)
+        key, hit = self._lookup(src, "image", request, timer)
+        if hit is not None:
+            return _hit_plan("image", src, key, hit, timer)
+        with timer.stage("load"):
             info = probe_image(src, self.limits)
         cfg = self.config
         target = self._target(
@@ -458,13 +592,16 @@ class Qwen2VLPreprocessor:
         nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
                                      via_pillow=not is_plain_jpeg(src, info))
         return _Plan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
-                     timer=timer)
+                     timer=timer, key=key)
 
     def _plan_video(self, obj: Any, item: str, request: dict[str, Any]) -> _Plan:
         cfg = self.config
         timer = StageTimer()
         with timer.stage("load"):
             src = load_source(obj, item, self.limits)
+        key, hit = self._lookup(src, "video", request, timer)
+        if hit is not None:
+            return _hit_plan("video", src, key, hit, timer)
         info: VideoInfo | None = None
         if src.kind == "encoded":
             with timer.stage("probe"):
@@ -472,7 +609,9 @@ class Qwen2VLPreprocessor:
             total, video_fps = info.num_frames, info.fps
             h, w = info.display_size
         elif src.kind == "array":
-            return self._plan_frames(src, request, timer)
+            plan = self._plan_frames(src, request, timer)
+            plan.key = key
+            return plan
         else:
             raise UnsupportedMedia(src.item, "a video must be encoded bytes/path/URL or a T x H x W x C array")
         fps = request.get("fps", cfg.fps)
@@ -512,7 +651,9 @@ class Qwen2VLPreprocessor:
         except ValueError as exc:
             raise LimitExceeded(src.item, f"cannot sample frames: {exc}") from None
         target = self._target(src, h, w, request.get("min_pixels", cfg.video_min_pixels), max_pixels)
-        return self._video_plan(src, indices, info, sample_fps, target, (h, w), timer)
+        plan = self._video_plan(src, indices, info, sample_fps, target, (h, w), timer)
+        plan.key = key
+        return plan
 
     def _qwen_frame_max_pixels(self, nframes: int, request: dict[str, Any]) -> float:
         """qwen-vl-utils' per-frame pixel cap for ``nframes`` frames under this config and request."""
@@ -551,7 +692,7 @@ class Qwen2VLPreprocessor:
             chunk = video_chunk_frames(size, target, cfg.temporal_patch_size, len(indices))
             nbytes = video_working_bytes(size, target, chunk, _feature_bytes(grid, cfg))
         return _Plan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sample_fps,
-                     nbytes=nbytes, chunk=chunk, timer=timer)
+                     nbytes=nbytes, chunk=chunk, timer=timer, video_fps=None if info is None else info.fps)
 
     # ------------------------------------------------------------------ execution (on a slot thread)
 
@@ -776,8 +917,8 @@ class Qwen2VLPreprocessor:
                 ItemReport(
                     kind=p.kind, item=p.src.item, source_size=p.source_size, resized=p.target, grid_thw=p.grid,
                     num_tokens=t * h * w // cfg.merge_size**2, decoder=decoder, frame_indices=p.indices,
-                    sample_fps=p.sample_fps, video_fps=None if p.info is None else p.info.fps,
-                    timings=dict(p.timer.stages),
+                    sample_fps=p.sample_fps, video_fps=p.video_fps, timings=dict(p.timer.stages),
+                    cache=p.cache_state,
                 )
             )
         return feats
@@ -898,6 +1039,32 @@ def same_device(actual: torch.device, wanted: torch.device) -> bool:
     index = wanted.index if wanted.index is not None else torch.cuda.current_device()
     actual_index = actual.index if actual.index is not None else torch.cuda.current_device()
     return index == actual_index
+
+
+def _hit_plan(kind: Literal["image", "video"], src: Source, key: bytes | None, hit: Entry,
+              timer: StageTimer) -> _Plan:
+    v = hit.value
+    return _Plan(kind, src, v["target"], v["grid"], v["source_size"], indices=v["indices"], sample_fps=v["sample_fps"],
+                 video_fps=v["video_fps"], timer=timer, key=key, cached=hit)
+
+
+def _fill_block(items: list[tuple[_Plan, torch.Tensor]]) -> None:
+    """Copy rows made elsewhere (a cache hit, another call's computation) into this call's pool block."""
+    for plan, rows in items:
+        if plan.out is not None:
+            plan.out.copy_(rows)
+        if plan.grid_out is not None:
+            for k, v in enumerate(plan.grid):
+                plan.grid_out[k].fill_(v)
+
+
+def default_cache_bytes() -> int:
+    """1 GiB, or 1/16 of the machine's memory if less."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 2**30
+    return min(2**30, total // 16)
 
 
 def _settles(settled: Any, n: int) -> Any:

@@ -1,0 +1,186 @@
+"""A feature cache keyed by content, bounded in bytes, with one computation per key in flight.
+
+Serving traffic repeats media (the same photo in many chats, every earlier image of a conversation sent
+again). :class:`FeatureCache` keeps each item's finished features (its rows and what its report says) under
+a key made of the media's bytes and of every option that changes the features, evicting the least recently
+used entries past ``max_bytes``. :class:`Flights` makes concurrent requests for a key that is still being
+computed wait for that one computation instead of starting their own.
+
+The key is BLAKE3 (``blake3`` package; SHA-256 from the standard library where it is missing) over the
+bytes and the options: a cryptographic 256-bit hash, so neither chance nor a client crafting media can make
+two different inputs share an entry (with a non-cryptographic hash such as xxHash a client could forge a
+collision and have its features served for someone else's image).
+
+Hits share the cached tensors: treat features as read-only (gpu-mm's server, plug-ins and hand-off never
+write them; ``copy_on_hit=True`` gives each hit its own copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import hashlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import torch
+
+__all__ = ["CacheStatistics", "FeatureCache", "content_key"]
+
+try:  # pragma: no cover - which one depends on the environment
+    from blake3 import blake3 as _hasher
+
+    HASH = "blake3"
+except ImportError:  # pragma: no cover
+    _hasher = hashlib.sha256
+    HASH = "sha256"
+
+
+def content_key(data: Any, *parts: Any) -> bytes:
+    """A 32-byte key for ``data`` (bytes-like, or a CPU numpy array / torch tensor, hashed with its dtype
+    and shape) and ``parts`` (options; their ``repr`` must be stable)."""
+    h = _hasher()
+    if isinstance(data, torch.Tensor):
+        data = data.detach().contiguous().numpy()
+    if hasattr(data, "dtype") and hasattr(data, "shape"):  # numpy
+        import numpy as np
+
+        arr = np.ascontiguousarray(data)
+        h.update(f"array {arr.dtype} {arr.shape}".encode())
+        data = memoryview(arr).cast("B")
+    h.update(memoryview(data))
+    for part in parts:
+        h.update(b"\x00" + repr(part).encode())
+    return h.digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheStatistics:
+    """A snapshot of a :class:`FeatureCache`."""
+
+    max_bytes: int
+    bytes: int
+    entries: int
+    hits: int
+    misses: int
+    coalesced: int
+    """Requests that waited for a computation of the same key already in flight."""
+    evictions: int
+    hash: str
+
+
+@dataclasses.dataclass
+class Entry:
+    """One item's finished features and what its report needs."""
+
+    rows: torch.Tensor
+    value: Any
+    nbytes: int
+
+
+class FeatureCache:
+    """LRU by bytes over finished items; thread-safe (planning threads look up, the loop inserts).
+
+    Args:
+        max_bytes: bytes of features kept; 0 keeps nothing (the cache is off).
+        copy_on_hit: give each hit its own copy of the rows (default: share them, read-only by contract).
+    """
+
+    def __init__(self, max_bytes: int, *, copy_on_hit: bool = False) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self.copy_on_hit = copy_on_hit
+        self._entries: collections.OrderedDict[bytes, Entry] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._hits = self._misses = self._coalesced = self._evictions = 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FeatureCache:
+        return self  # thread-safe: copies of a preprocessor (one per worker thread) share one cache
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_bytes": self.max_bytes, "copy_on_hit": self.copy_on_hit}  # a pickled copy starts empty
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_bytes"], copy_on_hit=state["copy_on_hit"])  # type: ignore[misc]
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def get(self, key: bytes) -> Entry | None:
+        """The entry for ``key`` (now the most recently used), or None; counts a hit or a miss."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self._misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self._hits += 1
+        if self.copy_on_hit:
+            return dataclasses.replace(entry, rows=entry.rows.clone())
+        return entry
+
+    def put(self, key: bytes, rows: torch.Tensor, value: Any) -> None:
+        """Keep ``rows`` and ``value`` under ``key``, evicting least recently used entries past ``max_bytes``;
+        an item larger than the whole cache is not kept."""
+        nbytes = rows.numel() * rows.element_size()
+        if not self.enabled or nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._entries[key] = Entry(rows, value, nbytes)
+            self._bytes += nbytes
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
+                self._evictions += 1
+
+    def coalesced(self) -> None:
+        with self._lock:
+            self._coalesced += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def statistics(self) -> CacheStatistics:
+        with self._lock:
+            return CacheStatistics(self.max_bytes, self._bytes, len(self._entries), self._hits, self._misses,
+                                   self._coalesced, self._evictions, HASH)
+
+
+class Flights:
+    """At most one computation per key at a time, on one event loop; every caller keeps its own deadline.
+
+    ``join(key, start)`` returns a future of the key's computation: the one already in flight, or a new
+    task running ``start()``. Callers await it through :func:`asyncio.shield`, so a caller that times out or
+    is cancelled leaves the computation running for the others (and for the cache)."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[bytes, asyncio.Task[Any]] = {}
+
+    def join(self, key: bytes, start: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[asyncio.Task[Any], bool]:
+        """(the computation, whether this caller started it)."""
+        task = self._tasks.get(key)
+        if task is not None and not task.done():
+            return task, False
+        task = asyncio.ensure_future(start())
+        self._tasks[key] = task
+        task.add_done_callback(lambda t: self._finished(key, t))
+        return task, True
+
+    def _finished(self, key: bytes, task: asyncio.Task[Any]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have left
+
+    def __len__(self) -> int:
+        return len(self._tasks)
