@@ -91,7 +91,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     reps = 5 if quick else 15
     _progress(f"machine: {machine_label(info)}; device {device}; {'quick' if quick else 'full'} run")
     clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
-    step = _Steps(1 + 1 + len(clips) + 1 + 1 + (0 if args.no_http else 1))
+    step = _Steps(1 + 1 + len(clips) + 1 + 1 + 1 + (0 if args.no_http else 1))
     step("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
     jpeg = make_image(1080, 1920, "JPEG")
     seconds = 10 if quick else 30
@@ -114,6 +114,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sweep = asyncio.run(run_all(jpeg, c, workers=2, only=["seed_wrapper_sync", "gpu_mm_native"]))
         for name, figures in sweep.items():
             result["concurrency_sweep"].setdefault(name, []).append({"concurrency": c, **figures})
+    if device == "cpu":
+        from .bench.cache import run as cache_bench
+
+        step("feature cache off vs on: a trace where half the requests repeat, a hit, a burst of one new video ...")
+        result["cache"] = cache_bench(quick)
     if not args.no_http:
         from .bench.http import run_mode
 
@@ -171,6 +176,11 @@ def _print_summary(r: dict[str, Any]) -> None:
     if "inline" in ll and "gpu_mm_native" in ll:
         ratio = ll["inline"]["loop_lag"]["max_ms"] / max(ll["gpu_mm_native"]["loop_lag"]["max_ms"], 1e-6)
         print(f"  max loop lag: inline is {ratio:.0f}x gpu-mm")
+    if "cache" in r:
+        from .bench.cache import summary
+
+        print()
+        print("\n".join(summary(r["cache"])))
     http = r.get("http")
     if http:
         n = next(iter(http.values()))["requests"]
