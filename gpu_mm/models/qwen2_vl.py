@@ -1002,13 +1002,16 @@ def _frame_chunks(decoder: Any, plan: _Plan, chunk: int) -> Any:
             yield first, frames
         return
     buf = torch.empty((min(chunk, len(indices)), info.height, info.width, 3), dtype=torch.uint8)
+    # Frames go into the buffer with numpy's copy: a torch copy wakes the intra-op thread pool, whose spinning
+    # threads then compete with FFmpeg's for the cores while the next frames decode.
+    view = buf.numpy()
     stream = iterate(plan.src, info, indices)
     first = k = 0
     while True:
         with timer.stage("decode"):
             frame = next(stream, None)
             if frame is not None:
-                buf[k].copy_(torch.from_numpy(frame))
+                view[k] = frame
         if frame is None:
             break
         k += 1
