@@ -39,7 +39,9 @@ class _GpuMMMixin:
         cache = self.__dict__.setdefault("_gpu_mm_cache", {})
         key = (device, tuple(sorted(config.items())))
         if key not in cache:
-            cache[key] = Qwen2VLPreprocessor(device, config=Qwen2VLConfig(**config), video_decoder="pyav")
+            # No feature cache: a drop-in computes every call, as the transformers class it replaces does.
+            cache[key] = Qwen2VLPreprocessor(device, config=Qwen2VLConfig(**config), video_decoder="pyav",
+                                             cache_bytes=0)
         return cache[key]
 
     def _handled(self, kwargs: dict[str, Any], extra_ok: set[str]) -> bool:
