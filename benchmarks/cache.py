@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 import sys
 
 from gpu_mm.bench.cache import run, summary
-from gpu_mm.bench.machine import machine_info, machine_label
+from gpu_mm.bench.machine import machine_info, machine_label, write_result
 
 
 def main() -> int:
@@ -30,10 +28,7 @@ def main() -> int:
     print(f"-- {machine_label(info)}")
     print("\n".join(summary(res)))
     if args.out:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"cache_cpu_{info['date'][:10]}.json"
-        path.write_text(json.dumps({"machine": info, "results": res}, indent=2))
+        print(f"wrote {write_result(args.out, 'cache_cpu', info, res)}")
     return 0
 
 

@@ -6,12 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 import sys
 
 from gpu_mm.bench.handoff import run
-from gpu_mm.bench.machine import machine_info, machine_label
+from gpu_mm.bench.machine import machine_info, machine_label, write_result
 
 
 def main() -> int:
@@ -27,10 +25,7 @@ def main() -> int:
               f"shm copy-in {r['shm_copy_in_ms']:7.2f} ms ({r['speedup_copy_in']:.1f}x)  "
               f"shm in place {r['shm_in_place_ms']:6.3f} ms ({r['speedup_in_place']:.0f}x)")
     if args.out:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"machine": info, "results": res}, indent=2)
-        (out / f"handoff_cpu_{info['date'][:10]}.json").write_text(payload)
+        print(f"wrote {write_result(args.out, 'handoff_cpu', info, res)}")
     return 0
 
 

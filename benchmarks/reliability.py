@@ -303,7 +303,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: memory,starvation,health,soak")
     args = ap.parse_args()
-    from gpu_mm.bench.machine import machine_info, machine_label
+    from gpu_mm.bench.machine import machine_info, machine_label, write_result
 
     info = machine_info()
     skip = set(filter(None, args.skip.split(",")))
@@ -345,12 +345,8 @@ def main() -> int:
               f"{s['rss_end_mib']:.0f} MiB at the end ({s['growth_mib']:+.1f} MiB); in flight {s['in_flight']}, "
               f"queued {s['queued']}, abandoned {s['abandoned']}; threads {s['threads']}, fds {s['fds']}")
     if args.out:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"reliability_cpu_{info['date'][:10]}.json"
-        if path.exists() and skip:  # a partial rerun updates the sections it ran
-            res = {**json.loads(path.read_text())["results"], **res}
-        path.write_text(json.dumps({"machine": info, "results": res}, indent=2))
+        # A partial rerun (--skip) updates the sections it ran.
+        print(f"wrote {write_result(args.out, 'reliability_cpu', info, res, merge=bool(skip))}")
     return 0
 
 

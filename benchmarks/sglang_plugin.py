@@ -8,11 +8,9 @@ Media are generated in memory: a ~2 MB 1280x720 H.264 clip (the seed's example s
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 import sys
 
-from gpu_mm.bench.machine import machine_info, machine_label
+from gpu_mm.bench.machine import machine_info, machine_label, write_result
 from gpu_mm.bench.sglang import main_sync
 from gpu_mm.media.synth import make_image, make_video
 
@@ -44,12 +42,8 @@ def main() -> int:
               f"{r['health_probe']['p99_ms']:10.1f} {r['wall_s']:8.2f}  errors {r['errors'] or 'none'}")
     print(f"  max loop lag {c['loop_lag_max_ratio']:.0f}x lower with gpu-mm")
     if args.out:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         kind = "cuda" if res["gpu_mm_device"] and res["gpu_mm_device"].startswith("cuda") else "cpu"
-        path = out / f"sglang_plugin_{kind}_{info['date'][:10]}.json"
-        path.write_text(json.dumps({"machine": info, "results": res}, indent=2))
-        print(f"wrote {path}")
+        print(f"wrote {write_result(args.out, f'sglang_plugin_{kind}', info, res)}")
     return 0
 
 

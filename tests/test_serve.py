@@ -1,15 +1,24 @@
-"""``gpu-mm serve``: the HTTP front end maps errors to status codes and exposes Prometheus metrics."""
+"""``gpu-mm serve``: the HTTP front end maps errors to status codes and exposes Prometheus metrics; under
+hostile clients every answer is JSON with the status its cause carries, nothing a client sends reaches the
+server's disk, and the body, items and options are bounded and checked.
+
+A fuzz test (hypothesis) sends generated bodies and checks the contract for each: a JSON answer, never a
+500, counted in ``gpu_mm_requests_total``."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import re
 
 import pytest
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("prometheus_client")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from gpu_mm.serve import build_app  # noqa: E402
 
@@ -66,5 +75,202 @@ async def test_overload_is_503_and_timeout_is_504():
         text = await (await client.get("/metrics")).text()
         assert 'gpu_mm_requests_total{outcome="rejected"}' in text
         assert 'gpu_mm_requests_total{outcome="timeout"}' in text
+    finally:
+        await client.close()
+
+
+async def _post(client: TestClient, body) -> tuple[int, dict]:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    r = await client.post("/v1/preprocess", data=data, headers={"Content-Type": "application/json"})
+    assert r.content_type == "application/json", await r.text()
+    return r.status, await r.json()
+
+
+async def _requests_total(client: TestClient) -> float:
+    text = await (await client.get("/metrics")).text()
+    return sum(float(v) for v in re.findall(r'^gpu_mm_requests_total\{outcome="\w+"\} (\S+)$', text, re.M))
+
+
+async def test_local_paths_refused_alike(tmp_path):
+    real = tmp_path / "real.png"
+    real.write_bytes(make_image(20, 20, "PNG"))
+    client = await _client()
+    try:
+        answers = set()
+        for item in (str(real), str(tmp_path / "missing.png"), f"file://{real}", {"path": str(real)},
+                     {"image_url": {"url": f"file://{real}"}}, "/dev/zero", "/proc/self/fd/0"):
+            status, body = await _post(client, {"images": [item]})
+            assert status == 400 and body["error"] == "SourceError"
+            answers.add(body["message"].split(": ", 1)[1].split("(", 1)[0])
+        # The reason never depends on whether or what the file is (only the echoed string differs).
+        assert len({a for a in answers if "local paths" in a or "not a data URI" in a}) == len(answers)
+    finally:
+        await client.close()
+
+
+async def test_allowed_directory_serves_its_files_only(tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "a.png").write_bytes(make_image(28, 28, "PNG"))
+    (tmp_path / "b.png").write_bytes(make_image(28, 28, "PNG"))
+    from gpu_mm import MediaLimits
+
+    client = await _client(limits=MediaLimits.for_network(local_media_root=str(media)))
+    try:
+        assert (await _post(client, {"images": ["a.png"]}))[0] == 200
+        status, body = await _post(client, {"images": ["../b.png"]})
+        assert status == 400 and "allowed media directory" in body["message"]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"videos": [], "fps": "abc"}, "fps"), ({"fps": 0}, "fps"), ({"fps": -1}, "fps"), ({"fps": 1e308}, "fps"),
+    ({"nframes": "x"}, "nframes"), ({"video_start": "a"}, "video_start"), ({"colour": 1}, "colour"),
+    ({"images": 5}, "images"), ({"images": ["aGVsbG8gd29ybGQgaGVsbG8="] * 65}, "images"),
+    ([1, 2], "body"), ("[" * 100_000 + "]" * 100_000, "body"), (b"\xff\xfe{", "body"),
+])
+async def test_bad_requests_are_400_naming_the_field(body, field):
+    client = await _client()
+    try:
+        status, answer = await _post(client, body)
+        assert status == 400 and answer["error"] == "InvalidRequest" and answer["message"].startswith(field)
+        assert await _requests_total(client) == 1
+    finally:
+        await client.close()
+
+
+async def test_items_nested_deep_are_400():
+    depth = 5000
+    body = '{"images": [' + '{"image": ' * depth + json.dumps(b64(make_image(8, 8, "PNG"))) + "}" * depth + "]}"
+    client = await _client()
+    try:
+        status, answer = await _post(client, body)
+        assert status == 400 and answer["error"] in ("InvalidRequest", "SourceError")
+    finally:
+        await client.close()
+
+
+async def test_media_no_decoder_takes_is_400():
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"><rect width="9" height="9"/></svg>'
+    client = await _client()
+    try:
+        status, answer = await _post(client, {"videos": [b64(svg)]})
+        assert status == 400 and answer["error"] == "UnsupportedMedia" and "video[0]" in answer["message"]
+    finally:
+        await client.close()
+
+
+async def test_oversized_body_is_413_and_the_body_budget_503():
+    client = await _client(max_body_bytes=1024, body_budget_bytes=4096)
+    try:
+        status, answer = await _post(client, {"images": ["A" * 4096]})
+        assert status == 413 and "max_body_bytes=1024" in answer["message"]
+    finally:
+        await client.close()
+
+
+async def test_body_budget_refuses_before_reading():
+    started = asyncio.Event()
+    release = asyncio.Event()
+    client = await _client(max_body_bytes=1000, body_budget_bytes=1500)
+    try:
+        async def slow_body():
+            yield b'{"images": ["'
+            started.set()
+            await release.wait()
+            yield b'"]}'
+
+        # A chunked body has no length: it reserves max_body_bytes of the budget while it is read.
+        first = asyncio.ensure_future(client.post("/v1/preprocess", data=slow_body()))
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.sleep(0.05)
+        status, answer = await _post(client, {"images": ["A" * 600]})
+        assert status == 503 and "body_budget_bytes" in answer["message"]
+        release.set()
+        assert (await first).status == 400
+        status, _ = await _post(client, {"images": ["A" * 600]})
+        assert status == 400  # the budget came back (the item itself is not an image)
+    finally:
+        await client.close()
+
+
+async def test_unforeseen_errors_are_json_500_and_counted(monkeypatch):
+    from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+
+    def broken(self, *a, **kw):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Qwen2VLPreprocessor, "_plan_all", broken)
+    client = await _client()
+    try:
+        status, answer = await _post(client, {"images": [b64(make_image(8, 8, "PNG"))]})
+        assert status == 500
+        assert answer == {"error": "InternalError", "message": "internal error (logged on the server)"}
+        text = await (await client.get("/metrics")).text()
+        assert 'gpu_mm_requests_total{outcome="error"} 1.0' in text
+        r = await client.get("/no/such/route")
+        assert r.status == 404 and r.content_type == "application/json"
+    finally:
+        await client.close()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_fields = st.sampled_from(["images", "videos", "fps", "nframes", "video_start", "video_end", "min_pixels",
+                           "max_pixels", "total_pixels", "image_url", "path"])
+_bodies = st.one_of(
+    _json,
+    st.dictionaries(_fields, _json, max_size=4),
+    st.dictionaries(_fields, st.sampled_from([
+        [b64(make_image(12, 12, "PNG"))], [b64(clip("h264", 8, h=32, w=32))], ["/etc/passwd"], 0, -1.5, "x",
+        [{"image": {"image": "file:///dev/zero"}}], ["data:image/png;base64,@@"],
+    ]), max_size=4),
+    st.binary(max_size=64),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(_bodies, min_size=1, max_size=8))
+def test_fuzzed_bodies_get_json_4xx_or_200_never_500(bodies):
+    async def run():
+        client = await _client(max_body_bytes=1 << 20)
+        try:
+            for body in bodies:
+                data = body if isinstance(body, bytes) else json.dumps(body)
+                r = await client.post("/v1/preprocess", data=data)
+                assert r.content_type == "application/json"
+                answer = await r.json()
+                assert r.status in (200, 400, 413), (r.status, answer, data[:200])
+                if r.status != 200:
+                    assert set(answer) == {"error", "message"}
+            assert await _requests_total(client) == len(bodies)
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
+async def test_repeats_are_cache_hits_visible_in_answers_and_metrics():
+    client = await _client()
+    try:
+        body = {"images": [b64(make_image(56, 56, "PNG"))]}
+        first, again = [(await _post(client, body))[1] for _ in range(2)]
+        assert first["items"][0]["cache"] == "miss" and again["items"][0]["cache"] == "hit"
+        text = await (await client.get("/metrics")).text()
+        assert "gpu_mm_cache_hits_total 1.0" in text and "gpu_mm_cache_entries 1.0" in text
+    finally:
+        await client.close()
+
+
+async def test_cache_off_with_zero():
+    client = await _client(cache_bytes=0)
+    try:
+        body = {"images": [b64(make_image(56, 56, "PNG"))]}
+        answers = [(await _post(client, body))[1] for _ in range(2)]
+        assert [a["items"][0]["cache"] for a in answers] == [None, None]
     finally:
         await client.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
+import pathlib
 import platform
 from typing import Any
 
@@ -53,3 +55,16 @@ def machine_label(info: dict[str, Any]) -> str:
     if info.get("gpu"):
         return f"{info['gpu']}, {info['cores']} cores"
     return f"CPU only: {info['cpu']} ({info['cores']} cores)"
+
+
+def write_result(out: str | os.PathLike[str], stem: str, info: dict[str, Any], results: dict[str, Any], *,
+                 merge: bool = False) -> pathlib.Path:
+    """Write ``{"machine": info, "results": results}`` to ``out/<stem>_<date>.json`` and return the path.
+    With ``merge``, sections already in that file that ``results`` lacks are kept (a partial rerun)."""
+    folder = pathlib.Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}_{info['date'][:10]}.json"
+    if merge and path.exists():
+        results = {**json.loads(path.read_text())["results"], **results}
+    path.write_text(json.dumps({"machine": info, "results": results}, indent=2, default=str))
+    return path
