@@ -225,3 +225,31 @@ class TestSingleFlight:
         await pre.preprocess(images=[make_image(30, 30, "PNG")])
         assert threads and threading.current_thread().name not in threads
         await pre.aclose()
+
+
+async def test_a_call_cancelled_before_its_slot_jobs_begin_leaves_nothing_behind(monkeypatch):
+    """The caller is cancelled in the loop turn that creates its slot jobs, so they never begin: the flights
+    they owned are resolved and the output block goes back, so the same content is computed next time
+    instead of waiting for a computation that will never run."""
+    pool = FeaturePool(max_blocks=1)
+    pre = Qwen2VLPreprocessor("cpu", output_pool=pool)
+    vid = _video(11)
+    groups = Qwen2VLPreprocessor._groups
+    outer: list[asyncio.Task] = []
+
+    def groups_then_cancel(self, plans):
+        asyncio.get_running_loop().call_soon(outer[0].cancel)  # runs before the new tasks' first steps
+        return groups(self, plans)
+
+    monkeypatch.setattr(Qwen2VLPreprocessor, "_groups", groups_then_cancel)
+    outer.append(asyncio.ensure_future(pre.preprocess(videos=[vid])))
+    with pytest.raises(asyncio.CancelledError):
+        await outer[0]
+    await asyncio.sleep(0)
+    assert not pre._inflight and pool.statistics().leased == 0
+    monkeypatch.setattr(Qwen2VLPreprocessor, "_groups", groups)
+    feats = await asyncio.wait_for(pre.preprocess(videos=[vid]), 30)
+    assert feats.items[0].cache == "miss"
+    pool.release(feats.handle)
+    await pre.aclose()
+    pool.close()

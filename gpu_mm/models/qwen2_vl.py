@@ -399,10 +399,8 @@ class Qwen2VLPreprocessor:
         guard = _LeaseGuard(self.output_pool, lease, len(fresh)) if lease is not None and fresh else None
         settled = guard.settled if guard is not None else None
         groups = [[fresh[k] for k in group] for group in self._groups([plans[i] for i in fresh])]
-        runs = [slots.run(self._execute_group, [plans[i] for i in group], nbytes=sum(plans[i].nbytes for i in group),
-                          deadline=deadline, on_release=_settles(settled, len(group)),
-                          on_done=self._landed([plans[i] for i in group]))
-                for group in groups]
+        runs: list[Any] = [self._start_group(slots, [plans[i] for i in group], deadline, _settles(settled, len(group)))
+                           for group in groups]
         runs += [self._follow(plans[i], flight, deadline) for i, flight in followers]
         try:
             results = await asyncio.gather(*runs, return_exceptions=True)
@@ -438,6 +436,31 @@ class Qwen2VLPreprocessor:
         _, lease = result
         if lease is not None:
             self.output_pool.release(lease.handle)
+
+    def _start_group(self, slots: SlotPool, group: list[_Plan], deadline: float | None,
+                     on_release: Any) -> asyncio.Task[Any]:
+        """One slot job as a task. SlotPool.run reports its outcome (``on_done``) and settles it (``on_release``)
+        on every path, but only once its coroutine has begun: a task cancelled before its first step (its
+        caller cancelled in the same loop turn) never begins, so its done-callback does that instead."""
+        begun: list[bool] = []
+
+        async def run() -> Any:
+            begun.append(True)
+            return await slots.run(self._execute_group, group, nbytes=sum(p.nbytes for p in group),
+                                   deadline=deadline, on_release=on_release, on_done=self._landed(group))
+
+        def never_begun(task: asyncio.Task[Any]) -> None:
+            if begun:
+                return
+            on_done = self._landed(group)
+            if on_done is not None:
+                on_done(None, asyncio.CancelledError())
+            if on_release is not None:
+                on_release()
+
+        task = asyncio.ensure_future(run())
+        task.add_done_callback(never_begun)
+        return task
 
     def _from_cache(self, plan: _Plan) -> tuple[torch.Tensor, str]:
         assert plan.cached is not None
@@ -565,7 +588,10 @@ class Qwen2VLPreprocessor:
         else:
             return None, None
         with timer.stage("cache"):
-            key = content_key(data, kind, self._cache_identity, sorted(request.items()))
+            try:
+                key = content_key(data, kind, self._cache_identity, sorted(request.items()))
+            except (TypeError, ValueError, BufferError):
+                return None, None  # an array whose memory cannot be read as bytes (object dtype): not cached
             return key, self.cache.get(key)
 
     def _target(self, src: Source, h: int, w: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
