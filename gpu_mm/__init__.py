@@ -19,7 +19,7 @@ from .errors import (
 from .handoff import FeatureHandle, FeaturePool, FeatureReceiver
 from .media.sources import MediaLimits
 from .metrics import LatencySummary, StageTimer
-from .models.qwen2_vl import ItemReport, Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
+from .models.qwen2_vl import ItemReport, PreprocessorStatistics, Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
 from .options import RequestOptions
 from .processor import AsyncMMDataProcessor, ProcessorStatistics
 from .slots import Completion, Slot, SlotPool, SlotPoolStatistics
@@ -44,6 +44,7 @@ __all__ = [
     "MediaLimits",
     "MediaError",
     "Overloaded",
+    "PreprocessorStatistics",
     "ProcessingTimeout",
     "ProcessorClosed",
     "ProcessorStatistics",

@@ -57,7 +57,7 @@ async def test_stalled_item_times_out_while_others_flow():
     with pytest.raises(ProcessingTimeout):
         await stall
     await pre.aclose()
-    assert pre._slots.statistics().busy == 0
+    assert pre.statistics().slots.busy == 0
 
 
 async def test_no_memory_growth_over_many_requests():

@@ -268,7 +268,7 @@ class TestImageBatches:
             await batched.aclose()
         b = pre(images=self.IMAGES)
         assert torch.equal(a.pixel_values, b.pixel_values)
-        assert batched._slots.statistics().completed == 3  # one job of 4 JPEGs, the PNG, one of 1 JPEG
+        assert batched.statistics().slots.completed == 3  # one job of 4 JPEGs, the PNG, one of 1 JPEG
 
     def test_corrupt_jpeg_in_a_batch_is_named(self):
         batched = Qwen2VLPreprocessor("cpu", image_batch=8)
@@ -324,7 +324,8 @@ class TestAsync:
             await pre.preprocess(videos=[b"not a video"], deadline=time.monotonic() + 30)
         with pytest.raises(MediaError):
             await pre.preprocess(images=[make_image(10, 10, "PNG"), b"\xff\xd8\xff" + b"\x00" * 50])
-        assert pre._slots is not None and pre._slots.statistics().busy == 0
+        stats = pre.statistics()
+        assert stats.slots is not None and stats.slots.busy == 0 and stats.computations_in_flight == 0
         ok = await pre.preprocess(images=[make_image(56, 56, "PNG")])
         assert ok.image_grid_thw.tolist() == [[1, 4, 4]]
         await pre.aclose()

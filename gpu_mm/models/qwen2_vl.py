@@ -21,16 +21,16 @@ from typing import Any, Literal
 import torch
 
 from .. import ops
-from ..cache import Entry, FeatureCache, content_key
+from ..cache import CacheStatistics, Entry, FeatureCache, content_key
 from ..errors import BackendUnavailable, LimitExceeded, MediaError, ProcessingTimeout, UnsupportedMedia
 from ..media.image import ImageInfo, decode_image, decode_jpeg_cuda, decode_jpegs, is_plain_jpeg, probe_image
 from ..media.sources import MediaLimits, Source, load_source
 from ..media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video, rotate_frames
 from ..metrics import StageTimer
 from ..options import RequestOptions
-from ..slots import Slot, SlotPool
+from ..slots import Slot, SlotPool, SlotPoolStatistics
 
-__all__ = ["ItemReport", "Qwen2VLConfig", "Qwen2VLFeatures", "Qwen2VLPreprocessor"]
+__all__ = ["ItemReport", "PreprocessorStatistics", "Qwen2VLConfig", "Qwen2VLFeatures", "Qwen2VLPreprocessor"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +119,18 @@ class Qwen2VLFeatures:
         if self.second_per_grid_ts is not None:
             out["second_per_grid_ts"] = torch.tensor(self.second_per_grid_ts, dtype=torch.float32)
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessorStatistics:
+    """A snapshot of a :class:`Qwen2VLPreprocessor`: its device slots (None before the first async call),
+    its feature cache, and the computations other calls may join."""
+
+    device: str
+    memory_budget_bytes: int
+    slots: SlotPoolStatistics | None
+    cache: CacheStatistics
+    computations_in_flight: int
 
 
 @dataclasses.dataclass
@@ -540,6 +552,14 @@ class Qwen2VLPreprocessor:
             videos = getattr(request_obj, "video_data", None)
         feats = await self.preprocess(images=image_data or None, videos=videos or None, **kwargs)
         return feats.processor_output(input_text)
+
+    def statistics(self) -> PreprocessorStatistics:
+        """Return a snapshot of the slots, the feature cache and the computations in flight."""
+        return PreprocessorStatistics(
+            device=self.device, memory_budget_bytes=self._memory_budget,
+            slots=None if self._slots is None else self._slots.statistics(),
+            cache=self.cache.statistics(), computations_in_flight=len(self._inflight),
+        )
 
     def shutdown(self) -> None:
         """Refuse new calls and let the slot and IO threads exit once their current work ends (no wait)."""
