@@ -18,10 +18,12 @@ write them; ``copy_on_hit=True`` gives each hit its own copy).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import dataclasses
 import hashlib
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -97,6 +99,7 @@ class FeatureCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self._hits = self._misses = self._coalesced = self._evictions = 0
+        _LIVE.add(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FeatureCache:
         return self  # thread-safe: copies of a preprocessor (one per worker thread) share one cache
@@ -154,6 +157,17 @@ class FeatureCache:
         with self._lock:
             return CacheStatistics(self.max_bytes, self._bytes, len(self._entries), self._hits, self._misses,
                                    self._coalesced, self._evictions, HASH)
+
+
+_LIVE: weakref.WeakSet[FeatureCache] = weakref.WeakSet()
+
+
+@atexit.register
+def _clear_at_exit() -> None:
+    """Free cached tensors while torch is whole: left to interpreter teardown, they would be freed after
+    native libraries have begun shutting down."""
+    for cache in list(_LIVE):
+        cache.clear()
 
 
 class Flights:
