@@ -1,10 +1,10 @@
-"""A feature cache keyed by content, bounded in bytes, with one computation per key in flight.
+"""A feature cache keyed by content, bounded in bytes.
 
 Serving traffic repeats media (the same photo in many chats, every earlier image of a conversation sent
 again). :class:`FeatureCache` keeps each item's finished features (its rows and what its report says) under
 a key made of the media's bytes and of every option that changes the features, evicting the least recently
-used entries past ``max_bytes``. :class:`Flights` makes concurrent requests for a key that is still being
-computed wait for that one computation instead of starting their own.
+used entries past ``max_bytes``. (Requests for a key still being computed wait for that one computation:
+see ``Qwen2VLPreprocessor``, which counts them here with :meth:`FeatureCache.coalesced`.)
 
 The key is BLAKE3 (``blake3`` package; SHA-256 from the standard library where it is missing) over the
 bytes and the options: a cryptographic 256-bit hash, so neither chance nor a client crafting media can make
@@ -17,14 +17,12 @@ write them; ``copy_on_hit=True`` gives each hit its own copy).
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import dataclasses
 import hashlib
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import torch
@@ -168,33 +166,3 @@ def _clear_at_exit() -> None:
     native libraries have begun shutting down."""
     for cache in list(_LIVE):
         cache.clear()
-
-
-class Flights:
-    """At most one computation per key at a time, on one event loop; every caller keeps its own deadline.
-
-    ``join(key, start)`` returns a future of the key's computation: the one already in flight, or a new
-    task running ``start()``. Callers await it through :func:`asyncio.shield`, so a caller that times out or
-    is cancelled leaves the computation running for the others (and for the cache)."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[bytes, asyncio.Task[Any]] = {}
-
-    def join(self, key: bytes, start: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[asyncio.Task[Any], bool]:
-        """(the computation, whether this caller started it)."""
-        task = self._tasks.get(key)
-        if task is not None and not task.done():
-            return task, False
-        task = asyncio.ensure_future(start())
-        self._tasks[key] = task
-        task.add_done_callback(lambda t: self._finished(key, t))
-        return task, True
-
-    def _finished(self, key: bytes, task: asyncio.Task[Any]) -> None:
-        if self._tasks.get(key) is task:
-            del self._tasks[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: every caller may have left
-
-    def __len__(self) -> int:
-        return len(self._tasks)

@@ -88,3 +88,9 @@ class InvalidRequest(GpuMMError, ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"{field}: {reason}")
+
+
+def describe(exc: BaseException) -> str:
+    """``TypeName: first line of the message`` (at most 200 characters), for an error that names its item."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__

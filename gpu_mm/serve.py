@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any, Literal
 
-from .errors import GpuMMError, InvalidRequest, ProcessingTimeout
+from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
 from .media.sources import MediaLimits
 from .models.qwen2_vl import Qwen2VLPreprocessor
 from .options import RequestOptions
@@ -160,9 +160,8 @@ def build_app(
         reserved = length if length is not None else max_body_bytes
         if bodies["bytes"] + reserved > body_budget_bytes:
             metrics.result("rejected")
-            return web.json_response({"error": "Overloaded", "message": (
-                f"request bodies in flight would exceed body_budget_bytes={body_budget_bytes}; try again later")},
-                status=503)
+            return _error(Overloaded(f"request bodies in flight would exceed body_budget_bytes={body_budget_bytes}; "
+                                     "try again later"), 503)
         bodies["bytes"] += reserved
         try:
             return await preprocess(request)

@@ -89,11 +89,8 @@ class TestTypedErrors:
            edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
            cut=st.integers(8, 10_000))
     def test_corrupted_images_are_media_errors(self, pre, fmt, edits, cut):
-        data = bytearray(make_image(40, 48, fmt, mode="RGB"))
-        for pos, value in edits:
-            data[pos % len(data)] = value
         try:
-            pre(images=[bytes(data[:cut])])
+            pre(images=[_corrupt(make_image(40, 48, fmt, mode="RGB"), edits, cut)])
         except MediaError as exc:
             assert str(exc).startswith("image[0]")
 
@@ -101,13 +98,18 @@ class TestTypedErrors:
     @given(edits=st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 255)), min_size=1, max_size=8),
            cut=st.integers(16, 100_000), container=st.sampled_from(["mp4", "matroska"]))
     def test_corrupted_videos_are_media_errors(self, pre, edits, cut, container):
-        data = bytearray(_clip_in(container))
-        for pos, value in edits:
-            data[pos % len(data)] = value
         try:
-            pre(videos=[bytes(data[:cut])])
+            pre(videos=[_corrupt(_clip_in(container), edits, cut)])
         except MediaError as exc:
             assert str(exc).startswith("video[0]")
+
+
+def _corrupt(data: bytes, edits: list[tuple[int, int]], cut: int) -> bytes:
+    """``data`` with bytes overwritten at ``edits`` (position modulo the length, value) and cut to ``cut``."""
+    out = bytearray(data)
+    for pos, value in edits:
+        out[pos % len(out)] = value
+    return bytes(out[:cut])
 
 
 def _clip_in(container: str) -> bytes:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DecodeError, LimitExceeded, UnsupportedMedia
+from ..errors import describe as _describe
 from .sources import MediaLimits, Source
 
 __all__ = ["ImageInfo", "decode_image", "decode_jpeg_cuda", "probe_image"]
@@ -56,11 +57,6 @@ def _open(src: Source) -> Any:
         raise LimitExceeded(src.item, f"image header declares too many pixels ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on hostile headers
         raise DecodeError(src.item, f"corrupt image header: {_describe(exc)}") from None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
 def probe_image(src: Source, limits: MediaLimits = MediaLimits()) -> ImageInfo:

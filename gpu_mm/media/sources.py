@@ -177,6 +177,12 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _in_root(path: str, root: str) -> str | None:
+    """``path`` (relative to ``root``, or absolute) resolved, if its real path lies inside ``root``."""
+    real = os.path.realpath(os.path.join(root, path))
+    return real if _within(real, root) else None
+
+
 def _from_path(path: str, item: str, limits: MediaLimits) -> Source:
     """Read a local file under the limits' trust policy: a regular file only (no FIFO, device, socket or
     directory, so nothing blocks or streams forever), its size checked from ``fstat`` before reading."""
@@ -184,10 +190,11 @@ def _from_path(path: str, item: str, limits: MediaLimits) -> Source:
         raise SourceError(item + " (path)", _REFUSED_PATH)
     root = limits.local_media_root
     if root is not None:
-        real = os.path.realpath(os.path.join(root, path))
-        if not _within(real, root):
+        resolved = _in_root(path, root)
+        if resolved is None:
             # The same words whether or not such a file exists.
             raise SourceError(item + " (path)", "path is outside the allowed media directory")
+        real = resolved
         label = f"{item} ({os.path.relpath(real, root)!r} in the media directory)"
     else:
         real = path
@@ -252,8 +259,8 @@ def _from_string(s: str, item: str, limits: MediaLimits) -> Source:
         return _from_url(s, item, limits)
     if limits.allow_local_paths and len(s) < 4096 and "\x00" not in s:
         if limits.local_media_root is not None:
-            real = os.path.realpath(os.path.join(limits.local_media_root, s))
-            if _within(real, limits.local_media_root) and os.path.isfile(real):
+            real = _in_root(s, limits.local_media_root)
+            if real is not None and os.path.isfile(real):
                 return _from_path(s, item, limits)
         elif os.path.exists(s):
             return _from_path(s, item, limits)

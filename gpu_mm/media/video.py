@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable, DecodeError, GpuMMError, LimitExceeded, UnsupportedMedia
+from ..errors import describe as _describe
 from .sources import MediaLimits, Source
 
 __all__ = [
@@ -67,11 +68,6 @@ class VideoInfo:
         return [i / self.fps for i in indices]
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
-
-
 def _open_av(src: Source) -> Any:
     import av
 
@@ -118,9 +114,7 @@ def probe_video(src: Source, limits: MediaLimits = MediaLimits()) -> VideoInfo:
     try:
         with _open_av(src) as container:
             return _probe(container, src, limits)
-    except GpuMMError:
-        raise
-    except MemoryError:
+    except (GpuMMError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever FFmpeg or PyAV raise on a hostile container
         raise DecodeError(src.item, f"cannot read video: {_describe(exc)}") from None
@@ -258,7 +252,6 @@ class PyAVDecoder:
         self.thread_type = thread_type
 
     def get_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> torch.Tensor:
-        check_planned_indices(indices, info)
         order = sorted(range(len(indices)), key=lambda k: indices[k])
         out = np.empty((len(indices), info.height, info.width, 3), np.uint8)
         for k, frame in zip(order, self.iter_frames_at(src, info, [indices[k] for k in order])):

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 from .. import ops
+from .._aio import consume, wait_until
 from ..cache import CacheStatistics, Entry, FeatureCache, content_key
 from ..errors import BackendUnavailable, LimitExceeded, MediaError, ProcessingTimeout, UnsupportedMedia
 from ..media.image import ImageInfo, decode_image, decode_jpeg_cuda, decode_jpegs, is_plain_jpeg, probe_image
@@ -294,7 +295,6 @@ class Qwen2VLPreprocessor:
         if express_slots < 0:
             raise ValueError(f"express_slots must be >= 0, got {express_slots!r}")
         self.memory_budget_bytes = memory_budget_bytes
-        self._memory_budget = memory_budget_bytes
         self._express_slots = express_slots
         self._express_max_bytes = express_max_bytes
         self._max_queued = max_queued
@@ -321,8 +321,6 @@ class Qwen2VLPreprocessor:
         plans = self._plan_all(images, videos, request)
         slot = self._sync_slot()
         lease = self._lease(plans)
-        if lease is not None:
-            _fill_block([(p, p.cached.rows) for p in plans if p.cached is not None])
         try:
             outs: list[Any] = [None] * len(plans)
             fresh = [i for i, p in enumerate(plans) if p.cached is None]
@@ -385,7 +383,7 @@ class Qwen2VLPreprocessor:
             self._slots = SlotPool(
                 self._num_slots,
                 device=self.device,
-                memory_budget_bytes=self._memory_budget,
+                memory_budget_bytes=self.memory_budget_bytes,
                 express_slots=self._express_slots,
                 express_max_bytes=self._express_max_bytes,
                 max_queued=self._max_queued,
@@ -438,10 +436,7 @@ class Qwen2VLPreprocessor:
 
     def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[_Plan], Any]:
         plans = self._plan_all(images, videos, request)
-        lease = self._lease(plans)
-        if lease is not None:
-            _fill_block([(p, p.cached.rows) for p in plans if p.cached is not None])
-        return plans, lease
+        return plans, self._lease(plans)
 
     def _release_late_lease(self, result: tuple[list[_Plan], Any]) -> None:
         """Planning finished after its caller gave up: no item will run, so its block goes back at once."""
@@ -455,16 +450,16 @@ class Qwen2VLPreprocessor:
         on every path, but only once its coroutine has begun: a task cancelled before its first step (its
         caller cancelled in the same loop turn) never begins, so its done-callback does that instead."""
         begun: list[bool] = []
+        on_done = self._landed(group)
 
         async def run() -> Any:
             begun.append(True)
             return await slots.run(self._execute_group, group, nbytes=sum(p.nbytes for p in group),
-                                   deadline=deadline, on_release=on_release, on_done=self._landed(group))
+                                   deadline=deadline, on_release=on_release, on_done=on_done)
 
         def never_begun(task: asyncio.Task[Any]) -> None:
             if begun:
                 return
-            on_done = self._landed(group)
             if on_done is not None:
                 on_done(None, asyncio.CancelledError())
             if on_release is not None:
@@ -521,8 +516,6 @@ class Qwen2VLPreprocessor:
     async def _follow(self, plan: _Plan, flight: asyncio.Future[Any], deadline: float | None) -> Any:
         """Wait, until this call's own deadline, for a computation of the same content another call started;
         its failure is this item's failure, named as this item."""
-        from .._aio import wait_until
-
         if not await wait_until(flight, deadline):
             raise ProcessingTimeout(f"{plan.src.item}: the computation of the same content did not finish by "
                                     "this request's deadline")
@@ -556,7 +549,7 @@ class Qwen2VLPreprocessor:
     def statistics(self) -> PreprocessorStatistics:
         """Return a snapshot of the slots, the feature cache and the computations in flight."""
         return PreprocessorStatistics(
-            device=self.device, memory_budget_bytes=self._memory_budget,
+            device=self.device, memory_budget_bytes=self.memory_budget_bytes,
             slots=None if self._slots is None else self._slots.statistics(),
             cache=self.cache.statistics(), computations_in_flight=len(self._inflight),
         )
@@ -585,13 +578,13 @@ class Qwen2VLPreprocessor:
         plans = [self._plan_image(obj, f"image[{i}]", request) for i, obj in enumerate(_as_list(images))]
         plans += [self._plan_video(obj, f"video[{i}]", request) for i, obj in enumerate(_as_list(videos))]
         for p in plans:
-            if p.nbytes > self._memory_budget:
+            if p.nbytes > self.memory_budget_bytes:
                 raise LimitExceeded(
                     p.src.item,
                     f"needs up to {_mib(p.nbytes)} of working memory ({p.source_size[1]}x{p.source_size[0]} "
                     f"-> {p.target[1]}x{p.target[0]}"
                     + (f", {len(p.indices)} frames" if p.indices is not None else "")
-                    + f"), over the preprocessor's memory_budget_bytes={_mib(self._memory_budget)}",
+                    + f"), over the preprocessor's memory_budget_bytes={_mib(self.memory_budget_bytes)}",
                 )
         return plans
 
@@ -748,7 +741,7 @@ class Qwen2VLPreprocessor:
         groups: list[list[int]] = []
         batch: list[int] = []
         batch_bytes = 0
-        budget = self._memory_budget
+        budget = self.memory_budget_bytes
         for i, p in enumerate(plans):
             if self._image_batch > 1 and p.kind == "image" and p.image_info is not None \
                     and is_plain_jpeg(p.src, p.image_info):
@@ -813,11 +806,7 @@ class Qwen2VLPreprocessor:
     def _place(self, slot: Slot, plan: _Plan, pv: torch.Tensor) -> torch.Tensor:
         """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned)."""
         if plan.out is not None:
-            if pv is not plan.out:  # a CPU block for GPU features: one copy into it
-                plan.out.copy_(pv)
-            if plan.grid_out is not None:
-                for k, v in enumerate(plan.grid):  # fills on the slot's stream: no host-to-device copy, no sync
-                    plan.grid_out[k].fill_(v)
+            _into_block(plan, pv)
             return plan.out
         if self.output == "device" and pv.device.type == "cuda" and slot.stream is not None:
             # Allocated on the slot's stream, read by the caller on its own (usually the default stream):
@@ -911,7 +900,8 @@ class Qwen2VLPreprocessor:
     # ------------------------------------------------------------------ output
 
     def _lease(self, plans: list[_Plan]) -> Any:
-        """With an output pool: lease one block for all features and point each plan at its rows."""
+        """With an output pool: lease one block for all features, point each plan at its rows, and copy the
+        rows of cache hits in."""
         if self.output_pool is None or not plans:
             return None
         cfg = self.config
@@ -934,6 +924,8 @@ class Qwen2VLPreprocessor:
             p.grid_out = lease.tensors[grid_key][counts[p.kind]]
             offsets[p.kind] += n
             counts[p.kind] += 1
+            if p.cached is not None:  # a hit: its rows go into the block now, nothing runs for it
+                _into_block(p, p.cached.rows)
         return lease
 
     def _assemble(self, plans: list[_Plan], outs: list[tuple[torch.Tensor, str]], lease: Any = None) -> Qwen2VLFeatures:
@@ -1022,11 +1014,16 @@ def default_memory_budget(device: str) -> int:
     if device.startswith("cuda"):
         total = torch.cuda.get_device_properties(torch.device(device)).total_memory
         return min(cap, total // 4)
+    total = _physical_memory()
+    return cap if total is None else min(cap, total // 2)
+
+
+def _physical_memory() -> int | None:
+    """The machine's RAM in bytes (None where POSIX cannot say)."""
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return cap
-    return min(cap, total // 2)
+        return None
 
 
 def _mib(n: int) -> str:
@@ -1097,23 +1094,26 @@ def _hit_plan(kind: Literal["image", "video"], src: Source, key: bytes | None, h
                  video_fps=v["video_fps"], timer=timer, key=key, cached=hit)
 
 
+def _into_block(plan: _Plan, rows: torch.Tensor) -> None:
+    """An item's rows (unless made in place) and its grid row into its pool block. On CUDA the grid is filled
+    by kernels on the current stream: no host-to-device copy, no synchronization."""
+    if plan.out is not None and rows is not plan.out:
+        plan.out.copy_(rows)
+    if plan.grid_out is not None:
+        for k, v in enumerate(plan.grid):
+            plan.grid_out[k].fill_(v)
+
+
 def _fill_block(items: list[tuple[_Plan, torch.Tensor]]) -> None:
-    """Copy rows made elsewhere (a cache hit, another call's computation) into this call's pool block."""
+    """Rows made by another call's computation into this call's pool block."""
     for plan, rows in items:
-        if plan.out is not None:
-            plan.out.copy_(rows)
-        if plan.grid_out is not None:
-            for k, v in enumerate(plan.grid):
-                plan.grid_out[k].fill_(v)
+        _into_block(plan, rows)
 
 
 def default_cache_bytes() -> int:
     """1 GiB, or 1/16 of the machine's memory if less."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return 2**30
-    return min(2**30, total // 16)
+    total = _physical_memory()
+    return 2**30 if total is None else min(2**30, total // 16)
 
 
 def _settles(settled: Any, n: int) -> Any:
@@ -1160,22 +1160,18 @@ async def _within(fut: asyncio.Future[Any], deadline: float | None,
                   on_abandoned: Any = None) -> Any:
     """``fut``'s result, or :class:`ProcessingTimeout` at ``deadline``; a result that arrives after the caller
     gave up goes to ``on_abandoned`` (to return what it holds)."""
-    from .._aio import consume, wait_until
-    from ..errors import ProcessingTimeout
-
     try:
         done = await wait_until(fut, deadline)
     except asyncio.CancelledError:
-        done = False
-        _late(fut, on_abandoned, consume)
+        _late(fut, on_abandoned)
         raise
     if not done:
-        _late(fut, on_abandoned, consume)
+        _late(fut, on_abandoned)
         raise ProcessingTimeout("planning (load + probe) did not finish by the deadline")
     return fut.result()
 
 
-def _late(fut: asyncio.Future[Any], on_abandoned: Any, consume: Any) -> None:
+def _late(fut: asyncio.Future[Any], on_abandoned: Any) -> None:
     def settle(f: asyncio.Future[Any]) -> None:
         consume(f)
         if on_abandoned is not None and not f.cancelled() and f.exception() is None:
