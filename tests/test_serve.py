@@ -120,6 +120,8 @@ async def test_allowed_directory_serves_its_files_only(tmp_path):
         assert (await _post(client, {"images": ["a.png"]}))[0] == 200
         status, body = await _post(client, {"images": ["../b.png"]})
         assert status == 400 and "allowed media directory" in body["message"]
+        status, body = await _post(client, {"images": [f"file://{media}/a%00.png"]})
+        assert status == 400 and body["error"] == "SourceError" and "NUL byte" in body["message"]
     finally:
         await client.close()
 

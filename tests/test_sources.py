@@ -121,6 +121,15 @@ class TestAllowedDirectory:
             MediaLimits.for_network(local_media_root=str(tmp_path / "nope"))
 
 
+@pytest.mark.parametrize("limits", [MediaLimits(), "root"], ids=["trusted", "allowed-directory"])
+def test_path_with_a_nul_byte_is_a_source_error(tmp_path, limits):
+    if limits == "root":
+        limits = MediaLimits.for_network(local_media_root=str(tmp_path))
+    for obj in (f"file://{tmp_path}/a%00b.png", tmp_path / "a\x00b.png"):
+        with pytest.raises(SourceError, match="NUL byte"):
+            load_source(obj, "image[0]", limits)
+
+
 class TestTrustedCaller:
     """The Python API reads paths, but still never blocks on or streams from something that is no file."""
 

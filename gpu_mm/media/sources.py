@@ -188,6 +188,8 @@ def _from_path(path: str, item: str, limits: MediaLimits) -> Source:
     directory, so nothing blocks or streams forever), its size checked from ``fstat`` before reading."""
     if not limits.allow_local_paths:
         raise SourceError(item + " (path)", _REFUSED_PATH)
+    if "\x00" in path:  # no file has one; the OS calls below would raise a bare ValueError
+        raise SourceError(item + " (path)", "path contains a NUL byte")
     root = limits.local_media_root
     if root is not None:
         resolved = _in_root(path, root)
