@@ -23,19 +23,20 @@ import dataclasses
 import hashlib
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 __all__ = ["CacheStatistics", "FeatureCache", "content_key"]
 
+_hasher: Callable[[], Any]
 try:  # pragma: no cover - which one depends on the environment
-    from blake3 import blake3 as _hasher
+    from blake3 import blake3
 
-    HASH = "blake3"
+    _hasher, HASH = blake3, "blake3"
 except ImportError:  # pragma: no cover
-    _hasher = hashlib.sha256
-    HASH = "sha256"
+    _hasher, HASH = hashlib.sha256, "sha256"
 
 
 def content_key(data: Any, *parts: Any) -> bytes:
@@ -49,7 +50,7 @@ def content_key(data: Any, *parts: Any) -> bytes:
 
         arr = np.ascontiguousarray(data)
         h.update(f"array {arr.dtype} {arr.shape}".encode())
-        data = memoryview(arr).cast("B")
+        data = arr.data.cast("B")
     h.update(memoryview(data))
     for part in parts:
         h.update(b"\x00" + repr(part).encode())

@@ -1012,10 +1012,9 @@ def default_memory_budget(device: str) -> int:
     """8 GiB, or less on a small machine: half the RAM (CPU) or a quarter of the GPU's memory (CUDA)."""
     cap = 8 * 2**30
     if device.startswith("cuda"):
-        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        return min(cap, total // 4)
-    total = _physical_memory()
-    return cap if total is None else min(cap, total // 2)
+        return min(cap, torch.cuda.get_device_properties(torch.device(device)).total_memory // 4)
+    ram = _physical_memory()
+    return cap if ram is None else min(cap, ram // 2)
 
 
 def _physical_memory() -> int | None:
@@ -1112,8 +1111,8 @@ def _fill_block(items: list[tuple[_Plan, torch.Tensor]]) -> None:
 
 def default_cache_bytes() -> int:
     """1 GiB, or 1/16 of the machine's memory if less."""
-    total = _physical_memory()
-    return 2**30 if total is None else min(2**30, total // 16)
+    ram = _physical_memory()
+    return 2**30 if ram is None else min(2**30, ram // 16)
 
 
 def _settles(settled: Any, n: int) -> Any:
