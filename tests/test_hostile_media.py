@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gpu_mm.models.qwen2_vl as qwen2_vl
+import gpu_mm.pipeline as pipeline
 from gpu_mm import DecodeError, LimitExceeded, MediaError, UnsupportedMedia
 from gpu_mm.media.sources import load_source
 from gpu_mm.media.video import PyAVDecoder, probe_video, register_video_decoder
@@ -177,13 +177,13 @@ class TestBoundedMemory:
     def test_chunked_decode_equals_one_pass(self, monkeypatch):
         data = clip("h264", 48, gop=12, bframes=2)
         whole = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=24)
-        monkeypatch.setattr(qwen2_vl, "CHUNK_BYTES", 1)  # two frames per chunk
+        monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1)  # two frames per chunk
         chunked = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=24)
         assert torch.equal(whole.pixel_values_videos, chunked.pixel_values_videos)
 
     def test_backends_without_streaming_are_asked_chunk_by_chunk(self, monkeypatch):
         register_video_decoder("no-streaming-test", _NoStreaming)
-        monkeypatch.setattr(qwen2_vl, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1)
         data = clip("h264", 48, gop=12)
         ours = Qwen2VLPreprocessor("cpu", video_decoder="no-streaming-test", sampling="hf")(videos=[data], nframes=10)
         ref = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=10)
@@ -202,7 +202,7 @@ class TestBoundedMemory:
         pre = Qwen2VLPreprocessor("cpu", sampling="hf")
         short = pre._plan_all(None, [clip("h264", 48, h=96, w=128)], {"nframes": 40})[0]
         long = pre._plan_all(None, [clip("h264", 48, h=96, w=128)], {"nframes": 48})[0]
-        assert short.chunk == long.chunk == qwen2_vl.MAX_CHUNK_FRAMES
+        assert short.chunk == long.chunk == pipeline.MAX_CHUNK_FRAMES
         per_frame_out = (long.nbytes - short.nbytes) / 8
         # Past one chunk, more frames add only their output rows (float32 at the target size).
         target_px = long.target[0] * long.target[1]
@@ -231,13 +231,13 @@ def test_band_conversion_equals_whole_image_conversion(monkeypatch, fmt, mode):
 ])
 def test_same_device_compares_like_with_like(actual, wanted, same):
     """A decoder's CUDA output (``cuda:0``) is already on a ``cuda`` slot: no pin_memory() of a CUDA tensor."""
-    assert qwen2_vl.same_device(torch.device(actual), torch.device(wanted)) is same
+    assert pipeline.same_device(torch.device(actual), torch.device(wanted)) is same
 
 
 def test_cuda_without_index_means_the_current_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    assert qwen2_vl.same_device(torch.device("cuda:1"), torch.device("cuda"))
-    assert not qwen2_vl.same_device(torch.device("cuda:0"), torch.device("cuda"))
+    assert pipeline.same_device(torch.device("cuda:1"), torch.device("cuda"))
+    assert not pipeline.same_device(torch.device("cuda:0"), torch.device("cuda"))
 
 
 def test_sync_api_keeps_one_slot_per_thread_and_copies_get_their_own():
@@ -265,8 +265,8 @@ def test_sync_api_keeps_one_slot_per_thread_and_copies_get_their_own():
 def test_joined_rows_keep_their_placement(monkeypatch):
     """Several items' rows are joined into one tensor; pinned output stays pinned (torch.cat's would not)."""
     rows = [torch.arange(6.0).reshape(2, 3), torch.arange(3.0).reshape(1, 3)]
-    joined = qwen2_vl._join(rows, pinned=False)
-    assert torch.equal(joined, torch.cat(rows)) and qwen2_vl._join(rows[:1], pinned=False) is rows[0]
+    joined = pipeline._join(rows, pinned=False)
+    assert torch.equal(joined, torch.cat(rows)) and pipeline._join(rows[:1], pinned=False) is rows[0]
     asked = {}
     empty = torch.empty
 
@@ -275,7 +275,7 @@ def test_joined_rows_keep_their_placement(monkeypatch):
         return empty(*a, **k)  # no CUDA driver here to page-lock with; the request is what is checked
 
     monkeypatch.setattr(torch, "empty", spy)
-    assert torch.equal(qwen2_vl._join(rows, pinned=True), torch.cat(rows)) and asked["pin_memory"] is True
+    assert torch.equal(pipeline._join(rows, pinned=True), torch.cat(rows)) and asked["pin_memory"] is True
 
 
 @pytest.mark.parametrize("batched", [True, False])

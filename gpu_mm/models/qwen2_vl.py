@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL preprocessing: plan (pure), then run on a device slot; HF-compatible output.
+"""Qwen2-VL / Qwen2.5-VL: the family's spec (sizes, frame sampling, ``second_per_grid_ts``).
 
 ``Qwen2VLPreprocessor`` turns images and videos into ``pixel_values``, ``image_grid_thw``,
 ``pixel_values_videos``, ``video_grid_thw`` and ``second_per_grid_ts``, the same features transformers'
@@ -7,36 +7,28 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import dataclasses
-import math
-import os
-import threading
-import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from .. import ops
-from .._aio import consume, wait_until
-from ..cache import CacheStatistics, Entry, FeatureCache, content_key
-from ..errors import BackendUnavailable, LimitExceeded, MediaError, ProcessingTimeout, UnsupportedMedia
-from ..media.image import ImageInfo, decode_image, decode_jpeg_cuda, decode_jpegs, is_plain_jpeg, probe_image
-from ..media.sources import MediaLimits, Source, load_source
-from ..media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video, rotate_frames
-from ..metrics import StageTimer
 from ..options import RequestOptions
-from ..slots import Slot, SlotPool, SlotPoolStatistics
+from ..pipeline import Features, ItemReport, Preprocessor, PreprocessorStatistics
+from . import register_family
+from .base import ModelSpec, VideoSampling
 
 __all__ = ["ItemReport", "PreprocessorStatistics", "Qwen2VLConfig", "Qwen2VLFeatures", "Qwen2VLPreprocessor"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2VLConfig:
+class Qwen2VLConfig(ModelSpec):
     """Preprocessing settings; defaults are transformers 5.x Qwen2-VL defaults and qwen-vl-utils sampling."""
+
+    family: ClassVar[str] = "qwen2_vl"
+    model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl", "qwen2_5_vl")
+    processor_classes: ClassVar[tuple[str, ...]] = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
 
     patch_size: int = 14
     temporal_patch_size: int = 2
@@ -61,1119 +53,159 @@ class Qwen2VLConfig:
     """How video frames are resized: ``bicubic`` as transformers and qwen-vl-utils do; ``bilinear`` as
     SGLang's own Qwen-VL video path does (its plug-in uses it, so its features equal SGLang's)."""
     output_dtype: torch.dtype = torch.float32
+    second_per_grid_ts: bool = True
+    """Whether features carry ``second_per_grid_ts`` (Qwen2.5-VL's processor returns it, Qwen2-VL's does not;
+    SGLang takes it for both)."""
 
-    @property
-    def factor(self) -> int:
-        return self.patch_size * self.merge_size
+    def validate(self) -> None:
+        super().validate()
+        if self.sampling not in ("qwen_vl_utils", "sglang", "hf"):
+            raise ValueError(f"sampling must be 'qwen_vl_utils', 'sglang' or 'hf', got {self.sampling!r}")
+
+    # ------------------------------------------------------------------ sizes and frames (pure)
+
+    def image_target(self, height: int, width: int, options: RequestOptions) -> tuple[int, int]:
+        return ops.smart_resize(height, width, self.factor, _get(options.min_pixels, self.image_min_pixels),
+                                _get(options.max_pixels, self.image_max_pixels))
+
+    def _frame_max_pixels(self, nframes: int, options: RequestOptions) -> float:
+        """qwen-vl-utils' per-frame pixel cap for ``nframes`` frames under this config and request."""
+        return ops.video_max_pixels_qwen_vl_utils(
+            nframes, min_pixels=_get(options.min_pixels, self.video_min_pixels),
+            frame_max_pixels=self.video_max_pixels, total_pixels=_get(options.total_pixels, self.video_total_pixels),
+            max_pixels=options.max_pixels, frame_factor=self.temporal_patch_size,
+        )
+
+    def _video_target(self, size: tuple[int, int], max_pixels: float, options: RequestOptions) -> tuple[int, int]:
+        return ops.smart_resize(size[0], size[1], self.factor, int(_get(options.min_pixels, self.video_min_pixels)),
+                                int(max_pixels))
+
+    def sample_video(self, total: int, video_fps: float, size: tuple[int, int],
+                     options: RequestOptions) -> VideoSampling:
+        tp, nframes = self.temporal_patch_size, options.nframes
+        try:
+            if total < tp and nframes is None:
+                # Fewer frames than one temporal patch (a 1-frame clip): all of them, the last repeated to fill
+                # the patch as for an image (qwen-vl-utils refuses such a clip; transformers pads it so).
+                indices = list(range(total))
+                sample_fps = video_fps
+                max_pixels = (self._frame_max_pixels(tp, options) if self.sampling != "hf"
+                              else _get(options.max_pixels, self.video_max_pixels))
+            elif self.sampling in ("qwen_vl_utils", "sglang"):
+                start, end = ops.frame_range(total, video_fps, options.video_start, options.video_end)
+                n = ops.nframes_qwen_vl_utils(
+                    end - start + 1, video_fps, fps=None if nframes is not None else _get(options.fps, self.fps),
+                    nframes=nframes, min_frames=self.min_frames, max_frames=self.max_frames, frame_factor=tp,
+                )
+                sample = ops.sample_indices_sglang if self.sampling == "sglang" else ops.sample_indices_qwen_vl_utils
+                indices = sample(start, end, n)
+                sample_fps = n / max(end - start + 1, 1e-6) * video_fps
+                max_pixels = self._frame_max_pixels(n, options)
+            else:
+                n_hf = ops.nframes_hf(
+                    total, video_fps, fps=options.fps if nframes is None else None, num_frames=nframes,
+                    min_frames=self.min_frames, max_frames=self.max_frames, temporal_patch_size=tp,
+                )
+                indices = ops.sample_indices_hf(total, n_hf)
+                sample_fps = len(indices) / total * video_fps
+                max_pixels = _get(options.max_pixels, self.video_max_pixels)
+                if self.cap_pixels_per_frame:
+                    budget = int(self.video_total_pixels)
+                    max_pixels = max(min(max_pixels, budget * tp // len(indices)), int(self.video_min_pixels * 1.05))
+        except ValueError as exc:
+            raise ValueError(f"cannot sample frames: {exc}") from None
+        return VideoSampling(indices, sample_fps, self._video_target(size, max_pixels, options), video_fps)
+
+    def sample_frames(self, frames: int, size: tuple[int, int], options: RequestOptions) -> VideoSampling:
+        """Decoded frames are taken as already sampled, at ``fps`` (as qwen-vl-utils treats frame lists)."""
+        sample_fps = float(options.fps or self.fps or 2.0)
+        if self.sampling != "hf":
+            max_pixels = self._frame_max_pixels(frames + (-frames % self.temporal_patch_size), options)
+        else:
+            max_pixels = _get(options.max_pixels, self.video_max_pixels)
+        return VideoSampling(list(range(frames)), sample_fps, self._video_target(size, max_pixels, options), None)
+
+    def video_fields(self, videos: Sequence[VideoSampling]) -> dict[str, Any]:
+        if not self.second_per_grid_ts:
+            return {}
+        return {"second_per_grid_ts": [self.temporal_patch_size / (v.sample_fps or 1.0) for v in videos]}
+
+    @classmethod
+    def from_pretrained_dict(cls, model_type: str, image: Mapping[str, Any],
+                             video: Mapping[str, Any] | None) -> Qwen2VLConfig:
+        """Sizes and constants from the model's configs; frames sampled by qwen-vl-utils' rule (as the model's
+        own serving stacks do) at the video config's ``fps``; ``second_per_grid_ts`` for Qwen2.5-VL only."""
+        kw: dict[str, Any] = {"second_per_grid_ts": model_type in ("qwen2_5_vl", "Qwen2_5_VLProcessor")}
+        _common(kw, image, cls)
+        lo, hi = _pixels(image)
+        if lo is not None:
+            kw["image_min_pixels"] = lo
+        if hi is not None:
+            kw["image_max_pixels"] = hi
+        if video:
+            lo, hi = _pixels(video)
+            if lo is not None:
+                kw["video_min_pixels"] = lo
+            if hi is not None:
+                kw["video_max_pixels"] = hi
+            for name in ("min_frames", "max_frames"):
+                if isinstance(video.get(name), int):
+                    kw[name] = video[name]
+            if isinstance(video.get("fps"), (int, float)):
+                kw["fps"] = float(video["fps"])
+        return cls(**kw)
 
 
 @dataclasses.dataclass
-class ItemReport:
-    """What happened to one item: its plan, the decoder used, and per-stage seconds."""
-
-    kind: Literal["image", "video"]
-    item: str
-    source_size: tuple[int, int]
-    """(height, width) as decoded."""
-    resized: tuple[int, int]
-    grid_thw: tuple[int, int, int]
-    num_tokens: int
-    """Visual tokens after the 2x2 merge: t*h*w / merge**2."""
-    decoder: str
-    frame_indices: list[int] | None = None
-    sample_fps: float | None = None
-    video_fps: float | None = None
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    cache: Literal["hit", "miss", "coalesced"] | None = None
-    """``hit``: served from the feature cache; ``coalesced``: joined a computation of the same content
-    already in flight; ``miss``: computed (and kept); None: the cache is off or the item is not cacheable."""
-
-
-@dataclasses.dataclass
-class Qwen2VLFeatures:
+class Qwen2VLFeatures(Features):
     """Model inputs for Qwen2-VL / Qwen2.5-VL, plus a report per item."""
 
-    pixel_values: torch.Tensor | None = None
-    image_grid_thw: torch.Tensor | None = None
-    pixel_values_videos: torch.Tensor | None = None
-    video_grid_thw: torch.Tensor | None = None
     second_per_grid_ts: list[float] | None = None
-    items: list[ItemReport] = dataclasses.field(default_factory=list)
-    handle: Any = None
-    """With an output pool: the :class:`gpu_mm.handoff.FeatureHandle` of the block holding these tensors
-    (send it to the consumer; ``pool.release(handle)`` once it is done with them)."""
-
-    def processor_output(self, input_text: Any = None) -> dict[str, Any]:
-        """What ``process_mm_data_async`` returns: :meth:`to_dict` plus ``input_text`` and ``items``."""
-        out = self.to_dict()
-        out["input_text"] = input_text
-        out["items"] = self.items
-        return out
 
     def to_dict(self) -> dict[str, Any]:
-        """The keys and dtypes a transformers Qwen2-VL model consumes (absent modalities left out)."""
-        out: dict[str, Any] = {}
-        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
+        """The keys and dtypes a transformers Qwen2-VL / Qwen2.5-VL model consumes (absent ones left out)."""
+        out = super().to_dict()
         if self.second_per_grid_ts is not None:
             out["second_per_grid_ts"] = torch.tensor(self.second_per_grid_ts, dtype=torch.float32)
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class PreprocessorStatistics:
-    """A snapshot of a :class:`Qwen2VLPreprocessor`: its device slots (None before the first async call),
-    its feature cache, and the computations other calls may join."""
-
-    device: str
-    memory_budget_bytes: int
-    slots: SlotPoolStatistics | None
-    cache: CacheStatistics
-    computations_in_flight: int
-
-
-@dataclasses.dataclass
-class _Plan:
-    """Everything decided before touching pixels (pure data, no tensors except array inputs)."""
-
-    kind: Literal["image", "video"]
-    src: Source
-    target: tuple[int, int]
-    grid: tuple[int, int, int]
-    source_size: tuple[int, int]
-    indices: list[int] | None = None
-    info: VideoInfo | None = None
-    image_info: ImageInfo | None = None
-    """An image's probe (size, format, mode), so decoding does not parse its header again."""
-    sample_fps: float | None = None
-    nbytes: int = 0
-    """Peak working memory this item may take while it runs (its bound; see :func:`video_working_bytes`)."""
-    chunk: int = 0
-    """Video frames decoded, resized and patchified together (a multiple of the temporal patch)."""
-    timer: StageTimer = dataclasses.field(default_factory=StageTimer)
-    out: torch.Tensor | None = None
-    """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
-    grid_out: torch.Tensor | None = None
-    """This item's ``grid_thw`` row inside that lease, written by the item's slot job."""
-    video_fps: float | None = None
-    key: bytes | None = None
-    """The item's feature-cache key (None: cache off, or not cacheable)."""
-    cached: Entry | None = None
-    """The cache's entry, when this item is a hit (nothing is decoded)."""
-    cache_state: Literal["hit", "miss", "coalesced"] | None = None
-    flight: asyncio.Future[Any] | None = None
-    """For a miss computed by this call: resolved with its result for calls that join it."""
-
-
-class _LeaseGuard:
-    """Returns a lease to its pool if the call fails, but only once no item's work can still write into it."""
-
-    def __init__(self, pool: Any, lease: Any, items: int) -> None:
-        self.pool, self.lease, self.unsettled, self.failed = pool, lease, items, False
-
-    def settled(self) -> None:
-        self.unsettled -= 1
-        self._maybe_release()
-
-    def fail(self) -> None:
-        self.failed = True
-        self._maybe_release()
-
-    def _maybe_release(self) -> None:
-        if self.failed and self.unsettled == 0 and self.lease is not None:
-            self.pool.release(self.lease.handle)
-            self.lease = None
-
-
-class Qwen2VLPreprocessor:
-    """Images and videos to Qwen2-VL features on CUDA or CPU.
-
-    Use it synchronously (``pre(images=..., videos=...)``), asynchronously
-    (``await pre.preprocess(...)``, heavy work on device slots), or as an SGLang-style processor
-    (``process_mm_data_async``) inside :class:`gpu_mm.AsyncMMDataProcessor`.
-
-    Args:
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        config: a :class:`Qwen2VLConfig`; keyword overrides of its fields may be given directly.
-        limits: :class:`MediaLimits` applied to every item.
-        video_decoder: a registered decoder name: ``"pyav"`` (always there), ``"dali"`` (NVDEC),
-            ``"dali-cpu"``; ``"auto"``: DALI/NVDEC on CUDA when installed, else PyAV. An item whose codec
-            the decoder lacks falls back to PyAV, and its report says so.
-        num_slots: device slots (default 1: SGLang found one GPU worker best, and on the CPU one slot
-            lets torch's intra-op threads use the cores without oversubscribing them, which is what
-            keeps the caller's loop responsive on small machines).
-        memory_budget_bytes: working memory (decoded frames, intermediates and outputs) of the items
-            running at once, bounded per item by what its plan states. An item that could never fit is
-            refused at planning with :class:`gpu_mm.LimitExceeded`; others queue. ``None``: the default,
-            :func:`default_memory_budget` (8 GiB, or half the machine's memory / a quarter of the GPU's if
-            less).
-        express_slots: extra slots only for cheap items (planned at most ``express_max_bytes``), so a
-            cheap image never waits behind a decompression bomb or a long video (default 1).
-        express_max_bytes: what counts as cheap (default 256 MiB: a 4K JPEG plans ~160 MiB, a 67 Mpx image
-            or a minute of 1080p video several GiB).
-        output: ``"device"`` leaves features where they were made (finished when returned; safe to use on
-            the default CUDA stream, on another stream call ``tensor.record_stream(stream)``); ``"cpu"`` copies
-            them to the CPU;
-            ``"pinned"`` (CUDA only) copies them asynchronously into pinned host memory on the slot's
-            stream, the slot's completion event covering the copy.
-        image_batch: plain JPEGs of one call decoded together, up to this many per slot job (default 32 on
-            CUDA, where nvJPEG decodes a list in one batched call; 1 on the CPU).
-        output_pool: a :class:`gpu_mm.handoff.FeaturePool`; features are then written straight into a
-            block leased from it (in place on the CPU; by the kernel's ``out=`` on CUDA), ready to hand to
-            another process with ``features.handle``.
-        cache_bytes: bytes of finished features kept by content (:class:`gpu_mm.cache.FeatureCache`, LRU);
-            concurrent requests for content being computed wait for that computation. ``None``: 1 GiB, or
-            1/16 of the machine's memory if less; ``0``: off. Hits share their tensors (read-only by
-            contract) unless ``copy_on_hit``.
-    """
-
-    thread_safe = True  # no shared mutable state: per-thread state lives in the slots
-
-    def __init__(
-        self,
-        device: str = "auto",
-        *,
-        config: Qwen2VLConfig | None = None,
-        limits: MediaLimits | None = None,
-        video_decoder: str = "auto",
-        num_slots: int | None = None,
-        memory_budget_bytes: int | None = None,
-        express_slots: int = 1,
-        express_max_bytes: int = 256 * 2**20,
-        max_queued: int | None = None,
-        output: Literal["device", "cpu", "pinned"] = "device",
-        output_pool: Any = None,
-        image_batch: int | None = None,
-        cache_bytes: int | None = None,
-        copy_on_hit: bool = False,
-        **overrides: Any,
-    ) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable(f"device {device!r} requested but CUDA is not available")
-        if output not in ("device", "cpu", "pinned"):
-            raise ValueError(f"output must be 'device', 'cpu' or 'pinned', got {output!r}")
-        if output_pool is not None and output != "device":
-            raise ValueError("output_pool decides where features go: leave output='device'")
-        if output_pool is not None and output_pool.device != "cpu" and not device.startswith("cuda"):
-            raise ValueError(f"a {output_pool.device} output pool needs a CUDA preprocessor, got device={device!r}")
-        self.output_pool = output_pool
-        if output == "pinned" and not device.startswith("cuda"):
-            raise ValueError("output='pinned' needs a CUDA device (pinned memory is page-locked for GPU copies)")
-        self.device = device
-        self.config = dataclasses.replace(config or Qwen2VLConfig(), **overrides)
-        if self.config.sampling not in ("qwen_vl_utils", "sglang", "hf"):
-            raise ValueError(f"sampling must be 'qwen_vl_utils', 'sglang' or 'hf', got {self.config.sampling!r}")
-        if self.config.video_resample not in ("bicubic", "bilinear"):
-            raise ValueError(f"video_resample must be 'bicubic' or 'bilinear', got {self.config.video_resample!r}")
-        self.limits = limits or MediaLimits()
-        if video_decoder == "auto":
-            video_decoder = "pyav"
-            if device.startswith("cuda"):
-                try:
-                    get_video_decoder("dali")
-                    video_decoder = "dali"
-                except BackendUnavailable:
-                    pass
-        get_video_decoder(video_decoder)  # fail now, not per request, if the backend is missing
-        self.video_decoder = video_decoder
-        self.output = output
-        self._num_slots = num_slots or 1
-        if image_batch is not None and image_batch < 1:
-            raise ValueError(f"image_batch must be >= 1 or None, got {image_batch!r}")
-        # nvJPEG decodes a list in one batched (hardware where present) call; libjpeg-turbo gains nothing.
-        self._image_batch = image_batch or (32 if device.startswith("cuda") else 1)
-        if memory_budget_bytes is None:
-            memory_budget_bytes = default_memory_budget(device)
-        if memory_budget_bytes < 1:
-            raise ValueError(f"memory_budget_bytes must be >= 1 or None, got {memory_budget_bytes!r}")
-        if express_slots < 0:
-            raise ValueError(f"express_slots must be >= 0, got {express_slots!r}")
-        self.memory_budget_bytes = memory_budget_bytes
-        self._express_slots = express_slots
-        self._express_max_bytes = express_max_bytes
-        self._max_queued = max_queued
-        self._slots: SlotPool | None = None
-        self._io: concurrent.futures.ThreadPoolExecutor | None = None
-        self._sync_local = threading.local()
-        if cache_bytes is None:
-            cache_bytes = default_cache_bytes()
-        self.cache = FeatureCache(cache_bytes, copy_on_hit=copy_on_hit)
-        # Everything besides the media and the request's options that changes an item's features.
-        self._cache_identity = (repr(self.config), self.device, self.output, self.video_decoder)
-        self._inflight: dict[bytes, asyncio.Future[Any]] = {}
-
-    # ------------------------------------------------------------------ sync API
-
-    def __call__(
-        self,
-        images: Sequence[Any] | Any | None = None,
-        videos: Sequence[Any] | Any | None = None,
-        **request: Any,
-    ) -> Qwen2VLFeatures:
-        """Preprocess on the calling thread (scripts, tests). Per-request keys: ``fps``, ``nframes``,
-        ``video_start``, ``video_end``, ``min_pixels``, ``max_pixels``, ``total_pixels``."""
-        plans = self._plan_all(images, videos, request)
-        slot = self._sync_slot()
-        lease = self._lease(plans)
-        try:
-            outs: list[Any] = [None] * len(plans)
-            fresh = [i for i, p in enumerate(plans) if p.cached is None]
-            for i, p in enumerate(plans):
-                if p.cached is not None:
-                    outs[i] = self._from_cache(p)
-            # cuda:N: the current device for every kernel launched here (slot threads get it from their stream).
-            with torch.cuda.device(self.device) if self.device.startswith("cuda") else contextlib.nullcontext():
-                for group in self._groups([plans[i] for i in fresh]):
-                    members = [fresh[k] for k in group]
-                    for i, out in zip(members, self._execute_group(slot, [plans[i] for i in members])):
-                        outs[i] = out
-                        self._keep(plans[i], out)
-        except BaseException:
-            if lease is not None:
-                self.output_pool.release(lease.handle)
-            raise
-        if lease is not None and self.output_pool.device != "cpu":
-            torch.cuda.current_stream().synchronize()  # another process may read the block at once
-        return self._assemble(plans, outs, lease)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # A copy (deepcopy, pickle) gets its own threads, slots and per-thread decoders, never these.
-        state = self.__dict__.copy()
-        state.update(_slots=None, _io=None, _inflight={})
-        state.pop("_sync_local", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._sync_local = threading.local()
-
-    def _sync_slot(self) -> Slot:
-        """The calling thread's own slot for the synchronous API, kept between calls so that its decoders
-        (a DALI pipeline, an NVDEC session) are built once per thread, not per call."""
-        slot = getattr(self._sync_local, "slot", None)
-        if slot is None:
-            slot = self._sync_local.slot = Slot(-1, self.device)
-        return slot
-
-    # ------------------------------------------------------------------ async API
-
-    async def preprocess(
-        self,
-        images: Sequence[Any] | Any | None = None,
-        videos: Sequence[Any] | Any | None = None,
-        *,
-        deadline: float | None = None,
-        **request: Any,
-    ) -> Qwen2VLFeatures:
-        """Like ``__call__`` but async: planning on IO threads, pixel work on device slots.
-
-        ``deadline`` is a ``time.monotonic()`` instant; past it :class:`gpu_mm.ProcessingTimeout` is
-        raised and any running item keeps its slot until it ends.
-        """
-        loop = asyncio.get_running_loop()
-        if self._io is None:
-            self._io = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="gpu-mm-io")
-        if self._slots is None:
-            self._slots = SlotPool(
-                self._num_slots,
-                device=self.device,
-                memory_budget_bytes=self.memory_budget_bytes,
-                express_slots=self._express_slots,
-                express_max_bytes=self._express_max_bytes,
-                max_queued=self._max_queued,
-            )
-        # Planning and leasing the output block (an allocation, a CUDA IPC handle) run on an IO thread.
-        plan_future = loop.run_in_executor(self._io, self._plan_and_lease, images, videos, request)
-        plans, lease = await _within(plan_future, deadline, on_abandoned=self._release_late_lease)
-        slots = self._slots
-        outs: list[Any] = [None] * len(plans)
-        fresh: list[int] = []
-        followers: list[tuple[int, asyncio.Future[Any]]] = []
-        for i, p in enumerate(plans):
-            if p.cached is not None:
-                outs[i] = self._from_cache(p)
-            elif p.key is not None and p.key in self._inflight:
-                p.cache_state = "coalesced"  # the same content is being computed: wait for that
-                self.cache.coalesced()
-                followers.append((i, self._inflight[p.key]))
-            else:
-                fresh.append(i)
-                if p.key is not None:
-                    p.flight = self._inflight[p.key] = loop.create_future()
-        guard = _LeaseGuard(self.output_pool, lease, len(fresh)) if lease is not None and fresh else None
-        settled = guard.settled if guard is not None else None
-        groups = [[fresh[k] for k in group] for group in self._groups([plans[i] for i in fresh])]
-        runs: list[Any] = [self._start_group(slots, [plans[i] for i in group], deadline, _settles(settled, len(group)))
-                           for group in groups]
-        runs += [self._follow(plans[i], flight, deadline) for i, flight in followers]
-        try:
-            results = await asyncio.gather(*runs, return_exceptions=True)
-            for r in results:
-                if isinstance(r, BaseException):
-                    raise r
-        except BaseException:
-            if guard is not None:
-                guard.fail()  # the block returns to the pool once no abandoned item can write into it
-            raise
-        for group, result in zip(groups, results):
-            for i, out in zip(group, result):  # type: ignore[arg-type]
-                outs[i] = out
-        for (i, _), result in zip(followers, results[len(groups):]):
-            outs[i] = result
-        if lease is not None and followers:
-            # Rows computed for another call: copied into this call's block, off the loop.
-            await loop.run_in_executor(self._io, _fill_block, [(plans[i], outs[i][0]) for i, _ in followers])
-        if lease is None and (sum(p.kind == "image" for p in plans) > 1 or sum(p.kind == "video" for p in plans) > 1):
-            # Joining several items' rows is a copy of every feature byte: not on the caller's loop.
-            return await loop.run_in_executor(self._io, self._assemble, plans, outs, lease)
-        return self._assemble(plans, outs, lease)
-
-    def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[_Plan], Any]:
-        plans = self._plan_all(images, videos, request)
-        return plans, self._lease(plans)
-
-    def _release_late_lease(self, result: tuple[list[_Plan], Any]) -> None:
-        """Planning finished after its caller gave up: no item will run, so its block goes back at once."""
-        _, lease = result
-        if lease is not None:
-            self.output_pool.release(lease.handle)
-
-    def _start_group(self, slots: SlotPool, group: list[_Plan], deadline: float | None,
-                     on_release: Any) -> asyncio.Task[Any]:
-        """One slot job as a task. SlotPool.run reports its outcome (``on_done``) and settles it (``on_release``)
-        on every path, but only once its coroutine has begun: a task cancelled before its first step (its
-        caller cancelled in the same loop turn) never begins, so its done-callback does that instead."""
-        begun: list[bool] = []
-        on_done = self._landed(group)
-
-        async def run() -> Any:
-            begun.append(True)
-            return await slots.run(self._execute_group, group, nbytes=sum(p.nbytes for p in group),
-                                   deadline=deadline, on_release=on_release, on_done=on_done)
-
-        def never_begun(task: asyncio.Task[Any]) -> None:
-            if begun:
-                return
-            if on_done is not None:
-                on_done(None, asyncio.CancelledError())
-            if on_release is not None:
-                on_release()
-
-        task = asyncio.ensure_future(run())
-        task.add_done_callback(never_begun)
-        return task
-
-    def _from_cache(self, plan: _Plan) -> tuple[torch.Tensor, str]:
-        assert plan.cached is not None
-        plan.cache_state = "hit"
-        return plan.cached.rows, plan.cached.value["decoder"]
-
-    def _keep(self, plan: _Plan, out: tuple[torch.Tensor, str]) -> None:
-        """Put a computed item in the cache (a copy when its rows live in a reusable pool block)."""
-        if plan.key is None:
-            return
-        rows, decoder = out
-        if plan.out is not None:
-            rows = rows.clone()
-        self.cache.put(plan.key, rows, {
-            "target": plan.target, "grid": plan.grid, "source_size": plan.source_size, "indices": plan.indices,
-            "sample_fps": plan.sample_fps, "video_fps": plan.video_fps, "decoder": decoder,
-        })
-        plan.cache_state = "miss"
-
-    def _landed(self, group: list[_Plan]) -> Any:
-        """``on_done`` for a slot job: when its work really ends (whether or not its caller is still there),
-        keep its items in the cache and hand the outcome to every call that joined them."""
-        if not any(p.flight is not None for p in group):
-            return None
-
-        def on_done(result: Any, exc: BaseException | None) -> None:
-            for k, plan in enumerate(group):
-                flight = plan.flight
-                if flight is None:
-                    continue
-                if self._inflight.get(plan.key) is flight:  # type: ignore[arg-type]
-                    del self._inflight[plan.key]  # type: ignore[arg-type]
-                if flight.done():
-                    continue
-                if exc is None:
-                    self._keep(plan, result[k])
-                    flight.set_result(result[k])
-                else:
-                    if isinstance(exc, asyncio.CancelledError):
-                        exc = ProcessingTimeout("the computation this item joined was cancelled before it ran")
-                    flight.set_exception(exc)
-                    flight.exception()  # retrieved: nobody may have joined
-
-        return on_done
-
-    async def _follow(self, plan: _Plan, flight: asyncio.Future[Any], deadline: float | None) -> Any:
-        """Wait, until this call's own deadline, for a computation of the same content another call started;
-        its failure is this item's failure, named as this item."""
-        if not await wait_until(flight, deadline):
-            raise ProcessingTimeout(f"{plan.src.item}: the computation of the same content did not finish by "
-                                    "this request's deadline")
-        exc = flight.exception()
-        if isinstance(exc, MediaError):
-            raise type(exc)(plan.src.item, exc.reason) from exc
-        if exc is not None:
-            raise exc
-        return flight.result()
-
-    async def process_mm_data_async(
-        self,
-        image_data: Any = None,
-        audio_data: Any = None,
-        input_text: Any = None,
-        request_obj: Any = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """SGLang's processor contract: features for the request's images and videos as a dict.
-
-        Videos come from ``kwargs["video_data"]`` or ``request_obj.video_data``. Audio is refused.
-        """
-        if audio_data:
-            raise UnsupportedMedia("audio", "Qwen2-VL takes no audio")
-        videos = kwargs.pop("video_data", None)
-        if videos is None and request_obj is not None:
-            videos = getattr(request_obj, "video_data", None)
-        feats = await self.preprocess(images=image_data or None, videos=videos or None, **kwargs)
-        return feats.processor_output(input_text)
-
-    def statistics(self) -> PreprocessorStatistics:
-        """Return a snapshot of the slots, the feature cache and the computations in flight."""
-        return PreprocessorStatistics(
-            device=self.device, memory_budget_bytes=self.memory_budget_bytes,
-            slots=None if self._slots is None else self._slots.statistics(),
-            cache=self.cache.statistics(), computations_in_flight=len(self._inflight),
-        )
-
-    def shutdown(self) -> None:
-        """Refuse new calls and let the slot and IO threads exit once their current work ends (no wait)."""
-        if self._slots is not None:
-            self._slots.shutdown()
-        if self._io is not None:
-            self._io.shutdown(wait=False)
-
-    async def aclose(self) -> None:
-        """Release the slots and IO threads."""
-        if self._slots is not None:
-            await self._slots.aclose()
-        if self._io is not None:
-            self._io.shutdown(wait=False)
-
-    # ------------------------------------------------------------------ planning (pure, no pixels)
-
-    def _plan_all(self, images: Any, videos: Any, request: dict[str, Any]) -> list[_Plan]:
-        options = request.pop("options", None)
-        if options is not None and request:
-            raise TypeError("pass per-request options either as options=RequestOptions(...) or as keywords")
-        request = RequestOptions.parse(options if options is not None else request).as_dict()
-        plans = [self._plan_image(obj, f"image[{i}]", request) for i, obj in enumerate(_as_list(images))]
-        plans += [self._plan_video(obj, f"video[{i}]", request) for i, obj in enumerate(_as_list(videos))]
-        for p in plans:
-            if p.nbytes > self.memory_budget_bytes:
-                raise LimitExceeded(
-                    p.src.item,
-                    f"needs up to {_mib(p.nbytes)} of working memory ({p.source_size[1]}x{p.source_size[0]} "
-                    f"-> {p.target[1]}x{p.target[0]}"
-                    + (f", {len(p.indices)} frames" if p.indices is not None else "")
-                    + f"), over the preprocessor's memory_budget_bytes={_mib(self.memory_budget_bytes)}",
-                )
-        return plans
-
-    def _lookup(self, src: Source, kind: str, request: dict[str, Any],
-                timer: StageTimer) -> tuple[bytes | None, Entry | None]:
-        """The item's cache key and entry (runs on a planning thread: hashing never touches the loop).
-        Encoded bytes and CPU arrays are cacheable; PIL images and device tensors are not."""
-        if not self.cache.enabled:
-            return None, None
-        if src.kind == "encoded":
-            data = src.data
-        elif src.kind == "array" and not (isinstance(src.pixels, torch.Tensor) and src.pixels.device.type != "cpu"):
-            data = src.pixels
-        else:
-            return None, None
-        with timer.stage("cache"):
-            try:
-                key = content_key(data, kind, self._cache_identity, sorted(request.items()))
-            except (TypeError, ValueError, BufferError):
-                return None, None  # an array whose memory cannot be read as bytes (object dtype): not cached
-            return key, self.cache.get(key)
-
-    def _target(self, src: Source, h: int, w: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
-        try:
-            return ops.smart_resize(h, w, self.config.factor, int(min_pixels), int(max_pixels))
-        except ValueError as exc:
-            raise LimitExceeded(src.item, str(exc)) from None
-
-    def _plan_image(self, obj: Any, item: str, request: dict[str, Any]) -> _Plan:
-        timer = StageTimer()
-        with timer.stage("load"):
-            src = load_source(obj, item, self.limits)
-        key, hit = self._lookup(src, "image", request, timer)
-        if hit is not None:
-            return _hit_plan("image", src, key, hit, timer)
-        with timer.stage("load"):
-            info = probe_image(src, self.limits)
-        cfg = self.config
-        target = self._target(
-            src, info.height, info.width,
-            request.get("min_pixels", cfg.image_min_pixels), request.get("max_pixels", cfg.image_max_pixels),
-        )
-        grid = (1, target[0] // cfg.patch_size, target[1] // cfg.patch_size)
-        nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
-                                     via_pillow=not is_plain_jpeg(src, info))
-        return _Plan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
-                     timer=timer, key=key)
-
-    def _plan_video(self, obj: Any, item: str, request: dict[str, Any]) -> _Plan:
-        cfg = self.config
-        timer = StageTimer()
-        with timer.stage("load"):
-            src = load_source(obj, item, self.limits)
-        key, hit = self._lookup(src, "video", request, timer)
-        if hit is not None:
-            return _hit_plan("video", src, key, hit, timer)
-        info: VideoInfo | None = None
-        if src.kind == "encoded":
-            with timer.stage("probe"):
-                info = probe_video(src, self.limits)
-            total, video_fps = info.num_frames, info.fps
-            h, w = info.display_size
-        elif src.kind == "array":
-            plan = self._plan_frames(src, request, timer)
-            plan.key = key
-            return plan
-        else:
-            raise UnsupportedMedia(src.item, "a video must be encoded bytes/path/URL or a T x H x W x C array")
-        fps = request.get("fps", cfg.fps)
-        nframes = request.get("nframes")
-        try:
-            if total < cfg.temporal_patch_size and nframes is None:
-                # Fewer frames than one temporal patch (a 1-frame clip): all of them, the last repeated to fill
-                # the patch as for an image (qwen-vl-utils refuses such a clip; transformers pads it so).
-                indices = list(range(total))
-                sample_fps = video_fps
-                max_pixels = (self._qwen_frame_max_pixels(cfg.temporal_patch_size, request)
-                              if cfg.sampling != "hf" else request.get("max_pixels", cfg.video_max_pixels))
-            elif cfg.sampling in ("qwen_vl_utils", "sglang"):
-                start, end = _frame_range(total, video_fps, request.get("video_start"), request.get("video_end"))
-                n = ops.nframes_qwen_vl_utils(
-                    end - start + 1, video_fps, fps=None if nframes is not None else fps, nframes=nframes,
-                    min_frames=cfg.min_frames, max_frames=cfg.max_frames, frame_factor=cfg.temporal_patch_size,
-                )
-                sample = ops.sample_indices_sglang if cfg.sampling == "sglang" else ops.sample_indices_qwen_vl_utils
-                indices = sample(start, end, n)
-                sample_fps = n / max(end - start + 1, 1e-6) * video_fps
-                max_pixels = self._qwen_frame_max_pixels(n, request)
-            else:
-                n_hf = ops.nframes_hf(
-                    total, video_fps, fps=request.get("fps") if nframes is None else None, num_frames=nframes,
-                    min_frames=cfg.min_frames, max_frames=cfg.max_frames, temporal_patch_size=cfg.temporal_patch_size,
-                )
-                indices = ops.sample_indices_hf(total, n_hf)
-                sample_fps = len(indices) / total * video_fps
-                max_pixels = request.get("max_pixels", cfg.video_max_pixels)
-                if cfg.cap_pixels_per_frame:
-                    budget = int(cfg.video_total_pixels)
-                    max_pixels = max(
-                        min(max_pixels, budget * cfg.temporal_patch_size // len(indices)),
-                        int(cfg.video_min_pixels * 1.05),
-                    )
-        except ValueError as exc:
-            raise LimitExceeded(src.item, f"cannot sample frames: {exc}") from None
-        target = self._target(src, h, w, request.get("min_pixels", cfg.video_min_pixels), max_pixels)
-        plan = self._video_plan(src, indices, info, sample_fps, target, (h, w), timer)
-        plan.key = key
-        return plan
-
-    def _qwen_frame_max_pixels(self, nframes: int, request: dict[str, Any]) -> float:
-        """qwen-vl-utils' per-frame pixel cap for ``nframes`` frames under this config and request."""
-        cfg = self.config
-        return ops.video_max_pixels_qwen_vl_utils(
-            nframes, min_pixels=request.get("min_pixels", cfg.video_min_pixels),
-            frame_max_pixels=cfg.video_max_pixels, total_pixels=request.get("total_pixels", cfg.video_total_pixels),
-            max_pixels=request.get("max_pixels"), frame_factor=cfg.temporal_patch_size,
-        )
-
-    def _plan_frames(self, src: Source, request: dict[str, Any], timer: StageTimer) -> _Plan:
-        """Decoded frames are taken as already sampled, at ``fps`` (as qwen-vl-utils treats frame lists)."""
-        cfg = self.config
-        frames = frames_from_array(src)
-        src.pixels = frames
-        n, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
-        sample_fps = float(request.get("fps") or cfg.fps or 2.0)
-        if cfg.sampling != "hf":
-            max_pixels = self._qwen_frame_max_pixels(n + (-n % cfg.temporal_patch_size), request)
-        else:
-            max_pixels = request.get("max_pixels", cfg.video_max_pixels)
-        target = self._target(src, h, w, request.get("min_pixels", cfg.video_min_pixels), max_pixels)
-        return self._video_plan(src, list(range(n)), None, sample_fps, target, (h, w), timer)
-
-    def _video_plan(
-        self, src: Source, indices: list[int], info: VideoInfo | None, sample_fps: float,
-        target: tuple[int, int], size: tuple[int, int], timer: StageTimer,
-    ) -> _Plan:
-        cfg = self.config
-        t = len(indices) + (-len(indices) % cfg.temporal_patch_size)
-        grid = (t // cfg.temporal_patch_size, target[0] // cfg.patch_size, target[1] // cfg.patch_size)
-        if info is None:  # decoded frames given: they are all in memory already; one pass over them
-            chunk = len(indices)
-            nbytes = image_working_bytes(size, target, _feature_bytes(grid, cfg), via_pillow=False, frames=chunk)
-        else:
-            chunk = video_chunk_frames(size, target, cfg.temporal_patch_size, len(indices))
-            nbytes = video_working_bytes(size, target, chunk, _feature_bytes(grid, cfg))
-        return _Plan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sample_fps,
-                     nbytes=nbytes, chunk=chunk, timer=timer, video_fps=None if info is None else info.fps)
-
-    # ------------------------------------------------------------------ execution (on a slot thread)
-
-    def _groups(self, plans: list[_Plan]) -> list[list[int]]:
-        """Which plans run together as one slot job: plain JPEGs in batches of up to ``image_batch`` (one
-        batched decode call, within the memory budget), every other item on its own."""
-        groups: list[list[int]] = []
-        batch: list[int] = []
-        batch_bytes = 0
-        budget = self.memory_budget_bytes
-        for i, p in enumerate(plans):
-            if self._image_batch > 1 and p.kind == "image" and p.image_info is not None \
-                    and is_plain_jpeg(p.src, p.image_info):
-                if batch and (len(batch) == self._image_batch or (budget and batch_bytes + p.nbytes > budget)):
-                    groups.append(batch)
-                    batch, batch_bytes = [], 0
-                batch.append(i)
-                batch_bytes += p.nbytes
-            else:
-                groups.append([i])
-        if batch:
-            groups.append(batch)
-        return groups
-
-    def _execute_group(self, slot: Slot, group: list[_Plan]) -> list[tuple[torch.Tensor, str]]:
-        """Run one slot job: one item, or a batch of plain JPEGs decoded in one call."""
-        if len(group) == 1:
-            return [self._execute(slot, group[0])]
-        t0 = time.perf_counter()
-        images = decode_jpegs([(p.src, p.image_info) for p in group], slot.device)
-        share = (time.perf_counter() - t0) / len(group)
-        name = "nvjpeg" if slot.device.startswith("cuda") else "cpu (libjpeg-turbo)"
-        out = []
-        for plan, image in zip(group, images):
-            plan.timer.add("decode", share)
-            out.append(self._finish(slot, plan, image.unsqueeze(0), f"{name}, batch of {len(group)}"))
-        return out
-
-    def _execute(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
-        """Decode, resize, normalize and patchify one planned item on ``slot``'s device."""
-        if plan.kind == "video" and plan.info is not None:
-            return self._execute_video(slot, plan)
-        with plan.timer.stage("decode"):
-            frames, decoder = self._decode(slot, plan)  # uint8 [T, 3, H, W]
-        return self._finish(slot, plan, frames, decoder)
-
-    def _finish(self, slot: Slot, plan: _Plan, frames: torch.Tensor, decoder: str) -> tuple[torch.Tensor, str]:
-        """Upload (if needed), resize, normalize and patchify decoded uint8 ``[T, 3, H, W]`` frames."""
-        frames = self._upload_resize(slot, plan, frames)
-        with plan.timer.stage("normalize_patchify"):
-            out = plan.out if plan.out is not None and same_device(plan.out.device, frames.device) else None
-            pv, grid = self._normalize_patchify(frames, out)
-        if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
-            raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
-        return self._place(slot, plan, pv), decoder
-
-    def _upload_resize(self, slot: Slot, plan: _Plan, frames: torch.Tensor) -> torch.Tensor:
-        """Frames (uint8 ``[T, 3, H, W]``, any device) on the slot's device, shown as displayed, resized."""
-        device = torch.device(slot.device)
-        timer = plan.timer
-        with timer.stage("transfer"):
-            if not same_device(frames.device, device):
-                if device.type == "cuda" and frames.device.type == "cpu":
-                    frames = frames.pin_memory().to(device, non_blocking=True)
-                else:
-                    frames = frames.to(device)
-        with timer.stage("resize"):
-            if plan.info is not None and plan.info.rotation:
-                frames = rotate_frames(frames, plan.info.rotation)
-            return ops.resize(frames, plan.target, self.config.video_resample if plan.kind == "video" else "bicubic")
-
-    def _place(self, slot: Slot, plan: _Plan, pv: torch.Tensor) -> torch.Tensor:
-        """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned)."""
-        if plan.out is not None:
-            _into_block(plan, pv)
-            return plan.out
-        if self.output == "device" and pv.device.type == "cuda" and slot.stream is not None:
-            # Allocated on the slot's stream, read by the caller on its own (usually the default stream):
-            # once the caller frees it, the block must not go to the slot's next item before the default
-            # stream's work queued by then has finished. Callers on other streams record theirs.
-            pv.record_stream(torch.cuda.default_stream(pv.device))
-        if self.output == "cpu" and pv.device.type != "cpu":
-            pv = pv.to("cpu")
-        elif self.output == "pinned":
-            host = torch.empty(pv.shape, dtype=pv.dtype, pin_memory=True)
-            host.copy_(pv, non_blocking=True)
-            if slot.stream is None:  # the synchronous API returns finished tensors
-                torch.cuda.current_stream().synchronize()
-            pv = host
-        return pv
-
-    def _execute_video(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
-        """A video, ``plan.chunk`` frames at a time: decode, resize and patchify each group straight into the
-        item's output rows, so memory follows the output and the chunk, not the source's frame count."""
-        cfg = self.config
-        device = torch.device(slot.device)
-        gt, gh, gw = plan.grid
-        row = 3 * cfg.temporal_patch_size * cfg.patch_size**2
-        if plan.out is not None and same_device(plan.out.device, device):
-            out = plan.out
-        else:
-            out = torch.empty((gt * gh * gw, row), dtype=cfg.output_dtype, device=device)
-        try:
-            name = self._video_chunks(slot, plan, self.video_decoder, out)
-        except MediaError as exc:
-            # A codec the backend lacks (UnsupportedMedia), or a stream it failed on (DecodeError: e.g. a
-            # codec this chip's NVDEC does not have): PyAV decodes it instead, or names what is wrong.
-            if self.video_decoder == "pyav":
-                raise
-            self._video_chunks(slot, plan, "pyav", out)
-            name = f"pyav (fallback: {exc.reason})"
-        return self._place(slot, plan, out), name
-
-    def _video_chunks(self, slot: Slot, plan: _Plan, decoder_name: str, out: torch.Tensor) -> str:
-        assert plan.info is not None and plan.indices is not None
-        cfg = self.config
-        tp = cfg.temporal_patch_size
-        rows_per_step = plan.grid[1] * plan.grid[2]
-        decoder = self._decoder(slot, decoder_name)
-        done = 0
-        for first, frames in _frame_chunks(decoder, plan, plan.chunk):
-            frames = self._upload_resize(slot, plan, frames.permute(0, 3, 1, 2))
-            steps = -(-frames.shape[0] // tp)
-            begin = first // tp * rows_per_step
-            with plan.timer.stage("normalize_patchify"):
-                self._normalize_patchify(frames, out[begin : begin + steps * rows_per_step])
-            done = first + frames.shape[0]
-        if done != len(plan.indices):  # pragma: no cover - decoders raise for frames they cannot reach
-            raise RuntimeError(f"{plan.src.item}: decoded {done} of {len(plan.indices)} planned frames")
-        return decoder.name
-
-    def _decode(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, str]:
-        src = plan.src
-        if plan.kind == "image":
-            if slot.device.startswith("cuda"):
-                gpu = decode_jpeg_cuda(src, slot.device, self.limits, plan.image_info)
-                if gpu is not None:
-                    return gpu.unsqueeze(0), "nvjpeg"
-            return decode_image(src, self.limits, plan.image_info).unsqueeze(0), "cpu (libjpeg-turbo/pillow)"
-        assert src.kind == "array" and plan.indices is not None
-        frames = src.pixels[plan.indices]
-        return frames.permute(0, 3, 1, 2), "array"
-
-    @staticmethod
-    def _decoder(slot: Slot, name: str) -> Any:
-        """The slot thread's own instance of decoder ``name`` (decoders are never shared)."""
-        key = ("video_decoder", name)
-        decoder = slot.state.get(key)
-        if decoder is None:
-            decoder = slot.state[key] = get_video_decoder(name)
-        return decoder
-
-    def _normalize_patchify(
-        self, frames: torch.Tensor, out: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        cfg = self.config
-        kw = dict(patch_size=cfg.patch_size, temporal_patch_size=cfg.temporal_patch_size,
-                  merge_size=cfg.merge_size, dtype=cfg.output_dtype, out=out)
-        if frames.device.type == "cuda":
-            from ..kernels import fused_normalize_patchify, triton_available
-
-            if triton_available():
-                return fused_normalize_patchify(frames, cfg.image_mean, cfg.image_std, **kw)
-        return ops.normalize_patchify(frames, cfg.image_mean, cfg.image_std, **kw)
-
-    # ------------------------------------------------------------------ output
-
-    def _lease(self, plans: list[_Plan]) -> Any:
-        """With an output pool: lease one block for all features, point each plan at its rows, and copy the
-        rows of cache hits in."""
-        if self.output_pool is None or not plans:
-            return None
-        cfg = self.config
-        row = 3 * cfg.temporal_patch_size * cfg.patch_size**2
-        layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        for kind, key, grid_key in (("image", "pixel_values", "image_grid_thw"),
-                                    ("video", "pixel_values_videos", "video_grid_thw")):
-            group = [p for p in plans if p.kind == kind]
-            if group:
-                layout[key] = ((sum(math.prod(p.grid) for p in group), row), cfg.output_dtype)
-                layout[grid_key] = ((len(group), 3), torch.long)
-        lease = self.output_pool.lease(layout)
-        offsets = {"image": 0, "video": 0}
-        counts = {"image": 0, "video": 0}
-        for p in plans:
-            key, grid_key = (("pixel_values", "image_grid_thw") if p.kind == "image"
-                             else ("pixel_values_videos", "video_grid_thw"))
-            n = math.prod(p.grid)
-            p.out = lease.tensors[key][offsets[p.kind] : offsets[p.kind] + n]
-            p.grid_out = lease.tensors[grid_key][counts[p.kind]]
-            offsets[p.kind] += n
-            counts[p.kind] += 1
-            if p.cached is not None:  # a hit: its rows go into the block now, nothing runs for it
-                _into_block(p, p.cached.rows)
-        return lease
-
-    def _assemble(self, plans: list[_Plan], outs: list[tuple[torch.Tensor, str]], lease: Any = None) -> Qwen2VLFeatures:
-        feats = Qwen2VLFeatures()
-        cfg = self.config
-        img = [(p, o) for p, o in zip(plans, outs) if p.kind == "image"]
-        vid = [(p, o) for p, o in zip(plans, outs) if p.kind == "video"]
-        if lease is not None:
-            feats.handle = lease.handle
-        for group, key, grid_key in ((img, "pixel_values", "image_grid_thw"),
-                                     (vid, "pixel_values_videos", "video_grid_thw")):
-            if not group:
-                continue
-            if lease is not None:  # rows and grids are already in the block, written by the slot jobs
-                pv = lease.tensors[key]
-                grid = lease.tensors[grid_key]
-            else:
-                grid = torch.tensor([p.grid for p, _ in group], dtype=torch.long)
-                pv = _join([o[0] for _, o in group], pinned=self.output == "pinned")
-            setattr(feats, key, pv)
-            setattr(feats, grid_key, grid)
-        if vid:
-            feats.second_per_grid_ts = [cfg.temporal_patch_size / (p.sample_fps or 1.0) for p, _ in vid]
-        for p, (_, decoder) in zip(plans, outs):
-            t, h, w = p.grid
-            feats.items.append(
-                ItemReport(
-                    kind=p.kind, item=p.src.item, source_size=p.source_size, resized=p.target, grid_thw=p.grid,
-                    num_tokens=t * h * w // cfg.merge_size**2, decoder=decoder, frame_indices=p.indices,
-                    sample_fps=p.sample_fps, video_fps=p.video_fps, timings=dict(p.timer.stages),
-                    cache=p.cache_state,
-                )
-            )
-        return feats
-
-
-# ---------------------------------------------------------------------------------------------- memory bounds
-#
-# What one item may hold at its peak, from its plan alone (ARCHITECTURE rule 9). Each term names the buffers it
-# counts; the multipliers were measured (peak RSS over the baseline, benchmarks/reliability.py) and rounded up.
-
-CHUNK_BYTES = 128 * 2**20
-"""Working set a video chunk aims at: source-size frames decoded, then resized, a few at a time."""
-MAX_CHUNK_FRAMES = 32
-SLACK_BYTES = 64 * 2**20
-"""Per item, for what no formula counts: allocator rounding and fragmentation, Python objects, codec state."""
-
-
-def _video_frame_bytes(size: tuple[int, int], target: tuple[int, int]) -> int:
-    src, tgt = size[0] * size[1], target[0] * target[1]
-    # the chunk's uint8 RGB frame (3) + resize's channels-last copy and horizontal pass (3 + 4 * tgt/src)
-    # + the resized frame (3) and its float32 normalized copy (12) per target pixel
-    return 6 * src + 4 * size[0] * target[1] + 15 * tgt
-
-
-def video_chunk_frames(size: tuple[int, int], target: tuple[int, int], temporal_patch_size: int,
-                       frames: int) -> int:
-    """Frames per chunk: as many as fit :data:`CHUNK_BYTES` (at most 32, at most the item's ``frames``
-    rounded up), a multiple of the temporal patch."""
-    n = CHUNK_BYTES // max(_video_frame_bytes(size, target), 1)
-    n = min(n, MAX_CHUNK_FRAMES, frames + (-frames % temporal_patch_size))
-    return max(n // temporal_patch_size * temporal_patch_size, temporal_patch_size)
-
-
-def video_working_bytes(size: tuple[int, int], target: tuple[int, int], chunk: int, feature_bytes: int) -> int:
-    """Peak bytes of one video item: its output rows, one chunk in flight, the decoder's own frames (FFmpeg's
-    reference and threading buffers, up to ~20 YUV 4:2:0 frames, plus one RGB conversion) and a slack."""
-    src = size[0] * size[1]
-    return feature_bytes + chunk * _video_frame_bytes(size, target) + 33 * src + SLACK_BYTES
-
-
-def image_working_bytes(size: tuple[int, int], target: tuple[int, int], feature_bytes: int, *,
-                        via_pillow: bool, frames: int = 1) -> int:
-    """Peak bytes of one image (or of ``frames`` already decoded frames): per source pixel the decoded RGB
-    tensor (3) and resize's channels-last and 4-channel copies (5), plus for formats Pillow decodes its own
-    image (up to 4) and an EXIF-transposed copy (4); per target pixel the resized frame and its float32 copy
-    (15); the output rows; a slack."""
-    src = size[0] * size[1]
-    per_pixel = 8 + (8 if via_pillow else 0)
-    return frames * (per_pixel * src + 15 * target[0] * target[1]) + feature_bytes + SLACK_BYTES
-
-
-def default_memory_budget(device: str) -> int:
-    """8 GiB, or less on a small machine: half the RAM (CPU) or a quarter of the GPU's memory (CUDA)."""
-    cap = 8 * 2**30
-    if device.startswith("cuda"):
-        return min(cap, torch.cuda.get_device_properties(torch.device(device)).total_memory // 4)
-    ram = _physical_memory()
-    return cap if ram is None else min(cap, ram // 2)
-
-
-def _physical_memory() -> int | None:
-    """The machine's RAM in bytes (None where POSIX cannot say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return None
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB"
-
-
-def _frame_chunks(decoder: Any, plan: _Plan, chunk: int) -> Any:
-    """Yield ``(position, frames)``: the plan's frames ``chunk`` at a time as uint8 ``[k, H, W, 3]``.
-
-    Decoders that stream (``iter_frames_at``) fill one reused buffer frame by frame; others are asked for
-    each chunk's indices. Decode time goes to the item's ``decode`` stage."""
-    assert plan.info is not None and plan.indices is not None
-    indices, info, timer = plan.indices, plan.info, plan.timer
-    iterate = getattr(decoder, "iter_frames_at", None)
-    if iterate is None:
-        for first in range(0, len(indices), chunk):
-            with timer.stage("decode"):
-                frames = decoder.get_frames_at(plan.src, info, indices[first : first + chunk])
-            yield first, frames
-        return
-    buf = torch.empty((min(chunk, len(indices)), info.height, info.width, 3), dtype=torch.uint8)
-    # Frames go into the buffer with numpy's copy: a torch copy wakes the intra-op thread pool, whose spinning
-    # threads then compete with FFmpeg's for the cores while the next frames decode.
-    view = buf.numpy()
-    stream = iterate(plan.src, info, indices)
-    first = k = 0
-    while True:
-        with timer.stage("decode"):
-            frame = next(stream, None)
-            if frame is not None:
-                view[k] = frame
-        if frame is None:
-            break
-        k += 1
-        if k == buf.shape[0]:
-            yield first, buf  # consumed (resized) before the next frame is decoded into it
-            first, k = first + k, 0
-    if k:
-        yield first, buf[:k]
-
-
-def _join(parts: list[torch.Tensor], *, pinned: bool) -> torch.Tensor:
-    """Items' rows as one tensor; with ``pinned`` the joined copy is page-locked too (torch.cat's is not)."""
-    if len(parts) == 1:
-        return parts[0]
-    rows = sum(p.shape[0] for p in parts)
-    out = torch.empty((rows, *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device,
-                      pin_memory=pinned and parts[0].device.type == "cpu")
-    return torch.cat(parts, out=out)
-
-
-def same_device(actual: torch.device, wanted: torch.device) -> bool:
-    """Whether a tensor on ``actual`` is already where ``wanted`` names: ``cuda`` (no index) means the
-    current CUDA device, so a tensor on ``cuda:0`` is there when device 0 is current; ``cpu`` is ``cpu``."""
-    if actual.type != wanted.type:
-        return False
-    if wanted.type != "cuda" or actual.index == wanted.index:
-        return True
-    index = wanted.index if wanted.index is not None else torch.cuda.current_device()
-    actual_index = actual.index if actual.index is not None else torch.cuda.current_device()
-    return index == actual_index
-
-
-def _hit_plan(kind: Literal["image", "video"], src: Source, key: bytes | None, hit: Entry,
-              timer: StageTimer) -> _Plan:
-    v = hit.value
-    return _Plan(kind, src, v["target"], v["grid"], v["source_size"], indices=v["indices"], sample_fps=v["sample_fps"],
-                 video_fps=v["video_fps"], timer=timer, key=key, cached=hit)
-
-
-def _into_block(plan: _Plan, rows: torch.Tensor) -> None:
-    """An item's rows (unless made in place) and its grid row into its pool block. On CUDA the grid is filled
-    by kernels on the current stream: no host-to-device copy, no synchronization."""
-    if plan.out is not None and rows is not plan.out:
-        plan.out.copy_(rows)
-    if plan.grid_out is not None:
-        for k, v in enumerate(plan.grid):
-            plan.grid_out[k].fill_(v)
-
-
-def _fill_block(items: list[tuple[_Plan, torch.Tensor]]) -> None:
-    """Rows made by another call's computation into this call's pool block."""
-    for plan, rows in items:
-        _into_block(plan, rows)
-
-
-def default_cache_bytes() -> int:
-    """1 GiB, or 1/16 of the machine's memory if less."""
-    ram = _physical_memory()
-    return 2**30 if ram is None else min(2**30, ram // 16)
-
-
-def _settles(settled: Any, n: int) -> Any:
-    """``settled`` called ``n`` times: a slot job of ``n`` items settles each of them."""
-    if settled is None:
-        return None
-
-    def settle_all() -> None:
-        for _ in range(n):
-            settled()
-
-    return settle_all
-
-
-def _feature_bytes(grid: tuple[int, int, int], cfg: Qwen2VLConfig) -> int:
-    t, h, w = grid
-    itemsize = torch.empty((), dtype=cfg.output_dtype).element_size()
-    return t * h * w * 3 * cfg.temporal_patch_size * cfg.patch_size**2 * itemsize
-
-
-def _as_list(x: Any) -> list[Any]:
-    if x is None:
-        return []
-    if isinstance(x, (list, tuple)):
-        return list(x)
-    return [x]
-
-
-def _frame_range(total: int, fps: float, start_s: float | None, end_s: float | None) -> tuple[int, int]:
-    """qwen-vl-utils' ``calculate_video_frame_range``: [start, end] frame indices for a time window."""
-    import math
-
-    if start_s is None and end_s is None:
-        return 0, total - 1
-    max_duration = total / fps
-    start = math.ceil(max(0.0, min(start_s, max_duration)) * fps) if start_s is not None else 0
-    end = min(math.floor(max(0.0, min(end_s, max_duration)) * fps), total - 1) if end_s is not None else total - 1
-    if start >= end:
-        raise ValueError(f"time window [{start_s}, {end_s}] s selects no frames of a {max_duration:.2f} s video")
-    return start, end
-
-
-async def _within(fut: asyncio.Future[Any], deadline: float | None,
-                  on_abandoned: Any = None) -> Any:
-    """``fut``'s result, or :class:`ProcessingTimeout` at ``deadline``; a result that arrives after the caller
-    gave up goes to ``on_abandoned`` (to return what it holds)."""
-    try:
-        done = await wait_until(fut, deadline)
-    except asyncio.CancelledError:
-        _late(fut, on_abandoned)
-        raise
-    if not done:
-        _late(fut, on_abandoned)
-        raise ProcessingTimeout("planning (load + probe) did not finish by the deadline")
-    return fut.result()
-
-
-def _late(fut: asyncio.Future[Any], on_abandoned: Any) -> None:
-    def settle(f: asyncio.Future[Any]) -> None:
-        consume(f)
-        if on_abandoned is not None and not f.cancelled() and f.exception() is None:
-            on_abandoned(f.result())
-
-    fut.add_done_callback(settle)
+@register_family
+class Qwen2VLPreprocessor(Preprocessor):
+    """Images and videos to Qwen2-VL / Qwen2.5-VL features on CUDA or CPU (see :class:`gpu_mm.pipeline.Preprocessor`
+    for the arguments; ``config`` is a :class:`Qwen2VLConfig`)."""
+
+    config_class = Qwen2VLConfig
+    features_class = Qwen2VLFeatures
+    config: Qwen2VLConfig
+
+    def __call__(self, images: Any = None, videos: Any = None, **request: Any) -> Qwen2VLFeatures:
+        return super().__call__(images, videos, **request)  # type: ignore[no-any-return]
+
+    async def preprocess(self, images: Any = None, videos: Any = None, *, deadline: float | None = None,
+                         **request: Any) -> Qwen2VLFeatures:
+        return await super().preprocess(images, videos, deadline=deadline, **request)  # type: ignore[no-any-return]
+
+
+def _get(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _pixels(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(min, max) pixels of a transformers processor config: ``min_pixels``/``max_pixels`` or ``size``'s
+    ``shortest_edge``/``longest_edge`` (the same bounds under transformers 5's names)."""
+    size = cfg.get("size") if isinstance(cfg.get("size"), Mapping) else {}
+    lo = cfg.get("min_pixels", size.get("shortest_edge"))
+    hi = cfg.get("max_pixels", size.get("longest_edge"))
+    return (int(lo) if isinstance(lo, (int, float)) else None, int(hi) if isinstance(hi, (int, float)) else None)
+
+
+def _common(kw: dict[str, Any], cfg: Mapping[str, Any], spec: type[ModelSpec]) -> None:
+    """Patch sizes and normalization constants of a transformers processor config, into ``kw``."""
+    for name in ("patch_size", "temporal_patch_size", "merge_size"):
+        if isinstance(cfg.get(name), int):
+            kw[name] = cfg[name]
+    for name in ("image_mean", "image_std"):
+        value = cfg.get(name)
+        if isinstance(value, (list, tuple)) and len(value) == 3:
+            kw[name] = tuple(float(v) for v in value)

@@ -1,0 +1,116 @@
+"""What a model family is to gpu-mm: a pure spec (sizes, sampling, output layout), no devices, no pixels.
+
+A family is one module in ``gpu_mm/models/`` holding a frozen dataclass that subclasses :class:`ModelSpec`
+(its config: every number that decides its features) and a :class:`gpu_mm.pipeline.Preprocessor` subclass
+naming that spec, registered with :func:`gpu_mm.models.register_family`. The pipeline asks the spec where
+each image goes (:meth:`ModelSpec.image_target`), which frames of a video to take and at what size
+(:meth:`ModelSpec.sample_video`), and what per-video fields the family's model consumes besides pixels
+(:meth:`ModelSpec.video_fields`); it does the rest the same way for every family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from ..options import RequestOptions
+
+__all__ = ["ModelSpec", "VideoSampling"]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSampling:
+    """A family's decision for one video: which frames, at what size."""
+
+    indices: list[int]
+    """Source frame indices, in order (repeats allowed); padding to the temporal patch is the pipeline's."""
+    sample_fps: float
+    """Frames per second of the sampled sequence (what the model is told)."""
+    target: tuple[int, int]
+    """(height, width) every frame is resized to."""
+    video_fps: float | None = None
+    """The source's frame rate (None: decoded frames were given)."""
+
+
+class ModelSpec:
+    """Base of every family's config. Subclasses are frozen dataclasses with at least these fields:
+    ``patch_size``, ``temporal_patch_size``, ``merge_size``, ``image_mean``, ``image_std``,
+    ``video_resample``, ``output_dtype``; every method is pure arithmetic on the spec and its arguments.
+
+    Methods raise ``ValueError`` for an item that cannot be planned (too small, extreme aspect ratio, an
+    empty time window); the pipeline turns that into :class:`gpu_mm.LimitExceeded` naming the item.
+    """
+
+    family: ClassVar[str]
+    """The family's registry name (also its first transformers ``model_type``)."""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    """transformers ``model_type`` values (``config.json``) this family preprocesses."""
+    processor_classes: ClassVar[tuple[str, ...]] = ()
+    """transformers processor class names (``processor_class`` in a model folder's configs) of the family."""
+    options: ClassVar[frozenset[str]] = frozenset(f.name for f in dataclasses.fields(RequestOptions))
+    """The :class:`gpu_mm.RequestOptions` fields this family reads; a request setting another is refused."""
+
+    patch_size: int
+    temporal_patch_size: int
+    merge_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    video_resample: str
+    output_dtype: torch.dtype
+
+    @property
+    def factor(self) -> int:
+        """Output sides are multiples of this: one merged token's side in pixels."""
+        return self.patch_size * self.merge_size
+
+    @property
+    def row_size(self) -> int:
+        """Values per output row (one patch of every channel and of the temporal patch's frames)."""
+        return 3 * self.temporal_patch_size * self.patch_size**2
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for a setting outside what the family supports."""
+        for name in ("patch_size", "temporal_patch_size", "merge_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.video_resample not in ("bicubic", "bilinear"):
+            raise ValueError(f"video_resample must be 'bicubic' or 'bilinear', got {self.video_resample!r}")
+        if self.output_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"output_dtype must be float32, float16 or bfloat16, got {self.output_dtype!r}")
+
+    def grid(self, frames: int, target: tuple[int, int]) -> tuple[int, int, int]:
+        """``grid_thw`` of ``frames`` frames at ``target`` (a partial temporal patch is padded)."""
+        return (-(-frames // self.temporal_patch_size), target[0] // self.patch_size, target[1] // self.patch_size)
+
+    def image_target(self, height: int, width: int, options: RequestOptions) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def sample_video(self, total: int, video_fps: float, size: tuple[int, int],
+                     options: RequestOptions) -> VideoSampling:
+        """Frames and size for an encoded video of ``total`` frames at ``video_fps``, displayed ``size``."""
+        raise NotImplementedError
+
+    def sample_frames(self, frames: int, size: tuple[int, int], options: RequestOptions) -> VideoSampling:
+        """Size (and frames: all of them) for ``frames`` already decoded frames of ``size``."""
+        raise NotImplementedError
+
+    def video_fields(self, videos: Sequence[VideoSampling]) -> dict[str, Any]:
+        """The family's per-call video fields besides pixels and grids (e.g. ``second_per_grid_ts``), as
+        attributes of its features class."""
+        return {}
+
+    @classmethod
+    def from_pretrained_dict(cls, model_type: str, image: Mapping[str, Any],
+                             video: Mapping[str, Any] | None) -> ModelSpec:
+        """The spec a model folder's ``preprocessor_config.json`` (``image``) and
+        ``video_preprocessor_config.json`` (``video``, None when absent) describe."""
+        raise NotImplementedError
+
+    def token_count(self, grid: tuple[int, int, int]) -> int:
+        """Placeholder tokens of an item with ``grid``: patches merged ``merge_size`` x ``merge_size``."""
+        t, h, w = grid
+        return t * h * w // self.merge_size**2
