@@ -19,8 +19,9 @@ from .errors import (
 from .handoff import FeatureHandle, FeaturePool, FeatureReceiver
 from .media.sources import MediaLimits
 from .metrics import LatencySummary, StageTimer
-from .models.qwen2_vl import ItemReport, PreprocessorStatistics, Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
+from .models.qwen2_vl import Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
 from .options import RequestOptions
+from .pipeline import Decoded, Features, ItemReport, Preprocessor, PreprocessorStatistics
 from .processor import AsyncMMDataProcessor, ProcessorStatistics
 from .slots import Completion, Slot, SlotPool, SlotPoolStatistics
 
@@ -31,8 +32,10 @@ __all__ = [
     "BackendUnavailable",
     "CacheStatistics",
     "Completion",
+    "Decoded",
     "DecodeError",
     "FeatureCache",
+    "Features",
     "FeatureHandle",
     "FeaturePool",
     "FeatureReceiver",
@@ -44,6 +47,7 @@ __all__ = [
     "MediaLimits",
     "MediaError",
     "Overloaded",
+    "Preprocessor",
     "PreprocessorStatistics",
     "ProcessingTimeout",
     "ProcessorClosed",

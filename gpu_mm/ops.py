@@ -22,17 +22,13 @@ __all__ = [
     "normalize",
     "normalize_patchify",
     "nframes_hf",
-    "nframes_qwen3_vl",
     "nframes_qwen_vl_utils",
     "patchify",
     "resize",
     "sample_indices_hf",
-    "sample_indices_linspace",
     "sample_indices_qwen_vl_utils",
     "sample_indices_sglang",
     "smart_resize",
-    "smart_resize_video",
-    "timestamps_qwen3_vl",
     "video_max_pixels_qwen_vl_utils",
 ]
 
@@ -185,70 +181,6 @@ def frame_range(total: int, fps: float, start_s: float | None, end_s: float | No
     if start >= end:
         raise ValueError(f"time window [{start_s}, {end_s}] s selects no frames of a {max_duration:.2f} s video")
     return start, end
-
-
-def nframes_qwen3_vl(total_frames: int, video_fps: float, *, fps: float | None = 2.0, num_frames: int | None = None,
-                     min_frames: int = 4, max_frames: int = 768) -> int:
-    """Frames transformers' ``Qwen3VLVideoProcessor.sample_frames`` takes: ``num_frames`` as given, else
-    ``int(total / video_fps * fps)`` clamped to ``[min_frames, max_frames]`` and to ``total`` (not rounded to
-    the temporal patch: an odd count is padded later by repeating the last frame)."""
-    if num_frames is not None:
-        return num_frames
-    if fps is None:
-        return min(max(total_frames, min_frames), max_frames)
-    n = int(total_frames / video_fps * fps)
-    return min(max(n, min_frames), max_frames, total_frames)
-
-
-def sample_indices_linspace(start: int, end: int, n: int) -> list[int]:
-    """``np.linspace(start, end, n).round()`` (float64, half to even), as transformers' Qwen3-VL samples."""
-    import numpy as np
-
-    return np.linspace(start, end, n).round().astype(int).tolist()
-
-
-def smart_resize_video(num_frames: int, height: int, width: int, *, temporal_factor: int = 2, factor: int = 32,
-                       min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Target (height, width) of a clip whose frames x height x width must lie within [min, max] pixels:
-    transformers' Qwen3-VL ``smart_resize`` (frames smaller than ``factor`` are first scaled up).
-
-    Raises:
-        ValueError: fewer frames than ``temporal_factor``, a side < 1, or an aspect ratio over 200.
-    """
-    if num_frames < temporal_factor:
-        raise ValueError(f"t:{num_frames} must be larger than temporal_factor:{temporal_factor}")
-    if height < 1 or width < 1:
-        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
-    if height < factor or width < factor:
-        scale = max(factor / height, factor / width)
-        height = int(height * scale)
-        width = int(width * scale)
-    if max(height, width) / min(height, width) > MAX_RATIO:
-        raise ValueError(
-            f"absolute aspect ratio must be smaller than {MAX_RATIO}, got {max(height, width) / min(height, width)}"
-        )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    t_bar = round(num_frames / temporal_factor) * temporal_factor
-    if t_bar * h_bar * w_bar > max_pixels:
-        beta = math.sqrt((num_frames * height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif t_bar * h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (num_frames * height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-def timestamps_qwen3_vl(indices: Sequence[int], video_fps: float, temporal_patch_size: int = 2) -> list[float]:
-    """Seconds of each temporal step: the mean of its first and last frame's time (the last index repeated to
-    fill a partial step), as transformers' ``Qwen3VLProcessor._calculate_timestamps``."""
-    indices = list(indices)
-    if len(indices) % temporal_patch_size:
-        indices.extend(indices[-1] for _ in range(temporal_patch_size - len(indices) % temporal_patch_size))
-    times = [i / video_fps for i in indices]
-    return [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
 
 
 # ---------------------------------------------------------------- tensor ops

@@ -321,20 +321,21 @@ class Preprocessor:
         """The preprocessor of the model in ``model_dir`` (a local folder; nothing is downloaded).
 
         The family comes from ``config.json``'s ``model_type`` (or, without one, from the processor class
-        its ``preprocessor_config.json`` names); its spec from ``preprocessor_config.json`` and
-        ``video_preprocessor_config.json``. Called on a family's class, the folder must be of that family.
+        its processor configs name); its spec from ``preprocessor_config.json`` and
+        ``video_preprocessor_config.json`` (as published models ship them) or from ``processor_config.json``'s
+        ``image_processor`` / ``video_processor`` (as transformers 5 saves a processor). Called on a
+        family's class, the folder must be of that family.
         ``kwargs`` go to the preprocessor (``limits``, ``num_slots``, ``cache_bytes``...).
 
         Raises:
-            FileNotFoundError: the folder has no ``preprocessor_config.json``.
+            FileNotFoundError: the folder holds no image processor config.
             KeyError: the folder's model type is not a registered family.
         """
         from .models import get_family
 
         folder = Path(model_dir)
-        image = _read_json(folder / "preprocessor_config.json", required=True)
-        video = _read_json(folder / "video_preprocessor_config.json", required=False)
-        model_config = _read_json(folder / "config.json", required=False) or {}
+        image, video = _processor_configs(folder)
+        model_config = _read_json(folder / "config.json") or {}
         model_type = model_config.get("model_type") or _model_type_from(image, video)
         family = get_family(model_type)
         if cls is not Preprocessor and not issubclass(family, cls):
@@ -1149,16 +1150,30 @@ def _late(fut: asyncio.Future[Any], on_abandoned: Any) -> None:
     fut.add_done_callback(settle)
 
 
-def _read_json(path: Path, *, required: bool) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
-        if required:
-            raise FileNotFoundError(f"{path} not found: from_pretrained needs a local model folder")
         return None
     with path.open(encoding="utf-8") as f:
         value = json.load(f)
     if not isinstance(value, dict):
         raise ValueError(f"{path} is not a JSON object")
     return value
+
+
+def _processor_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A model folder's image and video processor configs, in either layout transformers writes."""
+    nested = _read_json(folder / "processor_config.json") or {}
+    image = _read_json(folder / "preprocessor_config.json")
+    video = _read_json(folder / "video_preprocessor_config.json")
+    image = nested.get("image_processor") if image is None else image
+    video = nested.get("video_processor") if video is None else video
+    if not isinstance(image, dict):
+        raise FileNotFoundError(f"{folder} holds no image processor config (preprocessor_config.json or "
+                                "processor_config.json): from_pretrained needs a local model folder")
+    processor_class = nested.get("processor_class")
+    if isinstance(processor_class, str):
+        image = {"processor_class": processor_class, **image}
+    return image, video if isinstance(video, dict) else None
 
 
 def _model_type_from(image: dict[str, Any], video: dict[str, Any] | None) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from ..options import RequestOptions
 
-__all__ = ["ModelSpec", "VideoSampling"]
+__all__ = ["ModelSpec", "VideoSampling", "or_default", "pixel_bounds", "read_patching"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,3 +114,28 @@ class ModelSpec:
         """Placeholder tokens of an item with ``grid``: patches merged ``merge_size`` x ``merge_size``."""
         t, h, w = grid
         return t * h * w // self.merge_size**2
+
+
+def or_default(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` where it is None (a request option left unset)."""
+    return default if value is None else value
+
+
+def pixel_bounds(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(min, max) pixels of a transformers processor config: ``min_pixels``/``max_pixels`` or ``size``'s
+    ``shortest_edge``/``longest_edge`` (the same bounds under transformers 5's names)."""
+    size = cfg.get("size") if isinstance(cfg.get("size"), Mapping) else {}
+    lo = cfg.get("min_pixels", size.get("shortest_edge"))
+    hi = cfg.get("max_pixels", size.get("longest_edge"))
+    return (int(lo) if isinstance(lo, (int, float)) else None, int(hi) if isinstance(hi, (int, float)) else None)
+
+
+def read_patching(kw: dict[str, Any], cfg: Mapping[str, Any]) -> None:
+    """Patch sizes and normalization constants of a transformers processor config, into ``kw``."""
+    for name in ("patch_size", "temporal_patch_size", "merge_size"):
+        if isinstance(cfg.get(name), int):
+            kw[name] = cfg[name]
+    for name in ("image_mean", "image_std"):
+        value = cfg.get(name)
+        if isinstance(value, (list, tuple)) and len(value) == 3:
+            kw[name] = tuple(float(v) for v in value)

@@ -17,7 +17,7 @@ from .. import ops
 from ..options import RequestOptions
 from ..pipeline import Features, ItemReport, Preprocessor, PreprocessorStatistics
 from . import register_family
-from .base import ModelSpec, VideoSampling
+from .base import ModelSpec, VideoSampling, or_default, pixel_bounds, read_patching
 
 __all__ = ["ItemReport", "PreprocessorStatistics", "Qwen2VLConfig", "Qwen2VLFeatures", "Qwen2VLPreprocessor"]
 
@@ -65,20 +65,21 @@ class Qwen2VLConfig(ModelSpec):
     # ------------------------------------------------------------------ sizes and frames (pure)
 
     def image_target(self, height: int, width: int, options: RequestOptions) -> tuple[int, int]:
-        return ops.smart_resize(height, width, self.factor, _get(options.min_pixels, self.image_min_pixels),
-                                _get(options.max_pixels, self.image_max_pixels))
+        return ops.smart_resize(height, width, self.factor, or_default(options.min_pixels, self.image_min_pixels),
+                                or_default(options.max_pixels, self.image_max_pixels))
 
-    def _frame_max_pixels(self, nframes: int, options: RequestOptions) -> float:
+    def _frame_maxpixel_bounds(self, nframes: int, options: RequestOptions) -> float:
         """qwen-vl-utils' per-frame pixel cap for ``nframes`` frames under this config and request."""
         return ops.video_max_pixels_qwen_vl_utils(
-            nframes, min_pixels=_get(options.min_pixels, self.video_min_pixels),
-            frame_max_pixels=self.video_max_pixels, total_pixels=_get(options.total_pixels, self.video_total_pixels),
+            nframes, min_pixels=or_default(options.min_pixels, self.video_min_pixels),
+            frame_max_pixels=self.video_max_pixels,
+            total_pixels=or_default(options.total_pixels, self.video_total_pixels),
             max_pixels=options.max_pixels, frame_factor=self.temporal_patch_size,
         )
 
     def _video_target(self, size: tuple[int, int], max_pixels: float, options: RequestOptions) -> tuple[int, int]:
-        return ops.smart_resize(size[0], size[1], self.factor, int(_get(options.min_pixels, self.video_min_pixels)),
-                                int(max_pixels))
+        min_pixels = int(or_default(options.min_pixels, self.video_min_pixels))
+        return ops.smart_resize(size[0], size[1], self.factor, min_pixels, int(max_pixels))
 
     def sample_video(self, total: int, video_fps: float, size: tuple[int, int],
                      options: RequestOptions) -> VideoSampling:
@@ -89,18 +90,18 @@ class Qwen2VLConfig(ModelSpec):
                 # the patch as for an image (qwen-vl-utils refuses such a clip; transformers pads it so).
                 indices = list(range(total))
                 sample_fps = video_fps
-                max_pixels = (self._frame_max_pixels(tp, options) if self.sampling != "hf"
-                              else _get(options.max_pixels, self.video_max_pixels))
+                max_pixels = (self._frame_maxpixel_bounds(tp, options) if self.sampling != "hf"
+                              else or_default(options.max_pixels, self.video_max_pixels))
             elif self.sampling in ("qwen_vl_utils", "sglang"):
                 start, end = ops.frame_range(total, video_fps, options.video_start, options.video_end)
                 n = ops.nframes_qwen_vl_utils(
-                    end - start + 1, video_fps, fps=None if nframes is not None else _get(options.fps, self.fps),
+                    end - start + 1, video_fps, fps=None if nframes is not None else or_default(options.fps, self.fps),
                     nframes=nframes, min_frames=self.min_frames, max_frames=self.max_frames, frame_factor=tp,
                 )
                 sample = ops.sample_indices_sglang if self.sampling == "sglang" else ops.sample_indices_qwen_vl_utils
                 indices = sample(start, end, n)
                 sample_fps = n / max(end - start + 1, 1e-6) * video_fps
-                max_pixels = self._frame_max_pixels(n, options)
+                max_pixels = self._frame_maxpixel_bounds(n, options)
             else:
                 n_hf = ops.nframes_hf(
                     total, video_fps, fps=options.fps if nframes is None else None, num_frames=nframes,
@@ -108,7 +109,7 @@ class Qwen2VLConfig(ModelSpec):
                 )
                 indices = ops.sample_indices_hf(total, n_hf)
                 sample_fps = len(indices) / total * video_fps
-                max_pixels = _get(options.max_pixels, self.video_max_pixels)
+                max_pixels = or_default(options.max_pixels, self.video_max_pixels)
                 if self.cap_pixels_per_frame:
                     budget = int(self.video_total_pixels)
                     max_pixels = max(min(max_pixels, budget * tp // len(indices)), int(self.video_min_pixels * 1.05))
@@ -120,9 +121,9 @@ class Qwen2VLConfig(ModelSpec):
         """Decoded frames are taken as already sampled, at ``fps`` (as qwen-vl-utils treats frame lists)."""
         sample_fps = float(options.fps or self.fps or 2.0)
         if self.sampling != "hf":
-            max_pixels = self._frame_max_pixels(frames + (-frames % self.temporal_patch_size), options)
+            max_pixels = self._frame_maxpixel_bounds(frames + (-frames % self.temporal_patch_size), options)
         else:
-            max_pixels = _get(options.max_pixels, self.video_max_pixels)
+            max_pixels = or_default(options.max_pixels, self.video_max_pixels)
         return VideoSampling(list(range(frames)), sample_fps, self._video_target(size, max_pixels, options), None)
 
     def video_fields(self, videos: Sequence[VideoSampling]) -> dict[str, Any]:
@@ -136,14 +137,14 @@ class Qwen2VLConfig(ModelSpec):
         """Sizes and constants from the model's configs; frames sampled by qwen-vl-utils' rule (as the model's
         own serving stacks do) at the video config's ``fps``; ``second_per_grid_ts`` for Qwen2.5-VL only."""
         kw: dict[str, Any] = {"second_per_grid_ts": model_type in ("qwen2_5_vl", "Qwen2_5_VLProcessor")}
-        _common(kw, image, cls)
-        lo, hi = _pixels(image)
+        read_patching(kw, image)
+        lo, hi = pixel_bounds(image)
         if lo is not None:
             kw["image_min_pixels"] = lo
         if hi is not None:
             kw["image_max_pixels"] = hi
         if video:
-            lo, hi = _pixels(video)
+            lo, hi = pixel_bounds(video)
             if lo is not None:
                 kw["video_min_pixels"] = lo
             if hi is not None:
@@ -185,27 +186,3 @@ class Qwen2VLPreprocessor(Preprocessor):
     async def preprocess(self, images: Any = None, videos: Any = None, *, deadline: float | None = None,
                          **request: Any) -> Qwen2VLFeatures:
         return await super().preprocess(images, videos, deadline=deadline, **request)  # type: ignore[no-any-return]
-
-
-def _get(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def _pixels(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """(min, max) pixels of a transformers processor config: ``min_pixels``/``max_pixels`` or ``size``'s
-    ``shortest_edge``/``longest_edge`` (the same bounds under transformers 5's names)."""
-    size = cfg.get("size") if isinstance(cfg.get("size"), Mapping) else {}
-    lo = cfg.get("min_pixels", size.get("shortest_edge"))
-    hi = cfg.get("max_pixels", size.get("longest_edge"))
-    return (int(lo) if isinstance(lo, (int, float)) else None, int(hi) if isinstance(hi, (int, float)) else None)
-
-
-def _common(kw: dict[str, Any], cfg: Mapping[str, Any], spec: type[ModelSpec]) -> None:
-    """Patch sizes and normalization constants of a transformers processor config, into ``kw``."""
-    for name in ("patch_size", "temporal_patch_size", "merge_size"):
-        if isinstance(cfg.get(name), int):
-            kw[name] = cfg[name]
-    for name in ("image_mean", "image_std"):
-        value = cfg.get(name)
-        if isinstance(value, (list, tuple)) and len(value) == 3:
-            kw[name] = tuple(float(v) for v in value)
