@@ -20,6 +20,7 @@ from .handoff import FeatureHandle, FeaturePool, FeatureReceiver
 from .media.sources import MediaLimits
 from .metrics import LatencySummary, StageTimer
 from .models.qwen2_vl import Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
+from .models.qwen3_vl import Qwen3VLConfig, Qwen3VLFeatures, Qwen3VLPreprocessor
 from .options import RequestOptions
 from .pipeline import Decoded, Features, ItemReport, Preprocessor, PreprocessorStatistics
 from .processor import AsyncMMDataProcessor, ProcessorStatistics
@@ -55,6 +56,9 @@ __all__ = [
     "Qwen2VLConfig",
     "Qwen2VLFeatures",
     "Qwen2VLPreprocessor",
+    "Qwen3VLConfig",
+    "Qwen3VLFeatures",
+    "Qwen3VLPreprocessor",
     "RequestOptions",
     "Slot",
     "SlotPool",

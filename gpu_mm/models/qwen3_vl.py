@@ -1,0 +1,218 @@
+"""Qwen3-VL (and Qwen3-VL-MoE, Qwen3.5, which share its processors): the family's spec.
+
+Images are Qwen2-VL's arithmetic with patch 16 and mean/std 0.5. Videos follow transformers'
+``Qwen3VLVideoProcessor``: ``int(total / fps_src * fps)`` frames clamped to [4, 768] and to the clip
+(an odd count is padded by repeating the last frame), ``linspace(0, total - 1, n).round()`` indices, and
+pixel bounds on the whole clip (frames x height x width) with an optional per-frame cap. There is no
+``second_per_grid_ts``: the prompt precedes each temporal step with ``<{t:.1f} seconds>``, so the features
+carry ``video_timestamps`` (seconds per temporal step, as ``Qwen3VLProcessor`` computes them) and each
+item report its frame indices and source fps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from .. import ops
+from ..options import RequestOptions
+from ..pipeline import Features, Preprocessor
+from . import register_family
+from .base import ModelSpec, VideoSampling, or_default, pixel_bounds, read_patching
+
+__all__ = ["Qwen3VLConfig", "Qwen3VLFeatures", "Qwen3VLPreprocessor", "nframes", "sample_indices", "smart_resize",
+           "timestamps"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3VLConfig(ModelSpec):
+    """Qwen3-VL preprocessing settings. Defaults are the published Qwen3-VL models' configs (which differ
+    from the transformers classes' own defaults: build from a model folder with
+    :meth:`gpu_mm.Preprocessor.from_pretrained` to follow the model you serve)."""
+
+    family: ClassVar[str] = "qwen3_vl"
+    model_types: ClassVar[tuple[str, ...]] = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+    processor_classes: ClassVar[tuple[str, ...]] = ("Qwen3VLProcessor",)
+    options: ClassVar[frozenset[str]] = frozenset(
+        {"fps", "nframes", "video_start", "video_end", "min_pixels", "max_pixels", "total_pixels"})
+
+    patch_size: int = 16
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    image_min_pixels: int = 65536
+    image_max_pixels: int = 16777216
+    video_min_pixels: int = 4096
+    """Lower bound of a whole clip's frames x height x width after resizing (transformers' video
+    ``size["shortest_edge"]``)."""
+    video_max_pixels: int = 25165824
+    """Upper bound of a whole clip's frames x height x width (``size["longest_edge"]``); a request's
+    ``total_pixels`` overrides it."""
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    fps: float | None = 2.0
+    """Frames sampled per second of video (None: every frame, within [min_frames, max_frames])."""
+    min_frames: int = 4
+    max_frames: int = 768
+    cap_pixels_per_frame: bool = False
+    """transformers' ``cap_pixels_per_frame``: each frame's pixels at most ``max_video_tokens`` merged
+    tokens or an even share of ``video_max_pixels``, at least 1.05 x ``video_min_pixels`` (qwen-vl-utils'
+    rule). Off by default, as in transformers 5.24."""
+    max_video_tokens: int = 768
+    video_resample: Literal["bicubic", "bilinear"] = "bicubic"
+    output_dtype: torch.dtype = torch.float32
+
+    def image_target(self, height: int, width: int, options: RequestOptions) -> tuple[int, int]:
+        return ops.smart_resize(height, width, self.factor, or_default(options.min_pixels, self.image_min_pixels),
+                                or_default(options.max_pixels, self.image_max_pixels))
+
+    def _video_target(self, frames: int, size: tuple[int, int], options: RequestOptions) -> tuple[int, int]:
+        # A clip shorter than one temporal patch (transformers refuses it) is sized as its padded patch.
+        frames = max(frames, self.temporal_patch_size)
+        lo = self.video_min_pixels
+        hi = or_default(options.total_pixels, self.video_max_pixels)
+        if self.cap_pixels_per_frame:
+            frame_cap = self.max_video_tokens * self.factor**2
+            hi = max(min(frame_cap, hi // frames), int(lo * 1.05)) * frames
+        return smart_resize(frames, size[0], size[1], temporal_factor=self.temporal_patch_size,
+                                      factor=self.factor, min_pixels=lo, max_pixels=hi)
+
+    def sample_video(self, total: int, video_fps: float, size: tuple[int, int],
+                     options: RequestOptions) -> VideoSampling:
+        start, end = ops.frame_range(total, video_fps, options.video_start, options.video_end)
+        count = end - start + 1
+        fps = None if options.nframes is not None else or_default(options.fps, self.fps)
+        n = nframes(count, video_fps, fps=fps, num_frames=options.nframes, min_frames=self.min_frames,
+                                 max_frames=self.max_frames)
+        indices = sample_indices(start, end, n)
+        return VideoSampling(indices, n / count * video_fps, self._video_target(n, size, options), video_fps)
+
+    def sample_frames(self, frames: int, size: tuple[int, int], options: RequestOptions) -> VideoSampling:
+        """Decoded frames are taken as already sampled, at ``fps`` (their timestamps are ``i / fps``)."""
+        sample_fps = float(options.fps or self.fps or 2.0)
+        return VideoSampling(list(range(frames)), sample_fps, self._video_target(frames, size, options), None)
+
+    def video_fields(self, videos: Sequence[VideoSampling]) -> dict[str, Any]:
+        return {"video_timestamps": [timestamps(v.indices, v.video_fps or v.sample_fps,
+                                                             self.temporal_patch_size) for v in videos]}
+
+    @classmethod
+    def from_pretrained_dict(cls, model_type: str, image: Mapping[str, Any],
+                             video: Mapping[str, Any] | None) -> Qwen3VLConfig:
+        kw: dict[str, Any] = {}
+        read_patching(kw, image)
+        lo, hi = pixel_bounds(image)
+        if lo is not None:
+            kw["image_min_pixels"] = lo
+        if hi is not None:
+            kw["image_max_pixels"] = hi
+        if video:
+            read_patching(kw, video)  # the video processor's patching, where it names one
+            lo, hi = pixel_bounds(video)
+            if lo is not None:
+                kw["video_min_pixels"] = lo
+            if hi is not None:
+                kw["video_max_pixels"] = hi
+            for name in ("min_frames", "max_frames", "max_video_tokens"):
+                if isinstance(video.get(name), int):
+                    kw[name] = video[name]
+            if isinstance(video.get("fps"), (int, float)):
+                kw["fps"] = float(video["fps"])
+            if isinstance(video.get("cap_pixels_per_frame"), bool):
+                kw["cap_pixels_per_frame"] = video["cap_pixels_per_frame"]
+        return cls(**kw)
+
+
+@dataclasses.dataclass
+class Qwen3VLFeatures(Features):
+    """Model inputs for Qwen3-VL, plus a report per item and each video's timestamps."""
+
+    video_timestamps: list[list[float]] | None = None
+    """Per video, the seconds of each temporal step (the prompt's ``<{t:.1f} seconds>``)."""
+
+
+@register_family
+class Qwen3VLPreprocessor(Preprocessor):
+    """Images and videos to Qwen3-VL features on CUDA or CPU (arguments as :class:`gpu_mm.pipeline.Preprocessor`;
+    ``config`` is a :class:`Qwen3VLConfig`)."""
+
+    config_class = Qwen3VLConfig
+    features_class = Qwen3VLFeatures
+    config: Qwen3VLConfig
+
+    def __call__(self, images: Any = None, videos: Any = None, **request: Any) -> Qwen3VLFeatures:
+        return super().__call__(images, videos, **request)  # type: ignore[no-any-return]
+
+    async def preprocess(self, images: Any = None, videos: Any = None, *, deadline: float | None = None,
+                         **request: Any) -> Qwen3VLFeatures:
+        return await super().preprocess(images, videos, deadline=deadline, **request)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- the family's arithmetic (transformers 5.24)
+
+
+def nframes(total_frames: int, video_fps: float, *, fps: float | None = 2.0, num_frames: int | None = None,
+                     min_frames: int = 4, max_frames: int = 768) -> int:
+    """Frames transformers' ``Qwen3VLVideoProcessor.sample_frames`` takes: ``num_frames`` as given, else
+    ``int(total / video_fps * fps)`` clamped to ``[min_frames, max_frames]`` and to ``total`` (not rounded to
+    the temporal patch: an odd count is padded later by repeating the last frame)."""
+    if num_frames is not None:
+        return num_frames
+    if fps is None:
+        return min(max(total_frames, min_frames), max_frames)
+    n = int(total_frames / video_fps * fps)
+    return min(max(n, min_frames), max_frames, total_frames)
+
+
+def sample_indices(start: int, end: int, n: int) -> list[int]:
+    """``np.linspace(start, end, n).round()`` (float64, half to even), as transformers' Qwen3-VL samples."""
+    import numpy as np
+
+    return np.linspace(start, end, n).round().astype(int).tolist()
+
+
+def smart_resize(num_frames: int, height: int, width: int, *, temporal_factor: int = 2, factor: int = 32,
+                       min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Target (height, width) of a clip whose frames x height x width must lie within [min, max] pixels:
+    transformers' Qwen3-VL ``smart_resize`` (frames smaller than ``factor`` are first scaled up).
+
+    Raises:
+        ValueError: fewer frames than ``temporal_factor``, a side < 1, or an aspect ratio over 200.
+    """
+    if num_frames < temporal_factor:
+        raise ValueError(f"t:{num_frames} must be larger than temporal_factor:{temporal_factor}")
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height = int(height * scale)
+        width = int(width * scale)
+    if max(height, width) / min(height, width) > ops.MAX_RATIO:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than {ops.MAX_RATIO}, got {max(height, width) / min(height, width)}"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(num_frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def timestamps(indices: Sequence[int], video_fps: float, temporal_patch_size: int = 2) -> list[float]:
+    """Seconds of each temporal step: the mean of its first and last frame's time (the last index repeated to
+    fill a partial step), as transformers' ``Qwen3VLProcessor._calculate_timestamps``."""
+    indices = list(indices)
+    if len(indices) % temporal_patch_size:
+        indices.extend(indices[-1] for _ in range(temporal_patch_size - len(indices) % temporal_patch_size))
+    times = [i / video_fps for i in indices]
+    return [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
