@@ -88,6 +88,7 @@ def nframes_qwen_vl_utils(
     Raises:
         ValueError: the result is outside ``[frame_factor, total_frames]`` (too short a video).
     """
+    n: float
     if nframes is not None:
         n = round(nframes / frame_factor) * frame_factor
     else:

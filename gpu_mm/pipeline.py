@@ -745,7 +745,7 @@ class Preprocessor:
         if len(group) == 1:
             return [self._execute(slot, group[0])]
         t0 = time.perf_counter()
-        images = decode_jpegs([(p.src, p.image_info) for p in group], slot.device)
+        images = decode_jpegs([(p.src, p.image_info) for p in group if p.image_info is not None], slot.device)
         share = (time.perf_counter() - t0) / len(group)
         decoded = Decoded("nvjpeg" if slot.device.startswith("cuda") else "cpu", batch_size=len(group))
         out = []

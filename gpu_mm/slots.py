@@ -44,7 +44,7 @@ class Slot:
     index: int
     device: str
     stream: Any = None
-    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    state: dict[Any, Any] = dataclasses.field(default_factory=dict)
     """Decoders, DALI pipelines and buffers that belong to this slot's thread only."""
 
 
@@ -211,7 +211,7 @@ class SlotPool:
             raise BackendUnavailable(f"device {self.device!r} requested but CUDA is not available")
         dev = torch.device(self.device)
         # Larger numbers are lower priority; the range is (least, greatest) = (0, -k).
-        least, greatest = torch.cuda.Stream.priority_range()
+        least, greatest = torch.cuda.Stream.priority_range()  # type: ignore[call-arg]  # a staticmethod
         if not greatest <= stream_priority <= least:
             raise ValueError(f"stream_priority must be in [{greatest}, {least}], got {stream_priority}")
         priority = stream_priority

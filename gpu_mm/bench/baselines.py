@@ -20,9 +20,9 @@ class SeedAsyncMMDataProcessor:
         self.mm_processor = mm_processor
         self.timeout_s = timeout_s
         self.semaphore = asyncio.Semaphore(max_concurrent_calls) if max_concurrent_calls else None
-        self._proc_async = getattr(mm_processor, "process_mm_data_async", None)
+        self._proc_async: Any = getattr(mm_processor, "process_mm_data_async", None)
         self.is_async = asyncio.iscoroutinefunction(self._proc_async)
-        self._proc_sync = getattr(mm_processor, "process_mm_data", None)
+        self._proc_sync: Any = getattr(mm_processor, "process_mm_data", None)
         self.fallback_exec = None
         if not self.is_async and callable(self._proc_sync):
             self.fallback_exec = ThreadPoolExecutor(max_workers=max_concurrent_calls or 32)
@@ -70,7 +70,7 @@ class HFImageProcessor:
         images = [Image.open(io.BytesIO(b)) for b in image_data]
         for im in images:
             im.load()
-        return dict(self.proc(images=images, return_tensors="pt"))
+        return dict(self.proc(images=images, return_tensors="pt"))  # type: ignore[arg-type]  # PIL images
 
 
 class FakeAsyncHF(HFImageProcessor):

@@ -53,7 +53,7 @@ async def hit_latency(video: bytes, reps: int) -> dict[str, Any]:
         lat.append(time.perf_counter() - t0)
         assert feats.items[0].cache == "hit"
     await pre.aclose()
-    return {"video_bytes": len(video), "features_bytes": first.pixel_values_videos.numel() * 4,
+    return {"video_bytes": len(video), "features_bytes": _numel(first.pixel_values_videos) * 4,
             "miss_ms": miss * 1e3, "hit_p50_ms": _pct(lat, 0.5), "hit_max_ms": max(lat) * 1e3, "reps": reps}
 
 
@@ -115,3 +115,8 @@ def summary(res: dict[str, Any]) -> list[str]:
         lines.append(f"  10 concurrent identical new videos, cache {state}: {b['decodes']} decodes, "
                      f"{b['wall_s']:.2f} s")
     return lines
+
+
+def _numel(t: Any) -> int:
+    assert t is not None, "a video request returned no video features"
+    return int(t.numel())

@@ -8,6 +8,7 @@ request would arrive (health-probe latency: post -> run).
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -41,7 +42,7 @@ async def measure(
         while not stop.wait(health_every_s):
             posted = time.perf_counter()
             try:
-                loop.call_soon_threadsafe(lambda p=posted: health.append(time.perf_counter() - p))
+                loop.call_soon_threadsafe(functools.partial(_lag_since, health, posted))
             except RuntimeError:
                 return
 
@@ -126,3 +127,7 @@ async def run_all(image: bytes, n_requests: int = 64, workers: int = 2, only: li
         if closer:
             closer()
     return out
+
+
+def _lag_since(into: list[float], posted: float) -> None:
+    into.append(time.perf_counter() - posted)

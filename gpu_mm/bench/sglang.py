@@ -13,6 +13,7 @@ then flips SGLang's two "CPU engine" predicates so that it skips pinning. Nothin
 from __future__ import annotations
 
 import asyncio
+import functools
 import statistics
 import time
 from typing import Any
@@ -51,7 +52,7 @@ def toy_config(model_type: str) -> Any:
     """A Qwen2-VL config whose token ids match :func:`toy_processor` (``tokens_per_second`` 2 as Qwen2.5-VL)."""
     from transformers import Qwen2VLConfig
 
-    cfg = Qwen2VLConfig(vision_start_token_id=3, vision_end_token_id=4, image_token_id=1, video_token_id=2)
+    cfg: Any = Qwen2VLConfig(vision_start_token_id=3, vision_end_token_id=4, image_token_id=1, video_token_id=2)
     cfg.model_type = model_type
     cfg.architectures = [ARCHITECTURES[model_type]]
     cfg.vision_config.tokens_per_second = 2
@@ -131,7 +132,8 @@ async def run(video: bytes, image: bytes, *, reps: int = 3, concurrency: int = 8
         result["concurrent_video"] = {}
         for name, proc in procs.items():
             progress(f"{concurrency} video requests in flight at once through {name} ...")
-            result["concurrent_video"][name] = await measure(lambda i, p=proc: call(p, **video_req), concurrency)
+            result["concurrent_video"][name] = await measure(functools.partial(_call_one, call, proc, video_req),
+                                                             concurrency)
         c = result["concurrent_video"]
         result["concurrent_video"]["loop_lag_max_ratio"] = (c["sglang"]["loop_lag"]["max_ms"]
                                                            / max(c["gpu_mm"]["loop_lag"]["max_ms"], 1e-3))
@@ -143,3 +145,7 @@ async def run(video: bytes, image: bytes, *, reps: int = 3, concurrency: int = 8
 
 def main_sync(video: bytes, image: bytes, **kw: Any) -> dict[str, Any]:
     return asyncio.run(run(video, image, **kw))
+
+
+async def _call_one(call: Any, proc: Any, request: dict[str, Any], i: int) -> Any:
+    return await call(proc, **request)

@@ -128,7 +128,7 @@ def _flatten_videos(videos: Any) -> list[Any] | None:
     import torch
 
     items = videos if isinstance(videos, (list, tuple)) else [videos]
-    out = []
+    out: list[Any] = []
     for v in items:
         if isinstance(v, (list, tuple)) and len(v) == 1:
             v = v[0]

@@ -233,7 +233,7 @@ def _pil_to_rgb(img: Any) -> torch.Tensor:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img).astype(np.uint32)
         if img.mode != "I" or arr.max(initial=0) > 255:
-            arr = arr >> 8
+            arr = (arr >> 8).astype(np.uint32)
         rgb = np.repeat(arr.astype(np.uint8)[..., None], 3, axis=-1)
         return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
     alpha = "A" in img.getbands() or img.info.get("transparency") is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def make_video(
         container = {"vp9": "webm", "mjpeg": "avi"}.get(codec, "mp4")
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=container) as out:
-        stream = out.add_stream(encoder, rate=Fraction(fps))
+        stream: Any = out.add_stream(encoder, rate=Fraction(fps))  # a VideoStream (typed as any stream)
         stream.width, stream.height = width, height
         stream.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
         if rotation:
@@ -87,7 +88,7 @@ def make_video(
             stream.codec_context.gop_size = gop
         if bit_rate:
             stream.bit_rate = bit_rate
-        opts: dict[str, str] = {}
+        opts: dict[str, Any] = {}
         if encoder == "libx264":
             opts = {"preset": "ultrafast" if not bframes else "veryfast", "bf": str(bframes)}
             if not bframes:

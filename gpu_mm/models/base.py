@@ -124,7 +124,7 @@ def or_default(value: Any, default: Any) -> Any:
 def pixel_bounds(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
     """(min, max) pixels of a transformers processor config: ``min_pixels``/``max_pixels`` or ``size``'s
     ``shortest_edge``/``longest_edge`` (the same bounds under transformers 5's names)."""
-    size = cfg.get("size") if isinstance(cfg.get("size"), Mapping) else {}
+    size: Mapping[str, Any] = cfg["size"] if isinstance(cfg.get("size"), Mapping) else {}
     lo = cfg.get("min_pixels", size.get("shortest_edge"))
     hi = cfg.get("max_pixels", size.get("longest_edge"))
     return (int(lo) if isinstance(lo, (int, float)) else None, int(hi) if isinstance(hi, (int, float)) else None)

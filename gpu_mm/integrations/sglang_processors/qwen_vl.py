@@ -159,7 +159,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         config = Qwen2VLConfig(
             patch_size=ip.patch_size, temporal_patch_size=ip.temporal_patch_size, merge_size=ip.merge_size,
             image_min_pixels=lo, image_max_pixels=hi,
-            image_mean=tuple(ip.image_mean), image_std=tuple(ip.image_std),
+            image_mean=_rgb(ip.image_mean), image_std=_rgb(ip.image_std),
             sampling="sglang",
             fps=video_kw.get("fps", s.FPS),
             min_frames=video_kw.get("min_frames", s.FPS_MIN_FRAMES),
@@ -289,3 +289,8 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         items = get_new_expanded_mm_items(items)
         items = self._finalize_mm_items(items, images=base_output.images)
         return items, input_ids, ret
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    return r, g, b
