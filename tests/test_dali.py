@@ -58,8 +58,8 @@ def test_preprocessor_falls_back_per_item_and_says_so():
 def test_a_stream_the_backend_fails_on_falls_back_to_pyav(monkeypatch):
     """A DecodeError from a non-PyAV backend (e.g. NVDEC without that codec on this chip) is retried with
     PyAV for that item; if PyAV fails too, PyAV's error names the item."""
-    from gpu_mm import DecodeError
-    from gpu_mm.media.video import _FACTORIES, register_video_decoder
+    from gpu_mm import Decoded, DecodeError
+    from gpu_mm.media.video import register_video_decoder, unregister_video_decoder
 
     class Failing:
         name = "failing"
@@ -71,6 +71,7 @@ def test_a_stream_the_backend_fails_on_falls_back_to_pyav(monkeypatch):
     try:
         feats = Qwen2VLPreprocessor("cpu", video_decoder="failing")(videos=[clip("h264", 40)])
         assert feats.items[0].decoder == "pyav (fallback: this chip's decoder has no such codec)"
+        assert feats.items[0].decoded == Decoded("pyav", fallback_reason="this chip's decoder has no such codec")
         ref = Qwen2VLPreprocessor("cpu", video_decoder="pyav")(videos=[clip("h264", 40)])
         assert torch.equal(feats.pixel_values_videos, ref.pixel_values_videos)
         from gpu_mm.media.video import PyAVDecoder
@@ -83,7 +84,7 @@ def test_a_stream_the_backend_fails_on_falls_back_to_pyav(monkeypatch):
         with pytest.raises(DecodeError, match=r"^video\[0\].*pyav: corrupt too"):
             Qwen2VLPreprocessor("cpu", video_decoder="failing")(videos=[clip("h264", 40)])
     finally:
-        _FACTORIES.pop("failing", None)
+        unregister_video_decoder("failing")
 
 
 @pytest.mark.cuda

@@ -89,3 +89,38 @@ def test_torchcodec_without_ffmpeg_libraries_is_unavailable_not_every_item_bad()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "unavailable: torchcodec is not usable (Could not load libtorchcodec" in proc.stdout
+
+
+def test_listing_backends_imports_none_of_them():
+    """``available_video_decoders`` looks packages up without importing them: listing them must not load
+    decord (after which torchcodec would be refused for the rest of the process)."""
+    code = (
+        "import sys\n"
+        "from gpu_mm.media.video import available_video_decoders\n"
+        "names = available_video_decoders()\n"
+        "loaded = [m for m in ('decord', 'torchcodec', 'nvidia.dali') if m in sys.modules]\n"
+        "print(names, loaded)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names, loaded = proc.stdout.strip().rsplit("] [", 1)
+    assert "'pyav'" in names and loaded == "]"
+
+
+def test_a_taken_backend_name_is_refused():
+    from gpu_mm.media.video import PyAVDecoder, get_video_decoder, register_video_decoder, unregister_video_decoder
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_video_decoder("pyav", PyAVDecoder)
+    register_video_decoder("pyav-twin-test", PyAVDecoder)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_video_decoder("pyav-twin-test", PyAVDecoder)
+        register_video_decoder("pyav-twin-test", PyAVDecoder, replace=True)
+        assert get_video_decoder("pyav-twin-test").name == "pyav"
+    finally:
+        unregister_video_decoder("pyav-twin-test")
+    with pytest.raises(ValueError, match="unknown video decoder"):
+        get_video_decoder("pyav-twin-test")
+    with pytest.raises(ValueError, match="fallback"):
+        unregister_video_decoder("pyav")

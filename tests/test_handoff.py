@@ -5,6 +5,7 @@ grows over many hand-offs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 
@@ -183,7 +184,7 @@ class TestPreprocessorIntoPool:
                 yield from super().iter_frames_at(src, info, indices)
 
         register_video_decoder("blocking-test", Blocking)
-        with FeaturePool(max_blocks=2) as pool:
+        with FeaturePool(max_blocks=2) as pool, _registered("blocking-test"):
             pre = Qwen2VLPreprocessor("cpu", output_pool=pool, video_decoder="blocking-test")
             with pytest.raises(ProcessingTimeout):
                 await pre.preprocess(videos=[clip("h264", 48)], deadline=time.monotonic() + 0.05)
@@ -308,3 +309,14 @@ class TestCudaIPCReferenceCounts:
         pool.release(second.handle)
         with pytest.raises(KeyError):
             pool.handle_for_another_receiver(second.handle)
+
+
+@contextlib.contextmanager
+def _registered(name):
+    """Unregister a test's decoder backend when the test ends."""
+    from gpu_mm.media.video import unregister_video_decoder
+
+    try:
+        yield
+    finally:
+        unregister_video_decoder(name)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import gpu_mm.pipeline as pipeline
 from gpu_mm import DecodeError, LimitExceeded, MediaError, UnsupportedMedia
 from gpu_mm.media.sources import load_source
-from gpu_mm.media.video import PyAVDecoder, probe_video, register_video_decoder
+from gpu_mm.media.video import PyAVDecoder, probe_video, register_video_decoder, unregister_video_decoder
 from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
 
 from media_helpers import all_frames, clip, make_image, make_video
@@ -185,7 +185,11 @@ class TestBoundedMemory:
         register_video_decoder("no-streaming-test", _NoStreaming)
         monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1)
         data = clip("h264", 48, gop=12)
-        ours = Qwen2VLPreprocessor("cpu", video_decoder="no-streaming-test", sampling="hf")(videos=[data], nframes=10)
+        try:
+            ours = Qwen2VLPreprocessor("cpu", video_decoder="no-streaming-test", sampling="hf")(videos=[data],
+                                                                                              nframes=10)
+        finally:
+            unregister_video_decoder("no-streaming-test")
         ref = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=10)
         assert _NoStreaming.calls == [2, 2, 2, 2, 2]
         assert torch.equal(ours.pixel_values_videos, ref.pixel_values_videos)

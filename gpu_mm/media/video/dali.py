@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BackendUnavailable, DecodeError, UnsupportedMedia
-from .sources import Source
-from .video import VideoInfo, check_planned_indices
+from ...errors import BackendUnavailable, DecodeError, UnsupportedMedia
+from ..sources import Source
+from .probe import VideoInfo, check_planned_indices
 
 __all__ = ["CPU_CODECS", "DALIVideoDecoder", "NVDEC_CODECS"]
 
