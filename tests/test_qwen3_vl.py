@@ -265,3 +265,60 @@ def test_registry_refuses_a_second_family_under_a_taken_name():
     with pytest.raises(ValueError, match="already registered"):
         register_family(Impostor)
     assert get_family("qwen3_vl") is Qwen3VLPreprocessor
+
+
+# ---------------------------------------------------------------- the transformers drop-in
+
+
+def _with_drop_in(tokenizer, cfg: Qwen3VLConfig) -> tuple[Qwen3VLProcessor, Qwen3VLProcessor]:
+    from gpu_mm.integrations.hf import GpuMMQwen3VLVideoProcessor
+
+    stock = reference(tokenizer, cfg)
+    ours = Qwen3VLProcessor(image_processor=stock.image_processor, tokenizer=tokenizer,
+                            video_processor=GpuMMQwen3VLVideoProcessor(**stock.video_processor.to_dict()))
+    return ours, stock
+
+
+def _pil_frames(frames):
+    return [Image.fromarray(f) for f in frames]
+
+
+# transformers refuses to sample frames from a list of images: that form goes unsampled only.
+@pytest.mark.parametrize(("form", "sample"), [("tensor", True), ("tensor", False), ("numpy", True), ("numpy", False),
+                                              ("pil_list", False), ("nested", True), ("nested", False)])
+def test_drop_in_equals_the_stock_processor(tokenizer, monkeypatch, form, sample):
+    """Every input form transformers takes, sampled from the metadata or not: the same prompt ids, grids and
+    (exactly) features, with gpu-mm doing the pixel work (transformers' own ``_preprocess`` never runs)."""
+    ours, stock = _with_drop_in(tokenizer, Qwen3VLConfig(cap_pixels_per_frame=True))
+    frames = all_frames(clip("h264", 31, 64, 96, fps=6))
+    video = {"tensor": torch.from_numpy(frames), "numpy": frames, "pil_list": _pil_frames(frames),
+             "nested": [torch.from_numpy(frames)]}[form]
+    meta = {"total_num_frames": 31, "fps": 6.0, "frames_indices": list(range(31))}
+
+    def run(proc):
+        return proc(text=[PROMPT], videos=video if form == "nested" else [video], return_tensors="pt",
+                    videos_kwargs={"video_metadata": [VideoMetadata(**meta)], "do_sample_frames": sample})
+
+    theirs = run(stock)
+    calls = []
+    original = Qwen3VLVideoProcessor._preprocess
+    monkeypatch.setattr(Qwen3VLVideoProcessor, "_preprocess", lambda *a, **k: calls.append(1) or original(*a, **k))
+    got = run(ours)
+    assert not calls
+    assert torch.equal(got["input_ids"], theirs["input_ids"])
+    assert torch.equal(got["video_grid_thw"], theirs["video_grid_thw"])
+    torch.testing.assert_close(got["pixel_values_videos"], theirs["pixel_values_videos"], rtol=0, atol=0)
+
+
+def test_drop_in_hands_options_it_does_not_implement_to_transformers(tokenizer, monkeypatch):
+    from gpu_mm.integrations.hf import GpuMMQwen3VLVideoProcessor
+
+    frames = torch.from_numpy(all_frames(clip("h264", 8, 64, 64)))
+    calls = []
+    original = Qwen3VLVideoProcessor._preprocess
+    monkeypatch.setattr(Qwen3VLVideoProcessor, "_preprocess", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for kw in ({"do_normalize": False}, {"resample": 2}, {"do_rescale": False}):
+        got = GpuMMQwen3VLVideoProcessor()(videos=[frames], do_sample_frames=False, return_tensors="pt", **kw)
+        ref = Qwen3VLVideoProcessor()(videos=[frames], do_sample_frames=False, return_tensors="pt", **kw)
+        assert torch.equal(got["pixel_values_videos"], ref["pixel_values_videos"])
+    assert len(calls) == 6  # each option went to transformers' own code, in both processors
