@@ -150,6 +150,8 @@ class _Plan:
     image_info: ImageInfo | None = None
     """An image's probe (size, format, mode), so decoding does not parse its header again."""
     sample_fps: float | None = None
+    presize: tuple[int, int] | None = None
+    """A video's first, bilinear resize before ``target`` (see :class:`VideoSampling`)."""
     nbytes: int = 0
     """Peak working memory this item may take while it runs (its bound; see :func:`video_working_bytes`)."""
     chunk: int = 0
@@ -708,14 +710,16 @@ class Preprocessor:
         cfg = self.config
         indices, target = sampling.indices, sampling.target
         grid = cfg.grid(len(indices), target)
+        # Working memory follows the larger of the intermediate and the final frames.
+        held = max(target, sampling.presize or target, key=lambda s: s[0] * s[1])
         if info is None:  # decoded frames given: they are all in memory already; one pass over them
             chunk = len(indices)
-            nbytes = image_working_bytes(size, target, _feature_bytes(grid, cfg), via_pillow=False, frames=chunk)
+            nbytes = image_working_bytes(size, held, _feature_bytes(grid, cfg), via_pillow=False, frames=chunk)
         else:
-            chunk = video_chunk_frames(size, target, cfg.temporal_patch_size, len(indices))
-            nbytes = video_working_bytes(size, target, chunk, _feature_bytes(grid, cfg))
+            chunk = video_chunk_frames(size, held, cfg.temporal_patch_size, len(indices))
+            nbytes = video_working_bytes(size, held, chunk, _feature_bytes(grid, cfg))
         return _Plan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
-                     nbytes=nbytes, chunk=chunk, timer=timer, video_fps=sampling.video_fps)
+                     presize=sampling.presize, nbytes=nbytes, chunk=chunk, timer=timer, video_fps=sampling.video_fps)
 
     # ------------------------------------------------------------------ execution (on a slot thread)
 
@@ -786,6 +790,8 @@ class Preprocessor:
         with timer.stage("resize"):
             if plan.info is not None and plan.info.rotation:
                 frames = rotate_frames(frames, plan.info.rotation)
+            if plan.presize is not None:
+                frames = ops.resize(frames, plan.presize, "bilinear")
             return ops.resize(frames, plan.target, self.config.video_resample if plan.kind == "video" else "bicubic")
 
     def _place(self, slot: Slot, plan: _Plan, pv: torch.Tensor) -> torch.Tensor:

@@ -21,15 +21,23 @@ from typing import Any
 from .loop_lag import measure
 
 SPECIAL = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
-VOCAB = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}, "describe": 5, "this": 6, "and": 7, "<pad>": 8}
+VOCAB = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}, "describe": 5, "this": 6, "and": 7, "<pad>": 8,
+         # Qwen3-VL prompts say each temporal step's time, "<12.5 seconds>": one id per time, so equal ids
+         # mean equal timestamps.
+         "seconds>": 9, **{f"<{k / 10:.1f}": 10 + k for k in range(10_000)}}
 IMAGE_TOKEN = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO_TOKEN = "<|vision_start|><|video_pad|><|vision_end|>"
-ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                 "qwen3_vl": "Qwen3VLForConditionalGeneration"}
+QWEN3_VL_IMAGE: dict[str, Any] = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3,
+                  "image_std": [0.5] * 3}
+"""The published Qwen3-VL processor configs' values (the transformers classes' own defaults differ)."""
 
 
 def toy_processor(model_type: str) -> Any:
-    """A transformers Qwen2-VL / Qwen2.5-VL processor with default image/video processors and a tiny
-    word-level tokenizer that knows the vision special tokens (ids 1-4)."""
+    """A transformers Qwen2-VL / Qwen2.5-VL processor with default image/video processors (Qwen3-VL: the
+    published models' processor settings) and a tiny word-level tokenizer that knows the vision special
+    tokens (ids 1-4)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         PreTrainedTokenizerFast,
@@ -44,15 +52,29 @@ def toy_processor(model_type: str) -> Any:
     tok.decoder = decoders.Fuse()  # ids -> text -> ids round-trips for prompts without spaces
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
                                    additional_special_tokens=SPECIAL)
+    if model_type == "qwen3_vl":
+        from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+        image = Qwen2VLImageProcessor(size={"shortest_edge": 65536, "longest_edge": 16777216}, **QWEN3_VL_IMAGE)
+        video = Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 25165824}, fps=2, min_frames=4,
+                                      max_frames=768, cap_pixels_per_frame=False, **QWEN3_VL_IMAGE)
+        return Qwen3VLProcessor(image_processor=image, tokenizer=fast, video_processor=video)
     cls = Qwen2_5_VLProcessor if model_type == "qwen2_5_vl" else Qwen2VLProcessor
     return cls(image_processor=Qwen2VLImageProcessor(), tokenizer=fast, video_processor=Qwen2VLVideoProcessor())
 
 
 def toy_config(model_type: str) -> Any:
-    """A Qwen2-VL config whose token ids match :func:`toy_processor` (``tokens_per_second`` 2 as Qwen2.5-VL)."""
-    from transformers import Qwen2VLConfig
+    """A Qwen2-VL (or Qwen3-VL) config whose token ids match :func:`toy_processor` (``tokens_per_second`` 2 as
+    Qwen2.5-VL)."""
+    from transformers import Qwen2VLConfig, Qwen3VLConfig
 
-    cfg: Any = Qwen2VLConfig(vision_start_token_id=3, vision_end_token_id=4, image_token_id=1, video_token_id=2)
+    ids: dict[str, Any] = {"vision_start_token_id": 3, "vision_end_token_id": 4, "image_token_id": 1,
+                           "video_token_id": 2}
+    if model_type == "qwen3_vl":
+        cfg: Any = Qwen3VLConfig(**ids)
+        cfg.architectures = [ARCHITECTURES[model_type]]
+        return cfg
+    cfg = Qwen2VLConfig(**ids)
     cfg.model_type = model_type
     cfg.architectures = [ARCHITECTURES[model_type]]
     cfg.vision_config.tokens_per_second = 2

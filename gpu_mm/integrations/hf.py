@@ -156,7 +156,8 @@ class GpuMMQwen3VLVideoProcessor(Qwen3VLVideoProcessor):
     ``_preprocess`` otherwise. Results are identical to the stock class (the tests compare them exactly).
     """
 
-    def _preprocess(self, videos: list[Any], do_resize: bool, size: Any, resample: Any, do_rescale: bool,
+    def _preprocess(  # type: ignore[override]  # Qwen3VLVideoProcessor's own signature
+            self, videos: list[Any], do_resize: bool, size: Any, resample: Any, do_rescale: bool,
                     rescale_factor: float, do_normalize: bool, image_mean: Any, image_std: Any,
                     patch_size: int | None = None, temporal_patch_size: int | None = None,
                     merge_size: int | None = None, cap_pixels_per_frame: bool | None = None,
@@ -170,7 +171,7 @@ class GpuMMQwen3VLVideoProcessor(Qwen3VLVideoProcessor):
                    and all(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.ndim == 4 and v.shape[1] == 3
                            for v in videos)
                    and len({v.device for v in videos}) == 1)
-        if not handled:
+        if not handled or mean is None or std is None:
             return super()._preprocess(  # type: ignore[no-any-return]
                 videos, do_resize=do_resize, size=size, resample=resample, do_rescale=do_rescale,
                 rescale_factor=rescale_factor, do_normalize=do_normalize, image_mean=image_mean,

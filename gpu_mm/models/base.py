@@ -33,6 +33,9 @@ class VideoSampling:
     """(height, width) every frame is resized to."""
     video_fps: float | None = None
     """The source's frame rate (None: decoded frames were given)."""
+    presize: tuple[int, int] | None = None
+    """A size to resize to first, bilinearly, before ``target`` (a serving stack that resizes twice, e.g.
+    SGLang's Qwen3-VL path); None: one resize."""
 
 
 class ModelSpec:

@@ -64,6 +64,16 @@ class Qwen3VLConfig(ModelSpec):
     max_video_tokens: int = 768
     video_resample: Literal["bicubic", "bilinear"] = "bicubic"
     output_dtype: torch.dtype = torch.float32
+    sampling: Literal["transformers", "sglang"] = "transformers"
+    """``transformers``: ``Qwen3VLVideoProcessor``'s rule (above). ``sglang``: SGLang 0.5's Qwen-VL video path,
+    which serves Qwen3-VL with its Qwen2-VL rule (``fps`` frames per second, an even count in
+    [min_frames, max_frames], truncated linspace indices), resizes each frame bilinearly to multiples of
+    ``sglang_factor`` within its per-frame bounds, and only then lets transformers resize to this family's
+    clip bounds; gpu-mm plans the same frames and both sizes (its SGLang plug-in uses this)."""
+    sglang_factor: int = 28
+    sglang_min_pixels: int = 128 * 28 * 28
+    sglang_max_pixels: int = 768 * 28 * 28
+    sglang_total_pixels: float = 128000 * 28 * 28 * 0.9
 
     def image_target(self, height: int, width: int, options: RequestOptions) -> tuple[int, int]:
         return ops.smart_resize(height, width, self.factor, or_default(options.min_pixels, self.image_min_pixels),
@@ -80,8 +90,15 @@ class Qwen3VLConfig(ModelSpec):
         return smart_resize(frames, size[0], size[1], temporal_factor=self.temporal_patch_size,
                                       factor=self.factor, min_pixels=lo, max_pixels=hi)
 
+    def validate(self) -> None:
+        super().validate()
+        if self.sampling not in ("transformers", "sglang"):
+            raise ValueError(f"sampling must be 'transformers' or 'sglang', got {self.sampling!r}")
+
     def sample_video(self, total: int, video_fps: float, size: tuple[int, int],
                      options: RequestOptions) -> VideoSampling:
+        if self.sampling == "sglang":
+            return self._sample_video_sglang(total, video_fps, size, options)
         start, end = ops.frame_range(total, video_fps, options.video_start, options.video_end)
         count = end - start + 1
         fps = None if options.nframes is not None else or_default(options.fps, self.fps)
@@ -89,6 +106,24 @@ class Qwen3VLConfig(ModelSpec):
                                  max_frames=self.max_frames)
         indices = sample_indices(start, end, n)
         return VideoSampling(indices, n / count * video_fps, self._video_target(n, size, options), video_fps)
+
+    def _sample_video_sglang(self, total: int, video_fps: float, size: tuple[int, int],
+                             options: RequestOptions) -> VideoSampling:
+        tp = self.temporal_patch_size
+        start, end = ops.frame_range(total, video_fps, options.video_start, options.video_end)
+        try:
+            fps = None if options.nframes is not None else or_default(options.fps, self.fps)
+            n = ops.nframes_qwen_vl_utils(end - start + 1, video_fps, fps=fps, nframes=options.nframes,
+                                          min_frames=self.min_frames, max_frames=self.max_frames, frame_factor=tp)
+        except ValueError as exc:
+            raise ValueError(f"cannot sample frames: {exc}") from None
+        indices = ops.sample_indices_sglang(start, end, n)
+        frame_max = ops.video_max_pixels_qwen_vl_utils(
+            len(indices), min_pixels=self.sglang_min_pixels, frame_max_pixels=self.sglang_max_pixels,
+            total_pixels=self.sglang_total_pixels, frame_factor=tp)
+        presize = ops.smart_resize(size[0], size[1], self.sglang_factor, self.sglang_min_pixels, int(frame_max))
+        return VideoSampling(indices, n / (end - start + 1) * video_fps,
+                             self._video_target(len(indices), presize, options), video_fps, presize=presize)
 
     def sample_frames(self, frames: int, size: tuple[int, int], options: RequestOptions) -> VideoSampling:
         """Decoded frames are taken as already sampled, at ``fps`` (their timestamps are ``i / fps``)."""
@@ -132,6 +167,14 @@ class Qwen3VLFeatures(Features):
 
     video_timestamps: list[list[float]] | None = None
     """Per video, the seconds of each temporal step (the prompt's ``<{t:.1f} seconds>``)."""
+
+    def processor_output(self, input_text: Any = None) -> dict[str, Any]:
+        """:meth:`to_dict`, ``input_text``, ``items`` and ``video_timestamps`` (what a serving engine builds the
+        prompt with)."""
+        out = super().processor_output(input_text)
+        if self.video_timestamps is not None:
+            out["video_timestamps"] = self.video_timestamps
+        return out
 
 
 @register_family

@@ -1,4 +1,6 @@
-"""gpu-mm's Qwen2-VL / Qwen2.5-VL processor for SGLang (imported by SGLang's processor registry).
+"""gpu-mm's Qwen-VL processor for SGLang (imported by SGLang's processor registry): Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL, Qwen3-VL-MoE and Qwen3.5, the architectures SGLang's own ``QwenVLImageProcessor`` serves with
+one class.
 
 How a request flows (SGLang 0.5.x):
 
@@ -9,16 +11,19 @@ How a request flows (SGLang 0.5.x):
 3. ``process_and_combine_mm_data_async`` -- the step where SGLang would call the HF processor -- sends the
    raw items to gpu-mm through an :class:`gpu_mm.AsyncMMDataProcessor` (admission bound, deadline) wrapped
    around a :class:`gpu_mm.Qwen2VLPreprocessor` (device slots); then SGLang's ``build_input_ids``
-   expands the prompt and SGLang's item collection, offsets, per-item split and transport run on
-   gpu-mm's features.
+   expands the prompt (``build_input_ids_with_timestamps`` for the Qwen3 families, each temporal step
+   preceded by its ``<t seconds>``) and SGLang's item collection, offsets, per-item split and transport
+   run on gpu-mm's features.
 4. SGLang finishes as for its own processor: padded ids, grids, ``second_per_grid_ts``, M-RoPE.
 
 Sampling and sizes follow SGLang's Qwen-VL video path (its constants and ``mm_process_config``), and
 video frames are resized bilinearly as SGLang does, so features equal SGLang's own; images follow the
-HF image processor's settings. One deliberate difference: ``second_per_grid_ts`` (Qwen2.5-VL) is the
-clip's real seconds per temporal grid step, ``temporal_patch_size / sample_fps`` as qwen-vl-utils and
-transformers compute it when told the sampling fps, where SGLang 0.5.23 with transformers 5 passes frames
-without their fps and gets ``2 / 24``.
+HF image processor's settings. For the Qwen3 families SGLang's path resizes video frames twice (bilinearly
+to multiples of 28 within its per-frame bounds, then transformers' bicubic resize to the model's clip
+bounds); gpu-mm plans the same two sizes and does the same two resizes. One deliberate difference:
+``second_per_grid_ts`` (Qwen2.5-VL) is the clip's real seconds per temporal grid step, ``temporal_patch_size
+/ sample_fps`` as qwen-vl-utils and transformers compute it when told the sampling fps, where SGLang 0.5.23
+with transformers 5 passes frames without their fps and gets ``2 / 24``.
 """
 
 from __future__ import annotations
@@ -32,18 +37,30 @@ from typing import Any
 import torch
 from sglang.srt.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from sglang.srt.models.qwen2_vl import Qwen2VLForConditionalGeneration
+from sglang.srt.models.qwen3_5 import Qwen3_5ForConditionalGeneration, Qwen3_5MoeForConditionalGeneration
+from sglang.srt.models.qwen3_vl import Qwen3VLForConditionalGeneration
+from sglang.srt.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 from sglang.srt.multimodal.processors import qwen_vl as _sglang_qwen_vl
 from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
 
 from gpu_mm.errors import Overloaded, ProcessingTimeout, ProcessorClosed
-from gpu_mm.integrations.hf import GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor, _sizes
-from gpu_mm.integrations.sglang import PluginSettings, settings
+from gpu_mm.integrations._sglang_settings import PluginSettings, settings
+from gpu_mm.integrations.hf import (
+    GpuMMQwen2VLImageProcessor,
+    GpuMMQwen2VLVideoProcessor,
+    GpuMMQwen3VLVideoProcessor,
+    _sizes,
+)
 from gpu_mm.models.qwen2_vl import Qwen2VLConfig, Qwen2VLPreprocessor
+from gpu_mm.models.qwen3_vl import Qwen3VLConfig, Qwen3VLPreprocessor
+from gpu_mm.pipeline import Preprocessor
 from gpu_mm.processor import AsyncMMDataProcessor
 
 logger = logging.getLogger("gpu_mm.integrations.sglang")
 
 _FEATURE_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+# Model types SGLang prompts with per-frame timestamps (its build_input_ids_with_timestamps).
+_QWEN3 = frozenset({"qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"})
 # SGLang's video_config keys gpu-mm implements; any other key (resized_height/width ...) goes to SGLang's path.
 _VIDEO_KEYS = {"fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels"}
 
@@ -116,27 +133,31 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         gpu_mm_fallbacks: requests sent to SGLang's own path, counted by reason.
     """
 
-    models = [Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration]
+    models = [Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration,
+              Qwen3VLMoeForConditionalGeneration, Qwen3_5ForConditionalGeneration, Qwen3_5MoeForConditionalGeneration]
 
     def __init__(self, hf_config: Any, server_args: Any, _processor: Any, *args: Any, **kwargs: Any) -> None:
+        qwen3 = getattr(hf_config, "model_type", None) in _QWEN3
         # SGLang's own path (fallbacks, its image cache) still gets gpu-mm features through the drop-ins.
         if getattr(_processor, "image_processor", None) is not None:
             _processor.image_processor = _adopt(_processor.image_processor, GpuMMQwen2VLImageProcessor)
         if getattr(_processor, "video_processor", None) is not None:
-            _processor.video_processor = _adopt(_processor.video_processor, GpuMMQwen2VLVideoProcessor)
+            _processor.video_processor = _adopt(
+                _processor.video_processor, GpuMMQwen3VLVideoProcessor if qwen3 else GpuMMQwen2VLVideoProcessor)
         super().__init__(hf_config, server_args, _processor, *args, **kwargs)
+        self._gpu_mm_qwen3 = qwen3
         self.gpu_mm_settings: PluginSettings = settings()
         self.gpu_mm_fallbacks: collections.Counter[str] = collections.Counter()
         self._gpu_mm_config, self._gpu_mm_request, self.gpu_mm_unsupported = self._gpu_mm_configure()
         self._gpu_mm_emits_spgt = "second_per_grid_ts" in getattr(_processor, "model_input_names", ())
         self._gpu_mm_runner: AsyncMMDataProcessor | None = None
-        self._gpu_mm_preprocessor: Qwen2VLPreprocessor | None = None
+        self._gpu_mm_preprocessor: Preprocessor | None = None
         if self._gpu_mm_config is not None:
             self._gpu_mm_build()  # at server start: a bad device or decoder setting fails here, not per request
 
     # ------------------------------------------------------------------ configuration
 
-    def _gpu_mm_configure(self) -> tuple[Qwen2VLConfig | None, dict[str, Any], str | None]:
+    def _gpu_mm_configure(self) -> tuple[Qwen2VLConfig | Qwen3VLConfig | None, dict[str, Any], str | None]:
         """gpu-mm's config mirroring this SGLang processor's, the per-call options, or why there is none."""
         ip = getattr(self._processor, "image_processor", None)
         vp = getattr(self._processor, "video_processor", None)
@@ -156,6 +177,24 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
             return None, {}, "image and video processors differ in normalization or patching"
         lo, hi = _sizes(image_kw.get("size") or ip.size, image_kw.get("min_pixels"), image_kw.get("max_pixels"))
         s = _sglang_qwen_vl  # SGLang's own video constants, so sampling and sizes equal its path's
+        request = {"nframes": video_kw["nframes"]} if "nframes" in video_kw else {}
+        if self._gpu_mm_qwen3:
+            if not isinstance(vp, GpuMMQwen3VLVideoProcessor):
+                return None, {}, f"video processor {type(vp).__name__} is not a Qwen3-VL video processor"
+            size = dict(vp.size or {})
+            qwen3 = Qwen3VLConfig(
+                patch_size=ip.patch_size, temporal_patch_size=ip.temporal_patch_size, merge_size=ip.merge_size,
+                image_min_pixels=lo, image_max_pixels=hi, image_mean=_rgb(ip.image_mean), image_std=_rgb(ip.image_std),
+                video_min_pixels=int(size["shortest_edge"]), video_max_pixels=int(size["longest_edge"]),
+                cap_pixels_per_frame=bool(vp.cap_pixels_per_frame), max_video_tokens=vp.max_video_tokens,
+                sampling="sglang", fps=video_kw.get("fps", s.FPS),
+                min_frames=video_kw.get("min_frames", s.FPS_MIN_FRAMES),
+                max_frames=video_kw.get("max_frames", s.FPS_MAX_FRAMES),
+                sglang_factor=s.IMAGE_FACTOR, sglang_min_pixels=video_kw.get("min_pixels", s.VIDEO_MIN_PIXELS),
+                sglang_max_pixels=video_kw.get("max_pixels", s.VIDEO_MAX_PIXELS),
+                sglang_total_pixels=video_kw.get("total_pixels", s.VIDEO_TOTAL_PIXELS),
+            )
+            return qwen3, request, None
         config = Qwen2VLConfig(
             patch_size=ip.patch_size, temporal_patch_size=ip.temporal_patch_size, merge_size=ip.merge_size,
             image_min_pixels=lo, image_max_pixels=hi,
@@ -169,13 +208,13 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
             video_total_pixels=video_kw.get("total_pixels", s.VIDEO_TOTAL_PIXELS),
             video_resample="bilinear",
         )
-        request = {"nframes": video_kw["nframes"]} if "nframes" in video_kw else {}
         return config, request, None
 
     def _gpu_mm_build(self) -> None:
         st = self.gpu_mm_settings
         keep_on_device = self.keep_mm_features_on_device or self.precompute_hash_before_cpu_transfer
-        self._gpu_mm_preprocessor = Qwen2VLPreprocessor(
+        cls = Qwen3VLPreprocessor if isinstance(self._gpu_mm_config, Qwen3VLConfig) else Qwen2VLPreprocessor
+        self._gpu_mm_preprocessor = cls(
             st.device, config=self._gpu_mm_config, video_decoder=st.video_decoder,
             num_slots=st.num_slots, memory_budget_bytes=st.memory_budget_bytes, cache_bytes=st.cache_bytes,
             output="device" if keep_on_device else "cpu",
@@ -280,7 +319,11 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
             found = sum(1 for t in ids if t == token)
             if found != n:
                 raise ValueError(f"Prompt has {found} {name} placeholders but {n} {name} inputs were provided")
-        input_ids_list, _, _ = self.build_input_ids(ids, ret.get("image_grid_thw"), ret.get("video_grid_thw"))
+        if self._gpu_mm_qwen3 and out.get("video_timestamps") is not None:
+            input_ids_list, _, _ = self.build_input_ids_with_timestamps(
+                ids, None, ret.get("image_grid_thw"), ret.get("video_grid_thw"), out["video_timestamps"])
+        else:
+            input_ids_list, _, _ = self.build_input_ids(ids, ret.get("image_grid_thw"), ret.get("video_grid_thw"))
         input_ids = torch.tensor(input_ids_list, dtype=torch.long)
         ret["input_ids"] = input_ids.unsqueeze(0)
         items = self.collect_mm_items_from_processor_output(ret)
