@@ -80,7 +80,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench.loop_lag import run_all
     from .bench.machine import machine_info, machine_label
-    from .bench.throughput import image_bench, video_bench
+    from .bench.throughput import image_bench, qwen3_bench, video_bench
     from .media.synth import make_image, make_video
 
     device = args.device
@@ -91,7 +91,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     reps = 5 if quick else 15
     _progress(f"machine: {machine_label(info)}; device {device}; {'quick' if quick else 'full'} run")
     clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
-    step = _Steps(1 + 1 + len(clips) + 1 + 1 + 1 + (0 if args.no_http else 1))
+    step = _Steps(1 + 1 + len(clips) + 1 + 1 + 1 + 1 + (0 if args.no_http else 1))
     step("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
     jpeg = make_image(1080, 1920, "JPEG")
     seconds = 10 if quick else 30
@@ -105,6 +105,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         step(f"video {name} ({len(clip) / 1e6:.1f} MB, {seconds} s): gpu-mm vs qwen-vl-utils + transformers ...")
         result["video"][name] = video_bench(clip, device, max(1, reps // 3))
         result["video"][name]["bytes"] = len(clip)
+    step("Qwen3-VL: the JPEG and the 360p clip, gpu-mm vs transformers (and qwen-vl-utils for the clip) ...")
+    result["qwen3_vl"] = qwen3_bench(jpeg, videos["360p"], device, reps)
     step(f"responsiveness: {args.concurrency} concurrent image requests, loop lag and health probe ...")
     result["loop_lag"] = asyncio.run(run_all(jpeg, args.concurrency, workers=2, progress=lambda n: _progress(f"  {n}")))
     sweep_levels = [1, 8, 32] if quick else [1, 4, 16, 64]
@@ -166,6 +168,21 @@ def _print_summary(r: dict[str, Any]) -> None:
             print(f"  {name:28s} {q['p50_ms']:8.1f} ms   ({q['p50_ms'] / o['p50_ms']:.2f}x gpu-mm)")
         elif q:
             print(f"  qwen-vl-utils: {q.get('skipped')}")
+    q3 = r.get("qwen3_vl")
+    if q3:
+        print("\nQwen3-VL (patch 16, the published processor settings), p50:")
+        ours = q3["image"]["gpu_mm"]["p50_ms"]
+        print(f"  {'1080p JPEG gpu-mm':28s} {ours:8.1f} ms")
+        if "hf_torchvision" in q3["image"]:
+            p50 = q3["image"]["hf_torchvision"]["p50_ms"]
+            print(f"  {'  transformers torchvision':28s} {p50:8.1f} ms   ({p50 / ours:.2f}x gpu-mm)")
+        v = q3["video"]
+        ours = v["gpu_mm"]["p50_ms"]
+        print(f"  {'360p clip gpu-mm':28s} {ours:8.1f} ms   {v.get('frames', '?')} frames -> grid {v.get('grid_thw')}")
+        q = v.get("qwen_vl_utils", {})
+        if "p50_ms" in q:
+            name = "  qwen-vl-utils + transformers"
+            print(f"  {name:28s} {q['p50_ms']:8.1f} ms   ({q['p50_ms'] / ours:.2f}x gpu-mm)")
     ll = r["loop_lag"]
     n = next(iter(ll.values()))["requests"]
     print(f"\nevent loop while {n} image requests run (ms):")

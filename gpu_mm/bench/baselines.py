@@ -95,3 +95,21 @@ def qwen_vl_utils_video(path: str, video_processor: Any) -> tuple[Any, dict[str,
                           cap_pixels_per_frame=False)
     t2 = time.perf_counter()
     return out, {"fetch_video": t1 - t0, "hf_video_processor": t2 - t1, "total": t2 - t0}
+
+
+def qwen_vl_utils_video_qwen3(path: str, video_processor: Any) -> tuple[Any, dict[str, float]]:
+    """Qwen3-VL as its model card preprocesses video: qwen-vl-utils' ``fetch_video`` (decord reader, patch 16,
+    frames resized there) then transformers' ``Qwen3VLVideoProcessor`` with ``do_resize=False``, timed."""
+    import time
+
+    import qwen_vl_utils.vision_process as qvu
+    import torch
+
+    qvu.FORCE_QWENVL_VIDEO_READER = "decord"
+    t0 = time.perf_counter()
+    video, metadata = qvu.fetch_video({"video": path}, image_patch_size=16, return_video_metadata=True)
+    t1 = time.perf_counter()
+    out = video_processor(videos=[video.round().to(torch.uint8)], video_metadata=[metadata], return_tensors="pt",
+                          do_sample_frames=False, do_resize=False)
+    t2 = time.perf_counter()
+    return out, {"fetch_video": t1 - t0, "hf_video_processor": t2 - t1, "total": t2 - t0}

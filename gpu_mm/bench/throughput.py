@@ -115,3 +115,73 @@ def video_bench(clip: bytes, device: str, reps: int) -> dict[str, Any]:
         res = finish(_time_side_by_side({"gpu_mm": ours, "qwen_vl_utils": theirs}, reps))
         res["qwen_vl_utils"]["stages_ms"] = {k: v * 1e3 for k, v in stages.items()}
     return res
+
+
+def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, Any]:
+    """Qwen3-VL (the published models' processor settings): the JPEG vs transformers' image processor so
+    configured, and the clip vs qwen-vl-utils (patch 16) + transformers' ``Qwen3VLVideoProcessor``."""
+    from PIL import Image
+
+    from ..models.qwen3_vl import Qwen3VLPreprocessor
+
+    pre = Qwen3VLPreprocessor(device, cache_bytes=0)
+    last: dict[str, Any] = {}
+
+    def ours_image() -> Any:
+        out = pre(images=[jpeg])
+        _sync(device)
+        return out
+
+    def ours_video() -> Any:
+        out = pre(videos=[clip])
+        _sync(device)
+        last["items"] = out.items
+        return out
+
+    result: dict[str, Any] = {}
+    try:
+        from transformers import Qwen2VLImageProcessor, Qwen3VLVideoProcessor
+
+        from .sglang import QWEN3_VL_IMAGE
+    except ImportError as exc:
+        result["image"] = _time_side_by_side({"gpu_mm": ours_image}, reps)
+        result["video"] = _time_side_by_side({"gpu_mm": ours_video}, max(1, reps // 3))
+        result["skipped"] = f"transformers not installed: {exc}"
+        return result
+    ip = Qwen2VLImageProcessor(size={"shortest_edge": 65536, "longest_edge": 16777216}, **QWEN3_VL_IMAGE)
+
+    def hf_image() -> Any:
+        out = ip(images=[Image.open(io.BytesIO(jpeg))], return_tensors="pt")  # type: ignore[arg-type]
+        _sync(device)
+        return out
+
+    result["image"] = _time_side_by_side({"gpu_mm": ours_image, "hf_torchvision": hf_image}, reps)
+    try:
+        import decord  # noqa: F401
+        import qwen_vl_utils  # noqa: F401
+
+        from .baselines import qwen_vl_utils_video_qwen3
+    except ImportError as exc:
+        result["video"] = _time_side_by_side({"gpu_mm": ours_video}, max(1, reps // 3))
+        result["video"]["qwen_vl_utils"] = {"skipped": f"not installed: {exc}"}
+        return result
+    vp = Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 25165824}, fps=2,
+                               cap_pixels_per_frame=False, **QWEN3_VL_IMAGE)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "clip.mp4")
+        with open(path, "wb") as f:
+            f.write(clip)
+        stages: dict[str, float] = {}
+
+        def theirs() -> Any:
+            out, st = qwen_vl_utils_video_qwen3(path, vp)
+            stages.update(st)
+            return out
+
+        video: dict[str, Any] = _time_side_by_side({"gpu_mm": ours_video, "qwen_vl_utils": theirs}, max(1, reps // 3))
+    item = last["items"][0]
+    video["gpu_mm"]["stages_ms"] = {k: v * 1e3 for k, v in item.timings.items()}
+    video["qwen_vl_utils"]["stages_ms"] = {k: v * 1e3 for k, v in stages.items()}
+    video["grid_thw"], video["frames"] = list(item.grid_thw), len(item.frame_indices or [])
+    result["video"] = video
+    return result
