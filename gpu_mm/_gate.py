@@ -1,4 +1,5 @@
-"""A FIFO admission gate: bounded units and bytes in use, a bounded wait queue, deadlines."""
+"""A FIFO admission gate: bounded units and bytes in use, a bounded wait queue, deadlines; what it grants
+is a :class:`Permit`, returned exactly once."""
 
 from __future__ import annotations
 
@@ -9,6 +10,31 @@ import time
 from .errors import LimitExceeded, Overloaded, ProcessingTimeout, ProcessorClosed
 
 
+class Permit:
+    """One unit of a :class:`Gate` and the bytes it was granted with. :meth:`release` gives them back once;
+    later calls do nothing, so no path can return a unit twice or with the wrong byte count."""
+
+    __slots__ = ("_gate", "nbytes", "_released")
+
+    def __init__(self, gate: Gate, nbytes: int) -> None:
+        self._gate, self.nbytes, self._released = gate, nbytes, False
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self) -> bool:
+        """Return the unit and its bytes; True the first time, False after."""
+        if self._released:
+            return False
+        self._released = True
+        self._gate._give_back(self.nbytes)
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Permit of {self._gate.name}, {self.nbytes} bytes{', released' if self._released else ''}>"
+
+
 class Gate:
     """Admits at most ``capacity`` holders (and ``byte_budget`` bytes) at once, first come first served.
 
@@ -17,8 +43,8 @@ class Gate:
     behind the large units' cap (never ones waiting for bytes), so cheap work is not stuck behind bombs.
 
     Waiting is cancellation-safe: a waiter that is cancelled or times out removes itself, and if it had
-    already been granted a unit in the same instant it hands the unit straight back. Units are returned
-    with :meth:`release` by whoever owns the work, which is not necessarily the task that acquired them.
+    already been granted a unit in the same instant it hands the unit straight back. Units come as
+    :class:`Permit` objects, released by whoever owns the work (not necessarily the task that acquired them).
     """
 
     def __init__(
@@ -48,7 +74,7 @@ class Gate:
         self.in_use = 0
         self.large_in_use = 0
         self.bytes_in_use = 0
-        self._waiters: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+        self._waiters: collections.deque[tuple[asyncio.Future[Permit], int]] = collections.deque()
         self._closed_exc: BaseException | None = None
 
     @property
@@ -72,11 +98,12 @@ class Gate:
     def _fits(self, nbytes: int) -> bool:
         return self._blocked(nbytes) is None
 
-    def _take(self, nbytes: int) -> None:
+    def _take(self, nbytes: int) -> Permit:
         self.in_use += 1
         self.bytes_in_use += nbytes
         if self._large(nbytes):
             self.large_in_use += 1
+        return Permit(self, nbytes)
 
     def _may_pass_queue(self, nbytes: int) -> bool:
         """A small request may go ahead of waiters that only wait for a large unit."""
@@ -94,15 +121,14 @@ class Gate:
                 self.name, f"work needs {nbytes} bytes, more than the whole budget of {self.byte_budget}"
             )
 
-    def try_acquire(self, nbytes: int = 0) -> bool:
-        """Take a unit at once if one is free and nobody is queued ahead; never waits."""
+    def try_acquire(self, nbytes: int = 0) -> Permit | None:
+        """A unit at once if one is free and nobody is queued ahead, else None; never waits."""
         self._check_request(nbytes)
         if self._fits(nbytes) and (not self._waiters or self._may_pass_queue(nbytes)):
-            self._take(nbytes)
-            return True
-        return False
+            return self._take(nbytes)
+        return None
 
-    async def acquire(self, nbytes: int = 0, deadline: float | None = None) -> None:
+    async def acquire(self, nbytes: int = 0, deadline: float | None = None) -> Permit:
         """Wait for a unit (and ``nbytes`` of budget) until ``deadline`` (``time.monotonic()`` seconds).
 
         Raises:
@@ -110,23 +136,23 @@ class Gate:
             ProcessingTimeout: the deadline passed while queued.
             ProcessorClosed: the gate was closed before or while waiting.
         """
-        if self.try_acquire(nbytes):
-            return
+        permit = self.try_acquire(nbytes)
+        if permit is not None:
+            return permit
         if self.max_queued is not None and self.queued >= self.max_queued:
             raise Overloaded(
                 f"{self.name}: {self.in_use} in flight and {self.queued} queued "
                 f"(max_queued={self.max_queued}); try again later"
             )
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[Permit] = loop.create_future()
         entry = (fut, nbytes)
         self._waiters.append(entry)
         try:
             if deadline is None:
-                await fut
-            else:
-                async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
-                    await fut
+                return await fut
+            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+                return await fut
         except TimeoutError:
             self._abandon(entry)
             raise ProcessingTimeout(f"{self.name}: deadline passed while queued") from None
@@ -134,22 +160,21 @@ class Gate:
             self._abandon(entry)
             raise
 
-    def _abandon(self, entry: tuple[asyncio.Future[None], int]) -> None:
-        fut, nbytes = entry
+    def _abandon(self, entry: tuple[asyncio.Future[Permit], int]) -> None:
+        fut, _ = entry
         try:
             self._waiters.remove(entry)
         except ValueError:
             pass
         if fut.done() and not fut.cancelled() and fut.exception() is None:
-            # Granted in the same instant we gave up: hand the unit on.
-            self.release(nbytes)
+            fut.result().release()  # granted in the same instant we gave up: hand the unit on
         else:
             self._wake()
 
-    def release(self, nbytes: int = 0) -> None:
-        """Return one unit and ``nbytes`` of budget, waking queued waiters in order."""
-        if self.in_use <= 0:
-            raise RuntimeError(f"{self.name}: release() without a matching acquire()")
+    def _give_back(self, nbytes: int) -> None:
+        """A permit's unit and bytes back (only :meth:`Permit.release` calls this), waking waiters in order."""
+        if self.in_use <= 0:  # pragma: no cover - permits release once
+            raise RuntimeError(f"{self.name}: a unit returned that was never taken")
         self.in_use -= 1
         self.bytes_in_use -= nbytes
         if self._large(nbytes):
@@ -172,8 +197,7 @@ class Gate:
                 i += 1
                 continue
             del self._waiters[i]
-            self._take(nbytes)
-            fut.set_result(None)
+            fut.set_result(self._take(nbytes))
 
     def close(self, reason: str) -> None:
         """Refuse new requests and fail every queued waiter with :class:`ProcessorClosed`."""

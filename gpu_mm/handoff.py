@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ._lifecycle import Closeable
 from .errors import Overloaded
 
 __all__ = ["FeatureHandle", "FeaturePool", "FeatureReceiver", "Lease", "PoolStatistics"]
@@ -142,7 +143,7 @@ class Lease:
     tensors: dict[str, torch.Tensor]
 
 
-class FeaturePool:
+class FeaturePool(Closeable):
     """A bounded pool of reusable shared blocks on ``device`` ("cpu": shared memory; "cuda": CUDA IPC).
 
     Args:
@@ -246,14 +247,9 @@ class FeaturePool:
             self._free.clear()
             self._leases.clear()
 
-    def __enter__(self) -> FeaturePool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
-class FeatureReceiver:
+class FeatureReceiver(Closeable):
     """The receiving side: maps each block once and returns tensors that view it (no copy)."""
 
     def __init__(self) -> None:

@@ -26,7 +26,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from . import ops
-from ._aio import consume, wait_until
+from ._aio import await_or_abandon, wait_until
+from ._lifecycle import Closeable
 from .cache import CacheStatistics, Entry, FeatureCache, content_key
 from .errors import (
     BackendUnavailable,
@@ -34,6 +35,7 @@ from .errors import (
     LimitExceeded,
     MediaError,
     ProcessingTimeout,
+    ProcessorClosed,
     UnsupportedMedia,
 )
 from .media.image import ImageInfo, decode_image, decode_jpeg_cuda, decode_jpegs, is_plain_jpeg, probe_image
@@ -191,7 +193,7 @@ class _LeaseGuard:
             self.lease = None
 
 
-class Preprocessor:
+class Preprocessor(Closeable):
     """Images and videos to a model family's features on CUDA or CPU.
 
     A family subclasses it naming its spec (``config_class``) and features (``features_class``); use
@@ -310,6 +312,7 @@ class Preprocessor:
         self._max_queued = max_queued
         self._slots: SlotPool | None = None
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
         self._sync_local = threading.local()
         if cache_bytes is None:
             cache_bytes = default_cache_bytes()
@@ -357,6 +360,8 @@ class Preprocessor:
 
         Per-request options as keywords or ``options=RequestOptions(...)``: the :class:`gpu_mm.RequestOptions`
         fields the family reads (``config.options``); others raise :class:`gpu_mm.InvalidRequest`."""
+        if self._closed:
+            raise ProcessorClosed(f"{type(self).__name__} is closed")
         plans = self._plan_all(images, videos, request)
         slot = self._sync_slot()
         lease = self._lease(plans)
@@ -415,6 +420,8 @@ class Preprocessor:
         ``deadline`` is a ``time.monotonic()`` instant; past it :class:`gpu_mm.ProcessingTimeout` is
         raised and any running item keeps its slot until it ends.
         """
+        if self._closed:
+            raise ProcessorClosed(f"{type(self).__name__} is closed")
         loop = asyncio.get_running_loop()
         if self._io is None:
             self._io = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="gpu-mm-io")
@@ -593,15 +600,19 @@ class Preprocessor:
             cache=self.cache.statistics(), computations_in_flight=len(self._inflight),
         )
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         """Refuse new calls and let the slot and IO threads exit once their current work ends (no wait)."""
+        self._closed = True
         if self._slots is not None:
-            self._slots.shutdown()
+            self._slots.close()
         if self._io is not None:
             self._io.shutdown(wait=False)
 
+    shutdown = close
+
     async def aclose(self) -> None:
-        """Release the slots and IO threads."""
+        """:meth:`close`, then wait for running work (abandoned work included) to end."""
+        self._closed = True
         if self._slots is not None:
             await self._slots.aclose()
         if self._io is not None:
@@ -1136,24 +1147,16 @@ async def _within(fut: asyncio.Future[Any], deadline: float | None,
                   on_abandoned: Any = None) -> Any:
     """``fut``'s result, or :class:`ProcessingTimeout` at ``deadline``; a result that arrives after the caller
     gave up goes to ``on_abandoned`` (to return what it holds)."""
-    try:
-        done = await wait_until(fut, deadline)
-    except asyncio.CancelledError:
-        _late(fut, on_abandoned)
-        raise
-    if not done:
-        _late(fut, on_abandoned)
+    def abandoned() -> None:
+        def settle(f: asyncio.Future[Any]) -> None:
+            if on_abandoned is not None and not f.cancelled() and f.exception() is None:
+                on_abandoned(f.result())
+
+        fut.add_done_callback(settle)
+
+    if not await await_or_abandon(fut, deadline, abandoned):
         raise ProcessingTimeout("planning (load + probe) did not finish by the deadline")
     return fut.result()
-
-
-def _late(fut: asyncio.Future[Any], on_abandoned: Any) -> None:
-    def settle(f: asyncio.Future[Any]) -> None:
-        consume(f)
-        if on_abandoned is not None and not f.cancelled() and f.exception() is None:
-            on_abandoned(f.result())
-
-    fut.add_done_callback(settle)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

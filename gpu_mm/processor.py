@@ -23,8 +23,9 @@ import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Literal
 
-from ._aio import consume, wait_until
-from ._gate import Gate
+from ._aio import await_or_abandon
+from ._gate import Gate, Permit
+from ._lifecycle import Closeable
 from ._workers import WorkerPool
 from .errors import GpuMMError, Overloaded, ProcessingTimeout, ProcessorClosed
 from .metrics import LatencySummary, Window
@@ -63,16 +64,17 @@ class ProcessorStatistics:
 class _Job:
     """One admitted call: the future of its real completion and whether its caller left."""
 
-    __slots__ = ("done", "abandoned", "started", "task")
+    __slots__ = ("done", "abandoned", "started", "task", "permit")
 
-    def __init__(self, done: asyncio.Future[Any], task: asyncio.Task[Any] | None) -> None:
+    def __init__(self, done: asyncio.Future[Any], task: asyncio.Task[Any] | None, permit: Permit) -> None:
         self.done = done
         self.task = task
+        self.permit = permit
         self.abandoned = False
         self.started = time.monotonic()
 
 
-class AsyncMMDataProcessor:
+class AsyncMMDataProcessor(Closeable):
     """Wrap a multimodal processor with admission control, deadlines and thread isolation.
 
     Args:
@@ -203,7 +205,7 @@ class AsyncMMDataProcessor:
             **kwargs,
         )
         try:
-            await self._gate.acquire(deadline=deadline)
+            permit = await self._gate.acquire(deadline=deadline)
         except Overloaded:
             self._rejected += 1
             raise
@@ -217,18 +219,13 @@ class AsyncMMDataProcessor:
             self._cancelled += 1
             raise
         self._queue_wait.add(time.monotonic() - arrived)
-        job = self._start(call_kwargs)
+        job = self._start(call_kwargs, permit)
         try:
-            done = await wait_until(job.done, deadline)
+            done = await await_or_abandon(job.done, deadline, functools.partial(self._abandon, job))
         except asyncio.CancelledError:
-            if job.done.done():
-                consume(job.done)
-            else:
-                self._abandon(job)
             self._cancelled += 1
             raise
         if not done:
-            self._abandon(job)
             self._timed_out += 1
             raise ProcessingTimeout(
                 f"multimodal processing did not finish within timeout_s={self.timeout_s}; "
@@ -267,6 +264,10 @@ class AsyncMMDataProcessor:
         if self._pool is not None:
             self._pool.shutdown(wait=wait)
 
+    def close(self) -> None:
+        """Stop accepting calls and fail queued ones; running work ends on its own (never blocks)."""
+        self.shutdown(wait=False)
+
     async def aclose(self, wait: bool = True) -> None:
         """Shut down and, with ``wait``, await every running job (abandoned ones included)."""
         self.shutdown(wait=False)
@@ -274,12 +275,6 @@ class AsyncMMDataProcessor:
             pending = [j.done for j in self._jobs]
             if pending:
                 await asyncio.wait(pending)
-
-    async def __aenter__(self) -> AsyncMMDataProcessor:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose(wait=True)
 
     def __del__(self) -> None:
         try:
@@ -289,18 +284,18 @@ class AsyncMMDataProcessor:
 
     # ------------------------------------------------------------------ internals
 
-    def _start(self, call_kwargs: dict[str, Any]) -> _Job:
+    def _start(self, call_kwargs: dict[str, Any], permit: Permit) -> _Job:
         loop = asyncio.get_running_loop()
         if self._inline:
             method = getattr(self.mm_processor, self._method)
             try:
                 coro = method(**call_kwargs)  # a bad signature raises here, before any task exists
             except BaseException:
-                self._gate.release()
+                permit.release()
                 self._failed += 1
                 raise
             task = loop.create_task(self._timed(coro))
-            job = _Job(task, task)
+            job = _Job(task, task, permit)
         else:
             assert self._pool is not None
             method_name = self._method
@@ -311,9 +306,9 @@ class AsyncMMDataProcessor:
             try:
                 cfut = self._pool.submit(work)
             except RuntimeError as exc:
-                self._gate.release()
+                permit.release()
                 raise ProcessorClosed(str(exc)) from None
-            job = _Job(asyncio.wrap_future(cfut, loop=loop), None)
+            job = _Job(asyncio.wrap_future(cfut, loop=loop), None, permit)
         self._jobs.add(job)
         job.done.add_done_callback(functools.partial(self._finish, job))
         return job
@@ -321,7 +316,7 @@ class AsyncMMDataProcessor:
     def _finish(self, job: _Job, fut: asyncio.Future[Any]) -> None:
         """Runs when the work has really ended: only now is its slot returned."""
         self._jobs.discard(job)
-        self._gate.release()
+        job.permit.release()
         self._run_time.add(time.monotonic() - job.started)
         if fut.cancelled():
             return
@@ -336,11 +331,9 @@ class AsyncMMDataProcessor:
     def _abandon(self, job: _Job) -> None:
         job.abandoned = True
         if job.task is not None:
-            # A truly async job can be told to stop; its slot comes back once it has unwound.
+            # A truly async job can be told to stop; its slot comes back once it has unwound. (Thread work
+            # cannot be interrupted: it runs to its end, holding its slot.)
             job.task.cancel()
-        else:
-            # Thread work cannot be interrupted; keep its result from being logged as unretrieved.
-            job.done.add_done_callback(consume)
 
     def _record_hold(self, seconds: float) -> None:
         self._hold_total += seconds

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from ._aio import consume, wait_until
-from ._gate import Gate
+from ._aio import await_or_abandon, consume
+from ._gate import Gate, Permit
+from ._lifecycle import Closeable
 from ._workers import WorkerPool
 from .errors import BackendUnavailable, ProcessingTimeout, ProcessorClosed
 from .metrics import LatencySummary, Window
@@ -71,13 +72,13 @@ class SlotPoolStatistics:
 
 
 class _Pending:
-    __slots__ = ("slot", "nbytes", "done", "abandoned", "started", "on_release", "on_done")
+    __slots__ = ("slot", "permit", "done", "abandoned", "started", "on_release", "on_done")
 
-    def __init__(self, slot: Slot, nbytes: int, done: asyncio.Future[Any],
+    def __init__(self, slot: Slot, permit: Permit, done: asyncio.Future[Any],
                  on_release: Callable[[], None] | None,
                  on_done: Callable[[Any, BaseException | None], None] | None = None) -> None:
         self.slot = slot
-        self.nbytes = nbytes
+        self.permit = permit
         self.done = done
         self.abandoned = False
         self.started = time.monotonic()
@@ -137,7 +138,7 @@ class _EventPoller:
                 await asyncio.sleep(min(self.max_interval_s, 1e-4 * 2 ** (idle_turns - self.HOT_SPINS)))
 
 
-class SlotPool:
+class SlotPool(Closeable):
     """A fixed set of device slots gated by a FIFO admission queue.
 
     Args:
@@ -269,7 +270,7 @@ class SlotPool:
         loop = asyncio.get_running_loop()
         arrived = time.monotonic()
         try:
-            await self._gate.acquire(nbytes=nbytes, deadline=deadline)
+            permit = await self._gate.acquire(nbytes=nbytes, deadline=deadline)
         except BaseException as exc:
             if on_done is not None:
                 on_done(None, exc)
@@ -278,7 +279,7 @@ class SlotPool:
             raise
         self._queue_wait.add(time.monotonic() - arrived)
         slot = self._free.pop()
-        pending = _Pending(slot, nbytes, loop.create_future(), on_release, on_done)
+        pending = _Pending(slot, permit, loop.create_future(), on_release, on_done)
         self._pending.add(pending)
         pending.done.add_done_callback(functools.partial(self._release, pending))
         work = functools.partial(self._work, fn, slot, args, kwargs)
@@ -295,16 +296,7 @@ class SlotPool:
             if not loop.is_closed()
             else None
         )
-        try:
-            done = await wait_until(pending.done, deadline)
-        except asyncio.CancelledError:
-            if pending.done.done():
-                consume(pending.done)
-            else:
-                pending.abandoned = True
-            raise
-        if not done:
-            pending.abandoned = True
+        if not await await_or_abandon(pending.done, deadline, functools.partial(setattr, pending, "abandoned", True)):
             self._timed_out += 1
             raise ProcessingTimeout(
                 f"slot {slot.index} on {self.device}: work did not complete by its deadline; "
@@ -331,7 +323,7 @@ class SlotPool:
             run_time=self._run_time.summary(),
         )
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         """Refuse new work and fail queued calls without waiting (for synchronous teardown paths).
 
         Running work is not interrupted: each slot thread exits once its current item has ended.
@@ -340,6 +332,8 @@ class SlotPool:
         self._gate.close("SlotPool was closed while the call was queued")
         for worker in self._threads:
             worker.shutdown(wait=False)
+
+    shutdown = close
 
     async def aclose(self, timeout_s: float | None = None) -> None:
         """Refuse new work, fail queued calls, and wait (up to ``timeout_s``) for running work."""
@@ -411,13 +405,11 @@ class SlotPool:
         else:
             self._failed += 1
             pending.done.set_exception(exc)
-            if pending.abandoned:
-                pending.done.exception()  # retrieved: the caller is gone
 
     def _release(self, pending: _Pending, _fut: asyncio.Future[Any]) -> None:
         self._pending.discard(pending)
         self._run_time.add(time.monotonic() - pending.started)
         self._free.append(pending.slot)
-        self._gate.release(pending.nbytes)
+        pending.permit.release()
         if pending.on_release is not None:
             pending.on_release()

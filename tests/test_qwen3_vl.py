@@ -180,12 +180,11 @@ def test_async_equals_sync():
     pre = Qwen3VLPreprocessor("cpu", cache_bytes=0)
 
     async def main():
-        try:
+        async with pre:
             return await pre.preprocess(images=[make_image(40, 60, "PNG")], videos=[data], video_start=0.5)
-        finally:
-            await pre.aclose()
 
-    a, b = asyncio.run(main()), pre(images=[make_image(40, 60, "PNG")], videos=[data], video_start=0.5)
+    b = pre(images=[make_image(40, 60, "PNG")], videos=[data], video_start=0.5)
+    a = asyncio.run(main())
     assert torch.equal(a.pixel_values_videos, b.pixel_values_videos) and torch.equal(a.pixel_values, b.pixel_values)
     assert a.video_timestamps == b.video_timestamps and a.items[1].frame_indices[0] >= 5
 

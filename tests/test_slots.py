@@ -303,32 +303,42 @@ async def test_cuda_stalled_item_times_out_while_others_flow():
 
 async def test_gate_grant_and_cancel_in_the_same_instant_hands_the_unit_on():
     gate = Gate(1, max_queued=None)
-    assert gate.try_acquire()
+    first = gate.try_acquire()
+    assert first is not None
     waiter = asyncio.ensure_future(gate.acquire())
     other = asyncio.ensure_future(gate.acquire())
     await asyncio.sleep(0)
-    gate.release()  # grants `waiter` ...
+    first.release()  # grants `waiter` ...
     waiter.cancel()  # ... which is cancelled before it could run
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    await other  # the unit was handed on
+    permit = await other  # the unit was handed on
     assert gate.in_use == 1
-    gate.release()
+    permit.release()
     assert gate.in_use == 0 and gate.queued == 0
+
+
+async def test_a_permit_releases_exactly_once():
+    gate = Gate(2, max_queued=None, byte_budget=100)
+    a = await gate.acquire(nbytes=60)
+    b = await gate.acquire(nbytes=30)
+    assert gate.in_use == 2 and gate.bytes_in_use == 90
+    assert a.release() and not a.release() and a.released  # a second release returns nothing twice
+    assert gate.in_use == 1 and gate.bytes_in_use == 30
+    assert b.release()
+    assert gate.in_use == 0 and gate.bytes_in_use == 0 and gate.try_acquire(100) is not None
 
 
 async def test_gate_is_fifo_for_large_requests():
     gate = Gate(4, max_queued=None, byte_budget=100)
-    await gate.acquire(nbytes=50)
+    first = await gate.acquire(nbytes=50)
     big = asyncio.ensure_future(gate.acquire(nbytes=100))
     await asyncio.sleep(0)
     small = asyncio.ensure_future(gate.acquire(nbytes=10))
     await asyncio.sleep(0)
     assert not big.done() and not small.done()  # small does not overtake big
-    gate.release(50)
-    await big
-    assert not small.done()
-    gate.release(100)
+    first.release()
+    (await big).release()
     await small
 
 
@@ -396,33 +406,32 @@ def test_pool_serves_one_event_loop_after_another():
 
 async def test_express_unit_serves_small_requests_past_queued_large_ones():
     gate = Gate(2, max_queued=None, express=1, express_max_bytes=10)
-    await gate.acquire(nbytes=100)  # the one large unit
+    first_large = await gate.acquire(nbytes=100)  # the one large unit
     large = asyncio.ensure_future(gate.acquire(nbytes=100))
     await asyncio.sleep(0)
     assert not large.done()  # a large request never takes the express unit
-    await asyncio.wait_for(gate.acquire(nbytes=5), 1)  # small: passes the large one that waits for its lane
+    small = await asyncio.wait_for(gate.acquire(nbytes=5), 1)  # passes the large one that waits for its lane
     assert gate.in_use == 2 and gate.large_in_use == 1
     third = asyncio.ensure_future(gate.acquire(nbytes=5))
     await asyncio.sleep(0)
-    gate.release(100)  # the large unit frees: the first large waiter gets it, FIFO among large ones
-    await asyncio.wait_for(large, 1)
+    first_large.release()  # the large unit frees: the first large waiter gets it, FIFO among large ones
+    second_large = await asyncio.wait_for(large, 1)
     assert not third.done()
-    gate.release(5)
-    await asyncio.wait_for(third, 1)
-    gate.release(5)
-    gate.release(100)
+    small.release()
+    (await asyncio.wait_for(third, 1)).release()
+    second_large.release()
     assert gate.in_use == gate.large_in_use == gate.bytes_in_use == 0
 
 
 async def test_express_does_not_let_small_requests_starve_one_waiting_for_bytes():
     gate = Gate(3, max_queued=None, byte_budget=100, express=1, express_max_bytes=10)
-    await gate.acquire(nbytes=60)
+    first = await gate.acquire(nbytes=60)
     big = asyncio.ensure_future(gate.acquire(nbytes=50))  # waits for bytes, not for its lane
     await asyncio.sleep(0)
     small = asyncio.ensure_future(gate.acquire(nbytes=5))
     await asyncio.sleep(0)
     assert not big.done() and not small.done()
-    gate.release(60)
+    first.release()
     await asyncio.wait_for(asyncio.gather(big, small), 1)
 
 

@@ -1,0 +1,89 @@
+"""One lifecycle for every resource (close / aclose / with / async with), and the one abandon-on-timeout rule."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+import pytest
+
+from gpu_mm import AsyncMMDataProcessor, FeaturePool, FeatureReceiver, ProcessorClosed, Qwen2VLPreprocessor, SlotPool
+from gpu_mm._aio import await_or_abandon
+
+from media_helpers import make_image
+
+
+class _Echo:
+    async def process_mm_data_async(self, **kw):
+        return kw["image_data"]
+
+
+def _resources():
+    return {
+        "Qwen2VLPreprocessor": lambda: Qwen2VLPreprocessor("cpu", cache_bytes=0),
+        "SlotPool": lambda: SlotPool(1),
+        "AsyncMMDataProcessor": lambda: AsyncMMDataProcessor(_Echo()),
+        "FeaturePool": lambda: FeaturePool(max_blocks=1),
+        "FeatureReceiver": FeatureReceiver,
+    }
+
+
+@pytest.mark.parametrize("name", list(_resources()))
+async def test_every_resource_closes_the_same_ways_and_twice_is_harmless(name):
+    make = _resources()[name]
+    with make() as r:
+        pass
+    r.close()  # again: nothing happens
+    async with make() as r:
+        pass
+    await r.aclose()
+    r = make()
+    r.close()
+    await r.aclose()
+
+
+async def test_a_closed_preprocessor_refuses_async_work():
+    async with Qwen2VLPreprocessor("cpu", cache_bytes=0) as pre:
+        await pre.preprocess(images=[make_image(32, 32, "PNG")])
+    with pytest.raises(ProcessorClosed):
+        await pre.preprocess(images=[make_image(32, 32, "PNG")])
+
+
+async def test_abandoned_at_the_deadline_outcome_retrieved_later():
+    loop = asyncio.get_running_loop()
+    unretrieved = []
+    loop.set_exception_handler(lambda _loop, ctx: unretrieved.append(ctx))
+    work = loop.create_future()
+    abandoned = []
+    assert not await await_or_abandon(work, time.monotonic() + 0.01, lambda: abandoned.append(1))
+    assert abandoned == [1] and not work.done()  # abandoned, never cancelled
+    work.set_exception(RuntimeError("failed after its caller left"))
+    del work
+    await asyncio.sleep(0)
+    gc.collect()
+    assert unretrieved == []  # its failure was retrieved, not logged as "never retrieved"
+
+
+async def test_a_cancelled_caller_abandons_even_work_that_just_finished():
+    """The caller is cancelled in the same loop turn its work completes: it will never read the result, so
+    the result's owner must be told (e.g. to return an output block the result holds)."""
+    loop = asyncio.get_running_loop()
+    work = loop.create_future()
+    abandoned = []
+    waiter = asyncio.ensure_future(await_or_abandon(work, None, lambda: abandoned.append(1)))
+    await asyncio.sleep(0)
+    work.set_result("block")
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert abandoned == [1]
+
+
+async def test_work_finished_in_time_is_not_abandoned():
+    loop = asyncio.get_running_loop()
+    work = loop.create_future()
+    loop.call_later(0.01, work.set_result, 7)
+    abandoned = []
+    assert await await_or_abandon(work, time.monotonic() + 5, lambda: abandoned.append(1))
+    assert abandoned == [] and work.result() == 7
