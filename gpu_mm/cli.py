@@ -1,4 +1,5 @@
-"""The ``gpu-mm`` command: ``preprocess`` media into Qwen2-VL features, or ``bench`` this machine."""
+"""The ``gpu-mm`` command: ``preprocess`` media into a model family's features, ``serve`` them over HTTP, or
+``bench`` this machine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import time
 from typing import Any
 
 from .errors import GpuMMError
+
+_MODEL_HELP = ("a model family or transformers model_type (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5), "
+               "or a local model folder whose processor configs to follow (default qwen2_vl)")
+_OPTIONS = ("fps", "nframes", "video_start", "video_end", "min_pixels", "max_pixels", "total_pixels")
 
 
 def _progress(msg: str) -> None:
@@ -30,10 +35,17 @@ class _Steps:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from .media.sources import MediaLimits
-    from .models.qwen2_vl import Qwen2VLPreprocessor
+    from .options import RequestOptions
+    from .pipeline import Preprocessor
 
-    pre = Qwen2VLPreprocessor(args.device, limits=MediaLimits(allow_urls=args.allow_urls),
-                              sampling=args.sampling)
+    overrides = {} if args.sampling is None else {"sampling": args.sampling}
+    try:
+        options = RequestOptions.parse({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
+        pre = Preprocessor.for_model(args.model, device=args.device, limits=MediaLimits(allow_urls=args.allow_urls),
+                                     **overrides)
+    except (GpuMMError, KeyError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows: list[dict[str, Any]] = []
     status = 0
     for source in args.sources:
@@ -42,7 +54,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
             (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")))
         t0 = time.perf_counter()
         try:
-            feats = pre(videos=[data]) if is_video else pre(images=[data])
+            feats = pre(videos=[data], options=options) if is_video else pre(images=[data], options=options)
         except GpuMMError as exc:
             status = 1
             rows.append({"source": source, "error": type(exc).__name__, "message": str(exc)})
@@ -217,22 +229,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     max_body = int(args.max_body_mb * 2**20)
     limits = MediaLimits.for_network(allow_urls=args.allow_urls, local_media_root=args.allowed_local_media_path,
                                      allow_private_urls=args.allow_private_urls, max_bytes=max_body)
-    run(args.mode, args.host, args.port, device=args.device, max_concurrent_calls=args.max_concurrent_calls,
-        max_queued=args.max_queued, timeout_s=args.timeout_s, num_slots=args.slots, limits=limits,
-        max_body_bytes=max_body, body_budget_bytes=int(args.body_budget_mb * 2**20),
+    seed_wrapper = None
+    if args.mode == "seed":  # the reverted PR's wrapper, a benchmark baseline: the server itself never imports it
+        from .bench.baselines import SeedAsyncMMDataProcessor
+
+        seed_wrapper = SeedAsyncMMDataProcessor
+    run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, device=args.device,
+        max_concurrent_calls=args.max_concurrent_calls, max_queued=args.max_queued, timeout_s=args.timeout_s,
+        num_slots=args.slots, limits=limits, max_body_bytes=max_body,
+        body_budget_bytes=int(args.body_budget_mb * 2**20),
         memory_budget_bytes=None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20),
         cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gpu-mm", description="Qwen2-VL multimodal preprocessing on CUDA or CPU.")
+    ap = argparse.ArgumentParser(prog="gpu-mm", description="VLM multimodal preprocessing on CUDA or CPU.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("preprocess", help="turn images/videos into Qwen2-VL features and report them")
+    p = sub.add_parser("preprocess", help="turn images/videos into a model's features and report them")
     p.add_argument("sources", nargs="+", help="files, URLs (with --allow-urls), or - for stdin")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--video", action="store_true", help="treat every source as a video")
-    p.add_argument("--sampling", default="qwen_vl_utils", choices=["qwen_vl_utils", "sglang", "hf"])
+    p.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
+    p.add_argument("--sampling", default=None,
+                   help="the family's frame rule: qwen2_vl: qwen_vl_utils (default) | sglang | hf; "
+                        "qwen3_vl: transformers (default) | sglang")
+    for name, kind in (("fps", float), ("nframes", int), ("video_start", float), ("video_end", float),
+                       ("min_pixels", int), ("max_pixels", int), ("total_pixels", int)):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                       help="a per-request option (gpu_mm.RequestOptions)")
     p.add_argument("--allow-urls", action="store_true")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_preprocess)
@@ -246,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     sv = sub.add_parser("serve", help="HTTP front end: POST /v1/preprocess, GET /health, GET /metrics")
     sv.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", "seed", "inline"])
     sv.add_argument("--device", default="auto")
+    sv.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

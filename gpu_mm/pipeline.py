@@ -322,6 +322,16 @@ class Preprocessor(Closeable):
         self._inflight: dict[bytes, asyncio.Future[Any]] = {}
 
     @classmethod
+    def for_model(cls, model: str | os.PathLike[str], *, device: str = "auto", **kwargs: Any) -> Any:
+        """A local model folder (:meth:`from_pretrained`), or a family name / transformers ``model_type``
+        (``qwen2_vl``, ``qwen3_vl_moe`` ...) with that family's default config."""
+        from .models import get_family
+
+        if Path(model).is_dir():
+            return cls.from_pretrained(model, device=device, **kwargs)
+        return get_family(str(model))(device, **kwargs)
+
+    @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike[str], *, device: str = "auto", **kwargs: Any) -> Any:
         """The preprocessor of the model in ``model_dir`` (a local folder; nothing is downloaded).
 

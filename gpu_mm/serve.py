@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
 from .media.sources import MediaLimits
-from .models.qwen2_vl import Qwen2VLPreprocessor
 from .options import RequestOptions
+from .pipeline import Preprocessor
 from .processor import AsyncMMDataProcessor
 
 Mode = Literal["gpu_mm", "seed", "inline"]
@@ -46,7 +46,7 @@ DEFAULT_MAX_ITEMS = 64
 class _SyncAdapter:
     """The preprocessor as a plain synchronous processor (what the seed's wrapper and inline run)."""
 
-    def __init__(self, pre: Qwen2VLPreprocessor) -> None:
+    def __init__(self, pre: Preprocessor) -> None:
         self.pre = pre
 
     def process_mm_data(self, image_data=None, audio_data=None, input_text=None, request_obj=None, **kw: Any):
@@ -117,11 +117,16 @@ def build_app(
     body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES,
     max_items: int = DEFAULT_MAX_ITEMS,
     cache_bytes: int | None = None,
+    model: str = "qwen2_vl",
+    seed_wrapper: Any = None,
 ) -> Any:
     """Build the aiohttp application for ``mode``.
 
+    ``model``: a family name or transformers ``model_type`` (``qwen2_5_vl``, ``qwen3_vl`` ...), or a local
+    model folder whose processor configs gpu-mm follows (:meth:`gpu_mm.Preprocessor.for_model`).
     ``limits`` default to :meth:`MediaLimits.for_network` (inline media only) with ``max_bytes`` no larger
-    than a body can carry.
+    than a body can carry. ``seed_wrapper`` (mode ``seed``, benchmarks only): builds the baseline wrapper as
+    ``seed_wrapper(processor, max_concurrent_calls=..., timeout_s=...)``.
     """
     from aiohttp import web
 
@@ -131,8 +136,8 @@ def build_app(
         limits = MediaLimits.for_network(max_bytes=max_body_bytes)
     if max_body_bytes > body_budget_bytes:
         raise ValueError(f"max_body_bytes={max_body_bytes} is over body_budget_bytes={body_budget_bytes}")
-    pre = Qwen2VLPreprocessor(device, limits=limits, num_slots=num_slots, memory_budget_bytes=memory_budget_bytes,
-                              cache_bytes=cache_bytes)
+    pre = Preprocessor.for_model(model, device=device, limits=limits, num_slots=num_slots,
+                                 memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes)
     metrics = PrometheusMetrics()
     metrics.watch_cache(pre.cache)
     wrapper: Any
@@ -141,10 +146,9 @@ def build_app(
                                        timeout_s=timeout_s)
         metrics.watch(wrapper)
     elif mode == "seed":
-        from .bench.baselines import SeedAsyncMMDataProcessor
-
-        wrapper = SeedAsyncMMDataProcessor(_SyncAdapter(pre), max_concurrent_calls=max_concurrent_calls,
-                                           timeout_s=timeout_s)
+        if seed_wrapper is None:
+            raise ValueError("mode 'seed' (a benchmark baseline) needs seed_wrapper")
+        wrapper = seed_wrapper(_SyncAdapter(pre), max_concurrent_calls=max_concurrent_calls, timeout_s=timeout_s)
     elif mode == "inline":
         wrapper = None
     else:
@@ -180,7 +184,7 @@ def build_app(
             images, videos, options = await asyncio.get_running_loop().run_in_executor(
                 None, parse_request, raw, max_items)
             del raw
-            kw = options.as_dict()
+            kw = {"options": options} if options.as_dict() else {}
             if wrapper is None:
                 out = sync.process_mm_data(image_data=images, video_data=videos, **kw)
             else:

@@ -25,3 +25,19 @@ def test_preprocess_bad_input_exits_non_zero_naming_the_item(tmp_path, capsys):
     bad.write_text("hello")
     assert main(["preprocess", str(bad), "--device", "cpu"]) == 1
     assert "notes.txt" in capsys.readouterr().err
+
+
+def test_preprocess_for_a_family_with_request_options(tmp_path, capsys):
+    vid = tmp_path / "b.mp4"
+    vid.write_bytes(clip("h264", 48))
+    assert main(["preprocess", str(vid), "--json", "--device", "cpu", "--model", "qwen3_vl", "--nframes", "5"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["frame_indices"] == [0, 12, 24, 35, 47]  # Qwen3-VL's rule: 5 frames, the odd one padded
+    assert row["grid_thw"][0] == 3 and row["shape"][1] == 3 * 2 * 16 * 16
+
+
+def test_preprocess_refuses_a_bad_option_or_model_before_reading_media(tmp_path, capsys):
+    assert main(["preprocess", "x.mp4", "--device", "cpu", "--fps", "-1"]) == 2
+    assert "fps" in capsys.readouterr().err
+    assert main(["preprocess", "x.mp4", "--device", "cpu", "--model", "llava"]) == 2
+    assert "llava" in capsys.readouterr().err

@@ -52,6 +52,23 @@ async def test_preprocess_health_and_metrics():
         await client.close()
 
 
+async def test_serves_the_model_family_it_is_started_for():
+    client = await _client(model="qwen3_vl")
+    try:
+        r = await client.post("/v1/preprocess", json={"videos": [b64(clip("h264", 48))], "nframes": 5})
+        assert r.status == 200
+        body = await r.json()
+        assert body["items"][0]["frame_indices"] == [0, 12, 24, 35, 47]  # Qwen3-VL's rule
+        assert body["pixel_values_videos"][1] == 3 * 2 * 16 * 16
+    finally:
+        await client.close()
+
+
+def test_a_seed_server_needs_its_baseline_from_the_caller():
+    with pytest.raises(ValueError, match="seed_wrapper"):
+        build_app("seed", device="cpu")
+
+
 async def test_bad_input_is_400_naming_the_item():
     client = await _client()
     try:

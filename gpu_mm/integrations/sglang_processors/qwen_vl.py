@@ -53,6 +53,7 @@ from gpu_mm.integrations.hf import (
 )
 from gpu_mm.models.qwen2_vl import Qwen2VLConfig, Qwen2VLPreprocessor
 from gpu_mm.models.qwen3_vl import Qwen3VLConfig, Qwen3VLPreprocessor
+from gpu_mm.options import RequestOptions
 from gpu_mm.pipeline import Preprocessor
 from gpu_mm.processor import AsyncMMDataProcessor
 
@@ -177,7 +178,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
             return None, {}, "image and video processors differ in normalization or patching"
         lo, hi = _sizes(image_kw.get("size") or ip.size, image_kw.get("min_pixels"), image_kw.get("max_pixels"))
         s = _sglang_qwen_vl  # SGLang's own video constants, so sampling and sizes equal its path's
-        request = {"nframes": video_kw["nframes"]} if "nframes" in video_kw else {}
+        request = {"options": RequestOptions.parse({"nframes": video_kw["nframes"]})} if "nframes" in video_kw else {}
         if self._gpu_mm_qwen3:
             if not isinstance(vp, GpuMMQwen3VLVideoProcessor):
                 return None, {}, f"video processor {type(vp).__name__} is not a Qwen3-VL video processor"
