@@ -92,6 +92,9 @@ class ItemReport:
     already in flight; ``miss``: computed (and kept); None: the cache is off or the item is not cacheable."""
     decoded: Decoded | None = None
     """The decoder backend, the fallback reason (if any) and the batch size."""
+    working_bytes: int = 0
+    """The peak working memory its plan stated (what ``memory_budget_bytes`` is checked against; 0 for a cache
+    hit, which decodes nothing)."""
 
 
 @dataclasses.dataclass
@@ -969,7 +972,7 @@ class Preprocessor(Closeable):
                     kind=p.kind, item=p.src.item, source_size=p.source_size, resized=p.target, grid_thw=p.grid,
                     num_tokens=cfg.token_count(p.grid), decoder=str(decoded), frame_indices=p.indices,
                     sample_fps=p.sample_fps, video_fps=p.video_fps, timings=dict(p.timer.stages),
-                    cache=p.cache_state, decoded=decoded,
+                    cache=p.cache_state, decoded=decoded, working_bytes=p.nbytes,
                 )
             )
         return feats

@@ -1,4 +1,4 @@
-"""Scenarios for the SGLang plug-in, run in a child process by test_integrations_sglang.py (importing
+"""Scenarios for the SGLang plug-in, run in a child process by test_sglang.py (importing
 sglang changes process-wide state). Prints one JSON object with what each scenario observed.
 
 SGLang's own Qwen-VL processor is the reference. Its video path pins host memory, which needs a CUDA

@@ -53,10 +53,11 @@ def scenarios(*args: str) -> dict:
     missing = _sglang_video_reference_missing()
     if missing:
         pytest.skip(f"SGLang's own video path needs torchcodec with FFmpeg: {missing}")
-    tests = pathlib.Path(__file__).parent
+    here = pathlib.Path(__file__).parent
+    tests = here.parent  # tests/, where media_helpers lives
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
     env = {k: v for k, v in env.items() if not k.startswith(("GPU_MM_", "SGLANG_EXTERNAL_MM_PROCESSOR"))}
-    proc = subprocess.run([sys.executable, str(tests / "sglang_scenarios.py"), *args], capture_output=True,
+    proc = subprocess.run([sys.executable, str(here / "sglang_scenarios.py"), *args], capture_output=True,
                           text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

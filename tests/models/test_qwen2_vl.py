@@ -277,14 +277,15 @@ class TestImageBatches:
             batched(images=images)
 
     def test_batches_respect_the_memory_budget(self):
-        plans = Qwen2VLPreprocessor("cpu", image_batch=8)._plan_all(self.IMAGES, None, {})
-        jpegs = [i for i, p in enumerate(plans) if p.src.data.startswith(b"\xff\xd8")]
-        assert Qwen2VLPreprocessor("cpu", image_batch=8)._groups(plans) == [[1], jpegs]
-        budget = max(plans[i].nbytes for i in jpegs) + 1  # room for the largest JPEG alone
-        groups = Qwen2VLPreprocessor("cpu", image_batch=8, memory_budget_bytes=budget)._groups(plans)
-        assert sorted(i for g in groups for i in g) == list(range(len(plans)))
-        assert all(sum(plans[i].nbytes for i in g) <= budget for g in groups)
-        assert len(groups) > 2  # the JPEGs no longer fit in one job
+        feats = Qwen2VLPreprocessor("cpu", image_batch=8, cache_bytes=0)(images=self.IMAGES)
+        jpegs = [i for i, data in enumerate(self.IMAGES) if data.startswith(b"\xff\xd8")]
+        sizes = [it.decoded.batch_size for it in feats.items]
+        assert sizes == [len(jpegs) if i in jpegs else 1 for i in range(len(self.IMAGES))]  # one job of all JPEGs
+        need = [feats.items[i].working_bytes for i in jpegs]
+        budget = max(need) + 1  # room for the largest JPEG alone, never for two
+        assert 2 * min(need) > budget
+        feats = Qwen2VLPreprocessor("cpu", image_batch=8, cache_bytes=0, memory_budget_bytes=budget)(images=self.IMAGES)
+        assert [it.decoded.batch_size for it in feats.items] == [1] * len(self.IMAGES)
 
     def test_failed_batch_returns_its_pool_lease(self):
         from gpu_mm.handoff import FeaturePool

@@ -54,7 +54,7 @@ print(json.dumps(out))
 
 @pytest.mark.parametrize("backend", ["decord", "torchcodec"])
 def test_backend_equals_pyav_in_its_own_process(backend):
-    tests = pathlib.Path(__file__).parent
+    tests = pathlib.Path(__file__).parents[2]  # tests/, where media_helpers lives
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", CHECK, backend],
                           capture_output=True, text=True, timeout=240, env=env)
