@@ -115,7 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result["image"]["1080p_jpeg"] = image_bench(jpeg, device, reps)
     for name, clip in videos.items():
         step(f"video {name} ({len(clip) / 1e6:.1f} MB, {seconds} s): gpu-mm vs qwen-vl-utils + transformers ...")
-        result["video"][name] = video_bench(clip, device, max(1, reps // 3))
+        result["video"][name] = video_bench(clip, device, max(3, reps // 3))
         result["video"][name]["bytes"] = len(clip)
     step("Qwen3-VL: the JPEG and the 360p clip, gpu-mm vs transformers (and qwen-vl-utils for the clip) ...")
     result["qwen3_vl"] = qwen3_bench(jpeg, videos["360p"], device, reps)

@@ -176,6 +176,26 @@ class _Plan:
     """For a miss computed by this call: resolved with its result for calls that join it."""
 
 
+@dataclasses.dataclass
+class _Call:
+    """One call, routed: each item's rows come from the cache (already in ``outs``), from a slot job (one per
+    group of ``groups``, indices into ``plans``), or from another call's computation of the same content in
+    flight (``followers``). The synchronous and asynchronous APIs run the same routing."""
+
+    plans: list[_Plan]
+    lease: Any
+    outs: list[Any]
+    groups: list[list[int]]
+    followers: list[tuple[int, asyncio.Future[Any]]]
+
+    def members(self, group: list[int]) -> list[_Plan]:
+        return [self.plans[i] for i in group]
+
+    def fill(self, group: list[int], results: Sequence[Any]) -> None:
+        for i, out in zip(group, results):
+            self.outs[i] = out
+
+
 class _LeaseGuard:
     """Returns a lease to its pool if the call fails, but only once no item's work can still write into it."""
 
@@ -377,27 +397,22 @@ class Preprocessor(Closeable):
             raise ProcessorClosed(f"{type(self).__name__} is closed")
         plans = self._plan_all(images, videos, request)
         slot = self._sync_slot()
-        lease = self._lease(plans)
+        call = self._route(plans, self._lease(plans))
         try:
-            outs: list[Any] = [None] * len(plans)
-            fresh = [i for i, p in enumerate(plans) if p.cached is None]
-            for i, p in enumerate(plans):
-                if p.cached is not None:
-                    outs[i] = self._from_cache(p)
             # cuda:N: the current device for every kernel launched here (slot threads get it from their stream).
             with torch.cuda.device(self.device) if self.device.startswith("cuda") else contextlib.nullcontext():
-                for group in self._groups([plans[i] for i in fresh]):
-                    members = [fresh[k] for k in group]
-                    for i, out in zip(members, self._execute_group(slot, [plans[i] for i in members])):
-                        outs[i] = out
-                        self._keep(plans[i], out)
+                for group in call.groups:
+                    results = self._execute_group(slot, call.members(group))
+                    call.fill(group, results)
+                    for plan, out in zip(call.members(group), results):
+                        self._keep(plan, out)
         except BaseException:
-            if lease is not None:
-                self.output_pool.release(lease.handle)
+            if call.lease is not None:
+                self.output_pool.release(call.lease.handle)
             raise
-        if lease is not None and self.output_pool.device != "cpu":
+        if call.lease is not None and self.output_pool.device != "cpu":
             torch.cuda.current_stream().synchronize()  # another process may read the block at once
-        return self._assemble(plans, outs, lease)
+        return self._assemble(call)
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle) gets its own threads, slots and per-thread decoders, never these.
@@ -450,27 +465,13 @@ class Preprocessor(Closeable):
         # Planning and leasing the output block (an allocation, a CUDA IPC handle) run on an IO thread.
         plan_future = loop.run_in_executor(self._io, self._plan_and_lease, images, videos, request)
         plans, lease = await _within(plan_future, deadline, on_abandoned=self._release_late_lease)
-        slots = self._slots
-        outs: list[Any] = [None] * len(plans)
-        fresh: list[int] = []
-        followers: list[tuple[int, asyncio.Future[Any]]] = []
-        for i, p in enumerate(plans):
-            if p.cached is not None:
-                outs[i] = self._from_cache(p)
-            elif p.key is not None and p.key in self._inflight:
-                p.cache_state = "coalesced"  # the same content is being computed: wait for that
-                self.cache.coalesced()
-                followers.append((i, self._inflight[p.key]))
-            else:
-                fresh.append(i)
-                if p.key is not None:
-                    p.flight = self._inflight[p.key] = loop.create_future()
-        guard = _LeaseGuard(self.output_pool, lease, len(fresh)) if lease is not None and fresh else None
+        call = self._route(plans, lease, loop)
+        computed = sum(len(g) for g in call.groups)
+        guard = _LeaseGuard(self.output_pool, lease, computed) if lease is not None and computed else None
         settled = guard.settled if guard is not None else None
-        groups = [[fresh[k] for k in group] for group in self._groups([plans[i] for i in fresh])]
-        runs: list[Any] = [self._start_group(slots, [plans[i] for i in group], deadline, _settles(settled, len(group)))
-                           for group in groups]
-        runs += [self._follow(plans[i], flight, deadline) for i, flight in followers]
+        runs: list[Any] = [self._start_group(self._slots, call.members(group), deadline, _settles(settled, len(group)))
+                           for group in call.groups]
+        runs += [self._follow(plans[i], flight, deadline) for i, flight in call.followers]
         try:
             results = await asyncio.gather(*runs, return_exceptions=True)
             for r in results:
@@ -480,18 +481,37 @@ class Preprocessor(Closeable):
             if guard is not None:
                 guard.fail()  # the block returns to the pool once no abandoned item can write into it
             raise
-        for group, result in zip(groups, results):
-            for i, out in zip(group, result):  # type: ignore[arg-type]
-                outs[i] = out
-        for (i, _), result in zip(followers, results[len(groups):]):
-            outs[i] = result
-        if lease is not None and followers:
+        for group, result in zip(call.groups, results):
+            call.fill(group, result)  # type: ignore[arg-type]
+        for (i, _), result in zip(call.followers, results[len(call.groups):]):
+            call.outs[i] = result
+        if lease is not None and call.followers:
             # Rows computed for another call: copied into this call's block, off the loop.
-            await loop.run_in_executor(self._io, _fill_block, [(plans[i], outs[i][0]) for i, _ in followers])
+            await loop.run_in_executor(self._io, _fill_block, [(plans[i], call.outs[i][0]) for i, _ in call.followers])
         if lease is None and (sum(p.kind == "image" for p in plans) > 1 or sum(p.kind == "video" for p in plans) > 1):
             # Joining several items' rows is a copy of every feature byte: not on the caller's loop.
-            return await loop.run_in_executor(self._io, self._assemble, plans, outs, lease)
-        return self._assemble(plans, outs, lease)
+            return await loop.run_in_executor(self._io, self._assemble, call)
+        return self._assemble(call)
+
+    def _route(self, plans: list[_Plan], lease: Any, loop: asyncio.AbstractEventLoop | None = None) -> _Call:
+        """Where each item's rows come from: hits from the cache now; with ``loop`` (the async API), items
+        whose content another call is computing join that computation, and the rest announce theirs; then
+        the remaining items grouped into slot jobs."""
+        call = _Call(plans, lease, [None] * len(plans), [], [])
+        fresh: list[int] = []
+        for i, p in enumerate(plans):
+            if p.cached is not None:
+                call.outs[i] = self._from_cache(p)
+            elif loop is not None and p.key is not None and p.key in self._inflight:
+                p.cache_state = "coalesced"  # the same content is being computed: wait for that
+                self.cache.coalesced()
+                call.followers.append((i, self._inflight[p.key]))
+            else:
+                fresh.append(i)
+                if loop is not None and p.key is not None:
+                    p.flight = self._inflight[p.key] = loop.create_future()
+        call.groups = [[fresh[k] for k in group] for group in self._groups([plans[i] for i in fresh])]
+        return call
 
     def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[_Plan], Any]:
         plans = self._plan_all(images, videos, request)
@@ -942,8 +962,8 @@ class Preprocessor(Closeable):
                 _into_block(p, p.cached.rows)
         return lease
 
-    def _assemble(self, plans: list[_Plan], outs: list[tuple[torch.Tensor, Decoded]],
-                  lease: Any = None) -> Features:
+    def _assemble(self, call: _Call) -> Features:
+        plans, outs, lease = call.plans, call.outs, call.lease
         feats = self.features_class()
         cfg = self.config
         img = [(p, o) for p, o in zip(plans, outs) if p.kind == "image"]

@@ -209,10 +209,10 @@ class TestNothingHeavyOnTheLoop:
                             lambda self, *a, **k: threads["lease"].append(threading.current_thread().name)
                             or lease(self, *a, **k))
         assemble = Qwen2VLPreprocessor._assemble
-        def recorded(self, plans, outs, lease=None):
-            if lease is None:  # with a lease, assembling only attaches the block's tensors: bookkeeping
+        def recorded(self, call):
+            if call.lease is None:  # with a lease, assembling only attaches the block's tensors: bookkeeping
                 threads["assemble"].append(threading.current_thread().name)
-            return assemble(self, plans, outs, lease)
+            return assemble(self, call)
 
         monkeypatch.setattr(Qwen2VLPreprocessor, "_assemble", recorded)
         images = [make_image(56, 56, "PNG"), make_image(84, 56, "PNG")]

@@ -145,7 +145,7 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
         from .sglang import QWEN3_VL_IMAGE
     except ImportError as exc:
         result["image"] = _time_side_by_side({"gpu_mm": ours_image}, reps)
-        result["video"] = _time_side_by_side({"gpu_mm": ours_video}, max(1, reps // 3))
+        result["video"] = _time_side_by_side({"gpu_mm": ours_video}, max(3, reps // 3))
         result["skipped"] = f"transformers not installed: {exc}"
         return result
     ip = Qwen2VLImageProcessor(size={"shortest_edge": 65536, "longest_edge": 16777216}, **QWEN3_VL_IMAGE)
@@ -162,7 +162,7 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
 
         from .baselines import qwen_vl_utils_video_qwen3
     except ImportError as exc:
-        result["video"] = _time_side_by_side({"gpu_mm": ours_video}, max(1, reps // 3))
+        result["video"] = _time_side_by_side({"gpu_mm": ours_video}, max(3, reps // 3))
         result["video"]["qwen_vl_utils"] = {"skipped": f"not installed: {exc}"}
         return result
     vp = Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 25165824}, fps=2,
@@ -178,7 +178,7 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
             stages.update(st)
             return out
 
-        video: dict[str, Any] = _time_side_by_side({"gpu_mm": ours_video, "qwen_vl_utils": theirs}, max(1, reps // 3))
+        video: dict[str, Any] = _time_side_by_side({"gpu_mm": ours_video, "qwen_vl_utils": theirs}, max(3, reps // 3))
     item = last["items"][0]
     video["gpu_mm"]["stages_ms"] = {k: v * 1e3 for k, v in item.timings.items()}
     video["qwen_vl_utils"]["stages_ms"] = {k: v * 1e3 for k, v in stages.items()}
