@@ -68,7 +68,7 @@ class Qwen2VLConfig(ModelSpec):
         return ops.smart_resize(height, width, self.factor, or_default(options.min_pixels, self.image_min_pixels),
                                 or_default(options.max_pixels, self.image_max_pixels))
 
-    def _frame_maxpixel_bounds(self, nframes: int, options: RequestOptions) -> float:
+    def _frame_max_pixels(self, nframes: int, options: RequestOptions) -> float:
         """qwen-vl-utils' per-frame pixel cap for ``nframes`` frames under this config and request."""
         return ops.video_max_pixels_qwen_vl_utils(
             nframes, min_pixels=or_default(options.min_pixels, self.video_min_pixels),
@@ -76,6 +76,15 @@ class Qwen2VLConfig(ModelSpec):
             total_pixels=or_default(options.total_pixels, self.video_total_pixels),
             max_pixels=options.max_pixels, frame_factor=self.temporal_patch_size,
         )
+
+    def _hf_max_pixels(self, frames: int, options: RequestOptions) -> float:
+        """transformers' per-frame bound for ``frames`` frames, with its ``cap_pixels_per_frame`` when set."""
+        max_pixels = or_default(options.max_pixels, self.video_max_pixels)
+        if self.cap_pixels_per_frame:
+            budget = int(self.video_total_pixels)
+            max_pixels = max(min(max_pixels, budget * self.temporal_patch_size // frames),
+                             int(self.video_min_pixels * 1.05))
+        return max_pixels
 
     def _video_target(self, size: tuple[int, int], max_pixels: float, options: RequestOptions) -> tuple[int, int]:
         min_pixels = int(or_default(options.min_pixels, self.video_min_pixels))
@@ -90,7 +99,7 @@ class Qwen2VLConfig(ModelSpec):
                 # the patch as for an image (qwen-vl-utils refuses such a clip; transformers pads it so).
                 indices = list(range(total))
                 sample_fps = video_fps
-                max_pixels = (self._frame_maxpixel_bounds(tp, options) if self.sampling != "hf"
+                max_pixels = (self._frame_max_pixels(tp, options) if self.sampling != "hf"
                               else or_default(options.max_pixels, self.video_max_pixels))
             elif self.sampling in ("qwen_vl_utils", "sglang"):
                 start, end = ops.frame_range(total, video_fps, options.video_start, options.video_end)
@@ -101,7 +110,7 @@ class Qwen2VLConfig(ModelSpec):
                 sample = ops.sample_indices_sglang if self.sampling == "sglang" else ops.sample_indices_qwen_vl_utils
                 indices = sample(start, end, n)
                 sample_fps = n / max(end - start + 1, 1e-6) * video_fps
-                max_pixels = self._frame_maxpixel_bounds(n, options)
+                max_pixels = self._frame_max_pixels(n, options)
             else:
                 n_hf = ops.nframes_hf(
                     total, video_fps, fps=options.fps if nframes is None else None, num_frames=nframes,
@@ -109,10 +118,7 @@ class Qwen2VLConfig(ModelSpec):
                 )
                 indices = ops.sample_indices_hf(total, n_hf)
                 sample_fps = len(indices) / total * video_fps
-                max_pixels = or_default(options.max_pixels, self.video_max_pixels)
-                if self.cap_pixels_per_frame:
-                    budget = int(self.video_total_pixels)
-                    max_pixels = max(min(max_pixels, budget * tp // len(indices)), int(self.video_min_pixels * 1.05))
+                max_pixels = self._hf_max_pixels(len(indices), options)
         except ValueError as exc:
             raise ValueError(f"cannot sample frames: {exc}") from None
         return VideoSampling(indices, sample_fps, self._video_target(size, max_pixels, options), video_fps)
@@ -121,9 +127,9 @@ class Qwen2VLConfig(ModelSpec):
         """Decoded frames are taken as already sampled, at ``fps`` (as qwen-vl-utils treats frame lists)."""
         sample_fps = float(options.fps or self.fps or 2.0)
         if self.sampling != "hf":
-            max_pixels = self._frame_maxpixel_bounds(frames + (-frames % self.temporal_patch_size), options)
+            max_pixels = self._frame_max_pixels(frames + (-frames % self.temporal_patch_size), options)
         else:
-            max_pixels = or_default(options.max_pixels, self.video_max_pixels)
+            max_pixels = self._hf_max_pixels(frames, options)
         return VideoSampling(list(range(frames)), sample_fps, self._video_target(size, max_pixels, options), None)
 
     def video_fields(self, videos: Sequence[VideoSampling]) -> dict[str, Any]:

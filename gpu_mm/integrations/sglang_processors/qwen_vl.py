@@ -49,6 +49,7 @@ from gpu_mm.integrations.hf import (
     GpuMMQwen2VLImageProcessor,
     GpuMMQwen2VLVideoProcessor,
     GpuMMQwen3VLVideoProcessor,
+    _bicubic,
     _sizes,
 )
 from gpu_mm.models.qwen2_vl import Qwen2VLConfig, Qwen2VLPreprocessor
@@ -165,7 +166,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         if not isinstance(ip, GpuMMQwen2VLImageProcessor):
             return None, {}, f"image processor {type(ip).__name__} is not a Qwen2-VL image processor"
         image_kw = dict(self.image_config or {})
-        if not ip._handled(image_kw, ip._KW):
+        if not _image_options_supported(ip, image_kw):
             return None, {}, f"image options gpu-mm does not implement: {sorted(image_kw)}"
         video_kw = dict(self.video_config or {})
         extra = sorted(set(video_kw) - _VIDEO_KEYS)
@@ -338,3 +339,19 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
 def _rgb(values: Any) -> tuple[float, float, float]:
     r, g, b = (float(v) for v in values)
     return r, g, b
+
+
+_IMAGE_FLAGS = {"do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True}
+_IMAGE_KEYS = {"size", "min_pixels", "max_pixels", "image_mean", "image_std", "patch_size", "temporal_patch_size",
+               "merge_size", "resample", "rescale_factor", *_IMAGE_FLAGS}
+
+
+def _image_options_supported(ip: Any, image_kw: dict[str, Any]) -> bool:
+    """Whether SGLang's ``mm_process_config`` image options are ones gpu-mm computes itself."""
+    if any(image_kw.get(name, getattr(ip, name, want)) != want for name, want in _IMAGE_FLAGS.items()):
+        return False
+    if not _bicubic(image_kw.get("resample", getattr(ip, "resample", 3))):
+        return False
+    if image_kw.get("rescale_factor", getattr(ip, "rescale_factor", 1 / 255)) != 1 / 255:
+        return False
+    return not {k for k in set(image_kw) - _IMAGE_KEYS if image_kw[k] is not None}

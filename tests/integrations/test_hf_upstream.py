@@ -1,0 +1,178 @@
+"""transformers' own image- and video-processor test mixins (from the installed version's source distribution,
+see ``upstream_transformers.py``) run against the stock Qwen-VL classes and against gpu-mm's drop-ins.
+
+Each mixin test runs twice, with the same tester: once with transformers' classes, once with the drop-ins.
+Every test that passes with the stock classes must pass with the drop-ins. A test that fails with the stock
+classes too (the generic mixins assume a ``[batch, C, H, W]`` output, where Qwen-VL concatenates patch rows)
+is skipped, its stock failure named; the input forms those tests exercise are compared directly in
+``test_hf.py``.
+"""
+
+from __future__ import annotations
+
+import unittest
+import warnings
+
+import pytest
+
+pytest.importorskip("transformers")
+from transformers import (  # noqa: E402
+    Qwen2VLImageProcessor,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLVideoProcessor,
+    Qwen3VLVideoProcessor,
+)
+from upstream_transformers import import_mixins  # noqa: E402
+
+from gpu_mm.integrations.hf import (  # noqa: E402
+    GpuMMQwen2VLImageProcessor,
+    GpuMMQwen2VLVideoProcessor,
+    GpuMMQwen3VLVideoProcessor,
+)
+from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
+
+_mixins = import_mixins()
+if isinstance(_mixins, str):
+    pytest.skip(_mixins, allow_module_level=True)
+image_common, video_common = _mixins
+
+QWEN2_IMAGE = {"do_resize": True, "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
+               "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
+               "do_convert_rgb": True, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}
+
+
+# ---------------------------------------------------------------- images
+
+
+def _image_case(classes: dict[str, type]) -> type:
+    class Tester(image_common.ImageProcessingTester):
+        def __init__(self, parent):
+            super().__init__(parent, batch_size=7, num_channels=3, min_resolution=56, max_resolution=400,
+                             **QWEN2_IMAGE)
+
+        def _get_image_processing_classes(self):
+            return dict(classes)
+
+    class Case(image_common.ImageProcessingTestMixin, unittest.TestCase):
+        __test__ = False  # run by the comparison below, not collected on its own
+        image_processor_tester_class = Tester
+
+    return Case
+
+
+STOCK_IMAGE = _image_case({"torchvision": Qwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil})
+GPU_MM_IMAGE = _image_case({"torchvision": GpuMMQwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil})
+
+
+# ---------------------------------------------------------------- videos
+
+
+class _VideoTester:
+    """The inputs and expected shapes of a Qwen-VL video processor for transformers' video mixin."""
+
+    def __init__(self, parent, processor_dict, patch, batch_size=5, num_frames=8, num_channels=3,
+                 min_resolution=32, max_resolution=80):
+        self.parent, self.processor_dict, self.patch = parent, processor_dict, patch
+        self.batch_size, self.num_frames, self.num_channels = batch_size, num_frames, num_channels
+        self.min_resolution, self.max_resolution = min_resolution, max_resolution
+
+    def prepare_video_processor_dict(self):
+        return dict(self.processor_dict)
+
+    def prepare_video_inputs(self, equal_resolution=False, return_tensors="pil"):
+        return video_common.prepare_video_inputs(
+            batch_size=self.batch_size, num_frames=self.num_frames, num_channels=self.num_channels,
+            min_resolution=self.min_resolution, max_resolution=self.max_resolution,
+            equal_resolution=equal_resolution, return_tensors=return_tensors)
+
+    def expected_output_video_shape(self, videos):
+        # Not computed here: the mixin compares it with the output's shape, which the case checks by grid.
+        return None
+
+
+def _video_case(cls: type, processor_dict: dict, patch: int) -> type:
+    class Case(video_common.VideoProcessingTestMixin, unittest.TestCase):
+        __test__ = False  # run by the comparison below, not collected on its own
+        fast_video_processing_class = cls
+
+        def setUp(self):
+            super().setUp()
+            self.video_processor_tester = _VideoTester(self, processor_dict, patch)
+
+        @property
+        def video_processor_dict(self):
+            return self.video_processor_tester.prepare_video_processor_dict()
+
+        def assert_expected_videos_shape(self, encoded, expected, num_videos):
+            # Qwen-VL concatenates every video's patch rows: rows of 3 x temporal patch x patch**2 values.
+            self.assertEqual(encoded.ndim, 2)
+            self.assertEqual(encoded.shape[1], 3 * 2 * patch**2)
+            self.assertEqual(encoded.shape[0] % (processor_dict.get("merge_size", 2) ** 2), 0)
+
+    return Case
+
+
+QWEN2_VIDEO = {"do_resize": True, "size": {"shortest_edge": 32 * 28 * 28, "longest_edge": 64 * 28 * 28},
+               "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
+               "do_convert_rgb": True, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+               "cap_pixels_per_frame": False}
+QWEN3_VIDEO = {"do_resize": True, "size": {"shortest_edge": 4096, "longest_edge": 16 * 64 * 64},
+               "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_convert_rgb": True,
+               "patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "cap_pixels_per_frame": False}
+VIDEO_CASES = {
+    "qwen2_vl": (_video_case(Qwen2VLVideoProcessor, QWEN2_VIDEO, 14),
+                 _video_case(GpuMMQwen2VLVideoProcessor, QWEN2_VIDEO, 14)),
+    "qwen3_vl": (_video_case(Qwen3VLVideoProcessor, QWEN3_VIDEO, 16),
+                 _video_case(GpuMMQwen3VLVideoProcessor, QWEN3_VIDEO, 16)),
+}
+
+
+# ---------------------------------------------------------------- stock vs drop-in, test by test
+
+
+def _run(case: type, name: str) -> tuple[str, str]:
+    """Run one mixin test; its outcome and, when not passed, the reason."""
+    result = unittest.TestResult()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the mixins' own deprecation noise; outcomes are what is compared
+        case(name).run(result)
+    if result.skipped:
+        return "skipped", result.skipped[0][1]
+    problems = result.failures + result.errors
+    if problems:
+        return "failed", problems[0][1]
+    return "passed", ""
+
+
+def _compare(stock: type, ours: type, name: str) -> None:
+    outcome, why = _run(stock, name)
+    if outcome != "passed":
+        last = next((line for line in reversed(why.strip().splitlines()) if line.strip()), why)
+        pytest.skip(f"{outcome} with transformers' own classes too: {last[:200]}")
+    outcome, why = _run(ours, name)
+    assert outcome == "passed", f"{name} passes with transformers' classes but not with gpu-mm's:\n{why}"
+
+
+def _names(case: type) -> list[str]:
+    return sorted(n for n in dir(case) if n.startswith("test_") and callable(getattr(case, n)))
+
+
+@pytest.mark.parametrize("name", _names(STOCK_IMAGE))
+def test_image_mixin(name):
+    _compare(STOCK_IMAGE, GPU_MM_IMAGE, name)
+
+
+@pytest.mark.parametrize("family", sorted(VIDEO_CASES))
+@pytest.mark.parametrize("name", _names(VIDEO_CASES["qwen2_vl"][0]))
+def test_video_mixin(family, name):
+    stock, ours = VIDEO_CASES[family]
+    _compare(stock, ours, name)
+
+
+def test_the_comparison_runs_the_drop_ins():
+    """Guard: the drop-in cases really hold the drop-ins (a typo would compare stock with stock)."""
+    tester = GPU_MM_IMAGE("test_init_without_params")
+    tester.setUp()
+    assert tester.image_processing_classes["torchvision"] is GpuMMQwen2VLImageProcessor
+    assert {VIDEO_CASES[f][1].fast_video_processing_class for f in VIDEO_CASES} == {
+        GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor}
