@@ -69,6 +69,10 @@ class _DropIn:
         out[key] = self._stock.__name__
         return out
 
+    def __repr__(self) -> str:
+        # What it saves and what a reload gives, word for word (type() still names the drop-in).
+        return f"{self._stock.__name__} {self.to_json_string()}"  # type: ignore[attr-defined]
+
     def _gpu_mm(self, cls: type[Any], items: list[Any], config: Any) -> Any:
         device = items[0].device
         name = "cpu" if device.type == "cpu" else str(device)

@@ -1,5 +1,6 @@
-"""transformers' own image- and video-processor test mixins (from the installed version's source distribution,
-see ``upstream_transformers.py``) run against the stock Qwen-VL classes and against gpu-mm's drop-ins.
+"""transformers' own image-processor, video-processor and processor test mixins (from the installed version's
+source distribution, see ``upstream_transformers.py``) run against the stock Qwen-VL classes and against
+gpu-mm's drop-ins.
 
 Each mixin test runs twice, with the same tester: once with transformers' classes, once with the drop-ins.
 Every test that passes with the stock classes must pass with the drop-ins. A test that fails with the stock
@@ -17,8 +18,10 @@ import pytest
 
 pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
+    PreTrainedTokenizerFast,
     Qwen2VLImageProcessor,
     Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
     Qwen3VLVideoProcessor,
 )
@@ -34,7 +37,7 @@ from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
 _mixins = import_mixins()
 if isinstance(_mixins, str):
     pytest.skip(_mixins, allow_module_level=True)
-image_common, video_common = _mixins
+image_common, video_common, processing_common = _mixins
 
 QWEN2_IMAGE = {"do_resize": True, "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
                "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
@@ -127,15 +130,68 @@ VIDEO_CASES = {
 }
 
 
+# ---------------------------------------------------------------- the processor (tokenizer + both processors)
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    special = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "[PAD]"]
+    words = "lower newer upper older this is a test describe the image video".split()
+    vocab = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(special)}, **{w: 6 + i for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="[PAD]",
+                                   additional_special_tokens=special[:4])
+
+
+def _processor_case(image_cls: type, video_cls: type) -> type:
+    class Case(processing_common.ProcessorTesterMixin, unittest.TestCase):
+        __test__ = False  # run by the comparison below, not collected on its own
+        processor_class = Qwen2VLProcessor
+
+        @classmethod
+        def _setup_tokenizer(cls):
+            return _tokenizer()
+
+        @classmethod
+        def _setup_image_processor(cls):
+            return image_cls()
+
+        @classmethod
+        def _setup_video_processor(cls):
+            return video_cls()
+
+        def get_component(self, attribute, use_tiny_ckpt=True, **kwargs):
+            # Saved folders name the stock classes (as they must): the drop-in case loads the drop-ins back.
+            if attribute == "image_processor":
+                return image_cls.from_pretrained(self.tmpdirname, **kwargs)
+            if attribute == "video_processor":
+                return video_cls.from_pretrained(self.tmpdirname, **kwargs)
+            return super().get_component(attribute, use_tiny_ckpt=use_tiny_ckpt, **kwargs)
+
+        def get_processor(self, use_tiny_ckpt=True):
+            processor = super().get_processor(use_tiny_ckpt)
+            processor.image_processor = image_cls.from_pretrained(self.tmpdirname)
+            processor.video_processor = video_cls.from_pretrained(self.tmpdirname)
+            return processor
+
+    return Case
+
+
+STOCK_PROCESSOR = _processor_case(Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+GPU_MM_PROCESSOR = _processor_case(GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor)
+
+
 # ---------------------------------------------------------------- stock vs drop-in, test by test
 
 
 def _run(case: type, name: str) -> tuple[str, str]:
-    """Run one mixin test; its outcome and, when not passed, the reason."""
+    """Run one mixin test (with its class set-up); its outcome and, when not passed, the reason."""
     result = unittest.TestResult()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the mixins' own deprecation noise; outcomes are what is compared
-        case(name).run(result)
+        unittest.TestSuite([case(name)]).run(result)
     if result.skipped:
         return "skipped", result.skipped[0][1]
     problems = result.failures + result.errors
@@ -167,6 +223,11 @@ def test_image_mixin(name):
 def test_video_mixin(family, name):
     stock, ours = VIDEO_CASES[family]
     _compare(stock, ours, name)
+
+
+@pytest.mark.parametrize("name", _names(STOCK_PROCESSOR))
+def test_processor_mixin(name):
+    _compare(STOCK_PROCESSOR, GPU_MM_PROCESSOR, name)
 
 
 def test_the_comparison_runs_the_drop_ins():

@@ -49,8 +49,8 @@ def tests_dir() -> pathlib.Path | str:
     return f"transformers {version}'s sdist has no {missing}" if missing else target
 
 
-def import_mixins() -> tuple[object, object] | str:
-    """(image mixin module, video mixin module), or why they cannot be imported here."""
+def import_mixins() -> tuple[object, object, object] | str:
+    """(image, video, processor mixin modules), or why they cannot be imported here."""
     where = tests_dir()
     if isinstance(where, str):
         return where
@@ -60,7 +60,8 @@ def import_mixins() -> tuple[object, object] | str:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         import test_image_processing_common as image
+        import test_processing_common as processing
         import test_video_processing_common as video
     except ImportError as exc:  # e.g. `parameterized`, which the mixins import, is not installed
         return f"transformers' test mixins do not import: {exc}"
-    return image, video
+    return image, video, processing
