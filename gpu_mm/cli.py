@@ -92,7 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench.loop_lag import run_all
     from .bench.machine import machine_info, machine_label
-    from .bench.throughput import image_bench, qwen3_bench, video_bench
+    from .bench.throughput import image_bench, patchify_bench, qwen3_bench, video_bench
     from .media.synth import make_image, make_video
 
     device = args.device
@@ -113,6 +113,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"machine": info, "device": device, "quick": quick, "image": {}, "video": {}}
     step("image: bytes -> features, gpu-mm vs transformers ...")
     result["image"]["1080p_jpeg"] = image_bench(jpeg, device, reps)
+    result["normalize_patchify"] = patchify_bench(reps * 3)
     for name, clip in videos.items():
         step(f"video {name} ({len(clip) / 1e6:.1f} MB, {seconds} s): gpu-mm vs qwen-vl-utils + transformers ...")
         result["video"][name] = video_bench(clip, device, max(3, reps // 3))
@@ -169,6 +170,14 @@ def _print_summary(r: dict[str, Any]) -> None:
         if k in img:
             p50 = img[k]["p50_ms"]
             print(f"  {'transformers ' + k[3:]:28s} {p50:8.1f} ms   ({p50 / ours:.2f}x gpu-mm)")
+    npb = r.get("normalize_patchify")
+    if npb:
+        print(f"\nnormalize + patchify of a 2-frame 728x1316 group ({npb['output_bytes'] / 2**20:.0f} MiB out) vs a "
+              "copy of the same bytes (p50):")
+        print(f"  into fresh memory: {npb['np_fresh_ms']:.1f} ms vs {npb['copy_fresh_ms']:.1f} ms "
+              f"({npb['ratio_fresh']:.2f}x the copy)")
+        print(f"  into touched memory: {npb['np_warm_ms']:.1f} ms vs {npb['copy_warm_ms']:.1f} ms "
+              f"({npb['ratio_warm']:.2f}x the copy)")
     for name, v in r["video"].items():
         o = v["gpu_mm"]
         print(f"\nH.264 {name} clip ({v['bytes'] / 1e6:.1f} MB), {v['frames']} frames -> grid {v['grid_thw']} (p50):")

@@ -192,3 +192,24 @@ def test_normalization_constants_are_made_once_per_device():
     m2, s2 = ops._mean_std(x, list(ops.OPENAI_CLIP_MEAN), list(ops.OPENAI_CLIP_STD))
     assert m1 is m2 and s1 is s2
     assert torch.equal(m1, torch.tensor(ops.OPENAI_CLIP_MEAN) * (1.0 / (1 / 255)))
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 5])
+@pytest.mark.parametrize("patch", [14, 16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_normalize_patchify_is_bit_identical_to_normalize_then_patchify(frames, patch, layout, monkeypatch):
+    """The fast path (patches laid out while uint8, then converted per block) against the plain formulation
+    transformers uses (normalize the whole float frames, then lay out the patches): identical bits, for
+    images, odd frame counts (last frame repeated), both patch sizes, any memory layout, and into ``out``."""
+    monkeypatch.setattr(ops, "_CACHE_BLOCK_BYTES", 4 * 3 * 2 * patch * patch * 5)  # blocks of 5 rows, one ragged
+    g = torch.Generator().manual_seed(frames * patch)
+    x = torch.randint(0, 256, (frames, 3, 4 * patch, 6 * patch), dtype=torch.uint8, generator=g)
+    if layout == "channels_last":
+        x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    plain, grid = ops.patchify(ops.normalize(x, mean, std), patch)
+    fast, grid2 = ops.normalize_patchify(x, mean, std, patch_size=patch)
+    assert grid == grid2 and torch.equal(fast, plain)
+    out = torch.full_like(plain, float("nan"))
+    ops.normalize_patchify(x, mean, std, patch_size=patch, out=out)
+    assert torch.equal(out, plain)

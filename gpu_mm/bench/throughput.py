@@ -185,3 +185,31 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
     video["grid_thw"], video["frames"] = list(item.grid_thw), len(item.frame_indices or [])
     result["video"] = video
     return result
+
+
+def patchify_bench(reps: int) -> dict[str, Any]:
+    """normalize + patchify of a 2-frame 728x1316 group (what a 1080p image or clip step becomes) against a
+    plain copy of the same output bytes, side by side: into fresh memory (as the pipeline writes each item's
+    rows) and into memory already touched (the copy's bandwidth floor)."""
+    import torch
+
+    from .. import ops
+
+    frames = torch.randint(0, 256, (2, 3, 728, 1316), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ref, _ = ops.normalize_patchify(frames)
+    warm = torch.empty_like(ref)
+    xs: dict[str, list[float]] = {"np_fresh": [], "copy_fresh": [], "np_warm": [], "copy_warm": []}
+    for _ in range(reps + 1):  # the first round warms up and is not kept
+        runs = {
+            "np_fresh": lambda: ops.normalize_patchify(frames, out=torch.empty_like(ref)),
+            "copy_fresh": lambda: torch.empty_like(ref).copy_(ref),
+            "np_warm": lambda: ops.normalize_patchify(frames, out=warm),
+            "copy_warm": lambda: warm.copy_(ref),
+        }
+        for name, fn in runs.items():  # interleaved, so drift hits all alike
+            t0 = time.perf_counter()
+            fn()
+            xs[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(v[1:]) * 1e3 for name, v in xs.items()}
+    return {"output_bytes": ref.numel() * 4, **{f"{k}_ms": v for k, v in med.items()},
+            "ratio_fresh": med["np_fresh"] / med["copy_fresh"], "ratio_warm": med["np_warm"] / med["copy_warm"]}
