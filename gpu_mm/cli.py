@@ -120,6 +120,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result["video"][name]["bytes"] = len(clip)
     step("Qwen3-VL: the JPEG and the 360p clip, gpu-mm vs transformers (and qwen-vl-utils for the clip) ...")
     result["qwen3_vl"] = qwen3_bench(jpeg, videos["360p"], device, reps)
+    # As `gpu-mm serve` does once started: a full cyclic-GC pass over the ~1M objects torch and transformers
+    # leave would otherwise land on the loop (150 ms here) whatever processor runs (see serve.freeze_gc).
+    from .serve import freeze_gc
+
+    freeze_gc()
     step(f"responsiveness: {args.concurrency} concurrent image requests, loop lag and health probe ...")
     result["loop_lag"] = asyncio.run(run_all(jpeg, args.concurrency, workers=2, progress=lambda n: _progress(f"  {n}")))
     sweep_levels = [1, 8, 32] if quick else [1, 4, 16, 64]
