@@ -42,7 +42,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     try:
         options = RequestOptions.parse({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
         pre = Preprocessor.for_model(args.model, device=args.device, limits=MediaLimits(allow_urls=args.allow_urls),
-                                     **overrides)
+                                     fast_jpeg=args.fast_jpeg, **overrides)
     except (GpuMMError, KeyError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -248,7 +248,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .bench.baselines import SeedAsyncMMDataProcessor
 
         seed_wrapper = SeedAsyncMMDataProcessor
-    run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, device=args.device,
+    run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, fast_jpeg=args.fast_jpeg,
+        device=args.device,
         max_concurrent_calls=args.max_concurrent_calls, max_queued=args.max_queued, timeout_s=args.timeout_s,
         num_slots=args.slots, limits=limits, max_body_bytes=max_body,
         body_budget_bytes=int(args.body_budget_mb * 2**20),
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--video", action="store_true", help="treat every source as a video")
     p.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
+    p.add_argument("--fast-jpeg", action="store_true",
+                   help="decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)")
     p.add_argument("--sampling", default=None,
                    help="the family's frame rule: qwen2_vl: qwen_vl_utils (default) | sglang | hf; "
                         "qwen3_vl: transformers (default) | sglang")
@@ -286,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", "seed", "inline"])
     sv.add_argument("--device", default="auto")
     sv.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
+    sv.add_argument("--fast-jpeg", action="store_true",
+                    help="decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

@@ -38,7 +38,16 @@ from .errors import (
     ProcessorClosed,
     UnsupportedMedia,
 )
-from .media.image import ImageInfo, decode_image, decode_jpeg_cuda, decode_jpegs, is_plain_jpeg, probe_image
+from .media.image import (
+    ImageInfo,
+    decode_image,
+    decode_jpeg_cuda,
+    decode_jpeg_scaled,
+    decode_jpegs,
+    is_plain_jpeg,
+    jpeg_draft_scale,
+    probe_image,
+)
 from .media.sources import MediaLimits, Source, load_source
 from .media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video, rotate_frames
 from .metrics import StageTimer
@@ -155,6 +164,8 @@ class _Plan:
     image_info: ImageInfo | None = None
     """An image's probe (size, format, mode), so decoding does not parse its header again."""
     sample_fps: float | None = None
+    jpeg_scale: int = 1
+    """Fast JPEG mode: decode at 1/``jpeg_scale`` by DCT scaling (1: full size)."""
     presize: tuple[int, int] | None = None
     """A video's first, bilinear resize before ``target`` (see :class:`VideoSampling`)."""
     nbytes: int = 0
@@ -260,6 +271,9 @@ class Preprocessor(Closeable):
             concurrent requests for content being computed wait for that computation. ``None``: 1 GiB, or
             1/16 of the machine's memory if less; ``0``: off. Hits share their tensors (read-only by
             contract) unless ``copy_on_hit``.
+        fast_jpeg: on the CPU, decode a JPEG whose target is at most half its size at 1/2, 1/4 or 1/8 scale
+            by libjpeg's DCT scaling, then resize from there (default off: the features then differ slightly
+            from transformers'; the README states by how much).
     """
 
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots
@@ -284,6 +298,7 @@ class Preprocessor(Closeable):
         image_batch: int | None = None,
         cache_bytes: int | None = None,
         copy_on_hit: bool = False,
+        fast_jpeg: bool = False,
         **overrides: Any,
     ) -> None:
         if device == "auto":
@@ -341,7 +356,8 @@ class Preprocessor(Closeable):
             cache_bytes = default_cache_bytes()
         self.cache = FeatureCache(cache_bytes, copy_on_hit=copy_on_hit)
         # Everything besides the media and the request's options that changes an item's features.
-        self._cache_identity = (repr(self.config), self.device, self.output, self.video_decoder)
+        self.fast_jpeg = fast_jpeg
+        self._cache_identity = (repr(self.config), self.device, self.output, self.video_decoder, fast_jpeg)
         self._inflight: dict[bytes, asyncio.Future[Any]] = {}
 
     @classmethod
@@ -715,10 +731,11 @@ class Preprocessor(Closeable):
         except ValueError as exc:
             raise LimitExceeded(src.item, str(exc)) from None
         grid = cfg.grid(1, target)
+        scale = jpeg_draft_scale(src, info, target) if self.fast_jpeg and self.device == "cpu" else 1
         nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
-                                     via_pillow=not is_plain_jpeg(src, info))
+                                     via_pillow=not is_plain_jpeg(src, info) or scale > 1)
         return _Plan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
-                     timer=timer, key=key)
+                     timer=timer, key=key, jpeg_scale=scale)
 
     def _plan_video(self, obj: Any, item: str, options: RequestOptions) -> _Plan:
         timer = StageTimer()
@@ -776,7 +793,7 @@ class Preprocessor(Closeable):
         budget = self.memory_budget_bytes
         for i, p in enumerate(plans):
             if self._image_batch > 1 and p.kind == "image" and p.image_info is not None \
-                    and is_plain_jpeg(p.src, p.image_info):
+                    and p.jpeg_scale == 1 and is_plain_jpeg(p.src, p.image_info):
                 if batch and (len(batch) == self._image_batch or (budget and batch_bytes + p.nbytes > budget)):
                     groups.append(batch)
                     batch, batch_bytes = [], 0
@@ -900,6 +917,10 @@ class Preprocessor(Closeable):
     def _decode(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, Decoded]:
         src = plan.src
         if plan.kind == "image":
+            if plan.jpeg_scale > 1:
+                assert plan.image_info is not None
+                return decode_jpeg_scaled(src, plan.image_info, plan.jpeg_scale).unsqueeze(0), Decoded(
+                    f"cpu-jpeg-1/{plan.jpeg_scale}")
             if slot.device.startswith("cuda"):
                 gpu = decode_jpeg_cuda(src, slot.device, self.limits, plan.image_info)
                 if gpu is not None:

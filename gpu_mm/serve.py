@@ -119,6 +119,7 @@ def build_app(
     cache_bytes: int | None = None,
     model: str = "qwen2_vl",
     seed_wrapper: Any = None,
+    fast_jpeg: bool = False,
 ) -> Any:
     """Build the aiohttp application for ``mode``.
 
@@ -137,7 +138,7 @@ def build_app(
     if max_body_bytes > body_budget_bytes:
         raise ValueError(f"max_body_bytes={max_body_bytes} is over body_budget_bytes={body_budget_bytes}")
     pre = Preprocessor.for_model(model, device=device, limits=limits, num_slots=num_slots,
-                                 memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes)
+                                 memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes, fast_jpeg=fast_jpeg)
     metrics = PrometheusMetrics()
     metrics.watch_cache(pre.cache)
     wrapper: Any
