@@ -273,3 +273,22 @@ class TestURLs:
                             MediaLimits(allow_urls=True, allow_private_urls=True))
         finally:
             missing.close()
+
+
+def test_base64_decoded_in_steps_equals_one_decode_and_stays_strict(monkeypatch):
+    """Large payloads are decoded a chunk at a time (each step holds the GIL briefly); the bytes are those of one
+    decode, line-wrapped base64 is accepted, and padding inside the payload is still refused."""
+    import base64
+
+    import gpu_mm.media.sources as sources
+
+    monkeypatch.setattr(sources, "_B64_CHUNK", 64)  # many steps, one ragged
+    data = bytes(range(256)) * 7 + b"tail"
+    text = base64.b64encode(data).decode()
+    assert sources._b64(text, "x") == data
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))  # MIME line length
+    assert sources._b64(" " + wrapped + "\n", "x") == data
+    with pytest.raises(SourceError, match="invalid base64"):
+        sources._b64(text[:64] + "==" + text[64:], "x")
+    urlsafe = base64.urlsafe_b64encode(data).decode()
+    assert sources._b64(urlsafe, "x") == data
