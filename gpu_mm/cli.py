@@ -258,6 +258,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preprocess_dataset(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster on this machine needs no token
+    try:
+        from .integrations import ray as gray
+    except ImportError as exc:
+        print(f"error: the ray extra is not installed ({exc}); pip install 'gpu-mm[ray]'", file=sys.stderr)
+        return 2
+    from .options import RequestOptions
+
+    try:
+        options = RequestOptions.parse({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
+    except GpuMMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    paths = gray.list_inputs(args.input)
+    _progress(f"{len(paths)} media files under {args.input}; output {args.output}; cluster {args.address}")
+    gray.connect(args.address)
+    summary = gray.preprocess_dataset(
+        args.input, args.output, model=args.model, device=args.device, workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size,
+        options=options.as_dict())
+    done = summary.written
+    print(f"{summary.inputs} files: {summary.skipped} already done, {done} written ({summary.failed} failed) in "
+          f"{summary.seconds:.1f} s ({done / max(summary.seconds, 1e-9):.1f} items/s); manifest {summary.manifest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gpu-mm", description="VLM multimodal preprocessing on CUDA or CPU.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -285,6 +314,23 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="bench-out", help="folder for the JSON result")
     b.add_argument("--no-http", action="store_true", help="skip the HTTP server scenario")
     b.set_defaults(fn=cmd_bench)
+    ds = sub.add_parser("preprocess-dataset", help="preprocess a folder or glob of media into Parquet on Ray")
+    ds.add_argument("input", help="a directory (searched recursively) or a glob of media files")
+    ds.add_argument("output", help="a directory for the Parquet files and manifest.json (a rerun resumes)")
+    ds.add_argument("--address", default="local", help="local (start Ray here) | auto | ray://host:port")
+    ds.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
+    ds.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ds.add_argument("--workers", type=int, default=1, help="gpu-mm actors (default 1)")
+    ds.add_argument("--gpus-per-worker", type=float, default=0.0, help="e.g. 0.25: four actors per GPU")
+    ds.add_argument("--cpus-per-worker", type=float, default=1.0)
+    ds.add_argument("--batch-size", type=int, default=16, help="files per actor call (default 16)")
+    for name, kind in (("fps", float), ("nframes", int), ("min_pixels", int), ("max_pixels", int),
+                       ("total_pixels", int)):
+        ds.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+    for name in ("video_start", "video_end"):
+        ds.set_defaults(**{name: None})
+    ds.set_defaults(fn=cmd_preprocess_dataset)
+
     sv = sub.add_parser("serve", help="HTTP front end: POST /v1/preprocess, GET /health, GET /metrics")
     sv.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", "seed", "inline"])
     sv.add_argument("--device", default="auto")
