@@ -211,6 +211,10 @@ def connect(address: str = "local", **init_kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
+    if address == "local":
+        # One logical CPU more than the cores: Ray Data reserves resources per operator, and with every core
+        # held by a gpu-mm actor the read tasks feeding them waited forever (2 actors on 2 cores stalled).
+        init_kwargs.setdefault("num_cpus", (os.cpu_count() or 1) + 1)
     init_kwargs.setdefault("include_dashboard", False)
     init_kwargs.setdefault("log_to_driver", False)
     ray.init(address=None if address == "local" else address, **init_kwargs)
