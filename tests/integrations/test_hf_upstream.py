@@ -23,6 +23,7 @@ from transformers import (  # noqa: E402
     Qwen2VLImageProcessorPil,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
 )
 from upstream_transformers import import_mixins  # noqa: E402
@@ -145,10 +146,10 @@ def _tokenizer():
                                    additional_special_tokens=special[:4])
 
 
-def _processor_case(image_cls: type, video_cls: type) -> type:
+def _processor_case(image_cls: type, video_cls: type, processor_cls: type = Qwen2VLProcessor) -> type:
     class Case(processing_common.ProcessorTesterMixin, unittest.TestCase):
         __test__ = False  # run by the comparison below, not collected on its own
-        processor_class = Qwen2VLProcessor
+        processor_class = processor_cls
 
         @classmethod
         def _setup_tokenizer(cls):
@@ -179,8 +180,12 @@ def _processor_case(image_cls: type, video_cls: type) -> type:
     return Case
 
 
-STOCK_PROCESSOR = _processor_case(Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
-GPU_MM_PROCESSOR = _processor_case(GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor)
+PROCESSOR_CASES = {
+    "qwen2_vl": (_processor_case(Qwen2VLImageProcessor, Qwen2VLVideoProcessor),
+                 _processor_case(GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor)),
+    "qwen3_vl": (_processor_case(Qwen2VLImageProcessor, Qwen3VLVideoProcessor, Qwen3VLProcessor),
+                 _processor_case(GpuMMQwen2VLImageProcessor, GpuMMQwen3VLVideoProcessor, Qwen3VLProcessor)),
+}
 
 
 # ---------------------------------------------------------------- stock vs drop-in, test by test
@@ -235,9 +240,11 @@ def test_video_mixin(family, name):
     _compare(stock, ours, name)
 
 
-@pytest.mark.parametrize("name", _names(STOCK_PROCESSOR))
-def test_processor_mixin(name):
-    _compare(STOCK_PROCESSOR, GPU_MM_PROCESSOR, name)
+@pytest.mark.parametrize("family", sorted(PROCESSOR_CASES))
+@pytest.mark.parametrize("name", _names(PROCESSOR_CASES["qwen2_vl"][0]))
+def test_processor_mixin(family, name):
+    stock, ours = PROCESSOR_CASES[family]
+    _compare(stock, ours, name)
 
 
 def test_the_comparison_runs_the_drop_ins():
