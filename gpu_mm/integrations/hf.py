@@ -17,7 +17,7 @@ gets the drop-ins back. Each drop-in's valid-kwargs class is its stock class's (
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import BatchFeature, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessorKwargs
@@ -39,18 +39,19 @@ GpuMMQwen3VLVideoProcessorInitKwargs = Qwen3VLVideoProcessorInitKwargs
 _PREPROCESSORS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
-def handled(items: list[Any], *, do_resize: bool, resample: Any, do_rescale: bool, rescale_factor: float,
-            do_normalize: bool, image_mean: Any, image_std: Any, size: Any, frames: bool) -> bool:
-    """Whether gpu-mm computes a ``_preprocess`` call itself: resize on, bicubic, rescale by 1/255, normalize
-    on with 1 or 3 values, ``size`` with both pixel bounds, and every item a uint8 3-channel tensor on one
-    device (``[C, H, W]`` images or ``[T, C, H, W]`` videos, as transformers hands them over). Any other
-    call runs transformers' own code."""
+def handled(items: list[Any], kwargs: dict[str, Any], *, frames: bool) -> bool:
+    """Whether gpu-mm computes a ``_preprocess`` call (its keyword arguments ``kwargs``) itself: resize on,
+    bicubic, rescale by 1/255, normalize on with 1 or 3 values, ``size`` with both pixel bounds, and every item
+    a uint8 3-channel tensor on one device (``[C, H, W]`` images or ``[T, C, H, W]`` videos, as transformers
+    hands them over). Any other call runs transformers' own code."""
     import torch
 
+    size = kwargs.get("size")
     ndim = 4 if frames else 3
     return bool(
-        do_resize and do_rescale and do_normalize and rescale_factor == 1 / 255 and _bicubic(resample)
-        and _rgb(image_mean) is not None and _rgb(image_std) is not None
+        kwargs.get("do_resize") and kwargs.get("do_rescale") and kwargs.get("do_normalize")
+        and kwargs.get("rescale_factor") == 1 / 255 and _bicubic(kwargs.get("resample"))
+        and _rgb(kwargs.get("image_mean")) is not None and _rgb(kwargs.get("image_std")) is not None
         and size is not None and size.shortest_edge and size.longest_edge and items
         and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == ndim and x.shape[-3] == 3
                 and x.shape[-1] > 0 and x.shape[-2] > 0 for x in items)
@@ -59,9 +60,39 @@ def handled(items: list[Any], *, do_resize: bool, resample: Any, do_rescale: boo
 
 
 class _DropIn:
-    """What every drop-in shares: stock names when saved, one gpu-mm preprocessor per config."""
+    """What every drop-in shares: the choice between gpu-mm and transformers' own ``_preprocess``, stock names
+    when saved, one gpu-mm preprocessor per config."""
 
     _stock: type
+    _items: ClassVar[str]
+    """The name transformers passes the batch under: ``images`` (positionally) or ``videos`` (by keyword)."""
+
+    def _preprocess(self, *args: Any, **kwargs: Any) -> BatchFeature:
+        items = args[0] if args else kwargs[self._items]
+        options = {k: v for k, v in kwargs.items() if k != self._items}
+        frames = self._items == "videos"
+        if len(args) <= 1 and handled(items, options, frames=frames) and self._computes(items, options):
+            return self._features(items, options)
+        return super()._preprocess(*args, **kwargs)  # type: ignore[misc,no-any-return]
+
+    def _computes(self, items: list[Any], options: dict[str, Any]) -> bool:
+        """A family's further condition beyond :func:`handled`."""
+        return True
+
+    def _features(self, items: list[Any], options: dict[str, Any]) -> BatchFeature:
+        raise NotImplementedError
+
+    def _patching(self, options: dict[str, Any]) -> tuple[int, int, int]:
+        """(patch, temporal patch, merge) of a call: its options, else the processor's own."""
+        return tuple(options.get(name) or getattr(self, name)  # type: ignore[return-value]
+                     for name in ("patch_size", "temporal_patch_size", "merge_size"))
+
+    @staticmethod
+    def _normalization(options: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """The call's mean and std as three floats each (:func:`handled` made sure they are)."""
+        mean, std = _rgb(options["image_mean"]), _rgb(options["image_std"])
+        assert mean is not None and std is not None
+        return mean, std
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = super().to_dict()  # type: ignore[misc]
@@ -73,113 +104,84 @@ class _DropIn:
         # What it saves and what a reload gives, word for word (type() still names the drop-in).
         return f"{self._stock.__name__} {self.to_json_string()}"  # type: ignore[attr-defined]
 
-    def _gpu_mm(self, cls: type[Any], items: list[Any], config: Any) -> Any:
+    def _run(self, cls: type[Any], items: list[Any], config: Any, **call: Any) -> Any:
+        """``items`` through this drop-in's gpu-mm preprocessor for ``config`` (made once per device and config;
+        no feature cache: a drop-in computes every call, as the transformers class it replaces does)."""
         device = items[0].device
         name = "cpu" if device.type == "cpu" else str(device)
         cache = _PREPROCESSORS.setdefault(self, {})
         key = (cls, name, config)
         if key not in cache:
-            # No feature cache: a drop-in computes every call, as the transformers class it replaces does.
             cache[key] = cls(name, config=config, video_decoder="pyav", cache_bytes=0)
-        return cache[key]
+        return cache[key](**call)
 
 
-class GpuMMQwen2VLImageProcessor(_DropIn, Qwen2VLImageProcessor):
+class GpuMMQwen2VLImageProcessor(_DropIn, Qwen2VLImageProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
     """transformers' ``Qwen2VLImageProcessor`` (torchvision backend) with gpu-mm's pixel work."""
 
     _stock = Qwen2VLImageProcessor
+    _items = "images"
     valid_kwargs = GpuMMQwen2VLImageProcessorKwargs
 
-    def _preprocess(  # type: ignore[override]  # Qwen2VLImageProcessor's own signature
-            self, images: list[Any], do_resize: bool, size: Any, resample: Any, do_rescale: bool,
-            rescale_factor: float, do_normalize: bool, image_mean: Any, image_std: Any, patch_size: int,
-            temporal_patch_size: int, merge_size: int, disable_grouping: bool | None, return_tensors: Any,
-            **kwargs: Any) -> BatchFeature:
-        mean, std = _rgb(image_mean), _rgb(image_std)
-        if mean is None or std is None or not handled(
-                images, do_resize=do_resize, resample=resample, do_rescale=do_rescale, rescale_factor=rescale_factor,
-                do_normalize=do_normalize, image_mean=image_mean, image_std=image_std, size=size, frames=False):
-            return super()._preprocess(  # type: ignore[no-any-return]
-                images, do_resize=do_resize, size=size, resample=resample, do_rescale=do_rescale,
-                rescale_factor=rescale_factor, do_normalize=do_normalize, image_mean=image_mean,
-                image_std=image_std, patch_size=patch_size, temporal_patch_size=temporal_patch_size,
-                merge_size=merge_size, disable_grouping=disable_grouping, return_tensors=return_tensors, **kwargs)
-        config = Qwen2VLConfig(patch_size=patch_size, temporal_patch_size=temporal_patch_size, merge_size=merge_size,
+    def _features(self, images: list[Any], options: dict[str, Any]) -> BatchFeature:
+        ps, tp, ms = self._patching(options)
+        mean, std = self._normalization(options)
+        size = options["size"]
+        config = Qwen2VLConfig(patch_size=ps, temporal_patch_size=tp, merge_size=ms,
                                image_min_pixels=int(size.shortest_edge), image_max_pixels=int(size.longest_edge),
                                image_mean=mean, image_std=std)
-        pre = self._gpu_mm(Qwen2VLPreprocessor, images, config)
         # Channels-first images handed over channels-last, so no shape is ever ambiguous.
-        feats = pre(images=[x.permute(1, 2, 0) for x in images])
+        feats = self._run(Qwen2VLPreprocessor, images, config, images=[x.permute(1, 2, 0) for x in images])
         return BatchFeature({"pixel_values": feats.pixel_values, "image_grid_thw": feats.image_grid_thw},
-                            tensor_type=return_tensors)
+                            tensor_type=options.get("return_tensors"))
 
 
-class GpuMMQwen2VLVideoProcessor(_DropIn, Qwen2VLVideoProcessor):
+class GpuMMQwen2VLVideoProcessor(_DropIn, Qwen2VLVideoProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
     """transformers' ``Qwen2VLVideoProcessor`` with gpu-mm's pixel work (``cap_pixels_per_frame`` included)."""
 
     _stock = Qwen2VLVideoProcessor
+    _items = "videos"
     valid_kwargs = GpuMMQwen2VLVideoProcessorInitKwargs
 
-    def _preprocess(  # type: ignore[override]  # Qwen2VLVideoProcessor's own signature
-            self, videos: list[Any], do_resize: bool, size: Any, resample: Any, do_rescale: bool,
-            rescale_factor: float, do_normalize: bool, image_mean: Any, image_std: Any,
-            patch_size: int | None = None, temporal_patch_size: int | None = None, merge_size: int | None = None,
-            cap_pixels_per_frame: bool | None = None, return_tensors: Any = None, **kwargs: Any) -> BatchFeature:
-        mean, std = _rgb(image_mean), _rgb(image_std)
-        if mean is None or std is None or not handled(
-                videos, do_resize=do_resize, resample=resample, do_rescale=do_rescale, rescale_factor=rescale_factor,
-                do_normalize=do_normalize, image_mean=image_mean, image_std=image_std, size=size, frames=True):
-            return super()._preprocess(  # type: ignore[no-any-return]
-                videos, do_resize=do_resize, size=size, resample=resample, do_rescale=do_rescale,
-                rescale_factor=rescale_factor, do_normalize=do_normalize, image_mean=image_mean,
-                image_std=image_std, patch_size=patch_size, temporal_patch_size=temporal_patch_size,
-                merge_size=merge_size, cap_pixels_per_frame=cap_pixels_per_frame, return_tensors=return_tensors,
-                **kwargs)
-        ps, tp, ms = patch_size or self.patch_size, temporal_patch_size or self.temporal_patch_size, \
-            merge_size or self.merge_size
+    def _features(self, videos: list[Any], options: dict[str, Any]) -> BatchFeature:
+        ps, tp, ms = self._patching(options)
+        mean, std = self._normalization(options)
+        size = options["size"]
         config = Qwen2VLConfig(
-            patch_size=ps, temporal_patch_size=tp, merge_size=ms, image_mean=mean, image_std=std, sampling="hf",
-            video_min_pixels=int(size.shortest_edge), video_max_pixels=int(size.longest_edge),
-            cap_pixels_per_frame=bool(cap_pixels_per_frame),
+            patch_size=ps, temporal_patch_size=tp, merge_size=ms, image_mean=mean, image_std=std,
+            sampling="hf", video_min_pixels=int(size.shortest_edge),
+            video_max_pixels=int(size.longest_edge), cap_pixels_per_frame=bool(options.get("cap_pixels_per_frame")),
             video_total_pixels=int(self.max_video_tokens * (ps * ms) ** 2 * 0.9))
-        pre = self._gpu_mm(Qwen2VLPreprocessor, videos, config)
-        feats = pre(videos=[x.permute(0, 2, 3, 1) for x in videos])
-        return BatchFeature({"pixel_values_videos": feats.pixel_values_videos, "video_grid_thw": feats.video_grid_thw},
-                            tensor_type=return_tensors)
+        return _video_features(self._run(Qwen2VLPreprocessor, videos, config,
+                                         videos=[x.permute(0, 2, 3, 1) for x in videos]), options)
 
 
-class GpuMMQwen3VLVideoProcessor(_DropIn, Qwen3VLVideoProcessor):
+class GpuMMQwen3VLVideoProcessor(_DropIn, Qwen3VLVideoProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
     """transformers' ``Qwen3VLVideoProcessor`` with gpu-mm's pixel work (whole-clip bounds, per-frame cap)."""
 
     _stock = Qwen3VLVideoProcessor
+    _items = "videos"
     valid_kwargs = GpuMMQwen3VLVideoProcessorInitKwargs
 
-    def _preprocess(  # type: ignore[override]  # Qwen3VLVideoProcessor's own signature
-            self, videos: list[Any], do_resize: bool, size: Any, resample: Any, do_rescale: bool,
-            rescale_factor: float, do_normalize: bool, image_mean: Any, image_std: Any,
-            patch_size: int | None = None, temporal_patch_size: int | None = None, merge_size: int | None = None,
-            cap_pixels_per_frame: bool | None = None, return_tensors: Any = None, **kwargs: Any) -> BatchFeature:
-        mean, std = _rgb(image_mean), _rgb(image_std)
-        tp = temporal_patch_size or self.temporal_patch_size
-        if mean is None or std is None or any(v.shape[0] < tp for v in videos) or not handled(
-                videos, do_resize=do_resize, resample=resample, do_rescale=do_rescale, rescale_factor=rescale_factor,
-                do_normalize=do_normalize, image_mean=image_mean, image_std=image_std, size=size, frames=True):
-            # (a clip shorter than one temporal patch: transformers refuses it, and so it must here)
-            return super()._preprocess(  # type: ignore[no-any-return]
-                videos, do_resize=do_resize, size=size, resample=resample, do_rescale=do_rescale,
-                rescale_factor=rescale_factor, do_normalize=do_normalize, image_mean=image_mean,
-                image_std=image_std, patch_size=patch_size, temporal_patch_size=temporal_patch_size,
-                merge_size=merge_size, cap_pixels_per_frame=cap_pixels_per_frame, return_tensors=return_tensors,
-                **kwargs)
+    def _computes(self, videos: list[Any], options: dict[str, Any]) -> bool:
+        # A clip shorter than one temporal patch: transformers refuses it, and so it must here.
+        return all(v.shape[0] >= self._patching(options)[1] for v in videos)
+
+    def _features(self, videos: list[Any], options: dict[str, Any]) -> BatchFeature:
+        ps, tp, ms = self._patching(options)
+        mean, std = self._normalization(options)
+        size = options["size"]
         config = Qwen3VLConfig(
-            patch_size=patch_size or self.patch_size, temporal_patch_size=tp,
-            merge_size=merge_size or self.merge_size, video_min_pixels=int(size.shortest_edge),
+            patch_size=ps, temporal_patch_size=tp, merge_size=ms, video_min_pixels=int(size.shortest_edge),
             video_max_pixels=int(size.longest_edge), image_mean=mean, image_std=std,
-            cap_pixels_per_frame=bool(cap_pixels_per_frame), max_video_tokens=self.max_video_tokens)
-        pre = self._gpu_mm(Qwen3VLPreprocessor, videos, config)
-        feats = pre(videos=[x.permute(0, 2, 3, 1) for x in videos])
-        return BatchFeature({"pixel_values_videos": feats.pixel_values_videos, "video_grid_thw": feats.video_grid_thw},
-                            tensor_type=return_tensors)
+            cap_pixels_per_frame=bool(options.get("cap_pixels_per_frame")), max_video_tokens=self.max_video_tokens)
+        return _video_features(self._run(Qwen3VLPreprocessor, videos, config,
+                                         videos=[x.permute(0, 2, 3, 1) for x in videos]), options)
+
+
+def _video_features(feats: Any, options: dict[str, Any]) -> BatchFeature:
+    return BatchFeature({"pixel_values_videos": feats.pixel_values_videos, "video_grid_thw": feats.video_grid_thw},
+                        tensor_type=options.get("return_tensors"))
 
 
 def _rgb(value: Any) -> tuple[float, float, float] | None:
