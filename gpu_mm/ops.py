@@ -252,21 +252,8 @@ def patchify(
     Rows follow (t, h-block, w-block, h-in-merge, w-in-merge); each row is (C, tp, p, p).
     ``out``: a contiguous destination of that shape (any dtype) written in place, e.g. a shared block.
     """
-    t, c, h, w = frames.shape
-    if h % (patch_size * merge_size) or w % (patch_size * merge_size):
-        raise ValueError(f"frame size {h}x{w} is not a multiple of {patch_size * merge_size}")
-    gh, gw, m, p, tp = h // patch_size, w // patch_size, merge_size, patch_size, temporal_patch_size
-    if t == 1:
-        # One image: broadcast it over the temporal pair instead of copying it first (as transformers does).
-        x = frames.reshape(c, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6)
-        x = x.unsqueeze(5).expand(-1, -1, -1, -1, -1, tp, -1, -1)
-        gt = 1
-    else:
-        if pad := -t % tp:
-            frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
-            t += pad
-        gt = t // tp
-        x = frames.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    x, (gt, gh, gw) = _patch_view(frames, patch_size, temporal_patch_size, merge_size)
+    c, p, tp = frames.shape[1], patch_size, temporal_patch_size
     rows, row = gt * gh * gw, c * tp * p * p
     if out is None:
         return x.reshape(rows, row), (gt, gh, gw)
@@ -329,30 +316,42 @@ def _patch_rows_uint8(frames: torch.Tensor, patch_size: int, temporal_patch_size
     as the widest integer type dividing ``p`` bytes (int16 for patch 14, int64 for patch 16), which makes
     the permuting copy move 2-8 bytes per element instead of one.
     """
-    t, c, h, w = frames.shape
-    p, tp, m = patch_size, temporal_patch_size, merge_size
-    if h % (p * m) or w % (p * m):
-        raise ValueError(f"frame size {h}x{w} is not a multiple of {p * m}")
-    gh, gw = h // p, w // p
+    _, c, h, w = frames.shape
+    p, tp = patch_size, temporal_patch_size
+    _grid_hw(h, w, p, merge_size)  # before the integer view, which needs whole patch rows
     unit = next(u for u in (8, 4, 2, 1) if p % u == 0)
     x = frames.contiguous()
     if unit > 1:
         x = x.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[unit])
+    v, (gt, gh, gw) = _patch_view(x, p, tp, merge_size, unit)
+    rows = gt * gh * gw
+    packed = v.reshape(rows, c * tp * p * (p // unit))  # the one permuting copy
+    return packed.view(torch.uint8).view(rows, c, tp * p * p), (gt, gh, gw)
+
+
+def _grid_hw(h: int, w: int, patch_size: int, merge_size: int) -> tuple[int, int]:
+    if h % (patch_size * merge_size) or w % (patch_size * merge_size):
+        raise ValueError(f"frame size {h}x{w} is not a multiple of {patch_size * merge_size}")
+    return h // patch_size, w // patch_size
+
+
+def _patch_view(frames: torch.Tensor, p: int, tp: int, m: int,
+                unit: int = 1) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``[T, C, H, W]`` (each element ``unit`` pixels of a row) as a view of its patch rows in
+    :func:`patchify`'s order, and the grid. An odd last frame is repeated; one image is broadcast over the
+    temporal patch instead of copied first (as transformers repeats it)."""
+    t, c, h, w = frames.shape
+    gh, gw = _grid_hw(h, w * unit, p, m)
     pu = p // unit
     if t == 1:
-        # One image: broadcast over the temporal pair (as transformers repeats it).
-        v = x.reshape(c, gh // m, m, p, gw // m, m, pu).permute(1, 4, 2, 5, 0, 3, 6)
-        v = v.unsqueeze(5).expand(-1, -1, -1, -1, -1, tp, -1, -1)
-        gt = 1
-    else:
-        if pad := -t % tp:
-            x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)], dim=0)
-            t += pad
-        gt = t // tp
-        v = x.reshape(gt, tp, c, gh // m, m, p, gw // m, m, pu).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    rows = gt * gh * gw
-    packed = v.reshape(rows, c * tp * p * pu)  # the one permuting copy
-    return packed.view(torch.uint8).view(rows, c, tp * p * p), (gt, gh, gw)
+        v = frames.reshape(c, gh // m, m, p, gw // m, m, pu).permute(1, 4, 2, 5, 0, 3, 6)
+        return v.unsqueeze(5).expand(-1, -1, -1, -1, -1, tp, -1, -1), (1, gh, gw)
+    if pad := -t % tp:
+        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
+        t += pad
+    gt = t // tp
+    v = frames.reshape(gt, tp, c, gh // m, m, p, gw // m, m, pu).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return v, (gt, gh, gw)
 
 
 SamplingRule = Literal["qwen_vl_utils", "sglang", "hf"]
