@@ -80,36 +80,21 @@ class FakeAsyncHF(HFImageProcessor):
         return self.process_mm_data(image_data=image_data, **kw)
 
 
-def qwen_vl_utils_video(path: str, video_processor: Any) -> tuple[Any, dict[str, float]]:
-    """qwen-vl-utils' ``fetch_video`` (decord reader) then transformers' video processor, timed."""
+def qwen_vl_utils_video(path: str, video_processor: Any, *, qwen3: bool = False) -> tuple[Any, dict[str, float]]:
+    """qwen-vl-utils' ``fetch_video`` (decord reader) then transformers' video processor, timed. With ``qwen3``,
+    as Qwen3-VL's model card preprocesses video: patch 16, frames resized by qwen-vl-utils, then
+    ``Qwen3VLVideoProcessor`` with their metadata and ``do_resize=False``."""
     import time
 
     import qwen_vl_utils.vision_process as qvu
     import torch
 
     qvu.FORCE_QWENVL_VIDEO_READER = "decord"
+    fetch = {"image_patch_size": 16, "return_video_metadata": True} if qwen3 else {"return_video_sample_fps": True}
     t0 = time.perf_counter()
-    video, sample_fps = qvu.fetch_video({"video": path}, return_video_sample_fps=True)
+    video, extra = qvu.fetch_video({"video": path}, **fetch)
     t1 = time.perf_counter()
-    out = video_processor(videos=[video.round().to(torch.uint8)], return_tensors="pt", do_sample_frames=False,
-                          cap_pixels_per_frame=False)
-    t2 = time.perf_counter()
-    return out, {"fetch_video": t1 - t0, "hf_video_processor": t2 - t1, "total": t2 - t0}
-
-
-def qwen_vl_utils_video_qwen3(path: str, video_processor: Any) -> tuple[Any, dict[str, float]]:
-    """Qwen3-VL as its model card preprocesses video: qwen-vl-utils' ``fetch_video`` (decord reader, patch 16,
-    frames resized there) then transformers' ``Qwen3VLVideoProcessor`` with ``do_resize=False``, timed."""
-    import time
-
-    import qwen_vl_utils.vision_process as qvu
-    import torch
-
-    qvu.FORCE_QWENVL_VIDEO_READER = "decord"
-    t0 = time.perf_counter()
-    video, metadata = qvu.fetch_video({"video": path}, image_patch_size=16, return_video_metadata=True)
-    t1 = time.perf_counter()
-    out = video_processor(videos=[video.round().to(torch.uint8)], video_metadata=[metadata], return_tensors="pt",
-                          do_sample_frames=False, do_resize=False)
+    call = {"video_metadata": [extra], "do_resize": False} if qwen3 else {"cap_pixels_per_frame": False}
+    out = video_processor(videos=[video.round().to(torch.uint8)], return_tensors="pt", do_sample_frames=False, **call)
     t2 = time.perf_counter()
     return out, {"fetch_video": t1 - t0, "hf_video_processor": t2 - t1, "total": t2 - t0}

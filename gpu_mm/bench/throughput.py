@@ -75,7 +75,20 @@ def video_bench(clip: bytes, device: str, reps: int) -> dict[str, Any]:
     ``fetch_video`` (decord reader) + transformers' video processor."""
     from ..models.qwen2_vl import Qwen2VLPreprocessor
 
-    pre = Qwen2VLPreprocessor(device, cache_bytes=0)  # measure the work, not the cache
+    def processor() -> Any:
+        from transformers import Qwen2VLVideoProcessor
+
+        return Qwen2VLVideoProcessor()
+
+    return _video_vs_qwen_vl_utils(Qwen2VLPreprocessor(device, cache_bytes=0), clip, device, reps, processor,
+                                   qwen3=False)
+
+
+def _video_vs_qwen_vl_utils(pre: Any, clip: bytes, device: str, reps: int, processor: Any, *,
+                            qwen3: bool) -> dict[str, Any]:
+    """``pre`` on ``clip`` against qwen-vl-utils + the transformers video processor ``processor()`` makes,
+    side by side, with gpu-mm's per-stage times and the baseline's (``pre`` has its cache off: the work is
+    measured, not the cache)."""
     last: dict[str, Any] = {}
 
     def ours() -> Any:
@@ -93,14 +106,14 @@ def video_bench(clip: bytes, device: str, reps: int) -> dict[str, Any]:
 
     try:
         import decord  # noqa: F401
-        from transformers import Qwen2VLVideoProcessor
+        import qwen_vl_utils  # noqa: F401
 
+        vp = processor()
         from .baselines import qwen_vl_utils_video
     except ImportError as exc:
         res = finish(_time_side_by_side({"gpu_mm": ours}, reps))
         res["qwen_vl_utils"] = {"skipped": f"not installed: {exc}"}
         return res
-    vp = Qwen2VLVideoProcessor()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "clip.mp4")
         with open(path, "wb") as f:
@@ -108,7 +121,7 @@ def video_bench(clip: bytes, device: str, reps: int) -> dict[str, Any]:
         stages: dict[str, float] = {}
 
         def theirs() -> Any:
-            out, st = qwen_vl_utils_video(path, vp)
+            out, st = qwen_vl_utils_video(path, vp, qwen3=qwen3)
             stages.update(st)
             return out
 
@@ -125,27 +138,28 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
     from ..models.qwen3_vl import Qwen3VLPreprocessor
 
     pre = Qwen3VLPreprocessor(device, cache_bytes=0)
-    last: dict[str, Any] = {}
 
     def ours_image() -> Any:
         out = pre(images=[jpeg])
         _sync(device)
         return out
 
-    def ours_video() -> Any:
-        out = pre(videos=[clip])
-        _sync(device)
-        last["items"] = out.items
-        return out
+    def processor() -> Any:
+        from transformers import Qwen3VLVideoProcessor
 
-    result: dict[str, Any] = {}
+        from .sglang import QWEN3_VL_IMAGE
+
+        return Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 25165824}, fps=2,
+                                     cap_pixels_per_frame=False, **QWEN3_VL_IMAGE)
+
+    result: dict[str, Any] = {"video": _video_vs_qwen_vl_utils(pre, clip, device, max(3, reps // 3), processor,
+                                                               qwen3=True)}
     try:
-        from transformers import Qwen2VLImageProcessor, Qwen3VLVideoProcessor
+        from transformers import Qwen2VLImageProcessor
 
         from .sglang import QWEN3_VL_IMAGE
     except ImportError as exc:
         result["image"] = _time_side_by_side({"gpu_mm": ours_image}, reps)
-        result["video"] = _time_side_by_side({"gpu_mm": ours_video}, max(3, reps // 3))
         result["skipped"] = f"transformers not installed: {exc}"
         return result
     ip = Qwen2VLImageProcessor(size={"shortest_edge": 65536, "longest_edge": 16777216}, **QWEN3_VL_IMAGE)
@@ -156,34 +170,6 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
         return out
 
     result["image"] = _time_side_by_side({"gpu_mm": ours_image, "hf_torchvision": hf_image}, reps)
-    try:
-        import decord  # noqa: F401
-        import qwen_vl_utils  # noqa: F401
-
-        from .baselines import qwen_vl_utils_video_qwen3
-    except ImportError as exc:
-        result["video"] = _time_side_by_side({"gpu_mm": ours_video}, max(3, reps // 3))
-        result["video"]["qwen_vl_utils"] = {"skipped": f"not installed: {exc}"}
-        return result
-    vp = Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 25165824}, fps=2,
-                               cap_pixels_per_frame=False, **QWEN3_VL_IMAGE)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "clip.mp4")
-        with open(path, "wb") as f:
-            f.write(clip)
-        stages: dict[str, float] = {}
-
-        def theirs() -> Any:
-            out, st = qwen_vl_utils_video_qwen3(path, vp)
-            stages.update(st)
-            return out
-
-        video: dict[str, Any] = _time_side_by_side({"gpu_mm": ours_video, "qwen_vl_utils": theirs}, max(3, reps // 3))
-    item = last["items"][0]
-    video["gpu_mm"]["stages_ms"] = {k: v * 1e3 for k, v in item.timings.items()}
-    video["qwen_vl_utils"]["stages_ms"] = {k: v * 1e3 for k, v in stages.items()}
-    video["grid_thw"], video["frames"] = list(item.grid_thw), len(item.frame_indices or [])
-    result["video"] = video
     return result
 
 
