@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 
@@ -227,7 +227,10 @@ class _LeaseGuard:
             self.lease = None
 
 
-class Preprocessor(Closeable):
+F = TypeVar("F", bound=Features)
+
+
+class Preprocessor(Closeable, Generic[F]):
     """Images and videos to a model family's features on CUDA or CPU.
 
     A family subclasses it naming its spec (``config_class``) and features (``features_class``); use
@@ -279,7 +282,8 @@ class Preprocessor(Closeable):
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots
     config_class: ClassVar[type[Any]]
     """The family's spec: a frozen dataclass subclassing :class:`gpu_mm.models.base.ModelSpec`."""
-    features_class: ClassVar[type[Features]] = Features
+    features_class: type[F]
+    """The family's features (a :class:`Features` subclass): what the calls return."""
 
     def __init__(
         self,
@@ -404,7 +408,7 @@ class Preprocessor(Closeable):
         images: Sequence[Any] | Any | None = None,
         videos: Sequence[Any] | Any | None = None,
         **request: Any,
-    ) -> Any:
+    ) -> F:
         """Preprocess on the calling thread (scripts, tests); returns the family's features.
 
         Per-request options as keywords or ``options=RequestOptions(...)``: the :class:`gpu_mm.RequestOptions`
@@ -458,7 +462,7 @@ class Preprocessor(Closeable):
         *,
         deadline: float | None = None,
         **request: Any,
-    ) -> Any:
+    ) -> F:
         """Like ``__call__`` but async: planning on IO threads, pixel work on device slots.
 
         ``deadline`` is a ``time.monotonic()`` instant; past it :class:`gpu_mm.ProcessingTimeout` is
@@ -983,7 +987,7 @@ class Preprocessor(Closeable):
                 _into_block(p, p.cached.rows)
         return lease
 
-    def _assemble(self, call: _Call) -> Features:
+    def _assemble(self, call: _Call) -> F:
         plans, outs, lease = call.plans, call.outs, call.lease
         feats = self.features_class()
         cfg = self.config

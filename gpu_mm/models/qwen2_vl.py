@@ -178,17 +178,10 @@ class Qwen2VLFeatures(Features):
 
 
 @register_family
-class Qwen2VLPreprocessor(Preprocessor):
+class Qwen2VLPreprocessor(Preprocessor[Qwen2VLFeatures]):
     """Images and videos to Qwen2-VL / Qwen2.5-VL features on CUDA or CPU (see :class:`gpu_mm.pipeline.Preprocessor`
     for the arguments; ``config`` is a :class:`Qwen2VLConfig`)."""
 
     config_class = Qwen2VLConfig
     features_class = Qwen2VLFeatures
     config: Qwen2VLConfig
-
-    def __call__(self, images: Any = None, videos: Any = None, **request: Any) -> Qwen2VLFeatures:
-        return super().__call__(images, videos, **request)  # type: ignore[no-any-return]
-
-    async def preprocess(self, images: Any = None, videos: Any = None, *, deadline: float | None = None,
-                         **request: Any) -> Qwen2VLFeatures:
-        return await super().preprocess(images, videos, deadline=deadline, **request)  # type: ignore[no-any-return]

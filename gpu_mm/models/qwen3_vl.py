@@ -178,20 +178,13 @@ class Qwen3VLFeatures(Features):
 
 
 @register_family
-class Qwen3VLPreprocessor(Preprocessor):
+class Qwen3VLPreprocessor(Preprocessor[Qwen3VLFeatures]):
     """Images and videos to Qwen3-VL features on CUDA or CPU (arguments as :class:`gpu_mm.pipeline.Preprocessor`;
     ``config`` is a :class:`Qwen3VLConfig`)."""
 
     config_class = Qwen3VLConfig
     features_class = Qwen3VLFeatures
     config: Qwen3VLConfig
-
-    def __call__(self, images: Any = None, videos: Any = None, **request: Any) -> Qwen3VLFeatures:
-        return super().__call__(images, videos, **request)  # type: ignore[no-any-return]
-
-    async def preprocess(self, images: Any = None, videos: Any = None, *, deadline: float | None = None,
-                         **request: Any) -> Qwen3VLFeatures:
-        return await super().preprocess(images, videos, deadline=deadline, **request)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- the family's arithmetic (transformers 5.24)
