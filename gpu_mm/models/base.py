@@ -18,7 +18,7 @@ import torch
 
 from ..options import RequestOptions
 
-__all__ = ["ModelSpec", "VideoSampling", "or_default", "pixel_bounds", "read_patching"]
+__all__ = ["ModelSpec", "VideoSampling", "or_default", "pixel_bounds", "processor_config_fields", "read_patching"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,3 +142,29 @@ def read_patching(kw: dict[str, Any], cfg: Mapping[str, Any]) -> None:
         value = cfg.get(name)
         if isinstance(value, (list, tuple)) and len(value) == 3:
             kw[name] = tuple(float(v) for v in value)
+
+
+def processor_config_fields(image: Mapping[str, Any], video: Mapping[str, Any] | None, *,
+                            video_patching: bool = False, video_ints: tuple[str, ...] = ("min_frames", "max_frames"),
+                            video_bools: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The spec fields a model folder's processor configs set: patching and normalization, the image pixel
+    bounds, the video pixel bounds, ``fps`` and the named integer and boolean video settings (patching too
+    from the video config when ``video_patching``). Fields a config leaves out are left out."""
+    kw: dict[str, Any] = {}
+    read_patching(kw, image)
+    for prefix, cfg in (("image", image), ("video", video)):
+        if not cfg:
+            continue
+        if prefix == "video" and video_patching:
+            read_patching(kw, cfg)  # the video processor's patching, where it names one
+        lo, hi = pixel_bounds(cfg)
+        if lo is not None:
+            kw[f"{prefix}_min_pixels"] = lo
+        if hi is not None:
+            kw[f"{prefix}_max_pixels"] = hi
+    if video:
+        kw.update({name: video[name] for name in video_ints if isinstance(video.get(name), int)})
+        kw.update({name: video[name] for name in video_bools if isinstance(video.get(name), bool)})
+        if isinstance(video.get("fps"), (int, float)):
+            kw["fps"] = float(video["fps"])
+    return kw

@@ -17,7 +17,7 @@ from .. import ops
 from ..options import RequestOptions
 from ..pipeline import Features, ItemReport, Preprocessor, PreprocessorStatistics
 from . import register_family
-from .base import ModelSpec, VideoSampling, or_default, pixel_bounds, read_patching
+from .base import ModelSpec, VideoSampling, or_default, processor_config_fields
 
 __all__ = ["ItemReport", "PreprocessorStatistics", "Qwen2VLConfig", "Qwen2VLFeatures", "Qwen2VLPreprocessor"]
 
@@ -142,25 +142,8 @@ class Qwen2VLConfig(ModelSpec):
                              video: Mapping[str, Any] | None) -> Qwen2VLConfig:
         """Sizes and constants from the model's configs; frames sampled by qwen-vl-utils' rule (as the model's
         own serving stacks do) at the video config's ``fps``; ``second_per_grid_ts`` for Qwen2.5-VL only."""
-        kw: dict[str, Any] = {"second_per_grid_ts": model_type in ("qwen2_5_vl", "Qwen2_5_VLProcessor")}
-        read_patching(kw, image)
-        lo, hi = pixel_bounds(image)
-        if lo is not None:
-            kw["image_min_pixels"] = lo
-        if hi is not None:
-            kw["image_max_pixels"] = hi
-        if video:
-            lo, hi = pixel_bounds(video)
-            if lo is not None:
-                kw["video_min_pixels"] = lo
-            if hi is not None:
-                kw["video_max_pixels"] = hi
-            for name in ("min_frames", "max_frames"):
-                if isinstance(video.get(name), int):
-                    kw[name] = video[name]
-            if isinstance(video.get("fps"), (int, float)):
-                kw["fps"] = float(video["fps"])
-        return cls(**kw)
+        return cls(second_per_grid_ts=model_type in ("qwen2_5_vl", "Qwen2_5_VLProcessor"),
+                   **processor_config_fields(image, video))
 
 
 @dataclasses.dataclass

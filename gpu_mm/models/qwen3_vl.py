@@ -22,7 +22,7 @@ from .. import ops
 from ..options import RequestOptions
 from ..pipeline import Features, Preprocessor
 from . import register_family
-from .base import ModelSpec, VideoSampling, or_default, pixel_bounds, read_patching
+from .base import ModelSpec, VideoSampling, or_default, processor_config_fields
 
 __all__ = ["Qwen3VLConfig", "Qwen3VLFeatures", "Qwen3VLPreprocessor", "nframes", "sample_indices", "smart_resize",
            "timestamps"]
@@ -137,28 +137,9 @@ class Qwen3VLConfig(ModelSpec):
     @classmethod
     def from_pretrained_dict(cls, model_type: str, image: Mapping[str, Any],
                              video: Mapping[str, Any] | None) -> Qwen3VLConfig:
-        kw: dict[str, Any] = {}
-        read_patching(kw, image)
-        lo, hi = pixel_bounds(image)
-        if lo is not None:
-            kw["image_min_pixels"] = lo
-        if hi is not None:
-            kw["image_max_pixels"] = hi
-        if video:
-            read_patching(kw, video)  # the video processor's patching, where it names one
-            lo, hi = pixel_bounds(video)
-            if lo is not None:
-                kw["video_min_pixels"] = lo
-            if hi is not None:
-                kw["video_max_pixels"] = hi
-            for name in ("min_frames", "max_frames", "max_video_tokens"):
-                if isinstance(video.get(name), int):
-                    kw[name] = video[name]
-            if isinstance(video.get("fps"), (int, float)):
-                kw["fps"] = float(video["fps"])
-            if isinstance(video.get("cap_pixels_per_frame"), bool):
-                kw["cap_pixels_per_frame"] = video["cap_pixels_per_frame"]
-        return cls(**kw)
+        return cls(**processor_config_fields(image, video, video_patching=True,
+                                             video_ints=("min_frames", "max_frames", "max_video_tokens"),
+                                             video_bools=("cap_pixels_per_frame",)))
 
 
 @dataclasses.dataclass
