@@ -23,6 +23,7 @@ __all__ = [
     "normalize_patchify",
     "nframes_hf",
     "nframes_qwen_vl_utils",
+    "patch_rows",
     "patchify",
     "resize",
     "sample_indices_hf",
@@ -284,6 +285,8 @@ def normalize_patchify(
     """
     if out is not None and out.dtype != dtype:
         raise ValueError(f"out must be {dtype}, got {out.dtype}")
+    if dtype == torch.uint8:
+        return patch_rows(frames, patch_size, temporal_patch_size, merge_size, out=out)
     if frames.dtype != torch.uint8 or dtype != torch.float32 or frames.ndim != 4:
         pv, grid = patchify(normalize(frames, mean, std), patch_size, temporal_patch_size, merge_size, out=out)
         return pv.to(dtype), grid
@@ -306,6 +309,23 @@ def normalize_patchify(
 
 
 _CACHE_BLOCK_BYTES = 4 * 2**20
+
+
+def patch_rows(frames: torch.Tensor, patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2, *,
+               out: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """uint8 ``[T, C, H, W]`` laid out as uint8 patch rows (:func:`patchify`'s order), neither rescaled nor
+    normalized: transformers' output with ``do_rescale=False, do_normalize=False``. ``out`` (uint8) receives
+    the rows in place."""
+    if frames.dtype != torch.uint8 or frames.ndim != 4:
+        raise ValueError(f"frames must be uint8 [T, C, H, W], got {frames.dtype} {tuple(frames.shape)}")
+    rows_u8, grid = _patch_rows_uint8(frames, patch_size, temporal_patch_size, merge_size)
+    rows, c, k = rows_u8.shape
+    if out is None:
+        return rows_u8.view(rows, c * k), grid
+    if out.dtype != torch.uint8 or tuple(out.shape) != (rows, c * k) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous uint8 {(rows, c * k)} tensor, got {out.dtype} {tuple(out.shape)}")
+    out.view(rows, c, k).copy_(rows_u8)
+    return out, grid
 
 
 def _patch_rows_uint8(frames: torch.Tensor, patch_size: int, temporal_patch_size: int,

@@ -949,7 +949,7 @@ class Preprocessor(Closeable, Generic[F]):
         cfg = self.config
         kw = dict(patch_size=cfg.patch_size, temporal_patch_size=cfg.temporal_patch_size,
                   merge_size=cfg.merge_size, dtype=cfg.output_dtype, out=out)
-        if frames.device.type == "cuda":
+        if frames.device.type == "cuda" and cfg.output_dtype != torch.uint8:  # uint8: one permuting copy, torch's
             from ..kernels import fused_normalize_patchify, triton_available
 
             if triton_available():

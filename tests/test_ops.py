@@ -213,3 +213,20 @@ def test_normalize_patchify_is_bit_identical_to_normalize_then_patchify(frames, 
     out = torch.full_like(plain, float("nan"))
     ops.normalize_patchify(x, mean, std, patch_size=patch, out=out)
     assert torch.equal(out, plain)
+
+
+@pytest.mark.parametrize("frames", [1, 3, 4])
+@pytest.mark.parametrize("patch", [14, 16])
+def test_uint8_output_is_the_patch_layout_of_the_raw_pixels(frames, patch):
+    """``dtype=uint8`` (vLLM's ``mm_device_do_normalize``): the same patch order as :func:`ops.patchify`, on the
+    pixels as they are; no rescale, no normalization; ``out`` receives them in place."""
+    g = torch.Generator().manual_seed(frames + patch)
+    x = torch.randint(0, 256, (frames, 3, 4 * patch, 2 * patch), dtype=torch.uint8, generator=g)
+    plain, grid = ops.patchify(x.float(), patch)
+    rows, grid2 = ops.normalize_patchify(x, patch_size=patch, dtype=torch.uint8)
+    assert grid == grid2 and rows.dtype == torch.uint8 and torch.equal(rows.float(), plain)
+    out = torch.zeros_like(rows)
+    assert ops.normalize_patchify(x, patch_size=patch, dtype=torch.uint8, out=out)[0] is out
+    assert torch.equal(out, rows)
+    with pytest.raises(ValueError, match="uint8"):
+        ops.patch_rows(x.float(), patch)

@@ -27,7 +27,8 @@ from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoP
 from ..models.qwen2_vl import Qwen2VLConfig, Qwen2VLPreprocessor
 from ..models.qwen3_vl import Qwen3VLConfig, Qwen3VLPreprocessor
 
-__all__ = ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "handled"]
+__all__ = ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "handled",
+           "pixel_mode"]
 
 # The drop-ins take exactly their stock classes' keyword arguments.
 GpuMMQwen2VLImageProcessorKwargs = Qwen2VLImageProcessorKwargs
@@ -41,7 +42,7 @@ _PREPROCESSORS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKey
 
 def handled(items: list[Any], kwargs: dict[str, Any], *, frames: bool) -> bool:
     """Whether gpu-mm computes a ``_preprocess`` call (its keyword arguments ``kwargs``) itself: resize on,
-    bicubic, rescale by 1/255, normalize on with 1 or 3 values, ``size`` with both pixel bounds, and every item
+    bicubic, one of the two pixel modes (:func:`pixel_mode`), ``size`` with both pixel bounds, and every item
     a uint8 3-channel tensor on one device (``[C, H, W]`` images or ``[T, C, H, W]`` videos, as transformers
     hands them over). Any other call runs transformers' own code."""
     import torch
@@ -49,14 +50,27 @@ def handled(items: list[Any], kwargs: dict[str, Any], *, frames: bool) -> bool:
     size = kwargs.get("size")
     ndim = 4 if frames else 3
     return bool(
-        kwargs.get("do_resize") and kwargs.get("do_rescale") and kwargs.get("do_normalize")
-        and kwargs.get("rescale_factor") == 1 / 255 and _bicubic(kwargs.get("resample"))
-        and _rgb(kwargs.get("image_mean")) is not None and _rgb(kwargs.get("image_std")) is not None
+        kwargs.get("do_resize") and _bicubic(kwargs.get("resample")) and pixel_mode(kwargs) is not None
         and size is not None and size.shortest_edge and size.longest_edge and items
         and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == ndim and x.shape[-3] == 3
                 and x.shape[-1] > 0 and x.shape[-2] > 0 for x in items)
         and len({x.device for x in items}) == 1
     )
+
+
+def pixel_mode(kwargs: dict[str, Any]) -> Any:
+    """The output dtype of a call's pixel options, when gpu-mm implements them: ``torch.float32`` for rescale by
+    1/255 then normalize (1 or 3 values each), ``torch.uint8`` for neither (the resized pixels as they are:
+    vLLM's ``mm_device_do_normalize`` asks for that); None for any other combination."""
+    import torch
+
+    rescale, normalize = kwargs.get("do_rescale"), kwargs.get("do_normalize")
+    if (rescale and normalize and kwargs.get("rescale_factor") == 1 / 255
+            and _rgb(kwargs.get("image_mean")) is not None and _rgb(kwargs.get("image_std")) is not None):
+        return torch.float32
+    if not rescale and not normalize:
+        return torch.uint8
+    return None
 
 
 class _DropIn:
@@ -88,11 +102,14 @@ class _DropIn:
                      for name in ("patch_size", "temporal_patch_size", "merge_size"))
 
     @staticmethod
-    def _normalization(options: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-        """The call's mean and std as three floats each (:func:`handled` made sure they are)."""
-        mean, std = _rgb(options["image_mean"]), _rgb(options["image_std"])
-        assert mean is not None and std is not None
-        return mean, std
+    def _pixels(options: dict[str, Any]) -> dict[str, Any]:
+        """The config fields of a call's pixel mode: ``output_dtype``, and the mean and std as three floats each
+        when it normalizes (:func:`handled` made sure they are)."""
+        dtype = pixel_mode(options)
+        mean, std = _rgb(options.get("image_mean")), _rgb(options.get("image_std"))
+        if mean is None or std is None:  # uint8 output: no normalization, so they do not matter
+            return {"output_dtype": dtype}
+        return {"output_dtype": dtype, "image_mean": mean, "image_std": std}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = super().to_dict()  # type: ignore[misc]
@@ -125,11 +142,10 @@ class GpuMMQwen2VLImageProcessor(_DropIn, Qwen2VLImageProcessor):  # type: ignor
 
     def _features(self, images: list[Any], options: dict[str, Any]) -> BatchFeature:
         ps, tp, ms = self._patching(options)
-        mean, std = self._normalization(options)
         size = options["size"]
         config = Qwen2VLConfig(patch_size=ps, temporal_patch_size=tp, merge_size=ms,
                                image_min_pixels=int(size.shortest_edge), image_max_pixels=int(size.longest_edge),
-                               image_mean=mean, image_std=std)
+                               **self._pixels(options))
         # Channels-first images handed over channels-last, so no shape is ever ambiguous.
         feats = self._run(Qwen2VLPreprocessor, images, config, images=[x.permute(1, 2, 0) for x in images])
         return BatchFeature({"pixel_values": feats.pixel_values, "image_grid_thw": feats.image_grid_thw},
@@ -145,12 +161,11 @@ class GpuMMQwen2VLVideoProcessor(_DropIn, Qwen2VLVideoProcessor):  # type: ignor
 
     def _features(self, videos: list[Any], options: dict[str, Any]) -> BatchFeature:
         ps, tp, ms = self._patching(options)
-        mean, std = self._normalization(options)
         size = options["size"]
         config = Qwen2VLConfig(
-            patch_size=ps, temporal_patch_size=tp, merge_size=ms, image_mean=mean, image_std=std,
-            sampling="hf", video_min_pixels=int(size.shortest_edge),
-            video_max_pixels=int(size.longest_edge), cap_pixels_per_frame=bool(options.get("cap_pixels_per_frame")),
+            patch_size=ps, temporal_patch_size=tp, merge_size=ms, **self._pixels(options), sampling="hf",
+            video_min_pixels=int(size.shortest_edge), video_max_pixels=int(size.longest_edge),
+            cap_pixels_per_frame=bool(options.get("cap_pixels_per_frame")),
             video_total_pixels=int(self.max_video_tokens * (ps * ms) ** 2 * 0.9))
         return _video_features(self._run(Qwen2VLPreprocessor, videos, config,
                                          videos=[x.permute(0, 2, 3, 1) for x in videos]), options)
@@ -169,11 +184,10 @@ class GpuMMQwen3VLVideoProcessor(_DropIn, Qwen3VLVideoProcessor):  # type: ignor
 
     def _features(self, videos: list[Any], options: dict[str, Any]) -> BatchFeature:
         ps, tp, ms = self._patching(options)
-        mean, std = self._normalization(options)
         size = options["size"]
         config = Qwen3VLConfig(
             patch_size=ps, temporal_patch_size=tp, merge_size=ms, video_min_pixels=int(size.shortest_edge),
-            video_max_pixels=int(size.longest_edge), image_mean=mean, image_std=std,
+            video_max_pixels=int(size.longest_edge), **self._pixels(options),
             cap_pixels_per_frame=bool(options.get("cap_pixels_per_frame")), max_video_tokens=self.max_video_tokens)
         return _video_features(self._run(Qwen3VLPreprocessor, videos, config,
                                          videos=[x.permute(0, 2, 3, 1) for x in videos]), options)

@@ -42,6 +42,9 @@ class ModelSpec:
     """Base of every family's config. Subclasses are frozen dataclasses with at least these fields:
     ``patch_size``, ``temporal_patch_size``, ``merge_size``, ``image_mean``, ``image_std``,
     ``video_resample``, ``output_dtype``; every method is pure arithmetic on the spec and its arguments.
+    ``output_dtype=torch.uint8`` means no rescale and no normalization: the features are the resized pixels as
+    patch rows, what transformers returns with ``do_rescale=False, do_normalize=False`` (vLLM's default
+    ``mm_device_do_normalize`` asks for that and normalizes on the GPU).
 
     Methods raise ``ValueError`` for an item that cannot be planned (too small, extreme aspect ratio, an
     empty time window); the pipeline turns that into :class:`gpu_mm.LimitExceeded` naming the item.
@@ -82,8 +85,8 @@ class ModelSpec:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.video_resample not in ("bicubic", "bilinear"):
             raise ValueError(f"video_resample must be 'bicubic' or 'bilinear', got {self.video_resample!r}")
-        if self.output_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"output_dtype must be float32, float16 or bfloat16, got {self.output_dtype!r}")
+        if self.output_dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.uint8):
+            raise ValueError(f"output_dtype must be float32, float16, bfloat16 or uint8, got {self.output_dtype!r}")
 
     def grid(self, frames: int, target: tuple[int, int]) -> tuple[int, int, int]:
         """``grid_thw`` of ``frames`` frames at ``target`` (a partial temporal patch is padded)."""

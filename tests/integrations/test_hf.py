@@ -123,7 +123,8 @@ def test_every_image_input_form_is_computed_by_gpu_mm_and_equal(monkeypatch, for
 @pytest.mark.parametrize(("images", "kwargs"), [
     (lambda: [_rng_image(60, 80).astype(np.float32) / 255], {"do_rescale": False}),  # float pixels in [0, 1]
     (lambda: [_rng_image(60, 80).astype(np.float32)], {}),  # float32 with the default do_rescale
-    (lambda: [_rng_image(60, 80)], {"do_normalize": False}),
+    (lambda: [_rng_image(60, 80)], {"do_normalize": False}),  # rescaled but not normalized
+    (lambda: [_rng_image(60, 80)], {"do_rescale": False}),  # normalized but not rescaled
     (lambda: [_rng_image(60, 80)], {"resample": 2}),
     (lambda: [_rng_image(56, 84)], {"do_resize": False}),
     (lambda: [_rng_image(56, 56)], {"rescale_factor": 1 / 127.5}),
@@ -154,6 +155,20 @@ def test_min_max_pixels_follow_transformers(monkeypatch):
     assert watch.calls == 1  # only the stock call inside this block
 
 
+UINT8 = {"do_rescale": False, "do_normalize": False}  # what vLLM's mm_device_do_normalize asks for
+
+
+@pytest.mark.parametrize("form", ["pil_rgb", "numpy_hwc", "torch_chw", "nested_list"])
+def test_uint8_pixels_without_rescale_or_normalize_are_computed_by_gpu_mm_and_equal(monkeypatch, form):
+    """vLLM asks for raw resized pixels (it normalizes on the GPU): uint8 patch rows, exactly transformers'."""
+    images = IMAGE_INPUTS[form]()
+    theirs = Qwen2VLImageProcessor()(images=images, return_tensors="pt", **UINT8)
+    assert theirs["pixel_values"].dtype == torch.uint8
+    watch = Watch(monkeypatch, Qwen2VLImageProcessor)
+    assert_same(GpuMMQwen2VLImageProcessor()(images=images, return_tensors="pt", **UINT8), theirs)
+    assert watch.calls == 0
+
+
 # ---------------------------------------------------------------- videos: frame lists, nesting, sampling, the cap
 
 
@@ -173,11 +188,13 @@ VIDEO_INPUTS = {
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
 @pytest.mark.parametrize("form", list(VIDEO_INPUTS))
 @pytest.mark.parametrize("cap", [False, True])
-def test_every_video_input_form_is_computed_by_gpu_mm_and_equal(monkeypatch, family, form, cap):
+@pytest.mark.parametrize("pixels", ["normalized", "uint8"])
+def test_every_video_input_form_is_computed_by_gpu_mm_and_equal(monkeypatch, family, form, cap, pixels):
     stock, drop_in = ((Qwen2VLVideoProcessor, GpuMMQwen2VLVideoProcessor) if family == "qwen2_vl"
                       else (Qwen3VLVideoProcessor, GpuMMQwen3VLVideoProcessor))
     videos = VIDEO_INPUTS[form]()
-    kw = dict(return_tensors="pt", do_sample_frames=False, cap_pixels_per_frame=cap)
+    kw = dict(return_tensors="pt", do_sample_frames=False, cap_pixels_per_frame=cap,
+              **(UINT8 if pixels == "uint8" else {}))
     theirs = stock()(videos=videos, **kw)
     watch = Watch(monkeypatch, stock)
     assert_same(drop_in()(videos=videos, **kw), theirs)
