@@ -49,7 +49,14 @@ from .media.image import (
     probe_image,
 )
 from .media.sources import MediaLimits, Source, load_source
-from .media.video import VideoInfo, frames_from_array, get_video_decoder, probe_video, rotate_frames
+from .media.video import (
+    VideoInfo,
+    choose_video_decoder,
+    frames_from_array,
+    get_video_decoder,
+    probe_video,
+    rotate_frames,
+)
 from .metrics import StageTimer
 from .models.base import ModelSpec, VideoSampling
 from .options import RequestOptions
@@ -326,16 +333,7 @@ class Preprocessor(Closeable, Generic[F]):
         self.config = dataclasses.replace(config or self.config_class(), **overrides)
         self.config.validate()
         self.limits = limits or MediaLimits()
-        if video_decoder == "auto":
-            video_decoder = "pyav"
-            if device.startswith("cuda"):
-                try:
-                    get_video_decoder("dali")
-                    video_decoder = "dali"
-                except BackendUnavailable:
-                    pass
-        get_video_decoder(video_decoder)  # fail now, not per request, if the backend is missing
-        self.video_decoder = video_decoder
+        self.video_decoder = choose_video_decoder(video_decoder, device)
         self.output = output
         self._num_slots = num_slots or 1
         if image_batch is not None and image_batch < 1:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._sglang_settings import PluginSettings, install_settings, settings
+from ._settings import PluginSettings, install_settings, settings
 
 PACKAGE = "gpu_mm.integrations.sglang_processors"
 

@@ -44,7 +44,7 @@ from sglang.srt.multimodal.processors import qwen_vl as _sglang_qwen_vl
 from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
 
 from gpu_mm.errors import Overloaded, ProcessingTimeout, ProcessorClosed
-from gpu_mm.integrations._sglang_settings import PluginSettings, settings
+from gpu_mm.integrations._settings import PluginSettings, settings
 from gpu_mm.integrations.hf import (
     GpuMMQwen2VLImageProcessor,
     GpuMMQwen2VLVideoProcessor,

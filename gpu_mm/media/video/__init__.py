@@ -16,6 +16,7 @@ import importlib.util
 import threading
 from collections.abc import Callable
 
+from ...errors import BackendUnavailable
 from .probe import VideoDecoder, VideoInfo, check_planned_indices, frames_from_array, probe_video, rotate_frames
 from .pyav import PyAVDecoder
 
@@ -25,6 +26,7 @@ __all__ = [
     "VideoInfo",
     "available_video_decoders",
     "check_planned_indices",
+    "choose_video_decoder",
     "frames_from_array",
     "get_video_decoder",
     "probe_video",
@@ -101,6 +103,26 @@ def get_video_decoder(name: str = "pyav") -> VideoDecoder:
         factory = getattr(importlib.import_module(module), attr)
     decoder: VideoDecoder = factory(*backend.args)  # type: ignore[operator]
     return decoder
+
+
+def choose_video_decoder(name: str, device: str) -> str:
+    """The decoder a preprocessor on ``device`` uses for the setting ``name``: ``auto`` is DALI (NVDEC) on CUDA
+    when it is installed and usable, else PyAV; any other name must be usable here.
+
+    Raises:
+        ValueError: unknown name.
+        BackendUnavailable: the named backend's package is missing or unusable here.
+    """
+    if name == "auto":
+        if device.startswith("cuda"):
+            try:
+                get_video_decoder("dali")
+                return "dali"
+            except BackendUnavailable:
+                pass
+        return "pyav"
+    get_video_decoder(name)  # fail now, not per request, if the backend is missing
+    return name
 
 
 def _installed(package: str) -> bool:

@@ -1,5 +1,6 @@
-"""The SGLang plug-in's settings (``GPU_MM_*``), apart from the plug-in so that its processor module and
-:mod:`gpu_mm.integrations.sglang` both import them without importing each other."""
+"""The engine plug-ins' settings (``GPU_MM_*``), shared by the SGLang and vLLM plug-ins and kept apart from
+them so that a plug-in's processor module and its installer both import them without importing each
+other."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ __all__ = ["PluginSettings", "install_settings", "settings"]
 
 @dataclasses.dataclass(frozen=True)
 class PluginSettings:
-    """How the SGLang plug-in runs gpu-mm. Each field has a ``GPU_MM_<FIELD>`` environment variable
-    (upper case; ``GPU_MM_MEMORY_BUDGET_MB`` and ``GPU_MM_CACHE_MB`` in MiB)."""
+    """How an engine plug-in runs gpu-mm. Each field has a ``GPU_MM_<FIELD>`` environment variable
+    (upper case; ``GPU_MM_MEMORY_BUDGET_MB`` and ``GPU_MM_CACHE_MB`` in MiB). The vLLM plug-in's video loader
+    reads ``device``, ``video_decoder``, ``max_concurrent_calls``, ``max_queued`` and ``timeout_s``."""
 
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""

@@ -1,0 +1,331 @@
+"""vLLM plug-in: gpu-mm as vLLM's video loader and as the pixel work of its Qwen-VL processors.
+
+Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``all``, or ``loader``,
+``processors``, comma-separated; unset, empty or ``0``: nothing is registered):
+
+* **loader**: vLLM asks the video loader registered for the model's video processor class (not
+  ``VLLM_VIDEO_LOADER_BACKEND``) to turn a request's video bytes into sampled frames. gpu-mm registers its
+  loader for ``Qwen2VLVideoProcessor`` (Qwen2-VL, Qwen2.5-VL) and ``Qwen3VLVideoProcessor`` (Qwen3-VL,
+  Qwen3-VL-MoE): it probes the container (frames counted from packets, gpu-mm's :class:`MediaLimits`),
+  samples with gpu-mm's arithmetic for the family (the rule vLLM's own Qwen loaders port from transformers:
+  ``fps`` 2 capped at 30, ``min_frames`` 4, ``max_frames`` at most 768, ``temporal_patch_size`` 2, all
+  overridable with ``--media-io-kwargs``), decodes only those frames (PyAV, or DALI/NVDEC on CUDA, copied to
+  host memory as vLLM's own GPU loader does) and returns them with the metadata vLLM's loaders return.
+  Loads run on the plug-in's own threads behind an admission bound: at most ``max_concurrent_calls``
+  decoding, ``max_queued`` waiting; beyond that :class:`VLLMOverloaded` (HTTP 503) at once; past
+  ``timeout_s`` :class:`VLLMTimeout` (HTTP 504), the abandoned decode keeping its place until it really
+  ends. Bad media raise gpu-mm's typed :class:`gpu_mm.MediaError` (a ``ValueError``: HTTP 400).
+* **processors**: vLLM's Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE multimodal processors, re-registered
+  with a processing-info class whose transformers processor carries gpu-mm's drop-ins
+  (:mod:`gpu_mm.integrations.hf`): resize, rescale, normalize and patchify by gpu-mm, in both of vLLM's
+  modes (``mm_device_do_normalize`` on, the default: uint8 patches; off: float patches). Everything else
+  (prompt expansion, placeholders, M-RoPE, caching, IPC) stays vLLM's.
+
+vLLM loads the plug-in in each of its processes through the ``vllm.general_plugins`` entry point
+(``gpu_mm``, installed with gpu-mm); in a process that builds vLLM objects itself, call :func:`register`.
+Settings: :class:`gpu_mm.integrations.sglang.PluginSettings` (``GPU_MM_*``), shared with the SGLang plug-in.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import os
+import threading
+import weakref
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from vllm.exceptions import GracefulHTTPError
+from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, VideoLoader
+
+from ..errors import InvalidRequest, LimitExceeded, MediaError, Overloaded, ProcessingTimeout
+from ..media.sources import MediaLimits, load_source
+from ..media.video import choose_video_decoder, get_video_decoder, probe_video, rotate_frames
+from ._settings import PluginSettings
+
+__all__ = [
+    "ENABLE_VARIABLE",
+    "LOADERS",
+    "MODELS",
+    "GpuMMQwen2VLVideoLoader",
+    "GpuMMQwen3VLVideoLoader",
+    "VLLMOverloaded",
+    "VLLMTimeout",
+    "adopt_drop_ins",
+    "enabled_parts",
+    "register",
+]
+
+ENABLE_VARIABLE = "GPU_MM_VLLM"
+PARTS = ("loader", "processors")
+
+
+class VLLMOverloaded(Overloaded, GracefulHTTPError):
+    """gpu-mm's :class:`~gpu_mm.Overloaded` that vLLM's front end answers with HTTP 503."""
+
+    def __init__(self, message: str) -> None:
+        Overloaded.__init__(self, message)
+        self.message, self.http_status = message, HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class VLLMTimeout(ProcessingTimeout, GracefulHTTPError):
+    """gpu-mm's :class:`~gpu_mm.ProcessingTimeout` that vLLM's front end answers with HTTP 504."""
+
+    def __init__(self, message: str) -> None:
+        ProcessingTimeout.__init__(self, message)
+        self.message, self.http_status = message, HTTPStatus.GATEWAY_TIMEOUT
+
+
+def enabled_parts(environ: Any = None) -> frozenset[str]:
+    """What ``GPU_MM_VLLM`` asks for: a subset of ``{"loader", "processors"}``.
+
+    Raises:
+        ValueError: a word that is none of ``1``, ``all``, ``loader``, ``processors`` (or ``0``/empty alone).
+    """
+    raw = (os.environ if environ is None else environ).get(ENABLE_VARIABLE, "").strip().lower()
+    if raw in ("", "0", "false", "off", "no"):
+        return frozenset()
+    if raw in ("1", "all", "true", "on", "yes"):
+        return frozenset(PARTS)
+    words = {w.strip() for w in raw.split(",") if w.strip()}
+    unknown = words - set(PARTS)
+    if unknown:
+        raise ValueError(f"{ENABLE_VARIABLE}={raw!r}: unknown part(s) {sorted(unknown)}; "
+                         f"use 1, all, or a comma list of {list(PARTS)}")
+    return frozenset(words)
+
+
+# ------------------------------------------------------------------------------------------- the loader
+
+_MAX_FRAMES, _MAX_FPS = 768, 30
+"""vLLM's own Qwen loaders' caps on ``max_frames`` and ``fps`` (``Qwen2VLVideoBackend``, ``Qwen3VLVideoBackend``)."""
+_SAMPLING_KWARGS = frozenset({"min_frames", "max_frames", "temporal_patch_size"})
+_VLLM_CODEC_KWARGS = frozenset({"backend", "num_ffmpeg_threads", "seek_mode", "device", "hw_decoders", "max_width",
+                                "max_height", "pool_size", "timeout_sec"})
+"""vLLM's own codec options (``--media-io-kwargs``): they choose vLLM's decoders, which gpu-mm replaces."""
+
+
+def sample_indices(family: str, total: int, video_fps: float, *, fps: float = 2, min_frames: int = 4,
+                   max_frames: int = _MAX_FRAMES, temporal_patch_size: int = 2) -> list[int]:
+    """The frames vLLM's own loader for ``family`` (``qwen2_vl`` / ``qwen3_vl``) samples, by gpu-mm's
+    arithmetic for that family: transformers' ``sample_frames`` in fps mode, with vLLM's caps (fps at most 30,
+    ``max_frames`` at most 768) and, for Qwen2-VL, vLLM's clamp of a float32 step past the last frame."""
+    from .. import ops
+    from ..models import qwen3_vl
+
+    fps, max_frames = min(fps, _MAX_FPS), min(max_frames, _MAX_FRAMES)
+    if family == "qwen3_vl":
+        n = qwen3_vl.nframes(total, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
+        return qwen3_vl.sample_indices(0, total - 1, n)
+    n_hf = ops.nframes_hf(total, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames,
+                          temporal_patch_size=temporal_patch_size)
+    return [min(i, total - 1) for i in ops.sample_indices_hf(total, n_hf)]
+
+
+class _Loads:
+    """The loader's bounded work: decodes run on its own threads, at most ``workers`` at once and ``queued``
+    waiting; a load past both is refused at once; each load's deadline covers its wait and its decode, and a
+    load that times out leaves its decode running with its place held until the decode ends (so the bound
+    counts the work really running)."""
+
+    def __init__(self, settings: PluginSettings) -> None:
+        self.settings = settings
+        self.workers = settings.max_concurrent_calls or min(8, os.cpu_count() or 1)
+        self.capacity = self.workers + (settings.max_queued if settings.max_queued is not None else 4 * self.workers)
+        self.device = "cpu" if settings.device == "auto" else settings.device
+        if settings.device == "auto":
+            import torch
+
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.decoder = choose_video_decoder(settings.video_decoder, self.device)
+        self.limits = MediaLimits.for_network()
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="gpu-mm-vllm-video")
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    def _done(self, _: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self.pending -= 1
+
+    def run(self, item: str, job: Any) -> Any:
+        with self._lock:
+            if self.pending >= self.capacity:
+                raise VLLMOverloaded(f"{item}: gpu-mm video loads are at their bound ({self.workers} decoding, "
+                                     f"{self.capacity - self.workers} queued); retry later")
+            self.pending += 1
+        try:
+            future = self._pool.submit(job)
+        except BaseException:
+            self._done(None)  # type: ignore[arg-type]
+            raise
+        future.add_done_callback(self._done)
+        try:
+            return future.result(timeout=self.settings.timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # still queued: it never runs; running: it ends on its own, holding its place
+            raise VLLMTimeout(f"{item}: not loaded within {self.settings.timeout_s} s") from None
+
+    def decode(self, family: str, data: bytes, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        src = load_source(data, "video", self.limits)
+        info = probe_video(src, self.limits)
+        try:
+            indices = sample_indices(family, info.num_frames, info.fps, **options)
+        except ValueError as exc:  # too few frames for the rule (vLLM's own loader fails on them too)
+            raise LimitExceeded(src.item, f"cannot sample frames: {exc}") from None
+        try:
+            frames = get_video_decoder(self.decoder).get_frames_at(src, info, indices)
+            backend = self.decoder
+        except MediaError:
+            if self.decoder == "pyav":
+                raise
+            frames, backend = get_video_decoder("pyav").get_frames_at(src, info, indices), "pyav"
+        frames = rotate_frames(frames, info.rotation).cpu().contiguous()
+        meta = {"total_num_frames": info.num_frames, "fps": info.fps, "duration": info.num_frames / info.fps,
+                "video_backend": f"gpu_mm:{backend}", "frames_indices": indices,
+                "do_sample_frames": len(indices) == info.num_frames}
+        return frames.numpy(), meta
+
+
+@functools.lru_cache(maxsize=1)
+def _loads() -> _Loads:
+    return _Loads(_settings())
+
+
+class _GpuMMVideoLoader(VideoLoader):
+    family: ClassVar[str]
+
+    @classmethod
+    def load_bytes(cls, data: bytes, num_frames: int = -1, fps: float = 2, max_duration: float = 300,
+                   frame_recovery: bool = False, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """vLLM's loader call: ``num_frames``, ``max_duration`` and ``frame_recovery`` are ignored, as by vLLM's
+        own Qwen loaders (fps-driven; gpu-mm's limits bound the clip)."""
+        unknown = set(kwargs) - _SAMPLING_KWARGS - _VLLM_CODEC_KWARGS
+        if unknown:
+            raise InvalidRequest("media_io_kwargs", f"gpu-mm's video loader does not take {sorted(unknown)}")
+        options = {k: v for k, v in kwargs.items() if k in _SAMPLING_KWARGS}
+        loads = _loads()
+        item = f"video ({len(data)} B)"
+        return loads.run(item, functools.partial(loads.decode, cls.family, data, {"fps": fps, **options}))  # type: ignore[no-any-return]
+
+
+class GpuMMQwen2VLVideoLoader(_GpuMMVideoLoader):
+    """gpu-mm's loader for ``Qwen2VLVideoProcessor`` (Qwen2-VL, Qwen2.5-VL)."""
+
+    family = "qwen2_vl"
+
+
+class GpuMMQwen3VLVideoLoader(_GpuMMVideoLoader):
+    """gpu-mm's loader for ``Qwen3VLVideoProcessor`` (Qwen3-VL, Qwen3-VL-MoE)."""
+
+    family = "qwen3_vl"
+
+
+LOADERS: dict[str, tuple[type[_GpuMMVideoLoader], tuple[str, ...]]] = {
+    "gpu_mm_qwen2_vl": (GpuMMQwen2VLVideoLoader, ("Qwen2VLVideoProcessor",)),
+    "gpu_mm_qwen3_vl": (GpuMMQwen3VLVideoLoader, ("Qwen3VLVideoProcessor",)),
+}
+"""Registered name -> (loader, the transformers video processor classes it serves)."""
+
+
+# ----------------------------------------------------------------------------------------- the processors
+
+MODELS: dict[str, tuple[str, ...]] = {
+    "vllm.model_executor.models.qwen2_vl": ("Qwen2VLForConditionalGeneration",),
+    "vllm.model_executor.models.qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration",),
+    "vllm.model_executor.models.qwen3_vl": ("Qwen3VLForConditionalGeneration",),
+    "vllm.model_executor.models.qwen3_vl_moe": ("Qwen3VLMoeForConditionalGeneration",),
+}
+"""vLLM model modules -> the model classes whose multimodal processor gets gpu-mm's pixel work."""
+
+_ADOPTED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def adopt_drop_ins(processor: Any) -> Any:
+    """Put gpu-mm's drop-ins in place of a transformers processor's stock ``Qwen2VLImageProcessor``,
+    ``Qwen2VLVideoProcessor`` and ``Qwen3VLVideoProcessor`` (same settings: built from the stock one's
+    ``to_dict``); other components stay. Idempotent; returns ``processor``."""
+    if processor in _ADOPTED:
+        return processor
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
+
+    from .hf import GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor
+
+    swaps = {Qwen2VLImageProcessor: GpuMMQwen2VLImageProcessor, Qwen2VLVideoProcessor: GpuMMQwen2VLVideoProcessor,
+             Qwen3VLVideoProcessor: GpuMMQwen3VLVideoProcessor}
+    for attr in ("image_processor", "video_processor"):
+        current: Any = getattr(processor, attr, None)
+        drop_in: Any = swaps.get(type(current))
+        if drop_in is not None:
+            setattr(processor, attr, drop_in.from_dict(current.to_dict()))
+    _ADOPTED.add(processor)
+    return processor
+
+
+@functools.lru_cache(maxsize=None)
+def _with_drop_ins(info_cls: type) -> type:
+    """``info_cls`` (a vLLM ``BaseProcessingInfo``) whose transformers processor carries gpu-mm's drop-ins."""
+
+    class WithDropIns(info_cls):  # type: ignore[valid-type,misc]  # a vLLM class known at run time
+        gpu_mm = True
+
+        def get_hf_processor(self, **kwargs: Any) -> Any:
+            return adopt_drop_ins(super().get_hf_processor(**kwargs))
+
+    WithDropIns.__name__ = WithDropIns.__qualname__ = f"GpuMM{info_cls.__name__}"
+    return WithDropIns
+
+
+def _register_processors() -> list[str]:
+    import importlib
+
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    done = []
+    for module, names in MODELS.items():
+        mod = importlib.import_module(module)
+        for name in names:
+            model_cls = getattr(mod, name)
+            factories = model_cls.__dict__["_processor_factory"]
+            if not getattr(factories.info, "gpu_mm", False):
+                MULTIMODAL_REGISTRY.register_processor(factories.processor, info=_with_drop_ins(factories.info),
+                                                       dummy_inputs=factories.dummy_inputs)(model_cls)
+            done.append(name)
+    return done
+
+
+# ------------------------------------------------------------------------------------------- entry point
+
+_lock = threading.Lock()
+_options: dict[str, Any] = {}
+
+
+def _settings() -> PluginSettings:
+    return dataclasses.replace(PluginSettings.from_env(), **_options)
+
+
+def register(parts: Any = None, **options: Any) -> dict[str, list[str]]:
+    """The ``vllm.general_plugins`` entry point (vLLM calls it with no arguments in each of its processes):
+    register the parts ``GPU_MM_VLLM`` asks for, or ``parts`` (an iterable of ``"loader"`` /
+    ``"processors"``) when given. ``options`` are :class:`PluginSettings` fields over the ``GPU_MM_*``
+    variables. Safe to call again. Returns what was registered: loader names and model classes."""
+    wanted = enabled_parts() if parts is None else frozenset(parts)
+    if wanted - set(PARTS):
+        raise ValueError(f"unknown part(s) {sorted(wanted - set(PARTS))}; use {list(PARTS)}")
+    done: dict[str, list[str]] = {"loader": [], "processors": []}
+    if not wanted:
+        return done
+    with _lock:
+        if options:
+            _options.update(options)
+            _loads.cache_clear()
+        _settings()  # an invalid GPU_MM_* variable or keyword fails here, at start-up
+        if "loader" in wanted:
+            _loads()  # a decoder that is not usable fails at start-up, not per request
+            for name, (loader, processors) in LOADERS.items():
+                VIDEO_LOADER_REGISTRY.register(name, video_processor=processors)(loader)
+                done["loader"].append(name)
+        if "processors" in wanted:
+            done["processors"] = _register_processors()
+    return done

@@ -1,0 +1,159 @@
+"""The vLLM plug-in against the real ``vllm`` package (0.33, installed with --no-deps; see .ci/run).
+
+The same requests (a JPEG and a PNG as data URIs, a video as a data URI) go through vLLM's own Qwen-VL path
+(its ``MediaConnector``, its Qwen video loaders on OpenCV, its multimodal processors with the stock
+transformers processors) and through the plug-in (gpu-mm's loader and drop-ins), both built from weightless
+model folders by vLLM's ``ModelConfig`` and ``MULTIMODAL_REGISTRY`` and called as vLLM's API server calls them.
+The scenarios run in one child process (``vllm_scenarios.py``): vLLM's registries are process-wide.
+
+Tolerance: none. Images are decoded by vLLM (Pillow) in both; video frames are decoded by OpenCV's FFmpeg and
+by PyAV's FFmpeg, both converting YUV to RGB with swscale's defaults, and come out identical for the
+H.264 clip used here; resize, rescale, normalize and patchify then match transformers exactly (test_hf).
+
+Qwen3-VL videos: vLLM 0.33's own Qwen3-VL processor fails with transformers 5.24 on any prompt with a video
+("Found 1 <|video_pad|> tokens in the text but no videos were passed"), in vLLM's code, before the pixels are
+reached; the plug-in raises the very same error. So for Qwen3-VL the loader is compared with vLLM's own
+Qwen3-VL loader (indices, metadata, frames), the images through the whole path, and the video drop-in with
+transformers in test_hf.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("vllm")
+pytest.importorskip("cv2")  # vLLM's own video loaders (the reference) decode with OpenCV
+
+pytestmark = pytest.mark.slow
+
+MODEL_TYPES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+MODES = ["device_normalize", "cpu_normalize"]
+
+
+@functools.lru_cache(maxsize=None)
+def scenarios() -> dict:
+    here = pathlib.Path(__file__).parent
+    tests = here.parent  # tests/, where media_helpers lives
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_MM_", "VLLM_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(here / "vllm_scenarios.py")], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_loaded_through_vllms_entry_point_when_asked():
+    r = scenarios()
+    assert r["loader_for"] == {"Qwen2VLVideoProcessor": "gpu_mm_qwen2_vl", "Qwen3VLVideoProcessor": "gpu_mm_qwen3_vl"}
+    assert r["processing_info"] == {
+        "Qwen2VLForConditionalGeneration": "GpuMMQwen2VLProcessingInfo",
+        "Qwen2_5_VLForConditionalGeneration": "GpuMMQwen2_5_VLProcessingInfo",
+        "Qwen3VLForConditionalGeneration": "GpuMMQwen3VLProcessingInfo",
+        "Qwen3VLMoeForConditionalGeneration": "GpuMMQwen3VLMoeProcessingInfo",
+    }
+    assert r["hf_components"] == {"qwen2_vl": ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor"],
+                                  "qwen2_5_vl": ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor"],
+                                  "qwen3_vl": ["GpuMMQwen2VLImageProcessor", "GpuMMQwen3VLVideoProcessor"]}
+
+
+def _same(r: dict) -> None:
+    assert r["vllm_error"] is None and r["gpu_mm_error"] is None, r
+    ours, theirs = r["gpu_mm"], r["vllm"]
+    assert ours["ids"] == theirs["ids"]
+    assert ours["placeholders"] == theirs["placeholders"]
+    assert ours["items"] == theirs["items"]  # grids, second_per_grid_ts, pixel shapes and dtypes
+    assert all(d == 0.0 for d in r["image_diff"] + r["video_diff"]), (r["image_diff"], r["video_diff"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+def test_images_and_video_give_vllms_own_ids_placeholders_and_features(model_type, mode):
+    r = scenarios()["compare"][f"{model_type}/{mode}"]
+    _same(r)
+    items = r["gpu_mm"]["items"]
+    # uint8 patches for vLLM to normalize on the GPU; else float32 patches, which vLLM casts to the model's dtype.
+    dtype = "torch.uint8" if mode == "device_normalize" else "torch.bfloat16"
+    assert [i["pixel_values"]["dtype"] for i in items["image"]] == [dtype, dtype]
+    assert items["video"][0]["pixel_values_videos"]["dtype"] == dtype
+    assert items["video"][0]["video_grid_thw"][0] == 3  # 6 frames at 2 fps of the 3 s clip, 2 per step
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+def test_video_only_requests_equal_vllms_own(model_type, mode):
+    _same(scenarios()["compare_videos_only"][f"{model_type}/{mode}"])
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_image_only_requests_equal_vllms_own(model_type):
+    _same(scenarios()["compare_images_only"][model_type])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_qwen3_vl_video_fails_in_vllm_itself_and_the_plugin_changes_nothing(mode):
+    """vLLM 0.33 + transformers 5.24: its Qwen3-VL processor drops the videos before transformers' call."""
+    for key in ("compare", "compare_videos_only"):
+        r = scenarios()[key][f"qwen3_vl/{mode}"]
+        assert r["vllm_error"] and "no videos were passed" in r["vllm_error"]
+        assert r["gpu_mm_error"] == r["vllm_error"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_loader_returns_vllms_frames_and_metadata(family):
+    r = scenarios()["loader"][family]
+    assert r["types"] == ["ndarray", "ndarray"] and r["dtypes"] == ["uint8", "uint8"]
+    assert r["shapes"][0] == r["shapes"][1] == [6, 120, 160, 3]
+    theirs, ours = dict(r["meta_vllm"]), dict(r["meta_gpu_mm"])
+    assert theirs.pop("video_backend") == "opencv" and ours.pop("video_backend") == "gpu_mm:pyav"
+    assert ours == theirs
+    assert r["frame_diff"] == 0.0
+
+
+def test_sampling_equals_vllms_own_qwen_loaders_rule():
+    """gpu-mm's arithmetic against vLLM's ``compute_frames_index_to_sample`` for both families: 1280 cases of
+    clip length, source fps, fps and frame bounds (both refuse the same too-short clips)."""
+    r = scenarios()["sampling"]
+    assert r["checked"] == 1280 and r["mismatches"] == []
+
+
+def test_off_unless_asked_for():
+    parts = scenarios()["enabled_parts"]
+    assert parts[""] == parts["0"] == []
+    assert parts["1"] == parts["all"] == ["loader", "processors"]
+    assert parts["loader"] == ["loader"] and parts["processors, loader"] == ["loader", "processors"]
+    assert parts["loaders"].startswith("ValueError")
+    assert scenarios()["registered_when_off"] == {"loader": [], "processors": []}
+
+
+def test_bad_media_is_a_typed_gpu_mm_error_that_vllm_answers_with_400():
+    errors = scenarios()["errors"]
+    assert set(errors) == {"garbage", "truncated", "image_as_video"}
+    for name, e in errors.items():
+        assert e["gpu_mm"] and e["media_error"] and e["http"] == 400, (name, e)
+        assert e["message"].startswith("video (bytes, "), e  # names the item
+    assert errors["image_as_video"]["raised"] == "LimitExceeded"
+
+
+def test_options_gpu_mm_does_not_implement_run_transformers_own_code():
+    r = scenarios()["fallback"]
+    assert r["image_processor"] == "GpuMMQwen2VLImageProcessor"
+    assert r["transformers_calls"] == 1 and r["same_ids"] and r["diff"] == [0.0]
+
+
+def test_admission_bound_and_deadline_map_to_503_and_504_and_hold_places_until_work_ends():
+    a = scenarios()["admission"]
+    assert a["pending_while_one_runs"] == 1 and a["pending_with_one_queued"] == 2
+    # Refused while the first load was still held: it did not wait for a place.
+    assert a["third"]["raised"] == "VLLMOverloaded" and a["third"]["http"] == 503
+    assert a["queued_call"]["raised"] == "VLLMTimeout" and a["queued_call"]["http"] == 504
+    assert a["pending_after_queued_timed_out"] == 1  # the queued load never ran: its place is free
+    assert a["first_call"].startswith("VLLMTimeout")  # its caller gave up ...
+    assert a["pending_while_abandoned_decode_runs"] == 1  # ... but its decode still runs and holds its place
+    assert a["pending_at_end"] == 0

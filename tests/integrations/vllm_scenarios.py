@@ -1,0 +1,322 @@
+"""Scenarios for the vLLM plug-in, run in one child process by test_vllm.py (vLLM changes process-wide
+registries; ``ModelConfig`` is slow cold). Prints one JSON object with what each scenario observed.
+
+vLLM's own Qwen-VL path (its ``MediaConnector``, its Qwen loaders with OpenCV, its multimodal processors with
+the stock transformers processors) is the reference, built before the plug-in registers. The plug-in is then
+loaded through vLLM's real entry-point machinery (``load_general_plugins`` with ``GPU_MM_VLLM=1``). Nothing
+of vLLM is patched; the admission scenario replaces the plug-in's own decode with one that waits (fault
+injection), to hold loads in flight deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import torch
+
+from gpu_mm.bench.vllm import IMAGE_TOKEN, VIDEO_TOKEN, Engine, data_uri, model_folder
+
+from media_helpers import make_image, make_video
+
+# 45 frames at 15 fps = 3 s; the Qwen rule samples 2 fps -> 6 frames (3 temporal steps).
+VIDEO = make_video(45, 120, 160, fps=15)
+IMAGES = [make_image(100, 140, "JPEG", seed=1), make_image(300, 200, "PNG", seed=2)]
+PROMPT = f"{IMAGE_TOKEN} describe this and {VIDEO_TOKEN} this {IMAGE_TOKEN}"
+REQUEST = {"prompt": PROMPT, "images": [data_uri(IMAGES[0], "image/jpeg"), data_uri(IMAGES[1], "image/png")],
+           "videos": [data_uri(VIDEO, "video/mp4")]}
+OWN_LOADER = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl"}
+ROOT = tempfile.mkdtemp()
+
+
+def summary(out):
+    kw = out["mm_kwargs"]
+    items = {}
+    for modality, its in kw.items():
+        items[modality] = [{k: (v.data.tolist() if k != f"pixel_values{'_videos' if modality == 'video' else ''}"
+                                else {"shape": list(v.data.shape), "dtype": str(v.data.dtype)})
+                            for k, v in it.items()} for it in its]
+    return {"ids": list(out["prompt_token_ids"]),
+            "placeholders": {m: [[p.offset, p.length] for p in ps] for m, ps in out["mm_placeholders"].items()},
+            "items": items}
+
+
+def pixels(out, modality):
+    key = "pixel_values" if modality == "image" else "pixel_values_videos"
+    return [it[key].data for it in out["mm_kwargs"].get(modality, [])]
+
+
+def max_diff(a, b):
+    return [float((x.float() - y.float()).abs().max()) for x, y in zip(a, b)]
+
+
+def build_stock(model_type, normalize_on_device):
+    folder = model_folder(model_type, os.path.join(ROOT, f"{model_type}-{normalize_on_device}-vllm"))
+    engine = Engine(folder, normalize_on_device=normalize_on_device)
+    # The loader vLLM maps to the video processor class is process-wide, and the plug-in takes it over:
+    # the reference engine names vLLM's own loader explicitly (what --media-io-kwargs video_backend does).
+    engine.connector.media_io_kwargs = {"video": {"video_backend": OWN_LOADER[model_type]}}
+    return engine
+
+
+def build_ours(model_type, normalize_on_device):
+    folder = model_folder(model_type, os.path.join(ROOT, f"{model_type}-{normalize_on_device}-gpu-mm"))
+    return Engine(folder, normalize_on_device=normalize_on_device)
+
+
+def run_request(engine, request=REQUEST):
+    try:
+        return asyncio.run(engine.request(**request)), None
+    except Exception as exc:  # noqa: BLE001 - reported to the test, which decides
+        cause = exc.__cause__ or exc
+        return None, f"{type(exc).__name__} from {type(cause).__name__}: {cause}"[:400]
+
+
+def compare(theirs, ours, request=REQUEST):
+    a, a_err = run_request(ours, request)
+    b, b_err = run_request(theirs, request)
+    r = {"vllm_error": b_err, "gpu_mm_error": a_err}
+    if a is not None:
+        r["gpu_mm"] = summary(a)
+    if b is not None:
+        r["vllm"] = summary(b)
+    if a is not None and b is not None:
+        r["image_diff"] = max_diff(pixels(a, "image"), pixels(b, "image"))
+        r["video_diff"] = max_diff(pixels(a, "video"), pixels(b, "video"))
+    return r
+
+
+def loader_vs_vllm(model_type):
+    """The two loaders on the same bytes, as vLLM's connector calls them."""
+    from vllm.multimodal.media.image import ImageMediaIO
+    from vllm.multimodal.media.video import VideoMediaIO
+
+    out = {}
+    for name in (OWN_LOADER[model_type], f"gpu_mm_{OWN_LOADER[model_type]}"):
+        frames, meta = VideoMediaIO(ImageMediaIO(), video_backend=name).load_bytes(VIDEO).media
+        out[name] = (frames, meta)
+    (f1, m1), (f2, m2) = out.values()
+    return {"meta_vllm": m1, "meta_gpu_mm": m2, "shapes": [list(f1.shape), list(f2.shape)],
+            "types": [type(f1).__name__, type(f2).__name__], "dtypes": [str(f1.dtype), str(f2.dtype)],
+            "frame_diff": float(np.abs(f1.astype(np.int16) - f2.astype(np.int16)).max()),
+            "frame_mean_diff": float(np.abs(f1.astype(np.int16) - f2.astype(np.int16)).mean())}
+
+
+def sampling_grid():
+    """gpu-mm's sampling against vLLM's own Qwen loaders' index rule over many clips and settings."""
+    from vllm.multimodal.video import Qwen2VLVideoBackend, Qwen3VLVideoBackend
+    from vllm.multimodal.video_decoders.base import VideoSourceMetadata, VideoTargetMetadata
+
+    from gpu_mm.integrations.vllm import sample_indices
+
+    checked, mismatches = 0, []
+    for family, backend in (("qwen2_vl", Qwen2VLVideoBackend), ("qwen3_vl", Qwen3VLVideoBackend)):
+        for total in (1, 2, 3, 4, 5, 7, 8, 9, 30, 45, 61, 100, 451, 997, 1800, 5000):
+            for video_fps in (1.0, 7.5, 15.0, 23.976, 25.0, 29.97, 30.0, 60.0):
+                for fps, kw in ((2, {}), (1, {}), (4, {"min_frames": 8}), (60, {"max_frames": 1000}),
+                                (2, {"max_frames": 16})):
+                    src = VideoSourceMetadata(total, video_fps, total / video_fps)
+                    tgt = VideoTargetMetadata(num_frames=-1, fps=fps, max_duration=300)
+                    try:
+                        theirs = backend.compute_frames_index_to_sample(src, tgt, **kw)
+                    except Exception as exc:  # noqa: BLE001
+                        theirs = f"error: {type(exc).__name__}"
+                    try:
+                        ours = sample_indices(family, total, video_fps, fps=fps, **kw)
+                    except Exception as exc:  # noqa: BLE001
+                        ours = f"error: {type(exc).__name__}"
+                    checked += 1
+                    same = ours == theirs or (isinstance(ours, str) and isinstance(theirs, str))
+                    if not same:
+                        mismatches.append([family, total, video_fps, fps, kw, str(theirs)[:80], str(ours)[:80]])
+    return {"checked": checked, "mismatches": mismatches[:10]}
+
+
+def errors():
+    """Bad media through vLLM's connector, and vLLM's own HTTP mapping of what the plug-in raises."""
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+    from vllm.multimodal.media import MediaConnector
+
+    import gpu_mm
+
+    conn = MediaConnector()
+    out = {}
+    for name, payload in {"garbage": b"\x00\x01not a video" * 50, "truncated": VIDEO[: len(VIDEO) // 3],
+                          "image_as_video": IMAGES[0]}.items():
+        t0 = time.perf_counter()
+        try:
+            asyncio.run(conn.fetch_video_async(data_uri(payload, "video/mp4"), video_processor="Qwen2VLVideoProcessor"))
+            out[name] = {"raised": None}
+        except Exception as exc:  # noqa: BLE001
+            resp = create_error_response(exc)
+            out[name] = {"raised": type(exc).__name__, "gpu_mm": isinstance(exc, gpu_mm.GpuMMError),
+                         "media_error": isinstance(exc, gpu_mm.MediaError), "message": str(exc)[:200],
+                         "http": resp.error.code, "seconds": time.perf_counter() - t0}
+    return out
+
+
+def admission():
+    """At most max_concurrent_calls decoding, max_queued waiting, beyond: 503 at once; past the deadline: 504,
+    the abandoned decode keeping its place until it ends."""
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+    from vllm.multimodal.media.image import ImageMediaIO
+    from vllm.multimodal.media.video import VideoMediaIO
+
+    from gpu_mm.integrations import vllm as plugin
+
+    plugin.register(("loader",), max_concurrent_calls=1, max_queued=1, timeout_s=0.5)
+    loads = plugin._loads()
+    release, started = threading.Event(), threading.Event()
+    real = loads.decode
+
+    def held(*a, **k):
+        started.set()
+        release.wait(30)
+        return real(*a, **k)
+
+    loads.decode = held
+    io_ = VideoMediaIO(ImageMediaIO(), video_backend="gpu_mm_qwen2_vl")
+    results = {}
+
+    def first():
+        try:
+            results["first"] = list(io_.load_bytes(VIDEO).media[0].shape)
+        except Exception as exc:  # noqa: BLE001
+            results["first"] = f"{type(exc).__name__}: {exc}"
+
+    t = threading.Thread(target=first)
+    t.start()
+    started.wait(10)
+    out = {"pending_while_one_runs": loads.pending}
+    queued = {}
+
+    def second():
+        t0 = time.perf_counter()
+        try:
+            io_.load_bytes(VIDEO)
+            queued["result"] = "loaded"
+        except Exception as exc:  # noqa: BLE001
+            queued.update(raised=type(exc).__name__, http=create_error_response(exc).error.code,
+                          seconds=time.perf_counter() - t0)
+
+    t2 = threading.Thread(target=second)
+    t2.start()
+    time.sleep(0.1)
+    out["pending_with_one_queued"] = loads.pending
+    t0 = time.perf_counter()
+    try:
+        io_.load_bytes(VIDEO)
+        out["third"] = "loaded"
+    except Exception as exc:  # noqa: BLE001
+        out["third"] = {"raised": type(exc).__name__, "http": create_error_response(exc).error.code,
+                        "seconds": time.perf_counter() - t0}
+    t2.join(10)
+    out["queued_call"] = queued
+    out["pending_after_queued_timed_out"] = loads.pending
+    # The first call: its caller's deadline passed too, but its decode still runs and holds its place.
+    time.sleep(0.6)
+    out["pending_while_abandoned_decode_runs"] = loads.pending
+    release.set()
+    t.join(10)
+    for _ in range(100):
+        if loads.pending == 0:
+            break
+        time.sleep(0.05)
+    out["first_call"] = results.get("first")
+    out["pending_at_end"] = loads.pending
+    loads.decode = real
+    plugin.register(("loader",), max_concurrent_calls=None, max_queued=None, timeout_s=None)
+    return out
+
+
+def fallback(theirs, ours):
+    """Options gpu-mm does not implement (here a rescale factor other than 1/255) run transformers' own code
+    inside the drop-ins: the results equal vLLM's own, and transformers' _preprocess ran."""
+    from transformers import Qwen2VLImageProcessor
+
+    calls = {"n": 0}
+    original = Qwen2VLImageProcessor._preprocess
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return original(self, *a, **k)
+
+    request = {"prompt": f"{IMAGE_TOKEN} describe this", "images": [data_uri(IMAGES[0], "image/jpeg")]}
+
+    def run(engine):
+        mm = asyncio.run(engine.load(request["images"]))
+        return engine.processor(request["prompt"], mm_items=engine.processor.info.parse_mm_data(mm),
+                                hf_processor_mm_kwargs={"rescale_factor": 1 / 127.5})
+
+    b = run(theirs)
+    Qwen2VLImageProcessor._preprocess = counting
+    try:
+        a = run(ours)
+    finally:
+        Qwen2VLImageProcessor._preprocess = original
+    return {"same_ids": list(a["prompt_token_ids"]) == list(b["prompt_token_ids"]),
+            "diff": max_diff(pixels(a, "image"), pixels(b, "image")), "transformers_calls": calls["n"],
+            "image_processor": type(ours.processor.info.get_hf_processor().image_processor).__name__}
+
+
+def switch():
+    from gpu_mm.integrations.vllm import enabled_parts, register
+
+    out = {}
+    for raw in ("", "0", "1", "all", "loader", "processors, loader", "loaders"):
+        try:
+            out[raw] = sorted(enabled_parts({"GPU_MM_VLLM": raw}))
+        except ValueError as exc:
+            out[raw] = f"ValueError: {exc}"
+    return out, register()  # GPU_MM_VLLM unset: registers nothing
+
+
+def main():
+    result = {}
+    result["enabled_parts"], result["registered_when_off"] = switch()
+    model_types = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+    stock = {(m, n): build_stock(m, n) for m in model_types for n in (True, False)}
+    # The real entry point: vLLM's plug-in loader with the operator's switch on.
+    import vllm.plugins
+    from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
+
+    os.environ["GPU_MM_VLLM"] = "1"
+    vllm.plugins.plugins_loaded = False
+    vllm.plugins.load_general_plugins()
+    result["loader_for"] = {p: VIDEO_LOADER_REGISTRY.get_backend_for_video_processor(p)
+                            for p in ("Qwen2VLVideoProcessor", "Qwen3VLVideoProcessor")}
+    import importlib
+
+    from gpu_mm.integrations.vllm import MODELS
+    result["processing_info"] = {name: getattr(importlib.import_module(mod), name)._processor_factory.info.__name__
+                                 for mod, names in MODELS.items() for name in names}
+    ours = {(m, n): build_ours(m, n) for m in model_types for n in (True, False)}
+    result["ours_info"] = {m: type(ours[(m, True)].processor.info).__name__ for m in model_types}
+    result["hf_components"] = {m: [type(ours[(m, True)].processor.info.get_hf_processor().image_processor).__name__,
+                                   type(ours[(m, True)].processor.info.get_hf_processor().video_processor).__name__]
+                               for m in model_types}
+    result["compare"] = {f"{m}/{'device' if n else 'cpu'}_normalize": compare(stock[(m, n)], ours[(m, n)])
+                         for m in model_types for n in (True, False)}
+    image_only = {"prompt": f"{IMAGE_TOKEN} describe", "images": REQUEST["images"][:1]}
+    result["compare_images_only"] = {m: compare(stock[(m, True)], ours[(m, True)], image_only) for m in model_types}
+    video_only = {"prompt": f"{VIDEO_TOKEN} describe", "videos": REQUEST["videos"]}
+    result["compare_videos_only"] = {f"{m}/{'device' if n else 'cpu'}_normalize": compare(stock[(m, n)],
+                                                                                           ours[(m, n)], video_only)
+                                     for m in model_types for n in (True, False)}
+    result["loader"] = {m: loader_vs_vllm(m) for m in ("qwen2_vl", "qwen3_vl")}
+    result["sampling"] = sampling_grid()
+    result["errors"] = errors()
+    result["fallback"] = fallback(stock[("qwen2_vl", False)], ours[("qwen2_vl", False)])
+    result["admission"] = admission()
+    result["torch_threads"] = torch.get_num_threads()
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
