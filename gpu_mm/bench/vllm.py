@@ -111,18 +111,20 @@ async def _one(engine: Engine, request: dict[str, Any], _: int) -> None:
 
 
 async def run(video: bytes, image: bytes, *, folder: str | pathlib.Path, reps: int = 3, concurrency: int = 8,
-              model_type: str = "qwen2_5_vl", progress: Any = print) -> dict[str, Any]:
+              model_type: str = "qwen2_5_vl", normalize_on_device: bool = True,
+              progress: Any = print) -> dict[str, Any]:
     """vLLM's own path and the plug-in's, side by side in one process (the plug-in's registrations are made
     here, so vLLM's own engine is built first). Returns JSON-ready figures."""
     from ..integrations import vllm as plugin
 
     folder = model_folder(model_type, folder)
-    result: dict[str, Any] = {"model_type": model_type, "video_bytes": len(video), "image_bytes": len(image)}
-    theirs = Engine(folder)
+    result: dict[str, Any] = {"model_type": model_type, "mm_device_do_normalize": normalize_on_device,
+                              "video_bytes": len(video), "image_bytes": len(image)}
+    theirs = Engine(folder, normalize_on_device=normalize_on_device)
     # vLLM caches the transformers processor per model: a second folder keeps the two engines' apart.
     ours_folder = model_folder(model_type, pathlib.Path(folder).with_name(pathlib.Path(folder).name + "-gpu-mm"))
     result["registered"] = plugin.register(("loader", "processors"))
-    ours = Engine(ours_folder)
+    ours = Engine(ours_folder, normalize_on_device=normalize_on_device)
     engines = {"vllm": theirs, "gpu_mm": ours}
     # The loader vLLM picks for the video processor class is global: each engine names its own.
     theirs.connector.media_io_kwargs = {"video": {"video_backend": "qwen3_vl" if model_type == "qwen3_vl"

@@ -125,11 +125,22 @@ class TestImageParity:
         assert ours.pixel_values.dtype == torch.bfloat16
         torch.testing.assert_close(ours.pixel_values, ref.to(torch.bfloat16), rtol=0, atol=0)
 
+    def test_uint8_output_is_transformers_without_rescale_or_normalize(self):
+        """``output_dtype=torch.uint8``: what vLLM's mm_device_do_normalize asks transformers for."""
+        data = make_image(333, 517, "JPEG")
+        ours = Qwen2VLPreprocessor("cpu", output_dtype=torch.uint8)(images=[data], videos=[clip("h264", 12, 96, 128)])
+        ref = _hf_image(data, do_rescale=False, do_normalize=False)["pixel_values"]
+        assert ours.pixel_values.dtype == ref.dtype == torch.uint8
+        assert torch.equal(ours.pixel_values, ref)
+        frames = all_frames(clip("h264", 12, 96, 128))[ours.items[1].frame_indices]
+        ref_video = _hf_video(frames, max_pixels=768 * 28 * 28, do_rescale=False, do_normalize=False)
+        assert torch.equal(ours.pixel_values_videos, ref_video["pixel_values_videos"])
 
-def _hf_video(frames: np.ndarray, max_pixels: int, min_pixels: int = 128 * 28 * 28):
+
+def _hf_video(frames: np.ndarray, max_pixels: int, min_pixels: int = 128 * 28 * 28, **kwargs):
     vp = Qwen2VLVideoProcessor(size={"shortest_edge": min_pixels, "longest_edge": int(max_pixels)})
     return vp(videos=[torch.from_numpy(frames).permute(0, 3, 1, 2)], return_tensors="pt",
-              do_sample_frames=False, cap_pixels_per_frame=False)
+              do_sample_frames=False, cap_pixels_per_frame=False, **kwargs)
 
 
 class TestVideoParity:
