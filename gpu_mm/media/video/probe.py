@@ -247,7 +247,7 @@ def frames_from_array(src: Source) -> torch.Tensor:
     if t.shape[-1] not in (1, 3) and t.shape[1] in (1, 3):
         t = t.permute(0, 2, 3, 1)
     if t.shape[-1] == 1:
-        t = t.expand(-1, -1, -1, 3)
+        t = t.expand(-1, -1, -1, 3).contiguous()
     if t.shape[-1] != 3 or t.shape[0] == 0:
         raise UnsupportedMedia(src.item, f"video arrays need >= 1 frame of 1 or 3 channels, got {tuple(t.shape)}")
-    return t.contiguous()
+    return t  # in whatever memory layout it came: the resize reads any, and a copy costs more than it saves
