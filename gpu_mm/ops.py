@@ -291,21 +291,26 @@ def normalize_patchify(
     if frames.dtype != torch.uint8 or dtype != torch.float32 or frames.ndim != 4:
         pv, grid = patchify(normalize(frames, mean, std), patch_size, temporal_patch_size, merge_size, out=out)
         return pv.to(dtype), grid
-    rows_u8, grid = _patch_rows_uint8(frames, patch_size, temporal_patch_size, merge_size)
-    rows, c, k = rows_u8.shape
+    # One image fills every temporal slot of its patches with the same pixels: normalize them once, copy them.
+    reps = temporal_patch_size if frames.shape[0] == 1 else 1
+    rows_u8, grid = _patch_rows_uint8(frames, patch_size, temporal_patch_size // reps, merge_size)
+    rows, c, k1 = rows_u8.shape
+    k = k1 * reps
     if out is None:
         out = torch.empty((rows, c * k), dtype=torch.float32, device=frames.device)
     elif tuple(out.shape) != (rows, c * k) or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {(rows, c * k)} tensor, got {tuple(out.shape)}")
     m, s = _mean_std(frames, mean, std)
     m, s = m[None, :, None], s[None, :, None]
-    dst = out.view(rows, c, k)
-    # On the CPU, blocks of rows small enough to stay in cache across the three passes; on a GPU, one launch.
+    dst = out.view(rows, c, reps, k1)
+    # On the CPU, blocks of rows small enough to stay in cache across the passes; on a GPU, one launch.
     block = rows if frames.device.type != "cpu" else max(1, _CACHE_BLOCK_BYTES // (4 * c * k))
     for r in range(0, rows, block):
-        part = dst[r : r + block]
+        part = dst[r : r + block, :, 0]
         part.copy_(rows_u8[r : r + block])  # uint8 -> float32, exact
         part.sub_(m).div_(s)  # the same float32 operations, in the same order, as transformers
+        if reps > 1:
+            dst[r : r + block, :, 1:].copy_(part.unsqueeze(2).expand(-1, -1, reps - 1, -1))
     return out, grid
 
 

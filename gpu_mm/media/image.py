@@ -309,4 +309,6 @@ def _array_to_rgb(src: Source) -> torch.Tensor:
     elif arr.shape[-1] == 4:
         alpha = arr[..., 3:].astype(np.float32) / 255.0
         arr = np.round(arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return torch.from_numpy(np.array(arr)).permute(2, 0, 1)
+    if not arr.flags.writeable or any(stride < 0 for stride in arr.strides):
+        arr = arr.copy()  # torch views neither read-only nor reversed numpy memory
+    return torch.from_numpy(arr).permute(2, 0, 1)  # read in place: nothing downstream writes into it
