@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 import os
 import threading
 import weakref
@@ -58,6 +59,7 @@ __all__ = [
     "register",
 ]
 
+_log = logging.getLogger(__name__)
 ENABLE_VARIABLE = "GPU_MM_VLLM"
 PARTS = ("loader", "processors")
 
@@ -283,15 +285,23 @@ def _register_processors() -> list[str]:
     from vllm.multimodal import MULTIMODAL_REGISTRY
 
     done = []
-    for module, names in MODELS.items():
-        mod = importlib.import_module(module)
-        for name in names:
-            model_cls = getattr(mod, name)
-            factories = model_cls.__dict__["_processor_factory"]
-            if not getattr(factories.info, "gpu_mm", False):
-                MULTIMODAL_REGISTRY.register_processor(factories.processor, info=_with_drop_ins(factories.info),
-                                                       dummy_inputs=factories.dummy_inputs)(model_cls)
-            done.append(name)
+    registry_log = logging.getLogger("vllm.multimodal.registry")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)  # its "already registered ... overwritten" warning: meant, said once below
+    try:
+        for module, names in MODELS.items():
+            mod = importlib.import_module(module)
+            for name in names:
+                model_cls = getattr(mod, name)
+                factories = model_cls.__dict__["_processor_factory"]
+                if not getattr(factories.info, "gpu_mm", False):
+                    MULTIMODAL_REGISTRY.register_processor(
+                        factories.processor, info=_with_drop_ins(factories.info),
+                        dummy_inputs=factories.dummy_inputs)(model_cls)
+                done.append(name)
+    finally:
+        registry_log.setLevel(level)
+    _log.info("gpu-mm: the multimodal processors of %s use gpu-mm's pixel work", ", ".join(done))
     return done
 
 
@@ -326,6 +336,10 @@ def register(parts: Any = None, **options: Any) -> dict[str, list[str]]:
             for name, (loader, processors) in LOADERS.items():
                 VIDEO_LOADER_REGISTRY.register(name, video_processor=processors)(loader)
                 done["loader"].append(name)
+            loads = _loads()
+            _log.info("gpu-mm: video loader for Qwen2-VL/Qwen3-VL video processors (%s on %s, %d decoding, "
+                      "%d queued, timeout %s s)", loads.decoder, loads.device, loads.workers,
+                      loads.capacity - loads.workers, loads.settings.timeout_s)
         if "processors" in wanted:
             done["processors"] = _register_processors()
     return done
