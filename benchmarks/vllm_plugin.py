@@ -42,7 +42,8 @@ def main() -> int:
                               model_type=args.model_type, normalize_on_device=not args.cpu_normalize))
     patches = "float patches" if args.cpu_normalize else "uint8 patches"
     print(f"\nbytes -> vLLM processor output ({args.model_type}, {patches}), p50:")
-    for key, label in (("video_latency", "720p video"), ("image_latency", "1080p JPEG")):
+    for key, label in (("video_loader_latency", "loader only"), ("video_latency", "720p video"),
+                       ("image_latency", "1080p JPEG")):
         r = res[key]
         print(f"  {label:11s} vLLM {r['vllm']['p50_ms']:8.1f} ms   gpu-mm {r['gpu_mm']['p50_ms']:8.1f} ms   "
               f"({r['speedup_p50']:.2f}x)")

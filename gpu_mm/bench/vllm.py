@@ -106,6 +106,26 @@ async def _latency(engines: dict[str, Engine], request: dict[str, Any], reps: in
     return out
 
 
+def _loader_latency(video: bytes, own_loader: str, reps: int) -> dict[str, Any]:
+    """The video loaders alone (bytes -> sampled frames, as ``VideoMediaIO.load_bytes``), interleaved."""
+    from vllm.multimodal.media.image import ImageMediaIO
+    from vllm.multimodal.media.video import VideoMediaIO
+
+    loaders = {"vllm": VideoMediaIO(ImageMediaIO(), video_backend=own_loader),
+               "gpu_mm": VideoMediaIO(ImageMediaIO(), video_backend=f"gpu_mm_{own_loader}")}
+    times: dict[str, list[float]] = {name: [] for name in loaders}
+    for io in loaders.values():
+        io.load_bytes(video)
+    for _ in range(reps):
+        for name, io in loaders.items():
+            t0 = time.perf_counter()
+            io.load_bytes(video)
+            times[name].append(time.perf_counter() - t0)
+    out: dict[str, Any] = {name: {"p50_ms": statistics.median(t) * 1e3} for name, t in times.items()}
+    out["speedup_p50"] = out["vllm"]["p50_ms"] / out["gpu_mm"]["p50_ms"]
+    return out
+
+
 async def _one(engine: Engine, request: dict[str, Any], _: int) -> None:
     await engine.request(**request)
 
@@ -131,6 +151,9 @@ async def run(video: bytes, image: bytes, *, folder: str | pathlib.Path, reps: i
                                                   else "qwen2_vl"}}
     video_req = {"prompt": f"{VIDEO_TOKEN} describe this", "videos": [data_uri(video, "video/mp4")]}
     image_req = {"prompt": f"{IMAGE_TOKEN} describe this", "images": [data_uri(image, "image/jpeg")]}
+    own_loader = "qwen3_vl" if model_type == "qwen3_vl" else "qwen2_vl"
+    progress(f"video loaders alone ({reps} interleaved repetitions) ...")
+    result["video_loader_latency"] = _loader_latency(video, own_loader, reps)
     progress(f"latency, one video request at a time ({reps} interleaved repetitions) ...")
     result["video_latency"] = await _latency(engines, video_req, reps)
     progress(f"latency, one image request at a time ({reps * 3} interleaved repetitions) ...")
