@@ -62,6 +62,11 @@ class MediaError(GpuMMError, ValueError):
         self.reason = reason
         super().__init__(f"{item}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Rebuilt from (item, reason), not from args (the joined message): pickling (Ray, multiprocessing) and
+        # copy.copy (web frameworks' error handlers) need it.
+        return type(self), (self.item, self.reason)
+
 
 class SourceError(MediaError):
     """Raised when an item's bytes cannot be obtained (bad path, bad base64, URL not allowed)."""
@@ -83,6 +88,9 @@ class InvalidRequest(GpuMMError, ValueError):
     """Raised when a request option has the wrong type or an out-of-range value (HTTP 400)."""
 
     status_code = 400
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.field, self.reason)
 
     def __init__(self, field: str, reason: str) -> None:
         self.field = field

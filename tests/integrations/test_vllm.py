@@ -157,3 +157,11 @@ def test_admission_bound_and_deadline_map_to_503_and_504_and_hold_places_until_w
     assert a["first_call"].startswith("VLLMTimeout")  # its caller gave up ...
     assert a["pending_while_abandoned_decode_runs"] == 1  # ... but its decode still runs and holds its place
     assert a["pending_at_end"] == 0
+
+
+def test_vllms_api_server_answers_the_plugins_errors_with_503_504_and_400():
+    """vLLM's own exception handlers (as ``vllm serve`` installs them) on the errors the plug-in raises."""
+    http = scenarios()["http"]
+    assert {name: r["status"] for name, r in http.items()} == {"overloaded": 503, "timeout": 504, "bad_media": 400}
+    assert "corrupt stream" in http["bad_media"]["body"]["error"]["message"]
+    assert "at their bound" in http["overloaded"]["body"]["error"]["message"]

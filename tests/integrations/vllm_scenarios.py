@@ -10,6 +10,7 @@ injection), to hold loads in flight deterministically.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -265,6 +266,49 @@ def fallback(theirs, ours):
             "image_processor": type(ours.processor.info.get_hf_processor().image_processor).__name__}
 
 
+def http_mapping():
+    """What vLLM's own API server answers for the plug-in's errors: a FastAPI app with vLLM's exception
+    handlers (``init_exception_handler``, as ``vllm serve`` installs them), driven over ASGI."""
+    from fastapi import FastAPI
+    from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
+
+    import gpu_mm
+    from gpu_mm.integrations.vllm import VLLMOverloaded, VLLMTimeout
+
+    errors = {"overloaded": VLLMOverloaded("video (5 B): gpu-mm video loads are at their bound"),
+              "timeout": VLLMTimeout("video (5 B): not loaded within 0.5 s"),
+              "bad_media": gpu_mm.DecodeError("video (5 B)", "corrupt stream")}
+    app = FastAPI()
+    init_exception_handler(app)
+    app.state.args = argparse.Namespace(log_error_stack=False)  # the server's CLI arguments, as vllm serve sets
+    for name, exc in errors.items():
+        async def route(exc=exc):
+            raise exc
+        app.get(f"/{name}")(route)
+
+    async def call(path):
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "headers": [],
+                 "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("test", 80),
+                 "client": ("test", 1), "root_path": ""}
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        try:
+            await app(scope, receive, send)
+        except Exception:  # noqa: BLE001 - Starlette re-raises after answering with its last-resort handler
+            pass
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return {"status": status, "body": json.loads(body)}
+
+    return {name: asyncio.run(call(f"/{name}")) for name in errors}
+
+
 def switch():
     from gpu_mm.integrations.vllm import enabled_parts, register
 
@@ -314,6 +358,7 @@ def main():
     result["errors"] = errors()
     result["fallback"] = fallback(stock[("qwen2_vl", False)], ours[("qwen2_vl", False)])
     result["admission"] = admission()
+    result["http"] = http_mapping()
     result["torch_threads"] = torch.get_num_threads()
     print(json.dumps(result, default=str))
 
