@@ -35,6 +35,18 @@ def test_images_match_cpu_path():
     _close(gpu.pixel_values, cpu.pixel_values, levels=3)
 
 
+def test_uint8_output_matches_cpu_path():
+    """vLLM's mm_device_do_normalize mode on CUDA (torch's patch layout, no Triton kernel): raw resized pixels,
+    the same ~2-3 levels from the CPU path as the float features (decoder and resize rounding)."""
+    data = [make_image(1080, 1920, "JPEG")]
+    cpu = Qwen2VLPreprocessor("cpu", output_dtype=torch.uint8)(images=data, videos=[clip("h264", 12, 96, 128)])
+    gpu = Qwen2VLPreprocessor("cuda", output_dtype=torch.uint8)(images=data, videos=[clip("h264", 12, 96, 128)])
+    assert gpu.pixel_values.dtype == torch.uint8 and gpu.pixel_values.is_cuda
+    assert torch.equal(gpu.image_grid_thw, cpu.image_grid_thw)
+    assert (gpu.pixel_values.cpu().int() - cpu.pixel_values.int()).abs().max() <= 3
+    assert torch.equal(gpu.video_grid_thw, cpu.video_grid_thw)
+
+
 def test_video_matches_cpu_path_within_nvdec_colour_tolerance():
     data = clip("h264", 48, 240, 320, bframes=2)
     cpu = Qwen2VLPreprocessor("cpu")(videos=[data])
