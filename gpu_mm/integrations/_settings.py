@@ -15,7 +15,8 @@ __all__ = ["PluginSettings", "install_settings", "settings"]
 class PluginSettings:
     """How an engine plug-in runs gpu-mm. Each field has a ``GPU_MM_<FIELD>`` environment variable
     (upper case; ``GPU_MM_MEMORY_BUDGET_MB`` and ``GPU_MM_CACHE_MB`` in MiB). The vLLM plug-in's video loader
-    reads ``device``, ``video_decoder``, ``max_concurrent_calls``, ``max_queued`` and ``timeout_s``."""
+    reads ``device``, ``video_decoder``, ``max_concurrent_calls``, ``max_queued``, ``timeout_s`` and
+    ``memory_budget_bytes``."""
 
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""

@@ -12,9 +12,10 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
   overridable with ``--media-io-kwargs``), decodes only those frames (PyAV, or DALI/NVDEC on CUDA, copied to
   host memory as vLLM's own GPU loader does) and returns them with the metadata vLLM's loaders return.
   Loads run on the plug-in's own threads behind an admission bound: at most ``max_concurrent_calls``
-  decoding, ``max_queued`` waiting; beyond that :class:`VLLMOverloaded` (HTTP 503) at once; past
-  ``timeout_s`` :class:`VLLMTimeout` (HTTP 504), the abandoned decode keeping its place until it really
-  ends. Bad media raise gpu-mm's typed :class:`gpu_mm.MediaError` (a ``ValueError``: HTTP 400).
+  decoding and ``memory_budget_bytes`` of decoded frames in flight, ``max_queued`` waiting; beyond that
+  :class:`VLLMOverloaded` (HTTP 503) at once; past ``timeout_s`` :class:`VLLMTimeout` (HTTP 504), the
+  abandoned decode keeping its place and bytes until it really ends. Bad media, and a video whose frames
+  alone exceed the budget, raise gpu-mm's typed :class:`gpu_mm.MediaError` (a ``ValueError``: HTTP 400).
 * **processors**: vLLM's Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE multimodal processors, re-registered
   with a processing-info class whose transformers processor carries gpu-mm's drop-ins
   (:mod:`gpu_mm.integrations.hf`): resize, rescale, normalize and patchify by gpu-mm, in both of vLLM's
@@ -34,6 +35,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -44,6 +46,7 @@ from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, VideoLoader
 from ..errors import InvalidRequest, LimitExceeded, MediaError, Overloaded, ProcessingTimeout
 from ..media.sources import MediaLimits, load_source
 from ..media.video import choose_video_decoder, get_video_decoder, probe_video, rotate_frames
+from ..pipeline import default_memory_budget
 from ._settings import PluginSettings
 
 __all__ = [
@@ -126,16 +129,30 @@ def sample_indices(family: str, total: int, video_fps: float, *, fps: float = 2,
     return [min(i, total - 1) for i in ops.sample_indices_hf(total, n_hf)]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    src: Any
+    info: Any
+    indices: list[int]
+
+    @property
+    def nbytes(self) -> int:
+        """The decoded frames' bytes (uint8 RGB), what a load holds while it runs and hands to vLLM."""
+        return len(self.indices) * self.info.width * self.info.height * 3
+
+
 class _Loads:
-    """The loader's bounded work: decodes run on its own threads, at most ``workers`` at once and ``queued``
-    waiting; a load past both is refused at once; each load's deadline covers its wait and its decode, and a
-    load that times out leaves its decode running with its place held until the decode ends (so the bound
-    counts the work really running)."""
+    """The loader's bounded work. A load is planned in its caller's thread (probe and sampling: no pixels),
+    then admitted: at most ``workers`` decoding at once and at most ``budget`` bytes of decoded frames in
+    flight, up to ``queued`` loads waiting for that; a load past both is refused at once, and one whose frames
+    alone exceed the budget is refused as a limit. Each load's deadline covers its wait and its decode; a
+    load that times out leaves its decode running, its place and bytes held until the decode ends (so the
+    bounds count the work really running). Frames already handed to vLLM are vLLM's to account for."""
 
     def __init__(self, settings: PluginSettings) -> None:
         self.settings = settings
         self.workers = settings.max_concurrent_calls or min(8, os.cpu_count() or 1)
-        self.capacity = self.workers + (settings.max_queued if settings.max_queued is not None else 4 * self.workers)
+        self.queued = settings.max_queued if settings.max_queued is not None else 4 * self.workers
         self.device = "cpu" if settings.device == "auto" else settings.device
         if settings.device == "auto":
             import torch
@@ -143,39 +160,72 @@ class _Loads:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.decoder = choose_video_decoder(settings.video_decoder, self.device)
         self.limits = MediaLimits.for_network()
+        # Decoded frames end in host memory (a GPU decoder's are copied out), so the host's budget applies.
+        self.budget = settings.memory_budget_bytes or default_memory_budget("cpu")
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="gpu-mm-vllm-video")
-        self._lock = threading.Lock()
-        self.pending = 0
+        self._cond = threading.Condition()
+        self.running = 0
+        self.waiting = 0
+        self.bytes = 0
 
-    def _done(self, _: concurrent.futures.Future[Any]) -> None:
-        with self._lock:
-            self.pending -= 1
-
-    def run(self, item: str, job: Any) -> Any:
-        with self._lock:
-            if self.pending >= self.capacity:
-                raise VLLMOverloaded(f"{item}: gpu-mm video loads are at their bound ({self.workers} decoding, "
-                                     f"{self.capacity - self.workers} queued); retry later")
-            self.pending += 1
-        try:
-            future = self._pool.submit(job)
-        except BaseException:
-            self._done(None)  # type: ignore[arg-type]
-            raise
-        future.add_done_callback(self._done)
-        try:
-            return future.result(timeout=self.settings.timeout_s)
-        except concurrent.futures.TimeoutError:
-            future.cancel()  # still queued: it never runs; running: it ends on its own, holding its place
-            raise VLLMTimeout(f"{item}: not loaded within {self.settings.timeout_s} s") from None
-
-    def decode(self, family: str, data: bytes, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def plan(self, family: str, data: bytes, options: dict[str, Any]) -> _Plan:
         src = load_source(data, "video", self.limits)
         info = probe_video(src, self.limits)
         try:
             indices = sample_indices(family, info.num_frames, info.fps, **options)
         except ValueError as exc:  # too few frames for the rule (vLLM's own loader fails on them too)
             raise LimitExceeded(src.item, f"cannot sample frames: {exc}") from None
+        plan = _Plan(src, info, indices)
+        if plan.nbytes > self.budget:
+            raise LimitExceeded(src.item, f"{len(indices)} frames of {info.width}x{info.height} need "
+                                          f"{plan.nbytes / 2**20:.0f} MiB decoded, over the loader's budget of "
+                                          f"{self.budget / 2**20:.0f} MiB (GPU_MM_MEMORY_BUDGET_MB)")
+        return plan
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.running < self.workers and self.bytes + nbytes <= self.budget
+
+    def _release(self, nbytes: int) -> None:
+        with self._cond:
+            self.running -= 1
+            self.bytes -= nbytes
+            self._cond.notify_all()
+
+    def load(self, family: str, data: bytes, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        timeout = self.settings.timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        plan = self.plan(family, data, options)
+        item, nbytes = plan.src.item, plan.nbytes
+        with self._cond:
+            if not self._fits(nbytes):
+                if self.waiting >= self.queued:
+                    raise VLLMOverloaded(f"{item}: gpu-mm video loads are at their bound ({self.running} decoding, "
+                                         f"{self.waiting} waiting, {self.bytes / 2**20:.0f} MiB in flight); "
+                                         "retry later")
+                self.waiting += 1
+                try:
+                    while not self._fits(nbytes):
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise VLLMTimeout(f"{item}: not loaded within {timeout} s (waited for a decoder)")
+                        self._cond.wait(left)
+                finally:
+                    self.waiting -= 1
+            self.running += 1
+            self.bytes += nbytes
+        try:
+            future = self._pool.submit(self.decode, plan)
+        except BaseException:
+            self._release(nbytes)
+            raise
+        future.add_done_callback(lambda _: self._release(nbytes))
+        try:
+            return future.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            raise VLLMTimeout(f"{item}: not loaded within {timeout} s (decoding; it ends on its own)") from None
+
+    def decode(self, plan: _Plan) -> tuple[Any, dict[str, Any]]:
+        src, info, indices = plan.src, plan.info, plan.indices
         try:
             frames = get_video_decoder(self.decoder).get_frames_at(src, info, indices)
             backend = self.decoder
@@ -207,9 +257,7 @@ class _GpuMMVideoLoader(VideoLoader):
         if unknown:
             raise InvalidRequest("media_io_kwargs", f"gpu-mm's video loader does not take {sorted(unknown)}")
         options = {k: v for k, v in kwargs.items() if k in _SAMPLING_KWARGS}
-        loads = _loads()
-        item = f"video ({len(data)} B)"
-        return loads.run(item, functools.partial(loads.decode, cls.family, data, {"fps": fps, **options}))  # type: ignore[no-any-return]
+        return _loads().load(cls.family, data, {"fps": fps, **options})
 
 
 class GpuMMQwen2VLVideoLoader(_GpuMMVideoLoader):
@@ -338,8 +386,8 @@ def register(parts: Any = None, **options: Any) -> dict[str, list[str]]:
                 done["loader"].append(name)
             loads = _loads()
             _log.info("gpu-mm: video loader for Qwen2-VL/Qwen3-VL video processors (%s on %s, %d decoding, "
-                      "%d queued, timeout %s s)", loads.decoder, loads.device, loads.workers,
-                      loads.capacity - loads.workers, loads.settings.timeout_s)
+                      "%d queued, %d MiB of frames in flight, timeout %s s)", loads.decoder, loads.device,
+                      loads.workers, loads.queued, loads.budget // 2**20, loads.settings.timeout_s)
         if "processors" in wanted:
             done["processors"] = _register_processors()
     return done

@@ -149,14 +149,30 @@ def test_options_gpu_mm_does_not_implement_run_transformers_own_code():
 
 def test_admission_bound_and_deadline_map_to_503_and_504_and_hold_places_until_work_ends():
     a = scenarios()["admission"]
-    assert a["pending_while_one_runs"] == 1 and a["pending_with_one_queued"] == 2
+    count = a["count"]
+    assert a["while_one_runs"] == {"running": 1, "bytes": a["frame_bytes"]}
+    assert a["with_one_waiting"] == {"running": 1, "waiting": 1}
     # Refused while the first load was still held: it did not wait for a place.
-    assert a["third"]["raised"] == "VLLMOverloaded" and a["third"]["http"] == 503
-    assert a["queued_call"]["raised"] == "VLLMTimeout" and a["queued_call"]["http"] == 504
-    assert a["pending_after_queued_timed_out"] == 1  # the queued load never ran: its place is free
-    assert a["first_call"].startswith("VLLMTimeout")  # its caller gave up ...
-    assert a["pending_while_abandoned_decode_runs"] == 1  # ... but its decode still runs and holds its place
-    assert a["pending_at_end"] == 0
+    assert count["third"]["raised"] == "VLLMOverloaded" and count["third"]["http"] == 503
+    assert count["queued"]["raised"] == "VLLMTimeout" and count["queued"]["http"] == 504
+    assert "waited for a decoder" in count["queued"]["message"]
+    assert count["first"]["raised"] == "VLLMTimeout"  # its caller gave up ...
+    assert "decoding" in count["first"]["message"]
+    # ... but its decode still ran, holding its place and its bytes, and the waiter left.
+    assert a["abandoned_decode_runs"] == {"running": 1, "waiting": 0, "bytes": a["frame_bytes"]}
+    assert a["after_count"] == {"running": 0, "waiting": 0, "bytes": 0}
+
+
+def test_decoded_frames_in_flight_are_bounded_by_the_memory_budget():
+    a = scenarios()["admission"]
+    # Two decoders free, but the budget holds one clip's frames: the second load waited for bytes, timed out.
+    assert a["bytes_bound_while_waiting"] == {"running": 1, "bytes": a["frame_bytes"]}
+    assert a["bytes"]["second"]["raised"] == "VLLMTimeout" and a["bytes"]["second"]["http"] == 504
+    assert a["bytes"]["first"]["raised"] == "VLLMTimeout"  # held past its deadline by the test
+    assert a["after_bytes"] == {"running": 0, "waiting": 0, "bytes": 0}
+    too_big = a["bytes"]["too_big"]
+    assert too_big["raised"] == "LimitExceeded" and too_big["http"] == 400
+    assert "over the loader's budget" in too_big["message"] and too_big["message"].startswith("video (bytes, ")
 
 
 def test_vllms_api_server_answers_the_plugins_errors_with_503_504_and_400():

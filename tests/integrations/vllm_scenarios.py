@@ -163,76 +163,89 @@ def errors():
 
 
 def admission():
-    """At most max_concurrent_calls decoding, max_queued waiting, beyond: 503 at once; past the deadline: 504,
-    the abandoned decode keeping its place until it ends."""
+    """At most max_concurrent_calls decoding and memory_budget_bytes of frames in flight, max_queued waiting;
+    beyond: 503 at once; past the deadline: 504, the abandoned decode keeping its place and bytes until it
+    ends; a video whose frames alone exceed the budget: a limit (400) at once."""
     from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
     from vllm.multimodal.media.image import ImageMediaIO
     from vllm.multimodal.media.video import VideoMediaIO
 
     from gpu_mm.integrations import vllm as plugin
 
-    plugin.register(("loader",), max_concurrent_calls=1, max_queued=1, timeout_s=0.5)
-    loads = plugin._loads()
-    release, started = threading.Event(), threading.Event()
-    real = loads.decode
-
-    def held(*a, **k):
-        started.set()
-        release.wait(30)
-        return real(*a, **k)
-
-    loads.decode = held
+    frame_bytes = 6 * 120 * 160 * 3  # the clip's 6 sampled frames
+    out = {"frame_bytes": frame_bytes}
     io_ = VideoMediaIO(ImageMediaIO(), video_backend="gpu_mm_qwen2_vl")
-    results = {}
 
-    def first():
-        try:
-            results["first"] = list(io_.load_bytes(VIDEO).media[0].shape)
-        except Exception as exc:  # noqa: BLE001
-            results["first"] = f"{type(exc).__name__}: {exc}"
-
-    t = threading.Thread(target=first)
-    t.start()
-    started.wait(10)
-    out = {"pending_while_one_runs": loads.pending}
-    queued = {}
-
-    def second():
+    def attempt(results, key):
         t0 = time.perf_counter()
         try:
-            io_.load_bytes(VIDEO)
-            queued["result"] = "loaded"
+            results[key] = {"loaded": list(io_.load_bytes(VIDEO).media[0].shape)}
         except Exception as exc:  # noqa: BLE001
-            queued.update(raised=type(exc).__name__, http=create_error_response(exc).error.code,
-                          seconds=time.perf_counter() - t0)
+            results[key] = {"raised": type(exc).__name__, "http": create_error_response(exc).error.code,
+                            "message": str(exc), "seconds": time.perf_counter() - t0}
 
-    t2 = threading.Thread(target=second)
-    t2.start()
+    def hold(loads):
+        release, started = threading.Event(), threading.Event()
+        real = loads.decode
+
+        def held(plan):
+            started.set()
+            release.wait(30)
+            return real(plan)
+
+        loads.decode = held
+        return release, started
+
+    def settle(loads):
+        for _ in range(200):
+            if loads.running == 0 and loads.waiting == 0:
+                break
+            time.sleep(0.05)
+        return {"running": loads.running, "waiting": loads.waiting, "bytes": loads.bytes}
+
+    # Bounded by count: one decoding, one waiting, the third refused.
+    plugin.register(("loader",), max_concurrent_calls=1, max_queued=1, timeout_s=0.5)
+    loads = plugin._loads()
+    release, started = hold(loads)
+    results = {}
+    first = threading.Thread(target=attempt, args=(results, "first"))
+    first.start()
+    started.wait(10)
+    out["while_one_runs"] = {"running": loads.running, "bytes": loads.bytes}
+    second = threading.Thread(target=attempt, args=(results, "queued"))
+    second.start()
     time.sleep(0.1)
-    out["pending_with_one_queued"] = loads.pending
-    t0 = time.perf_counter()
-    try:
-        io_.load_bytes(VIDEO)
-        out["third"] = "loaded"
-    except Exception as exc:  # noqa: BLE001
-        out["third"] = {"raised": type(exc).__name__, "http": create_error_response(exc).error.code,
-                        "seconds": time.perf_counter() - t0}
-    t2.join(10)
-    out["queued_call"] = queued
-    out["pending_after_queued_timed_out"] = loads.pending
-    # The first call: its caller's deadline passed too, but its decode still runs and holds its place.
-    time.sleep(0.6)
-    out["pending_while_abandoned_decode_runs"] = loads.pending
+    out["with_one_waiting"] = {"running": loads.running, "waiting": loads.waiting}
+    attempt(results, "third")
+    second.join(10)
+    time.sleep(0.6)  # the first caller's deadline passes too; its decode still runs
+    out["abandoned_decode_runs"] = {"running": loads.running, "waiting": loads.waiting, "bytes": loads.bytes}
     release.set()
-    t.join(10)
-    for _ in range(100):
-        if loads.pending == 0:
-            break
-        time.sleep(0.05)
-    out["first_call"] = results.get("first")
-    out["pending_at_end"] = loads.pending
-    loads.decode = real
-    plugin.register(("loader",), max_concurrent_calls=None, max_queued=None, timeout_s=None)
+    first.join(10)
+    out["count"] = results
+    out["after_count"] = settle(loads)
+
+    # Bounded by bytes: room for one clip's frames; a second load waits for them (two decoders free).
+    plugin.register(("loader",), max_concurrent_calls=2, max_queued=4, timeout_s=0.5,
+                    memory_budget_bytes=frame_bytes + frame_bytes // 2)
+    loads = plugin._loads()
+    release, started = hold(loads)
+    results = {}
+    first = threading.Thread(target=attempt, args=(results, "first"))
+    first.start()
+    started.wait(10)
+    attempt(results, "second")
+    out["bytes_bound_while_waiting"] = {"running": loads.running, "bytes": loads.bytes}
+    release.set()
+    first.join(10)
+    out["after_bytes"] = settle(loads)
+    # A clip whose sampled frames alone exceed the budget: refused before any decoding.
+    plugin.register(("loader",), max_concurrent_calls=2, max_queued=4, timeout_s=0.5,
+                    memory_budget_bytes=frame_bytes - 1)
+    attempt(results, "too_big")
+    out["bytes"] = results
+    plugin.register(("loader",), max_concurrent_calls=None, max_queued=None, timeout_s=None,
+                    memory_budget_bytes=None)
     return out
 
 
