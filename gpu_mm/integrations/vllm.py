@@ -46,6 +46,7 @@ from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, VideoLoader
 from ..errors import InvalidRequest, LimitExceeded, MediaError, Overloaded, ProcessingTimeout
 from ..media.sources import MediaLimits, load_source
 from ..media.video import choose_video_decoder, get_video_decoder, probe_video, rotate_frames
+from ..options import _integer, _number
 from ..pipeline import default_memory_budget
 from ._settings import PluginSettings
 
@@ -60,6 +61,8 @@ __all__ = [
     "adopt_drop_ins",
     "enabled_parts",
     "register",
+    "sample_indices",
+    "sampling_options",
 ]
 
 _log = logging.getLogger(__name__)
@@ -139,6 +142,17 @@ class _Plan:
     def nbytes(self) -> int:
         """The decoded frames' bytes (uint8 RGB), what a load holds while it runs and hands to vLLM."""
         return len(self.indices) * self.info.width * self.info.height * 3
+
+
+def sampling_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The sampling settings of a load (``--media-io-kwargs``, or a request's own ``media_io_kwargs``), checked:
+    hostile values are a :class:`gpu_mm.InvalidRequest` (HTTP 400), never an arithmetic error."""
+    # Above vLLM's caps (fps 30, 768 frames) values are capped, as vLLM's own loaders cap them.
+    out: dict[str, Any] = {"fps": _number(values, "fps", lo=0.0, hi=1000.0, open_lo=True)}
+    for name, hi in (("min_frames", _MAX_FRAMES), ("max_frames", 1 << 20), ("temporal_patch_size", 16)):
+        if (value := _integer(values, name, lo=1, hi=hi)) is not None:
+            out[name] = value
+    return out
 
 
 class _Loads:
@@ -256,8 +270,7 @@ class _GpuMMVideoLoader(VideoLoader):
         unknown = set(kwargs) - _SAMPLING_KWARGS - _VLLM_CODEC_KWARGS
         if unknown:
             raise InvalidRequest("media_io_kwargs", f"gpu-mm's video loader does not take {sorted(unknown)}")
-        options = {k: v for k, v in kwargs.items() if k in _SAMPLING_KWARGS}
-        return _loads().load(cls.family, data, {"fps": fps, **options})
+        return _loads().load(cls.family, data, sampling_options({"fps": fps, **kwargs}))
 
 
 class GpuMMQwen2VLVideoLoader(_GpuMMVideoLoader):

@@ -181,3 +181,10 @@ def test_vllms_api_server_answers_the_plugins_errors_with_503_504_and_400():
     assert {name: r["status"] for name, r in http.items()} == {"overloaded": 503, "timeout": 504, "bad_media": 400}
     assert "corrupt stream" in http["bad_media"]["body"]["error"]["message"]
     assert "at their bound" in http["overloaded"]["body"]["error"]["message"]
+
+
+def test_hostile_sampling_options_are_400s_and_large_ones_are_capped_as_vllm_caps_them():
+    r = scenarios()["hostile_options"]
+    for name in ("tp0", "fps_neg", "fps_nan", "fps_str", "frames_huge", "unknown"):
+        assert r[name].get("raised") == "InvalidRequest" and r[name]["http"] == 400, (name, r[name])
+    assert r["capped"] == {"loaded": 44}  # fps 30 at most: 45 frames, floored to an even 44

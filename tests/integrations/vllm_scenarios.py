@@ -322,6 +322,25 @@ def http_mapping():
     return {name: asyncio.run(call(f"/{name}")) for name in errors}
 
 
+def hostile_options():
+    """Sampling settings a request may carry (vLLM merges a request's media_io_kwargs into the loader call)."""
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+    from vllm.multimodal.media.image import ImageMediaIO
+    from vllm.multimodal.media.video import VideoMediaIO
+
+    out = {}
+    for name, kw in {"tp0": {"temporal_patch_size": 0}, "fps_neg": {"fps": -1}, "fps_nan": {"fps": float("nan")},
+                     "fps_str": {"fps": "2"}, "frames_huge": {"min_frames": 10**12}, "unknown": {"crop": 1},
+                     "capped": {"fps": 60, "max_frames": 10**6}}.items():
+        try:
+            frames, meta = VideoMediaIO(ImageMediaIO(), video_backend="gpu_mm_qwen2_vl", **kw).load_bytes(VIDEO).media
+            out[name] = {"loaded": len(meta["frames_indices"])}
+        except Exception as exc:  # noqa: BLE001
+            out[name] = {"raised": type(exc).__name__, "http": create_error_response(exc).error.code,
+                         "message": str(exc)[:200]}
+    return out
+
+
 def switch():
     from gpu_mm.integrations.vllm import enabled_parts, register
 
@@ -372,6 +391,7 @@ def main():
     result["fallback"] = fallback(stock[("qwen2_vl", False)], ours[("qwen2_vl", False)])
     result["admission"] = admission()
     result["http"] = http_mapping()
+    result["hostile_options"] = hostile_options()
     result["torch_threads"] = torch.get_num_threads()
     print(json.dumps(result, default=str))
 
