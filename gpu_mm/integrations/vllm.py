@@ -22,8 +22,9 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
   modes (``mm_device_do_normalize`` on, the default: uint8 patches; off: float patches). Everything else
   (prompt expansion, placeholders, M-RoPE, caching, IPC) stays vLLM's.
 
-vLLM loads the plug-in in each of its processes through the ``vllm.general_plugins`` entry point
-(``gpu_mm``, installed with gpu-mm); in a process that builds vLLM objects itself, call :func:`register`.
+vLLM calls the ``vllm.general_plugins`` entry point ``gpu_mm`` (the top-level ``gpu_mm_vllm_entry`` module, which
+imports this one only when ``GPU_MM_VLLM`` asks) in each of its processes; in a process that builds vLLM objects
+itself, call :func:`register`.
 Settings: :class:`gpu_mm.integrations.sglang.PluginSettings` (``GPU_MM_*``), shared with the SGLang plug-in.
 """
 
