@@ -17,6 +17,7 @@ import functools
 import pathlib
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .loop_lag import measure
@@ -66,7 +67,7 @@ class Engine:
         self.video_processor = get_video_processor_cls_name(self.model_config)
         self._mm_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mm-processor")
 
-    async def load(self, images: list[str] = (), videos: list[str] = ()) -> dict[str, list[Any]]:  # type: ignore[assignment]
+    async def load(self, images: Sequence[str] = (), videos: Sequence[str] = ()) -> dict[str, list[Any]]:
         """Media URLs as vLLM's chat parser fetches them (concurrently, on vLLM's media thread pool)."""
         img = [self.connector.fetch_image_async(u) for u in images]
         vid = [self.connector.fetch_video_async(u, video_processor=self.video_processor) for u in videos]
@@ -81,7 +82,7 @@ class Engine:
     def process(self, prompt: str, mm_data: dict[str, list[Any]]) -> Any:
         return self.processor(prompt, mm_items=self.processor.info.parse_mm_data(mm_data), hf_processor_mm_kwargs={})
 
-    async def request(self, prompt: str, images: list[str] = (), videos: list[str] = ()) -> Any:  # type: ignore[assignment]
+    async def request(self, prompt: str, images: Sequence[str] = (), videos: Sequence[str] = ()) -> Any:
         """One request: media fetched and decoded, then the processor on the one processor thread."""
         mm_data = await self.load(images, videos)
         loop = asyncio.get_running_loop()
