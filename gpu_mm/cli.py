@@ -88,16 +88,13 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import torch
-
     from .bench.loop_lag import run_all
     from .bench.machine import machine_info, machine_label
     from .bench.throughput import image_bench, patchify_bench, qwen3_bench, video_bench
     from .media.synth import make_image, make_video
+    from .pipeline import resolve_device
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     info = machine_info()
     quick = args.quick
     reps = 5 if quick else 15

@@ -312,12 +312,7 @@ class Preprocessor(Closeable, Generic[F]):
         fast_jpeg: bool = False,
         **overrides: Any,
     ) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable(f"device {device!r} requested but CUDA is not available")
+        device = resolve_device(device)
         if output not in ("device", "cpu", "pinned"):
             raise ValueError(f"output must be 'device', 'cpu' or 'pinned', got {output!r}")
         if output_pool is not None and output != "device":
@@ -1067,6 +1062,22 @@ def image_working_bytes(size: tuple[int, int], target: tuple[int, int], feature_
     src = size[0] * size[1]
     per_pixel = 8 + (8 if via_pillow else 0)
     return frames * (per_pixel * src + 15 * target[0] * target[1]) + feature_bytes + SLACK_BYTES
+
+
+def resolve_device(device: str) -> str:
+    """The device a setting names: ``auto`` is ``cuda`` when CUDA is available, else ``cpu``.
+
+    Raises:
+        ValueError: not one of ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        BackendUnavailable: a CUDA device without CUDA.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable(f"device {device!r} requested but CUDA is not available")
+    return device
 
 
 def default_memory_budget(device: str) -> int:

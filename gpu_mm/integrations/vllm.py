@@ -48,7 +48,7 @@ from ..errors import InvalidRequest, LimitExceeded, MediaError, Overloaded, Proc
 from ..media.sources import MediaLimits, load_source
 from ..media.video import choose_video_decoder, get_video_decoder, probe_video, rotate_frames
 from ..options import _integer, _number
-from ..pipeline import default_memory_budget
+from ..pipeline import default_memory_budget, resolve_device
 from ._settings import PluginSettings
 
 __all__ = [
@@ -168,11 +168,7 @@ class _Loads:
         self.settings = settings
         self.workers = settings.max_concurrent_calls or min(8, os.cpu_count() or 1)
         self.queued = settings.max_queued if settings.max_queued is not None else 4 * self.workers
-        self.device = "cpu" if settings.device == "auto" else settings.device
-        if settings.device == "auto":
-            import torch
-
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = resolve_device(settings.device)
         self.decoder = choose_video_decoder(settings.video_decoder, self.device)
         self.limits = MediaLimits.for_network()
         # Decoded frames end in host memory (a GPU decoder's are copied out), so the host's budget applies.
