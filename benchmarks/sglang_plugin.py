@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from gpu_mm.bench.machine import machine_info, machine_label, write_result
-from gpu_mm.bench.sglang import main_sync
+from gpu_mm.bench.sglang import main_sync, print_comparison
 from gpu_mm.media.synth import make_image, make_video
 
 
@@ -29,18 +29,9 @@ def main() -> int:
     print(f"media: {len(video) / 1e6:.1f} MB {args.seconds} s 720p H.264, {len(image) / 1e6:.2f} MB 1080p JPEG")
     res = main_sync(video, image, reps=args.reps, concurrency=args.concurrency)
     print(f"\nbytes -> SGLang MultimodalProcessorOutput, p50 (gpu-mm on {res['gpu_mm_device']}):")
-    for key, label in (("video_latency", "720p video"), ("image_latency", "1080p JPEG")):
-        r = res[key]
-        print(f"  {label:11s} SGLang {r['sglang']['p50_ms']:8.1f} ms   gpu-mm {r['gpu_mm']['p50_ms']:8.1f} ms   "
-              f"({r['speedup_p50']:.2f}x)")
-    c = res["concurrent_video"]
-    print(f"\n{args.concurrency} video requests in flight, caller's event loop (ms):")
-    print(f"  {'':8s} {'lag p99':>9s} {'lag max':>9s} {'probe p99':>10s} {'wall s':>8s}")
-    for name in ("sglang", "gpu_mm"):
-        r = c[name]
-        print(f"  {name:8s} {r['loop_lag']['p99_ms']:9.1f} {r['loop_lag']['max_ms']:9.1f} "
-              f"{r['health_probe']['p99_ms']:10.1f} {r['wall_s']:8.2f}  errors {r['errors'] or 'none'}")
-    print(f"  max loop lag {c['loop_lag_max_ratio']:.0f}x lower with gpu-mm")
+    print_comparison(res, "sglang", "SGLang", {"video_latency": "720p video", "image_latency": "1080p JPEG"},
+                     args.concurrency)
+    print(f"  max loop lag {res['concurrent_video']['loop_lag_max_ratio']:.0f}x lower with gpu-mm")
     if args.out:
         kind = "cuda" if res["gpu_mm_device"] and res["gpu_mm_device"].startswith("cuda") else "cpu"
         print(f"wrote {write_result(args.out, f'sglang_plugin_{kind}', info, res)}")

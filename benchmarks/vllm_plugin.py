@@ -19,6 +19,7 @@ import sys
 import tempfile
 
 from gpu_mm.bench.machine import machine_info, machine_label, write_result
+from gpu_mm.bench.sglang import print_comparison
 from gpu_mm.bench.vllm import run
 from gpu_mm.media.synth import make_image, make_video
 
@@ -42,18 +43,8 @@ def main() -> int:
                               model_type=args.model_type, normalize_on_device=not args.cpu_normalize))
     patches = "float patches" if args.cpu_normalize else "uint8 patches"
     print(f"\nbytes -> vLLM processor output ({args.model_type}, {patches}), p50:")
-    for key, label in (("video_loader_latency", "loader only"), ("video_latency", "720p video"),
-                       ("image_latency", "1080p JPEG")):
-        r = res[key]
-        print(f"  {label:11s} vLLM {r['vllm']['p50_ms']:8.1f} ms   gpu-mm {r['gpu_mm']['p50_ms']:8.1f} ms   "
-              f"({r['speedup_p50']:.2f}x)")
-    c = res["concurrent_video"]
-    print(f"\n{args.concurrency} video requests in flight, caller's event loop (ms):")
-    print(f"  {'':8s} {'lag p99':>9s} {'lag max':>9s} {'probe p99':>10s} {'wall s':>8s}")
-    for name in ("vllm", "gpu_mm"):
-        r = c[name]
-        print(f"  {name:8s} {r['loop_lag']['p99_ms']:9.1f} {r['loop_lag']['max_ms']:9.1f} "
-              f"{r['health_probe']['p99_ms']:10.1f} {r['wall_s']:8.2f}  errors {r['errors'] or 'none'}")
+    print_comparison(res, "vllm", "vLLM", {"video_loader_latency": "loader only", "video_latency": "720p video",
+                                           "image_latency": "1080p JPEG"}, args.concurrency)
     if args.out:
         name = "vllm_plugin_cpu_normalize_cpu" if args.cpu_normalize else "vllm_plugin_cpu"
         print(f"wrote {write_result(args.out, name, info, res)}")

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import statistics
-import time
 from typing import Any
 
 from .loop_lag import measure
+from .throughput import speedup, time_side_by_side_async
 
 SPECIAL = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
 VOCAB = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}, "describe": 5, "this": 6, "and": 7, "<pad>": 8,
@@ -120,18 +119,8 @@ async def call(processor: Any, text: str | None, images: list[Any] | None = None
 
 
 async def _latency(processors: dict[str, Any], request: dict[str, Any], reps: int) -> dict[str, Any]:
-    times: dict[str, list[float]] = {name: [] for name in processors}
-    for name, proc in processors.items():  # warm-up, not timed
-        await call(proc, **request)
-    for _ in range(reps):
-        for name, proc in processors.items():  # interleaved, so drift hits both alike
-            t0 = time.perf_counter()
-            await call(proc, **request)
-            times[name].append(time.perf_counter() - t0)
-    out: dict[str, Any] = {name: {"p50_ms": statistics.median(t) * 1e3, "samples_ms": [x * 1e3 for x in t]}
-                           for name, t in times.items()}
-    out["speedup_p50"] = out["sglang"]["p50_ms"] / out["gpu_mm"]["p50_ms"]
-    return out
+    calls = {name: functools.partial(call, proc, **request) for name, proc in processors.items()}
+    return speedup(await time_side_by_side_async(calls, reps), "sglang")
 
 
 async def run(video: bytes, image: bytes, *, reps: int = 3, concurrency: int = 8,
@@ -163,6 +152,22 @@ async def run(video: bytes, image: bytes, *, reps: int = 3, concurrency: int = 8
         theirs.shutdown()
         ours.shutdown()
     return result
+
+
+def print_comparison(res: dict[str, Any], baseline: str, label: str, rows: dict[str, str], concurrency: int) -> None:
+    """An engine plug-in benchmark's figures: p50 per request kind (``rows``: result key -> label), then the
+    caller's loop while ``concurrency`` video requests run through each side."""
+    for key, row in rows.items():
+        r = res[key]
+        print(f"  {row:11s} {label} {r[baseline]['p50_ms']:8.1f} ms   gpu-mm {r['gpu_mm']['p50_ms']:8.1f} ms   "
+              f"({r['speedup_p50']:.2f}x)")
+    c = res["concurrent_video"]
+    print(f"\n{concurrency} video requests in flight, caller's event loop (ms):")
+    print(f"  {'':8s} {'lag p99':>9s} {'lag max':>9s} {'probe p99':>10s} {'wall s':>8s}")
+    for name in (baseline, "gpu_mm"):
+        r = c[name]
+        print(f"  {name:8s} {r['loop_lag']['p99_ms']:9.1f} {r['loop_lag']['max_ms']:9.1f} "
+              f"{r['health_probe']['p99_ms']:10.1f} {r['wall_s']:8.2f}  errors {r['errors'] or 'none'}")
 
 
 def main_sync(video: bytes, image: bytes, **kw: Any) -> dict[str, Any]:

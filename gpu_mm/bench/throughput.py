@@ -7,11 +7,11 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 
-def _time_side_by_side(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, dict[str, float]]:
+def time_side_by_side(fns: Mapping[str, Callable[[], Any]], reps: int) -> dict[str, dict[str, Any]]:
     """Time each callable ``reps`` times, interleaved round-robin so drift hits all of them alike."""
     for fn in fns.values():
         fn()  # warm-up: imports, allocator, first-call caches
@@ -21,11 +21,32 @@ def _time_side_by_side(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str
             t0 = time.perf_counter()
             fn()
             xs[name].append(time.perf_counter() - t0)
-    return {
-        name: {"p50_ms": statistics.median(v) * 1e3, "mean_ms": statistics.fmean(v) * 1e3,
-               "min_ms": min(v) * 1e3, "reps": reps}
-        for name, v in xs.items()
-    }
+    return _summaries(xs)
+
+
+async def time_side_by_side_async(fns: Mapping[str, Callable[[], Awaitable[Any]]],
+                                  reps: int) -> dict[str, dict[str, Any]]:
+    """:func:`time_side_by_side` for coroutine functions, awaited one at a time."""
+    for fn in fns.values():
+        await fn()
+    xs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            await fn()
+            xs[name].append(time.perf_counter() - t0)
+    return _summaries(xs)
+
+
+def _summaries(xs: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    return {name: {"p50_ms": statistics.median(v) * 1e3, "mean_ms": statistics.fmean(v) * 1e3,
+                   "min_ms": min(v) * 1e3, "reps": len(v), "samples_ms": [x * 1e3 for x in v]}
+            for name, v in xs.items()}
+
+
+def speedup(times: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
+    """``times`` with ``speedup_p50``: the baseline's p50 over gpu-mm's."""
+    return {**times, "speedup_p50": times[baseline]["p50_ms"] / times["gpu_mm"]["p50_ms"]}
 
 
 def _sync(device: str) -> None:
@@ -52,7 +73,7 @@ def image_bench(jpeg: bytes, device: str, reps: int) -> dict[str, Any]:
     try:
         from transformers import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil
     except ImportError:
-        return _time_side_by_side(fns, reps)
+        return time_side_by_side(fns, reps)
     tv = Qwen2VLImageProcessor()
     pil = Qwen2VLImageProcessorPil()
 
@@ -67,7 +88,7 @@ def image_bench(jpeg: bytes, device: str, reps: int) -> dict[str, Any]:
 
     fns["hf_torchvision"] = hf(tv, **({"device": device} if device != "cpu" else {}))
     fns["hf_pil"] = hf(pil)
-    return _time_side_by_side(fns, reps)
+    return time_side_by_side(fns, reps)
 
 
 def video_bench(clip: bytes, device: str, reps: int) -> dict[str, Any]:
@@ -111,7 +132,7 @@ def _video_vs_qwen_vl_utils(pre: Any, clip: bytes, device: str, reps: int, proce
         vp = processor()
         from .baselines import qwen_vl_utils_video
     except ImportError as exc:
-        res = finish(_time_side_by_side({"gpu_mm": ours}, reps))
+        res = finish(time_side_by_side({"gpu_mm": ours}, reps))
         res["qwen_vl_utils"] = {"skipped": f"not installed: {exc}"}
         return res
     with tempfile.TemporaryDirectory() as d:
@@ -125,7 +146,7 @@ def _video_vs_qwen_vl_utils(pre: Any, clip: bytes, device: str, reps: int, proce
             stages.update(st)
             return out
 
-        res = finish(_time_side_by_side({"gpu_mm": ours, "qwen_vl_utils": theirs}, reps))
+        res = finish(time_side_by_side({"gpu_mm": ours, "qwen_vl_utils": theirs}, reps))
         res["qwen_vl_utils"]["stages_ms"] = {k: v * 1e3 for k, v in stages.items()}
     return res
 
@@ -159,7 +180,7 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
 
         from .sglang import QWEN3_VL_IMAGE
     except ImportError as exc:
-        result["image"] = _time_side_by_side({"gpu_mm": ours_image}, reps)
+        result["image"] = time_side_by_side({"gpu_mm": ours_image}, reps)
         result["skipped"] = f"transformers not installed: {exc}"
         return result
     ip = Qwen2VLImageProcessor(size={"shortest_edge": 65536, "longest_edge": 16777216}, **QWEN3_VL_IMAGE)
@@ -169,7 +190,7 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
         _sync(device)
         return out
 
-    result["image"] = _time_side_by_side({"gpu_mm": ours_image, "hf_torchvision": hf_image}, reps)
+    result["image"] = time_side_by_side({"gpu_mm": ours_image, "hf_torchvision": hf_image}, reps)
     return result
 
 

@@ -15,13 +15,12 @@ import base64
 import concurrent.futures
 import functools
 import pathlib
-import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from .loop_lag import measure
 from .sglang import ARCHITECTURES, IMAGE_TOKEN, VIDEO_TOKEN, toy_processor
+from .throughput import speedup, time_side_by_side, time_side_by_side_async
 
 __all__ = ["ARCHITECTURES", "IMAGE_TOKEN", "VIDEO_TOKEN", "Engine", "data_uri", "model_folder", "run"]
 
@@ -93,18 +92,8 @@ class Engine:
 
 
 async def _latency(engines: dict[str, Engine], request: dict[str, Any], reps: int) -> dict[str, Any]:
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    for engine in engines.values():  # warm-up, not timed
-        await engine.request(**request)
-    for _ in range(reps):
-        for name, engine in engines.items():  # interleaved, so drift hits both alike
-            t0 = time.perf_counter()
-            await engine.request(**request)
-            times[name].append(time.perf_counter() - t0)
-    out: dict[str, Any] = {name: {"p50_ms": statistics.median(t) * 1e3, "samples_ms": [x * 1e3 for x in t]}
-                           for name, t in times.items()}
-    out["speedup_p50"] = out["vllm"]["p50_ms"] / out["gpu_mm"]["p50_ms"]
-    return out
+    calls = {name: functools.partial(engine.request, **request) for name, engine in engines.items()}
+    return speedup(await time_side_by_side_async(calls, reps), "vllm")
 
 
 def _loader_latency(video: bytes, own_loader: str, reps: int) -> dict[str, Any]:
@@ -114,17 +103,8 @@ def _loader_latency(video: bytes, own_loader: str, reps: int) -> dict[str, Any]:
 
     loaders = {"vllm": VideoMediaIO(ImageMediaIO(), video_backend=own_loader),
                "gpu_mm": VideoMediaIO(ImageMediaIO(), video_backend=f"gpu_mm_{own_loader}")}
-    times: dict[str, list[float]] = {name: [] for name in loaders}
-    for io in loaders.values():
-        io.load_bytes(video)
-    for _ in range(reps):
-        for name, io in loaders.items():
-            t0 = time.perf_counter()
-            io.load_bytes(video)
-            times[name].append(time.perf_counter() - t0)
-    out: dict[str, Any] = {name: {"p50_ms": statistics.median(t) * 1e3} for name, t in times.items()}
-    out["speedup_p50"] = out["vllm"]["p50_ms"] / out["gpu_mm"]["p50_ms"]
-    return out
+    return speedup(time_side_by_side({name: functools.partial(io.load_bytes, video)
+                                      for name, io in loaders.items()}, reps), "vllm")
 
 
 async def _one(engine: Engine, request: dict[str, Any], _: int) -> None:
@@ -148,11 +128,10 @@ async def run(video: bytes, image: bytes, *, folder: str | pathlib.Path, reps: i
     ours = Engine(ours_folder, normalize_on_device=normalize_on_device)
     engines = {"vllm": theirs, "gpu_mm": ours}
     # The loader vLLM picks for the video processor class is global: each engine names its own.
-    theirs.connector.media_io_kwargs = {"video": {"video_backend": "qwen3_vl" if model_type == "qwen3_vl"
-                                                  else "qwen2_vl"}}
+    own_loader = "qwen3_vl" if model_type == "qwen3_vl" else "qwen2_vl"
+    theirs.connector.media_io_kwargs = {"video": {"video_backend": own_loader}}
     video_req = {"prompt": f"{VIDEO_TOKEN} describe this", "videos": [data_uri(video, "video/mp4")]}
     image_req = {"prompt": f"{IMAGE_TOKEN} describe this", "images": [data_uri(image, "image/jpeg")]}
-    own_loader = "qwen3_vl" if model_type == "qwen3_vl" else "qwen2_vl"
     progress(f"video loaders alone ({reps} interleaved repetitions) ...")
     result["video_loader_latency"] = _loader_latency(video, own_loader, reps)
     progress(f"latency, one video request at a time ({reps} interleaved repetitions) ...")
