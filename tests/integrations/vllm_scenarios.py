@@ -184,7 +184,10 @@ def admission():
             results[key] = {"raised": type(exc).__name__, "http": create_error_response(exc).error.code,
                             "message": str(exc), "seconds": time.perf_counter() - t0}
 
-    def hold(loads):
+    def first_held(results, **settings):
+        """The loader with ``settings``, and a first load started whose decode waits for ``release``."""
+        plugin.register(("loader",), **settings)
+        loads = plugin._loads()
         release, started = threading.Event(), threading.Event()
         real = loads.decode
 
@@ -194,7 +197,10 @@ def admission():
             return real(plan)
 
         loads.decode = held
-        return release, started
+        first = threading.Thread(target=attempt, args=(results, "first"))
+        first.start()
+        started.wait(10)
+        return loads, release, first
 
     def settle(loads):
         for _ in range(200):
@@ -204,13 +210,8 @@ def admission():
         return {"running": loads.running, "waiting": loads.waiting, "bytes": loads.bytes}
 
     # Bounded by count: one decoding, one waiting, the third refused.
-    plugin.register(("loader",), max_concurrent_calls=1, max_queued=1, timeout_s=0.5)
-    loads = plugin._loads()
-    release, started = hold(loads)
     results = {}
-    first = threading.Thread(target=attempt, args=(results, "first"))
-    first.start()
-    started.wait(10)
+    loads, release, first = first_held(results, max_concurrent_calls=1, max_queued=1, timeout_s=0.5)
     out["while_one_runs"] = {"running": loads.running, "bytes": loads.bytes}
     second = threading.Thread(target=attempt, args=(results, "queued"))
     second.start()
@@ -226,14 +227,9 @@ def admission():
     out["after_count"] = settle(loads)
 
     # Bounded by bytes: room for one clip's frames; a second load waits for them (two decoders free).
-    plugin.register(("loader",), max_concurrent_calls=2, max_queued=4, timeout_s=0.5,
-                    memory_budget_bytes=frame_bytes + frame_bytes // 2)
-    loads = plugin._loads()
-    release, started = hold(loads)
     results = {}
-    first = threading.Thread(target=attempt, args=(results, "first"))
-    first.start()
-    started.wait(10)
+    loads, release, first = first_held(results, max_concurrent_calls=2, max_queued=4, timeout_s=0.5,
+                                       memory_budget_bytes=frame_bytes + frame_bytes // 2)
     attempt(results, "second")
     out["bytes_bound_while_waiting"] = {"running": loads.running, "bytes": loads.bytes}
     release.set()
