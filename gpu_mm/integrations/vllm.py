@@ -44,9 +44,11 @@ from typing import Any, ClassVar
 from vllm.exceptions import GracefulHTTPError
 from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, VideoLoader
 
+from .. import ops
 from ..errors import InvalidRequest, LimitExceeded, MediaError, Overloaded, ProcessingTimeout
 from ..media.sources import MediaLimits, load_source
 from ..media.video import choose_video_decoder, get_video_decoder, probe_video, rotate_frames
+from ..models import qwen3_vl
 from ..options import _integer, _number
 from ..pipeline import default_memory_budget, resolve_device
 from ._settings import PluginSettings
@@ -67,6 +69,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_lock = threading.RLock()
 ENABLE_VARIABLE = "GPU_MM_VLLM"
 PARTS = ("loader", "processors")
 
@@ -110,7 +113,9 @@ def enabled_parts(environ: Any = None) -> frozenset[str]:
 
 _MAX_FRAMES, _MAX_FPS = 768, 30
 """vLLM's own Qwen loaders' caps on ``max_frames`` and ``fps`` (``Qwen2VLVideoBackend``, ``Qwen3VLVideoBackend``)."""
-_SAMPLING_KWARGS = frozenset({"min_frames", "max_frames", "temporal_patch_size"})
+_SAMPLING_BOUNDS = {"min_frames": _MAX_FRAMES, "max_frames": 1 << 20, "temporal_patch_size": 16}
+"""The integer sampling settings the loader takes besides ``fps``, with the largest value it accepts (larger
+``max_frames`` are capped at 768 later, as vLLM caps them)."""
 _VLLM_CODEC_KWARGS = frozenset({"backend", "num_ffmpeg_threads", "seek_mode", "device", "hw_decoders", "max_width",
                                 "max_height", "pool_size", "timeout_sec"})
 """vLLM's own codec options (``--media-io-kwargs``): they choose vLLM's decoders, which gpu-mm replaces."""
@@ -121,9 +126,6 @@ def sample_indices(family: str, total: int, video_fps: float, *, fps: float = 2,
     """The frames vLLM's own loader for ``family`` (``qwen2_vl`` / ``qwen3_vl``) samples, by gpu-mm's
     arithmetic for that family: transformers' ``sample_frames`` in fps mode, with vLLM's caps (fps at most 30,
     ``max_frames`` at most 768) and, for Qwen2-VL, vLLM's clamp of a float32 step past the last frame."""
-    from .. import ops
-    from ..models import qwen3_vl
-
     fps, max_frames = min(fps, _MAX_FPS), min(max_frames, _MAX_FRAMES)
     if family == "qwen3_vl":
         n = qwen3_vl.nframes(total, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
@@ -149,8 +151,10 @@ def sampling_options(values: dict[str, Any]) -> dict[str, Any]:
     """The sampling settings of a load (``--media-io-kwargs``, or a request's own ``media_io_kwargs``), checked:
     hostile values are a :class:`gpu_mm.InvalidRequest` (HTTP 400), never an arithmetic error."""
     # Above vLLM's caps (fps 30, 768 frames) values are capped, as vLLM's own loaders cap them.
-    out: dict[str, Any] = {"fps": _number(values, "fps", lo=0.0, hi=1000.0, open_lo=True)}
-    for name, hi in (("min_frames", _MAX_FRAMES), ("max_frames", 1 << 20), ("temporal_patch_size", 16)):
+    out: dict[str, Any] = {}
+    if (fps := _number(values, "fps", lo=0.0, hi=1000.0, open_lo=True)) is not None:
+        out["fps"] = fps
+    for name, hi in _SAMPLING_BOUNDS.items():
         if (value := _integer(values, name, lo=1, hi=hi)) is not None:
             out[name] = value
     return out
@@ -235,6 +239,11 @@ class _Loads:
         except concurrent.futures.TimeoutError:
             raise VLLMTimeout(f"{item}: not loaded within {timeout} s (decoding; it ends on its own)") from None
 
+    def close(self) -> None:
+        """Let its threads end once their decodes have (a replaced loader's work finishes; new loads go to the
+        new one)."""
+        self._pool.shutdown(wait=False)
+
     def decode(self, plan: _Plan) -> tuple[Any, dict[str, Any]]:
         src, info, indices = plan.src, plan.info, plan.indices
         try:
@@ -251,9 +260,16 @@ class _Loads:
         return frames.numpy(), meta
 
 
-@functools.lru_cache(maxsize=1)
+_current: _Loads | None = None
+
+
 def _loads() -> _Loads:
-    return _Loads(_settings())
+    """The loader's work in this process, built on first use from the settings in force."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = _Loads(_settings())
+        return _current
 
 
 class _GpuMMVideoLoader(VideoLoader):
@@ -264,7 +280,7 @@ class _GpuMMVideoLoader(VideoLoader):
                    frame_recovery: bool = False, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """vLLM's loader call: ``num_frames``, ``max_duration`` and ``frame_recovery`` are ignored, as by vLLM's
         own Qwen loaders (fps-driven; gpu-mm's limits bound the clip)."""
-        unknown = set(kwargs) - _SAMPLING_KWARGS - _VLLM_CODEC_KWARGS
+        unknown = set(kwargs) - _SAMPLING_BOUNDS.keys() - _VLLM_CODEC_KWARGS
         if unknown:
             raise InvalidRequest("media_io_kwargs", f"gpu-mm's video loader does not take {sorted(unknown)}")
         return _loads().load(cls.family, data, sampling_options({"fps": fps, **kwargs}))
@@ -365,7 +381,6 @@ def _register_processors() -> list[str]:
 
 # ------------------------------------------------------------------------------------------- entry point
 
-_lock = threading.Lock()
 _options: dict[str, Any] = {}
 
 
@@ -384,17 +399,19 @@ def register(parts: Any = None, **options: Any) -> dict[str, list[str]]:
     done: dict[str, list[str]] = {"loader": [], "processors": []}
     if not wanted:
         return done
+    global _current
     with _lock:
         if options:
             _options.update(options)
-            _loads.cache_clear()
+            if _current is not None:
+                _current.close()
+                _current = None
         _settings()  # an invalid GPU_MM_* variable or keyword fails here, at start-up
         if "loader" in wanted:
-            _loads()  # a decoder that is not usable fails at start-up, not per request
+            loads = _loads()  # a decoder that is not usable fails at start-up, not per request
             for name, (loader, processors) in LOADERS.items():
                 VIDEO_LOADER_REGISTRY.register(name, video_processor=processors)(loader)
                 done["loader"].append(name)
-            loads = _loads()
             _log.info("gpu-mm: video loader for Qwen2-VL/Qwen3-VL video processors (%s on %s, %d decoding, "
                       "%d queued, %d MiB of frames in flight, timeout %s s)", loads.decoder, loads.device,
                       loads.workers, loads.queued, loads.budget // 2**20, loads.settings.timeout_s)

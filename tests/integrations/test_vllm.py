@@ -161,6 +161,7 @@ def test_admission_bound_and_deadline_map_to_503_and_504_and_hold_places_until_w
     # ... but its decode still ran, holding its place and its bytes, and the waiter left.
     assert a["abandoned_decode_runs"] == {"running": 1, "waiting": 0, "bytes": a["frame_bytes"]}
     assert a["after_count"] == {"running": 0, "waiting": 0, "bytes": 0}
+    assert a["loader_threads_at_end"] == []  # loaders replaced by new settings left no threads behind
 
 
 def test_decoded_frames_in_flight_are_bounded_by_the_memory_budget():

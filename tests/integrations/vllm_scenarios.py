@@ -242,6 +242,13 @@ def admission():
     out["bytes"] = results
     plugin.register(("loader",), max_concurrent_calls=None, max_queued=None, timeout_s=None,
                     memory_budget_bytes=None)
+    # Each register() with new settings replaced the loader's work: the replaced ones' threads have ended.
+    for _ in range(100):
+        threads = [t.name for t in threading.enumerate() if t.name.startswith("gpu-mm-vllm-video")]
+        if not threads:
+            break
+        time.sleep(0.05)
+    out["loader_threads_at_end"] = threads
     return out
 
 
