@@ -7,26 +7,19 @@ Media are generated in memory: a ~2 MB 1280x720 H.264 clip (the seed's example s
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from gpu_mm.bench.machine import machine_info, machine_label, write_result
-from gpu_mm.bench.sglang import main_sync, print_comparison
-from gpu_mm.media.synth import make_image, make_video
+from gpu_mm.bench.plugins import media, parser, print_comparison
+from gpu_mm.bench.sglang import main_sync
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--seconds", type=int, default=30)
-    ap.add_argument("--out", default=None)
+    ap = parser(__doc__)
     args = ap.parse_args()
     info = machine_info()
     print(f"machine: {machine_label(info)}")
-    video = make_video(args.seconds * 30, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000)
-    image = make_image(1080, 1920, "JPEG")
-    print(f"media: {len(video) / 1e6:.1f} MB {args.seconds} s 720p H.264, {len(image) / 1e6:.2f} MB 1080p JPEG")
+    video, image = media(args.seconds)
     res = main_sync(video, image, reps=args.reps, concurrency=args.concurrency)
     print(f"\nbytes -> SGLang MultimodalProcessorOutput, p50 (gpu-mm on {res['gpu_mm_device']}):")
     print_comparison(res, "sglang", "SGLang", {"video_latency": "720p video", "image_latency": "1080p JPEG"},

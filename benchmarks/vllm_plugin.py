@@ -13,31 +13,23 @@ memory: a ~2 MB 1280x720 H.264 clip and a 1920x1080 JPEG.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
 
 from gpu_mm.bench.machine import machine_info, machine_label, write_result
-from gpu_mm.bench.sglang import print_comparison
+from gpu_mm.bench.plugins import media, parser, print_comparison
 from gpu_mm.bench.vllm import run
-from gpu_mm.media.synth import make_image, make_video
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--seconds", type=int, default=30)
+    ap = parser(__doc__)
     ap.add_argument("--model-type", default="qwen2_5_vl", choices=["qwen2_vl", "qwen2_5_vl"])
     ap.add_argument("--cpu-normalize", action="store_true", help="mm_device_do_normalize off: float patches")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     info = machine_info()
     print(f"machine: {machine_label(info)}")
-    video = make_video(args.seconds * 30, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000)
-    image = make_image(1080, 1920, "JPEG")
-    print(f"media: {len(video) / 1e6:.1f} MB {args.seconds} s 720p H.264, {len(image) / 1e6:.2f} MB 1080p JPEG")
+    video, image = media(args.seconds)
     with tempfile.TemporaryDirectory() as folder:
         res = asyncio.run(run(video, image, folder=f"{folder}/model", reps=args.reps, concurrency=args.concurrency,
                               model_type=args.model_type, normalize_on_device=not args.cpu_normalize))

@@ -16,8 +16,7 @@ import asyncio
 import functools
 from typing import Any
 
-from .loop_lag import measure
-from .throughput import speedup, time_side_by_side_async
+from .plugins import compare
 
 SPECIAL = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
 VOCAB = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}, "describe": 5, "this": 6, "and": 7, "<pad>": 8,
@@ -118,11 +117,6 @@ async def call(processor: Any, text: str | None, images: list[Any] | None = None
                                                  max_req_input_len=1 << 20)
 
 
-async def _latency(processors: dict[str, Any], request: dict[str, Any], reps: int) -> dict[str, Any]:
-    calls = {name: functools.partial(call, proc, **request) for name, proc in processors.items()}
-    return speedup(await time_side_by_side_async(calls, reps), "sglang")
-
-
 async def run(video: bytes, image: bytes, *, reps: int = 3, concurrency: int = 8,
               model_type: str = "qwen2_5_vl", progress: Any = print) -> dict[str, Any]:
     """The whole comparison; returns JSON-ready figures."""
@@ -136,15 +130,9 @@ async def run(video: bytes, image: bytes, *, reps: int = 3, concurrency: int = 8
         procs = {"sglang": theirs, "gpu_mm": ours}
         video_req = {"text": f"{VIDEO_TOKEN} describe this", "videos": [video]}
         image_req = {"text": f"{IMAGE_TOKEN} describe this", "images": [image]}
-        progress(f"latency, one video request at a time ({reps} interleaved repetitions) ...")
-        result["video_latency"] = await _latency(procs, video_req, reps)
-        progress(f"latency, one image request at a time ({reps * 3} interleaved repetitions) ...")
-        result["image_latency"] = await _latency(procs, image_req, reps * 3)
-        result["concurrent_video"] = {}
-        for name, proc in procs.items():
-            progress(f"{concurrency} video requests in flight at once through {name} ...")
-            result["concurrent_video"][name] = await measure(functools.partial(_call_one, call, proc, video_req),
-                                                             concurrency)
+        sides = {name: functools.partial(call, proc) for name, proc in procs.items()}
+        result.update(await compare(sides, "sglang", video_req, image_req, reps=reps, concurrency=concurrency,
+                                    progress=progress))
         c = result["concurrent_video"]
         result["concurrent_video"]["loop_lag_max_ratio"] = (c["sglang"]["loop_lag"]["max_ms"]
                                                            / max(c["gpu_mm"]["loop_lag"]["max_ms"], 1e-3))
@@ -154,25 +142,5 @@ async def run(video: bytes, image: bytes, *, reps: int = 3, concurrency: int = 8
     return result
 
 
-def print_comparison(res: dict[str, Any], baseline: str, label: str, rows: dict[str, str], concurrency: int) -> None:
-    """An engine plug-in benchmark's figures: p50 per request kind (``rows``: result key -> label), then the
-    caller's loop while ``concurrency`` video requests run through each side."""
-    for key, row in rows.items():
-        r = res[key]
-        print(f"  {row:11s} {label} {r[baseline]['p50_ms']:8.1f} ms   gpu-mm {r['gpu_mm']['p50_ms']:8.1f} ms   "
-              f"({r['speedup_p50']:.2f}x)")
-    c = res["concurrent_video"]
-    print(f"\n{concurrency} video requests in flight, caller's event loop (ms):")
-    print(f"  {'':8s} {'lag p99':>9s} {'lag max':>9s} {'probe p99':>10s} {'wall s':>8s}")
-    for name in (baseline, "gpu_mm"):
-        r = c[name]
-        print(f"  {name:8s} {r['loop_lag']['p99_ms']:9.1f} {r['loop_lag']['max_ms']:9.1f} "
-              f"{r['health_probe']['p99_ms']:10.1f} {r['wall_s']:8.2f}  errors {r['errors'] or 'none'}")
-
-
 def main_sync(video: bytes, image: bytes, **kw: Any) -> dict[str, Any]:
     return asyncio.run(run(video, image, **kw))
-
-
-async def _call_one(call: Any, proc: Any, request: dict[str, Any], i: int) -> Any:
-    return await call(proc, **request)

@@ -18,9 +18,9 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-from .loop_lag import measure
+from .plugins import compare
 from .sglang import ARCHITECTURES, IMAGE_TOKEN, VIDEO_TOKEN, toy_processor
-from .throughput import speedup, time_side_by_side, time_side_by_side_async
+from .throughput import speedup, time_side_by_side
 
 __all__ = ["ARCHITECTURES", "IMAGE_TOKEN", "VIDEO_TOKEN", "Engine", "data_uri", "model_folder", "run"]
 
@@ -91,11 +91,6 @@ class Engine:
         self._mm_thread.shutdown(wait=False)
 
 
-async def _latency(engines: dict[str, Engine], request: dict[str, Any], reps: int) -> dict[str, Any]:
-    calls = {name: functools.partial(engine.request, **request) for name, engine in engines.items()}
-    return speedup(await time_side_by_side_async(calls, reps), "vllm")
-
-
 def _loader_latency(video: bytes, own_loader: str, reps: int) -> dict[str, Any]:
     """The video loaders alone (bytes -> sampled frames, as ``VideoMediaIO.load_bytes``), interleaved."""
     from vllm.multimodal.media.image import ImageMediaIO
@@ -105,10 +100,6 @@ def _loader_latency(video: bytes, own_loader: str, reps: int) -> dict[str, Any]:
                "gpu_mm": VideoMediaIO(ImageMediaIO(), video_backend=f"gpu_mm_{own_loader}")}
     return speedup(time_side_by_side({name: functools.partial(io.load_bytes, video)
                                       for name, io in loaders.items()}, reps), "vllm")
-
-
-async def _one(engine: Engine, request: dict[str, Any], _: int) -> None:
-    await engine.request(**request)
 
 
 async def run(video: bytes, image: bytes, *, folder: str | pathlib.Path, reps: int = 3, concurrency: int = 8,
@@ -134,14 +125,8 @@ async def run(video: bytes, image: bytes, *, folder: str | pathlib.Path, reps: i
     image_req = {"prompt": f"{IMAGE_TOKEN} describe this", "images": [data_uri(image, "image/jpeg")]}
     progress(f"video loaders alone ({reps} interleaved repetitions) ...")
     result["video_loader_latency"] = _loader_latency(video, own_loader, reps)
-    progress(f"latency, one video request at a time ({reps} interleaved repetitions) ...")
-    result["video_latency"] = await _latency(engines, video_req, reps)
-    progress(f"latency, one image request at a time ({reps * 3} interleaved repetitions) ...")
-    result["image_latency"] = await _latency(engines, image_req, reps * 3)
-    result["concurrent_video"] = {}
-    for name, engine in engines.items():
-        progress(f"{concurrency} video requests in flight at once through {name} ...")
-        result["concurrent_video"][name] = await measure(functools.partial(_one, engine, video_req), concurrency)
+    result.update(await compare({name: engine.request for name, engine in engines.items()}, "vllm", video_req,
+                                image_req, reps=reps, concurrency=concurrency, progress=progress))
     for engine in engines.values():
         engine.close()
     return result
