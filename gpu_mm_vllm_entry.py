@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 OFF = ("", "0", "false", "off", "no")
+"""Values of ``GPU_MM_VLLM`` (lower-cased, stripped) that ask for nothing; gpu_mm.integrations.vllm reads them too."""
 
 
 def register() -> None:

@@ -44,6 +44,8 @@ from typing import Any, ClassVar
 from vllm.exceptions import GracefulHTTPError
 from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, VideoLoader
 
+from gpu_mm_vllm_entry import OFF
+
 from .. import ops
 from ..errors import InvalidRequest, LimitExceeded, MediaError, Overloaded, ProcessingTimeout
 from ..media.sources import MediaLimits, load_source
@@ -97,7 +99,7 @@ def enabled_parts(environ: Any = None) -> frozenset[str]:
         ValueError: a word that is none of ``1``, ``all``, ``loader``, ``processors`` (or ``0``/empty alone).
     """
     raw = (os.environ if environ is None else environ).get(ENABLE_VARIABLE, "").strip().lower()
-    if raw in ("", "0", "false", "off", "no"):
+    if raw in OFF:
         return frozenset()
     if raw in ("1", "all", "true", "on", "yes"):
         return frozenset(PARTS)
