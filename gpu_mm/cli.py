@@ -174,12 +174,15 @@ def _print_summary(r: dict[str, Any]) -> None:
             print(f"  {'transformers ' + k[3:]:28s} {p50:8.1f} ms   ({p50 / ours:.2f}x gpu-mm)")
     npb = r.get("normalize_patchify")
     if npb:
-        print(f"\nnormalize + patchify of a 2-frame 728x1316 group ({npb['output_bytes'] / 2**20:.0f} MiB out) vs a "
-              "copy of the same bytes (p50):")
+        print(f"\nnormalize + patchify of a 2-frame 728x1316 group ({npb['output_bytes'] / 2**20:.0f} MiB out, "
+              f"{npb.get('path', 'torch ops')}) vs a copy of the same bytes (p50):")
         print(f"  into fresh memory: {npb['np_fresh_ms']:.1f} ms vs {npb['copy_fresh_ms']:.1f} ms "
               f"({npb['ratio_fresh']:.2f}x the copy)")
         print(f"  into touched memory: {npb['np_warm_ms']:.1f} ms vs {npb['copy_warm_ms']:.1f} ms "
               f"({npb['ratio_warm']:.2f}x the copy)")
+        if "torch_ops_warm_ms" in npb:
+            print(f"  the torch-ops path on the same frames: {npb['torch_ops_warm_ms']:.1f} ms "
+                  f"({npb['speedup_vs_torch_ops']:.2f}x slower)")
     for name, v in r["video"].items():
         o = v["gpu_mm"]
         print(f"\nH.264 {name} clip ({v['bytes'] / 1e6:.1f} MB), {v['frames']} frames -> grid {v['grid_thw']} (p50):")

@@ -7,9 +7,11 @@ and dtype and work on CPU and CUDA alike.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
+import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torchvision.transforms.v2 import InterpolationMode
@@ -21,6 +23,7 @@ __all__ = [
     "frame_range",
     "normalize",
     "normalize_patchify",
+    "cpu_kernel_available",
     "nframes_hf",
     "nframes_qwen_vl_utils",
     "patch_rows",
@@ -279,27 +282,37 @@ def normalize_patchify(
     """Normalize uint8 ``[T, C, H, W]`` and lay it out as patch rows (:func:`patchify`'s order), as ``dtype``.
 
     The result is bit-identical to transformers' (normalize the frames in float32, ``(x - 255 mean) /
-    (255 std)``, then lay out the patches), computed with fewer passes over memory: the patches are laid
-    out while still uint8 (a quarter of the bytes, moved in runs of a whole patch row), then each block of
-    rows is converted, shifted and scaled in float32 while it is in cache. ``out`` (of ``dtype``) receives
-    the rows in place.
+    (255 std)``, then lay out the patches, then ``.to(dtype)``), computed with fewer passes over memory. On
+    the CPU, gpu-mm's C kernel (:func:`cpu_kernel_available`) reads the frames once, in place (contiguous or
+    channels-last), and writes each output element once: float32 by the same IEEE operations in the same
+    order, bfloat16/float16 looked up in a table of what each uint8 value becomes. Elsewhere (CUDA, or no
+    kernel) torch ops lay the patches out while still uint8, then convert, shift and scale blocks of rows.
+    ``out`` (of ``dtype``) receives the rows in place.
     """
     if out is not None and out.dtype != dtype:
         raise ValueError(f"out must be {dtype}, got {out.dtype}")
+    if _kernel_takes(frames, dtype) and dtype != torch.uint8:
+        return _kernel_rows(frames, patch_size, temporal_patch_size, merge_size, dtype, mean, std, out)
     if dtype == torch.uint8:
         return patch_rows(frames, patch_size, temporal_patch_size, merge_size, out=out)
     if frames.dtype != torch.uint8 or dtype != torch.float32 or frames.ndim != 4:
         pv, grid = patchify(normalize(frames, mean, std), patch_size, temporal_patch_size, merge_size, out=out)
         return pv.to(dtype), grid
+    return _normalize_patchify_torch(frames, mean, std, patch_size, temporal_patch_size, merge_size, out)
+
+
+def _normalize_patchify_torch(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], patch_size: int,
+                              temporal_patch_size: int, merge_size: int,
+                              out: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """:func:`normalize_patchify` of uint8 frames to float32 with torch ops (CUDA, or the CPU without the C
+    kernel): the patches are laid out while still uint8 (a quarter of the bytes, moved in runs of a whole patch
+    row), then each block of rows is converted, shifted and scaled in float32 while it is in cache."""
     # One image fills every temporal slot of its patches with the same pixels: normalize them once, copy them.
     reps = temporal_patch_size if frames.shape[0] == 1 else 1
     rows_u8, grid = _patch_rows_uint8(frames, patch_size, temporal_patch_size // reps, merge_size)
     rows, c, k1 = rows_u8.shape
     k = k1 * reps
-    if out is None:
-        out = torch.empty((rows, c * k), dtype=torch.float32, device=frames.device)
-    elif tuple(out.shape) != (rows, c * k) or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {(rows, c * k)} tensor, got {tuple(out.shape)}")
+    out = _rows_out(out, rows, c * k, torch.float32, frames.device)
     m, s = _mean_std(frames, mean, std)
     m, s = m[None, :, None], s[None, :, None]
     dst = out.view(rows, c, reps, k1)
@@ -314,6 +327,81 @@ def normalize_patchify(
     return out, grid
 
 
+def _rows_out(out: torch.Tensor | None, rows: int, row: int, dtype: torch.dtype,
+              device: torch.device) -> torch.Tensor:
+    if out is None:
+        return torch.empty((rows, row), dtype=dtype, device=device)
+    if out.dtype != dtype or tuple(out.shape) != (rows, row) or not out.is_contiguous() or out.device != device:
+        raise ValueError(f"out must be a contiguous {dtype} {(rows, row)} tensor on {device}, got {out.dtype} "
+                         f"{tuple(out.shape)} on {out.device}")
+    return out
+
+
+# ---------------------------------------------------------------- the C kernel (CPU)
+
+_cpu_patch: Any
+try:  # built at install when a C compiler is there (setup.py); the torch ops above compute the same bits
+    _cpu_patch = importlib.import_module("gpu_mm._cpu_patch")
+except ImportError:  # pragma: no cover - depends on the install
+    _cpu_patch = None
+
+_KERNEL_OFF = os.environ.get("GPU_MM_CPU_KERNEL", "").strip().lower() in ("0", "false", "no", "off")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.uint8)
+_KERNEL_ONE_THREAD_ELEMENTS = 2**18  # below this (a 1 MiB float32 output) a second thread costs more than it saves
+
+
+def cpu_kernel_available() -> bool:
+    """Whether :func:`normalize_patchify` and :func:`patch_rows` use gpu-mm's C kernel on the CPU (built at
+    install when a C compiler was there, and not turned off by ``GPU_MM_CPU_KERNEL=0``); otherwise they run
+    torch ops that compute the same bits, ~3x slower."""
+    return _cpu_patch is not None and not _KERNEL_OFF
+
+
+def _kernel_takes(frames: torch.Tensor, dtype: torch.dtype) -> bool:
+    return (_cpu_patch is not None and not _KERNEL_OFF and frames.device.type == "cpu"
+            and frames.dtype == torch.uint8 and frames.ndim == 4 and frames.shape[0] > 0 and dtype in _KERNEL_DTYPES)
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``[C, 256]``: what each uint8 value of each channel becomes, by the very ops of :func:`normalize` then
+    ``.to(dtype)``, so a lookup gives the same bits as computing."""
+    m, s = _mean_std_on("cpu", mean, std)
+    v = torch.arange(256, dtype=torch.float32).expand(len(mean), 256).clone()
+    return v.sub_(m[:, None]).div_(s[:, None]).to(dtype).contiguous()
+
+
+def _kernel_rows(frames: torch.Tensor, p: int, tp: int, m: int, dtype: torch.dtype, mean: Sequence[float] | None,
+                 std: Sequence[float] | None, out: torch.Tensor | None,
+                 threads: int | None = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Patch rows of uint8 CPU frames by the C kernel in one pass: float32 computed as transformers computes it,
+    bfloat16/float16 looked up in :func:`_lookup_table`, uint8 the pixels themselves (``mean`` None).
+    ``threads``: default torch's intra-op thread count (one for small outputs)."""
+    assert _cpu_patch is not None
+    t, c, h, w = frames.shape
+    gh, gw = _grid_hw(h, w, p, m)
+    grid = (-(-t // tp), gh, gw)
+    rows, row = grid[0] * gh * gw, c * tp * p * p
+    out = _rows_out(out, rows, row, dtype, frames.device)
+    mean_ptr = std_ptr = table_ptr = 0
+    keep: tuple[torch.Tensor, ...] = ()
+    if dtype != torch.uint8:
+        assert mean is not None and std is not None
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"mean and std need {c} values (one per channel), got {len(mean)} and {len(std)}")
+        if dtype == torch.float32:
+            keep = _mean_std(frames, mean, std)
+            mean_ptr, std_ptr = keep[0].data_ptr(), keep[1].data_ptr()
+        else:
+            keep = (_lookup_table(tuple(map(float, mean)), tuple(map(float, std)), dtype),)
+            table_ptr = keep[0].data_ptr()
+    if threads is None:
+        threads = 1 if rows * row < _KERNEL_ONE_THREAD_ELEMENTS else torch.get_num_threads()
+    _cpu_patch.patch_rows(frames.data_ptr(), (t, c, h, w), tuple(frames.stride()), mean_ptr, std_ptr, table_ptr,
+                          out.element_size(), out.data_ptr(), p, tp, m, threads)
+    return out, grid
+
+
 _CACHE_BLOCK_BYTES = 4 * 2**20
 
 
@@ -324,6 +412,8 @@ def patch_rows(frames: torch.Tensor, patch_size: int = 14, temporal_patch_size: 
     the rows in place."""
     if frames.dtype != torch.uint8 or frames.ndim != 4:
         raise ValueError(f"frames must be uint8 [T, C, H, W], got {frames.dtype} {tuple(frames.shape)}")
+    if _kernel_takes(frames, torch.uint8):
+        return _kernel_rows(frames, patch_size, temporal_patch_size, merge_size, torch.uint8, None, None, out)
     rows_u8, grid = _patch_rows_uint8(frames, patch_size, temporal_patch_size, merge_size, out=out)
     rows, c, k = rows_u8.shape
     return (rows_u8.view(rows, c * k) if out is None else out), grid
