@@ -3,15 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import copy
 import inspect
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 _STOP = object()
+_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+EXIT_JOIN_S = 10.0
+"""How long interpreter exit waits for running jobs of pools never closed (then their daemon threads are left)."""
+
+
+def _stop_all_at_exit() -> None:
+    """Before the interpreter finalizes, stop every pool and wait for its threads (up to ``EXIT_JOIN_S`` in
+    all). A worker thread still running then (a daemon) would be stopped by the finalizing interpreter in the
+    middle of whatever it runs; if that is a C++ destructor (a tensor freed as a job's frame unwinds), the
+    process aborts ("terminate called without an active exception"), which is how this was found."""
+    deadline = time.monotonic() + EXIT_JOIN_S
+    for pool in list(_pools):
+        pool.shutdown(wait=False)
+    for pool in list(_pools):
+        pool.join(max(0.0, deadline - time.monotonic()))
+
+
+# Run by threading's own shutdown, before the interpreter finalizes (concurrent.futures stops its workers the
+# same way); atexit would run only after that.
+_register_at_exit = getattr(threading, "_register_atexit", None)
+if _register_at_exit is not None:
+    _register_at_exit(_stop_all_at_exit)
+else:  # pragma: no cover - CPython has had it since 3.9
+    atexit.register(_stop_all_at_exit)
 
 
 class WorkerPool:
@@ -46,6 +73,7 @@ class WorkerPool:
         self._idle = 0
         self._lock = threading.Lock()
         self._closed = False
+        _pools.add(self)
 
     @property
     def num_threads(self) -> int:
@@ -120,9 +148,18 @@ class WorkerPool:
                 for _ in threads:
                     self._queue.put(_STOP)
         if wait:
-            for t in threads:
-                if t is not threading.current_thread():
-                    t.join()
+            self.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait (up to ``timeout`` seconds in all) for the threads of a shut-down pool to exit; True when none
+        is left. Never from a pool's own thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads if t is not threading.current_thread())
 
 
 async def _await(awaitable: Any) -> Any:

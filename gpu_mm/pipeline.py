@@ -662,7 +662,7 @@ class Preprocessor(Closeable, Generic[F]):
         if self._slots is not None:
             await self._slots.aclose()
         if self._io is not None:
-            self._io.shutdown(wait=False)
+            await asyncio.to_thread(self._io.shutdown, True)
 
     # ------------------------------------------------------------------ planning (pure, no pixels)
 

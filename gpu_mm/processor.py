@@ -275,6 +275,8 @@ class AsyncMMDataProcessor(Closeable):
             pending = [j.done for j in self._jobs]
             if pending:
                 await asyncio.wait(pending)
+            if self._pool is not None:  # the threads exit once their jobs have; none left into interpreter exit
+                await asyncio.to_thread(self._pool.join)
 
     def __del__(self) -> None:
         try:

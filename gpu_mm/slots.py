@@ -339,6 +339,7 @@ class SlotPool(Closeable):
         """Refuse new work, fail queued calls, and wait (up to ``timeout_s``) for running work."""
         self._closed = True
         self._gate.close("SlotPool was closed while the call was queued")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pending = [p.done for p in self._pending]
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
@@ -346,6 +347,11 @@ class SlotPool(Closeable):
             worker.shutdown(wait=False)
         if self._poller is not None and not self._poller.entries:
             self._poller.close()
+        # The slot threads exit once their work has ended; wait for that off the loop, so that none is left
+        # running into interpreter exit (see gpu_mm._workers).
+        for worker in self._threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            await asyncio.to_thread(worker.join, left)
 
     def __del__(self) -> None:
         # Let idle slot threads exit when the pool is dropped without aclose().

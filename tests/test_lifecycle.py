@@ -87,3 +87,43 @@ async def test_work_finished_in_time_is_not_abandoned():
     abandoned = []
     assert await await_or_abandon(work, time.monotonic() + 5, lambda: abandoned.append(1))
     assert abandoned == [] and work.result() == 7
+
+
+def _gpu_mm_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("gpu-mm") and t.is_alive()]
+
+
+async def test_aclose_leaves_no_thread_running():
+    """After ``aclose()`` no slot or IO thread is left: one still unwinding a job when the interpreter finalizes
+    (freeing tensors there) aborted processes at exit ("terminate called without an active exception")."""
+    pre = Qwen2VLPreprocessor(device="cpu", cache_bytes=0)
+    await asyncio.gather(*(pre.preprocess(images=[make_image(64 + 28 * i, 96)]) for i in range(4)))
+    assert _gpu_mm_threads()
+    await pre.aclose()
+    assert _gpu_mm_threads() == []
+
+
+def test_exit_waits_for_a_pool_that_was_never_closed():
+    """A process that exits while a worker runs a C++ op (a pool never closed) ends cleanly: threading's shutdown
+    stops and joins gpu-mm's pools first. Without that the worker is stopped mid-op and the process aborts."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import threading, torch
+        from gpu_mm import _workers
+        pool = _workers.WorkerPool(1)
+        x = torch.rand(1500, 1500)
+        started = threading.Event()
+        def job(_):
+            started.set()
+            for _ in range(5):
+                y = x @ x  # releases the GIL inside C++
+            return y
+        pool.submit(job)
+        started.wait()
+    """
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
