@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -72,11 +75,36 @@ def make_video(
     ``codec``: h264 (libx264), hevc (libx265), vp9 (libvpx-vp9), av1 (libsvtav1), mjpeg, mpeg4.
     ``rotation``: a display-matrix rotation in degrees, counter-clockwise (as phones tag portrait clips).
     """
-    import av
 
     encoder = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}.get(codec, codec)
     if container is None:
         container = {"vp9": "webm", "mjpeg": "avi"}.get(codec, "mp4")
+    with _keeps_scheduling():
+        return _encode(num_frames, height, width, encoder, codec, fps, gop, bframes, container, bit_rate, seed,
+                       pix_fmt, rotation)
+
+
+@contextlib.contextmanager
+def _keeps_scheduling() -> Iterator[None]:
+    """SVT-AV1 (libsvtav1) switches the thread that opens it to real-time ``SCHED_FIFO`` priority 99 where it is
+    allowed to (as root): a test or benchmark thread that encoded an AV1 clip would then run ahead of everything
+    else on the machine, the event loop and the kernel's own threads included. Put the thread's policy back."""
+    try:
+        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    except (AttributeError, OSError):  # not Linux
+        yield
+        return
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
+            os.sched_setscheduler(0, policy, param)
+
+
+def _encode(num_frames: int, height: int, width: int, encoder: str, codec: str, fps: int, gop: int, bframes: int,
+            container: str, bit_rate: int | None, seed: int, pix_fmt: str | None, rotation: int) -> bytes:
+    import av
+
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=container) as out:
         stream: Any = out.add_stream(encoder, rate=Fraction(fps))  # a VideoStream (typed as any stream)
