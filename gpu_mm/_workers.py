@@ -14,6 +14,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from .sched import reset_inherited_slice
+
 _STOP = object()
 _pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 EXIT_JOIN_S = 10.0
@@ -110,6 +112,7 @@ class WorkerPool:
         processor: Any = None
         built = False
         loop: asyncio.AbstractEventLoop | None = None
+        reset_inherited_slice()
         try:
             while True:
                 item = self._queue.get()

@@ -99,6 +99,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     quick = args.quick
     reps = 5 if quick else 15
     _progress(f"machine: {machine_label(info)}; device {device}; {'quick' if quick else 'full'} run")
+    from .concurrency import choose
+
+    concurrency = choose(device)
+    _progress(f"concurrency: {concurrency.slots} slots + {concurrency.express_slots} express ({concurrency.reason})")
     clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
     step = _Steps(1 + 1 + len(clips) + 1 + 1 + 1 + 1 + (0 if args.no_http else 1))
     step("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
@@ -107,7 +111,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # ~0.55 Mbit/s: a 30 s clip is ~2 MB, the size of the seed's example video.
     videos = {name: make_video(seconds * 30, h, w, fps=30, gop=60, bframes=2, bit_rate=550_000)
               for name, (h, w) in clips.items()}
-    result: dict[str, Any] = {"machine": info, "device": device, "quick": quick, "image": {}, "video": {}}
+    result: dict[str, Any] = {"machine": info, "device": device, "quick": quick, "image": {}, "video": {},
+                              "concurrency": concurrency.as_dict()}
     step("image: bytes -> features, gpu-mm vs transformers ...")
     result["image"]["1080p_jpeg"] = image_bench(jpeg, device, reps)
     result["normalize_patchify"] = patchify_bench(reps * 3)
@@ -164,6 +169,9 @@ def _print_summary(r: dict[str, Any]) -> None:
     from .bench.machine import machine_label
 
     print(f"\ngpu-mm bench on {machine_label(r['machine'])}, device {r['device']}")
+    if "concurrency" in r:
+        c = r["concurrency"]
+        print(f"concurrency chosen: {c['slots']} slots + {c['express_slots']} express ({c['reason']})")
     img = r["image"]["1080p_jpeg"]
     ours = img["gpu_mm"]["p50_ms"]
     print("\n1920x1080 JPEG, bytes -> pixel_values (p50):")
@@ -210,11 +218,14 @@ def _print_summary(r: dict[str, Any]) -> None:
             name = "  qwen-vl-utils + transformers"
             print(f"  {name:28s} {q['p50_ms']:8.1f} ms   ({q['p50_ms'] / ours:.2f}x gpu-mm)")
     ll = r["loop_lag"]
-    n = next(iter(ll.values()))["requests"]
+    n = next(v["requests"] for v in ll.values() if "requests" in v)
     print(f"\nevent loop while {n} image requests run (ms):")
-    print(f"  {'scenario':26s} {'lag p99':>8s} {'lag max':>8s} {'health p99':>10s} {'wall s':>7s}")
+    print(f"  {'scenario':31s} {'lag p99':>8s} {'lag max':>8s} {'health p99':>10s} {'wall s':>7s}")
     for k, v in ll.items():
-        print(f"  {k:26s} {v['loop_lag']['p99_ms']:8.2f} {v['loop_lag']['max_ms']:8.1f} "
+        if "skipped" in v:
+            print(f"  {k:31s} skipped: {v['skipped']}")
+            continue
+        print(f"  {k:31s} {v['loop_lag']['p99_ms']:8.2f} {v['loop_lag']['max_ms']:8.1f} "
               f"{v['health_probe']['p99_ms']:10.2f} {v['wall_s']:7.2f}")
     if "inline" in ll and "gpu_mm_native" in ll:
         ratio = ll["inline"]["loop_lag"]["max_ms"] / max(ll["gpu_mm_native"]["loop_lag"]["max_ms"], 1e-6)

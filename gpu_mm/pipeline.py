@@ -29,6 +29,8 @@ from . import ops
 from ._aio import await_or_abandon, wait_until
 from ._lifecycle import Closeable
 from .cache import CacheStatistics, Entry, FeatureCache, content_key
+from .concurrency import Concurrency
+from .concurrency import choose as choose_concurrency
 from .errors import (
     BackendUnavailable,
     InvalidRequest,
@@ -60,6 +62,7 @@ from .media.video import (
 from .metrics import StageTimer
 from .models.base import ModelSpec, VideoSampling
 from .options import RequestOptions
+from .sched import reset_inherited_slice
 from .slots import Slot, SlotPool, SlotPoolStatistics
 
 __all__ = ["Decoded", "Features", "ItemReport", "Preprocessor", "PreprocessorStatistics"]
@@ -155,6 +158,7 @@ class PreprocessorStatistics:
     slots: SlotPoolStatistics | None
     cache: CacheStatistics
     computations_in_flight: int
+    concurrency: Concurrency | None = None
 
 
 @dataclasses.dataclass
@@ -255,16 +259,17 @@ class Preprocessor(Closeable, Generic[F]):
         video_decoder: a registered decoder name: ``"pyav"`` (always there), ``"dali"`` (NVDEC),
             ``"dali-cpu"``; ``"auto"``: DALI/NVDEC on CUDA when installed, else PyAV. An item whose codec
             the decoder lacks falls back to PyAV, and its report says so.
-        num_slots: device slots (default 1: SGLang found one GPU worker best, and on the CPU one slot
-            lets torch's intra-op threads use the cores without oversubscribing them, which is what
-            keeps the caller's loop responsive on small machines).
+        num_slots: device slots. ``None``: :func:`gpu_mm.concurrency.choose` for the device and the cores this
+            process may use (CUDA: 1, as SGLang found one GPU worker best; CPU: 1 on one core, 2 on two or
+            three, as measured, cores / 2 up to 8 beyond); :attr:`concurrency` says what was chosen and why.
         memory_budget_bytes: working memory (decoded frames, intermediates and outputs) of the items
             running at once, bounded per item by what its plan states. An item that could never fit is
             refused at planning with :class:`gpu_mm.LimitExceeded`; others queue. ``None``: the default,
             :func:`default_memory_budget` (8 GiB, or half the machine's memory / a quarter of the GPU's if
             less).
         express_slots: extra slots only for cheap items (planned at most ``express_max_bytes``), so a
-            cheap image never waits behind a decompression bomb or a long video (default 1).
+            cheap image never waits behind a decompression bomb or a long video (``None``: chosen with
+            ``num_slots``, 1).
         express_max_bytes: what counts as cheap (default 256 MiB: a 4K JPEG plans ~160 MiB, a 67 Mpx image
             or a minute of 1080p video several GiB).
         output: ``"device"`` leaves features where they were made (finished when returned; safe to use on
@@ -301,7 +306,7 @@ class Preprocessor(Closeable, Generic[F]):
         video_decoder: str = "auto",
         num_slots: int | None = None,
         memory_budget_bytes: int | None = None,
-        express_slots: int = 1,
+        express_slots: int | None = None,
         express_max_bytes: int = 256 * 2**20,
         max_queued: int | None = None,
         output: Literal["device", "cpu", "pinned"] = "device",
@@ -330,7 +335,14 @@ class Preprocessor(Closeable, Generic[F]):
         self.limits = limits or MediaLimits()
         self.video_decoder = choose_video_decoder(video_decoder, device)
         self.output = output
-        self._num_slots = num_slots or 1
+        chosen = choose_concurrency(device)
+        self.concurrency = dataclasses.replace(
+            chosen, slots=num_slots or chosen.slots,
+            express_slots=chosen.express_slots if express_slots is None else express_slots,
+            reason=chosen.reason if num_slots is None and express_slots is None else "set by the caller")
+        """The slots this preprocessor runs (:class:`gpu_mm.concurrency.Concurrency`), with the reason."""
+        express_slots = self.concurrency.express_slots
+        self._num_slots = self.concurrency.slots
         if image_batch is not None and image_batch < 1:
             raise ValueError(f"image_batch must be >= 1 or None, got {image_batch!r}")
         # nvJPEG decodes a list in one batched (hardware where present) call; libjpeg-turbo gains nothing.
@@ -465,7 +477,8 @@ class Preprocessor(Closeable, Generic[F]):
             raise ProcessorClosed(f"{type(self).__name__} is closed")
         loop = asyncio.get_running_loop()
         if self._io is None:
-            self._io = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="gpu-mm-io")
+            self._io = concurrent.futures.ThreadPoolExecutor(
+                self.concurrency.io_threads, thread_name_prefix="gpu-mm-io", initializer=reset_inherited_slice)
         if self._slots is None:
             self._slots = SlotPool(
                 self._num_slots,
@@ -644,6 +657,7 @@ class Preprocessor(Closeable, Generic[F]):
             device=self.device, memory_budget_bytes=self.memory_budget_bytes,
             slots=None if self._slots is None else self._slots.statistics(),
             cache=self.cache.statistics(), computations_in_flight=len(self._inflight),
+            concurrency=self.concurrency,
         )
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ def write_plots(result: dict[str, Any], out_dir: str | pathlib.Path) -> list[pat
     def quantile_bars(figures: dict[str, Any], key: str, ylabel: str, title: str, name: str) -> None:
         """p50 / p99 / max of ``figures[scenario][key]`` as grouped bars on a log scale."""
         fig, ax = plt.subplots(figsize=(8, 4.5))
+        figures = {n: f for n, f in figures.items() if key in f}  # not skipped
         names = list(figures)
         bars(ax, names, {q: [max(figures[n][key][f"{q}_ms"], 1e-3) for n in names] for q in ("p50", "p99", "max")},
              ylabel)
