@@ -244,13 +244,15 @@ def build_app(
     return app
 
 
-def run(mode: Mode, host: str, port: int, **kw: Any) -> None:
-    """Serve until interrupted."""
+def run(mode: Mode, host: str, port: int, *, loop_slice: bool = True, **kw: Any) -> None:
+    """Serve until interrupted. ``loop_slice``: ask for a short CPU time slice for the loop
+    (:func:`prioritize_loop`)."""
     from aiohttp import web
 
     app = build_app(mode, **kw)
     freeze_gc()
-    prioritize_loop()
+    if loop_slice:
+        prioritize_loop()
     web.run_app(app, host=host, port=port, print=None, access_log=None)
 
 

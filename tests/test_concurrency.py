@@ -97,3 +97,14 @@ async def test_gpu_mm_threads_started_from_a_short_slice_loop_drop_it():
         await pre.aclose()
     finally:
         sched.set_thread_slice(None)
+
+
+@granted
+def test_serve_asks_for_the_short_slice_on_its_loop_thread():
+    from gpu_mm.serve import prioritize_loop
+
+    try:
+        assert prioritize_loop()
+        assert sched.thread_slice() == sched.LOOP_SLICE_S
+    finally:
+        sched.set_thread_slice(None)
