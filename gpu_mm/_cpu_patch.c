@@ -180,6 +180,7 @@ static PyObject *patch_rows(PyObject *Py_UNUSED(self), PyObject *args) {
                 .std = arithmetic ? (const float *)(uintptr_t)std : NULL, .elem = elem,
                 .out = (char *)(uintptr_t)out, .p = p, .tp = tp, .m = m, .gw = w / p, .hblocks = h / (p * m)};
     const Py_ssize_t units = ((t + tp - 1) / tp) * base.hblocks;
+    if (units == 0) Py_RETURN_NONE; /* no rows to write */
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > units) threads = units;

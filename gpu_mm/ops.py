@@ -359,7 +359,7 @@ def cpu_kernel_available() -> bool:
 
 def _kernel_takes(frames: torch.Tensor, dtype: torch.dtype) -> bool:
     return (_cpu_patch is not None and not _KERNEL_OFF and frames.device.type == "cpu"
-            and frames.dtype == torch.uint8 and frames.ndim == 4 and frames.shape[0] > 0 and dtype in _KERNEL_DTYPES)
+            and frames.dtype == torch.uint8 and frames.ndim == 4 and frames.numel() > 0 and dtype in _KERNEL_DTYPES)
 
 
 @functools.lru_cache(maxsize=64)

@@ -128,6 +128,16 @@ def test_wrong_calls_are_refused_before_any_memory_is_touched():
         k.patch_rows(*args[:6], 4, out.data_ptr(), 14, 2, 2, 1)  # 4-byte elements need a table or mean/std
 
 
+@needs_kernel
+def test_no_rows_to_write_is_not_a_crash():
+    x = torch.zeros(1, 3, 0, 28, dtype=torch.uint8)
+    assert ops.normalize_patchify(x)[0].shape == (0, 1176)
+    # The extension itself, given frames with no rows of patches (an address is still needed).
+    y = torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+    out = torch.empty(1, dtype=torch.uint8)
+    ops._cpu_patch.patch_rows(y.data_ptr(), (1, 3, 0, 28), y.stride(), 0, 0, 0, 1, out.data_ptr(), 14, 2, 2, 2)
+
+
 def test_the_kernel_can_be_turned_off_by_the_environment():
     code = "from gpu_mm import ops; print(ops.cpu_kernel_available())"
     env = {**os.environ, "GPU_MM_CPU_KERNEL": "0"}
