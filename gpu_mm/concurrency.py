@@ -54,7 +54,7 @@ def choose(device: str, cores: int | None = None) -> Concurrency:
                                   "loop lag)")
     if n <= 3:
         return Concurrency(device, n, slots=2, express_slots=1, io_threads=4,
-                           reason=f"CPU, {n} cores: two slots and an express slot (measured on 2 cores: 15-20% "
+                           reason=f"CPU, {n} cores: two slots and an express slot (measured on 2 cores: 15-30% "
                                   "faster than one slot on videos and mixed loads; a video's decode is one thread)")
     slots = min(8, n // 2)
     return Concurrency(device, n, slots=slots, express_slots=1, io_threads=4,
