@@ -61,6 +61,7 @@ class WorkerPool:
         factory: Callable[[], Any] | None = None,
         spares: list[Any] | None = None,
         name: str = "gpu-mm-worker",
+        on_start: Callable[[], Any] | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers!r}")
@@ -70,6 +71,8 @@ class WorkerPool:
         self._spares = list(spares or [])
         """Private processors made ahead of time (e.g. the copy that proved copying works); used first."""
         self._name = name
+        self._on_start = on_start
+        """Called first in each new thread (e.g. to set its scheduling policy)."""
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
@@ -113,6 +116,8 @@ class WorkerPool:
         built = False
         loop: asyncio.AbstractEventLoop | None = None
         reset_inherited_slice()
+        if self._on_start is not None:
+            self._on_start()
         try:
             while True:
                 item = self._queue.get()

@@ -149,7 +149,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result["http"] = {}
         # gpu_mm twice: as served, and without the loop's short time slice (gpu_mm.sched), side by side.
         for label, mode, extra in (("inline", "inline", []), ("seed", "seed", []), ("gpu_mm", "gpu_mm", []),
-                                   ("gpu_mm_default_slice", "gpu_mm", ["--no-loop-slice"])):
+                                   ("gpu_mm_default_slice", "gpu_mm", ["--no-loop-slice"]),
+                                   ("gpu_mm_idle_workers", "gpu_mm", ["--idle-workers"])):
             _progress(f"  serve --mode {mode} {' '.join(extra)}")
             result["http"][label] = asyncio.run(run_mode(mode, videos["360p"], n_http, device, extra))
     _print_summary(result)
@@ -262,7 +263,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         seed_wrapper = SeedAsyncMMDataProcessor
     run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, fast_jpeg=args.fast_jpeg,
-        device=args.device, loop_slice=not args.no_loop_slice,
+        device=args.device, loop_slice=not args.no_loop_slice, idle_workers=args.idle_workers,
         max_concurrent_calls=args.max_concurrent_calls, max_queued=args.max_queued, timeout_s=args.timeout_s,
         num_slots=args.slots, limits=limits, max_body_bytes=max_body,
         body_budget_bytes=int(args.body_budget_mb * 2**20),
@@ -352,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)")
     sv.add_argument("--no-loop-slice", action="store_true",
                     help="do not ask Linux for a short CPU time slice for the event loop's thread (see gpu_mm.sched)")
+    sv.add_argument("--idle-workers", action="store_true",
+                    help="slot threads on SCHED_IDLE: the loop preempts them at once (a machine that does nothing "
+                         "else; they starve behind any other busy process)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

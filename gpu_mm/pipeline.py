@@ -289,6 +289,8 @@ class Preprocessor(Closeable, Generic[F]):
         fast_jpeg: on the CPU, decode a JPEG whose target is at most half its size at 1/2, 1/4 or 1/8 scale
             by libjpeg's DCT scaling, then resize from there (default off: the features then differ slightly
             from transformers'; the README states by how much).
+        idle_workers: run the slot threads on Linux's ``SCHED_IDLE`` policy (:func:`gpu_mm.sched.set_idle_policy`):
+            the caller's loop preempts them at once; only for a machine that does nothing else (default off).
     """
 
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots
@@ -315,6 +317,7 @@ class Preprocessor(Closeable, Generic[F]):
         cache_bytes: int | None = None,
         copy_on_hit: bool = False,
         fast_jpeg: bool = False,
+        idle_workers: bool = False,
         **overrides: Any,
     ) -> None:
         device = resolve_device(device)
@@ -366,6 +369,7 @@ class Preprocessor(Closeable, Generic[F]):
         self.cache = FeatureCache(cache_bytes, copy_on_hit=copy_on_hit)
         # Everything besides the media and the request's options that changes an item's features.
         self.fast_jpeg = fast_jpeg
+        self.idle_workers = idle_workers
         self._cache_identity = (repr(self.config), self.device, self.output, self.video_decoder, fast_jpeg)
         self._inflight: dict[bytes, asyncio.Future[Any]] = {}
 
@@ -487,6 +491,7 @@ class Preprocessor(Closeable, Generic[F]):
                 express_slots=self._express_slots,
                 express_max_bytes=self._express_max_bytes,
                 max_queued=self._max_queued,
+                idle_workers=self.idle_workers,
             )
         # Planning and leasing the output block (an allocation, a CUDA IPC handle) run on an IO thread.
         plan_future = loop.run_in_executor(self._io, self._plan_and_lease, images, videos, request)

@@ -120,6 +120,7 @@ def build_app(
     model: str = "qwen2_vl",
     seed_wrapper: Any = None,
     fast_jpeg: bool = False,
+    idle_workers: bool = False,
 ) -> Any:
     """Build the aiohttp application for ``mode``.
 
@@ -138,7 +139,8 @@ def build_app(
     if max_body_bytes > body_budget_bytes:
         raise ValueError(f"max_body_bytes={max_body_bytes} is over body_budget_bytes={body_budget_bytes}")
     pre = Preprocessor.for_model(model, device=device, limits=limits, num_slots=num_slots,
-                                 memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes, fast_jpeg=fast_jpeg)
+                                 memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes, fast_jpeg=fast_jpeg,
+                                 idle_workers=idle_workers)
     c = pre.concurrency
     logger.info("%s on %s: %d slots + %d express (%s)", type(pre).__name__, pre.device, c.slots, c.express_slots,
                 c.reason)

@@ -25,6 +25,7 @@ from ._lifecycle import Closeable
 from ._workers import WorkerPool
 from .errors import BackendUnavailable, ProcessingTimeout, ProcessorClosed
 from .metrics import LatencySummary, Window
+from .sched import set_idle_policy
 
 __all__ = ["Completion", "Slot", "SlotPool", "SlotPoolStatistics"]
 
@@ -171,6 +172,7 @@ class SlotPool(Closeable):
         stream_priority: int = 0,
         event_factory: Callable[[Slot], Completion | None] | None = None,
         poll_max_interval_s: float = 0.002,
+        idle_workers: bool = False,
     ) -> None:
         device = str(device)
         if not (device == "cpu" or device.startswith("cuda")):
@@ -195,7 +197,8 @@ class SlotPool(Closeable):
         self._event_factory = event_factory if event_factory is not None else self._default_event
         self._free = list(reversed(self._slots))
         self._pending: set[_Pending] = set()
-        self._threads = [WorkerPool(1, name=f"gpu-mm-slot-{i}") for i in range(total)]
+        on_start = set_idle_policy if idle_workers else None
+        self._threads = [WorkerPool(1, name=f"gpu-mm-slot-{i}", on_start=on_start) for i in range(total)]
         self._poll_max = poll_max_interval_s
         self._poller: _EventPoller | None = None
         self._closed = False

@@ -108,3 +108,17 @@ def test_serve_asks_for_the_short_slice_on_its_loop_thread():
         assert sched.thread_slice() == sched.LOOP_SLICE_S
     finally:
         sched.set_thread_slice(None)
+
+
+@pytest.mark.parametrize("idle", [False, True])
+async def test_slot_threads_run_on_sched_idle_only_when_asked(idle):
+    pre = Qwen2VLPreprocessor(device="cpu", cache_bytes=0, idle_workers=idle)
+    try:
+        await pre.preprocess(images=[make_image(56, 56)])
+        slots = [t.native_id for t in threading.enumerate() if t.name.startswith("gpu-mm-slot") and t.native_id]
+        assert slots
+        want = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        assert all(os.sched_getscheduler(tid) == want for tid in slots)
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is left alone
+    finally:
+        await pre.aclose()

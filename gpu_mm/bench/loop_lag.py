@@ -103,12 +103,18 @@ def scenarios(image: bytes, workers: int) -> dict[str, Callable[[], tuple[Callab
         w = AsyncMMDataProcessor(pre, max_concurrent_calls=64, max_queued=4096)
         return (lambda i: w.process(image_data=[image])), w.shutdown
 
+    def gpu_mm_native_idle_workers():
+        pre = Qwen2VLPreprocessor("auto", cache_bytes=0, idle_workers=True)  # slot threads on SCHED_IDLE
+        w = AsyncMMDataProcessor(pre, max_concurrent_calls=64, max_queued=4096)
+        return (lambda i: w.process(image_data=[image])), w.shutdown
+
     return {
         "inline": inline,
         "seed_wrapper_sync": seed_sync,
         "seed_wrapper_fake_async": seed_fake_async,
         "gpu_mm_wrapping_hf": gpu_mm_hf,
         "gpu_mm_native": gpu_mm_native,
+        "gpu_mm_native_idle_workers": gpu_mm_native_idle_workers,
     }
 
 
