@@ -10,6 +10,8 @@ import pathlib
 import platform
 from typing import Any
 
+from ..concurrency import usable_cores
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -32,7 +34,7 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": usable_cores(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "gpu": None,
