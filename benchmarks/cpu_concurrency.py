@@ -97,7 +97,8 @@ def main() -> int:
     for n in counts:
         for slots, express in SETTINGS:
             t = table[f"{n}:{slots}:{express}"]
-            cells = " ".join(f"{t[w]['wall_s']:8.2f} s ({t[w]['lag_p99_ms']:4.1f})" for w in ("images", "videos", "mixed"))
+            cells = " ".join(f"{t[w]['wall_s']:8.2f} s ({t[w]['lag_p99_ms']:4.1f})"
+                             for w in ("images", "videos", "mixed"))
             print(f"  {n:>5} {slots:>5}+{express} {cells}")
         best = min(SETTINGS, key=lambda s: table[f"{n}:{s[0]}:{s[1]}"]["mixed"]["wall_s"])
         c = choose("cpu", n)
