@@ -147,9 +147,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         n_http = 8 if quick else 16
         step(f"HTTP: {n_http} concurrent video requests to gpu-mm serve on loopback, probing /health and /metrics")
         result["http"] = {}
-        # gpu_mm twice: as served, and without the loop's short time slice (gpu_mm.sched), side by side.
+        # gpu_mm as served, then with each opt-in scheduling setting (gpu_mm.sched), side by side.
         for label, mode, extra in (("inline", "inline", []), ("seed", "seed", []), ("gpu_mm", "gpu_mm", []),
-                                   ("gpu_mm_default_slice", "gpu_mm", ["--no-loop-slice"]),
+                                   ("gpu_mm_loop_slice", "gpu_mm", ["--loop-slice"]),
                                    ("gpu_mm_idle_workers", "gpu_mm", ["--idle-workers"])):
             _progress(f"  serve --mode {mode} {' '.join(extra)}")
             result["http"][label] = asyncio.run(run_mode(mode, videos["360p"], n_http, device, extra))
@@ -263,7 +263,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         seed_wrapper = SeedAsyncMMDataProcessor
     run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, fast_jpeg=args.fast_jpeg,
-        device=args.device, loop_slice=not args.no_loop_slice, idle_workers=args.idle_workers,
+        device=args.device, loop_slice=args.loop_slice, idle_workers=args.idle_workers,
         max_concurrent_calls=args.max_concurrent_calls, max_queued=args.max_queued, timeout_s=args.timeout_s,
         num_slots=args.slots, limits=limits, max_body_bytes=max_body,
         body_budget_bytes=int(args.body_budget_mb * 2**20),
@@ -351,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
     sv.add_argument("--fast-jpeg", action="store_true",
                     help="decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)")
-    sv.add_argument("--no-loop-slice", action="store_true",
-                    help="do not ask Linux for a short CPU time slice for the event loop's thread (see gpu_mm.sched)")
+    sv.add_argument("--loop-slice", action="store_true",
+                    help="ask Linux (6.12+) for a short CPU time slice for the event loop's thread (gpu_mm.sched)")
     sv.add_argument("--idle-workers", action="store_true",
                     help="slot threads on SCHED_IDLE: the loop preempts them at once (a machine that does nothing "
                          "else; they starve behind any other busy process)")

@@ -246,7 +246,7 @@ def build_app(
     return app
 
 
-def run(mode: Mode, host: str, port: int, *, loop_slice: bool = True, **kw: Any) -> None:
+def run(mode: Mode, host: str, port: int, *, loop_slice: bool = False, **kw: Any) -> None:
     """Serve until interrupted. ``loop_slice``: ask for a short CPU time slice for the loop
     (:func:`prioritize_loop`)."""
     from aiohttp import web
@@ -261,8 +261,10 @@ def run(mode: Mode, host: str, port: int, *, loop_slice: bool = True, **kw: Any)
 def prioritize_loop() -> bool:
     """Ask for a short CPU time slice for this (the event loop's) thread, so that it runs as soon as it wakes
     instead of waiting out a busy worker's slice (:mod:`gpu_mm.sched`; loop lag p99 2.2-3.6 -> 1.3-1.4 ms measured
-    here with two threads preprocessing on two cores). torch's intra-op threads are started first, since threads
-    inherit the slice (gpu-mm's own reset theirs). Returns whether the kernel granted it (Linux 6.12+)."""
+    here with two threads preprocessing on two cores). Opt-in (``gpu-mm serve --loop-slice``): under 16 concurrent
+    video uploads it did not lower /health's p99 (the loop's own work is preempted sooner too). torch's intra-op
+    threads are started first, since threads inherit the slice (gpu-mm's own reset theirs). Returns whether the
+    kernel granted it (Linux 6.12+)."""
     import torch
 
     from .sched import set_thread_slice
