@@ -91,6 +91,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.loop_lag import run_all
     from .bench.machine import machine_info, machine_label
     from .bench.throughput import image_bench, patchify_bench, qwen3_bench, video_bench
+    from .concurrency import choose
     from .media.synth import make_image, make_video
     from .pipeline import resolve_device
 
@@ -99,8 +100,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     quick = args.quick
     reps = 5 if quick else 15
     _progress(f"machine: {machine_label(info)}; device {device}; {'quick' if quick else 'full'} run")
-    from .concurrency import choose
-
     concurrency = choose(device)
     _progress(f"concurrency: {concurrency.slots} slots + {concurrency.express_slots} express ({concurrency.reason})")
     clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}

@@ -45,19 +45,16 @@ def choose(device: str, cores: int | None = None) -> Concurrency:
     if n < 1:
         raise ValueError(f"cores must be >= 1, got {n!r}")
     if device.startswith("cuda"):
-        return Concurrency(device, n, slots=1, express_slots=1, io_threads=4,
-                           reason="CUDA: one stream slot (SGLang measured one GPU worker best) and an express slot "
-                                  "for cheap items")
-    if n == 1:
-        return Concurrency(device, n, slots=1, express_slots=1, io_threads=4,
-                           reason="CPU, 1 core: one slot and an express slot (measured fastest; more slots only add "
-                                  "loop lag)")
-    if n <= 3:
-        return Concurrency(device, n, slots=2, express_slots=1, io_threads=4,
-                           reason=f"CPU, {n} cores: two slots and an express slot (measured on 2 cores: 15-30% "
-                                  "faster than one slot on videos and mixed loads; a video's decode is one thread)")
-    slots = min(8, n // 2)
-    return Concurrency(device, n, slots=slots, express_slots=1, io_threads=4,
-                       reason=f"CPU, {n} cores: {slots} slots (cores / 2, at most 8) and an express slot; not measured "
-                              "on this many cores: extrapolated from 2, where parallel decodes paid and torch's "
-                              "ops already share every core (benchmarks/cpu_concurrency.py measures it)")
+        slots, reason = 1, ("CUDA: one stream slot (SGLang measured one GPU worker best) and an express slot for "
+                            "cheap items")
+    elif n == 1:
+        slots, reason = 1, "CPU, 1 core: one slot and an express slot (measured fastest; more slots only add loop lag)"
+    elif n <= 3:
+        slots, reason = 2, (f"CPU, {n} cores: two slots and an express slot (measured on 2 cores: 15-30% faster than "
+                            "one slot on videos and mixed loads; a video's decode is one thread)")
+    else:
+        slots = min(8, n // 2)
+        reason = (f"CPU, {n} cores: {slots} slots (cores / 2, at most 8) and an express slot; not measured on this "
+                  "many cores: extrapolated from 2, where parallel decodes paid and torch's ops already share every "
+                  "core (benchmarks/cpu_concurrency.py measures it)")
+    return Concurrency(device, n, slots=slots, express_slots=1, io_threads=4, reason=reason)

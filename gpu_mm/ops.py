@@ -291,10 +291,10 @@ def normalize_patchify(
     """
     if out is not None and out.dtype != dtype:
         raise ValueError(f"out must be {dtype}, got {out.dtype}")
-    if _kernel_takes(frames, dtype) and dtype != torch.uint8:
-        return _kernel_rows(frames, patch_size, temporal_patch_size, merge_size, dtype, mean, std, out)
     if dtype == torch.uint8:
         return patch_rows(frames, patch_size, temporal_patch_size, merge_size, out=out)
+    if _kernel_takes(frames, dtype):
+        return _kernel_rows(frames, patch_size, temporal_patch_size, merge_size, dtype, mean, std, out)
     if frames.dtype != torch.uint8 or dtype != torch.float32 or frames.ndim != 4:
         pv, grid = patchify(normalize(frames, mean, std), patch_size, temporal_patch_size, merge_size, out=out)
         return pv.to(dtype), grid
@@ -353,13 +353,13 @@ _KERNEL_ONE_THREAD_ELEMENTS = 2**18  # below this (a 1 MiB float32 output) a sec
 def cpu_kernel_available() -> bool:
     """Whether :func:`normalize_patchify` and :func:`patch_rows` use gpu-mm's C kernel on the CPU (built at
     install when a C compiler was there, and not turned off by ``GPU_MM_CPU_KERNEL=0``); otherwise they run
-    torch ops that compute the same bits, ~3x slower."""
+    torch ops that compute the same bits, 2-2.5x slower."""
     return _cpu_patch is not None and not _KERNEL_OFF
 
 
 def _kernel_takes(frames: torch.Tensor, dtype: torch.dtype) -> bool:
-    return (_cpu_patch is not None and not _KERNEL_OFF and frames.device.type == "cpu"
-            and frames.dtype == torch.uint8 and frames.ndim == 4 and frames.numel() > 0 and dtype in _KERNEL_DTYPES)
+    return (cpu_kernel_available() and frames.device.type == "cpu" and frames.dtype == torch.uint8
+            and frames.ndim == 4 and frames.numel() > 0 and dtype in _KERNEL_DTYPES)
 
 
 @functools.lru_cache(maxsize=64)

@@ -344,8 +344,6 @@ class Preprocessor(Closeable, Generic[F]):
             express_slots=chosen.express_slots if express_slots is None else express_slots,
             reason=chosen.reason if num_slots is None and express_slots is None else "set by the caller")
         """The slots this preprocessor runs (:class:`gpu_mm.concurrency.Concurrency`), with the reason."""
-        express_slots = self.concurrency.express_slots
-        self._num_slots = self.concurrency.slots
         if image_batch is not None and image_batch < 1:
             raise ValueError(f"image_batch must be >= 1 or None, got {image_batch!r}")
         # nvJPEG decodes a list in one batched (hardware where present) call; libjpeg-turbo gains nothing.
@@ -354,10 +352,9 @@ class Preprocessor(Closeable, Generic[F]):
             memory_budget_bytes = default_memory_budget(device)
         if memory_budget_bytes < 1:
             raise ValueError(f"memory_budget_bytes must be >= 1 or None, got {memory_budget_bytes!r}")
-        if express_slots < 0:
+        if self.concurrency.express_slots < 0:
             raise ValueError(f"express_slots must be >= 0, got {express_slots!r}")
         self.memory_budget_bytes = memory_budget_bytes
-        self._express_slots = express_slots
         self._express_max_bytes = express_max_bytes
         self._max_queued = max_queued
         self._slots: SlotPool | None = None
@@ -485,10 +482,10 @@ class Preprocessor(Closeable, Generic[F]):
                 self.concurrency.io_threads, thread_name_prefix="gpu-mm-io", initializer=reset_inherited_slice)
         if self._slots is None:
             self._slots = SlotPool(
-                self._num_slots,
+                self.concurrency.slots,
                 device=self.device,
                 memory_budget_bytes=self.memory_budget_bytes,
-                express_slots=self._express_slots,
+                express_slots=self.concurrency.express_slots,
                 express_max_bytes=self._express_max_bytes,
                 max_queued=self._max_queued,
                 idle_workers=self.idle_workers,

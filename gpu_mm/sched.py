@@ -19,6 +19,7 @@ request is refused or ignored, :func:`set_thread_slice` says so, and nothing els
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import struct
@@ -35,6 +36,7 @@ _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}  # sched_setattr, sche
 _SCHED_OTHER = 0
 
 
+@functools.cache  # every gpu-mm worker thread asks at its start
 def _calls() -> tuple[ctypes.CDLL, int, int] | None:
     numbers = _SYSCALLS.get(platform.machine())
     if os.name != "posix" or platform.system() != "Linux" or numbers is None:

@@ -98,13 +98,9 @@ def scenarios(image: bytes, workers: int) -> dict[str, Callable[[], tuple[Callab
                                  processor_factory=HFImageProcessor)
         return (lambda i: w.process(image_data=[image])), w.shutdown
 
-    def gpu_mm_native():
-        pre = Qwen2VLPreprocessor("auto", cache_bytes=0)  # default slots; every request computed
-        w = AsyncMMDataProcessor(pre, max_concurrent_calls=64, max_queued=4096)
-        return (lambda i: w.process(image_data=[image])), w.shutdown
-
-    def gpu_mm_native_idle_workers():
-        pre = Qwen2VLPreprocessor("auto", cache_bytes=0, idle_workers=True)  # slot threads on SCHED_IDLE
+    def gpu_mm_native(idle_workers: bool = False):
+        # Default slots; every request computed; idle_workers: slot threads on SCHED_IDLE.
+        pre = Qwen2VLPreprocessor("auto", cache_bytes=0, idle_workers=idle_workers)
         w = AsyncMMDataProcessor(pre, max_concurrent_calls=64, max_queued=4096)
         return (lambda i: w.process(image_data=[image])), w.shutdown
 
@@ -114,15 +110,15 @@ def scenarios(image: bytes, workers: int) -> dict[str, Callable[[], tuple[Callab
         "seed_wrapper_fake_async": seed_fake_async,
         "gpu_mm_wrapping_hf": gpu_mm_hf,
         "gpu_mm_native": gpu_mm_native,
-        "gpu_mm_native_idle_workers": gpu_mm_native_idle_workers,
+        "gpu_mm_native_idle_workers": functools.partial(gpu_mm_native, idle_workers=True),
     }
 
 
 async def run_all(image: bytes, n_requests: int = 64, workers: int = 2, only: list[str] | None = None,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every scenario one after another on this loop; return name -> figures. gpu-mm's own preprocessor
-    runs twice: as is, then with this loop's thread on a short CPU time slice (``gpu_mm.sched``, what
-    ``gpu-mm serve`` asks for), where the kernel grants one."""
+    runs as is, with its slot threads on ``SCHED_IDLE``, and with this loop's thread on a short CPU time slice
+    (``gpu_mm.sched``, what ``gpu-mm serve --loop-slice`` asks for) where the kernel grants one."""
     from ..sched import set_thread_slice
 
     out: dict[str, Any] = {}

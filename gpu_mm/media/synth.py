@@ -75,7 +75,6 @@ def make_video(
     ``codec``: h264 (libx264), hevc (libx265), vp9 (libvpx-vp9), av1 (libsvtav1), mjpeg, mpeg4.
     ``rotation``: a display-matrix rotation in degrees, counter-clockwise (as phones tag portrait clips).
     """
-
     encoder = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}.get(codec, codec)
     if container is None:
         container = {"vp9": "webm", "mjpeg": "avi"}.get(codec, "mp4")
