@@ -137,13 +137,17 @@ def _free_port() -> int:
 
 
 async def _health_under_hostile_load(port: int, seconds: float, concurrency: int, bodies: list[bytes]) -> dict:
+    """Hostile clients on one event loop; /health probed from a process of its own (a probe on the clients'
+    loop would measure that loop too)."""
     import aiohttp
 
+    from gpu_mm.bench.probe import Prober
+
     base = f"http://127.0.0.1:{port}"
-    stop = time.monotonic() + seconds
     statuses: dict[int, int] = {}
-    lat: list[float] = []
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession() as session, Prober(port) as prober:
+        stop = time.monotonic() + seconds
+
         async def attacker(k: int) -> None:
             i = k
             while time.monotonic() < stop:
@@ -152,19 +156,12 @@ async def _health_under_hostile_load(port: int, seconds: float, concurrency: int
                     statuses[r.status] = statuses.get(r.status, 0) + 1
                 i += concurrency
 
-        async def prober() -> None:
-            while time.monotonic() < stop:
-                t0 = time.perf_counter()
-                async with session.get(f"{base}/health") as r:
-                    await r.read()
-                lat.append(time.perf_counter() - t0)
-                await asyncio.sleep(0.02)
-
-        await asyncio.gather(prober(), *(attacker(k) for k in range(concurrency)))
-    lat.sort()
+        await asyncio.gather(*(attacker(k) for k in range(concurrency)))
+        lat = sorted((await prober.results())["/health"])
     q = statistics.quantiles(lat, n=100)
     return {"health_probes": len(lat), "health_p50_ms": q[49] * 1e3, "health_p99_ms": q[98] * 1e3,
-            "health_max_ms": lat[-1] * 1e3, "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+            "health_max_ms": lat[-1] * 1e3, "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "probe": prober.describe()}
 
 
 def hostile_bodies() -> list[bytes]:
