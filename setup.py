@@ -1,8 +1,11 @@
-"""Build of gpu-mm's one C extension, gpu_mm._cpu_patch (the metadata is in pyproject.toml).
+"""Build of gpu-mm's C extensions (the metadata is in pyproject.toml):
 
-The extension is optional: where no C compiler is found (or it fails) gpu-mm installs without it, warns, and
-runs the same computation with torch ops (bit-identical, slower; ``gpu_mm.ops.cpu_kernel_available()`` says
-which is in use).
+- ``gpu_mm._cpu_patch``: normalize + patchify in one pass on the CPU;
+- ``gpu_mm._ingest``: base64 decoding without the GIL, for request bodies.
+
+Both are optional: where no C compiler is found (or it fails) gpu-mm installs without them, warns, and runs
+the same computation in Python and torch (the same results, slower; ``gpu_mm.ops.cpu_kernel_available()`` and
+``gpu_mm.media.sources.native_base64()`` say which is in use).
 """
 
 import os
@@ -20,16 +23,17 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except (CCompilerError, ExecError, PlatformError, OSError) as e:
-            self.warn(f"gpu_mm._cpu_patch not built ({e}); gpu-mm will use its torch path on the CPU")
+            self.warn(f"gpu-mm's C extensions not built ({e}); gpu-mm will use its Python and torch paths")
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except (CCompilerError, ExecError, PlatformError, OSError) as e:
-            self.warn(f"{ext.name} not built ({e}); gpu-mm will use its torch path on the CPU")
+            self.warn(f"{ext.name} not built ({e}); gpu-mm will use its Python and torch path instead")
 
 
 setup(
-    ext_modules=[Extension("gpu_mm._cpu_patch", ["gpu_mm/_cpu_patch.c"], extra_compile_args=FLAGS)],
+    ext_modules=[Extension("gpu_mm._cpu_patch", ["gpu_mm/_cpu_patch.c"], extra_compile_args=FLAGS),
+                 Extension("gpu_mm._ingest", ["gpu_mm/_ingest.c"], extra_compile_args=FLAGS)],
     cmdclass={"build_ext": OptionalBuildExt},
 )

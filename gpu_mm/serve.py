@@ -20,8 +20,10 @@ synchronously) and ``inline`` (the work done on the event loop, as a blocking ``
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
+import secrets
 import time
 from typing import Any, Literal
 
@@ -66,14 +68,52 @@ def _summary(out: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def parse_request(raw: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> tuple[list[Any], list[Any], RequestOptions]:
-    """Parse and check a ``/v1/preprocess`` body (runs off the event loop).
+_BODY_BLOCK = 1 << 16
+"""Body chunks smaller than this are gathered into blocks of this size as they arrive."""
+
+
+async def read_body(content: Any, max_bytes: int) -> list[bytes]:
+    """A request body as the chunks it arrived in, joined off the loop by :func:`parse_request`.
+
+    aiohttp's ``Request.read()`` grows one ``bytearray`` chunk by chunk and copies it once more at the end: for
+    a 2.8 MB base64 video that is ~5 ms of copying on the event loop, with the GIL held (measured with
+    ``py-spy --gil`` under 16 such uploads: the loop's largest holder). Here the loop only keeps references;
+    chunks under 64 KiB (a client trickling bytes) are gathered into 64 KiB blocks so that the list stays short.
+
+    Raises:
+        InvalidRequest: the body grew past ``max_bytes``.
+    """
+    chunks: list[bytes] = []
+    small = bytearray()
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > max_bytes:
+            raise InvalidRequest("body", f"over max_body_bytes={max_bytes}")
+        if len(chunk) >= _BODY_BLOCK and not small:
+            chunks.append(chunk)
+            continue
+        small += chunk
+        if len(small) >= _BODY_BLOCK:
+            chunks.append(bytes(small))
+            small.clear()
+    if small:
+        chunks.append(bytes(small))
+    return chunks
+
+
+def parse_request(raw: bytes | list[bytes], max_items: int = DEFAULT_MAX_ITEMS,
+                  ) -> tuple[list[Any], list[Any], RequestOptions]:
+    """Parse and check a ``/v1/preprocess`` body, whole or as the chunks :func:`read_body` returns (runs off the
+    event loop).
 
     Raises:
         InvalidRequest: not a JSON object, too deep, unknown fields, wrong item lists or option values.
     """
+    if isinstance(raw, list):
+        raw = raw[0] if len(raw) == 1 else b"".join(raw)
     try:
-        body = json.loads(raw)
+        body = loads_json(raw)
     except RecursionError:
         raise InvalidRequest("body", "JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -93,6 +133,63 @@ def parse_request(raw: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> tuple[list[
     if len(lists[0]) + len(lists[1]) > max_items:
         raise InvalidRequest("images", f"{len(lists[0]) + len(lists[1])} items is over max_items={max_items}")
     return lists[0], lists[1], RequestOptions.parse(body)
+
+
+_LONG_STRING = 1 << 16
+"""String literals at least this long (a base64 image or video) are cut out before ``json.loads`` runs."""
+
+
+def loads_json(raw: bytes) -> Any:
+    """``json.loads(raw)``, the same value and the same refusals, holding the GIL only briefly.
+
+    ``json.loads`` is one C call: for a body carrying a 2.8 MB base64 video it held the GIL for 2 ms alone and
+    for up to 7 ms under load, the event loop's thread waiting all along (perf uprobes on the interpreter's
+    ``take_gil``/``drop_gil`` in ``gpu-mm serve`` under 16 concurrent video uploads). Where gpu-mm's C extension
+    is built, the long string literals are found without the GIL (``gpu_mm._ingest.long_strings``: only
+    literals without escapes or control characters, so their text is their value), replaced by placeholders no
+    client can guess, the rest parsed by ``json.loads``, and the placeholders then swapped for the literals'
+    text (UTF-8 checked as ``json.loads`` would).
+
+    Raises:
+        ValueError: not JSON (``json.JSONDecodeError``, or a long literal that is not UTF-8).
+        RecursionError: nested too deeply.
+    """
+    from .media.sources import _ingest
+
+    if _ingest is None or len(raw) < _LONG_STRING:
+        return json.loads(raw)
+    spans = _ingest.long_strings(raw, _LONG_STRING)
+    if not spans:
+        return json.loads(raw)
+    tag = f"\x00gpu-mm:{secrets.token_hex(8)}:"
+    parts: list[bytes | memoryview] = []
+    texts: dict[str, str] = {}
+    view = memoryview(raw)
+    at = 0
+    for k, (start, end) in enumerate(spans):
+        parts += [view[at:start], f"\\u0000{tag[1:]}{k}".encode()]
+        texts[f"{tag}{k}"] = str(view[start:end], "utf-8")
+        at = end
+    parts.append(view[at:])
+    value = json.loads(b"".join(parts))
+    return _swap_placeholders(value, texts)
+
+
+def _swap_placeholders(value: Any, texts: dict[str, str]) -> Any:
+    """Put the cut-out literals back (iteratively: the parsed value may nest as deep as ``json.loads`` allows)."""
+    if isinstance(value, str):
+        return texts.get(value, value)
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for key, item in items:
+            if isinstance(item, str):
+                if item in texts:
+                    node[key] = texts[item]
+            elif isinstance(item, (dict, list)):
+                stack.append(item)
+    return value
 
 
 def _error(exc: BaseException, status: int) -> Any:
@@ -161,6 +258,11 @@ def build_app(
         raise ValueError(f"mode must be 'gpu_mm', 'seed' or 'inline', got {mode!r}")
     sync = _SyncAdapter(pre)
     bodies = {"bytes": 0}
+    # JSON parsing holds the GIL throughout (~2 ms for a 2.8 MB body): one thread for it, not asyncio's default
+    # pool of up to cores + 4, whose threads would all contend with the loop for the GIL when a burst of large
+    # bodies lands (measured under 16 concurrent video uploads: /health max 53-80 -> 14-28 ms, one parse thread
+    # and one planning thread against the defaults, the same throughput).
+    parser = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpu-mm-parse")
 
     async def handle(request: web.Request) -> web.Response:
         length = request.content_length
@@ -181,14 +283,14 @@ def build_app(
     async def preprocess(request: web.Request) -> web.Response:
         t0 = time.perf_counter()
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+            raw = await read_body(request.content, max_body_bytes)
+        except InvalidRequest as exc:
             metrics.result("bad_input")
-            return _error(InvalidRequest("body", f"over max_body_bytes={max_body_bytes}"), 413)
+            return _error(exc, 413)
         try:
             # A request carrying a base64 video is megabytes of JSON: parse it off the event loop.
             images, videos, options = await asyncio.get_running_loop().run_in_executor(
-                None, parse_request, raw, max_items)
+                parser, parse_request, raw, max_items)
             del raw
             kw = {"options": options} if options.as_dict() else {}
             if wrapper is None:
@@ -224,6 +326,7 @@ def build_app(
         if isinstance(wrapper, AsyncMMDataProcessor):
             await wrapper.aclose(wait=False)
         await pre.aclose()
+        parser.shutdown(wait=False)
 
     @web.middleware
     async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:

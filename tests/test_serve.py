@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from gpu_mm import InvalidRequest  # noqa: E402
 from gpu_mm.serve import build_app  # noqa: E402
 
 from media_helpers import clip, make_image  # noqa: E402
@@ -307,3 +308,85 @@ def test_freeze_gc_moves_start_up_objects_out_of_the_collectors_reach():
         assert len(gc.get_objects()) < tracked // 10  # a full collection now walks almost nothing
     finally:
         gc.unfreeze()
+
+
+# ------------------------------------------------------------------ the body: read in chunks, parsed off the GIL
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_json_values, ensure_ascii=st.booleans(), indent=st.sampled_from([None, 0, 2]))
+def test_loads_json_equals_json_loads(monkeypatch, value, ensure_ascii, indent):
+    """With literals of 4 bytes or more cut out (escaped, non-ASCII, control-character and key literals among
+    them), the parsed value is json.loads' own."""
+    import gpu_mm.serve as serve
+    from gpu_mm.media import sources
+
+    if sources._ingest is None:
+        pytest.skip("gpu_mm._ingest was not built (no C compiler at install): loads_json is json.loads")
+    monkeypatch.setattr(serve, "_LONG_STRING", 4)
+    raw = json.dumps(value, ensure_ascii=ensure_ascii, indent=indent).encode()
+    assert serve.loads_json(raw) == json.loads(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"videos": ["AAAAAAAA\x01AAAA"]}',  # a control character inside a long literal
+    b'{"videos": ["AAAAAAAA\xffAAAA"]}',  # not UTF-8
+    b'{"videos": ["AAAAAAAAAAAA"',  # unterminated
+    b'{"videos": "AAAAAAAAAAAA" "AAAAAAAAAAAA"}',  # two strings in a row
+    b'["AAAAAAAAAAAA\\"]',  # the closing quote escaped
+    b'{"AAAAAAAAAAAA" "x"}',  # a key literal without its colon
+])
+def test_loads_json_refuses_what_json_loads_refuses(monkeypatch, raw):
+    import gpu_mm.serve as serve
+
+    monkeypatch.setattr(serve, "_LONG_STRING", 4)
+    with pytest.raises(ValueError):
+        json.loads(raw)
+    with pytest.raises(ValueError):
+        serve.loads_json(raw)
+
+
+def test_a_client_cannot_forge_a_placeholder(monkeypatch):
+    import gpu_mm.serve as serve
+
+    monkeypatch.setattr(serve, "_LONG_STRING", 4)
+    raw = json.dumps({"videos": ["\x00gpu-mm:0000000000000000:0", "A" * 32]}).encode()
+    assert serve.loads_json(raw) == json.loads(raw)
+
+
+async def test_a_trickled_chunked_body_is_read_whole_and_bounded():
+    """A body sent in many tiny chunks arrives whole (gathered into 64 KiB blocks, not a list of millions of
+    one-byte chunks), and a chunked body past max_body_bytes is refused with 413 while it is read."""
+    from gpu_mm.serve import _BODY_BLOCK, read_body
+
+    class Trickle:
+        def __init__(self, data: bytes, step: int) -> None:
+            self.parts = [data[i : i + step] for i in range(0, len(data), step)]
+
+        async def readany(self) -> bytes:
+            return self.parts.pop(0) if self.parts else b""
+
+    data = bytes(range(256)) * 1000
+    chunks = await read_body(Trickle(data, 7), 1 << 20)
+    assert b"".join(chunks) == data and len(chunks) <= len(data) // _BODY_BLOCK + 1
+    big = await read_body(Trickle(data, _BODY_BLOCK * 2), 1 << 20)
+    assert b"".join(big) == data
+    with pytest.raises(InvalidRequest, match="max_body_bytes=1000"):
+        await read_body(Trickle(data, 7), 1000)
+
+    client = await _client(max_body_bytes=1024, body_budget_bytes=4096)
+    try:
+        async def body():
+            for _ in range(64):
+                yield b"A" * 64
+
+        r = await client.post("/v1/preprocess", data=body())
+        assert r.status == 413 and "max_body_bytes=1024" in (await r.json())["message"]
+    finally:
+        await client.close()

@@ -14,6 +14,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gpu_mm.media.sources as sources
 from gpu_mm import LimitExceeded, SourceError
@@ -275,20 +277,63 @@ class TestURLs:
             missing.close()
 
 
-def test_base64_decoded_in_steps_equals_one_decode_and_stays_strict(monkeypatch):
-    """Large payloads are decoded a chunk at a time (each step holds the GIL briefly); the bytes are those of one
-    decode, line-wrapped base64 is accepted, and padding inside the payload is still refused."""
+@pytest.fixture(params=["native", "python"])
+def b64_path(request, monkeypatch):
+    """Both base64 decoders: the C extension's (GIL released) and binascii's in steps (no C compiler)."""
+    import gpu_mm.media.sources as sources
+
+    if request.param == "native":
+        if sources._ingest is None:
+            if os.environ.get("GPU_MM_REQUIRE_CPU_KERNEL") == "1":
+                pytest.fail("gpu_mm._ingest was not built (CI requires the C extensions)")
+            pytest.skip("gpu_mm._ingest was not built (no C compiler at install)")
+    else:
+        monkeypatch.setattr(sources, "_ingest", None)
+        monkeypatch.setattr(sources, "_B64_CHUNK", 64)  # many steps, one ragged
+    return request.param
+
+
+def test_base64_decoders_agree_and_stay_strict(b64_path):
+    """The bytes are those of one binascii decode, whichever decoder runs: line-wrapped base64, the URL-safe
+    alphabet and missing padding are accepted; padding inside the payload, a stray character, a lone data
+    character, non-ASCII text are refused with a SourceError naming the item."""
     import base64
 
     import gpu_mm.media.sources as sources
 
-    monkeypatch.setattr(sources, "_B64_CHUNK", 64)  # many steps, one ragged
+    assert sources.native_base64() == (b64_path == "native")
     data = bytes(range(256)) * 7 + b"tail"
     text = base64.b64encode(data).decode()
     assert sources._b64(text, "x") == data
     wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))  # MIME line length
-    assert sources._b64(" " + wrapped + "\n", "x") == data
-    with pytest.raises(SourceError, match="invalid base64"):
-        sources._b64(text[:64] + "==" + text[64:], "x")
-    urlsafe = base64.urlsafe_b64encode(data).decode()
-    assert sources._b64(urlsafe, "x") == data
+    assert sources._b64(" " + wrapped + "\r\n", "x") == data
+    assert sources._b64(base64.urlsafe_b64encode(data).decode(), "x") == data
+    for n in range(12):  # every tail length, padded or not
+        chunk = bytes(range(40, 40 + n))
+        encoded = base64.b64encode(chunk).decode()
+        assert sources._b64(encoded, "x") == chunk
+        assert sources._b64(encoded.rstrip("="), "x") == chunk
+    for bad in (text[:64] + "==" + text[64:], text[:100] + "@" + text[100:], "QUJD" * 8 + "Q", "QUJD" * 8 + "é",
+                "QUJD" * 8 + "\x00", "QUJD" * 8 + "=", "QQ==QQ=="):
+        with pytest.raises(SourceError, match="invalid base64") as err:
+            sources._b64(bad, "video[3]")
+        assert err.value.item == "video[3]"
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()),
+    st.text(alphabet="ABCDQWab09+/-_= \n\t\r@", max_size=40),
+))
+def test_native_base64_matches_the_python_path_on_any_text(text):
+    """Hostile text cannot make the C decoder read or write out of bounds, and it decides as the binascii path
+    does: the same bytes, or both refuse."""
+    if sources._ingest is None:
+        pytest.skip("gpu_mm._ingest was not built (no C compiler at install)")
+
+    def outcome(fn):
+        try:
+            return fn(text, "x")
+        except SourceError:
+            return "refused"
+
+    assert outcome(sources._b64) == outcome(sources._b64_python)
