@@ -148,7 +148,8 @@ def loads_json(raw: bytes) -> Any:
     is built, the long string literals are found without the GIL (``gpu_mm._ingest.long_strings``: only
     literals without escapes or control characters, so their text is their value), replaced by placeholders no
     client can guess, the rest parsed by ``json.loads``, and the placeholders then swapped for the literals'
-    text (UTF-8 checked as ``json.loads`` would).
+    text (decoded as ``json.loads`` decodes bytes; a UTF-16 or UTF-32 body has a zero byte in every literal,
+    so nothing is cut from it).
 
     Raises:
         ValueError: not JSON (``json.JSONDecodeError``, or a long literal that is not UTF-8).
@@ -168,7 +169,7 @@ def loads_json(raw: bytes) -> Any:
     at = 0
     for k, (start, end) in enumerate(spans):
         parts += [view[at:start], f"\\u0000{tag[1:]}{k}".encode()]
-        texts[f"{tag}{k}"] = str(view[start:end], "utf-8")
+        texts[f"{tag}{k}"] = str(view[start:end], "utf-8", "surrogatepass")  # as json.loads decodes bytes
         at = end
     parts.append(view[at:])
     value = json.loads(b"".join(parts))
@@ -258,10 +259,9 @@ def build_app(
         raise ValueError(f"mode must be 'gpu_mm', 'seed' or 'inline', got {mode!r}")
     sync = _SyncAdapter(pre)
     bodies = {"bytes": 0}
-    # JSON parsing holds the GIL throughout (~2 ms for a 2.8 MB body): one thread for it, not asyncio's default
-    # pool of up to cores + 4, whose threads would all contend with the loop for the GIL when a burst of large
-    # bodies lands (measured under 16 concurrent video uploads: /health max 53-80 -> 14-28 ms, one parse thread
-    # and one planning thread against the defaults, the same throughput).
+    # Parsing holds the GIL (json.loads of what loads_json leaves it: ~0.6 ms for a body with a 2.8 MB video): one
+    # thread for it rather than asyncio's default pool of up to cores + 4, whose threads would all wait for the
+    # GIL beside the loop's thread when a burst of large bodies lands.
     parser = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpu-mm-parse")
 
     async def handle(request: web.Request) -> web.Response:

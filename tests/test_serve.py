@@ -352,6 +352,19 @@ def test_loads_json_refuses_what_json_loads_refuses(monkeypatch, raw):
         serve.loads_json(raw)
 
 
+@pytest.mark.parametrize("raw", [
+    json.dumps({"videos": ["A" * 40, "\u4e2d" * 20]}).encode("utf-16"),  # json.loads detects UTF-16/32
+    json.dumps({"videos": ["A" * 40]}).encode("utf-32-be"),
+    b'\xef\xbb\xbf{"videos": ["' + b"A" * 40 + b'"]}',  # a UTF-8 byte order mark
+    b'{"videos": ["AAAAAAAA\xed\xa0\x80AAAA"]}',  # an encoded lone surrogate: json.loads takes it
+])
+def test_loads_json_decodes_bytes_as_json_loads_does(monkeypatch, raw):
+    import gpu_mm.serve as serve
+
+    monkeypatch.setattr(serve, "_LONG_STRING", 4)
+    assert serve.loads_json(raw) == json.loads(raw)
+
+
 def test_a_client_cannot_forge_a_placeholder(monkeypatch):
     import gpu_mm.serve as serve
 
