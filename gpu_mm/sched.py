@@ -87,7 +87,7 @@ def set_thread_slice(seconds: float | None = LOOP_SLICE_S) -> bool:
 def reset_inherited_slice() -> None:
     """In a new worker thread: drop the short slice it inherited from a loop thread that asked for one (Linux
     copies scheduling attributes to the threads a thread starts), so that only the loop preempts. gpu-mm's slot,
-    worker and IO threads call this first."""
+    worker, IO and parse threads call this first."""
     if thread_slice() == LOOP_SLICE_S:
         set_thread_slice(None)
 

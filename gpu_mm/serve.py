@@ -32,6 +32,7 @@ from .media.sources import MediaLimits
 from .options import RequestOptions
 from .pipeline import Preprocessor
 from .processor import AsyncMMDataProcessor
+from .sched import reset_inherited_slice
 
 Mode = Literal["gpu_mm", "seed", "inline"]
 
@@ -262,7 +263,8 @@ def build_app(
     # Parsing holds the GIL (json.loads of what loads_json leaves it: ~0.6 ms for a body with a 2.8 MB video): one
     # thread for it rather than asyncio's default pool of up to cores + 4, whose threads would all wait for the
     # GIL beside the loop's thread when a burst of large bodies lands.
-    parser = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpu-mm-parse")
+    parser = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpu-mm-parse",
+                                                   initializer=reset_inherited_slice)
 
     async def handle(request: web.Request) -> web.Response:
         length = request.content_length

@@ -100,6 +100,27 @@ async def test_gpu_mm_threads_started_from_a_short_slice_loop_drop_it():
 
 
 @granted
+async def test_the_servers_parse_thread_drops_the_loop_slice_too():
+    pytest.importorskip("aiohttp")
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gpu_mm.serve import build_app
+
+    default = sched.thread_slice()
+    assert sched.set_thread_slice()
+    client = TestClient(TestServer(build_app(device="cpu", cache_bytes=0)))
+    try:
+        await client.start_server()
+        r = await client.post("/v1/preprocess", data=b'{"images": []}', headers={"Content-Type": "application/json"})
+        assert r.status == 200
+        tids = [t.native_id for t in threading.enumerate() if t.name.startswith("gpu-mm-parse") and t.native_id]
+        assert tids and all(sched.thread_slice(tid) == default for tid in tids)
+    finally:
+        await client.close()
+        sched.set_thread_slice(None)
+
+
+@granted
 def test_serve_asks_for_the_short_slice_on_its_loop_thread():
     from gpu_mm.serve import prioritize_loop
 
