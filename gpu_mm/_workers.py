@@ -62,6 +62,7 @@ class WorkerPool:
         spares: list[Any] | None = None,
         name: str = "gpu-mm-worker",
         on_start: Callable[[], Any] | None = None,
+        on_stop: Callable[[], Any] | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers!r}")
@@ -73,6 +74,8 @@ class WorkerPool:
         self._name = name
         self._on_start = on_start
         """Called first in each new thread (e.g. to set its scheduling policy)."""
+        self._on_stop = on_stop
+        """Called last in each thread, as it exits."""
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
@@ -144,6 +147,8 @@ class WorkerPool:
         finally:
             if loop is not None:
                 loop.close()
+            if self._on_stop is not None:
+                self._on_stop()
 
     def shutdown(self, wait: bool = False) -> None:
         """Let each thread finish its queued work and exit; optionally join them."""

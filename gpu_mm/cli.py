@@ -256,6 +256,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     max_body = int(args.max_body_mb * 2**20)
     limits = MediaLimits.for_network(allow_urls=args.allow_urls, local_media_root=args.allowed_local_media_path,
                                      allow_private_urls=args.allow_private_urls, max_bytes=max_body)
+    import logging
+
+    # The server's own log lines (chosen concurrency, loop slice, idle slot threads put back on the normal
+    # policy) on stderr, unless the embedding process configured logging itself.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seed_wrapper = None
     if args.mode == "seed":  # the reverted PR's wrapper, a benchmark baseline: the server itself never imports it
         from .bench.baselines import SeedAsyncMMDataProcessor
@@ -353,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--loop-slice", action="store_true",
                     help="ask Linux (6.12+) for a short CPU time slice for the event loop's thread (gpu_mm.sched)")
     sv.add_argument("--idle-workers", action="store_true",
-                    help="slot threads on SCHED_IDLE: the loop preempts them at once (a machine that does nothing "
-                         "else; they starve behind any other busy process)")
+                    help="slot threads on SCHED_IDLE: the loop preempts them at once; one starved by other busy "
+                         "processes goes back on the normal policy for 2 s (gpu_mm.sched.StarvationGuard); needs "
+                         "root or CAP_SYS_NICE, else ignored")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

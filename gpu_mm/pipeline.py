@@ -290,7 +290,9 @@ class Preprocessor(Closeable, Generic[F]):
             by libjpeg's DCT scaling, then resize from there (default off: the features then differ slightly
             from transformers'; the README states by how much).
         idle_workers: run the slot threads on Linux's ``SCHED_IDLE`` policy (:func:`gpu_mm.sched.set_idle_policy`):
-            the caller's loop preempts them at once; only for a machine that does nothing else (default off).
+            the caller's loop preempts them at once, and one that other processes starve goes back on the normal
+            policy for a while (:class:`gpu_mm.sched.StarvationGuard`); ignored where a thread could not leave
+            ``SCHED_IDLE`` again (not root) (default off).
     """
 
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots

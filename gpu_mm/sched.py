@@ -6,8 +6,8 @@ EEVDF scheduler the default slice is ~3 ms, and that, not the GIL, is most of th
 (``benchmarks/PROFILE.md``). Since Linux 6.12 a thread may ask for a shorter slice (``sched_setattr``'s
 ``sched_runtime`` for a normal thread); a waking thread with a shorter slice than the running one preempts it.
 Nothing else changes: no priority, no policy, no other thread's share (lowering the workers' priority instead,
-to ``SCHED_IDLE``, cuts the lag further but can starve them behind other processes, and a worker starved while
-holding the GIL would stall the loop too).
+to ``SCHED_IDLE``, cuts the lag further, :func:`set_idle_policy`, with :class:`StarvationGuard` putting a worker
+that other processes starve back on the normal policy).
 
 Measured here (``benchmarks/PROFILE.md``): with two threads preprocessing on two cores, the loop's lag p99 fell
 from 2.2-3.6 to 1.3-1.4 ms; through a server under 16 concurrent video uploads /health's p99 did not move (the
@@ -20,11 +20,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
 import platform
 import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["LOOP_SLICE_S", "reset_inherited_slice", "set_idle_policy", "set_thread_slice", "thread_slice"]
+__all__ = ["LOOP_SLICE_S", "StarvationGuard", "leave_idle_policy", "reset_inherited_slice", "set_idle_policy",
+           "set_thread_slice", "thread_slice"]
+
+logger = logging.getLogger(__name__)
 
 LOOP_SLICE_S = 1e-4
 """The shortest slice Linux grants (0.1 ms)."""
@@ -93,14 +101,161 @@ def reset_inherited_slice() -> None:
 
 
 def set_idle_policy() -> bool:
-    """Put the calling thread on Linux's ``SCHED_IDLE`` policy: it runs only on CPU time no normal thread wants,
-    and any waking normal thread (the event loop) preempts it at once. For the slot threads of a machine that
-    does nothing but preprocess (``Preprocessor(idle_workers=True)``, ``gpu-mm serve --idle-workers``): there it
-    took the loop's lag p99 from 2-3.5 ms to 0.6-0.7 ms at the same throughput. Elsewhere it is a risk: any
-    other busy process on the machine takes the CPU from these threads (they may starve), and a starved one
-    holding the GIL or a lock stalls whoever waits for it. Returns whether the policy was set."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
+    """Put the calling thread on Linux's ``SCHED_IDLE`` policy, watched by the process's :class:`StarvationGuard`:
+    it runs on CPU time no normal thread wants, and any waking normal thread (the event loop) preempts it at once.
+    For slot threads (``Preprocessor(idle_workers=True)``, ``gpu-mm serve --idle-workers``): with two slots on
+    two cores the loop's lag p99 fell from 2-3.5 ms to 0.6-0.7 ms at the same throughput, /health's p99 under 16
+    video uploads from 7.6-12 to 3.2-7.5 ms. Where other processes keep every core busy such a thread would get no
+    CPU at all; the guard puts it back on the normal policy when it has waited, runnable, for most of a window.
+
+    Only where the thread can leave ``SCHED_IDLE`` again (root, ``CAP_SYS_NICE``, or an ``RLIMIT_NICE`` that allows
+    nice 0: an unprivileged thread may not raise its priority) and its wait can be read
+    (``/proc/self/task/<tid>/schedstat``): elsewhere nothing changes and this returns False."""
+    if not _idle_is_reversible():
         return False
+    with StarvationGuard._shared_lock:
+        if StarvationGuard._shared is None:  # started before this thread turns idle: threads inherit the policy
+            StarvationGuard._shared = StarvationGuard()
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            return False
+        StarvationGuard._shared.watch(threading.get_native_id())
     return True
+
+
+def leave_idle_policy() -> None:
+    """In a thread that :func:`set_idle_policy` put on ``SCHED_IDLE``, as it exits: the guard stops watching it,
+    and its own thread ends with the last one it watched (so that a closed preprocessor leaves no thread)."""
+    with StarvationGuard._shared_lock:
+        guard = StarvationGuard._shared
+        if guard is not None and guard.unwatch(threading.get_native_id()) == 0:
+            guard.stop()
+            StarvationGuard._shared = None
+
+
+def _schedstat(tid: int) -> tuple[int, int] | None:
+    """How long (ns) thread ``tid`` of this process has run, and waited on a run queue (runnable), since it
+    started; None when it has exited (or the kernel does not say)."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            run, wait = f.read().split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
+        return None
+
+
+@functools.cache
+def _idle_is_reversible() -> bool:
+    """Whether a thread of this process can go on ``SCHED_IDLE`` and come back (tried once, on a scratch thread),
+    and the guard can read its wait."""
+    if not hasattr(os, "SCHED_IDLE") or _schedstat(threading.get_native_id()) is None:
+        return False
+    ok: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=attempt, name="gpu-mm-sched-probe", daemon=True)
+    t.start()
+    t.join()
+    return ok == [True]
+
+
+class StarvationGuard:
+    """Watches ``SCHED_IDLE`` threads: one that in ``windows`` consecutive windows of ``window_s`` waited on a run
+    queue, runnable, for more than ``starved_fraction`` of each and ran for less than ``min_run_fraction`` (other
+    processes took every core) goes back on ``SCHED_OTHER`` for ``hold_s``, then on ``SCHED_IDLE`` again. A thread
+    that still gets some CPU is not starved: under gpu-mm's own load (the loop, IO threads, a client on the same
+    cores) idle slot threads wait 26-38 ms of every 50 and still run, and a single window of 4 ms run in 100 was
+    seen during a burst of uploads. A thread that has exited is dropped. One guard per process
+    (:meth:`shared`, made by :func:`set_idle_policy`, ended by :func:`leave_idle_policy` with the last thread it
+    watched), a daemon thread of its own that wakes every ``window_s``; ``read`` and ``set_policy`` are
+    the kernel's unless a test passes its own."""
+
+    _shared: StarvationGuard | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self, window_s: float = 0.1, starved_fraction: float = 0.5, min_run_fraction: float = 0.05,
+                 windows: int = 2, hold_s: float = 2.0, *,
+                 read: Callable[[int], tuple[int, int] | None] = _schedstat,
+                 set_policy: Callable[[int, int], None] | None = None, start: bool = True) -> None:
+        self.window_s, self.starved_fraction, self.hold_s = window_s, starved_fraction, hold_s
+        self.min_run_fraction, self.windows = min_run_fraction, windows
+        self._read = read
+        self._set = set_policy or (lambda tid, policy: os.sched_setscheduler(tid, policy, os.sched_param(0)))
+        self._lock = threading.Lock()
+        # tid -> [last (run ns, wait ns), normal until (or None), starved windows in a row]
+        self._threads: dict[int, list[Any]] = {}
+        self.promotions = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="gpu-mm-idle-guard", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def shared(cls) -> StarvationGuard | None:
+        """The process's guard, while it watches any thread."""
+        with cls._shared_lock:
+            return cls._shared
+
+    def watch(self, tid: int) -> None:
+        with self._lock:
+            self._threads[tid] = [self._read(tid), None, 0]
+
+    def unwatch(self, tid: int) -> int:
+        """Stop watching ``tid``; returns how many threads are still watched."""
+        with self._lock:
+            self._threads.pop(tid, None)
+            return len(self._threads)
+
+    def watching(self) -> list[int]:
+        with self._lock:
+            return list(self._threads)
+
+    def check(self, now: float) -> None:
+        """One look at every watched thread (the guard's thread calls this every ``window_s``)."""
+        with self._lock:
+            for tid, state in list(self._threads.items()):
+                stat = self._read(tid)
+                if stat is None:  # the thread has exited
+                    del self._threads[tid]
+                    continue
+                last, normal_until, starved = state
+                try:
+                    if normal_until is not None:
+                        if now >= normal_until:
+                            self._set(tid, os.SCHED_IDLE)
+                            state[1] = None
+                    elif last is not None:
+                        ran, waited = stat[0] - last[0], stat[1] - last[1]
+                        window_ns = self.window_s * 1e9
+                        starved = starved + 1 if (waited > self.starved_fraction * window_ns
+                                                  and ran < self.min_run_fraction * window_ns) else 0
+                        state[2] = starved
+                        if starved >= self.windows:
+                            self._set(tid, os.SCHED_OTHER)
+                            state[1], state[2] = now + self.hold_s, 0
+                            self.promotions += 1
+                            logger.info("slot thread %d starved on SCHED_IDLE (ran %.1f ms, waited %.0f ms of %.0f): "
+                                        "back on the normal policy for %.0f s", tid, ran / 1e6, waited / 1e6,
+                                        self.window_s * 1e3, self.hold_s)
+                except OSError:  # gone between the read and the change
+                    del self._threads[tid]
+                    continue
+                state[0] = stat
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.window_s):
+            self.check(time.monotonic())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

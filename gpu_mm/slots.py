@@ -25,7 +25,7 @@ from ._lifecycle import Closeable
 from ._workers import WorkerPool
 from .errors import BackendUnavailable, ProcessingTimeout, ProcessorClosed
 from .metrics import LatencySummary, Window
-from .sched import set_idle_policy
+from .sched import leave_idle_policy, set_idle_policy
 
 __all__ = ["Completion", "Slot", "SlotPool", "SlotPoolStatistics"]
 
@@ -197,8 +197,9 @@ class SlotPool(Closeable):
         self._event_factory = event_factory if event_factory is not None else self._default_event
         self._free = list(reversed(self._slots))
         self._pending: set[_Pending] = set()
-        on_start = set_idle_policy if idle_workers else None
-        self._threads = [WorkerPool(1, name=f"gpu-mm-slot-{i}", on_start=on_start) for i in range(total)]
+        on_start, on_stop = (set_idle_policy, leave_idle_policy) if idle_workers else (None, None)
+        self._threads = [WorkerPool(1, name=f"gpu-mm-slot-{i}", on_start=on_start, on_stop=on_stop)
+                         for i in range(total)]
         self._poll_max = poll_max_interval_s
         self._poller: _EventPoller | None = None
         self._closed = False

@@ -138,8 +138,90 @@ async def test_slot_threads_run_on_sched_idle_only_when_asked(idle):
         await pre.preprocess(images=[make_image(56, 56)])
         slots = [t.native_id for t in threading.enumerate() if t.name.startswith("gpu-mm-slot") and t.native_id]
         assert slots
-        want = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        # Only where a thread may leave SCHED_IDLE again (root here): elsewhere the guard could not rescue it.
+        want = os.SCHED_IDLE if idle and sched._idle_is_reversible() else os.SCHED_OTHER
         assert all(os.sched_getscheduler(tid) == want for tid in slots)
         assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is left alone
+        if want == os.SCHED_IDLE:
+            guard = sched.StarvationGuard.shared()
+            assert guard is not None and set(slots) <= set(guard.watching())
     finally:
         await pre.aclose()
+
+
+def test_the_starvation_guard_promotes_a_starved_idle_thread_and_demotes_it_later():
+    """Decisions on fake counters (run ns, wait ns): a window spent waiting without running puts the thread on the
+    normal policy for hold_s, then back on SCHED_IDLE; waiting while still running some (gpu-mm's own load) changes
+    nothing; a thread that has exited is dropped."""
+    stats = {7: (0, 0), 8: (0, 0)}
+    changes: list[tuple[int, int]] = []
+    guard = sched.StarvationGuard(window_s=0.1, starved_fraction=0.5, min_run_fraction=0.05, windows=2, hold_s=2.0,
+                                  read=stats.get, set_policy=lambda tid, policy: changes.append((tid, policy)),
+                                  start=False)
+    guard.watch(7)
+    guard.watch(8)
+
+    def advance(tid: int, ran_ms: float, waited_ms: float) -> None:
+        run, wait = stats[tid]
+        stats[tid] = (run + int(ran_ms * 1e6), wait + int(waited_ms * 1e6))
+
+    advance(7, 30, 70)  # waited most of the window but ran 30 ms: busy, not starved
+    advance(8, 0, 20)  # hardly runnable: asleep, not starved
+    guard.check(now=0.1)
+    assert changes == [] and guard.promotions == 0
+    advance(7, 1, 99)  # starved for one window: could be a burst of gpu-mm's own
+    guard.check(now=0.2)
+    assert changes == []
+    advance(7, 30, 60)  # ran again: the count starts over
+    guard.check(now=0.3)
+    advance(7, 1, 99)
+    guard.check(now=0.4)
+    assert changes == []
+    advance(7, 0, 100)  # a second starved window in a row
+    guard.check(now=0.5)
+    assert changes == [(7, os.SCHED_OTHER)] and guard.promotions == 1
+    advance(7, 0, 100)  # still waiting while held on the normal policy: nothing more to do
+    guard.check(now=1.0)
+    assert changes == [(7, os.SCHED_OTHER)]
+    del stats[8]  # thread 8 has exited
+    guard.check(now=2.6)
+    assert changes == [(7, os.SCHED_OTHER), (7, os.SCHED_IDLE)] and guard.watching() == [7]
+    for now in (2.7, 2.8):  # starved again after going back
+        advance(7, 0, 90)
+        guard.check(now=now)
+    assert changes[-1] == (7, os.SCHED_OTHER) and guard.promotions == 2
+
+
+@pytest.mark.skipif(not sched._idle_is_reversible(), reason="a thread cannot leave SCHED_IDLE here (not root, "
+                    "RLIMIT_NICE), so gpu-mm does not put its threads on it")
+def test_an_idle_slot_thread_behind_busy_processes_is_not_starved():
+    """Every core kept busy by other processes: an idle thread with the guard finishes its work while they still
+    run (without the guard it would get no CPU until they stop; the join's timeout only bounds a failure)."""
+    import subprocess
+    import sys
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cores())]
+    try:
+        done: list[int] = []
+
+        def work() -> None:
+            assert sched.set_idle_policy()
+            guard = sched.StarvationGuard.shared()
+            assert guard is not None
+            try:
+                x = 0
+                for i in range(2_000_000):
+                    x += i
+                done.append(guard.promotions)
+            finally:
+                sched.leave_idle_policy()
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join(30)
+        assert len(done) == 1 and done[0] >= 1 and all(h.poll() is None for h in hogs)
+        assert sched.StarvationGuard.shared() is None  # ended with the last thread it watched
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()

@@ -95,10 +95,12 @@ def _gpu_mm_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("gpu-mm") and t.is_alive()]
 
 
-async def test_aclose_leaves_no_thread_running():
-    """After ``aclose()`` no slot or IO thread is left: one still unwinding a job when the interpreter finalizes
-    (freeing tensors there) aborted processes at exit ("terminate called without an active exception")."""
-    pre = Qwen2VLPreprocessor(device="cpu", cache_bytes=0)
+@pytest.mark.parametrize("idle_workers", [False, True])
+async def test_aclose_leaves_no_thread_running(idle_workers):
+    """After ``aclose()`` no slot or IO thread is left (nor the guard of idle slot threads): one still unwinding a
+    job when the interpreter finalizes (freeing tensors there) aborted processes at exit ("terminate called
+    without an active exception")."""
+    pre = Qwen2VLPreprocessor(device="cpu", cache_bytes=0, idle_workers=idle_workers)
     await asyncio.gather(*(pre.preprocess(images=[make_image(64 + 28 * i, 96)]) for i in range(4)))
     assert _gpu_mm_threads()
     await pre.aclose()
