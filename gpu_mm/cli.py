@@ -360,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="ask Linux (6.12+) for a short CPU time slice for the event loop's thread (gpu_mm.sched)")
     sv.add_argument("--idle-workers", action="store_true",
                     help="slot threads on SCHED_IDLE: the loop preempts them at once; one starved by other busy "
-                         "processes goes back on the normal policy for 2 s (gpu_mm.sched.StarvationGuard); needs "
-                         "root or CAP_SYS_NICE, else ignored")
+                         "processes goes back on the normal policy for a while (gpu_mm.sched.StarvationGuard); "
+                         "needs root or CAP_SYS_NICE, else ignored")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

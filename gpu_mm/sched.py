@@ -170,7 +170,9 @@ def _idle_is_reversible() -> bool:
 class StarvationGuard:
     """Watches ``SCHED_IDLE`` threads: one that in ``windows`` consecutive windows of ``window_s`` waited on a run
     queue, runnable, for more than ``starved_fraction`` of each and ran for less than ``min_run_fraction`` (other
-    processes took every core) goes back on ``SCHED_OTHER`` for ``hold_s``, then on ``SCHED_IDLE`` again. A thread
+    processes took every core) goes back on ``SCHED_OTHER`` for ``hold_s``, then on ``SCHED_IDLE`` again; starved
+    again within ``10 * hold_s`` of going back, it stays twice as long each time, up to ``max_hold_s`` (on a machine
+    that stays busy it then spends at most a starved 0.2 s per ``max_hold_s`` on ``SCHED_IDLE``). A thread
     that still gets some CPU is not starved: under gpu-mm's own load (the loop, IO threads, a client on the same
     cores) idle slot threads wait 26-38 ms of every 50 and still run, and a single window of 4 ms run in 100 was
     seen during a burst of uploads. A thread that has exited is dropped. One guard per process
@@ -182,15 +184,16 @@ class StarvationGuard:
     _shared_lock = threading.Lock()
 
     def __init__(self, window_s: float = 0.1, starved_fraction: float = 0.5, min_run_fraction: float = 0.05,
-                 windows: int = 2, hold_s: float = 2.0, *,
+                 windows: int = 2, hold_s: float = 2.0, max_hold_s: float = 60.0, *,
                  read: Callable[[int], tuple[int, int] | None] = _schedstat,
                  set_policy: Callable[[int, int], None] | None = None, start: bool = True) -> None:
         self.window_s, self.starved_fraction, self.hold_s = window_s, starved_fraction, hold_s
-        self.min_run_fraction, self.windows = min_run_fraction, windows
+        self.min_run_fraction, self.windows, self.max_hold_s = min_run_fraction, windows, max_hold_s
         self._read = read
         self._set = set_policy or (lambda tid, policy: os.sched_setscheduler(tid, policy, os.sched_param(0)))
         self._lock = threading.Lock()
-        # tid -> [last (run ns, wait ns), normal until (or None), starved windows in a row]
+        # tid -> [last (run ns, wait ns), normal until (or None), starved windows in a row, last hold (s),
+        #         when it last went back on SCHED_IDLE]
         self._threads: dict[int, list[Any]] = {}
         self.promotions = 0
         self._stop = threading.Event()
@@ -207,7 +210,7 @@ class StarvationGuard:
 
     def watch(self, tid: int) -> None:
         with self._lock:
-            self._threads[tid] = [self._read(tid), None, 0]
+            self._threads[tid] = [self._read(tid), None, 0, 0.0, None]
 
     def unwatch(self, tid: int) -> int:
         """Stop watching ``tid``; returns how many threads are still watched."""
@@ -227,12 +230,12 @@ class StarvationGuard:
                 if stat is None:  # the thread has exited
                     del self._threads[tid]
                     continue
-                last, normal_until, starved = state
+                last, normal_until, starved, held, back_at = state
                 try:
                     if normal_until is not None:
                         if now >= normal_until:
                             self._set(tid, os.SCHED_IDLE)
-                            state[1] = None
+                            state[1], state[4] = None, now
                     elif last is not None:
                         ran, waited = stat[0] - last[0], stat[1] - last[1]
                         window_ns = self.window_s * 1e9
@@ -241,11 +244,13 @@ class StarvationGuard:
                         state[2] = starved
                         if starved >= self.windows:
                             self._set(tid, os.SCHED_OTHER)
-                            state[1], state[2] = now + self.hold_s, 0
+                            again = back_at is not None and now - back_at < 10 * self.hold_s
+                            hold = min(2 * held, self.max_hold_s) if again else self.hold_s
+                            state[1], state[2], state[3] = now + hold, 0, hold
                             self.promotions += 1
                             logger.info("slot thread %d starved on SCHED_IDLE (ran %.1f ms, waited %.0f ms of %.0f): "
                                         "back on the normal policy for %.0f s", tid, ran / 1e6, waited / 1e6,
-                                        self.window_s * 1e3, self.hold_s)
+                                        self.window_s * 1e3, hold)
                 except OSError:  # gone between the read and the change
                     del self._threads[tid]
                     continue

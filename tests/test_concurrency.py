@@ -186,10 +186,28 @@ def test_the_starvation_guard_promotes_a_starved_idle_thread_and_demotes_it_late
     del stats[8]  # thread 8 has exited
     guard.check(now=2.6)
     assert changes == [(7, os.SCHED_OTHER), (7, os.SCHED_IDLE)] and guard.watching() == [7]
-    for now in (2.7, 2.8):  # starved again after going back
+    for now in (2.7, 2.8):  # starved again soon after going back: held twice as long
         advance(7, 0, 90)
         guard.check(now=now)
     assert changes[-1] == (7, os.SCHED_OTHER) and guard.promotions == 2
+    guard.check(now=6.7)
+    assert changes[-1] == (7, os.SCHED_OTHER)  # 4 s this time, not 2
+    guard.check(now=6.9)
+    assert changes[-1] == (7, os.SCHED_IDLE)
+    for now in (7.0, 7.1):  # and again: 8 s
+        advance(7, 0, 90)
+        guard.check(now=now)
+    guard.check(now=15.0)
+    assert changes[-1] == (7, os.SCHED_OTHER)
+    guard.check(now=15.2)
+    assert changes[-1] == (7, os.SCHED_IDLE)
+    for now in (45.0, 45.1):  # starved again long after going back: 2 s again
+        advance(7, 0, 90)
+        guard.check(now=now)
+    guard.check(now=47.0)
+    assert changes[-1] == (7, os.SCHED_OTHER)
+    guard.check(now=47.2)
+    assert changes[-1] == (7, os.SCHED_IDLE) and guard.promotions == 4
 
 
 @pytest.mark.skipif(not sched._idle_is_reversible(), reason="a thread cannot leave SCHED_IDLE here (not root, "
