@@ -13,31 +13,9 @@ gcc -O1 -g -std=c11 -fsanitize=address,undefined -fno-sanitize-recover=undefined
     -shared -I"$inc" "$(dirname "$0")/../gpu_mm/_ingest.c" -o "$out/_ingest$suffix"
 cat > "$out/fuzz.py" <<'PYEOF'
 import base64, json, os, random, sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import _ingest
-
-def reference(raw, min_len):
-    out, at, n = [], 0, len(raw)
-    while (q := raw.find(b'"', at)) >= 0:
-        c, escaped = q + 1, False
-        while True:
-            e = raw.find(b'"', c)
-            if e < 0:
-                return out
-            bs = raw.find(b"\\", c, e)
-            if bs < 0:
-                break
-            escaped, c = True, bs + 2
-            if c > n:
-                return out
-        a = e + 1
-        while a < n and raw[a] in b" \t\n\r":
-            a += 1
-        if e - q - 1 >= min_len and not escaped and not any(b < 0x20 for b in raw[q + 1:e]) \
-                and not (a < n and raw[a] == 0x3A):
-            out.append((q + 1, e))
-        at = e + 1
-    return out
+from json_strings import long_strings_reference as reference
 
 rng = random.Random(int(os.environ.get("SEED", "1")))
 alphabet = b'"\\:AB= \n\x01{}[],'
@@ -67,4 +45,4 @@ assert _ingest.b64decode(base64.b64encode(big)) == big
 print("asan_ingest: 20000 inputs, no sanitizer report, long_strings equal to the reference")
 PYEOF
 ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
-    "$PY" "$out/fuzz.py" "$out"
+    "$PY" "$out/fuzz.py" "$out" "$(cd "$(dirname "$0")/../tests" && pwd)"

@@ -23,6 +23,7 @@ from hypothesis import strategies as st  # noqa: E402
 from gpu_mm import InvalidRequest  # noqa: E402
 from gpu_mm.serve import build_app  # noqa: E402
 
+from json_strings import long_strings_reference  # noqa: E402
 from media_helpers import clip, make_image  # noqa: E402
 
 
@@ -405,31 +406,6 @@ async def test_a_trickled_chunked_body_is_read_whole_and_bounded():
         await client.close()
 
 
-def _long_strings_reference(raw: bytes, min_len: int) -> list[tuple[int, int]]:
-    """JSON's grammar for strings, in Python: what gpu_mm._ingest.long_strings must find."""
-    out, at, n = [], 0, len(raw)
-    while (opening := raw.find(b'"', at)) >= 0:
-        c, escaped = opening + 1, False
-        while True:
-            closing = raw.find(b'"', c)
-            if closing < 0:
-                return out
-            backslash = raw.find(b"\\", c, closing)
-            if backslash < 0:
-                break
-            escaped, c = True, backslash + 2
-            if c > n:
-                return out
-        after = closing + 1
-        while after < n and raw[after] in b" \t\n\r":
-            after += 1
-        if (closing - opening - 1 >= min_len and not escaped and not any(b < 0x20 for b in raw[opening + 1 : closing])
-                and not (after < n and raw[after] == ord(":"))):
-            out.append((opening + 1, closing))
-        at = closing + 1
-    return out
-
-
 @settings(max_examples=500, deadline=None)
 @given(raw=st.one_of(st.binary(max_size=80), st.lists(st.sampled_from(list(b'"\\:AB= \n\x01{}[],')), max_size=60)
                      .map(bytes)), min_len=st.integers(1, 8))
@@ -440,4 +416,4 @@ def test_long_strings_scans_any_bytes_as_the_reference_does(raw, min_len):
 
     if sources._ingest is None:
         pytest.skip("gpu_mm._ingest was not built (no C compiler at install)")
-    assert sources._ingest.long_strings(raw, min_len) == _long_strings_reference(raw, min_len)
+    assert sources._ingest.long_strings(raw, min_len) == long_strings_reference(raw, min_len)
