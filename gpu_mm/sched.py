@@ -10,8 +10,9 @@ to ``SCHED_IDLE``, cuts the lag further, :func:`set_idle_policy`, with :class:`S
 that other processes starve back on the normal policy).
 
 Measured here (``benchmarks/PROFILE.md``): with two threads preprocessing on two cores, the loop's lag p99 fell
-from 2.2-3.6 to 1.3-1.4 ms; through a server under 16 concurrent video uploads /health's p99 did not move (the
-loop's own work is preempted sooner too). So it is opt-in: ``gpu-mm serve --loop-slice``, or
+from 2.2-3.6 to 1.3-1.4 ms; through a server under 16 concurrent video uploads /health's p99 moved little (median
+8.6 -> 7.6 ms over seven interleaved runs, 5.0-10.3 ms: the loop's own work is preempted sooner too). So it is
+opt-in: ``gpu-mm serve --loop-slice``, or
 :func:`set_thread_slice` from an engine's own loop thread. Elsewhere (other systems, older kernels, seccomp) the
 request is refused or ignored, :func:`set_thread_slice` says so, and nothing else happens.
 """
