@@ -28,7 +28,7 @@ import time
 from typing import Any, Literal
 
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
-from .media.sources import MediaLimits
+from .media.sources import MediaLimits, _ingest
 from .options import RequestOptions
 from .pipeline import Preprocessor
 from .processor import AsyncMMDataProcessor
@@ -91,7 +91,10 @@ async def read_body(content: Any, max_bytes: int) -> list[bytes]:
         size += len(chunk)
         if size > max_bytes:
             raise InvalidRequest("body", f"over max_body_bytes={max_bytes}")
-        if len(chunk) >= _BODY_BLOCK and not small:
+        if len(chunk) >= _BODY_BLOCK:
+            if small:
+                chunks.append(bytes(small))
+                small.clear()
             chunks.append(chunk)
             continue
         small += chunk
@@ -112,7 +115,7 @@ def parse_request(raw: bytes | list[bytes], max_items: int = DEFAULT_MAX_ITEMS,
         InvalidRequest: not a JSON object, too deep, unknown fields, wrong item lists or option values.
     """
     if isinstance(raw, list):
-        raw = raw[0] if len(raw) == 1 else b"".join(raw)
+        raw = b"".join(raw)  # one chunk: that very object, no copy
     try:
         body = loads_json(raw)
     except RecursionError:
@@ -156,21 +159,20 @@ def loads_json(raw: bytes) -> Any:
         ValueError: not JSON (``json.JSONDecodeError``, or a long literal that is not UTF-8).
         RecursionError: nested too deeply.
     """
-    from .media.sources import _ingest
-
     if _ingest is None or len(raw) < _LONG_STRING:
         return json.loads(raw)
     spans = _ingest.long_strings(raw, _LONG_STRING)
     if not spans:
         return json.loads(raw)
-    tag = f"\x00gpu-mm:{secrets.token_hex(8)}:"
+    token = secrets.token_hex(8)
     parts: list[bytes | memoryview] = []
     texts: dict[str, str] = {}
     view = memoryview(raw)
     at = 0
     for k, (start, end) in enumerate(spans):
-        parts += [view[at:start], f"\\u0000{tag[1:]}{k}".encode()]
-        texts[f"{tag}{k}"] = str(view[start:end], "utf-8", "surrogatepass")  # as json.loads decodes bytes
+        name = f"gpu-mm:{token}:{k}"
+        parts += [view[at:start], f"\\u0000{name}".encode()]  # parsed as "\x00" + name
+        texts["\x00" + name] = str(view[start:end], "utf-8", "surrogatepass")  # as json.loads decodes bytes
         at = end
     parts.append(view[at:])
     value = json.loads(b"".join(parts))
@@ -181,7 +183,7 @@ def _swap_placeholders(value: Any, texts: dict[str, str]) -> Any:
     """Put the cut-out literals back (iteratively: the parsed value may nest as deep as ``json.loads`` allows)."""
     if isinstance(value, str):
         return texts.get(value, value)
-    stack = [value]
+    stack = [value] if isinstance(value, (dict, list)) else []
     while stack:
         node = stack.pop()
         items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
