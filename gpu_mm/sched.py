@@ -20,6 +20,7 @@ request is refused or ignored, :func:`set_thread_slice` says so, and nothing els
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -28,7 +29,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 __all__ = ["LOOP_SLICE_S", "StarvationGuard", "leave_idle_policy", "reset_inherited_slice", "set_idle_policy",
            "set_thread_slice", "thread_slice"]
@@ -168,6 +168,22 @@ def _idle_is_reversible() -> bool:
     return ok == [True]
 
 
+@dataclasses.dataclass
+class _Watched:
+    """What the guard knows of one thread."""
+
+    last: tuple[int, int] | None
+    """(run ns, wait ns) at the last look."""
+    normal_until: float | None = None
+    """While on the normal policy: when it goes back on ``SCHED_IDLE``."""
+    starved: int = 0
+    """Starved windows in a row."""
+    held: float = 0.0
+    """How long (s) it was last held on the normal policy."""
+    back_at: float | None = None
+    """When it last went back on ``SCHED_IDLE``."""
+
+
 class StarvationGuard:
     """Watches ``SCHED_IDLE`` threads: one that in ``windows`` consecutive windows of ``window_s`` waited on a run
     queue, runnable, for more than ``starved_fraction`` of each and ran for less than ``min_run_fraction`` (other
@@ -193,9 +209,7 @@ class StarvationGuard:
         self._read = read
         self._set = set_policy or (lambda tid, policy: os.sched_setscheduler(tid, policy, os.sched_param(0)))
         self._lock = threading.Lock()
-        # tid -> [last (run ns, wait ns), normal until (or None), starved windows in a row, last hold (s),
-        #         when it last went back on SCHED_IDLE]
-        self._threads: dict[int, list[Any]] = {}
+        self._threads: dict[int, _Watched] = {}
         self.promotions = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -211,7 +225,7 @@ class StarvationGuard:
 
     def watch(self, tid: int) -> None:
         with self._lock:
-            self._threads[tid] = [self._read(tid), None, 0, 0.0, None]
+            self._threads[tid] = _Watched(self._read(tid))
 
     def unwatch(self, tid: int) -> int:
         """Stop watching ``tid``; returns how many threads are still watched."""
@@ -226,28 +240,26 @@ class StarvationGuard:
     def check(self, now: float) -> None:
         """One look at every watched thread (the guard's thread calls this every ``window_s``)."""
         with self._lock:
-            for tid, state in list(self._threads.items()):
+            for tid, w in list(self._threads.items()):
                 stat = self._read(tid)
                 if stat is None:  # the thread has exited
                     del self._threads[tid]
                     continue
-                last, normal_until, starved, held, back_at = state
                 try:
-                    if normal_until is not None:
-                        if now >= normal_until:
+                    if w.normal_until is not None:
+                        if now >= w.normal_until:
                             self._set(tid, os.SCHED_IDLE)
-                            state[1], state[4] = None, now
-                    elif last is not None:
-                        ran, waited = stat[0] - last[0], stat[1] - last[1]
+                            w.normal_until, w.back_at = None, now
+                    elif w.last is not None:
+                        ran, waited = stat[0] - w.last[0], stat[1] - w.last[1]
                         window_ns = self.window_s * 1e9
-                        starved = starved + 1 if (waited > self.starved_fraction * window_ns
-                                                  and ran < self.min_run_fraction * window_ns) else 0
-                        state[2] = starved
-                        if starved >= self.windows:
+                        starved = waited > self.starved_fraction * window_ns and ran < self.min_run_fraction * window_ns
+                        w.starved = w.starved + 1 if starved else 0
+                        if w.starved >= self.windows:
                             self._set(tid, os.SCHED_OTHER)
-                            again = back_at is not None and now - back_at < 10 * self.hold_s
-                            hold = min(2 * held, self.max_hold_s) if again else self.hold_s
-                            state[1], state[2], state[3] = now + hold, 0, hold
+                            again = w.back_at is not None and now - w.back_at < 10 * self.hold_s
+                            hold = min(2 * w.held, self.max_hold_s) if again else self.hold_s
+                            w.normal_until, w.starved, w.held = now + hold, 0, hold
                             self.promotions += 1
                             logger.info("slot thread %d starved on SCHED_IDLE (ran %.1f ms, waited %.0f ms of %.0f): "
                                         "back on the normal policy for %.0f s", tid, ran / 1e6, waited / 1e6,
@@ -255,7 +267,7 @@ class StarvationGuard:
                 except OSError:  # gone between the read and the change
                     del self._threads[tid]
                     continue
-                state[0] = stat
+                w.last = stat
 
     def _run(self) -> None:
         while not self._stop.wait(self.window_s):
