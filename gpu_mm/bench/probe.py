@@ -87,8 +87,8 @@ def main(argv: list[str]) -> int:
 
     threading.Thread(target=wait_for_eof, daemon=True).start()
     out = probe(host, port, interval_s, stop)
-    out[PATHS[0]] = out[PATHS[0]][1:]  # the first pair only said the server was up
-    out[PATHS[1]] = out[PATHS[1]][1:]
+    for path in PATHS:
+        out[path] = out[path][1:]  # the first pair only said the server was up
     print(json.dumps(out), flush=True)
     return 0
 
