@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import io
 import json
 import pathlib
 import statistics
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,69 +62,95 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--deadline-s", type=float, default=140.0,
+                    help="dump every thread's stack to stderr if the run is still going then (a hang shows where)")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "needs a GPU"
+    faulthandler.dump_traceback_later(args.deadline_s, exit=False)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"machine": machine_info()}
+
+    def section(name: str, fn: Callable[[], Any]) -> None:
+        """One part of the benchmark: its failure is recorded with its traceback and the others still run; the
+        JSON is rewritten after each part, so a run stopped by its timeout keeps what it measured."""
+        t0 = time.perf_counter()
+        try:
+            res[name] = fn()
+        except Exception as exc:  # noqa: BLE001 - report, do not hide
+            res[name] = {"error": repr(exc), "traceback": traceback.format_exc()}
+        print(f"[gpu_bench] {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        (out / "gpu_bench.json").write_text(json.dumps(res, indent=2, default=str))
+
     clip = make_video(900, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000)  # ~2 MB, 30 s
     jpeg = make_image(1080, 1920, "JPEG")
     res["clip_bytes"] = len(clip)
-
     pre = Qwen2VLPreprocessor("cuda", cache_bytes=0)  # measure the work, not the cache
     res["video_decoder"] = pre.video_decoder
-    res["video_gpu_mm"] = cuda_times(lambda: pre(videos=[clip]), args.reps)
-    feats = pre(videos=[clip])
-    res["video_grid"] = feats.video_grid_thw.tolist()
-    res["video_stages_ms"] = {k: v * 1e3 for k, v in feats.items[0].timings.items()}
-    idx = feats.items[0].frame_indices
-    try:
+    plan: dict[str, Any] = {}
+
+    def video() -> dict[str, Any]:
+        r = {"timing": cuda_times(lambda: pre(videos=[clip]), args.reps)}
+        feats = pre(videos=[clip])
+        plan["idx"] = feats.items[0].frame_indices
+        r["grid"] = feats.video_grid_thw.tolist()
+        r["device"] = str(feats.pixel_values_videos.device)
+        r["stages_ms"] = {k: v * 1e3 for k, v in feats.items[0].timings.items()}
+        return r
+
+    def raw_dali() -> dict[str, Any]:
         import numpy as np
         import nvidia.dali.experimental.dynamic as ndd
 
         enc = ndd.as_tensor(np.frombuffer(clip, dtype=np.uint8))
-        res["video_raw_dali"] = cuda_times(
-            lambda: torch.from_dlpack(ndd.decoders.video(enc, device="mixed", frames=idx)), args.reps)
-    except Exception as exc:  # noqa: BLE001 - report, do not hide
-        res["video_raw_dali"] = {"error": repr(exc)}
-    try:
+        return cuda_times(
+            lambda: torch.from_dlpack(ndd.decoders.video(enc, device="mixed", frames=plan["idx"])), args.reps)
+
+    def hf_video() -> dict[str, Any]:
         from transformers import Qwen2VLVideoProcessor
 
         from gpu_mm.media.sources import load_source
         from gpu_mm.media.video import PyAVDecoder, probe_video
 
         src = load_source(clip, "v")
-        frames = PyAVDecoder().get_frames_at(src, probe_video(src), idx).permute(0, 3, 1, 2)
+        frames = PyAVDecoder().get_frames_at(src, probe_video(src), plan["idx"]).permute(0, 3, 1, 2)
         vp = Qwen2VLVideoProcessor()
-        res["video_hf_cuda_given_frames"] = cuda_times(
+        return cuda_times(
             lambda: vp(videos=[frames], device="cuda", return_tensors="pt", do_sample_frames=False,
                        cap_pixels_per_frame=False), args.reps)
-    except Exception as exc:  # noqa: BLE001
-        res["video_hf_cuda_given_frames"] = {"error": repr(exc)}
 
     batch = [jpeg] * 64
 
-    async def images() -> None:
-        await pre.preprocess(images=batch)
+    def images() -> dict[str, Any]:
+        async def run() -> None:
+            await pre.preprocess(images=batch)
 
-    t = cuda_times(lambda: asyncio.run(images()), 5)
-    res["jpeg_batch64_gpu_mm"] = {**t, "images_per_s": 64 / t["p50_ms"] * 1e3}
-    try:
+        t = cuda_times(lambda: asyncio.run(run()), 5)
+        feats = pre(images=batch[:1])
+        return {**t, "images_per_s": 64 / t["p50_ms"] * 1e3, "device": str(feats.pixel_values.device),
+                "stages_ms_one": {k: v * 1e3 for k, v in feats.items[0].timings.items()}}
+
+    def hf_images() -> dict[str, Any]:
         from PIL import Image
         from transformers import Qwen2VLImageProcessor
 
         ip = Qwen2VLImageProcessor()
 
-        def hf_images() -> None:
+        def run() -> None:
             ims = [Image.open(io.BytesIO(b)) for b in batch]
             ip(images=ims, device="cuda", return_tensors="pt")
 
-        t = cuda_times(hf_images, 3)
-        res["jpeg_batch64_hf_cuda"] = {**t, "images_per_s": 64 / t["p50_ms"] * 1e3}
-    except Exception as exc:  # noqa: BLE001
-        res["jpeg_batch64_hf_cuda"] = {"error": repr(exc)}
-    res["kernel"] = kernel_bandwidth()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_bench.json").write_text(json.dumps(res, indent=2, default=str))
+        t = cuda_times(run, 3)
+        return {**t, "images_per_s": 64 / t["p50_ms"] * 1e3}
+
+    section("video_gpu_mm", video)
+    if "idx" in plan:
+        section("video_raw_dali", raw_dali)
+        section("video_hf_cuda_given_frames", hf_video)
+    section("jpeg_batch64_gpu_mm", images)
+    section("jpeg_batch64_hf_cuda", hf_images)
+    section("kernel", kernel_bandwidth)
+    faulthandler.cancel_dump_traceback_later()
     print(json.dumps(res, indent=2, default=str))
     return 0
 
