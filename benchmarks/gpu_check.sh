@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared device run (benchmarks/GPU_CHECK.md): the `cuda` tests and the GPU benchmark on the
-# project's source, everything written to $OUT. Run from the repository root on the GPU machine with
+# project's source, everything written to $OUT (at most 8 files, the device tool's limit). Run from the
+# repository root on the GPU machine with
 # `.whl/` carried (PyAV). Budget: the tests get 150 s, the benchmark 150 s, install and layout ~20 s, so the
 # call ends within ~6 minutes; with a cold start (1-2 minutes) that is ~8 of the session's 15, leaving a
 # rerun on the warm machine.
@@ -32,6 +33,8 @@ export PYTHONPATH=$SRC:/tmp/site
 timeout 150 "$PY" -P -m pytest -q -m cuda -W default -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/cuda-tests.xml" tests \
   > "$OUT/cuda-tests.txt" 2>&1
 log "cuda tests rc=$?"
+timeout 60 "$PY" -P benchmarks/gpu_jpeg_diff.py --out "$OUT" > /dev/null 2>> "$OUT/device.txt"
+log "jpeg diff rc=$?"
 timeout 150 "$PY" -P benchmarks/gpu_bench.py --out "$OUT" > "$OUT/gpu_bench.txt" 2>&1
 log "gpu bench rc=$?"
 tail -5 "$OUT/cuda-tests.txt"

@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -962,12 +962,8 @@ class Preprocessor(Closeable, Generic[F]):
         cfg = self.config
         kw = dict(patch_size=cfg.patch_size, temporal_patch_size=cfg.temporal_patch_size,
                   merge_size=cfg.merge_size, dtype=cfg.output_dtype, out=out)
-        if frames.device.type == "cuda" and cfg.output_dtype != torch.uint8:  # uint8: one permuting copy, torch's
-            from ..kernels import fused_normalize_patchify, triton_available
-
-            if triton_available():
-                return fused_normalize_patchify(frames, cfg.image_mean, cfg.image_std, **kw)
-        return ops.normalize_patchify(frames, cfg.image_mean, cfg.image_std, **kw)
+        return _normalize_patchify_impl(frames.device.type, cfg.output_dtype)(
+            frames, cfg.image_mean, cfg.image_std, **kw)
 
     # ------------------------------------------------------------------ output
 
@@ -1181,6 +1177,17 @@ def _hit_plan(kind: Literal["image", "video"], src: Source, key: bytes | None, h
     v = hit.value
     return _Plan(kind, src, v["target"], v["grid"], v["source_size"], indices=v["indices"], sample_fps=v["sample_fps"],
                  video_fps=v["video_fps"], timer=timer, key=key, cached=hit)
+
+
+def _normalize_patchify_impl(device_type: str, dtype: torch.dtype) -> Callable[..., Any]:
+    """Which normalize+patchify runs: the Triton kernel for float output on CUDA where Triton can run, else the
+    torch/CPU one in ``gpu_mm.ops`` (uint8 output is one permuting copy, torch's)."""
+    if device_type == "cuda" and dtype != torch.uint8:
+        from .kernels import fused_normalize_patchify, triton_available
+
+        if triton_available():
+            return fused_normalize_patchify
+    return ops.normalize_patchify
 
 
 def _into_block(plan: _Plan, rows: torch.Tensor) -> None:

@@ -141,3 +141,16 @@ def test_sizes_do_not_make_new_kernel_variants():
         pytest.skip(result["skip"])
     assert result["sizes"] == ["T", "H", "W", "GH", "GW"]
     assert set(result["sizes"]) <= set(result["not_specialized"])
+
+
+def test_pipeline_picks_the_kernel_for_float_output_on_cuda(monkeypatch):
+    """The pipeline's choice, as a pure function of device and dtype: it imports ``gpu_mm.kernels`` as the
+    package it ships in (a relative import that reached past ``gpu_mm`` failed on the first GPU run)."""
+    from gpu_mm.kernels import fused_normalize_patchify as shipped
+    from gpu_mm.pipeline import _normalize_patchify_impl
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton can run here, as on a GPU machine
+    assert _normalize_patchify_impl("cuda", torch.float32) is shipped
+    assert _normalize_patchify_impl("cuda", torch.bfloat16) is shipped
+    assert _normalize_patchify_impl("cuda", torch.uint8) is ops.normalize_patchify
+    assert _normalize_patchify_impl("cpu", torch.float32) is ops.normalize_patchify
