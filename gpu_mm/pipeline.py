@@ -277,8 +277,12 @@ class Preprocessor(Closeable, Generic[F]):
             them to the CPU;
             ``"pinned"`` (CUDA only) copies them asynchronously into pinned host memory on the slot's
             stream, the slot's completion event covering the copy.
-        image_batch: plain JPEGs of one call decoded together, up to this many per slot job (default 32 on
-            CUDA, where nvJPEG decodes a list in one batched call; 1 on the CPU).
+        image_decoder: who decodes JPEGs. ``"auto"``: nvJPEG on CUDA, libjpeg-turbo on the CPU. ``"nvjpeg"``
+            (CUDA only). ``"cpu"``: libjpeg-turbo on the CPU, then the pixels are uploaded (on CUDA: the
+            decode transformers sees, since nvJPEG upsamples 4:2:0 chroma differently from libjpeg-turbo;
+            4:4:4 JPEGs decode identically; README, "The CUDA path").
+        image_batch: plain JPEGs of one call decoded together, up to this many per slot job (default 32 with
+            nvJPEG, which decodes a list in one batched call; 1 with libjpeg-turbo, which gains nothing).
         output_pool: a :class:`gpu_mm.handoff.FeaturePool`; features are then written straight into a
             block leased from it (in place on the CPU; by the kernel's ``out=`` on CUDA), ready to hand to
             another process with ``features.handle``.
@@ -320,9 +324,12 @@ class Preprocessor(Closeable, Generic[F]):
         copy_on_hit: bool = False,
         fast_jpeg: bool = False,
         idle_workers: bool = False,
+        image_decoder: Literal["auto", "nvjpeg", "cpu"] = "auto",
         **overrides: Any,
     ) -> None:
         device = resolve_device(device)
+        self.image_decoder = choose_image_decoder(image_decoder, device)
+        """``"nvjpeg"`` or ``"cpu"``: who decodes this preprocessor's JPEGs."""
         if output not in ("device", "cpu", "pinned"):
             raise ValueError(f"output must be 'device', 'cpu' or 'pinned', got {output!r}")
         if output_pool is not None and output != "device":
@@ -349,7 +356,7 @@ class Preprocessor(Closeable, Generic[F]):
         if image_batch is not None and image_batch < 1:
             raise ValueError(f"image_batch must be >= 1 or None, got {image_batch!r}")
         # nvJPEG decodes a list in one batched (hardware where present) call; libjpeg-turbo gains nothing.
-        self._image_batch = image_batch or (32 if device.startswith("cuda") else 1)
+        self._image_batch = image_batch or (32 if self.image_decoder == "nvjpeg" else 1)
         if memory_budget_bytes is None:
             memory_budget_bytes = default_memory_budget(device)
         if memory_budget_bytes < 1:
@@ -369,7 +376,8 @@ class Preprocessor(Closeable, Generic[F]):
         # Everything besides the media and the request's options that changes an item's features.
         self.fast_jpeg = fast_jpeg
         self.idle_workers = idle_workers
-        self._cache_identity = (repr(self.config), self.device, self.output, self.video_decoder, fast_jpeg)
+        self._cache_identity = (repr(self.config), self.device, self.output, self.video_decoder, fast_jpeg,
+                                self.image_decoder)
         self._inflight: dict[bytes, asyncio.Future[Any]] = {}
 
     @classmethod
@@ -825,9 +833,10 @@ class Preprocessor(Closeable, Generic[F]):
         if len(group) == 1:
             return [self._execute(slot, group[0])]
         t0 = time.perf_counter()
-        images = decode_jpegs([(p.src, p.image_info) for p in group if p.image_info is not None], slot.device)
+        on = slot.device if self.image_decoder == "nvjpeg" else "cpu"
+        images = decode_jpegs([(p.src, p.image_info) for p in group if p.image_info is not None], on)
         share = (time.perf_counter() - t0) / len(group)
-        decoded = Decoded("nvjpeg" if slot.device.startswith("cuda") else "cpu", batch_size=len(group))
+        decoded = Decoded(self.image_decoder, batch_size=len(group))
         out = []
         for plan, image in zip(group, images):
             plan.timer.add("decode", share)
@@ -936,7 +945,7 @@ class Preprocessor(Closeable, Generic[F]):
                 assert plan.image_info is not None
                 return decode_jpeg_scaled(src, plan.image_info, plan.jpeg_scale).unsqueeze(0), Decoded(
                     f"cpu-jpeg-1/{plan.jpeg_scale}")
-            if slot.device.startswith("cuda"):
+            if self.image_decoder == "nvjpeg":
                 gpu = decode_jpeg_cuda(src, slot.device, self.limits, plan.image_info)
                 if gpu is not None:
                     return gpu.unsqueeze(0), Decoded("nvjpeg")
@@ -1177,6 +1186,20 @@ def _hit_plan(kind: Literal["image", "video"], src: Source, key: bytes | None, h
     v = hit.value
     return _Plan(kind, src, v["target"], v["grid"], v["source_size"], indices=v["indices"], sample_fps=v["sample_fps"],
                  video_fps=v["video_fps"], timer=timer, key=key, cached=hit)
+
+
+def choose_image_decoder(name: str, device: str) -> str:
+    """``image_decoder`` resolved for ``device``: ``"nvjpeg"`` or ``"cpu"``.
+
+    Raises:
+        ValueError: an unknown name, or nvJPEG without a CUDA device.
+    """
+    if name not in ("auto", "nvjpeg", "cpu"):
+        raise ValueError(f"image_decoder must be 'auto', 'nvjpeg' or 'cpu', got {name!r}")
+    cuda = device.startswith("cuda")
+    if name == "nvjpeg" and not cuda:
+        raise ValueError(f"image_decoder='nvjpeg' needs a CUDA device, got device={device!r}")
+    return "nvjpeg" if name == "auto" and cuda else ("cpu" if name == "auto" else name)
 
 
 def _normalize_patchify_impl(device_type: str, dtype: torch.dtype) -> Callable[..., Any]:

@@ -19,31 +19,66 @@ pytestmark = pytest.mark.cuda
 # One uint8 level is 1 / (255 * std) ~= 0.0146-0.0150 after normalization (CLIP std 0.26-0.28).
 LEVEL = 1 / (255 * 0.2613)
 
+# The tolerances below come from benchmarks/gpu_jpeg_diff.py on an H200 (torch 2.11, torchvision 0.26;
+# benchmarks/results/nvidia-h200_2026-11-28/jpeg_diff.json), 1920x1080 test pattern, in uint8 levels:
+# - nvJPEG decodes a 4:4:4 JPEG exactly as libjpeg-turbo (0 levels everywhere): IDCT and colour conversion agree.
+# - After resize the CUDA and CPU paths differ by bicubic rounding alone (CPU: torch's fixed-point uint8
+#   kernel; CUDA: float, then rounded): mean 0.20, p99 1, max 9 levels, at the pattern's sharp edges.
+# - A 4:2:0 JPEG (Pillow's and most cameras' default): nvJPEG upsamples chroma differently from libjpeg-turbo's
+#   "fancy" (triangle) upsampling: decoded mean 4.1, p99 30, max 94 levels on this pattern's saturated colour
+#   edges; after resize mean 1.15, p99 14, max 44. torchvision's own test of nvJPEG bounds the decoded mean
+#   at 2 on photos; this pattern is harsher. ``image_decoder="cpu"`` gives transformers' decode on CUDA.
+RESIZE_ONLY = {"mean": 0.5, "p99": 2, "max": 12}
+NVJPEG_420 = {"mean": 2.0, "p99": 20, "max": 64}
 
-def _close(gpu: torch.Tensor, cpu: torch.Tensor, levels: float) -> None:
-    d = (gpu.float().cpu() - cpu.float()).abs()
-    assert d.max() <= levels * LEVEL + 1e-6, float(d.max() / LEVEL)
+
+def _levels(gpu: torch.Tensor, cpu: torch.Tensor, scale: float = LEVEL) -> dict[str, float]:
+    d = ((gpu.float().cpu() - cpu.float()).abs() / scale).flatten()
+    return {"mean": float(d.mean()), "p99": float(torch.quantile(d[:: max(1, d.numel() // 8_000_000)], 0.99)),
+            "max": float(d.max())}
+
+
+def _within(got: dict[str, float], bound: dict[str, float]) -> None:
+    assert all(got[k] <= bound[k] + 1e-3 for k in bound), (got, bound)
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision >= 0.29
+def test_nvjpeg_decodes_444_exactly_as_libjpeg_turbo():
+    from torchvision.io import decode_jpeg
+
+    raw = torch.frombuffer(bytearray(make_image(1080, 1920, "JPEG", subsampling=0)), dtype=torch.uint8)
+    assert torch.equal(decode_jpeg(raw, device="cuda").cpu(), decode_jpeg(raw))
 
 
 def test_images_match_cpu_path():
-    """nvJPEG vs libjpeg-turbo IDCT/upsampling and CUDA vs CPU bicubic rounding: up to ~2 uint8 levels."""
-    data = [make_image(1080, 1920, "JPEG"), make_image(333, 517, "PNG", mode="RGBA")]
+    """4:4:4 JPEG and PNG: only the resize's rounding separates the CUDA path from the CPU path."""
+    data = [make_image(1080, 1920, "JPEG", subsampling=0), make_image(333, 517, "PNG", mode="RGBA")]
     cpu = Qwen2VLPreprocessor("cpu")(images=data)
     gpu = Qwen2VLPreprocessor("cuda")(images=data)
     assert gpu.pixel_values.is_cuda and gpu.items[0].decoder == "nvjpeg"
     assert torch.equal(gpu.image_grid_thw, cpu.image_grid_thw)
-    _close(gpu.pixel_values, cpu.pixel_values, levels=3)
+    _within(_levels(gpu.pixel_values, cpu.pixel_values), RESIZE_ONLY)
+
+
+def test_420_jpeg_nvjpeg_within_its_upsampling_tolerance_and_exact_decode_on_request():
+    data = [make_image(1080, 1920, "JPEG")]
+    cpu = Qwen2VLPreprocessor("cpu")(images=data)
+    nvjpeg = Qwen2VLPreprocessor("cuda")(images=data)
+    libjpeg = Qwen2VLPreprocessor("cuda", image_decoder="cpu")(images=data)
+    assert libjpeg.items[0].decoder.startswith("cpu (") and libjpeg.pixel_values.is_cuda
+    _within(_levels(nvjpeg.pixel_values, cpu.pixel_values), NVJPEG_420)
+    _within(_levels(libjpeg.pixel_values, cpu.pixel_values), RESIZE_ONLY)
 
 
 def test_uint8_output_matches_cpu_path():
     """vLLM's mm_device_do_normalize mode on CUDA (torch's patch layout, no Triton kernel): raw resized pixels,
-    the same ~2-3 levels from the CPU path as the float features (decoder and resize rounding)."""
-    data = [make_image(1080, 1920, "JPEG")]
+    as far from the CPU path as the float features (resize rounding; 4:4:4 JPEG)."""
+    data = [make_image(1080, 1920, "JPEG", subsampling=0)]
     cpu = Qwen2VLPreprocessor("cpu", output_dtype=torch.uint8)(images=data, videos=[clip("h264", 12, 96, 128)])
     gpu = Qwen2VLPreprocessor("cuda", output_dtype=torch.uint8)(images=data, videos=[clip("h264", 12, 96, 128)])
     assert gpu.pixel_values.dtype == torch.uint8 and gpu.pixel_values.is_cuda
     assert torch.equal(gpu.image_grid_thw, cpu.image_grid_thw)
-    assert (gpu.pixel_values.cpu().int() - cpu.pixel_values.int()).abs().max() <= 3
+    _within(_levels(gpu.pixel_values, cpu.pixel_values, scale=1.0), RESIZE_ONLY)
     assert torch.equal(gpu.video_grid_thw, cpu.video_grid_thw)
 
 

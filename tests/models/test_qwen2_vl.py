@@ -415,3 +415,33 @@ class TestFastJpegMode:
         assert fast.items[0].decoder == "cpu-jpeg-1/2" and fast.items[0].source_size == (2400, 1600)
         assert torch.equal(fast.image_grid_thw, exact.image_grid_thw)
         assert (fast.pixel_values - exact.pixel_values).abs().mean() <= 0.03
+
+
+class TestImageDecoderChoice:
+    """``image_decoder``: nvJPEG on CUDA unless the caller asks for libjpeg-turbo (transformers' decode); the
+    CUDA side of it runs in tests/test_cuda_path.py."""
+
+    @pytest.mark.parametrize("name,device,chosen", [
+        ("auto", "cpu", "cpu"), ("cpu", "cpu", "cpu"), ("auto", "cuda", "nvjpeg"), ("auto", "cuda:1", "nvjpeg"),
+        ("nvjpeg", "cuda", "nvjpeg"), ("cpu", "cuda", "cpu"),
+    ])
+    def test_choice(self, name, device, chosen):
+        from gpu_mm.pipeline import choose_image_decoder
+
+        assert choose_image_decoder(name, device) == chosen
+
+    @pytest.mark.parametrize("name,device,message", [
+        ("nvjpeg", "cpu", "needs a CUDA device"), ("pillow", "cpu", "must be 'auto', 'nvjpeg' or 'cpu'"),
+    ])
+    def test_refused(self, name, device, message):
+        from gpu_mm.pipeline import choose_image_decoder
+
+        with pytest.raises(ValueError, match=message):
+            choose_image_decoder(name, device)
+        with pytest.raises(ValueError, match=message):
+            Qwen2VLPreprocessor(device, image_decoder=name)
+
+    def test_cpu_default_unchanged_and_keyed_in_the_cache(self):
+        pre = Qwen2VLPreprocessor("cpu")
+        assert pre.image_decoder == "cpu" and pre._image_batch == 1
+        assert pre._cache_identity[-1] == "cpu"  # the decoder is part of what keys cached features
