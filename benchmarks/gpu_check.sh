@@ -19,8 +19,17 @@ else
   log "no .whl/ carried: video tests that need PyAV will skip"
 fi
 if compgen -G "/tmp/dali-wheels/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --find-links /tmp/dali-wheels --target /tmp/site /tmp/dali-wheels/nvidia_dali*.whl \
-    >> "$OUT/install.log" 2>&1 && log "installed DALI" || log "DALI install FAILED (see install.log)"
+  # Without resolving: pip's resolver under --target does not count the image's own packages (numpy, which the
+  # parts leave out, failed the install on an H200 on 2026-11-28). Wheels of packages the image has stay out.
+  need=()
+  for w in /tmp/dali-wheels/*.whl; do
+    name=$(basename "$w"); name=${name%%-*}
+    "$PY" -c 'import importlib.metadata as m, sys; m.version(sys.argv[1])' "$name" 2> /dev/null || need+=("$w")
+  done
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${need[@]}" >> "$OUT/install.log" 2>&1 \
+    && PYTHONPATH=/tmp/site "$PY" -c "import nvidia.dali.experimental.dynamic" >> "$OUT/install.log" 2>&1 \
+    && log "installed DALI: $(cd /tmp/dali-wheels && for w in "${need[@]}"; do basename "$w"; done | tr '\n' ' ')" \
+    || log "DALI install FAILED (see install.log)"
 fi
 # The source as the distribution lays it out (kernels/ ships as gpu_mm.kernels), without building a wheel.
 SRC=${GPU_MM_SRC:-/tmp/src}
