@@ -104,7 +104,7 @@ def main() -> int:
 
         enc = ndd.as_tensor(np.frombuffer(clip, dtype=np.uint8))
         return cuda_times(
-            lambda: torch.from_dlpack(ndd.decoders.video(enc, device="mixed", frames=plan["idx"])), args.reps)
+            lambda: torch.from_dlpack(ndd.decoders.video(enc, device="gpu", frames=plan["idx"])), args.reps)
 
     def hf_video() -> dict[str, Any]:
         from transformers import Qwen2VLVideoProcessor

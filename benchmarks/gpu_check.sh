@@ -39,12 +39,12 @@ export PYTHONPATH=$SRC:/tmp/site
 # -P: the laid-out source, not the checkout's gpu_mm/ (which lacks gpu_mm.kernels). A module that cannot be
 # imported there (the image's versions differ from CI's) must not stop the others. Warnings are reported,
 # not fatal: the GPU machine's package versions differ from CI's.
-timeout 150 "$PY" -P -m pytest -q -m cuda -W default -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/cuda-tests.xml" tests \
+timeout "${GPU_CHECK_TESTS_S:-150}" "$PY" -P -m pytest -q -m cuda -W default -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/cuda-tests.xml" tests \
   > "$OUT/cuda-tests.txt" 2>&1
 log "cuda tests rc=$?"
 timeout 60 "$PY" -P benchmarks/gpu_jpeg_diff.py --out "$OUT" > /dev/null 2>> "$OUT/device.txt"
 log "jpeg diff rc=$?"
-timeout 150 "$PY" -P benchmarks/gpu_bench.py --out "$OUT" > "$OUT/gpu_bench.txt" 2>&1
+timeout "${GPU_CHECK_BENCH_S:-150}" "$PY" -P benchmarks/gpu_bench.py --out "$OUT" > "$OUT/gpu_bench.txt" 2>&1
 log "gpu bench rc=$?"
 tail -5 "$OUT/cuda-tests.txt"
 tail -40 "$OUT/gpu_bench.txt"

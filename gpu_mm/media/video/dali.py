@@ -44,6 +44,9 @@ class DALIVideoDecoder:
         if backend == "mixed" and not torch.cuda.is_available():
             raise BackendUnavailable("DALI's mixed (NVDEC) backend needs a CUDA device")
         self.backend = backend
+        # Dynamic mode names devices, not backends: "gpu" runs an operator's mixed backend where it has one
+        # (DALI's _resolve_backend); "mixed" itself is refused ("Invalid device type", first GPU run).
+        self.ndd_device = "gpu" if backend == "mixed" else "cpu"
         self.device_id = device_id
         self.name = "dali-nvdec" if backend == "mixed" else "dali-cpu"
         self._contexts: dict[Any, Any] = {}
@@ -84,7 +87,7 @@ class DALIVideoDecoder:
         encoded = ndd.as_tensor(np.frombuffer(src.data or b"", dtype=np.uint8))
         try:
             with self._context():
-                out = ndd.decoders.video(encoded, device=self.backend, frames=wanted)
+                out = ndd.decoders.video(encoded, device=self.ndd_device, frames=wanted)
                 frames = torch.from_dlpack(out) if self.backend == "mixed" else torch.from_numpy(np.array(out))
         except RuntimeError as exc:
             raise DecodeError(src.item, f"DALI {self.backend} decode failed: {str(exc).splitlines()[0]}") from None

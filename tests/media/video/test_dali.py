@@ -95,3 +95,19 @@ def test_nvdec_frames_on_gpu_close_to_pyav(codec):
     got = get_video_decoder("dali").get_frames_at(src, probe_video(src), INDICES)
     assert got.is_cuda
     _check_close_to_pyav(got, all_frames(data)[INDICES])
+
+
+@pytest.mark.parametrize("backend", ["mixed", "cpu"])
+def test_each_backend_names_a_device_dynamic_mode_accepts(backend, monkeypatch):
+    """Dynamic mode takes device types ("cpu", "gpu"), not backends: "mixed" was refused on the first GPU run.
+    Checked here against DALI's own device parser (without a GPU it can only object to the device id)."""
+    import nvidia.dali.experimental.dynamic as ndd
+
+    from gpu_mm.media.video.dali import DALIVideoDecoder
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    decoder = DALIVideoDecoder(backend)
+    try:
+        ndd.Device(decoder.ndd_device)
+    except (ValueError, RuntimeError) as exc:  # no GPU here: the device id or the CUDA driver, never the type
+        assert "device type" not in str(exc), exc
