@@ -28,8 +28,10 @@ from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
 
 
 def cuda_times(fn, reps: int) -> dict[str, float]:
+    t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
+    print(f"[gpu_bench]   first call {time.perf_counter() - t0:.2f} s, then {reps} timed", file=sys.stderr, flush=True)
     xs = []
     for _ in range(reps):
         t0 = time.perf_counter()

@@ -90,7 +90,8 @@ def test_a_stream_the_backend_fails_on_falls_back_to_pyav(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("codec", ["h264", "hevc", "vp9"])
 def test_nvdec_frames_on_gpu_close_to_pyav(codec):
-    data = clip(codec, 40, bframes=2 if codec != "vp9" else 0)
+    # 160x192: NVDEC's smallest frame is 144x144 for HEVC and 128x128 for VP9 (an H200 said so on 2026-11-28).
+    data = clip(codec, 40, 160, 192, bframes=2 if codec != "vp9" else 0)
     src = load_source(data, "video[0]")
     got = get_video_decoder("dali").get_frames_at(src, probe_video(src), INDICES)
     assert got.is_cuda
@@ -111,3 +112,14 @@ def test_each_backend_names_a_device_dynamic_mode_accepts(backend, monkeypatch):
         ndd.Device(decoder.ndd_device)
     except (ValueError, RuntimeError) as exc:  # no GPU here: the device id or the CUDA driver, never the type
         assert "device type" not in str(exc), exc
+
+
+@pytest.mark.cuda
+def test_a_clip_below_nvdecs_smallest_frame_falls_back_to_pyav():
+    """128x96 HEVC: NVDEC refuses it (smaller than its 144x144), the item is decoded by PyAV and says so."""
+    data = clip("hevc", 24)
+    feats = Qwen2VLPreprocessor("cuda", video_decoder="dali")(videos=[data])
+    assert feats.items[0].decoded.backend == "pyav" and "too small" in feats.items[0].decoded.fallback_reason
+    assert feats.pixel_values_videos.is_cuda
+    cpu = Qwen2VLPreprocessor("cpu")(videos=[data])
+    assert torch.equal(feats.video_grid_thw, cpu.video_grid_thw)
