@@ -1,12 +1,14 @@
 /* One pass from uint8 frames to Qwen-VL patch rows on the CPU: gpu_mm._cpu_patch.
  *
- * gpu_mm.ops.normalize_patchify's fast path. Each output element is looked up in a per-channel table of the
- * 256 values a uint8 pixel can take, made by torch with transformers' own float32 arithmetic
- * ((v - 255 mean) / (255 std), then the output dtype): the result is bit-identical to normalizing whole
- * frames and laying the patches out afterwards, and this file does no floating-point arithmetic at all, so
- * no compiler flag can change a bit of it. What it saves is memory traffic: the frames are read once, in
- * place (contiguous or channels-last, as a decoder's resize leaves them), and every output byte is written
- * once, instead of a permuting copy plus three passes over a float32 tensor.
+ * gpu_mm.ops.normalize_patchify's fast path. float32 output is computed element by element with transformers'
+ * own float32 arithmetic ((v - 255 mean) / (255 std): an exact IEEE subtraction, then division, never contracted
+ * or replaced by a reciprocal); bfloat16/float16 output is looked up in a per-channel table of the 256
+ * values a pixel can take, made by torch with the same arithmetic (uint8 output: the pixels). Either way the
+ * result is bit-identical to normalizing whole frames and laying the patches out afterwards. What it saves is
+ * memory traffic: the frames
+ * are read once, in place (contiguous or channels-last, as a decoder's resize leaves them), and every output
+ * byte is written once (past the caches when the output is larger than half the L3), instead of a permuting
+ * copy plus three passes over a float32 tensor.
  *
  * The caller (gpu_mm.ops) checks dtypes, shapes and the output's size and keeps the tensors alive; the
  * checks here only keep a wrong call from reading or writing out of bounds. The GIL is released while the
@@ -17,6 +19,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef struct {
@@ -29,6 +32,7 @@ typedef struct {
     Py_ssize_t p, tp, m, gw;          /* patch, temporal patch, merge size; grid width in patches */
     Py_ssize_t hblocks;               /* merged rows of patches per temporal group (grid height / m) */
     Py_ssize_t begin, end;            /* units (temporal group, merged row of patches) this job writes */
+    int stream;                       /* float32 output written with streaming stores (normalize_out) */
 } Job;
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
@@ -70,6 +74,46 @@ CLONES static void normalize_run(float *restrict dst, const uint8_t *restrict u,
                                  float std) {
     for (Py_ssize_t i = 0; i < n; i++) dst[i] = ((float)u[i] - mean) / std;
 }
+
+/* The same arithmetic, written past the caches. The output (23 MB for a 1080p image) is larger than the caches
+ * and written once, in order: ordinary stores first read every line they fill (read-for-ownership), so a third
+ * of the memory traffic is data about to be overwritten; streaming stores skip that read. Same IEEE
+ * operations on the same values, so the same bits (the tests compare every bit against torch); a head and a
+ * tail of ordinary stores align the vector stores to the vector width. GPU_MM_NO_STREAM builds without them. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(GPU_MM_NO_STREAM)
+#include <immintrin.h>
+#define STREAM 1
+__attribute__((target("avx512f"))) static void normalize_stream512(float *restrict dst, const uint8_t *restrict u,
+                                                                   Py_ssize_t n, float mean, float std) {
+    Py_ssize_t i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = ((float)u[i] - mean) / std;
+    const __m512 vm = _mm512_set1_ps(mean), vs = _mm512_set1_ps(std);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(u + i))));
+        _mm512_stream_ps(dst + i, _mm512_div_ps(_mm512_sub_ps(x, vm), vs));
+    }
+    for (; i < n; i++) dst[i] = ((float)u[i] - mean) / std;
+}
+
+__attribute__((target("avx2"))) static void normalize_stream256(float *restrict dst, const uint8_t *restrict u,
+                                                                Py_ssize_t n, float mean, float std) {
+    Py_ssize_t i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = ((float)u[i] - mean) / std;
+    const __m256 vm = _mm256_set1_ps(mean), vs = _mm256_set1_ps(std);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(u + i))));
+        _mm256_stream_ps(dst + i, _mm256_div_ps(_mm256_sub_ps(x, vm), vs));
+    }
+    for (; i < n; i++) dst[i] = ((float)u[i] - mean) / std;
+}
+#endif
+
+typedef void (*NormalizeFn)(float *restrict, const uint8_t *restrict, Py_ssize_t, float, float);
+/* Chosen once at import (PyInit): the widest streaming variant the machine has, else normalize_run. */
+static NormalizeFn normalize_out = normalize_run;
+/* Outputs at least this large are streamed; smaller ones stay in the caches for whoever reads them next, as
+ * memcpy decides (half the L3 cache, read at import; 16 MiB where the kernel does not say). */
+static Py_ssize_t stream_from = (Py_ssize_t)16 << 20;
 
 #define LOOKUP(NAME, TYPE)                                                                                \
     static void NAME(TYPE *restrict dst, const uint8_t *restrict u, Py_ssize_t n, const TYPE *lut) {      \
@@ -136,13 +180,16 @@ static void *work(void *arg) {
             for (Py_ssize_t r = 0, c = 0; r < unit / run; r++, c = c + 1 == C ? 0 : c + 1) {
                 const uint8_t *su = stage + r * run;
                 char *d = dst + (size_t)(r * run) * (size_t)elem;
-                if (mean != NULL) normalize_run((float *)d, su, run, mean[c], std[c]);
+                if (mean != NULL) (j->stream ? normalize_out : normalize_run)((float *)d, su, run, mean[c], std[c]);
                 else if (elem == 4) lookup32((uint32_t *)d, su, run, (const uint32_t *)lut + c * 256);
                 else if (elem == 2) lookup16((uint16_t *)d, su, run, (const uint16_t *)lut + c * 256);
                 else lookup8((uint8_t *)d, su, run, (const uint8_t *)lut + c * 256);
             }
         }
     }
+#ifdef STREAM
+    if (j->stream) _mm_sfence(); /* streaming stores visible before the caller reads */
+#endif
     free(stage);
     free(rgb_rows);
     return NULL;
@@ -181,6 +228,7 @@ static PyObject *patch_rows(PyObject *Py_UNUSED(self), PyObject *args) {
                 .out = (char *)(uintptr_t)out, .p = p, .tp = tp, .m = m, .gw = w / p, .hblocks = h / (p * m)};
     const Py_ssize_t units = ((t + tp - 1) / tp) * base.hblocks;
     if (units == 0) Py_RETURN_NONE; /* no rows to write */
+    base.stream = arithmetic && normalize_out != normalize_run && units * (w / p) * m * c * tp * p * p * 4 >= stream_from;
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > units) threads = units;
@@ -208,8 +256,49 @@ static PyObject *patch_rows(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Whether the machine runs the streaming variant of this vector width (512: AVX-512, 256: AVX2; 0: none). */
+static int stream_width_supported(int width) {
+#ifdef STREAM
+    __builtin_cpu_init();
+    if (width == 512) return __builtin_cpu_supports("avx512f");
+    if (width == 256) return __builtin_cpu_supports("avx2");
+#endif
+    return width == 0;
+}
+
+static int stream_width(void) {
+#ifdef STREAM
+    if (normalize_out == normalize_stream512) return 512;
+    if (normalize_out == normalize_stream256) return 256;
+#endif
+    return 0;
+}
+
+static PyObject *streaming(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_ssize_t from = -1;
+    int width = -1;
+    if (!PyArg_ParseTuple(args, "|ni", &from, &width)) return NULL;
+    const Py_ssize_t before = stream_from;
+    const int was = stream_width();
+    if (width >= 0) {
+        if (!stream_width_supported(width)) {
+            PyErr_Format(PyExc_ValueError, "streaming: no %d-bit variant on this machine", width);
+            return NULL;
+        }
+#ifdef STREAM
+        normalize_out = width == 512 ? normalize_stream512 : width == 256 ? normalize_stream256 : normalize_run;
+#endif
+    }
+    if (from >= 0) stream_from = from;
+    return Py_BuildValue("(ni)", before, was);
+}
+
 static PyMethodDef methods[] = {
     {"patch_rows", patch_rows, METH_VARARGS, patch_rows_doc},
+    {"streaming", streaming, METH_VARARGS,
+     "streaming([from_bytes[, width]]) -> (from_bytes, width) before: float32 outputs of at least from_bytes are "
+     "written with streaming stores, by the variant of that vector width (512: AVX-512, 256: AVX2, 0: none; the "
+     "widest the machine has unless set). For tests."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -221,4 +310,21 @@ static struct PyModuleDef module = {
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__cpu_patch(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cpu_patch(void) {
+#ifdef STREAM
+    /* The L3 this CPU shares, as the kernel describes it (sysconf's figure can be the whole host chip's in a VM:
+     * 320 MB on a 32 MB-L3 EPYC guest). */
+    FILE *f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
+    long kib = 0;
+    char unit = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%ld%c", &kib, &unit) == 2 && kib > 0)
+            stream_from = (Py_ssize_t)kib * (unit == 'M' ? 1 << 20 : unit == 'K' ? 1 << 10 : 1) / 2;
+        fclose(f);
+    }
+    normalize_out = stream_width_supported(512)   ? normalize_stream512
+                    : stream_width_supported(256) ? normalize_stream256
+                                                  : normalize_run;
+#endif
+    return PyModule_Create(&module);
+}

@@ -9,6 +9,7 @@ Without a C compiler at install the kernel is absent and these tests skip, sayin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -53,6 +54,37 @@ def frames_in(layout: str, t: int, c: int, h: int, w: int, g: torch.Generator) -
     raise AssertionError(layout)
 
 
+def stream_widths() -> list[int]:
+    """0 (ordinary stores) and the streaming-store variants this machine runs (256: AVX2, 512: AVX-512)."""
+    try:
+        from gpu_mm import _cpu_patch
+    except ImportError:
+        return [0]
+    before, width = _cpu_patch.streaming()
+    out = [0]
+    for w in (256, 512):
+        try:
+            _cpu_patch.streaming(-1, w)
+            out.append(w)
+        except ValueError:
+            pass
+    _cpu_patch.streaming(before, width)
+    return out
+
+
+@contextlib.contextmanager
+def streamed(width: int):
+    """float32 outputs of any size written by the streaming variant of ``width``, or (0) never streamed."""
+    from gpu_mm import _cpu_patch
+
+    before, was = _cpu_patch.streaming()
+    _cpu_patch.streaming(2**62, 0) if width == 0 else _cpu_patch.streaming(0, width)
+    try:
+        yield
+    finally:
+        _cpu_patch.streaming(before, was)
+
+
 @needs_kernel
 @settings(max_examples=150, deadline=None)
 @given(
@@ -67,29 +99,35 @@ def frames_in(layout: str, t: int, c: int, h: int, w: int, g: torch.Generator) -
     dtype=st.sampled_from(DTYPES),
     threads=st.sampled_from([1, 2, 3, 64]),
     seed=st.integers(0, 2**16),
+    stream=st.sampled_from(stream_widths()),
 )
-def test_kernel_is_bit_identical_to_the_plain_formulation(t, c, p, tp, m, gh, gw, layout, dtype, threads, seed):
+def test_kernel_is_bit_identical_to_the_plain_formulation(t, c, p, tp, m, gh, gw, layout, dtype, threads, seed,
+                                                         stream):
     g = torch.Generator().manual_seed(seed)
     x = frames_in(layout, t, c, gh * m * p, gw * m * p, g)
     mean = tuple(torch.rand(c, generator=g).tolist())
     std = tuple((torch.rand(c, generator=g) * 0.5 + 0.05).tolist())
     expected = plain(x, mean, std, p, tp, m, dtype)
     out = torch.full(expected.shape, 7, dtype=dtype)  # every element must be written
-    got, grid = ops._kernel_rows(x, p, tp, m, dtype, mean, std, out, threads=threads)
+    with streamed(stream):
+        got, grid = ops._kernel_rows(x, p, tp, m, dtype, mean, std, out, threads=threads)
     assert got is out and grid == (-(-t // tp), gh * m, gw * m)
     assert torch.equal(got, expected)
 
 
 @needs_kernel
+@pytest.mark.parametrize("stream", stream_widths(), ids=lambda w: f"stream{w}" if w else "cached")
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_1080p_image_and_a_clip_through_the_public_ops(layout, dtype):
+def test_a_1080p_image_and_a_clip_through_the_public_ops(layout, dtype, stream):
     """The sizes the pipeline runs (one 728x1316 image: its two temporal slots; five 364x644 frames: odd, the
-    last repeated), through ``normalize_patchify`` with the defaults, split over torch's threads."""
+    last repeated), through ``normalize_patchify`` with the defaults, split over torch's threads; float32 with
+    and without streaming stores."""
     g = torch.Generator().manual_seed(1)
     for t, h, w in [(1, 728, 1316), (5, 364, 644)]:
         x = frames_in(layout, t, 3, h, w, g)
-        got, _ = ops.normalize_patchify(x, dtype=dtype)
+        with streamed(stream):
+            got, _ = ops.normalize_patchify(x, dtype=dtype)
         assert torch.equal(got, plain(x, ops.OPENAI_CLIP_MEAN, ops.OPENAI_CLIP_STD, 14, 2, 2, dtype))
 
 
