@@ -5,10 +5,9 @@
  * or replaced by a reciprocal); bfloat16/float16 output is looked up in a per-channel table of the 256
  * values a pixel can take, made by torch with the same arithmetic (uint8 output: the pixels). Either way the
  * result is bit-identical to normalizing whole frames and laying the patches out afterwards. What it saves is
- * memory traffic: the frames
- * are read once, in place (contiguous or channels-last, as a decoder's resize leaves them), and every output
- * byte is written once (past the caches when the output is larger than half the L3), instead of a permuting
- * copy plus three passes over a float32 tensor.
+ * memory traffic: the frames are read once, in place (contiguous or channels-last, as a decoder's resize leaves
+ * them), and every output byte is written once (past the caches when the output is larger than half the L3),
+ * instead of a permuting copy plus three passes over a float32 tensor.
  *
  * The caller (gpu_mm.ops) checks dtypes, shapes and the output's size and keeps the tensors alive; the
  * checks here only keep a wrong call from reading or writing out of bounds. The GIL is released while the

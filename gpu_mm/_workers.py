@@ -104,6 +104,16 @@ class WorkerPool:
                 t.start()
         return fut
 
+    def prestart(self) -> None:
+        """Start every thread now, idle: ``Thread.start`` waits until the new thread runs, which on a busy machine
+        took up to 6 ms measured on the event loop when a burst of requests started threads lazily."""
+        with self._lock:
+            while not self._closed and len(self._threads) < self.max_workers:
+                t = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                self._idle += 1  # waiting for a job, as if it had finished one
+                t.start()
+
     def _make_processor(self) -> Any:
         with self._lock:
             if self._spares:
@@ -177,3 +187,15 @@ class WorkerPool:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def prestarted_executor(
+    n: int, thread_name_prefix: str, initializer: Callable[[], Any] | None = None
+) -> concurrent.futures.ThreadPoolExecutor:
+    """A ``ThreadPoolExecutor`` whose ``n`` threads already run (it starts them lazily, one per submit that finds
+    none idle, and each start waits for the new thread): ``n`` tasks that wait for each other force all of them."""
+    pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=thread_name_prefix, initializer=initializer)
+    barrier = threading.Barrier(n)
+    for f in [pool.submit(barrier.wait, 10.0) for _ in range(n)]:
+        f.result()
+    return pool

@@ -28,6 +28,7 @@ import torch
 from . import ops
 from ._aio import await_or_abandon, wait_until
 from ._lifecycle import Closeable
+from ._workers import prestarted_executor
 from .cache import CacheStatistics, Entry, FeatureCache, content_key
 from .concurrency import Concurrency
 from .concurrency import choose as choose_concurrency
@@ -487,9 +488,9 @@ class Preprocessor(Closeable, Generic[F]):
         if self._closed:
             raise ProcessorClosed(f"{type(self).__name__} is closed")
         loop = asyncio.get_running_loop()
+        # Every thread is started with the pools (the first call), not one by one inside a burst of requests.
         if self._io is None:
-            self._io = concurrent.futures.ThreadPoolExecutor(
-                self.concurrency.io_threads, thread_name_prefix="gpu-mm-io", initializer=reset_inherited_slice)
+            self._io = prestarted_executor(self.concurrency.io_threads, "gpu-mm-io", reset_inherited_slice)
         if self._slots is None:
             self._slots = SlotPool(
                 self.concurrency.slots,
@@ -500,6 +501,7 @@ class Preprocessor(Closeable, Generic[F]):
                 max_queued=self._max_queued,
                 idle_workers=self.idle_workers,
             )
+            self._slots.prestart()
         # Planning and leasing the output block (an allocation, a CUDA IPC handle) run on an IO thread.
         plan_future = loop.run_in_executor(self._io, self._plan_and_lease, images, videos, request)
         plans, lease = await _within(plan_future, deadline, on_abandoned=self._release_late_lease)

@@ -308,6 +308,11 @@ class SlotPool(Closeable):
             )
         return pending.done.result()
 
+    def prestart(self) -> None:
+        """Start every slot's thread now (see :meth:`gpu_mm._workers.WorkerPool.prestart`)."""
+        for pool in self._threads:
+            pool.prestart()
+
     def statistics(self) -> SlotPoolStatistics:
         """Return a snapshot of the pool's state and counters."""
         return SlotPoolStatistics(

@@ -129,3 +129,43 @@ def test_exit_waits_for_a_pool_that_was_never_closed():
     """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_prestarted_pools_have_their_threads_before_any_job():
+    import threading
+
+    from gpu_mm._workers import WorkerPool, prestarted_executor
+
+    pool = WorkerPool(3, name="gpu-mm-prestart-test")
+    pool.prestart()
+    assert pool.num_threads == 3
+    assert [pool.submit(lambda _p, i=i: i * i).result(timeout=10) for i in range(6)] == [0, 1, 4, 9, 16, 25]
+    assert pool.num_threads == 3  # the jobs went to the threads already there
+    pool.shutdown(wait=True)
+    pool.prestart()  # closed: starts nothing
+    assert pool.num_threads == 0
+
+    ex = prestarted_executor(4, "gpu-mm-prestart-io")
+    try:
+        assert len([t for t in threading.enumerate() if t.name.startswith("gpu-mm-prestart-io")]) == 4
+    finally:
+        ex.shutdown(wait=True)
+
+
+async def test_a_burst_of_requests_starts_no_thread_on_the_loop(monkeypatch):
+    """The first call starts every slot and IO thread; the burst after it starts none (each ``Thread.start``
+    waits until the new thread runs: up to 6 ms on the loop, measured, when the machine is busy)."""
+    import threading
+
+    pre = Qwen2VLPreprocessor(device="cpu", cache_bytes=0)
+    await pre.preprocess(images=[make_image(64, 96)])
+    c = pre.concurrency
+    assert len([n for n in _gpu_mm_threads() if n.startswith("gpu-mm-slot")]) == c.slots + c.express_slots
+    assert len([n for n in _gpu_mm_threads() if n.startswith("gpu-mm-io")]) == c.io_threads
+    started: list[str] = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), start(self))[1])
+    await asyncio.gather(*(pre.preprocess(images=[make_image(64 + 28 * i, 96)]) for i in range(12)))
+    assert started == []
+    monkeypatch.undo()
+    await pre.aclose()
