@@ -146,10 +146,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         n_http = 8 if quick else 16
         step(f"HTTP: {n_http} concurrent video requests to gpu-mm serve on loopback, probing /health and /metrics")
         result["http"] = {}
-        # gpu_mm as served, then with each opt-in scheduling setting (gpu_mm.sched), side by side.
+        # gpu_mm as served (slot threads on SCHED_IDLE where they can leave it), with its slot threads on the
+        # normal policy, and with the opt-in loop slice (gpu_mm.sched), side by side.
         for label, mode, extra in (("inline", "inline", []), ("seed", "seed", []), ("gpu_mm", "gpu_mm", []),
-                                   ("gpu_mm_loop_slice", "gpu_mm", ["--loop-slice"]),
-                                   ("gpu_mm_idle_workers", "gpu_mm", ["--idle-workers"])):
+                                   ("gpu_mm_normal_workers", "gpu_mm", ["--no-idle-workers"]),
+                                   ("gpu_mm_loop_slice", "gpu_mm", ["--loop-slice"])):
             _progress(f"  serve --mode {mode} {' '.join(extra)}")
             result["http"][label] = asyncio.run(run_mode(mode, videos["360p"], n_http, device, extra))
     _print_summary(result)
@@ -358,10 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)")
     sv.add_argument("--loop-slice", action="store_true",
                     help="ask Linux (6.12+) for a short CPU time slice for the event loop's thread (gpu_mm.sched)")
-    sv.add_argument("--idle-workers", action="store_true",
-                    help="slot threads on SCHED_IDLE: the loop preempts them at once; one starved by other busy "
-                         "processes goes back on the normal policy for a while (gpu_mm.sched.StarvationGuard); "
-                         "needs root or CAP_SYS_NICE, else ignored")
+    sv.add_argument("--idle-workers", action=argparse.BooleanOptionalAction, default=True,
+                    help="slot threads on SCHED_IDLE (the default): the loop preempts them at once; one starved by "
+                         "other busy processes goes back on the normal policy for a while "
+                         "(gpu_mm.sched.StarvationGuard); needs root or CAP_SYS_NICE, else the normal policy")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

@@ -245,6 +245,11 @@ def build_app(
     c = pre.concurrency
     logger.info("%s on %s: %d slots + %d express (%s)", type(pre).__name__, pre.device, c.slots, c.express_slots,
                 c.reason)
+    if idle_workers:
+        from .sched import _idle_is_reversible
+
+        logger.info("slot threads: %s", "SCHED_IDLE, starvation-guarded" if _idle_is_reversible() else
+                    "normal policy (a thread could not leave SCHED_IDLE again here: needs root or CAP_SYS_NICE)")
     metrics = PrometheusMetrics()
     metrics.watch_cache(pre.cache)
     wrapper: Any

@@ -41,3 +41,14 @@ def test_preprocess_refuses_a_bad_option_or_model_before_reading_media(tmp_path,
     assert "fps" in capsys.readouterr().err
     assert main(["preprocess", "x.mp4", "--device", "cpu", "--model", "llava"]) == 2
     assert "llava" in capsys.readouterr().err
+
+
+def test_serve_runs_slot_threads_idle_unless_told_not_to(monkeypatch):
+    """``gpu-mm serve`` puts its slot threads on SCHED_IDLE by default (where they can leave it again);
+    ``--no-idle-workers`` keeps the normal policy."""
+    import gpu_mm.serve
+
+    seen = []
+    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["idle_workers"]))
+    assert main(["serve"]) == 0 and main(["serve", "--no-idle-workers"]) == 0 and main(["serve", "--idle-workers"]) == 0
+    assert seen == [True, False, True]
