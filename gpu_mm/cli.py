@@ -242,11 +242,11 @@ def _print_summary(r: dict[str, Any]) -> None:
     if http:
         n = next(iter(http.values()))["requests"]
         print(f"\nHTTP server under {n} concurrent video requests (ms):")
-        print(f"  {'mode':20s} {'/health p99':>11s} {'/health max':>11s} {'/metrics p99':>12s} {'request p50':>11s} "
+        print(f"  {'mode':22s} {'/health p99':>11s} {'/health max':>11s} {'/metrics p99':>12s} {'request p50':>11s} "
               f"{'503':>4s} {'504':>4s}")
         for k, v in http.items():
             health, metrics = v["health"], v["metrics"]
-            print(f"  {k:20s} {health['p99_ms']:11.1f} {health['max_ms']:11.1f} {metrics['p99_ms']:12.1f} "
+            print(f"  {k:22s} {health['p99_ms']:11.1f} {health['max_ms']:11.1f} {metrics['p99_ms']:12.1f} "
                   f"{v['request']['p50_ms']:11.0f} {v['rejected_503']:4d} {v['timeouts_504']:4d}")
 
 
