@@ -1,7 +1,7 @@
 """Who holds the GIL while the event loop's thread waits for it: perf uprobes on the interpreter's
 ``take_gil`` / ``drop_gil``.
 
-    python benchmarks/gil_waits.py [--scenario http|images] [--seconds 3] [--out benchmarks/results]
+    python benchmarks/gil_waits.py [--scenario http|images|images-idle] [--seconds 3] [--out benchmarks/results]
 
 ``http``: ``gpu-mm serve`` (CPU) while 16 clients upload a 2.8 MB base64 video each, all at once (the
 server's GIL); ``images``: this process's ``AsyncMMDataProcessor`` serving 64 concurrent 1080p JPEG requests,
@@ -154,14 +154,15 @@ def http_scenario(group: str, seconds: float, data: str) -> int:
     return server.pid
 
 
-def images_scenario(group: str, seconds: float, data: str) -> int:
+def images_scenario(group: str, seconds: float, data: str, idle_workers: bool = False) -> int:
     exec(NAME_THREADS, {})  # noqa: S102 - names this process's threads for perf
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from gpu_mm.bench.loop_lag import measure, scenarios
     from gpu_mm.media.synth import make_image
     from gpu_mm.serve import freeze_gc
 
-    call, closer = scenarios(make_image(1080, 1920, "JPEG"), 2)["gpu_mm_native"]()
+    key = "gpu_mm_native_idle_workers" if idle_workers else "gpu_mm_native"
+    call, closer = scenarios(make_image(1080, 1920, "JPEG"), 2)[key]()
 
     async def run() -> None:
         await call(-1)
@@ -181,7 +182,8 @@ def images_scenario(group: str, seconds: float, data: str) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenario", choices=["http", "images"], default="http")
+    ap.add_argument("--scenario", choices=["http", "images", "images-idle"], default="http",
+                    help="images-idle: the images scenario with the slot threads on SCHED_IDLE")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--out", default=None, help="folder for the JSON result")
     args = ap.parse_args()
@@ -192,7 +194,10 @@ def main() -> int:
     group = add_probes(lib)
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "gil.data")
-        pid = (http_scenario if args.scenario == "http" else images_scenario)(group, args.seconds, data)
+        if args.scenario == "http":
+            pid = http_scenario(group, args.seconds, data)
+        else:
+            pid = images_scenario(group, args.seconds, data, idle_workers=args.scenario == "images-idle")
         result = {"scenario": args.scenario, "seconds": args.seconds, **analyse(data, pid)}
     print(f"{'thread':32s} {'holds':>7s} {'sum ms':>8s} {'p99 ms':>7s} {'max ms':>7s} | {'waits':>7s} "
           f"{'sum ms':>8s} {'p99 ms':>7s} {'max ms':>7s}")
