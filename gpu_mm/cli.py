@@ -110,8 +110,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # ~0.55 Mbit/s: a 30 s clip is ~2 MB, the size of the seed's example video.
     videos = {name: make_video(seconds * 30, h, w, fps=30, gop=60, bframes=2, bit_rate=550_000)
               for name, (h, w) in clips.items()}
+    # As `gpu-mm serve` does: freed blocks stay with the process for the next item (see serve.tune_allocator);
+    # the baselines run in this process too, under the same allocator settings.
+    from .serve import tune_allocator
+
+    allocator = tune_allocator()
+    _progress(f"allocator: {allocator}")
     result: dict[str, Any] = {"machine": info, "device": device, "quick": quick, "image": {}, "video": {},
-                              "concurrency": concurrency.as_dict()}
+                              "concurrency": concurrency.as_dict(), "allocator": allocator}
     step("image: bytes -> features, gpu-mm vs transformers ...")
     result["image"]["1080p_jpeg"] = image_bench(jpeg, device, reps)
     result["normalize_patchify"] = patchify_bench(reps * 3)
