@@ -33,6 +33,10 @@ class _Steps:
         _progress(f"[{self.done}/{self.total} +{time.perf_counter() - self.t0:5.0f}s] {msg}")
 
 
+_IMAGE_DECODER_HELP = ("auto (nvJPEG on CUDA) | nvjpeg | cpu (libjpeg-turbo, then uploaded: transformers' decode of "
+                       "4:2:0 JPEGs, which nvJPEG upsamples differently; README)")
+
+
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from .media.sources import MediaLimits
     from .options import RequestOptions
@@ -42,7 +46,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     try:
         options = RequestOptions.parse({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
         pre = Preprocessor.for_model(args.model, device=args.device, limits=MediaLimits(allow_urls=args.allow_urls),
-                                     fast_jpeg=args.fast_jpeg, **overrides)
+                                     fast_jpeg=args.fast_jpeg, image_decoder=args.image_decoder, **overrides)
     except (GpuMMError, KeyError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -275,6 +279,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         seed_wrapper = SeedAsyncMMDataProcessor
     run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, fast_jpeg=args.fast_jpeg,
+        image_decoder=args.image_decoder,
         device=args.device, loop_slice=args.loop_slice, idle_workers=args.idle_workers,
         max_concurrent_calls=args.max_concurrent_calls, max_queued=args.max_queued, timeout_s=args.timeout_s,
         num_slots=args.slots, limits=limits, max_body_bytes=max_body,
@@ -323,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
     p.add_argument("--fast-jpeg", action="store_true",
                    help="decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)")
+    p.add_argument("--image-decoder", default="auto", help=_IMAGE_DECODER_HELP)
     p.add_argument("--sampling", default=None,
                    help="the family's frame rule: qwen2_vl: qwen_vl_utils (default) | sglang | hf; "
                         "qwen3_vl: transformers (default) | sglang")
@@ -361,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", "seed", "inline"])
     sv.add_argument("--device", default="auto")
     sv.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
+    sv.add_argument("--image-decoder", default="auto", help=_IMAGE_DECODER_HELP)
     sv.add_argument("--fast-jpeg", action="store_true",
                     help="decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)")
     sv.add_argument("--loop-slice", action="store_true",

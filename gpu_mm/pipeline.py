@@ -325,7 +325,7 @@ class Preprocessor(Closeable, Generic[F]):
         copy_on_hit: bool = False,
         fast_jpeg: bool = False,
         idle_workers: bool = False,
-        image_decoder: Literal["auto", "nvjpeg", "cpu"] = "auto",
+        image_decoder: str = "auto",
         **overrides: Any,
     ) -> None:
         device = resolve_device(device)

@@ -222,6 +222,7 @@ def build_app(
     seed_wrapper: Any = None,
     fast_jpeg: bool = False,
     idle_workers: bool = False,
+    image_decoder: str = "auto",
 ) -> Any:
     """Build the aiohttp application for ``mode``.
 
@@ -241,6 +242,7 @@ def build_app(
         raise ValueError(f"max_body_bytes={max_body_bytes} is over body_budget_bytes={body_budget_bytes}")
     pre = Preprocessor.for_model(model, device=device, limits=limits, num_slots=num_slots,
                                  memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes, fast_jpeg=fast_jpeg,
+                                 image_decoder=image_decoder,
                                  idle_workers=idle_workers)
     c = pre.concurrency
     logger.info("%s on %s: %d slots + %d express (%s)", type(pre).__name__, pre.device, c.slots, c.express_slots,

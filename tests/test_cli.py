@@ -52,3 +52,17 @@ def test_serve_runs_slot_threads_idle_unless_told_not_to(monkeypatch):
     monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["idle_workers"]))
     assert main(["serve"]) == 0 and main(["serve", "--no-idle-workers"]) == 0 and main(["serve", "--idle-workers"]) == 0
     assert seen == [True, False, True]
+
+
+def test_image_decoder_reaches_the_preprocessor_and_is_checked_before_any_media(tmp_path, capsys, monkeypatch):
+    import gpu_mm.serve
+
+    img = tmp_path / "a.jpg"
+    img.write_bytes(make_image(64, 96, "JPEG"))
+    assert main(["preprocess", str(img), "--json", "--device", "cpu", "--image-decoder", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["decoder"].startswith("cpu")
+    assert main(["preprocess", str(img), "--device", "cpu", "--image-decoder", "nvjpeg"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    seen = []
+    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["image_decoder"]))
+    assert main(["serve", "--image-decoder", "cpu"]) == 0 and seen == ["cpu"]

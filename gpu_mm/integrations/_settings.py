@@ -22,6 +22,9 @@ class PluginSettings:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     video_decoder: str = "auto"
     """``auto`` (DALI/NVDEC on CUDA when installed, else PyAV), ``pyav``, ``dali``, ``decord``, ``torchcodec``."""
+    image_decoder: str = "auto"
+    """JPEGs: ``auto`` (nvJPEG on CUDA), ``nvjpeg``, ``cpu`` (libjpeg-turbo: transformers' decode; see
+    :class:`gpu_mm.Preprocessor`)."""
     max_concurrent_calls: int | None = None
     """Requests in flight in gpu-mm at once, abandoned ones included (``None``: 32)."""
     max_queued: int | None = None
@@ -48,7 +51,7 @@ class PluginSettings:
             if raw is None or raw == "":
                 continue
             try:
-                if field.name in ("device", "video_decoder"):
+                if field.name in ("device", "video_decoder", "image_decoder"):
                     values[field.name] = raw
                 elif field.name == "timeout_s":
                     values[field.name] = float(raw)

@@ -100,7 +100,8 @@ def bad_settings(server_args):
     """Settings that cannot work fail when SGLang builds the processor (server start), not per request."""
     out = {}
     for name, settings in (("device", {"device": "cuda:7" if not torch.cuda.is_available() else "tpu"}),
-                           ("decoder", {"video_decoder": "no-such-decoder"})):
+                           ("decoder", {"video_decoder": "no-such-decoder"}),
+                           ("image_decoder", {"image_decoder": "nvjpeg" if not torch.cuda.is_available() else "pil"})):
         try:
             build("qwen2_vl", server_args, **settings)
             out[name] = None

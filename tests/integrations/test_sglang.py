@@ -150,6 +150,7 @@ def test_unusable_settings_fail_at_server_start():
     # No CUDA here: "cuda:7" is BackendUnavailable; on a GPU machine "tpu" is not a device (ValueError).
     assert r["device"]["type"] in ("BackendUnavailable", "ValueError"), r
     assert r["decoder"]["type"] == "ValueError" and "no-such-decoder" in r["decoder"]["message"], r
+    assert r["image_decoder"]["type"] == "ValueError" and "image_decoder" in r["image_decoder"]["message"], r
 
 
 def test_bad_video_is_a_typed_value_error_naming_the_item_and_nothing_leaks():

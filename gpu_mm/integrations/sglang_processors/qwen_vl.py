@@ -217,7 +217,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         keep_on_device = self.keep_mm_features_on_device or self.precompute_hash_before_cpu_transfer
         cls = Qwen3VLPreprocessor if isinstance(self._gpu_mm_config, Qwen3VLConfig) else Qwen2VLPreprocessor
         self._gpu_mm_preprocessor = cls(
-            st.device, config=self._gpu_mm_config, video_decoder=st.video_decoder,
+            st.device, config=self._gpu_mm_config, video_decoder=st.video_decoder, image_decoder=st.image_decoder,
             num_slots=st.num_slots, memory_budget_bytes=st.memory_budget_bytes, cache_bytes=st.cache_bytes,
             output="device" if keep_on_device else "cpu",
         )
