@@ -58,6 +58,43 @@ def _normalize_patchify_kernel(
     tl.store(out_ptr + row * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# A candidate, not the default: one program per merge block (M*M consecutive output rows, which share their
+# frame rows: runs of M*P bytes instead of P), to be measured against the kernel above on a GPU
+# (benchmarks/gpu_bench.py runs both; the row kernel reached 28% of a device copy's bandwidth on an H200).
+@triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW"])
+def _normalize_patchify_block_kernel(
+    src_ptr, out_ptr, mean_ptr, std_ptr,
+    T, H, W, GH, GW,
+    C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
+    ROW: tl.constexpr, BLOCK: tl.constexpr, RB: tl.constexpr,
+):
+    blk = tl.program_id(0).to(tl.int64)
+    per_t = (GH // M) * (GW // M)
+    gt = blk // per_t
+    rem = blk % per_t
+    bw = rem % (GW // M)
+    bh = rem // (GW // M)
+    r = tl.arange(0, RB)[:, None]  # the block's rows (M*M of them, padded to a power of two)
+    cols = tl.arange(0, BLOCK)[None, :]
+    cmask = cols < ROW
+    mask = (r < M * M) & cmask
+    mh = r // M
+    mw = r % M
+    c = cols // (TP * P * P)
+    rr = cols % (TP * P * P)
+    tt = rr // (P * P)
+    ph = (rr // P) % P
+    pw = rr % P
+    t = tl.minimum(gt * TP + tt, T - 1)
+    h = (bh * M + mh) * P + ph
+    w = (bw * M + mw) * P + pw
+    x = tl.load(src_ptr + ((t * C + c) * H + h) * W + w, mask=mask, other=0).to(tl.float32)
+    m = tl.load(mean_ptr + c, mask=cmask, other=0.0)
+    s = tl.load(std_ptr + c, mask=cmask, other=1.0)
+    y = tl.math.div_rn(x - m, s)
+    tl.store(out_ptr + (blk * (M * M) + r) * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def fused_normalize_patchify(
     frames: torch.Tensor,
     mean: Sequence[float] = OPENAI_CLIP_MEAN,
@@ -68,11 +105,14 @@ def fused_normalize_patchify(
     merge_size: int = 2,
     dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
+    variant: str = "row",
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """Normalize uint8 ``[T, C, H, W]`` frames and lay them out as Qwen2-VL ``pixel_values`` rows.
 
     Args:
         out: optional preallocated ``[rows, C*tp*p*p]`` output (e.g. from a reused pool).
+        variant: ``"row"`` (one program per output row, the default) or ``"block"`` (one per merge block, a
+            candidate measured by ``benchmarks/gpu_bench.py``); the same bits either way.
 
     Returns:
         (pixel_values, (grid_t, grid_h, grid_w)).
@@ -92,10 +132,13 @@ def fused_normalize_patchify(
     elif out.shape != (rows, row) or out.dtype != dtype or out.device != frames.device:
         raise ValueError(f"out must be {dtype} {(rows, row)} on {frames.device}, got {out.dtype} {tuple(out.shape)}")
     m, s = _mean_std(frames, mean, std)  # the reference's float32 constants, so results are bit-identical
-    if rows:
-        _normalize_patchify_kernel[(rows,)](
-            frames, out, m, s, t, h, w, gh, gw,
-            C=c, TP=temporal_patch_size, P=patch_size, M=merge_size,
-            ROW=row, BLOCK=triton.next_power_of_2(row),
-        )
+    if variant not in ("row", "block"):
+        raise ValueError(f"variant must be 'row' or 'block', got {variant!r}")
+    geometry = dict(C=c, TP=temporal_patch_size, P=patch_size, M=merge_size, ROW=row, BLOCK=triton.next_power_of_2(row))
+    if rows and variant == "row":
+        _normalize_patchify_kernel[(rows,)](frames, out, m, s, t, h, w, gh, gw, **geometry)
+    elif rows:
+        rb = triton.next_power_of_2(merge_size * merge_size)
+        _normalize_patchify_block_kernel[(rows // (merge_size * merge_size),)](
+            frames, out, m, s, t, h, w, gh, gw, **geometry, RB=rb, num_warps=8)
     return out, (gt, gh, gw)

@@ -28,23 +28,28 @@ def _on(device: str) -> str:
     return device
 
 
+VARIANTS = ["row", "block"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("t,h,w", [(1, 28, 28), (2, 56, 84), (3, 28, 56), (5, 56, 28)])
-def test_matches_reference_exactly_in_float32(device, t, h, w):
+def test_matches_reference_exactly_in_float32(device, t, h, w, variant):
     device = _on(device)
     x = torch.randint(0, 256, (t, 3, h, w), dtype=torch.uint8, device=device)
     ref, grid = ops.normalize_patchify(x)
-    out, grid2 = fused_normalize_patchify(x)
+    out, grid2 = fused_normalize_patchify(x, variant=variant)
     assert grid == grid2
     # Same float32 subtraction and division of the same constants: bit-identical.
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_bfloat16_output_equals_rounded_reference(device):
+def test_bfloat16_output_equals_rounded_reference(device, variant):
     device = _on(device)
     x = torch.randint(0, 256, (2, 3, 28, 56), dtype=torch.uint8, device=device)
-    out, _ = fused_normalize_patchify(x, dtype=torch.bfloat16)
+    out, _ = fused_normalize_patchify(x, dtype=torch.bfloat16, variant=variant)
     ref, _ = ops.normalize_patchify(x, dtype=torch.bfloat16)
     assert out.dtype == torch.bfloat16
     if device == "cuda":
@@ -55,14 +60,19 @@ def test_bfloat16_output_equals_rounded_reference(device):
         torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=0)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_custom_patch_geometry_and_mean_std(device):
+def test_custom_patch_geometry_and_mean_std(device, variant):
     device = _on(device)
     x = torch.randint(0, 256, (3, 3, 32, 48), dtype=torch.uint8, device=device)
     kw = dict(patch_size=8, temporal_patch_size=3, merge_size=2)
     ref, grid = ops.normalize_patchify(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0), **kw)
-    out, grid2 = fused_normalize_patchify(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0), **kw)
+    out, grid2 = fused_normalize_patchify(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0), variant=variant, **kw)
     assert grid == grid2 == (1, 4, 6) and torch.equal(out, ref)
+    # A merge size whose block is not a power of two (3x3 rows, padded to 16 in the block kernel).
+    y = torch.randint(0, 256, (2, 3, 48, 72), dtype=torch.uint8, device=device)
+    kw3 = dict(patch_size=8, temporal_patch_size=2, merge_size=3)
+    assert torch.equal(fused_normalize_patchify(y, variant=variant, **kw3)[0], ops.normalize_patchify(y, **kw3)[0])
 
 
 def test_preallocated_output_and_argument_errors():
