@@ -97,11 +97,7 @@ class WorkerPool:
             if self._idle > 0:
                 self._idle -= 1
             elif len(self._threads) < self.max_workers:
-                t = threading.Thread(
-                    target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(t)
-                t.start()
+                self._start_thread()
         return fut
 
     def prestart(self) -> None:
@@ -109,10 +105,14 @@ class WorkerPool:
         took up to 6 ms measured on the event loop when a burst of requests started threads lazily."""
         with self._lock:
             while not self._closed and len(self._threads) < self.max_workers:
-                t = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True)
-                self._threads.append(t)
                 self._idle += 1  # waiting for a job, as if it had finished one
-                t.start()
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        """One more thread (called with ``_lock`` held)."""
+        t = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def _make_processor(self) -> Any:
         with self._lock:
