@@ -33,6 +33,7 @@ class _Steps:
         _progress(f"[{self.done}/{self.total} +{time.perf_counter() - self.t0:5.0f}s] {msg}")
 
 
+_FAST_JPEG_HELP = "decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)"
 _IMAGE_DECODER_HELP = ("auto (nvJPEG on CUDA) | nvjpeg | cpu (libjpeg-turbo, then uploaded: transformers' decode of "
                        "4:2:0 JPEGs, which nvJPEG upsamples differently; README)")
 
@@ -326,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--video", action="store_true", help="treat every source as a video")
     p.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
-    p.add_argument("--fast-jpeg", action="store_true",
-                   help="decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)")
+    p.add_argument("--fast-jpeg", action="store_true", help=_FAST_JPEG_HELP)
     p.add_argument("--image-decoder", default="auto", help=_IMAGE_DECODER_HELP)
     p.add_argument("--sampling", default=None,
                    help="the family's frame rule: qwen2_vl: qwen_vl_utils (default) | sglang | hf; "
@@ -368,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--device", default="auto")
     sv.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
     sv.add_argument("--image-decoder", default="auto", help=_IMAGE_DECODER_HELP)
-    sv.add_argument("--fast-jpeg", action="store_true",
-                    help="decode large JPEGs at a reduced DCT scale (CPU; features differ slightly, see README)")
+    sv.add_argument("--fast-jpeg", action="store_true", help=_FAST_JPEG_HELP)
     sv.add_argument("--loop-slice", action="store_true",
                     help="ask Linux (6.12+) for a short CPU time slice for the event loop's thread (gpu_mm.sched)")
     sv.add_argument("--idle-workers", action=argparse.BooleanOptionalAction, default=True,

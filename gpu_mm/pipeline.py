@@ -1201,7 +1201,9 @@ def choose_image_decoder(name: str, device: str) -> str:
     cuda = device.startswith("cuda")
     if name == "nvjpeg" and not cuda:
         raise ValueError(f"image_decoder='nvjpeg' needs a CUDA device, got device={device!r}")
-    return "nvjpeg" if name == "auto" and cuda else ("cpu" if name == "auto" else name)
+    if name == "auto":
+        return "nvjpeg" if cuda else "cpu"
+    return name
 
 
 def _normalize_patchify_impl(device_type: str, dtype: torch.dtype) -> Callable[..., Any]:

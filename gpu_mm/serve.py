@@ -378,9 +378,8 @@ def prioritize_loop() -> bool:
     instead of waiting out a busy worker's slice (:mod:`gpu_mm.sched`; loop lag p99 2.2-3.6 -> 1.3-1.4 ms measured
     here with two threads preprocessing on two cores). Opt-in (``gpu-mm serve --loop-slice``): under 16 concurrent
     video uploads it lowered /health's p99 little (median 8.6 -> 7.6 ms over seven interleaved runs; the loop's
-    own work is preempted sooner too). torch's intra-op
-    threads are started first, since threads inherit the slice (gpu-mm's own reset theirs). Returns whether the
-    kernel granted it (Linux 6.12+)."""
+    own work is preempted sooner too). torch's intra-op threads are started first, since threads inherit the slice
+    (gpu-mm's own reset theirs). Returns whether the kernel granted it (Linux 6.12+)."""
     import torch
 
     from .sched import set_thread_slice
