@@ -16,6 +16,24 @@ import triton.language as tl
 from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _mean_std
 
 
+@triton.jit
+def _normalized(src_ptr, mean_ptr, std_ptr, T, H, W, gt, y0, x0, cols, mask, cmask,
+                C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr):
+    """The normalized values of output columns ``cols`` (c, temporal, patch row, patch column) of the rows whose
+    patch starts at frame row ``y0``, column ``x0`` of temporal group ``gt``; ``cmask``: the columns that exist."""
+    c = cols // (TP * P * P)
+    r = cols % (TP * P * P)
+    tt = r // (P * P)
+    ph = (r // P) % P
+    pw = r % P
+    t = tl.minimum(gt * TP + tt, T - 1)  # odd frame count: repeat the last frame
+    x = tl.load(src_ptr + ((t * C + c) * H + y0 + ph) * W + x0 + pw, mask=mask, other=0).to(tl.float32)
+    m = tl.load(mean_ptr + c, mask=cmask, other=0.0)
+    s = tl.load(std_ptr + c, mask=cmask, other=1.0)
+    # div_rn: IEEE round-to-nearest, as torch divides; ``/`` compiles to div.full.f32 (up to 2 ulp off).
+    return tl.math.div_rn(x - m, s)
+
+
 # The sizes are runtime values: without do_not_specialize Triton compiles a variant per size class (== 1,
 # divisible by 16), and a new variant compiles inside a slot job, against its deadline.
 @triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW"])
@@ -40,21 +58,8 @@ def _normalize_patchify_kernel(
     blk = rem // (M * M)
     bw = blk % (GW // M)
     bh = blk // (GW // M)
-    # col -> (c, tt, ph, pw)
-    c = cols // (TP * P * P)
-    r = cols % (TP * P * P)
-    tt = r // (P * P)
-    ph = (r // P) % P
-    pw = r % P
-    t = tl.minimum(gt * TP + tt, T - 1)  # odd frame count: repeat the last frame
-    h = (bh * M + mh) * P + ph
-    w = (bw * M + mw) * P + pw
-    offs = ((t * C + c) * H + h) * W + w
-    x = tl.load(src_ptr + offs, mask=mask, other=0).to(tl.float32)
-    m = tl.load(mean_ptr + c, mask=mask, other=0.0)
-    s = tl.load(std_ptr + c, mask=mask, other=1.0)
-    # div_rn: IEEE round-to-nearest, as torch divides; ``/`` compiles to div.full.f32 (up to 2 ulp off).
-    y = tl.math.div_rn(x - m, s)
+    y = _normalized(src_ptr, mean_ptr, std_ptr, T, H, W, gt, (bh * M + mh) * P, (bw * M + mw) * P, cols, mask, mask,
+                    C, TP, P)
     tl.store(out_ptr + row * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -78,20 +83,8 @@ def _normalize_patchify_block_kernel(
     cols = tl.arange(0, BLOCK)[None, :]
     cmask = cols < ROW
     mask = (r < M * M) & cmask
-    mh = r // M
-    mw = r % M
-    c = cols // (TP * P * P)
-    rr = cols % (TP * P * P)
-    tt = rr // (P * P)
-    ph = (rr // P) % P
-    pw = rr % P
-    t = tl.minimum(gt * TP + tt, T - 1)
-    h = (bh * M + mh) * P + ph
-    w = (bw * M + mw) * P + pw
-    x = tl.load(src_ptr + ((t * C + c) * H + h) * W + w, mask=mask, other=0).to(tl.float32)
-    m = tl.load(mean_ptr + c, mask=cmask, other=0.0)
-    s = tl.load(std_ptr + c, mask=cmask, other=1.0)
-    y = tl.math.div_rn(x - m, s)
+    y = _normalized(src_ptr, mean_ptr, std_ptr, T, H, W, gt, (bh * M + r // M) * P, (bw * M + r % M) * P, cols,
+                    mask, cmask, C, TP, P)
     tl.store(out_ptr + (blk * (M * M) + r) * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
