@@ -182,10 +182,11 @@ def hostile_bodies() -> list[bytes]:
     ]] + [b"[" * 50_000 + b"]" * 50_000, b"\xff\xfe not json"]
 
 
-def health_benchmark(seconds: float, concurrency: int) -> dict:
+def health_benchmark(seconds: float, concurrency: int, workers: str = "threads") -> dict:
     port = _free_port()
     cmd = [sys.executable, "-m", "gpu_mm.cli", "serve", "--device", "cpu", "--port", str(port), "--timeout-s", "10",
-           "--cache-mb", "0"]  # hostile traffic repeats: every request computed, as in the committed run
+           "--cache-mb", "0",  # hostile traffic repeats: every request computed, as in the committed run
+           "--workers", workers]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(300):
@@ -195,12 +196,21 @@ def health_benchmark(seconds: float, concurrency: int) -> dict:
             except OSError:
                 time.sleep(0.1)
         result = asyncio.run(_health_under_hostile_load(port, seconds, concurrency, hostile_bodies()))
-        with open(f"/proc/{server.pid}/status") as f:
-            result["server_vm_hwm_mib"] = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
+        result["server_vm_hwm_mib"] = _vm_hwm_mib(server.pid)
+        # Slot processes (--workers processes) are the server's children: their peaks count too.
+        kids = [int(k) for t in os.listdir(f"/proc/{server.pid}/task")
+                for k in pathlib.Path(f"/proc/{server.pid}/task/{t}/children").read_text().split()]
+        result["slot_processes"] = len(kids)
+        result["slot_processes_vm_hwm_mib"] = sum(_vm_hwm_mib(k) for k in kids)
         return result
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _vm_hwm_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
 
 
 # ---------------------------------------------------------------------------------------------- starvation
@@ -243,7 +253,7 @@ def starvation(quick: bool) -> dict:
 
 # ---------------------------------------------------------------------------------------------- soak
 
-async def _soak(calls: int) -> dict:
+async def _soak(calls: int, workers: str = "threads") -> dict:
     import gpu_mm
     from gpu_mm.media.synth import make_image, make_video
 
@@ -253,7 +263,7 @@ async def _soak(calls: int) -> dict:
 
     good_img, good_vid = make_image(120, 160, "JPEG"), make_video(16, 64, 96, gop=4)
     bad = [b"\x00" * 300, good_vid[: len(good_vid) // 2], _jpeg_claiming(3000, 3000), "/etc/passwd"]
-    pre = gpu_mm.Qwen2VLPreprocessor("cpu", limits=gpu_mm.MediaLimits.for_network(), cache_bytes=0)
+    pre = gpu_mm.Qwen2VLPreprocessor("cpu", limits=gpu_mm.MediaLimits.for_network(), cache_bytes=0, workers=workers)
     proc = gpu_mm.AsyncMMDataProcessor(pre, max_concurrent_calls=4, max_queued=8, timeout_s=5)
     marks = {}
 
@@ -291,7 +301,8 @@ async def _soak(calls: int) -> dict:
             "growth_mib": (marks["end"] - marks["after_20pct"]) / 2**20, "in_flight": s.in_flight,
             "queued": s.queued, "abandoned": s.abandoned, "completed": s.completed, "failed": s.failed,
             "timed_out": s.timed_out, "cancelled": s.cancelled, "rejected": s.rejected,
-            "threads": len(os.listdir("/proc/self/task")), "fds": len(os.listdir("/proc/self/fd"))}
+            "threads": len(os.listdir("/proc/self/task")), "fds": len(os.listdir("/proc/self/fd")),
+            "workers": workers, "process_starts": pre.statistics().process_starts}
 
 
 def main() -> int:
@@ -299,6 +310,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: memory,starvation,health,soak")
+    ap.add_argument("--workers", default="threads", choices=["threads", "processes"],
+                    help="where the health and soak sections' slot jobs run (gpu_mm.Preprocessor's workers)")
     args = ap.parse_args()
     from gpu_mm.bench.machine import machine_info, machine_label, write_result
 
@@ -330,20 +343,23 @@ def main() -> int:
                   f"{r['everything_done_s']:5.1f} s")
         print(f"  cheap p50 without / with the express slot: {res['starvation']['cheap_p50_ratio_off_over_on']:.0f}x")
     if "health" not in skip:
-        res["health_under_hostile_load"] = health_benchmark(10 if args.quick else 30, 8)
+        res["health_under_hostile_load"] = health_benchmark(10 if args.quick else 30, 8, args.workers)
         h = res["health_under_hostile_load"]
         print(f"\n/health while 8 clients send hostile requests: p50 {h['health_p50_ms']:.1f} ms, p99 "
               f"{h['health_p99_ms']:.1f} ms, max {h['health_max_ms']:.1f} ms over {h['health_probes']} probes; "
-              f"answers {h['statuses']}; server peak RSS {h['server_vm_hwm_mib']:.0f} MiB")
+              f"answers {h['statuses']}; server peak RSS {h['server_vm_hwm_mib']:.0f} MiB"
+              + (f" + {h['slot_processes']} slot processes {h['slot_processes_vm_hwm_mib']:.0f} MiB"
+                 if h["slot_processes"] else ""))
     if "soak" not in skip:
-        res["soak"] = asyncio.run(_soak(1000 if args.quick else 5000))
+        res["soak"] = asyncio.run(_soak(1000 if args.quick else 5000, args.workers))
         s = res["soak"]
         print(f"\nsoak: {s['calls']} mixed calls; RSS {s['rss_after_20pct_mib']:.0f} MiB after 20% -> "
               f"{s['rss_end_mib']:.0f} MiB at the end ({s['growth_mib']:+.1f} MiB); in flight {s['in_flight']}, "
               f"queued {s['queued']}, abandoned {s['abandoned']}; threads {s['threads']}, fds {s['fds']}")
     if args.out:
         # A partial rerun (--skip) updates the sections it ran.
-        print(f"wrote {write_result(args.out, 'reliability_cpu', info, res, merge=bool(skip))}")
+        name = "reliability_cpu" if args.workers == "threads" else "reliability_slot_processes_cpu"
+        print(f"wrote {write_result(args.out, name, info, res, merge=bool(skip))}")
     return 0
 
 

@@ -151,7 +151,10 @@ class WorkerPool:
                         fut.set_exception(exc)
                     else:
                         fut.set_result(result)
+                    # Hold nothing of a finished job until the next one: its result may be a large tensor (or a
+                    # shared-memory block that goes back to its pool only when its last reference dies).
                     del job, fut, item
+                    result = None
                 with self._lock:
                     self._idle += 1
         finally:

@@ -158,10 +158,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         step(f"HTTP: {n_http} concurrent video requests to gpu-mm serve on loopback, probing /health and /metrics")
         result["http"] = {}
         # gpu_mm as served (slot threads on SCHED_IDLE where they can leave it), with its slot threads on the
-        # normal policy, and with the opt-in loop slice (gpu_mm.sched), side by side.
+        # normal policy, with the opt-in loop slice (gpu_mm.sched), and with slot processes, side by side.
         for label, mode, extra in (("inline", "inline", []), ("seed", "seed", []), ("gpu_mm", "gpu_mm", []),
                                    ("gpu_mm_normal_workers", "gpu_mm", ["--no-idle-workers"]),
-                                   ("gpu_mm_loop_slice", "gpu_mm", ["--loop-slice"])):
+                                   ("gpu_mm_loop_slice", "gpu_mm", ["--loop-slice"]),
+                                   ("gpu_mm_slot_processes", "gpu_mm", ["--workers", "processes"])):
+            if extra[:1] == ["--workers"] and device != "cpu":
+                continue  # slot processes are for the CPU path
             _progress(f"  serve --mode {mode} {' '.join(extra)}")
             result["http"][label] = asyncio.run(run_mode(mode, videos["360p"], n_http, device, extra))
     _print_summary(result)
@@ -281,7 +284,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         seed_wrapper = SeedAsyncMMDataProcessor
     run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, fast_jpeg=args.fast_jpeg,
         image_decoder=args.image_decoder,
-        device=args.device, loop_slice=args.loop_slice, idle_workers=args.idle_workers,
+        device=args.device, loop_slice=args.loop_slice, idle_workers=args.idle_workers, workers=args.workers,
         max_concurrent_calls=args.max_concurrent_calls, max_queued=args.max_queued, timeout_s=args.timeout_s,
         num_slots=args.slots, limits=limits, max_body_bytes=max_body,
         body_budget_bytes=int(args.body_budget_mb * 2**20),
@@ -375,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="slot threads on SCHED_IDLE (the default): the loop preempts them at once; one starved by "
                          "other busy processes goes back on the normal policy for a while "
                          "(gpu_mm.sched.StarvationGuard); needs root or CAP_SYS_NICE, else the normal policy")
+    sv.add_argument("--workers", default="threads", choices=["threads", "processes"],
+                    help="where each slot's pixel work runs on the CPU: its thread (default), or a process of its "
+                         "own, so that the server's loop shares its interpreter lock with none of it "
+                         "(gpu_mm.Preprocessor's workers)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

@@ -223,6 +223,7 @@ def build_app(
     fast_jpeg: bool = False,
     idle_workers: bool = False,
     image_decoder: str = "auto",
+    workers: str = "threads",
 ) -> Any:
     """Build the aiohttp application for ``mode``.
 
@@ -243,10 +244,11 @@ def build_app(
     pre = Preprocessor.for_model(model, device=device, limits=limits, num_slots=num_slots,
                                  memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes, fast_jpeg=fast_jpeg,
                                  image_decoder=image_decoder,
-                                 idle_workers=idle_workers)
+                                 idle_workers=idle_workers, workers=workers)
     c = pre.concurrency
-    logger.info("%s on %s: %d slots + %d express (%s)", type(pre).__name__, pre.device, c.slots, c.express_slots,
-                c.reason)
+    logger.info("%s on %s: %d slots + %d express (%s), each slot's work in %s", type(pre).__name__, pre.device,
+                c.slots, c.express_slots, c.reason,
+                "a process of its own" if workers == "processes" else "its thread")
     if idle_workers:
         from .sched import _idle_is_reversible
 
@@ -333,6 +335,12 @@ def build_app(
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
 
+    async def on_startup(_: web.Application) -> None:
+        # Before the port opens: slot threads started, and slot processes (--workers processes) ready, so that
+        # no request waits seconds for a child to import torch.
+        if mode == "gpu_mm":
+            await pre.start()
+
     async def on_cleanup(_: web.Application) -> None:
         if isinstance(wrapper, AsyncMMDataProcessor):
             await wrapper.aclose(wait=False)
@@ -356,6 +364,7 @@ def build_app(
     app.router.add_post("/v1/preprocess", handle)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prom)
+    app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
 

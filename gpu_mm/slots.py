@@ -158,6 +158,9 @@ class SlotPool(Closeable):
             default: a CUDA event recorded on the slot's stream on CUDA, none on the CPU (the
             thread's return is the completion). Tests pass fake events here.
         poll_max_interval_s: the longest the poller sleeps between queries when nothing completes.
+        idle_workers: the slot threads on ``SCHED_IDLE`` (:func:`gpu_mm.sched.set_idle_policy`).
+        slot_start, slot_exit: called with the slot on its own thread, as the thread starts and as it exits
+            (per-slot resources such as a slot process live in ``slot.state``).
     """
 
     def __init__(
@@ -173,6 +176,8 @@ class SlotPool(Closeable):
         event_factory: Callable[[Slot], Completion | None] | None = None,
         poll_max_interval_s: float = 0.002,
         idle_workers: bool = False,
+        slot_start: Callable[[Slot], Any] | None = None,
+        slot_exit: Callable[[Slot], Any] | None = None,
     ) -> None:
         device = str(device)
         if not (device == "cpu" or device.startswith("cuda")):
@@ -197,9 +202,12 @@ class SlotPool(Closeable):
         self._event_factory = event_factory if event_factory is not None else self._default_event
         self._free = list(reversed(self._slots))
         self._pending: set[_Pending] = set()
-        on_start, on_stop = (set_idle_policy, leave_idle_policy) if idle_workers else (None, None)
-        self._threads = [WorkerPool(1, name=f"gpu-mm-slot-{i}", on_start=on_start, on_stop=on_stop)
-                         for i in range(total)]
+        # The hooks hold the slot and the callables, never the pool: a running thread keeps its WorkerPool, and
+        # that must not keep this pool from being dropped (its __del__ lets the threads exit).
+        self._threads = [WorkerPool(1, name=f"gpu-mm-slot-{i}",
+                                    on_start=functools.partial(_slot_thread_started, idle_workers, slot_start, slot),
+                                    on_stop=functools.partial(_slot_thread_stopping, idle_workers, slot_exit, slot))
+                         for i, slot in enumerate(self._slots)]
         self._poll_max = poll_max_interval_s
         self._poller: _EventPoller | None = None
         self._closed = False
@@ -307,6 +315,13 @@ class SlotPool(Closeable):
                 "the slot stays quarantined until it does"
             )
         return pending.done.result()
+
+    def on_each_slot(self, fn: Callable[[Slot], Any]) -> list[Any]:
+        """Run ``fn(slot)`` on every slot's own thread, after whatever that thread has queued, outside the
+        admission gate (for per-slot set-up such as waiting for a slot's process); returns the
+        ``concurrent.futures`` futures, one per slot."""
+        return [pool.submit(functools.partial(_call_on_slot, fn, slot))
+                for pool, slot in zip(self._threads, self._slots)]
 
     def prestart(self) -> None:
         """Start every slot's thread now (see :meth:`gpu_mm._workers.WorkerPool.prestart`)."""
@@ -428,3 +443,29 @@ class SlotPool(Closeable):
         pending.permit.release()
         if pending.on_release is not None:
             pending.on_release()
+
+
+def _call_on_slot(fn: Callable[[Slot], Any], slot: Slot, _processor: Any) -> Any:
+    return fn(slot)
+
+
+def _slot_thread_started(idle: bool, slot_start: Callable[[Slot], Any] | None, slot: Slot) -> None:
+    """First thing on a slot's thread: its scheduling policy, then the owner's ``slot_start`` (e.g. starting the
+    slot's process). A failing ``slot_start`` is logged: the slot's jobs then meet the failure themselves."""
+    if idle:
+        set_idle_policy()
+    if slot_start is not None:
+        try:
+            slot_start(slot)
+        except Exception:  # noqa: BLE001 - the thread must still serve (and fail) its jobs
+            logger.exception("slot %d: slot_start failed", slot.index)
+
+
+def _slot_thread_stopping(idle: bool, slot_exit: Callable[[Slot], Any] | None, slot: Slot) -> None:
+    """Last thing on a slot's thread, as it exits: the owner's ``slot_exit``, then the policy left."""
+    try:
+        if slot_exit is not None:
+            slot_exit(slot)
+    finally:
+        if idle:
+            leave_idle_policy()

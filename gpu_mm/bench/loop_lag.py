@@ -12,7 +12,7 @@ import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from ..metrics import LatencySummary
 
@@ -98,11 +98,22 @@ def scenarios(image: bytes, workers: int) -> dict[str, Callable[[], tuple[Callab
                                  processor_factory=HFImageProcessor)
         return (lambda i: w.process(image_data=[image])), w.shutdown
 
-    def gpu_mm_native(idle_workers: bool = False):
-        # Default slots; every request computed; idle_workers: slot threads on SCHED_IDLE.
-        pre = Qwen2VLPreprocessor("auto", cache_bytes=0, idle_workers=idle_workers)
+    def gpu_mm_native(idle_workers: bool = False, workers: Literal["threads", "processes"] = "threads"):
+        # Default slots; every request computed; idle_workers: slot threads on SCHED_IDLE; workers: each slot's
+        # work on its thread or in a process of its own (started before the warm-up call, as gpu-mm serve does).
+        pre = Qwen2VLPreprocessor("auto", cache_bytes=0, idle_workers=idle_workers, workers=workers)
         w = AsyncMMDataProcessor(pre, max_concurrent_calls=64, max_queued=4096)
-        return (lambda i: w.process(image_data=[image])), w.shutdown
+
+        async def call(i: int) -> Any:
+            if i < 0:
+                await pre.start()
+            return await w.process(image_data=[image])
+
+        def close() -> None:
+            w.shutdown()
+            pre.close()
+
+        return call, close
 
     return {
         "inline": inline,
@@ -111,14 +122,17 @@ def scenarios(image: bytes, workers: int) -> dict[str, Callable[[], tuple[Callab
         "gpu_mm_wrapping_hf": gpu_mm_hf,
         "gpu_mm_native": gpu_mm_native,
         "gpu_mm_native_idle_workers": functools.partial(gpu_mm_native, idle_workers=True),
+        "gpu_mm_native_slot_processes": functools.partial(gpu_mm_native, idle_workers=True, workers="processes"),
     }
 
 
 async def run_all(image: bytes, n_requests: int = 64, workers: int = 2, only: list[str] | None = None,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every scenario one after another on this loop; return name -> figures. gpu-mm's own preprocessor
-    runs as is, with its slot threads on ``SCHED_IDLE``, and with this loop's thread on a short CPU time slice
+    runs as is, with its slot threads on ``SCHED_IDLE``, with each slot's work in a ``SCHED_IDLE`` process of its
+    own (``workers="processes"``, CPU only), and with this loop's thread on a short CPU time slice
     (``gpu_mm.sched``, what ``gpu-mm serve --loop-slice`` asks for) where the kernel grants one."""
+    from ..pipeline import resolve_device
     from ..sched import set_thread_slice
 
     out: dict[str, Any] = {}
@@ -130,6 +144,9 @@ async def run_all(image: bytes, n_requests: int = 64, workers: int = 2, only: li
             continue
         if short and not set_thread_slice():
             out[name] = {"skipped": "the kernel grants no short time slice here (Linux 6.12+)"}
+            continue
+        if name == "gpu_mm_native_slot_processes" and resolve_device("auto") != "cpu":
+            out[name] = {"skipped": "slot processes are for the CPU path"}
             continue
         if progress:
             progress(name)
