@@ -157,14 +157,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         n_http = 8 if quick else 16
         step(f"HTTP: {n_http} concurrent video requests to gpu-mm serve on loopback, probing /health and /metrics")
         result["http"] = {}
-        # gpu_mm as served (slot threads on SCHED_IDLE where they can leave it), with its slot threads on the
-        # normal policy, with the opt-in loop slice (gpu_mm.sched), and with slot processes, side by side.
+        # gpu_mm as served (on the CPU each slot's work in a process of its own, on SCHED_IDLE where it can leave
+        # it), with its slots on the normal policy, with the opt-in loop slice (gpu_mm.sched), and with the work
+        # in the slots' threads, side by side.
         for label, mode, extra in (("inline", "inline", []), ("seed", "seed", []), ("gpu_mm", "gpu_mm", []),
                                    ("gpu_mm_normal_workers", "gpu_mm", ["--no-idle-workers"]),
                                    ("gpu_mm_loop_slice", "gpu_mm", ["--loop-slice"]),
-                                   ("gpu_mm_slot_processes", "gpu_mm", ["--workers", "processes"])):
+                                   ("gpu_mm_slot_threads", "gpu_mm", ["--workers", "threads"])):
             if extra[:1] == ["--workers"] and device != "cpu":
-                continue  # slot processes are for the CPU path
+                continue  # on CUDA the slots are threads already
             _progress(f"  serve --mode {mode} {' '.join(extra)}")
             result["http"][label] = asyncio.run(run_mode(mode, videos["360p"], n_http, device, extra))
     _print_summary(result)
@@ -378,10 +379,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="slot threads on SCHED_IDLE (the default): the loop preempts them at once; one starved by "
                          "other busy processes goes back on the normal policy for a while "
                          "(gpu_mm.sched.StarvationGuard); needs root or CAP_SYS_NICE, else the normal policy")
-    sv.add_argument("--workers", default="threads", choices=["threads", "processes"],
-                    help="where each slot's pixel work runs on the CPU: its thread (default), or a process of its "
-                         "own, so that the server's loop shares its interpreter lock with none of it "
-                         "(gpu_mm.Preprocessor's workers)")
+    sv.add_argument("--workers", default="auto", choices=["auto", "threads", "processes"],
+                    help="where each slot's pixel work runs: its thread, or (CPU only) a process of its own, so "
+                         "that the server's loop shares its interpreter lock with none of it (gpu_mm.Preprocessor's "
+                         "workers); auto (the default): processes on the CPU (Linux), threads on CUDA")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

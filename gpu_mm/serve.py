@@ -27,10 +27,11 @@ import secrets
 import time
 from typing import Any, Literal
 
+from ._procslots import choose_workers
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
 from .media.sources import MediaLimits, _ingest
 from .options import RequestOptions
-from .pipeline import Preprocessor
+from .pipeline import Preprocessor, resolve_device
 from .processor import AsyncMMDataProcessor
 from .sched import reset_inherited_slice
 
@@ -241,6 +242,7 @@ def build_app(
         limits = MediaLimits.for_network(max_bytes=max_body_bytes)
     if max_body_bytes > body_budget_bytes:
         raise ValueError(f"max_body_bytes={max_body_bytes} is over body_budget_bytes={body_budget_bytes}")
+    workers = choose_workers(workers, resolve_device(device))
     pre = Preprocessor.for_model(model, device=device, limits=limits, num_slots=num_slots,
                                  memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes, fast_jpeg=fast_jpeg,
                                  image_decoder=image_decoder,

@@ -54,6 +54,16 @@ def test_serve_runs_slot_threads_idle_unless_told_not_to(monkeypatch):
     assert seen == [True, False, True]
 
 
+def test_serve_chooses_slot_processes_on_the_cpu_unless_told(monkeypatch):
+    import gpu_mm.serve
+
+    seen = []
+    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["workers"]))
+    assert main(["serve"]) == 0 and main(["serve", "--workers", "threads"]) == 0
+    assert main(["serve", "--workers", "processes"]) == 0
+    assert seen == ["auto", "threads", "processes"]  # auto: gpu_mm._procslots.choose_workers at build time
+
+
 def test_image_decoder_reaches_the_preprocessor_and_is_checked_before_any_media(tmp_path, capsys, monkeypatch):
     import gpu_mm.serve
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import pathlib
 import re
 
 import pytest
@@ -21,6 +23,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from gpu_mm import InvalidRequest  # noqa: E402
+from gpu_mm.concurrency import choose  # noqa: E402
 from gpu_mm.serve import build_app  # noqa: E402
 
 from json_strings import long_strings_reference  # noqa: E402
@@ -52,6 +55,33 @@ async def test_preprocess_health_and_metrics():
         assert "gpu_mm_in_flight 0.0" in text and 'gpu_mm_stage_seconds_count{stage="decode"}' in text
     finally:
         await client.close()
+
+
+def _children() -> list[int]:
+    return [int(k) for t in os.listdir("/proc/self/task")
+            for k in pathlib.Path(f"/proc/self/task/{t}/children").read_text().split()]
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="slot processes need Linux (memfd)")
+async def test_slot_processes_are_ready_before_the_port_opens_and_answer_as_threads_do():
+    before = set(_children())
+    body = {"images": [b64(make_image(56, 84, "PNG"))], "videos": [b64(clip("h264", 48))]}
+    answers = []
+    for workers in ("auto", "threads"):  # auto: processes on the CPU
+        client = await _client(workers=workers)
+        try:
+            started = set(_children()) - before
+            c = choose("cpu")
+            assert len(started) == (c.slots + c.express_slots if workers == "auto" else 0)  # one per slot
+            r = await client.post("/v1/preprocess", json=body)
+            assert r.status == 200
+            answer = await r.json()
+            answers.append({k: v for k, v in answer.items() if k != "items"})
+            answers.append([{k: v for k, v in it.items() if k != "timings_ms"} for it in answer["items"]])
+        finally:
+            await client.close()
+        assert set(_children()) - before == set()  # ended with the server
+    assert answers[:2] == answers[2:]
 
 
 async def test_serves_the_model_family_it_is_started_for():

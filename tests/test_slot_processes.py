@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from gpu_mm import DecodeError, ProcessingTimeout, Qwen2VLPreprocessor
-from gpu_mm._procslots import ShmArena, SlotProcess, process_threads
+from gpu_mm._procslots import ShmArena, SlotProcess, choose_workers, process_threads
 from gpu_mm.errors import BackendUnavailable
 from gpu_mm.handoff import FeaturePool
 from gpu_mm.media.synth import make_image, make_video
@@ -254,3 +254,11 @@ async def test_a_dropped_preprocessor_ends_its_slot_threads_and_processes():
     gc.collect()
     await _until(lambda: not any(t.name.startswith("gpu-mm-slot") for t in threading.enumerate()))
     await _until(lambda: _gone(pid) or _zombie(pid))
+
+
+def test_choose_workers():
+    assert choose_workers("auto", "cpu") == "processes"
+    assert choose_workers("auto", "cuda") == "threads" and choose_workers("auto", "cuda:1") == "threads"
+    assert choose_workers("threads", "cpu") == "threads" and choose_workers("processes", "cpu") == "processes"
+    with pytest.raises(ValueError, match="workers must be"):
+        choose_workers("fibers", "cpu")

@@ -38,6 +38,11 @@ class PluginSettings:
     cache_bytes: int | None = None
     """Feature cache by content (``GPU_MM_CACHE_MB``); ``None``: gpu-mm's default (1 GiB); 0: off. SGLang's own
     ``mm_preprocess_cache_size_mb`` is separate."""
+    workers: str = "threads"
+    """Where each slot's pixel work runs: ``threads`` (the slots' threads), ``processes`` (CPU only: a child process
+    per slot, so the engine's event loop shares its interpreter lock with none of it; see
+    :class:`gpu_mm.Preprocessor`; on CUDA it fails at start-up) or ``auto`` (processes on the CPU, threads on
+    CUDA)."""
 
     @classmethod
     def from_env(cls, environ: Any = None) -> PluginSettings:
@@ -51,7 +56,7 @@ class PluginSettings:
             if raw is None or raw == "":
                 continue
             try:
-                if field.name in ("device", "video_decoder", "image_decoder"):
+                if field.name in ("device", "video_decoder", "image_decoder", "workers"):
                     values[field.name] = raw
                 elif field.name == "timeout_s":
                     values[field.name] = float(raw)

@@ -59,8 +59,8 @@ def feature_diff(a, b):
     return [float((x.feature.float() - y.feature.float()).abs().max()) for x, y in zip(a.mm_items, b.mm_items)]
 
 
-async def compare(model_type, server_args):
-    theirs, ours = build(model_type, server_args)
+async def compare(model_type, server_args, **settings):
+    theirs, ours = build(model_type, server_args, **settings)
     text = f"{IMG} describe this and {VID} this {IMG}"
     # Media as the OpenAI-compatible routes pass them: ImageData / VideoData carrying data: URIs.
     images = [ImageData(url=_data_uri(IMAGES[0], "image/jpeg")), IMAGES[1]]
@@ -78,6 +78,8 @@ async def compare(model_type, server_args):
         "ours_feature_devices": [str(it.feature.device) for it in a.mm_items],
         "fallbacks": dict(ours.gpu_mm_fallbacks),
         "completed": stats.completed, "in_flight": stats.in_flight,
+        "workers": ours._gpu_mm_preprocessor.statistics().workers,
+        "process_starts": ours._gpu_mm_preprocessor.statistics().process_starts,
     }
 
 
@@ -255,6 +257,8 @@ def main():
             results["bad_input"] = await bad_input(server_args)
             results["limits"] = await limits(server_args)
             results["bad_settings"] = bad_settings(server_args)
+            # GPU_MM_WORKERS=processes: each slot's work in a child process of its own.
+            results["qwen2_vl_slot_processes"] = await compare("qwen2_vl", server_args, workers="processes")
 
         asyncio.run(run_all())
     print(json.dumps(results))

@@ -101,6 +101,16 @@ def test_same_tokens_items_and_features_as_sglangs_processor(model_type):
     assert offsets[0] == offsets[1]
 
 
+def test_slot_processes_inside_sglang_give_the_same_features():
+    """GPU_MM_WORKERS=processes: the same requests, each slot's pixel work in a child process of its own."""
+    threads, processes = scenarios()["qwen2_vl"], scenarios()["qwen2_vl_slot_processes"]
+    assert threads["workers"] == "threads" and threads["process_starts"] == 0
+    assert processes["workers"] == "processes" and processes["process_starts"] >= 1
+    assert processes["fallbacks"] == {} and processes["completed"] == 2
+    assert processes["ours"] == threads["ours"] and processes["ours_from_ids"] == threads["ours_from_ids"]
+    assert processes["feature_max_abs_diff"] == threads["feature_max_abs_diff"]
+
+
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
 def test_positions_equal_sglangs(model_type):
     r = scenarios()[model_type]

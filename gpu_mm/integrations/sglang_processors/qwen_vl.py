@@ -43,6 +43,7 @@ from sglang.srt.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 from sglang.srt.multimodal.processors import qwen_vl as _sglang_qwen_vl
 from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
 
+from gpu_mm._procslots import choose_workers
 from gpu_mm.errors import Overloaded, ProcessingTimeout, ProcessorClosed
 from gpu_mm.integrations._settings import PluginSettings, settings
 from gpu_mm.integrations.hf import (
@@ -55,7 +56,7 @@ from gpu_mm.integrations.hf import (
 from gpu_mm.models.qwen2_vl import Qwen2VLConfig, Qwen2VLPreprocessor
 from gpu_mm.models.qwen3_vl import Qwen3VLConfig, Qwen3VLPreprocessor
 from gpu_mm.options import RequestOptions
-from gpu_mm.pipeline import Preprocessor
+from gpu_mm.pipeline import Preprocessor, resolve_device
 from gpu_mm.processor import AsyncMMDataProcessor
 
 logger = logging.getLogger("gpu_mm.integrations.sglang")
@@ -216,10 +217,11 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         st = self.gpu_mm_settings
         keep_on_device = self.keep_mm_features_on_device or self.precompute_hash_before_cpu_transfer
         cls = Qwen3VLPreprocessor if isinstance(self._gpu_mm_config, Qwen3VLConfig) else Qwen2VLPreprocessor
+        workers = choose_workers(st.workers, resolve_device(st.device))
         self._gpu_mm_preprocessor = cls(
             st.device, config=self._gpu_mm_config, video_decoder=st.video_decoder, image_decoder=st.image_decoder,
             num_slots=st.num_slots, memory_budget_bytes=st.memory_budget_bytes, cache_bytes=st.cache_bytes,
-            output="device" if keep_on_device else "cpu",
+            output="device" if keep_on_device else "cpu", workers=workers,
         )
         self._gpu_mm_runner = AsyncMMDataProcessor(
             self._gpu_mm_preprocessor, max_concurrent_calls=st.max_concurrent_calls, max_queued=st.max_queued,
