@@ -198,8 +198,12 @@ def health_benchmark(seconds: float, concurrency: int, workers: str = "threads")
         result = asyncio.run(_health_under_hostile_load(port, seconds, concurrency, hostile_bodies()))
         result["server_vm_hwm_mib"] = _vm_hwm_mib(server.pid)
         # Slot processes (--workers processes) are the server's children: their peaks count too.
-        kids = [int(k) for t in os.listdir(f"/proc/{server.pid}/task")
-                for k in pathlib.Path(f"/proc/{server.pid}/task/{t}/children").read_text().split()]
+        kids = []
+        for t in os.listdir(f"/proc/{server.pid}/task"):
+            try:
+                kids += [int(k) for k in pathlib.Path(f"/proc/{server.pid}/task/{t}/children").read_text().split()]
+            except FileNotFoundError:  # the thread ended meanwhile
+                pass
         result["slot_processes"] = len(kids)
         result["slot_processes_vm_hwm_mib"] = sum(_vm_hwm_mib(k) for k in kids)
         return result

@@ -31,15 +31,16 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any, Literal
 
 import torch
 
-from .errors import BackendUnavailable, DecodeError, GpuMMError
+from .errors import BackendUnavailable, DecodeError, GpuMMError, ProcessingTimeout
 
 __all__ = ["ShmArena", "SlotProcess", "choose_workers", "process_threads"]
 
@@ -79,7 +80,11 @@ class _Block:
         self.fd = os.memfd_create(f"gpu-mm-block-{block_id}", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, size)
-            self.map = _map(self.fd, size)
+            # No MAP_POPULATE here, in the caller's process: populating holds the process's mmap lock while it
+            # zero-fills the pages, and the event loop's own allocations then wait behind it (a 66 ms loop stall
+            # measured in a burst of new 23 MB blocks). The child populates its mapping (the pages are allocated
+            # there, in its own address space); here they are mapped at first read, without zero-filling.
+            self.map = mmap.mmap(self.fd, size)
         except BaseException:
             os.close(self.fd)
             raise
@@ -215,6 +220,8 @@ class SlotProcess:
         self._name = name
         self._child: _Child | None = None
         self.starts = 0
+        self.stopped = 0
+        """Jobs stopped (their child killed) after their caller gave up."""
         self.pid: int | None = None
 
     @property
@@ -248,26 +255,33 @@ class SlotProcess:
         self.starts += 1
         self.pid = proc.pid
 
-    def run(self, plans: list[Any], shapes: Sequence[tuple[int, ...]],
-            dtype: torch.dtype) -> list[tuple[torch.Tensor, Any]]:
+    def run(self, plans: list[Any], shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, *,
+            abandoned_since: Callable[[], float | None] = lambda: None,
+            stop_after_s: float | None = None) -> list[tuple[torch.Tensor, Any]]:
         """Run one slot job in the child: each plan's rows (of ``shapes[i]``) land in a fresh shared tensor.
         Returns ``[(rows, (decoded, stages))]``; raises what the child raised, or :class:`DecodeError` naming
-        the items if the child died."""
+        the items if the child died. With ``stop_after_s``, a job whose caller gave up (``abandoned_since()``, a
+        ``time.monotonic()`` instant) that long ago has its child killed: :class:`ProcessingTimeout`."""
         outs = [self._arena.tensor(shape, dtype) for shape in shapes]
         items = ", ".join(p.src.item for p in plans)
         for attempt in (1, 2):
             child = self._ready_child()
             try:
                 self._send(child, plans, outs, dtype)
+                if stop_after_s is not None:
+                    self._wait_unless_abandoned(child, items, abandoned_since, stop_after_s)
                 child.conn.recv_bytes()  # the child has the job: from here on, its death is the job's
             except (EOFError, OSError) as exc:
                 # It died before it took the job (killed between jobs, a death not yet reaped): nothing of this
                 # job had a part in that. Once more on a new child; a second such death is not chance.
                 reason = self._died(exc)
                 if attempt == 2:
-                    raise BackendUnavailable(f"slot process {self._name} died twice before taking a job: {reason}")
+                    raise BackendUnavailable(
+                        f"slot process {self._name} died twice before taking a job: {reason}") from None
                 continue
             try:
+                if stop_after_s is not None:
+                    self._wait_unless_abandoned(child, items, abandoned_since, stop_after_s)
                 reply = child.conn.recv()
             except (EOFError, OSError) as exc:
                 raise DecodeError(items, self._died(exc)) from None
@@ -275,6 +289,21 @@ class SlotProcess:
         if reply[0] == "error":
             raise reply[1]
         return [(t, extra) for (t, _), extra in zip(outs, reply[1])]
+
+    POLL_S = 0.05
+    """How often a slot thread whose job may be stopped looks at its caller (the wait releases the GIL)."""
+
+    def _wait_unless_abandoned(self, child: _Child, items: str, abandoned_since: Callable[[], float | None],
+                               stop_after_s: float) -> None:
+        """Wait for the child's answer; kill it once the job's caller has been gone ``stop_after_s``."""
+        while not child.conn.poll(self.POLL_S):
+            since = abandoned_since()
+            if since is not None and time.monotonic() - since >= stop_after_s:
+                child.process.kill()
+                self._died(None)
+                self.stopped += 1
+                raise ProcessingTimeout(f"{items}: stopped {stop_after_s:g} s after its caller's deadline (its slot "
+                                        "process was killed; the slot's next job starts a new one)")
 
     def ensure_ready(self) -> None:
         """Start the child if none runs and wait until it has built its preprocessor (raises
@@ -355,9 +384,8 @@ class SlotProcess:
 
 
 def _map(fd: int, size: int) -> mmap.mmap:
-    """A shared mapping of a block, its pages mapped at once (``MAP_POPULATE``, Linux): one call instead of a page
-    fault per 4 KiB page at first touch (5,600 for a 1080p image's 23 MB of rows, each ~0.5 us) in each process
-    that maps the block."""
+    """The child's mapping of a block, its pages allocated and mapped at once (``MAP_POPULATE``, Linux): one call
+    instead of a page fault per 4 KiB page at first write (5,600 for a 1080p image's 23 MB of rows)."""
     flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
     return mmap.mmap(fd, size, flags=flags)
 

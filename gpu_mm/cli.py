@@ -286,6 +286,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, fast_jpeg=args.fast_jpeg,
         image_decoder=args.image_decoder,
         device=args.device, loop_slice=args.loop_slice, idle_workers=args.idle_workers, workers=args.workers,
+        stop_abandoned_after_s=None if args.stop_abandoned_after_s < 0 else args.stop_abandoned_after_s,
         max_concurrent_calls=args.max_concurrent_calls, max_queued=args.max_queued, timeout_s=args.timeout_s,
         num_slots=args.slots, limits=limits, max_body_bytes=max_body,
         body_budget_bytes=int(args.body_budget_mb * 2**20),
@@ -383,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="where each slot's pixel work runs: its thread, or (CPU only) a process of its own, so "
                          "that the server's loop shares its interpreter lock with none of it (gpu_mm.Preprocessor's "
                          "workers); auto (the default): processes on the CPU (Linux), threads on CUDA")
+    sv.add_argument("--stop-abandoned-after-s", type=float, default=30.0, metavar="S",
+                    help="with slot processes: kill a slot's process once its job's callers have been gone this long "
+                         "(past their deadline), which frees the slot (default 30; negative: never)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

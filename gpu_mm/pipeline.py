@@ -168,6 +168,8 @@ class PreprocessorStatistics:
     """Slot processes started so far (more than the slots: children that died were replaced)."""
     process_pids: tuple[int, ...] = ()
     """The slot processes running now (e.g. to watch their memory)."""
+    process_stops: int = 0
+    """Slot jobs stopped (their process killed) ``stop_abandoned_after_s`` after their callers gave up."""
 
 
 @dataclasses.dataclass
@@ -314,6 +316,11 @@ class Preprocessor(Closeable, Generic[F]):
             takes down only its child (its items fail with :class:`gpu_mm.DecodeError`). Costs each child's
             memory (torch and gpu-mm imported: ~300 MB) and its start (seconds, before the first job). The
             synchronous API always runs on the calling thread.
+        stop_abandoned_after_s: with ``workers="processes"``, a slot job whose callers have all given up (their
+            deadline passed) and that runs this many seconds longer has its process killed, which frees the slot
+            (its items fail with :class:`gpu_mm.ProcessingTimeout`; the slot's next job starts a new process). A
+            thread cannot be stopped, so with threads, and with ``None`` (the default), such a job keeps its slot
+            until it ends.
     """
 
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots
@@ -343,6 +350,7 @@ class Preprocessor(Closeable, Generic[F]):
         idle_workers: bool = False,
         image_decoder: str = "auto",
         workers: Literal["threads", "processes"] = "threads",
+        stop_abandoned_after_s: float | None = None,
         **overrides: Any,
     ) -> None:
         device = resolve_device(device)
@@ -351,6 +359,9 @@ class Preprocessor(Closeable, Generic[F]):
         if workers == "processes" and device != "cpu":
             raise ValueError(f"workers='processes' is for the CPU path (a CUDA slot is a stream), got {device!r}")
         self.workers = workers
+        if stop_abandoned_after_s is not None and not stop_abandoned_after_s >= 0:
+            raise ValueError(f"stop_abandoned_after_s must be >= 0 or None, got {stop_abandoned_after_s!r}")
+        self.stop_abandoned_after_s = stop_abandoned_after_s
         self.image_decoder = choose_image_decoder(image_decoder, device)
         """``"nvjpeg"`` or ``"cpu"``: who decodes this preprocessor's JPEGs."""
         if output not in ("device", "cpu", "pinned"):
@@ -720,6 +731,7 @@ class Preprocessor(Closeable, Generic[F]):
             concurrency=self.concurrency, workers=self.workers,
             process_starts=sum(p.starts for p in self._procs),
             process_pids=tuple(p.pid for p in self._procs if p.running and p.pid is not None),
+            process_stops=sum(p.stopped for p in self._procs),
         )
 
     def close(self) -> None:
@@ -905,7 +917,9 @@ class Preprocessor(Closeable, Generic[F]):
         sent = [dataclasses.replace(p, out=None, grid_out=None, cached=None, flight=None) for p in group]
         shapes = [(math.prod(p.grid), self.config.row_size) for p in group]
         out = []
-        for plan, (rows, (decoded, stages)) in zip(group, proc.run(sent, shapes, self.config.output_dtype)):
+        results = proc.run(sent, shapes, self.config.output_dtype, abandoned_since=lambda: slot.abandoned_at,
+                           stop_after_s=self.stop_abandoned_after_s)
+        for plan, (rows, (decoded, stages)) in zip(group, results):
             plan.timer.stages = stages
             out.append((self._place(slot, plan, rows), decoded))
         return out

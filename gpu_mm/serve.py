@@ -27,7 +27,7 @@ import secrets
 import time
 from typing import Any, Literal
 
-from ._procslots import choose_workers
+from ._procslots import choose_workers, process_threads
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
 from .media.sources import MediaLimits, _ingest
 from .options import RequestOptions
@@ -225,6 +225,7 @@ def build_app(
     idle_workers: bool = False,
     image_decoder: str = "auto",
     workers: str = "threads",
+    stop_abandoned_after_s: float | None = None,
 ) -> Any:
     """Build the aiohttp application for ``mode``.
 
@@ -246,11 +247,13 @@ def build_app(
     pre = Preprocessor.for_model(model, device=device, limits=limits, num_slots=num_slots,
                                  memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes, fast_jpeg=fast_jpeg,
                                  image_decoder=image_decoder,
-                                 idle_workers=idle_workers, workers=workers)
+                                 idle_workers=idle_workers, workers=workers,
+                                 stop_abandoned_after_s=stop_abandoned_after_s)
     c = pre.concurrency
     logger.info("%s on %s: %d slots + %d express (%s), each slot's work in %s", type(pre).__name__, pre.device,
                 c.slots, c.express_slots, c.reason,
-                "a process of its own" if workers == "processes" else "its thread")
+                f"a process of its own ({process_threads(c.cores, c.slots + c.express_slots)} torch threads each)"
+                if workers == "processes" else "its thread")
     if idle_workers:
         from .sched import _idle_is_reversible
 

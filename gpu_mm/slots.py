@@ -48,6 +48,9 @@ class Slot:
     stream: Any = None
     state: dict[Any, Any] = dataclasses.field(default_factory=dict)
     """Decoders, DALI pipelines and buffers that belong to this slot's thread only."""
+    abandoned_at: float | None = None
+    """When the caller of the slot's current job gave up (``time.monotonic()``), or None: set on the loop, read by
+    the slot's thread (a slot process may be stopped some time after)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +294,7 @@ class SlotPool(Closeable):
             raise
         self._queue_wait.add(time.monotonic() - arrived)
         slot = self._free.pop()
+        slot.abandoned_at = None
         pending = _Pending(slot, permit, loop.create_future(), on_release, on_done)
         self._pending.add(pending)
         pending.done.add_done_callback(functools.partial(self._release, pending))
@@ -308,7 +312,7 @@ class SlotPool(Closeable):
             if not loop.is_closed()
             else None
         )
-        if not await await_or_abandon(pending.done, deadline, functools.partial(setattr, pending, "abandoned", True)):
+        if not await await_or_abandon(pending.done, deadline, functools.partial(_abandoned, pending)):
             self._timed_out += 1
             raise ProcessingTimeout(
                 f"slot {slot.index} on {self.device}: work did not complete by its deadline; "
@@ -443,6 +447,11 @@ class SlotPool(Closeable):
         pending.permit.release()
         if pending.on_release is not None:
             pending.on_release()
+
+
+def _abandoned(pending: _Pending) -> None:
+    pending.abandoned = True
+    pending.slot.abandoned_at = time.monotonic()
 
 
 def _call_on_slot(fn: Callable[[Slot], Any], slot: Slot, _processor: Any) -> Any:

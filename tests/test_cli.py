@@ -58,10 +58,12 @@ def test_serve_chooses_slot_processes_on_the_cpu_unless_told(monkeypatch):
     import gpu_mm.serve
 
     seen = []
-    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["workers"]))
+    monkeypatch.setattr(gpu_mm.serve, "run",
+                        lambda mode, host, port, **kw: seen.append((kw["workers"], kw["stop_abandoned_after_s"])))
     assert main(["serve"]) == 0 and main(["serve", "--workers", "threads"]) == 0
-    assert main(["serve", "--workers", "processes"]) == 0
-    assert seen == ["auto", "threads", "processes"]  # auto: gpu_mm._procslots.choose_workers at build time
+    assert main(["serve", "--workers", "processes", "--stop-abandoned-after-s", "-1"]) == 0
+    # auto: gpu_mm._procslots.choose_workers at build time
+    assert seen == [("auto", 30.0), ("threads", 30.0), ("processes", None)]
 
 
 def test_image_decoder_reaches_the_preprocessor_and_is_checked_before_any_media(tmp_path, capsys, monkeypatch):

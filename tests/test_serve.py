@@ -58,8 +58,13 @@ async def test_preprocess_health_and_metrics():
 
 
 def _children() -> list[int]:
-    return [int(k) for t in os.listdir("/proc/self/task")
-            for k in pathlib.Path(f"/proc/self/task/{t}/children").read_text().split()]
+    kids = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            kids += [int(k) for k in pathlib.Path(f"/proc/self/task/{t}/children").read_text().split()]
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return kids
 
 
 @pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="slot processes need Linux (memfd)")

@@ -167,6 +167,26 @@ async def test_a_deadline_quarantines_the_slot_until_its_process_answers():
         await pre.aclose()
 
 
+async def test_a_job_abandoned_long_enough_is_stopped_and_frees_its_slot():
+    jpeg = make_image(240, 320)
+    pre = _one_slot(cache_bytes=0, stop_abandoned_after_s=0.5)
+    try:
+        await pre.preprocess(images=[jpeg])
+        pid = pre.statistics().process_pids[0]
+        os.kill(pid, signal.SIGSTOP)  # a decoder that never returns
+        with pytest.raises(ProcessingTimeout):
+            await pre.preprocess(images=[jpeg], deadline=time.monotonic() + 0.2)
+        assert pre.statistics().slots.quarantined == 1
+        await _until(lambda: pre.statistics().slots.quarantined == 0, timeout_s=10)
+        stats = pre.statistics()
+        assert stats.process_stops == 1 and stats.slots.busy == 0 and stats.process_pids == ()
+        await _until(lambda: _gone(pid) or _zombie(pid))
+        ok = await pre.preprocess(images=[jpeg])
+        assert ok.pixel_values.shape[0] > 0 and pre.statistics().process_starts == 2
+    finally:
+        await pre.aclose()
+
+
 def test_a_process_that_cannot_build_its_preprocessor_says_why():
     arena = ShmArena()
     proc = SlotProcess({"class": Qwen2VLPreprocessor, "kwargs": {"no_such_option": 1}}, arena, idle=False,
