@@ -205,16 +205,19 @@ def health_benchmark(seconds: float, concurrency: int, workers: str = "threads")
             except FileNotFoundError:  # the thread ended meanwhile
                 pass
         result["slot_processes"] = len(kids)
+        # Their peaks count pages they share with each other and the server (libraries, the output blocks);
+        # their private (anonymous) memory at the end is what they add.
         result["slot_processes_vm_hwm_mib"] = sum(_vm_hwm_mib(k) for k in kids)
+        result["slot_processes_rss_anon_mib"] = sum(_vm_hwm_mib(k, "RssAnon") for k in kids)
         return result
     finally:
         server.terminate()
         server.wait(30)
 
 
-def _vm_hwm_mib(pid: int) -> float:
+def _vm_hwm_mib(pid: int, field: str = "VmHWM") -> float:
     with open(f"/proc/{pid}/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(field)) / 1024
 
 
 # ---------------------------------------------------------------------------------------------- starvation
@@ -352,7 +355,8 @@ def main() -> int:
         print(f"\n/health while 8 clients send hostile requests: p50 {h['health_p50_ms']:.1f} ms, p99 "
               f"{h['health_p99_ms']:.1f} ms, max {h['health_max_ms']:.1f} ms over {h['health_probes']} probes; "
               f"answers {h['statuses']}; server peak RSS {h['server_vm_hwm_mib']:.0f} MiB"
-              + (f" + {h['slot_processes']} slot processes {h['slot_processes_vm_hwm_mib']:.0f} MiB"
+              + (f" + {h['slot_processes']} slot processes (peaks {h['slot_processes_vm_hwm_mib']:.0f} MiB, "
+                 f"private memory at the end {h['slot_processes_rss_anon_mib']:.0f} MiB)"
                  if h["slot_processes"] else ""))
     if "soak" not in skip:
         res["soak"] = asyncio.run(_soak(1000 if args.quick else 5000, args.workers))
