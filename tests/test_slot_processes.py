@@ -5,6 +5,7 @@ slot until its child answers, children ended by ``aclose``, and a script without
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 import torch
@@ -27,6 +29,18 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="slot pr
 
 def _one_slot(**kw) -> Qwen2VLPreprocessor:
     return Qwen2VLPreprocessor("cpu", workers="processes", num_slots=1, express_slots=0, **kw)
+
+
+@contextlib.asynccontextmanager
+async def _warm_one_slot(**kw) -> AsyncIterator[tuple[Qwen2VLPreprocessor, bytes, int]]:
+    """A one-slot preprocessor whose child has done one job: (it, the job's JPEG, the child's pid)."""
+    jpeg = make_image(240, 320)
+    pre = _one_slot(cache_bytes=0, **kw)
+    try:
+        await pre.preprocess(images=[jpeg])
+        yield pre, jpeg, pre.statistics().process_pids[0]
+    finally:
+        await pre.aclose()
 
 
 def _gone(pid: int) -> bool:
@@ -104,11 +118,7 @@ async def test_processes_with_an_output_pool_and_the_cache():
 
 
 async def test_a_killed_slot_process_fails_only_its_items_and_is_replaced():
-    jpeg = make_image(240, 320)
-    pre = _one_slot(cache_bytes=0)
-    try:
-        await pre.preprocess(images=[jpeg])
-        pid = pre.statistics().process_pids[0]
+    async with _warm_one_slot() as (pre, jpeg, pid):
         # A 64 Mpx PNG: its decode and resize take the child 0.7 s or more, so it is working on it when killed.
         call = asyncio.ensure_future(pre.preprocess(images=[_big_png()]))
         await _until(lambda: pre.statistics().slots.busy == 1)
@@ -127,8 +137,6 @@ async def test_a_killed_slot_process_fails_only_its_items_and_is_replaced():
         ok = await pre.preprocess(images=[jpeg])
         assert ok.pixel_values.shape[0] > 0 and pre.statistics().process_starts == 3
         assert pre.statistics().slots.busy == 0
-    finally:
-        await pre.aclose()
 
 
 def _big_png() -> bytes:
@@ -148,11 +156,7 @@ def _zombie(pid: int) -> bool:
 
 
 async def test_a_deadline_quarantines_the_slot_until_its_process_answers():
-    jpeg = make_image(240, 320)
-    pre = _one_slot(cache_bytes=0)
-    try:
-        await pre.preprocess(images=[jpeg])
-        pid = pre.statistics().process_pids[0]
+    async with _warm_one_slot() as (pre, jpeg, pid):
         os.kill(pid, signal.SIGSTOP)
         try:
             with pytest.raises(ProcessingTimeout):
@@ -163,16 +167,10 @@ async def test_a_deadline_quarantines_the_slot_until_its_process_answers():
         await _until(lambda: pre.statistics().slots.quarantined == 0)
         ok = await pre.preprocess(images=[jpeg])
         assert ok.pixel_values.shape[0] > 0 and pre.statistics().process_starts == 1
-    finally:
-        await pre.aclose()
 
 
 async def test_a_job_abandoned_long_enough_is_stopped_and_frees_its_slot():
-    jpeg = make_image(240, 320)
-    pre = _one_slot(cache_bytes=0, stop_abandoned_after_s=0.5)
-    try:
-        await pre.preprocess(images=[jpeg])
-        pid = pre.statistics().process_pids[0]
+    async with _warm_one_slot(stop_abandoned_after_s=0.5) as (pre, jpeg, pid):
         os.kill(pid, signal.SIGSTOP)  # a decoder that never returns
         with pytest.raises(ProcessingTimeout):
             await pre.preprocess(images=[jpeg], deadline=time.monotonic() + 0.2)
@@ -183,8 +181,6 @@ async def test_a_job_abandoned_long_enough_is_stopped_and_frees_its_slot():
         await _until(lambda: _gone(pid) or _zombie(pid))
         ok = await pre.preprocess(images=[jpeg])
         assert ok.pixel_values.shape[0] > 0 and pre.statistics().process_starts == 2
-    finally:
-        await pre.aclose()
 
 
 def test_a_process_that_cannot_build_its_preprocessor_says_why():
