@@ -2,21 +2,23 @@
 
 Why: with the work in threads of the caller's process, the caller's event loop shares its interpreter lock with
 them. Measured on 2 cores (64 concurrent 1080p JPEG requests, slot threads on ``SCHED_IDLE``), the loop's lag
-p99 stayed 2-3.5 ms: a slot thread preempted while holding the GIL keeps it until it runs again. With the same
-work in ``SCHED_IDLE`` child processes the loop has its interpreter to itself: p99 ~1 ms at the same throughput
-(``benchmarks/slot_processes.py``).
+p99 stayed 2.7-3.3 ms (medians of two runs): a slot thread preempted while holding the GIL keeps it until it runs
+again. With the same work in ``SCHED_IDLE`` child processes the loop has its interpreter to itself: p99 1.3-1.4 ms,
+at 117-120 images/s instead of 98-102 (``benchmarks/slot_processes.py``).
 
-Each slot thread owns one child (spawned, never forked from a process with threads) and drives it
+Each slot thread owns one child (a fresh interpreter, never forked from a process with threads) and drives it
 synchronously: it sends the slot job (the items' plans: source bytes and decisions, no tensors), the child runs
 the preprocessor's own ``_execute_group`` on them and writes each item's rows straight into a block of shared
 memory, and the thread waits for the answer without the GIL. So the slot's semantics are the thread's: the slot
 is busy, and quarantined past a deadline, until the child has answered. A child that dies (a decoder crashing
-on hostile input, the OOM killer) fails only the items it held, with :class:`gpu_mm.DecodeError` naming them;
-the slot starts a new child for its next job.
+on hostile input, the OOM killer) fails only the items it had taken, with :class:`gpu_mm.DecodeError` naming
+them; the slot starts a new child for its next job. Unlike a thread, a child can be stopped: with
+``stop_after_s`` a job whose callers have been gone that long has its child killed, which frees the slot.
 
 The blocks are ``memfd`` files (no ``/dev/shm`` size limit, nothing left behind by a crash), passed to the child
-once as file descriptors and mapped on both sides. The caller's tensor is a view of the parent's mapping; when
-the last view dies, the block goes back to :class:`ShmArena` and is reused, so pages are faulted in once.
+once as file descriptors and mapped on both sides (populated in the child, which writes them; mapped lazily in the
+caller's process, whose mmap lock populating would hold). The caller's tensor is a view of that mapping; when the
+last view dies, the block goes back to :class:`ShmArena` and is reused, so pages are allocated once.
 """
 
 from __future__ import annotations

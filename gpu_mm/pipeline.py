@@ -309,13 +309,14 @@ class Preprocessor(Closeable, Generic[F]):
             policy for a while (:class:`gpu_mm.sched.StarvationGuard`); ignored where a thread could not leave
             ``SCHED_IDLE`` again (not root) (default off).
         workers: where the asynchronous API's slot jobs run on the CPU. ``"threads"`` (default): the slots'
-            threads, in this process. ``"processes"``: each slot thread drives a child process of its own (spawned
-            at the first call; torch's threads shared out among them), which writes the rows into shared
-            memory: the caller's event loop then shares its interpreter lock with no pixel work (measured on 2
-            cores: loop lag p99 ~1 ms instead of 2-3.5 ms, with ``idle_workers``), and a decoder that crashes
-            takes down only its child (its items fail with :class:`gpu_mm.DecodeError`). Costs each child's
-            memory (torch and gpu-mm imported: ~300 MB) and its start (seconds, before the first job). The
-            synchronous API always runs on the calling thread.
+            threads, in this process. ``"processes"``: each slot thread drives a child process of its own (started
+            with the slot threads, at :meth:`start` or the first call; torch's threads shared out among them),
+            which writes the rows into shared memory: the caller's event loop then shares its interpreter lock
+            with no pixel work (measured on 2 cores, 64 concurrent 1080p JPEGs: loop lag p99 1.3-1.4 ms instead
+            of 2.7-3.3 ms, with ``idle_workers``), and a decoder that crashes takes down only its child (its items
+            fail with :class:`gpu_mm.DecodeError`). Costs each child's memory (torch and gpu-mm imported: ~380 MiB
+            private) and its start (3-4 s; :meth:`start` waits for it). The synchronous API always runs on the
+            calling thread.
         stop_abandoned_after_s: with ``workers="processes"``, a slot job whose callers have all given up (their
             deadline passed) and that runs this many seconds longer has its process killed, which frees the slot
             (its items fail with :class:`gpu_mm.ProcessingTimeout`; the slot's next job starts a new process). A
