@@ -196,7 +196,7 @@ def health_benchmark(seconds: float, concurrency: int, workers: str = "threads")
             except OSError:
                 time.sleep(0.1)
         result = asyncio.run(_health_under_hostile_load(port, seconds, concurrency, hostile_bodies()))
-        result["server_vm_hwm_mib"] = _vm_hwm_mib(server.pid)
+        result["server_vm_hwm_mib"] = _status_mib(server.pid, "VmHWM")
         # Slot processes (--workers processes) are the server's children: their peaks count too.
         kids = []
         for t in os.listdir(f"/proc/{server.pid}/task"):
@@ -207,15 +207,16 @@ def health_benchmark(seconds: float, concurrency: int, workers: str = "threads")
         result["slot_processes"] = len(kids)
         # Their peaks count pages they share with each other and the server (libraries, the output blocks);
         # their private (anonymous) memory at the end is what they add.
-        result["slot_processes_vm_hwm_mib"] = sum(_vm_hwm_mib(k) for k in kids)
-        result["slot_processes_rss_anon_mib"] = sum(_vm_hwm_mib(k, "RssAnon") for k in kids)
+        result["slot_processes_vm_hwm_mib"] = sum(_status_mib(k, "VmHWM") for k in kids)
+        result["slot_processes_rss_anon_mib"] = sum(_status_mib(k, "RssAnon") for k in kids)
         return result
     finally:
         server.terminate()
         server.wait(30)
 
 
-def _vm_hwm_mib(pid: int, field: str = "VmHWM") -> float:
+def _status_mib(pid: int, field: str) -> float:
+    """A ``/proc/<pid>/status`` memory field (kB there) in MiB."""
     with open(f"/proc/{pid}/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith(field)) / 1024
 

@@ -27,6 +27,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import math
 import mmap
 import os
 import socket
@@ -115,15 +116,11 @@ class ShmArena:
         self._ids = itertools.count()
         self._closed = False
         self.blocks_created = 0
-        self.live_bytes = 0
-        """Bytes of blocks in use by callers' tensors, or free for reuse."""
 
     def tensor(self, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, _Block]:
         """A tensor of ``shape`` and ``dtype`` on a shared block, and the block (to send to a child)."""
-        numel = 1
-        for s in shape:
-            numel *= s
-        nbytes = max(1, numel * torch.empty((), dtype=dtype).element_size())
+        numel = math.prod(shape)
+        nbytes = max(1, numel * dtype.itemsize)
         block = self._take(nbytes)
         view = memoryview(block.map)[:nbytes]
         weakref.finalize(view, self._give_back, block)
@@ -174,7 +171,6 @@ class ShmArena:
             block = _Block(next(self._ids), size)
             self._open.add(block.block_id)
             self.blocks_created += 1
-            self.live_bytes += size
             return block
 
     def _drain(self) -> None:
@@ -196,7 +192,6 @@ class ShmArena:
 
     def _close_block(self, block: _Block) -> None:
         block.close()
-        self.live_bytes -= block.size
         self._open.discard(block.block_id)
 
 
@@ -452,9 +447,7 @@ def _child_main(conn: Any, spec: dict[str, Any], idle: bool, threads: int) -> No
         dtype = getattr(torch, job["dtype"])
         plans = job["plans"]
         for plan, (block_id, shape) in zip(plans, job["dests"]):
-            numel = 1
-            for s in shape:
-                numel *= s
+            numel = math.prod(shape)
             plan.out = torch.frombuffer(maps[block_id], dtype=dtype, count=numel).view(shape) if numel else None
         results: Any = None
         try:

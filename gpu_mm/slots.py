@@ -76,7 +76,7 @@ class SlotPoolStatistics:
 
 
 class _Pending:
-    __slots__ = ("slot", "permit", "done", "abandoned", "started", "on_release", "on_done")
+    __slots__ = ("slot", "permit", "done", "started", "on_release", "on_done")
 
     def __init__(self, slot: Slot, permit: Permit, done: asyncio.Future[Any],
                  on_release: Callable[[], None] | None,
@@ -84,10 +84,14 @@ class _Pending:
         self.slot = slot
         self.permit = permit
         self.done = done
-        self.abandoned = False
         self.started = time.monotonic()
         self.on_release = on_release
         self.on_done = on_done
+
+    @property
+    def abandoned(self) -> bool:
+        """Its caller gave up (the slot is quarantined until the work ends): the slot says since when."""
+        return self.slot.abandoned_at is not None
 
 
 class _EventPoller:
@@ -450,7 +454,6 @@ class SlotPool(Closeable):
 
 
 def _abandoned(pending: _Pending) -> None:
-    pending.abandoned = True
     pending.slot.abandoned_at = time.monotonic()
 
 
