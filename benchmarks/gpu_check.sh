@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared device run (benchmarks/GPU_CHECK.md): the `cuda` tests and the GPU benchmark on the
-# project's source, everything written to $OUT (at most 8 files, the device tool's limit). Run from the
+# project's source, everything written to $OUT (8 files at most). Run from the
 # repository root on the GPU machine with
 # `.whl/` carried (PyAV). Budget: the tests get 150 s, the benchmark 150 s, install and layout ~20 s, so the
 # call ends within ~6 minutes; with a cold start (1-2 minutes) that is ~8 of the session's 15, leaving a
@@ -48,5 +48,18 @@ log "jpeg diff rc=$?"
 BENCH_S=${GPU_CHECK_BENCH_S:-150}
 timeout "$BENCH_S" "$PY" -P benchmarks/gpu_bench.py --out "$OUT" --deadline-s $((BENCH_S - 10)) > "$OUT/gpu_bench.txt" 2>&1
 log "gpu bench rc=$?"
+# The kernel's counters (issue 4: 28% of a device copy's bandwidth; which cost dominates was not known), where
+# Nsight Compute is installed: both variants' second launches, speed of light, memory, launch and occupancy.
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
+if [ -n "$NCU" ]; then
+  timeout "${GPU_CHECK_NCU_S:-60}" "$NCU" -k regex:normalize_patchify --launch-skip 2 --launch-count 2 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
+    "$PY" -P -c "import torch; from gpu_mm.kernels import fused_normalize_patchify as f
+x = torch.randint(0, 256, (60, 3, 560, 1008), dtype=torch.uint8, device='cuda')
+[f(x, variant=v) for v in ('row', 'block', 'row', 'block')]; torch.cuda.synchronize()" > "$OUT/ncu.txt" 2>&1
+  log "ncu rc=$? ($NCU)"
+else
+  log "no ncu on this machine"
+fi
 tail -5 "$OUT/cuda-tests.txt"
 tail -40 "$OUT/gpu_bench.txt"

@@ -193,7 +193,10 @@ class _Plan:
     nbytes: int = 0
     """Peak working memory this item may take while it runs (its bound; see :func:`video_working_bytes`)."""
     chunk: int = 0
-    """Video frames decoded, resized and patchified together (a multiple of the temporal patch)."""
+    """Video frames resized and patchified together (a multiple of the temporal patch)."""
+    call: int = 0
+    """Video frames one decoder call returns (a multiple of ``chunk``): ``chunk``, except for decoders whose every
+    call sets up a demuxer and a decoder again (:data:`PER_CALL_DECODERS`)."""
     timer: StageTimer = dataclasses.field(default_factory=StageTimer)
     out: torch.Tensor | None = None
     """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
@@ -867,8 +870,13 @@ class Preprocessor(Closeable, Generic[F]):
         else:
             chunk = video_chunk_frames(size, held, cfg.temporal_patch_size, len(indices))
             nbytes = video_working_bytes(size, held, chunk, _feature_bytes(grid, cfg))
+        call = chunk
+        if info is not None and self.video_decoder in PER_CALL_DECODERS:
+            call = video_call_frames(size, chunk, len(indices))
+            nbytes += (call - chunk) * 3 * size[0] * size[1]  # the call's decoded frames beyond one chunk
         return _Plan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
-                     presize=sampling.presize, nbytes=nbytes, chunk=chunk, timer=timer, video_fps=sampling.video_fps)
+                     presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, timer=timer,
+                     video_fps=sampling.video_fps)
 
     # ------------------------------------------------------------------ execution (on a slot thread)
 
@@ -1028,7 +1036,7 @@ class Preprocessor(Closeable, Generic[F]):
         rows_per_step = plan.grid[1] * plan.grid[2]
         decoder = self._decoder(slot, decoder_name)
         done = 0
-        for first, frames in _frame_chunks(decoder, plan, plan.chunk):
+        for first, frames in _frame_chunks(decoder, plan):
             frames = self._upload_resize(slot, plan, frames.permute(0, 3, 1, 2))
             steps = -(-frames.shape[0] // tp)
             begin = first // tp * rows_per_step
@@ -1170,6 +1178,23 @@ def video_chunk_frames(size: tuple[int, int], target: tuple[int, int], temporal_
     return max(n // temporal_patch_size * temporal_patch_size, temporal_patch_size)
 
 
+DECODE_CALL_BYTES = 1 << 30
+"""Decoded frames (uint8 RGB at the source size) one call of a :data:`PER_CALL_DECODERS` decoder may return."""
+PER_CALL_DECODERS = frozenset({"dali"})
+"""Decoders asked for as many frames per call as :data:`DECODE_CALL_BYTES` allows, not a chunk at a time: each
+DALI/NVDEC call builds its own demuxer and decoder and decodes from the keyframe before its first frame (the
+first GPU run's 720p clip, ~10 calls of 6 frames, did not finish in 70 s). Their frames are on the GPU, whose
+budget holds them; the chunks are resized and patchified from the call's frames as before."""
+
+
+def video_call_frames(size: tuple[int, int], chunk: int, frames: int) -> int:
+    """Frames per decoder call for :data:`PER_CALL_DECODERS`: every planned frame when their decoded bytes fit
+    :data:`DECODE_CALL_BYTES`, else as many whole chunks as fit (at least one)."""
+    fit = DECODE_CALL_BYTES // max(3 * size[0] * size[1], 1)
+    whole = frames + (-frames % chunk)
+    return whole if whole <= fit else max(fit // chunk, 1) * chunk
+
+
 def video_working_bytes(size: tuple[int, int], target: tuple[int, int], chunk: int, feature_bytes: int) -> int:
     """Peak bytes of one video item: its output rows, one chunk in flight, the decoder's own frames (FFmpeg's
     reference and threading buffers, up to ~20 YUV 4:2:0 frames, plus one RGB conversion) and a slack."""
@@ -1225,19 +1250,22 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-def _frame_chunks(decoder: Any, plan: _Plan, chunk: int) -> Any:
-    """Yield ``(position, frames)``: the plan's frames ``chunk`` at a time as uint8 ``[k, H, W, 3]``.
+def _frame_chunks(decoder: Any, plan: _Plan) -> Any:
+    """Yield ``(position, frames)``: the plan's frames ``plan.chunk`` at a time as uint8 ``[k, H, W, 3]``.
 
     Decoders that stream (``iter_frames_at``) fill one reused buffer frame by frame; others are asked for
-    each chunk's indices. Decode time goes to the item's ``decode`` stage."""
+    ``plan.call`` frames per call, yielded a chunk at a time. Decode time goes to the item's ``decode`` stage."""
     assert plan.info is not None and plan.indices is not None
-    indices, info, timer = plan.indices, plan.info, plan.timer
+    indices, info, timer, chunk = plan.indices, plan.info, plan.timer, plan.chunk
     iterate = getattr(decoder, "iter_frames_at", None)
     if iterate is None:
-        for first in range(0, len(indices), chunk):
+        call = max(plan.call, chunk)
+        for start in range(0, len(indices), call):
             with timer.stage("decode"):
-                frames = decoder.get_frames_at(plan.src, info, indices[first : first + chunk])
-            yield first, frames
+                decoded = decoder.get_frames_at(plan.src, info, indices[start : start + call])
+            for k in range(0, decoded.shape[0], chunk):
+                yield start + k, decoded[k : k + chunk]
+            del decoded
         return
     buf = torch.empty((min(chunk, len(indices)), info.height, info.width, 3), dtype=torch.uint8)
     # Frames go into the buffer with numpy's copy: a torch copy wakes the intra-op thread pool, whose spinning

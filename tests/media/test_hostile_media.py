@@ -194,6 +194,37 @@ class TestBoundedMemory:
         assert _NoStreaming.calls == [2, 2, 2, 2, 2]
         assert torch.equal(ours.pixel_values_videos, ref.pixel_values_videos)
 
+    def test_per_call_decoders_get_the_whole_plan_in_one_call(self, monkeypatch):
+        """DALI's calls each set up a demuxer and NVDEC again: one call returns every planned frame that fits
+        DECODE_CALL_BYTES, resized and patchified a chunk at a time; the plan's bound counts those frames."""
+        register_video_decoder("no-streaming-test", _NoStreaming)
+        monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1)  # two frames per chunk
+        monkeypatch.setattr(pipeline, "PER_CALL_DECODERS", frozenset({"no-streaming-test"}))
+        monkeypatch.setattr(_NoStreaming, "calls", [])
+        data = clip("h264", 48, gop=12, bframes=2)
+        try:
+            pre = Qwen2VLPreprocessor("cpu", video_decoder="no-streaming-test", sampling="hf", cache_bytes=0)
+            whole = pre(videos=[data], nframes=10)
+            plan = pre._plan_all(None, [data], {"nframes": 10})[0]
+            monkeypatch.setattr(pipeline, "DECODE_CALL_BYTES", 4 * 3 * plan.source_size[0] * plan.source_size[1])
+            split = pre(videos=[data], nframes=10)
+        finally:
+            unregister_video_decoder("no-streaming-test")
+        assert _NoStreaming.calls == [10, 4, 4, 2]
+        assert (plan.chunk, plan.call) == (2, 10)
+        chunked = Qwen2VLPreprocessor("cpu", sampling="hf")._plan_all(None, [data], {"nframes": 10})[0]
+        assert plan.nbytes - chunked.nbytes == 8 * 3 * plan.source_size[0] * plan.source_size[1]
+        ref = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=10)
+        assert torch.equal(whole.pixel_values_videos, ref.pixel_values_videos)
+        assert torch.equal(split.pixel_values_videos, ref.pixel_values_videos)
+
+    def test_call_frames(self):
+        assert pipeline.video_call_frames((720, 1280), 6, 60) == 60
+        assert pipeline.video_call_frames((720, 1280), 6, 59) == 60  # whole chunks
+        n = pipeline.DECODE_CALL_BYTES // (3 * 720 * 1280)
+        assert pipeline.video_call_frames((720, 1280), 6, 10_000) == n // 6 * 6
+        assert pipeline.video_call_frames((8192, 8192), 32, 64) == 32  # never below one chunk
+
     def test_item_over_the_budget_refused_at_planning(self, monkeypatch):
         decoded = []
         monkeypatch.setattr(PyAVDecoder, "iter_frames_at", lambda *a: decoded.append(1) or iter(()))
