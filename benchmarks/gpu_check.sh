@@ -39,24 +39,26 @@ export PYTHONPATH=$SRC:/tmp/site
 # -P: the laid-out source, not the checkout's gpu_mm/ (which lacks gpu_mm.kernels). A module that cannot be
 # imported there (the image's versions differ from CI's) must not stop the others. Warnings are reported,
 # not fatal: the GPU machine's package versions differ from CI's.
-timeout "${GPU_CHECK_TESTS_S:-150}" "$PY" -P -m pytest -q -m cuda -W default -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/cuda-tests.xml" tests \
+timeout "${GPU_CHECK_TESTS_S:-150}" "$PY" -P -m pytest -q -m cuda -W default -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/cuda-tests.xml" ${GPU_CHECK_TEST_PATHS:-tests} \
   > "$OUT/cuda-tests.txt" 2>&1
 log "cuda tests rc=$?"
 timeout 60 "$PY" -P benchmarks/gpu_jpeg_diff.py --out "$OUT" > /dev/null 2>> "$OUT/device.txt"
 log "jpeg diff rc=$?"
 # Stacks dumped 10 s before the limit: a run with DALI printed nothing in 70 s (H200, 2026-11-28), cause unknown.
 BENCH_S=${GPU_CHECK_BENCH_S:-150}
-timeout "$BENCH_S" "$PY" -P benchmarks/gpu_bench.py --out "$OUT" --deadline-s $((BENCH_S - 10)) > "$OUT/gpu_bench.txt" 2>&1
+timeout "$BENCH_S" "$PY" -P benchmarks/gpu_bench.py --out "$OUT" --deadline-s $((BENCH_S - 10)) ${GPU_CHECK_BENCH_ARGS:-} \
+  > "$OUT/gpu_bench.txt" 2>&1
 log "gpu bench rc=$?"
 # The kernel's counters (issue 4: 28% of a device copy's bandwidth; which cost dominates was not known), where
-# Nsight Compute is installed: both variants' second launches, speed of light, memory, launch and occupancy.
+# Nsight Compute is installed: each variant's second launch, speed of light, memory, launch and occupancy.
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
 if [ -n "$NCU" ]; then
-  timeout "${GPU_CHECK_NCU_S:-60}" "$NCU" -k regex:normalize_patchify --launch-skip 2 --launch-count 2 \
+  timeout "${GPU_CHECK_NCU_S:-60}" "$NCU" -k regex:normalize_patchify --launch-skip 4 --launch-count 4 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
     "$PY" -P -c "import torch; from gpu_mm.kernels import fused_normalize_patchify as f
+from gpu_mm.kernels.normalize_patchify import VARIANTS
 x = torch.randint(0, 256, (60, 3, 560, 1008), dtype=torch.uint8, device='cuda')
-[f(x, variant=v) for v in ('row', 'block', 'row', 'block')]; torch.cuda.synchronize()" > "$OUT/ncu.txt" 2>&1
+[f(x, variant=v) for v in VARIANTS * 2]; torch.cuda.synchronize()" > "$OUT/ncu.txt" 2>&1
   log "ncu rc=$? ($NCU)"
 else
   log "no ncu on this machine"

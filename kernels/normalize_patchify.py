@@ -7,27 +7,33 @@ last frame is repeated, as transformers does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _mean_std
+from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _mean_std, _mean_std_on
 
 
 @triton.jit
-def _normalized(src_ptr, mean_ptr, std_ptr, T, H, W, gt, y0, x0, cols, mask, cmask,
-                C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr):
+def _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, y0, x0, cols, mask, cmask,
+                C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, LUT: tl.constexpr):
     """The normalized values of output columns ``cols`` (c, temporal, patch row, patch column) of the rows whose
-    patch starts at frame row ``y0``, column ``x0`` of temporal group ``gt``; ``cmask``: the columns that exist."""
+    patch starts at frame row ``y0``, column ``x0`` of temporal group ``gt``; ``cmask``: the columns that exist.
+    ``LUT``: look each value up in ``lut_ptr`` (float32 ``[C, 256]``, the same arithmetic done once per level)
+    instead of dividing per element."""
     c = cols // (TP * P * P)
     r = cols % (TP * P * P)
     tt = r // (P * P)
     ph = (r // P) % P
     pw = r % P
     t = tl.minimum(gt * TP + tt, T - 1)  # odd frame count: repeat the last frame
-    x = tl.load(src_ptr + ((t * C + c) * H + y0 + ph) * W + x0 + pw, mask=mask, other=0).to(tl.float32)
+    v = tl.load(src_ptr + ((t * C + c) * H + y0 + ph) * W + x0 + pw, mask=mask, other=0)
+    if LUT:
+        return tl.load(lut_ptr + c * 256 + v.to(tl.int32), mask=mask, other=0.0)
+    x = v.to(tl.float32)
     m = tl.load(mean_ptr + c, mask=cmask, other=0.0)
     s = tl.load(std_ptr + c, mask=cmask, other=1.0)
     # div_rn: IEEE round-to-nearest, as torch divides; ``/`` compiles to div.full.f32 (up to 2 ulp off).
@@ -42,9 +48,10 @@ def _normalize_patchify_kernel(
     out_ptr,  # [rows, C * TP * P * P]
     mean_ptr,  # float32 [C], already * 255
     std_ptr,  # float32 [C], already * 255
+    lut_ptr,  # float32 [C, 256]: (level - mean) / std
     T, H, W, GH, GW,
     C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
-    ROW: tl.constexpr, BLOCK: tl.constexpr,
+    ROW: tl.constexpr, BLOCK: tl.constexpr, LUT: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -58,8 +65,8 @@ def _normalize_patchify_kernel(
     blk = rem // (M * M)
     bw = blk % (GW // M)
     bh = blk // (GW // M)
-    y = _normalized(src_ptr, mean_ptr, std_ptr, T, H, W, gt, (bh * M + mh) * P, (bw * M + mw) * P, cols, mask, mask,
-                    C, TP, P)
+    y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + mh) * P, (bw * M + mw) * P, cols,
+                    mask, mask, C, TP, P, LUT)
     tl.store(out_ptr + row * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -68,10 +75,10 @@ def _normalize_patchify_kernel(
 # (benchmarks/gpu_bench.py runs both; the row kernel reached 28% of a device copy's bandwidth on an H200).
 @triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW"])
 def _normalize_patchify_block_kernel(
-    src_ptr, out_ptr, mean_ptr, std_ptr,
+    src_ptr, out_ptr, mean_ptr, std_ptr, lut_ptr,
     T, H, W, GH, GW,
     C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
-    ROW: tl.constexpr, BLOCK: tl.constexpr, RB: tl.constexpr,
+    ROW: tl.constexpr, BLOCK: tl.constexpr, LUT: tl.constexpr, RB: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     per_t = (GH // M) * (GW // M)
@@ -83,9 +90,25 @@ def _normalize_patchify_block_kernel(
     cols = tl.arange(0, BLOCK)[None, :]
     cmask = cols < ROW
     mask = (r < M * M) & cmask
-    y = _normalized(src_ptr, mean_ptr, std_ptr, T, H, W, gt, (bh * M + r // M) * P, (bw * M + r % M) * P, cols,
-                    mask, cmask, C, TP, P)
+    y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + r // M) * P, (bw * M + r % M) * P,
+                    cols, mask, cmask, C, TP, P, LUT)
     tl.store(out_ptr + (blk * (M * M) + r) * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+VARIANTS = ("row", "block", "row-lut", "block-lut")
+"""One program per output row (the default) or per merge block; ``-lut``: each uint8 level looked up in a table
+of its normalized value instead of a division per element (the H200's counters: the row kernel is compute-bound,
+79% SM vs 22% memory throughput). The same bits, all four."""
+
+
+@functools.lru_cache(maxsize=64)
+def _levels(device: str, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """float32 ``[C, 256]``: ``(level - mean) / std`` for every uint8 level, the kernel's own float32 arithmetic
+    (an exact subtraction and an IEEE round-to-nearest division, as torch divides), once per device and constants.
+    Read-only."""
+    m, s = _mean_std_on(device, mean, std)
+    levels = torch.arange(256, dtype=torch.float32, device=device)
+    return ((levels[None, :] - m[:, None]) / s[:, None]).contiguous()
 
 
 def fused_normalize_patchify(
@@ -104,8 +127,8 @@ def fused_normalize_patchify(
 
     Args:
         out: optional preallocated ``[rows, C*tp*p*p]`` output (e.g. from a reused pool).
-        variant: ``"row"`` (one program per output row, the default) or ``"block"`` (one per merge block, a
-            candidate measured by ``benchmarks/gpu_bench.py``); the same bits either way.
+        variant: one of :data:`VARIANTS` (``"row"`` the default; the others are candidates measured side by side
+            by ``benchmarks/gpu_bench.py``); the same bits every way.
 
     Returns:
         (pixel_values, (grid_t, grid_h, grid_w)).
@@ -125,13 +148,16 @@ def fused_normalize_patchify(
     elif out.shape != (rows, row) or out.dtype != dtype or out.device != frames.device:
         raise ValueError(f"out must be {dtype} {(rows, row)} on {frames.device}, got {out.dtype} {tuple(out.shape)}")
     m, s = _mean_std(frames, mean, std)  # the reference's float32 constants, so results are bit-identical
-    if variant not in ("row", "block"):
-        raise ValueError(f"variant must be 'row' or 'block', got {variant!r}")
-    geometry = dict(C=c, TP=temporal_patch_size, P=patch_size, M=merge_size, ROW=row, BLOCK=triton.next_power_of_2(row))
-    if rows and variant == "row":
-        _normalize_patchify_kernel[(rows,)](frames, out, m, s, t, h, w, gh, gw, **geometry)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    lut = variant.endswith("-lut")
+    table = _levels(str(frames.device), tuple(float(v) for v in mean), tuple(float(v) for v in std)) if lut else m
+    geometry = dict(C=c, TP=temporal_patch_size, P=patch_size, M=merge_size, ROW=row, BLOCK=triton.next_power_of_2(row),
+                    LUT=lut)
+    if rows and variant.startswith("row"):
+        _normalize_patchify_kernel[(rows,)](frames, out, m, s, table, t, h, w, gh, gw, **geometry)
     elif rows:
         rb = triton.next_power_of_2(merge_size * merge_size)
         _normalize_patchify_block_kernel[(rows // (merge_size * merge_size),)](
-            frames, out, m, s, t, h, w, gh, gw, **geometry, RB=rb, num_warps=8)
+            frames, out, m, s, table, t, h, w, gh, gw, **geometry, RB=rb, num_warps=8)
     return out, (gt, gh, gw)

@@ -28,7 +28,7 @@ def _on(device: str) -> str:
     return device
 
 
-VARIANTS = ["row", "block"]
+VARIANTS = ["row", "block", "row-lut", "block-lut"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -98,11 +98,11 @@ from gpu_mm.kernels.normalize_patchify import _normalize_patchify_kernel as kern
 
 out = {"sizes": [p.name for p in kernel.params if not p.is_constexpr and not p.name.endswith("_ptr")],
        "not_specialized": [p.name for p in kernel.params if p.do_not_specialize]}
-for name, dtype in (("fp32", "*fp32"), ("bf16", "*bf16")):
-    sig = {"src_ptr": "*u8", "out_ptr": dtype, "mean_ptr": "*fp32", "std_ptr": "*fp32",
+for name, dtype, lut in (("fp32", "*fp32", False), ("bf16", "*bf16", False), ("lut_fp32", "*fp32", True)):
+    sig = {"src_ptr": "*u8", "out_ptr": dtype, "mean_ptr": "*fp32", "std_ptr": "*fp32", "lut_ptr": "*fp32",
            **{n: "i32" for n in ("T", "H", "W", "GH", "GW")},
-           **{n: "constexpr" for n in ("C", "TP", "P", "M", "ROW", "BLOCK")}}
-    consts = {"C": 3, "TP": 2, "P": 14, "M": 2, "ROW": 1176, "BLOCK": 2048}
+           **{n: "constexpr" for n in ("C", "TP", "P", "M", "ROW", "BLOCK", "LUT")}}
+    consts = {"C": 3, "TP": 2, "P": 14, "M": 2, "ROW": 1176, "BLOCK": 2048, "LUT": lut}
     try:
         ptx = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                              target=GPUTarget("cuda", 90, 32)).asm["ptx"]
@@ -137,6 +137,21 @@ def test_compiled_kernel_divides_with_ieee_rounding():
     ops_ = _ptx_ops("fp32")
     assert "div.rn.f32" in ops_
     assert "div.full.f32" not in ops_ and "div.approx.f32" not in ops_
+
+
+def test_compiled_lookup_variant_does_not_divide():
+    """The ``-lut`` variants read each level's value from a table computed with torch's own division."""
+    assert not [op for op in _ptx_ops("lut_fp32") if op.startswith("div.") and op.endswith("f32")]
+    assert "div.rn.f32" in _ptx_ops("fp32")  # what the same check finds in the dividing variant
+
+
+def test_level_table_is_the_division_it_replaces():
+    """Every uint8 level of every channel, against the reference's elementwise arithmetic on the same level."""
+    from gpu_mm.kernels.normalize_patchify import _levels
+
+    levels = torch.arange(256, dtype=torch.uint8).repeat(3, 1).reshape(1, 3, 16, 16)
+    ref = ops.normalize(levels)[0].reshape(3, 256)
+    assert torch.equal(_levels("cpu", ops.OPENAI_CLIP_MEAN, ops.OPENAI_CLIP_STD), ref)
 
 
 def test_compiled_bfloat16_cast_rounds_to_nearest_even():
