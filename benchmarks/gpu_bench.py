@@ -56,7 +56,7 @@ def kernel_bandwidth() -> dict[str, Any]:
     runs: dict[str, Callable[[], Any]] = {
         v: (lambda v=v: fused_normalize_patchify(x, out=out, variant=v)) for v in VARIANTS}
     runs["copy"] = lambda: dst.copy_(src)  # reads moved/2 + writes moved/2 bytes
-    ref = fused_normalize_patchify(x, variant="row")[0]
+    ref = fused_normalize_patchify(x, variant="row")[0]  # the first kernel, the one the others replace
     same = {v: torch.equal(fused_normalize_patchify(x, variant=v)[0], ref) for v in VARIANTS}
     times: dict[str, list[dict[str, float]]] = {k: [] for k in runs}
     for _ in range(3):  # interleaved rounds
@@ -193,10 +193,10 @@ def main() -> int:
         t = cuda_times(lambda: decode_jpeg(data, device="cuda"), 5)
         return {**t, "images_per_s": 64 / t["p50_ms"] * 1e3}
 
-    def video_concurrency(decoder: str, n: int = 8) -> dict[str, Any]:
-        """``n`` requests of the clip at once through one preprocessor (its default slots): wall time and the
-        CPU seconds the process spent (what a serving node's other work would have lost)."""
-        p = Qwen2VLPreprocessor("cuda", cache_bytes=0, video_decoder=decoder)
+    def video_concurrency(decoder: str, slots: int | None = None, n: int = 8) -> dict[str, Any]:
+        """``n`` requests of the clip at once through one preprocessor (``slots`` stream slots; None: its
+        default): wall time and the CPU seconds the process spent (what a serving node's other work lost)."""
+        p = Qwen2VLPreprocessor("cuda", cache_bytes=0, video_decoder=decoder, num_slots=slots)
 
         async def run(k: int) -> None:
             await asyncio.gather(*(p.preprocess(videos=[clip]) for _ in range(k)))
@@ -230,9 +230,11 @@ def main() -> int:
             section("video_raw_dali", raw_dali)
             section("video_gpu_mm", lambda: gpu_mm_video(pre))
     if "video_concurrency" in parts:
-        section("video_8_concurrent_pyav", lambda: video_concurrency("pyav"))
+        for slots in (1, 4):
+            section(f"video_8_concurrent_pyav_{slots}_slots", lambda slots=slots: video_concurrency("pyav", slots))
         if pre.video_decoder == "dali":
-            section("video_8_concurrent_dali", lambda: video_concurrency("dali"))
+            for slots in (1, 2, 4):
+                section(f"video_8_concurrent_dali_{slots}_slots", lambda slots=slots: video_concurrency("dali", slots))
     faulthandler.cancel_dump_traceback_later()
     print(json.dumps(res, indent=2, default=str))
     return 0
