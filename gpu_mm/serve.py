@@ -70,6 +70,32 @@ def _summary(out: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+READ_CHUNK_BYTES = 1 << 16
+"""The most one socket read of a request takes (asyncio's own size is 256 KiB): see :func:`limit_reads`."""
+
+
+def limit_reads(transport: Any, nbytes: int) -> bool:
+    """Read at most ``nbytes`` per socket read on this connection.
+
+    An event loop iteration makes one read on every connection that has data, so while 16 clients upload at
+    once, one iteration copied 16 x 256 KiB and ran its callbacks before the loop looked at anything else: the
+    serving loop ran 8 ms at a stretch in the uploads' first second (``perf sched timehist`` on the 2-core
+    machine), which is what a /health probe arriving then waited for. At 64 KiB an iteration does a quarter of
+    that. asyncio's selector transports read ``max_size`` bytes (a class attribute, set here on the instance);
+    other transports (uvloop's) are left as they are.
+
+    Returns:
+        whether the limit applies to this transport.
+    """
+    if transport is None or not isinstance(getattr(type(transport), "max_size", None), int):
+        return False
+    try:
+        transport.max_size = nbytes
+    except AttributeError:  # a transport without an instance dict
+        return False
+    return True
+
+
 _BODY_BLOCK = 1 << 16
 """Body chunks smaller than this are gathered into blocks of this size as they arrive."""
 
@@ -226,6 +252,7 @@ def build_app(
     image_decoder: str = "auto",
     workers: str = "threads",
     stop_abandoned_after_s: float | None = None,
+    read_chunk_bytes: int = READ_CHUNK_BYTES,
 ) -> Any:
     """Build the aiohttp application for ``mode``.
 
@@ -233,7 +260,8 @@ def build_app(
     model folder whose processor configs gpu-mm follows (:meth:`gpu_mm.Preprocessor.for_model`).
     ``limits`` default to :meth:`MediaLimits.for_network` (inline media only) with ``max_bytes`` no larger
     than a body can carry. ``seed_wrapper`` (mode ``seed``, benchmarks only): builds the baseline wrapper as
-    ``seed_wrapper(processor, max_concurrent_calls=..., timeout_s=...)``.
+    ``seed_wrapper(processor, max_concurrent_calls=..., timeout_s=...)``. ``read_chunk_bytes``: at most this
+    much per socket read of a request (:func:`limit_reads`; 0: the event loop's own size).
     """
     from aiohttp import web
 
@@ -300,6 +328,8 @@ def build_app(
 
     async def preprocess(request: web.Request) -> web.Response:
         t0 = time.perf_counter()
+        if read_chunk_bytes > 0:
+            limit_reads(request.transport, read_chunk_bytes)
         try:
             raw = await read_body(request.content, max_body_bytes)
         except InvalidRequest as exc:

@@ -66,6 +66,15 @@ def test_serve_chooses_slot_processes_on_the_cpu_unless_told(monkeypatch):
     assert seen == [("auto", 30.0), ("threads", 30.0), ("processes", None)]
 
 
+def test_serve_reads_in_small_chunks_unless_told(monkeypatch):
+    import gpu_mm.serve
+
+    seen = []
+    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["read_chunk_bytes"]))
+    assert main(["serve"]) == 0 and main(["serve", "--read-chunk-kb", "0"]) == 0
+    assert seen == [65536, 0]
+
+
 def test_image_decoder_reaches_the_preprocessor_and_is_checked_before_any_media(tmp_path, capsys, monkeypatch):
     import gpu_mm.serve
 

@@ -452,3 +452,58 @@ def test_long_strings_scans_any_bytes_as_the_reference_does(raw, min_len):
     if sources._ingest is None:
         pytest.skip("gpu_mm._ingest was not built (no C compiler at install)")
     assert sources._ingest.long_strings(raw, min_len) == long_strings_reference(raw, min_len)
+
+
+async def test_reads_are_limited_per_connection():
+    """limit_reads: a connection's socket reads return at most the limit (each event loop iteration does that
+    much per ready connection), the bytes all arrive; transports without asyncio's ``max_size`` are left alone."""
+    from gpu_mm.serve import limit_reads
+
+    sizes: list[int] = []
+    done = asyncio.get_running_loop().create_future()
+    applied = []
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport):
+            applied.append(limit_reads(transport, 4096))
+
+        def data_received(self, data):
+            sizes.append(len(data))
+
+        def connection_lost(self, exc):
+            done.set_result(None)
+
+    server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"x" * 300_000)
+        await writer.drain()
+        writer.close()
+        await asyncio.wait_for(done, 10)
+    finally:
+        server.close()
+    assert applied == [True] and sum(sizes) == 300_000 and max(sizes) <= 4096
+
+    class Other:  # e.g. uvloop's transports: no max_size to set
+        pass
+
+    assert not limit_reads(Other(), 4096) and not limit_reads(None, 4096)
+
+
+async def test_served_answers_are_the_same_with_small_reads():
+    """A video upload read 4 KiB at a time gets the same answer as with the event loop's own read size."""
+    body = {"videos": [base64.b64encode(clip("h264", 8)).decode()]}
+    answers = []
+    for chunk in (0, 4096):
+        client = await _client(read_chunk_bytes=chunk)
+        try:
+            r = await client.post("/v1/preprocess", json=body)
+            assert r.status == 200
+            answers.append(await r.json())
+        finally:
+            await client.close()
+    for a in answers:
+        for item in a["items"]:
+            item.pop("timings_ms")
+    assert answers[0] == answers[1]

@@ -1,0 +1,56 @@
+"""``/health`` under 16 concurrent 2.8 MB video uploads with the server's socket reads as ``gpu-mm serve`` sets
+them (64 KiB, ``gpu_mm.serve.limit_reads``) and as the event loop leaves them (256 KiB), interleaved rounds on this
+machine; the load client and the prober share its cores with the server.
+
+    python benchmarks/health_reads.py [--rounds 6] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import statistics
+import sys
+
+from gpu_mm.bench.http import run_mode
+from gpu_mm.bench.machine import machine_info
+from gpu_mm.media.synth import make_video
+
+ARMS = {"reads_256k": ["--read-chunk-kb", "0"], "reads_64k": []}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    video = make_video(900, 360, 640, fps=30, gop=60, bframes=2, bit_rate=550_000)  # 30 s, ~2 MB
+    runs: list[dict] = []
+    for _ in range(args.rounds):
+        for arm, extra in ARMS.items():
+            r = asyncio.run(run_mode("gpu_mm", video, args.requests, "cpu", ["--workers", "processes", *extra]))
+            runs.append({"arm": arm, **r})
+            h = r["health"]
+            print(f"{arm:>10}: /health p50 {h['p50_ms']:.2f} p99 {h['p99_ms']:.2f} max {h['max_ms']:.1f} ms "
+                  f"({h['count']} probes); request p50 {r['request']['p50_ms']:.0f} ms; {r['status']}", flush=True)
+    summary = {}
+    for arm in ARMS:
+        mine = [r for r in runs if r["arm"] == arm]
+        summary[arm] = {k: sorted(round(r["health"][k], 2) for r in mine) for k in ("p99_ms", "max_ms")}
+        summary[arm]["median_p99_ms"] = statistics.median(r["health"]["p99_ms"] for r in mine)
+        summary[arm]["median_max_ms"] = statistics.median(r["health"]["max_ms"] for r in mine)
+        summary[arm]["runs_p99_under_5ms"] = sum(r["health"]["p99_ms"] < 5 for r in mine)
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        path = pathlib.Path(args.out) / "health_reads_cpu.json"
+        path.write_text(json.dumps({"machine": machine_info(), "summary": summary, "runs": runs}, indent=1,
+                                   default=str))
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
