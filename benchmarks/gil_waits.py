@@ -1,7 +1,7 @@
 """Who holds the GIL while the event loop's thread waits for it: perf uprobes on the interpreter's
 ``take_gil`` / ``drop_gil``.
 
-    python benchmarks/gil_waits.py [--scenario http|images|images-idle] [--seconds 3] [--out benchmarks/results]
+    python benchmarks/gil_waits.py [--scenario http|hostile|images|images-idle] [--seconds 3] [--out benchmarks/results]
 
 ``http``: ``gpu-mm serve`` (CPU) while 16 clients upload a 2.8 MB base64 video each, all at once (the
 server's GIL); ``images``: this process's ``AsyncMMDataProcessor`` serving 64 concurrent 1080p JPEG requests,
@@ -154,6 +154,55 @@ def http_scenario(group: str, seconds: float, data: str) -> int:
     return server.pid
 
 
+def hostile_scenario(group: str, seconds: float, data: str, concurrency: int = 8) -> int:
+    """``gpu-mm serve`` as it runs on the CPU while ``concurrency`` clients send reliability.py's hostile bodies."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    from reliability import hostile_bodies
+
+    from gpu_mm.bench.http import _free_port
+
+    port = _free_port()
+    bodies = hostile_bodies()
+    code = NAME_THREADS + "import sys; from gpu_mm.cli import main; sys.exit(main(sys.argv[1:]))"
+    server = subprocess.Popen([sys.executable, "-c", code, "serve", "--device", "cpu", "--port", str(port),
+                               "--cache-mb", "0", "--timeout-s", "10"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        import aiohttp
+
+        async def load() -> None:
+            url = f"http://127.0.0.1:{port}/v1/preprocess"
+            async with aiohttp.ClientSession() as s:
+                for _ in range(600):
+                    try:
+                        async with s.get(f"http://127.0.0.1:{port}/health") as r:
+                            await r.read()
+                        break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.2)
+                stop = time.monotonic() + seconds + 1.0
+
+                async def attacker(k: int) -> None:
+                    i = k
+                    while time.monotonic() < stop:
+                        async with s.post(url, data=bodies[i % len(bodies)]) as r:
+                            await r.read()
+                        i += concurrency
+
+                attackers = asyncio.gather(*(attacker(k) for k in range(concurrency)))
+                await asyncio.sleep(1.0)  # past the first requests' thread and process start-up
+                perf = record(server.pid, group, seconds, data)
+                await attackers
+                perf.wait()
+
+        asyncio.run(load())
+    finally:
+        server.terminate()
+        server.wait()
+    return server.pid
+
+
 def images_scenario(group: str, seconds: float, data: str, idle_workers: bool = False) -> int:
     exec(NAME_THREADS, {})  # noqa: S102 - names this process's threads for perf
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -182,8 +231,9 @@ def images_scenario(group: str, seconds: float, data: str, idle_workers: bool = 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenario", choices=["http", "images", "images-idle"], default="http",
-                    help="images-idle: the images scenario with the slot threads on SCHED_IDLE")
+    ap.add_argument("--scenario", choices=["http", "hostile", "images", "images-idle"], default="http",
+                    help="hostile: reliability.py's hostile bodies from 8 clients; images-idle: the images scenario "
+                         "with the slot threads on SCHED_IDLE")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--out", default=None, help="folder for the JSON result")
     args = ap.parse_args()
@@ -196,6 +246,8 @@ def main() -> int:
         data = os.path.join(tmp, "gil.data")
         if args.scenario == "http":
             pid = http_scenario(group, args.seconds, data)
+        elif args.scenario == "hostile":
+            pid = hostile_scenario(group, args.seconds, data)
         else:
             pid = images_scenario(group, args.seconds, data, idle_workers=args.scenario == "images-idle")
         result = {"scenario": args.scenario, "seconds": args.seconds, **analyse(data, pid)}
