@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import os
 import pathlib
@@ -29,6 +30,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 
 NAME_THREADS = """
 import ctypes, threading
@@ -112,6 +114,19 @@ def analyse(data: str, loop_tid: int) -> dict:
     return {"threads": threads, "loop_thread": f"{names.get(loop_tid)} ({loop_tid})", "loop_longest_waits": worst}
 
 
+@contextlib.contextmanager
+def _served(port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``gpu-mm serve`` on the CPU with its threads named for perf, stopped on exit."""
+    code = NAME_THREADS + "import sys; from gpu_mm.cli import main; sys.exit(main(sys.argv[1:]))"
+    server = subprocess.Popen([sys.executable, "-c", code, "serve", "--device", "cpu", "--port", str(port),
+                               "--cache-mb", "0", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield server
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def http_scenario(group: str, seconds: float, data: str) -> int:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from gpu_mm.bench.http import _free_port
@@ -120,10 +135,7 @@ def http_scenario(group: str, seconds: float, data: str) -> int:
     port = _free_port()
     body = json.dumps({"videos": [base64.b64encode(make_video(900, 360, 640, fps=30, gop=60, bframes=2,
                                                              bit_rate=550_000)).decode()]}).encode()
-    code = NAME_THREADS + "import sys; from gpu_mm.cli import main; sys.exit(main(sys.argv[1:]))"
-    server = subprocess.Popen([sys.executable, "-c", code, "serve", "--device", "cpu", "--port", str(port),
-                               "--cache-mb", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with _served(port) as server:
         import aiohttp
 
         async def load() -> None:
@@ -148,9 +160,6 @@ def http_scenario(group: str, seconds: float, data: str) -> int:
                 perf.wait()
 
         asyncio.run(load())
-    finally:
-        server.terminate()
-        server.wait()
     return server.pid
 
 
@@ -164,11 +173,7 @@ def hostile_scenario(group: str, seconds: float, data: str, concurrency: int = 8
 
     port = _free_port()
     bodies = hostile_bodies()
-    code = NAME_THREADS + "import sys; from gpu_mm.cli import main; sys.exit(main(sys.argv[1:]))"
-    server = subprocess.Popen([sys.executable, "-c", code, "serve", "--device", "cpu", "--port", str(port),
-                               "--cache-mb", "0", "--timeout-s", "10"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
+    with _served(port, "--timeout-s", "10") as server:
         import aiohttp
 
         async def load() -> None:
@@ -197,9 +202,6 @@ def hostile_scenario(group: str, seconds: float, data: str, concurrency: int = 8
                 perf.wait()
 
         asyncio.run(load())
-    finally:
-        server.terminate()
-        server.wait()
     return server.pid
 
 
