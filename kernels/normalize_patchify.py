@@ -70,9 +70,8 @@ def _normalize_patchify_kernel(
     tl.store(out_ptr + row * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-# A candidate, not the default: one program per merge block (M*M consecutive output rows, which share their
-# frame rows: runs of M*P bytes instead of P), to be measured against the kernel above on a GPU
-# (benchmarks/gpu_bench.py runs both; the row kernel reached 28% of a device copy's bandwidth on an H200).
+# One program per merge block (M*M consecutive output rows, which share their frame rows: runs of M*P bytes
+# instead of P); with LUT, the default (see VARIANTS for the H200's timings of both kernels).
 @triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW"])
 def _normalize_patchify_block_kernel(
     src_ptr, out_ptr, mean_ptr, std_ptr, lut_ptr,
