@@ -42,9 +42,9 @@ def cuda_times(fn, reps: int) -> dict[str, float]:
 
 
 def kernel_bandwidth() -> dict[str, Any]:
-    """The fused kernel's variants (gpu_mm.kernels.normalize_patchify.VARIANTS: one program per output row, the
-    default, or per merge block; each dividing per element or looking levels up) against a device-to-device copy
-    of the same bytes, interleaved; each variant's output compared with the default's."""
+    """The fused kernel's variants (gpu_mm.kernels.normalize_patchify.VARIANTS: one program per output row or per
+    merge block, each dividing per element or looking levels up) against a device-to-device copy of the same
+    bytes, interleaved; each variant's output compared with the first kernel's (row)."""
     from gpu_mm.kernels import fused_normalize_patchify
     from gpu_mm.kernels.normalize_patchify import VARIANTS
 
