@@ -182,11 +182,12 @@ def hostile_bodies() -> list[bytes]:
     ]] + [b"[" * 50_000 + b"]" * 50_000, b"\xff\xfe not json"]
 
 
-def health_benchmark(seconds: float, concurrency: int, workers: str = "threads") -> dict:
+def health_benchmark(seconds: float, concurrency: int, workers: str = "threads",
+                     server_args: list[str] | None = None) -> dict:
     port = _free_port()
     cmd = [sys.executable, "-m", "gpu_mm.cli", "serve", "--device", "cpu", "--port", str(port), "--timeout-s", "10",
            "--cache-mb", "0",  # hostile traffic repeats: every request computed, as in the committed run
-           "--workers", workers]
+           "--workers", workers, *(server_args or [])]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(300):

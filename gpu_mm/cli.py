@@ -285,6 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         seed_wrapper = SeedAsyncMMDataProcessor
     run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, fast_jpeg=args.fast_jpeg,
         image_decoder=args.image_decoder, read_chunk_bytes=args.read_chunk_kb * 1024,
+        switch_interval_s=args.switch_interval_ms / 1e3 if args.switch_interval_ms > 0 else None,
         device=args.device, loop_slice=args.loop_slice, idle_workers=args.idle_workers, workers=args.workers,
         stop_abandoned_after_s=None if args.stop_abandoned_after_s < 0 else args.stop_abandoned_after_s,
         max_concurrent_calls=args.max_concurrent_calls, max_queued=args.max_queued, timeout_s=args.timeout_s,
@@ -390,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--read-chunk-kb", type=int, default=64, metavar="KB",
                     help="at most this much per socket read of a request, so that one event loop iteration over "
                          "many uploads stays short (default 64; 0: the event loop's own 256)")
+    sv.add_argument("--switch-interval-ms", type=float, default=0.5, metavar="MS",
+                    help="the interpreter's switch interval: how long the event loop waits for the interpreter "
+                         "lock before it asks another thread to let go (default 0.5; 0: Python's own, 5)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--max-concurrent-calls", type=int, default=32)

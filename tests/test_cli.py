@@ -75,6 +75,16 @@ def test_serve_reads_in_small_chunks_unless_told(monkeypatch):
     assert seen == [65536, 0]
 
 
+def test_serve_sets_a_short_switch_interval_unless_told(monkeypatch):
+    import gpu_mm.serve
+
+    seen = []
+    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["switch_interval_s"]))
+    assert main(["serve"]) == 0 and main(["serve", "--switch-interval-ms", "0"]) == 0
+    assert main(["serve", "--switch-interval-ms", "0.2"]) == 0
+    assert seen == [5e-4, None, 2e-4]  # 0: Python's own left alone
+
+
 def test_image_decoder_reaches_the_preprocessor_and_is_checked_before_any_media(tmp_path, capsys, monkeypatch):
     import gpu_mm.serve
 

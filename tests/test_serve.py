@@ -332,6 +332,28 @@ async def test_cache_off_with_zero():
         await client.close()
 
 
+@pytest.mark.parametrize("asked", [5e-4, None])
+def test_run_sets_the_switch_interval_before_serving(monkeypatch, asked):
+    import sys
+
+    from aiohttp import web
+
+    import gpu_mm.serve as serve
+
+    seen = {}
+    monkeypatch.setattr(serve, "tune_allocator", lambda: {"applied": False})
+    monkeypatch.setattr(serve, "build_app", lambda mode, **kw: seen.setdefault("app", object()))
+    monkeypatch.setattr(serve, "freeze_gc", lambda: None)
+    monkeypatch.setattr(web, "run_app", lambda app, **kw: seen.setdefault("interval", sys.getswitchinterval()))
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        serve.run("gpu_mm", "127.0.0.1", 0, switch_interval_s=asked)
+        assert seen["interval"] == pytest.approx(0.005 if asked is None else asked)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_freeze_gc_moves_start_up_objects_out_of_the_collectors_reach():
     import gc
 

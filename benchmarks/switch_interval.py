@@ -1,0 +1,68 @@
+"""``/health`` with the interpreter switch interval ``gpu-mm serve`` sets (0.5 ms, ``--switch-interval-ms``)
+against Python's own (5 ms) and 0.2 ms, interleaved rounds on this machine, under two loads that share its cores
+with the server: 8 clients sending ``benchmarks/reliability.py``'s hostile requests for 10 s (slot processes, as
+served) and 16 concurrent 2.8 MB video uploads (``benchmarks/health_reads.py``'s load).
+
+    python benchmarks/switch_interval.py [--rounds 4] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import statistics
+import sys
+
+from reliability import health_benchmark
+
+from gpu_mm.bench.http import run_mode
+from gpu_mm.bench.machine import machine_info
+from gpu_mm.media.synth import make_video
+
+ARMS = {"python_5ms": ["--switch-interval-ms", "0"], "served_0.5ms": [], "0.2ms": ["--switch-interval-ms", "0.2"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--hostile-s", type=float, default=10.0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    video = make_video(900, 360, 640, fps=30, gop=60, bframes=2, bit_rate=550_000)  # 30 s, ~2 MB
+    runs: list[dict] = []
+    for _ in range(args.rounds):
+        for arm, extra in ARMS.items():
+            h = health_benchmark(args.hostile_s, 8, "processes", extra)
+            runs.append({"load": "hostile", "arm": arm, "p99_ms": h["health_p99_ms"], "max_ms": h["health_max_ms"],
+                         "probes": h["health_probes"], "statuses": h["statuses"]})
+            print(f"hostile {arm:>12}: /health p99 {h['health_p99_ms']:.2f} max {h['health_max_ms']:.1f} ms "
+                  f"({h['health_probes']} probes); {h['statuses']}", flush=True)
+            r = asyncio.run(run_mode("gpu_mm", video, 16, "cpu", ["--workers", "processes", *extra]))
+            runs.append({"load": "uploads", "arm": arm, "p99_ms": r["health"]["p99_ms"],
+                         "max_ms": r["health"]["max_ms"], "probes": r["health"]["count"],
+                         "request_p50_ms": r["request"]["p50_ms"], "statuses": r["status"]})
+            print(f"uploads {arm:>12}: /health p99 {r['health']['p99_ms']:.2f} max {r['health']['max_ms']:.1f} ms; "
+                  f"request p50 {r['request']['p50_ms']:.0f} ms; {r['status']}", flush=True)
+    summary: dict[str, dict] = {}
+    for load in ("hostile", "uploads"):
+        for arm in ARMS:
+            mine = [r for r in runs if r["load"] == load and r["arm"] == arm]
+            summary[f"{load}/{arm}"] = {
+                "p99_ms": sorted(round(r["p99_ms"], 2) for r in mine),
+                "median_p99_ms": round(statistics.median(r["p99_ms"] for r in mine), 2),
+                "median_max_ms": round(statistics.median(r["max_ms"] for r in mine), 2),
+                "runs_p99_under_5ms": sum(r["p99_ms"] < 5 for r in mine),
+            }
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        path = pathlib.Path(args.out) / "switch_interval_cpu.json"
+        path.write_text(json.dumps({"machine": machine_info(), "summary": summary, "runs": runs}, indent=1,
+                                   default=str))
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
