@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import pathlib
-import statistics
 import sys
 
 from gpu_mm.bench.http import run_mode
-from gpu_mm.bench.machine import machine_info
+from gpu_mm.bench.machine import health_summary, write_runs
 from gpu_mm.media.synth import make_video
 
 ARMS = {"reads_256k": ["--read-chunk-kb", "0"], "reads_64k": []}
@@ -36,19 +34,10 @@ def main() -> int:
             h = r["health"]
             print(f"{arm:>10}: /health p50 {h['p50_ms']:.2f} p99 {h['p99_ms']:.2f} max {h['max_ms']:.1f} ms "
                   f"({h['count']} probes); request p50 {r['request']['p50_ms']:.0f} ms; {r['status']}", flush=True)
-    summary = {}
-    for arm in ARMS:
-        mine = [r for r in runs if r["arm"] == arm]
-        summary[arm] = {k: sorted(round(r["health"][k], 2) for r in mine) for k in ("p99_ms", "max_ms")}
-        summary[arm]["median_p99_ms"] = statistics.median(r["health"]["p99_ms"] for r in mine)
-        summary[arm]["median_max_ms"] = statistics.median(r["health"]["max_ms"] for r in mine)
-        summary[arm]["runs_p99_under_5ms"] = sum(r["health"]["p99_ms"] < 5 for r in mine)
+    summary = {arm: health_summary([{**r, **r["health"]} for r in runs if r["arm"] == arm]) for arm in ARMS}
     print(json.dumps(summary, indent=1))
     if args.out:
-        path = pathlib.Path(args.out) / "health_reads_cpu.json"
-        path.write_text(json.dumps({"machine": machine_info(), "summary": summary, "runs": runs}, indent=1,
-                                   default=str))
-        print(f"wrote {path}", file=sys.stderr)
+        print(f"wrote {write_runs(args.out, 'health_reads_cpu.json', summary, runs)}", file=sys.stderr)
     return 0
 
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import pathlib
-import statistics
 import sys
 
 from reliability import health_benchmark
 
 from gpu_mm.bench.http import run_mode
-from gpu_mm.bench.machine import machine_info
+from gpu_mm.bench.machine import health_summary, write_runs
 from gpu_mm.media.synth import make_video
 
 ARMS = {"python_5ms": ["--switch-interval-ms", "0"], "served_0.5ms": [], "0.2ms": ["--switch-interval-ms", "0.2"]}
@@ -45,22 +43,11 @@ def main() -> int:
                          "request_p50_ms": r["request"]["p50_ms"], "statuses": r["status"]})
             print(f"uploads {arm:>12}: /health p99 {r['health']['p99_ms']:.2f} max {r['health']['max_ms']:.1f} ms; "
                   f"request p50 {r['request']['p50_ms']:.0f} ms; {r['status']}", flush=True)
-    summary: dict[str, dict] = {}
-    for load in ("hostile", "uploads"):
-        for arm in ARMS:
-            mine = [r for r in runs if r["load"] == load and r["arm"] == arm]
-            summary[f"{load}/{arm}"] = {
-                "p99_ms": sorted(round(r["p99_ms"], 2) for r in mine),
-                "median_p99_ms": round(statistics.median(r["p99_ms"] for r in mine), 2),
-                "median_max_ms": round(statistics.median(r["max_ms"] for r in mine), 2),
-                "runs_p99_under_5ms": sum(r["p99_ms"] < 5 for r in mine),
-            }
+    summary = {f"{load}/{arm}": health_summary([r for r in runs if r["load"] == load and r["arm"] == arm])
+               for load in ("hostile", "uploads") for arm in ARMS}
     print(json.dumps(summary, indent=1))
     if args.out:
-        path = pathlib.Path(args.out) / "switch_interval_cpu.json"
-        path.write_text(json.dumps({"machine": machine_info(), "summary": summary, "runs": runs}, indent=1,
-                                   default=str))
-        print(f"wrote {path}", file=sys.stderr)
+        print(f"wrote {write_runs(args.out, 'switch_interval_cpu.json', summary, runs)}", file=sys.stderr)
     return 0
 
 

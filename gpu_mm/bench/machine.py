@@ -70,3 +70,23 @@ def write_result(out: str | os.PathLike[str], stem: str, info: dict[str, Any], r
         results = {**json.loads(path.read_text())["results"], **results}
     path.write_text(json.dumps({"machine": info, "results": results}, indent=2, default=str))
     return path
+
+
+def health_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Interleaved runs of one arm, each with ``p99_ms`` and ``max_ms`` of its /health probes: the values sorted,
+    their medians, and how many runs had a p99 under 5 ms."""
+    import statistics
+
+    return {"p99_ms": sorted(round(r["p99_ms"], 2) for r in rows),
+            "max_ms": sorted(round(r["max_ms"], 2) for r in rows),
+            "median_p99_ms": round(statistics.median(r["p99_ms"] for r in rows), 2),
+            "median_max_ms": round(statistics.median(r["max_ms"] for r in rows), 2),
+            "runs_p99_under_5ms": sum(r["p99_ms"] < 5 for r in rows)}
+
+
+def write_runs(out: str | os.PathLike[str], name: str, summary: dict[str, Any],
+               runs: list[dict[str, Any]]) -> pathlib.Path:
+    """Write ``{"machine": ..., "summary": summary, "runs": runs}`` to ``out/name`` and return the path."""
+    path = pathlib.Path(out) / name
+    path.write_text(json.dumps({"machine": machine_info(), "summary": summary, "runs": runs}, indent=1, default=str))
+    return path

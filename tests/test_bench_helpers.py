@@ -1,0 +1,21 @@
+"""The benchmark scripts' shared summaries (``gpu_mm.bench.machine``): what the committed JSON says about runs."""
+
+from __future__ import annotations
+
+import json
+
+from gpu_mm.bench.machine import health_summary, write_runs
+
+
+def test_health_summary_sorts_takes_medians_and_counts_runs_under_5_ms():
+    rows = [{"p99_ms": 7.004, "max_ms": 12.0}, {"p99_ms": 4.9, "max_ms": 30.0}, {"p99_ms": 5.0, "max_ms": 8.0}]
+    assert health_summary(rows) == {"p99_ms": [4.9, 5.0, 7.0], "max_ms": [8.0, 12.0, 30.0], "median_p99_ms": 5.0,
+                                    "median_max_ms": 12.0, "runs_p99_under_5ms": 1}
+
+
+def test_write_runs_names_the_machine_beside_summary_and_runs(tmp_path):
+    path = write_runs(tmp_path, "x_cpu.json", {"a": 1}, [{"arm": "a", "p99_ms": 1.0}])
+    data = json.loads(path.read_text())
+    assert path == tmp_path / "x_cpu.json"
+    assert data["summary"] == {"a": 1} and data["runs"] == [{"arm": "a", "p99_ms": 1.0}]
+    assert data["machine"]["cores"] >= 1 and "versions" in data["machine"]
