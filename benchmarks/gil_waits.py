@@ -129,12 +129,10 @@ def _served(port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
 
 def http_scenario(group: str, seconds: float, data: str) -> int:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from gpu_mm.bench.http import _free_port
-    from gpu_mm.media.synth import make_video
+    from gpu_mm.bench.http import _free_port, upload_clip
 
     port = _free_port()
-    body = json.dumps({"videos": [base64.b64encode(make_video(900, 360, 640, fps=30, gop=60, bframes=2,
-                                                             bit_rate=550_000)).decode()]}).encode()
+    body = json.dumps({"videos": [base64.b64encode(upload_clip()).decode()]}).encode()
     with _served(port) as server:
         import aiohttp
 

@@ -12,9 +12,8 @@ import asyncio
 import json
 import sys
 
-from gpu_mm.bench.http import run_mode
+from gpu_mm.bench.http import run_mode, upload_clip
 from gpu_mm.bench.machine import health_summary, write_runs
-from gpu_mm.media.synth import make_video
 
 ARMS = {"reads_256k": ["--read-chunk-kb", "0"], "reads_64k": []}
 
@@ -25,7 +24,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    video = make_video(900, 360, 640, fps=30, gop=60, bframes=2, bit_rate=550_000)  # 30 s, ~2 MB
+    video = upload_clip()
     runs: list[dict] = []
     for _ in range(args.rounds):
         for arm, extra in ARMS.items():

@@ -15,9 +15,8 @@ import sys
 
 from reliability import health_benchmark
 
-from gpu_mm.bench.http import run_mode
+from gpu_mm.bench.http import run_mode, upload_clip
 from gpu_mm.bench.machine import health_summary, write_runs
-from gpu_mm.media.synth import make_video
 
 ARMS = {"python_5ms": ["--switch-interval-ms", "0"], "served_0.5ms": [], "0.2ms": ["--switch-interval-ms", "0.2"]}
 
@@ -28,7 +27,7 @@ def main() -> int:
     ap.add_argument("--hostile-s", type=float, default=10.0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    video = make_video(900, 360, 640, fps=30, gop=60, bframes=2, bit_rate=550_000)  # 30 s, ~2 MB
+    video = upload_clip()
     runs: list[dict] = []
     for _ in range(args.rounds):
         for arm, extra in ARMS.items():

@@ -65,6 +65,14 @@ def _ms(xs: list[float]) -> dict[str, float]:
     return {"p50_ms": s.p50_s * 1e3, "p99_ms": s.p99_s * 1e3, "max_ms": s.max_s * 1e3, "count": s.count}
 
 
+def upload_clip() -> bytes:
+    """The clip the upload scenarios send (``health_reads.py``, ``switch_interval.py``, ``gil_waits.py``): 30 s of
+    360p H.264 at 30 fps, GOP 60 with B-frames, ~2 MB (2.8 MB as base64)."""
+    from ..media.synth import make_video
+
+    return make_video(900, 360, 640, fps=30, gop=60, bframes=2, bit_rate=550_000)
+
+
 async def run_mode(mode: str, video: bytes, n_requests: int, device: str = "cpu",
                    server_args: list[str] | None = None, probe_interval_s: float = 0.02) -> dict[str, Any]:
     """Figures for one server mode: probe latencies, request latencies and status counts."""
