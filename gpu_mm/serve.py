@@ -411,7 +411,7 @@ event loop releases the lock; under load one of the server's other threads (requ
 slot dispatch) takes it, and the loop then waits up to the interval, more when several threads queue for it.
 Measured on 2 cores shared with the clients (``benchmarks/switch_interval.py``, four interleaved rounds): with 8
 clients sending hostile requests /health's p99 fell from 10.6-14.5 ms (median 12.4) to 5.6-8.3 ms (median 6.5), with
-more requests answered (5.4-6.8 vs 4.6-5.5 thousand in 10 s); under 16 video uploads from 4.9-6.4 to 3.5-5.7 ms,
+more requests answered (5.5-7.0 vs 4.7-5.6 thousand in 10 s); under 16 video uploads from 4.9-6.4 to 3.5-5.7 ms,
 the uploads as fast. 0.2 ms was no better than 0.5. Threads that run Python for long stretches hand the lock over
 more often; the server's do not (its pixel work runs in slot processes or in native code that releases it)."""
 
