@@ -165,9 +165,9 @@ def hostile_scenario(group: str, seconds: float, data: str, concurrency: int = 8
     """``gpu-mm serve`` as it runs on the CPU while ``concurrency`` clients send reliability.py's hostile bodies."""
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from reliability import hostile_bodies
+    from reliability import hostile_bodies, send_hostile
 
-    from gpu_mm.bench.http import _free_port
+    from gpu_mm.bench.http import _free_port, _wait_up
 
     port = _free_port()
     bodies = hostile_bodies()
@@ -175,25 +175,10 @@ def hostile_scenario(group: str, seconds: float, data: str, concurrency: int = 8
         import aiohttp
 
         async def load() -> None:
-            url = f"http://127.0.0.1:{port}/v1/preprocess"
             async with aiohttp.ClientSession() as s:
-                for _ in range(600):
-                    try:
-                        async with s.get(f"http://127.0.0.1:{port}/health") as r:
-                            await r.read()
-                        break
-                    except aiohttp.ClientError:
-                        await asyncio.sleep(0.2)
+                await _wait_up(s, f"http://127.0.0.1:{port}", server)
                 stop = time.monotonic() + seconds + 1.0
-
-                async def attacker(k: int) -> None:
-                    i = k
-                    while time.monotonic() < stop:
-                        async with s.post(url, data=bodies[i % len(bodies)]) as r:
-                            await r.read()
-                        i += concurrency
-
-                attackers = asyncio.gather(*(attacker(k) for k in range(concurrency)))
+                attackers = asyncio.ensure_future(send_hostile(s, port, bodies, concurrency, stop))
                 await asyncio.sleep(1.0)  # past the first requests' thread and process start-up
                 perf = record(server.pid, group, seconds, data)
                 await attackers

@@ -130,10 +130,22 @@ def peak_memory(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- /health under attack
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def send_hostile(session: Any, port: int, bodies: list[bytes], concurrency: int, stop: float) -> dict[int, int]:
+    """``concurrency`` clients on one aiohttp session, each posting the next of ``bodies`` as soon as its last
+    answer is read, until ``time.monotonic()`` passes ``stop``. Returns the answers counted by status."""
+    url = f"http://127.0.0.1:{port}/v1/preprocess"
+    statuses: dict[int, int] = {}
+
+    async def attacker(k: int) -> None:
+        i = k
+        while time.monotonic() < stop:
+            async with session.post(url, data=bodies[i % len(bodies)]) as r:
+                await r.read()
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+            i += concurrency
+
+    await asyncio.gather(*(attacker(k) for k in range(concurrency)))
+    return statuses
 
 
 async def _health_under_hostile_load(port: int, seconds: float, concurrency: int, bodies: list[bytes]) -> dict:
@@ -143,20 +155,8 @@ async def _health_under_hostile_load(port: int, seconds: float, concurrency: int
 
     from gpu_mm.bench.probe import Prober
 
-    base = f"http://127.0.0.1:{port}"
-    statuses: dict[int, int] = {}
     async with aiohttp.ClientSession() as session, Prober(port) as prober:
-        stop = time.monotonic() + seconds
-
-        async def attacker(k: int) -> None:
-            i = k
-            while time.monotonic() < stop:
-                async with session.post(f"{base}/v1/preprocess", data=bodies[i % len(bodies)]) as r:
-                    await r.read()
-                    statuses[r.status] = statuses.get(r.status, 0) + 1
-                i += concurrency
-
-        await asyncio.gather(*(attacker(k) for k in range(concurrency)))
+        statuses = await send_hostile(session, port, bodies, concurrency, time.monotonic() + seconds)
         lat = sorted((await prober.results())["/health"])
     q = statistics.quantiles(lat, n=100)
     return {"health_probes": len(lat), "health_p50_ms": q[49] * 1e3, "health_p99_ms": q[98] * 1e3,
@@ -184,12 +184,12 @@ def hostile_bodies() -> list[bytes]:
 
 def health_benchmark(seconds: float, concurrency: int, workers: str = "threads",
                      server_args: list[str] | None = None) -> dict:
+    from gpu_mm.bench.http import _free_port
+    from gpu_mm.bench.http import server as served
+
     port = _free_port()
-    cmd = [sys.executable, "-m", "gpu_mm.cli", "serve", "--device", "cpu", "--port", str(port), "--timeout-s", "10",
-           "--cache-mb", "0",  # hostile traffic repeats: every request computed, as in the committed run
-           "--workers", workers, *(server_args or [])]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    # --cache-mb 0 (server()'s): hostile traffic repeats, every request computed, as in the committed run
+    with served("gpu_mm", "cpu", port, ["--timeout-s", "10", "--workers", workers, *(server_args or [])]) as server:
         for _ in range(300):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -211,9 +211,6 @@ def health_benchmark(seconds: float, concurrency: int, workers: str = "threads",
         result["slot_processes_vm_hwm_mib"] = sum(_status_mib(k, "VmHWM") for k in kids)
         result["slot_processes_rss_anon_mib"] = sum(_status_mib(k, "RssAnon") for k in kids)
         return result
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def _status_mib(pid: int, field: str) -> float:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys
 import time
 
-from gpu_mm.bench.machine import machine_info
+from gpu_mm.bench.machine import write_runs
 
 SPIN = {"idle": "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass\n",
         "nice19": "import os\nos.nice(19)\nwhile True: pass\n"}
@@ -77,10 +76,12 @@ def main() -> int:
             runs.append({"arm": arm, **r})
             print(f"{arm:>28}: p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} max {r['max_ms']:.2f} ms; "
                   f"{r['over_1ms']} of {r['wakes']} over 1 ms", flush=True)
+    summary = {arm: {"wakes": sum(r["wakes"] for r in mine), "over_1ms": sum(r["over_1ms"] for r in mine),
+                     "max_ms": sorted(round(r["max_ms"], 2) for r in mine)}
+               for arm in ARMS if (mine := [r for r in runs if r["arm"] == arm])}
+    print(json.dumps(summary, indent=1))
     if args.out:
-        path = pathlib.Path(args.out) / "wake_latency_cpu.json"
-        path.write_text(json.dumps({"machine": machine_info(), "runs": runs}, indent=1, default=str))
-        print(f"wrote {path}", file=sys.stderr)
+        print(f"wrote {write_runs(args.out, 'wake_latency_cpu.json', summary, runs)}", file=sys.stderr)
     return 0
 
 
