@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_mm/_ingest.c (the C that reads hostile request bodies) built with AddressSanitizer and UBSan, then fed
 # 20,000 random and adversarial inputs: long_strings must equal a Python reading of JSON's string grammar,
-# b64decode must decode every valid encoding and refuse or decode anything else without a memory error.
+# b64decode must decode every valid encoding and refuse or decode anything else without a memory error, join
+# must equal b"".join and ascii_text the ASCII decode of any span (None when it is not ASCII).
 #   bash benchmarks/asan_ingest.sh   (needs gcc with libasan/libubsan; no torch import)
 set -euo pipefail
 PY=${PYTHON:-python}
@@ -40,9 +41,15 @@ for _ in range(20000):
     data = os.urandom(rng.randint(0, 100))
     enc = base64.b64encode(data)
     assert _ingest.b64decode(enc) == data and _ingest.b64decode(enc.rstrip(b"=")) == data
+    chunks = [raw[i : i + m] for i in range(0, len(raw), m)]
+    assert _ingest.join(chunks) == raw
+    a, b = sorted(rng.randint(0, len(raw)) for _ in range(2))
+    text = _ingest.ascii_text(raw, a, b)
+    assert text == (raw[a:b].decode("ascii") if raw[a:b].isascii() else None), (raw, a, b)
 big = os.urandom(3 << 20)
 assert _ingest.b64decode(base64.b64encode(big)) == big
-print("asan_ingest: 20000 inputs, no sanitizer report, long_strings equal to the reference")
+print("asan_ingest: 20000 inputs, no sanitizer report, long_strings equal to the reference, join and ascii_text "
+      "equal to Python's")
 PYEOF
 ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
     "$PY" "$out/fuzz.py" "$out" "$(cd "$(dirname "$0")/../tests" && pwd)"

@@ -476,6 +476,54 @@ def test_long_strings_scans_any_bytes_as_the_reference_does(raw, min_len):
     assert sources._ingest.long_strings(raw, min_len) == long_strings_reference(raw, min_len)
 
 
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=200), cuts=st.lists(st.integers(0, 200), max_size=6), span=st.tuples(
+    st.integers(0, 200), st.integers(0, 200)))
+def test_join_and_ascii_text_are_pythons_own(raw, cuts, span):
+    """The copies parsing makes without the GIL: ``join`` equals ``b"".join`` over any cut of any bytes, and
+    ``ascii_text`` the ASCII text of any span (what ``str(view, "utf-8")`` gives then), None when it is not ASCII
+    (the caller decodes it as UTF-8 then)."""
+    from gpu_mm.media import sources
+
+    if sources._ingest is None:
+        pytest.skip("gpu_mm._ingest was not built (no C compiler at install)")
+    edges = sorted({0, len(raw), *(c for c in cuts if c <= len(raw))})
+    chunks = [raw[a:b] for a, b in zip(edges, edges[1:])]
+    assert sources._ingest.join(chunks) == b"".join(chunks)
+    a, b = sorted(min(x, len(raw)) for x in span)
+    text = sources._ingest.ascii_text(raw, a, b)
+    if raw[a:b].isascii():
+        assert text == str(memoryview(raw)[a:b], "utf-8", "surrogatepass") and type(text) is str
+    else:
+        assert text is None
+
+
+def test_join_and_ascii_text_refuse_what_they_cannot_copy():
+    from gpu_mm.media import sources
+
+    if sources._ingest is None:
+        pytest.skip("gpu_mm._ingest was not built (no C compiler at install)")
+    one = b"x" * 100
+    assert sources._ingest.join([one]) is one  # as b"".join: a single chunk is that very object
+    assert sources._ingest.join([]) == b""
+    for bad in ([b"a", bytearray(b"b")], (b"a", b"b"), [b"a", "b"]):
+        with pytest.raises(TypeError):
+            sources._ingest.join(bad)
+    for start, end in ((-1, 2), (3, 2), (0, 101)):
+        with pytest.raises(ValueError, match="not within a buffer of 100 bytes"):
+            sources._ingest.ascii_text(one, start, end)
+    assert sources._ingest.ascii_text(memoryview(one), 10, 10) == ""
+
+
+def test_parse_request_joins_chunks_as_one_body():
+    from gpu_mm.serve import parse_request
+
+    body = json.dumps({"images": ["A" * 200_000], "videos": ["B" * 70_000]}).encode()
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    images, videos, _ = parse_request(chunks)
+    assert images == ["A" * 200_000] and videos == ["B" * 70_000]
+
+
 async def test_reads_are_limited_per_connection():
     """limit_reads: a connection's socket reads return at most the limit (each event loop iteration does that
     much per ready connection), the bytes all arrive; transports without asyncio's ``max_size`` are left alone."""
