@@ -164,9 +164,7 @@ def http_scenario(group: str, seconds: float, data: str) -> int:
 def hostile_scenario(group: str, seconds: float, data: str, concurrency: int = 8) -> int:
     """``gpu-mm serve`` as it runs on the CPU while ``concurrency`` clients send reliability.py's hostile bodies."""
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from reliability import hostile_bodies, send_hostile
-
+    from gpu_mm.bench.hostile import hostile_bodies, send_hostile
     from gpu_mm.bench.http import _free_port, _wait_up
 
     port = _free_port()

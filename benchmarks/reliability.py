@@ -13,58 +13,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import pathlib
 import resource
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
+from gpu_mm.bench.hostile import jpeg_claiming, png
+
 HERE = pathlib.Path(__file__).resolve().parent
 
 
 # ---------------------------------------------------------------------------------------------- the items
 
-def _png(width: int, height: int, mode: str) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
-    ch = [(x + y) / 2, x, y, np.full((height, width), 200, np.float32)][: len(mode)]
-    arr = np.stack([np.broadcast_to(c, (height, width)) for c in ch], axis=-1).astype(np.uint8)
-    if arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode).save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _jpeg_claiming(width: int, height: int) -> bytes:
-    """A 16x16 JPEG whose frame header is rewritten to claim ``width`` x ``height`` (truncated data)."""
-    from gpu_mm.media.synth import make_image
-
-    data = bytearray(make_image(16, 16, "JPEG"))
-    i = data.find(b"\xff\xc0")
-    data[i + 5 : i + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
 def make_items(folder: pathlib.Path, quick: bool) -> list[dict[str, Any]]:
     from gpu_mm.media.synth import make_image, make_video
 
     items = [
-        {"name": "png_rgba_8192x8192 (max_image_pixels)", "kind": "image", "make": lambda: _png(8192, 8192, "RGBA")},
+        {"name": "png_rgba_8192x8192 (max_image_pixels)", "kind": "image", "make": lambda: png(8192, 8192, "RGBA")},
         {"name": "jpeg_8192x8192", "kind": "image", "make": lambda: make_image(8192, 8192, "JPEG")},
-        {"name": "jpeg_1.3KB_claims_8000x8000", "kind": "image", "make": lambda: _jpeg_claiming(8000, 8000)},
-        {"name": "png_rgba_9400x9400 (over the limit)", "kind": "image", "make": lambda: _png(9400, 9400, "RGBA")},
+        {"name": "jpeg_1.3KB_claims_8000x8000", "kind": "image", "make": lambda: jpeg_claiming(8000, 8000)},
+        {"name": "png_rgba_9400x9400 (over the limit)", "kind": "image", "make": lambda: png(9400, 9400, "RGBA")},
         {"name": f"h264_1080p_{200 if quick else 800}_frames_1fps", "kind": "video",
          "make": lambda: make_video(200 if quick else 800, 1080, 1920, fps=1, gop=30, bit_rate=400_000)},
         {"name": "h264_4320x7680_8_frames", "kind": "video", "make": lambda: make_video(8, 4320, 7680, gop=8)},
@@ -130,60 +105,9 @@ def peak_memory(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- /health under attack
 
-async def send_hostile(session: Any, port: int, bodies: list[bytes], concurrency: int, stop: float) -> dict[int, int]:
-    """``concurrency`` clients on one aiohttp session, each posting the next of ``bodies`` as soon as its last
-    answer is read, until ``time.monotonic()`` passes ``stop``. Returns the answers counted by status."""
-    url = f"http://127.0.0.1:{port}/v1/preprocess"
-    statuses: dict[int, int] = {}
-
-    async def attacker(k: int) -> None:
-        i = k
-        while time.monotonic() < stop:
-            async with session.post(url, data=bodies[i % len(bodies)]) as r:
-                await r.read()
-                statuses[r.status] = statuses.get(r.status, 0) + 1
-            i += concurrency
-
-    await asyncio.gather(*(attacker(k) for k in range(concurrency)))
-    return statuses
-
-
-async def _health_under_hostile_load(port: int, seconds: float, concurrency: int, bodies: list[bytes]) -> dict:
-    """Hostile clients on one event loop; /health probed from a process of its own (a probe on the clients'
-    loop would measure that loop too)."""
-    import aiohttp
-
-    from gpu_mm.bench.probe import Prober
-
-    async with aiohttp.ClientSession() as session, Prober(port) as prober:
-        statuses = await send_hostile(session, port, bodies, concurrency, time.monotonic() + seconds)
-        lat = sorted((await prober.results())["/health"])
-    q = statistics.quantiles(lat, n=100)
-    return {"health_probes": len(lat), "health_p50_ms": q[49] * 1e3, "health_p99_ms": q[98] * 1e3,
-            "health_max_ms": lat[-1] * 1e3, "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "probe": prober.describe()}
-
-
-def hostile_bodies() -> list[bytes]:
-    import base64
-
-    from gpu_mm.media.synth import make_image, make_video
-
-    def b64(d: bytes) -> str:
-        return base64.b64encode(d).decode()
-
-    clip = make_video(48, 360, 640, gop=12)
-    return [json.dumps(b).encode() for b in [
-        {"images": ["/etc/passwd"]}, {"images": ["file:///dev/zero"]}, {"videos": [b64(clip[: len(clip) // 3])]},
-        {"images": [b64(_jpeg_claiming(8000, 8000))]}, {"images": [b64(_png(9400, 9400, "L"))]},
-        {"videos": [b64(clip)], "fps": "abc"}, {"videos": [b64(clip)], "fps": 1e308},
-        {"videos": [b64(b"<svg xmlns='http://www.w3.org/2000/svg'/>")]}, {"images": [b64(make_image(1080, 1920))]},
-        {"videos": [b64(clip)]},
-    ]] + [b"[" * 50_000 + b"]" * 50_000, b"\xff\xfe not json"]
-
-
 def health_benchmark(seconds: float, concurrency: int, workers: str = "threads",
                      server_args: list[str] | None = None) -> dict:
+    from gpu_mm.bench.hostile import health_under_hostile_load, hostile_bodies
     from gpu_mm.bench.http import _free_port
     from gpu_mm.bench.http import server as served
 
@@ -196,7 +120,7 @@ def health_benchmark(seconds: float, concurrency: int, workers: str = "threads",
                 break
             except OSError:
                 time.sleep(0.1)
-        result = asyncio.run(_health_under_hostile_load(port, seconds, concurrency, hostile_bodies()))
+        result = asyncio.run(health_under_hostile_load(port, seconds, concurrency, hostile_bodies()))
         result["server_vm_hwm_mib"] = _status_mib(server.pid, "VmHWM")
         # Slot processes (--workers processes) are the server's children: their peaks count too.
         kids = []
@@ -268,7 +192,7 @@ async def _soak(calls: int, workers: str = "threads") -> dict:
             return int(f.read().split()[1]) * resource.getpagesize()
 
     good_img, good_vid = make_image(120, 160, "JPEG"), make_video(16, 64, 96, gop=4)
-    bad = [b"\x00" * 300, good_vid[: len(good_vid) // 2], _jpeg_claiming(3000, 3000), "/etc/passwd"]
+    bad = [b"\x00" * 300, good_vid[: len(good_vid) // 2], jpeg_claiming(3000, 3000), "/etc/passwd"]
     pre = gpu_mm.Qwen2VLPreprocessor("cpu", limits=gpu_mm.MediaLimits.for_network(), cache_bytes=0, workers=workers)
     proc = gpu_mm.AsyncMMDataProcessor(pre, max_concurrent_calls=4, max_queued=8, timeout_s=5)
     marks = {}

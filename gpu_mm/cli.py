@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import pathlib
+import statistics
 import sys
 import time
 from typing import Any
@@ -108,7 +109,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     concurrency = choose(device)
     _progress(f"concurrency: {concurrency.slots} slots + {concurrency.express_slots} express ({concurrency.reason})")
     clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
-    step = _Steps(1 + 1 + len(clips) + 1 + 1 + 1 + 1 + (0 if args.no_http else 1))
+    step = _Steps(1 + 1 + len(clips) + 1 + 1 + 1 + 1 + (0 if args.no_http else 2))
     step("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
     jpeg = make_image(1080, 1920, "JPEG")
     seconds = 10 if quick else 30
@@ -168,6 +169,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 continue  # on CUDA the slots are threads already
             _progress(f"  serve --mode {mode} {' '.join(extra)}")
             result["http"][label] = asyncio.run(run_mode(mode, videos["360p"], n_http, device, extra))
+        from .bench.hostile import compare
+
+        rounds = 1 if quick else 3
+        step(f"HTTP: 8 clients sending hostile requests, gpu-mm serve vs a server doing no work at the same rate "
+             f"(10 s each, {rounds} round{'s' * (rounds > 1)}) ...")
+        result["hostile"] = compare(10, device=device, rounds=rounds, progress=_progress)
     _print_summary(result)
     if args.out:
         from .bench.plots import write_plots
@@ -263,6 +270,22 @@ def _print_summary(r: dict[str, Any]) -> None:
             health, metrics = v["health"], v["metrics"]
             print(f"  {k:22s} {health['p99_ms']:11.1f} {health['max_ms']:11.1f} {metrics['p99_ms']:12.1f} "
                   f"{v['request']['p50_ms']:11.0f} {v['rejected_503']:4d} {v['timeouts_504']:4d}")
+    if "hostile" in r:
+        _print_hostile(r["hostile"])
+
+
+def _print_hostile(hostile: dict[str, Any]) -> None:
+    """The hostile-load step: gpu-mm serve's /health p99 beside the floor servers' (gpu_mm.bench.hostile)."""
+    p99, runs = hostile["p99_ms"], hostile["runs"]
+    answers = statistics.median(run["gpu_mm"]["answers"] for run in runs)
+    print(f"\n/health p99 while {hostile['clients']} clients send hostile requests ({hostile['seconds']:.0f} s, "
+          f"median of {len(runs)}; server, clients and prober on the same cores):")
+    print(f"  {'gpu-mm serve':52s} {p99['gpu_mm']:6.1f} ms   ({answers:.0f} answers)")
+    print(f"  {'a server doing no work, paced to the same rate':52s} {p99['floor']:6.1f} ms")
+    if "floor_work" in p99:
+        label = f"the same, gpu-mm's pixel work beside it ({hostile['slot_processes']} processes)"
+        ratio = p99["gpu_mm"] / p99["floor_work"]
+        print(f"  {label:52s} {p99['floor_work']:6.1f} ms   (gpu-mm serve: {ratio:.2f}x)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

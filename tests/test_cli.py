@@ -97,3 +97,16 @@ def test_image_decoder_reaches_the_preprocessor_and_is_checked_before_any_media(
     seen = []
     monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["image_decoder"]))
     assert main(["serve", "--image-decoder", "cpu"]) == 0 and seen == ["cpu"]
+
+
+def test_bench_prints_the_hostile_step_beside_its_floors(capsys):
+    from gpu_mm.cli import _print_hostile
+
+    run = {"gpu_mm": {"answers": 7000}, "floor": {}, "floor_work": {}}
+    _print_hostile({"p99_ms": {"gpu_mm": 6.0, "floor": 2.0, "floor_work": 4.0}, "runs": [run, run, run],
+                    "clients": 8, "seconds": 10, "slot_processes": 3})
+    out = capsys.readouterr().out
+    assert "8 clients send hostile requests (10 s, median of 3" in out
+    assert "gpu-mm serve" in out and "6.0 ms   (7000 answers)" in out
+    assert "paced to the same rate" in out and "2.0 ms" in out
+    assert "(3 processes)" in out and "4.0 ms   (gpu-mm serve: 1.50x)" in out
