@@ -280,12 +280,12 @@ def _print_hostile(hostile: dict[str, Any]) -> None:
     answers = statistics.median(run["gpu_mm"]["answers"] for run in runs)
     print(f"\n/health p99 while {hostile['clients']} clients send hostile requests ({hostile['seconds']:.0f} s, "
           f"median of {len(runs)}; server, clients and prober on the same cores):")
-    print(f"  {'gpu-mm serve':52s} {p99['gpu_mm']:6.1f} ms   ({answers:.0f} answers)")
-    print(f"  {'a server doing no work, paced to the same rate':52s} {p99['floor']:6.1f} ms")
+    print(f"  {'gpu-mm serve':54s} {p99['gpu_mm']:6.1f} ms   ({answers:.0f} answers)")
+    print(f"  {'a server doing no work, paced to the same rate':54s} {p99['floor']:6.1f} ms")
     if "floor_work" in p99:
         label = f"the same, gpu-mm's pixel work beside it ({hostile['slot_processes']} processes)"
         ratio = p99["gpu_mm"] / p99["floor_work"]
-        print(f"  {label:52s} {p99['floor_work']:6.1f} ms   (gpu-mm serve: {ratio:.2f}x)")
+        print(f"  {label:54s} {p99['floor_work']:6.1f} ms   (gpu-mm serve: {ratio:.2f}x)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
