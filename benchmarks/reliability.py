@@ -109,11 +109,11 @@ def health_benchmark(seconds: float, concurrency: int, workers: str = "threads",
                      server_args: list[str] | None = None) -> dict:
     from gpu_mm.bench.hostile import health_under_hostile_load, hostile_bodies
     from gpu_mm.bench.http import _free_port
-    from gpu_mm.bench.http import server as served
+    from gpu_mm.bench.http import server as serve_cmd
 
     port = _free_port()
     # --cache-mb 0 (server()'s): hostile traffic repeats, every request computed, as in the committed run
-    with served("gpu_mm", "cpu", port, ["--timeout-s", "10", "--workers", workers, *(server_args or [])]) as server:
+    with serve_cmd("gpu_mm", "cpu", port, ["--timeout-s", "10", "--workers", workers, *(server_args or [])]) as server:
         for _ in range(300):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..metrics import LatencySummary
-from .http import _free_port, _wait_up, server
+from .http import _free_port, _wait_up, served, server
 from .probe import Prober
 
 
@@ -120,23 +120,12 @@ async def health_under_hostile_load(port: int, seconds: float, concurrency: int,
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, "probe": prober.describe()}
 
 
-@contextlib.contextmanager
-def floor_server(port: int, rate: float, parse: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+def floor_server(port: int, rate: float,
+                 parse: bool = False) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """The floor server (``python -m gpu_mm.bench.hostile floor``) on 127.0.0.1:port, answering ``rate`` requests
     per second (0: unpaced), parsing each body as gpu-mm serve does when ``parse``; stopped on exit."""
     cmd = [sys.executable, "-m", "gpu_mm.bench.hostile", "floor", str(port), repr(rate)] + (["parse"] if parse else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # read if it fails to start
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+    return served(cmd)
 
 
 @contextlib.contextmanager

@@ -26,10 +26,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(mode: str, device: str, port: int, extra: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``gpu-mm serve`` in its own process on 127.0.0.1:port; stop it on exit."""
-    cmd = [sys.executable, "-m", "gpu_mm.cli", "serve", "--mode", mode, "--device", device, "--host", "127.0.0.1",
-           "--port", str(port), "--cache-mb", "0", *(extra or [])]  # every request computed: measure the work
+def served(cmd: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server command in its own process (its standard error kept for :func:`_wait_up` to report); on exit
+    terminate it (killed after 10 s) and close the pipe."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield proc
@@ -40,6 +39,16 @@ def server(mode: str, device: str, port: int, extra: list[str] | None = None) ->
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def server(mode: str, device: str, port: int,
+           extra: list[str] | None = None) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """Start ``gpu-mm serve`` in its own process on 127.0.0.1:port; stop it on exit."""
+    cmd = [sys.executable, "-m", "gpu_mm.cli", "serve", "--mode", mode, "--device", device, "--host", "127.0.0.1",
+           "--port", str(port), "--cache-mb", "0", *(extra or [])]  # every request computed: measure the work
+    return served(cmd)
 
 
 async def _wait_up(session: Any, base: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
