@@ -14,8 +14,8 @@ def test_health_summary_sorts_takes_medians_and_counts_runs_under_5_ms():
 
 
 def test_write_runs_names_the_machine_beside_summary_and_runs(tmp_path):
-    path = write_runs(tmp_path, "x_cpu.json", {"a": 1}, [{"arm": "a", "p99_ms": 1.0}])
+    path = write_runs(tmp_path / "new", "x_cpu.json", {"a": 1}, [{"arm": "a", "p99_ms": 1.0}])
     data = json.loads(path.read_text())
-    assert path == tmp_path / "x_cpu.json"
+    assert path == tmp_path / "new" / "x_cpu.json"  # the folder made
     assert data["summary"] == {"a": 1} and data["runs"] == [{"arm": "a", "p99_ms": 1.0}]
     assert data["machine"]["cores"] >= 1 and "versions" in data["machine"]

@@ -86,7 +86,9 @@ def health_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_runs(out: str | os.PathLike[str], name: str, summary: dict[str, Any],
                runs: list[dict[str, Any]]) -> pathlib.Path:
-    """Write ``{"machine": ..., "summary": summary, "runs": runs}`` to ``out/name`` and return the path."""
+    """Write ``{"machine": ..., "summary": summary, "runs": runs}`` to ``out/name`` (the folder made if missing)
+    and return the path."""
     path = pathlib.Path(out) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine_info(), "summary": summary, "runs": runs}, indent=1, default=str))
     return path
