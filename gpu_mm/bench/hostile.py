@@ -9,8 +9,9 @@ Such closed-loop clients keep every core busy whatever the server does, so the s
 does no work at all does not measure 0: :func:`compare` runs ``gpu-mm serve`` and then :func:`floor_server`, an
 aiohttp app that reads each body and answers 400, paced to the rate at which gpu-mm answered (a server that
 answers faster gets more requests from the same clients: unpaced, the floor answered about four times as many
-here, and its /health p99 was higher than gpu-mm's), and reports both. What gpu-mm adds to /health's latency is
-the difference.
+here, and its /health p99 was higher than gpu-mm's), then the floor server again with gpu-mm's pixel work for the
+valid items running beside it (:func:`work_processes`, on the CPU), and reports all three. What gpu-mm's serving
+adds to /health's latency is the difference to the last.
 
 ``python -m gpu_mm.bench.hostile floor PORT RATE [parse]`` runs the floor server (``RATE`` answers per second, 0:
 as fast as it can; ``parse``: it also parses each body as ``gpu-mm serve`` does, on one thread, and answers 400
@@ -190,9 +191,12 @@ def compare(seconds: float, concurrency: int = 8, device: str = "cpu", server_ar
     floor server paced to the rate gpu-mm answered in that round; with ``floor_work`` the floor server again
     with :func:`work_processes` beside it, as many as gpu-mm's slot processes (the pixel work gpu-mm does for
     the valid items, without gpu-mm's serving); with ``floor_parse`` the floor server parsing each body as gpu-mm
-    does. ``server_args``: more ``gpu-mm serve`` options (e.g. ``--workers threads``). Returns each round's
-    figures and the medians of their /health p99s (``p99_ms``)."""
+    does. ``floor_work`` applies on the CPU only (on CUDA the pixel work is the device's, which these processes
+    would not stand in for). ``server_args``: more ``gpu-mm serve`` options (e.g. ``--workers threads``). Returns
+    each round's figures and the medians of their /health p99s (``p99_ms``)."""
     from ..concurrency import choose
+
+    floor_work = floor_work and device == "cpu"
 
     c = choose(device)
     slot_processes = c.slots + c.express_slots
