@@ -17,7 +17,6 @@ import json
 import os
 import pathlib
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -107,20 +106,14 @@ def peak_memory(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def health_benchmark(seconds: float, concurrency: int, workers: str = "threads",
                      server_args: list[str] | None = None) -> dict:
-    from gpu_mm.bench.hostile import health_under_hostile_load, hostile_bodies
+    from gpu_mm.bench.hostile import health_when_up, hostile_bodies
     from gpu_mm.bench.http import _free_port
     from gpu_mm.bench.http import server as serve_cmd
 
     port = _free_port()
     # --cache-mb 0 (server()'s): hostile traffic repeats, every request computed, as in the committed run
     with serve_cmd("gpu_mm", "cpu", port, ["--timeout-s", "10", "--workers", workers, *(server_args or [])]) as server:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        result = asyncio.run(health_under_hostile_load(port, seconds, concurrency, hostile_bodies()))
+        result = asyncio.run(health_when_up(port, server, seconds, concurrency, hostile_bodies()))
         result["server_vm_hwm_mib"] = _status_mib(server.pid, "VmHWM")
         # Slot processes (--workers processes) are the server's children: their peaks count too.
         kids = []

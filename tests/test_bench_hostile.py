@@ -68,7 +68,7 @@ def test_the_floor_under_the_hostile_load_end_to_end():
     port = _free_port()
     bodies = hostile.hostile_bodies()[:2]  # cheap to send: a path and /dev/zero
     with hostile.floor_server(port, 200.0) as proc:
-        r = asyncio.run(hostile._up_then_load(port, proc, 1.0, 2, bodies))
+        r = asyncio.run(hostile.health_when_up(port, proc, 1.0, 2, bodies))
     assert proc.returncode is not None
     assert set(r["statuses"]) == {"400"} and r["answers"] == r["statuses"]["400"] > 0
     assert r["health_probes"] > 0 and r["health_p99_ms"] <= r["health_max_ms"]

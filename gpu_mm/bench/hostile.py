@@ -175,8 +175,10 @@ def _work_main(first: int, processes: int) -> int:
             pass
 
 
-async def _up_then_load(port: int, proc: subprocess.Popen[bytes], seconds: float, concurrency: int,
-                        bodies: list[bytes]) -> dict[str, Any]:
+async def health_when_up(port: int, proc: subprocess.Popen[bytes], seconds: float, concurrency: int,
+                         bodies: list[bytes]) -> dict[str, Any]:
+    """Wait for the server ``proc`` to answer /health (:func:`gpu_mm.bench.http._wait_up`: it says why if the
+    server exits instead), then :func:`health_under_hostile_load`."""
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
@@ -207,12 +209,12 @@ def compare(seconds: float, concurrency: int = 8, device: str = "cpu", server_ar
     for k in range(rounds):
         port = _free_port()
         with server("gpu_mm", device, port, ["--timeout-s", "10", *(server_args or [])]) as proc:
-            run = {"gpu_mm": asyncio.run(_up_then_load(port, proc, seconds, concurrency, bodies))}
+            run = {"gpu_mm": asyncio.run(health_when_up(port, proc, seconds, concurrency, bodies))}
         rate = run["gpu_mm"]["answers"] / seconds
         for arm, parse, work in arms:
             port = _free_port()
             with work_processes(work), floor_server(port, rate, parse) as proc:
-                run[arm] = asyncio.run(_up_then_load(port, proc, seconds, concurrency, bodies))
+                run[arm] = asyncio.run(health_when_up(port, proc, seconds, concurrency, bodies))
             run[arm].update(paced_to_per_s=rate, work_processes=work)
         runs.append(run)
         if progress:
