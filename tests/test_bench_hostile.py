@@ -7,6 +7,10 @@ import asyncio
 import io
 import json
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -72,6 +76,35 @@ def test_the_floor_under_the_hostile_load_end_to_end():
     assert proc.returncode is not None
     assert set(r["statuses"]) == {"400"} and r["answers"] == r["statuses"]["400"] > 0
     assert r["health_probes"] > 0 and r["health_p99_ms"] <= r["health_max_ms"]
+    if os.path.exists(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/schedstat"):
+        cpu = r["server_cpu"]  # the floor's loop received and answered the requests in the measured half second
+        assert cpu["loop_run_pct"] > 0 and cpu["loop_wait_pct"] >= 0 and cpu["threads_run_pct"] >= 0
+
+
+def test_server_cpu_is_each_threads_difference_in_percent_of_a_core():
+    before = {10: (1_000_000_000, 5_000_000), 11: (2_000_000_000, 0)}
+    after = {10: (1_500_000_000, 105_000_000), 11: (2_250_000_000, 0), 12: (50_000_000, 0)}  # 12 started between
+    # over 2 s: the loop ran 0.5 s (25%) and waited 0.1 s (5%); the others ran 0.25 + 0.05 s (15%)
+    assert hostile.server_cpu(before, after, 2.0, 10) == {"loop_run_pct": 25.0, "loop_wait_pct": 5.0,
+                                                           "threads_run_pct": 15.0}
+    assert hostile.server_cpu({}, after, 2.0, 10) is None  # the kernel said nothing (or the server had gone)
+    assert hostile.server_cpu(before, after, 0.0, 10) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc/<pid>/task")
+def test_thread_times_reads_this_process_and_nothing_for_a_process_that_is_gone():
+    tid = threading.get_native_id()
+    t0 = hostile.thread_times(os.getpid())
+    if tid not in t0:
+        pytest.skip("this kernel does not give schedstat")
+    end = time.thread_time() + 0.05
+    while time.thread_time() < end:  # 50 ms of this thread's CPU
+        pass
+    t1 = hostile.thread_times(os.getpid())
+    assert t1[tid][0] - t0[tid][0] >= 40_000_000  # schedstat's run time and thread_time count the same CPU
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert hostile.thread_times(proc.pid) == {}
 
 
 def test_work_processes_run_as_slot_processes_do_and_are_gone_after():

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import statistics
 import struct
 import subprocess
@@ -108,17 +109,26 @@ async def send_hostile(session: Any, port: int, bodies: list[bytes], concurrency
     return statuses
 
 
-async def health_under_hostile_load(port: int, seconds: float, concurrency: int, bodies: list[bytes]) -> dict[str, Any]:
+async def health_under_hostile_load(port: int, seconds: float, concurrency: int, bodies: list[bytes],
+                                    server_pid: int | None = None) -> dict[str, Any]:
     """Hostile clients on this event loop for ``seconds``; /health probed from a process of its own (a probe on
-    the clients' loop would measure that loop too)."""
+    the clients' loop would measure that loop too). With ``server_pid`` (a server on this machine), also the
+    server's threads' CPU over the middle half of the load (``server_cpu``: :func:`server_cpu`)."""
     import aiohttp
 
     async with aiohttp.ClientSession() as session, Prober(port) as prober:
-        statuses = await send_hostile(session, port, bodies, concurrency, time.monotonic() + seconds)
+        cpu = asyncio.ensure_future(_server_cpu_between(server_pid, seconds)) if server_pid is not None else None
+        try:
+            statuses = await send_hostile(session, port, bodies, concurrency, time.monotonic() + seconds)
+        except BaseException:
+            if cpu is not None:
+                cpu.cancel()
+            raise
         lat = LatencySummary.of((await prober.results())["/health"])  # interpolated between order statistics
     return {"seconds": seconds, "clients": concurrency, "health_probes": lat.count, "health_p50_ms": lat.p50_s * 1e3,
             "health_p99_ms": lat.p99_s * 1e3, "health_max_ms": lat.max_s * 1e3, "answers": sum(statuses.values()),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "probe": prober.describe()}
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "probe": prober.describe(),
+            **({"server_cpu": await cpu} if cpu is not None else {})}
 
 
 def floor_server(port: int, rate: float,
@@ -178,12 +188,56 @@ def _work_main(first: int, processes: int) -> int:
 async def health_when_up(port: int, proc: subprocess.Popen[bytes], seconds: float, concurrency: int,
                          bodies: list[bytes]) -> dict[str, Any]:
     """Wait for the server ``proc`` to answer /health (:func:`gpu_mm.bench.http._wait_up`: it says why if the
-    server exits instead), then :func:`health_under_hostile_load`."""
+    server exits instead), then :func:`health_under_hostile_load`, with the server's threads' CPU."""
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
         await _wait_up(session, f"http://127.0.0.1:{port}", proc)
-    return await health_under_hostile_load(port, seconds, concurrency, bodies)
+    return await health_under_hostile_load(port, seconds, concurrency, bodies, server_pid=proc.pid)
+
+
+async def _server_cpu_between(pid: int, seconds: float) -> dict[str, float] | None:
+    """:func:`server_cpu` of process ``pid`` over the middle half of the next ``seconds``."""
+    await asyncio.sleep(seconds / 4)
+    before, t0 = thread_times(pid), time.monotonic()
+    await asyncio.sleep(seconds / 2)
+    return server_cpu(before, thread_times(pid), time.monotonic() - t0, pid)
+
+
+def thread_times(pid: int) -> dict[int, tuple[int, int]]:
+    """``{tid: (ns run, ns waited runnable for a core)}`` for each thread of process ``pid`` since it started, from
+    ``/proc/<pid>/task/<tid>/schedstat``; empty where the kernel does not say (or the process has gone)."""
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run, wait = f.read().split()[:2]
+            out[int(tid)] = (int(run), int(wait))
+        except (OSError, ValueError):  # exited between the listing and the read
+            continue
+    return out
+
+
+def server_cpu(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], seconds: float,
+               pid: int) -> dict[str, float] | None:
+    """Between two :func:`thread_times` of server ``pid``, ``seconds`` apart, in percent of one core: how long its
+    main thread (the event loop's) ran and how long it waited, runnable, for a core (``loop_run_pct``,
+    ``loop_wait_pct``), and how long its other threads ran together (``threads_run_pct``; a thread started in
+    between counts from its start). A loop that waits runnable is waiting for the scheduler, not for the GIL
+    (a thread waiting for the GIL sleeps). None where the kernel does not say."""
+    if pid not in before or pid not in after or seconds <= 0:
+        return None
+
+    def pct(ns: int) -> float:
+        return round(ns / 1e9 / seconds * 100, 1)
+
+    others = sum(run - before.get(tid, (0, 0))[0] for tid, (run, _) in after.items() if tid != pid)
+    return {"loop_run_pct": pct(after[pid][0] - before[pid][0]), "loop_wait_pct": pct(after[pid][1] - before[pid][1]),
+            "threads_run_pct": pct(others)}
 
 
 def compare(seconds: float, concurrency: int = 8, device: str = "cpu", server_args: list[str] | None = None,
@@ -219,10 +273,15 @@ def compare(seconds: float, concurrency: int = 8, device: str = "cpu", server_ar
         runs.append(run)
         if progress:
             progress(f"  round {k + 1}: /health p99 " + ", ".join(
-                f"{arm} {r['health_p99_ms']:.1f} ms ({r['answers']} answers)" for arm, r in run.items()))
+                f"{arm} {r['health_p99_ms']:.1f} ms ({r['answers']} answers{_loop_wait(r)})" for arm, r in run.items()))
     p99 = {arm: statistics.median(r[arm]["health_p99_ms"] for r in runs) for arm in runs[0]}
     return {"runs": runs, "p99_ms": p99, "seconds": seconds, "clients": concurrency, "slot_processes": slot_processes,
             "note": "server, clients and prober share the machine's cores; the floor arms are paced to gpu-mm's rate"}
+
+
+def _loop_wait(r: dict[str, Any]) -> str:
+    cpu = r.get("server_cpu")
+    return f", loop waited {cpu['loop_wait_pct']:.0f}% for a core" if cpu else ""
 
 
 # ---------------------------------------------------------------------------------------------- the floor server
