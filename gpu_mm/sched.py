@@ -135,11 +135,11 @@ def leave_idle_policy() -> None:
             StarvationGuard._shared = None
 
 
-def _schedstat(tid: int) -> tuple[int, int] | None:
-    """How long (ns) thread ``tid`` of this process has run, and waited on a run queue (runnable), since it
-    started; None when it has exited (or the kernel does not say)."""
+def _schedstat(tid: int, pid: int | str = "self") -> tuple[int, int] | None:
+    """How long (ns) thread ``tid`` of process ``pid`` (this one by default) has run, and waited on a run queue
+    (runnable), since it started; None when it has exited (or the kernel does not say)."""
     try:
-        with open(f"/proc/self/task/{tid}/schedstat") as f:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
             run, wait = f.read().split()[:2]
         return int(run), int(wait)
     except (OSError, ValueError):

@@ -207,19 +207,14 @@ async def _server_cpu_between(pid: int, seconds: float) -> dict[str, float] | No
 def thread_times(pid: int) -> dict[int, tuple[int, int]]:
     """``{tid: (ns run, ns waited runnable for a core)}`` for each thread of process ``pid`` since it started, from
     ``/proc/<pid>/task/<tid>/schedstat``; empty where the kernel does not say (or the process has gone)."""
-    out: dict[int, tuple[int, int]] = {}
+    from ..sched import _schedstat
+
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
+        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
     except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                run, wait = f.read().split()[:2]
-            out[int(tid)] = (int(run), int(wait))
-        except (OSError, ValueError):  # exited between the listing and the read
-            continue
-    return out
+        return {}
+    stats = {tid: _schedstat(tid, pid) for tid in tids}
+    return {tid: stat for tid, stat in stats.items() if stat is not None}  # None: exited since the listing
 
 
 def server_cpu(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], seconds: float,
