@@ -23,7 +23,7 @@ from .models.qwen2_vl import Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
 from .models.qwen3_vl import Qwen3VLConfig, Qwen3VLFeatures, Qwen3VLPreprocessor
 from .options import RequestOptions
 from .pipeline import Decoded, Features, ItemReport, Preprocessor, PreprocessorStatistics
-from .processor import AsyncMMDataProcessor, ProcessorStatistics
+from .processor import AsyncMMDataProcessor, ProcessorCounts, ProcessorStatistics
 from .slots import Completion, Slot, SlotPool, SlotPoolStatistics
 
 __version__ = "0.1.0"
@@ -52,6 +52,7 @@ __all__ = [
     "PreprocessorStatistics",
     "ProcessingTimeout",
     "ProcessorClosed",
+    "ProcessorCounts",
     "ProcessorStatistics",
     "Qwen2VLConfig",
     "Qwen2VLFeatures",

@@ -30,7 +30,7 @@ from ._workers import WorkerPool
 from .errors import GpuMMError, Overloaded, ProcessingTimeout, ProcessorClosed
 from .metrics import LatencySummary, Window
 
-__all__ = ["AsyncMMDataProcessor", "ProcessorStatistics"]
+__all__ = ["AsyncMMDataProcessor", "ProcessorCounts", "ProcessorStatistics"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,22 @@ class ProcessorStatistics:
     """Longest single stretch an inline ``process_mm_data_async`` held the caller's loop."""
     loop_hold_total_s: float
     worker_threads: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessorCounts:
+    """The counters and gauges of :class:`ProcessorStatistics` without its latency summaries: cheap enough to
+    read at every metrics scrape (the summaries sort their windows)."""
+
+    in_flight: int
+    queued: int
+    abandoned: int
+    completed: int
+    failed: int
+    timed_out: int
+    rejected: int
+    cancelled: int
+    loop_hold_max_s: float
 
 
 class _Job:
@@ -238,6 +254,16 @@ class AsyncMMDataProcessor(Closeable):
         return ProcessorStatistics(
             max_concurrent_calls=self.max_concurrent_calls,
             max_queued=self.max_queued,
+            **vars(self.counts()),
+            queue_wait=self._queue_wait.summary(),
+            run_time=self._run_time.summary(),
+            loop_hold_total_s=self._hold_total,
+            worker_threads=0 if self._pool is None else self._pool.num_threads,
+        )
+
+    def counts(self) -> ProcessorCounts:
+        """Return the counters and current state without the latency summaries (what a metrics scrape needs)."""
+        return ProcessorCounts(
             in_flight=self._gate.in_use,
             queued=self._gate.queued,
             abandoned=sum(1 for j in self._jobs if j.abandoned),
@@ -246,11 +272,7 @@ class AsyncMMDataProcessor(Closeable):
             timed_out=self._timed_out,
             rejected=self._rejected,
             cancelled=self._cancelled,
-            queue_wait=self._queue_wait.summary(),
-            run_time=self._run_time.summary(),
             loop_hold_max_s=self._hold_max,
-            loop_hold_total_s=self._hold_total,
-            worker_threads=0 if self._pool is None else self._pool.num_threads,
         )
 
     def shutdown(self, wait: bool = False) -> None:

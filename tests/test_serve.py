@@ -17,7 +17,6 @@ import re
 import pytest
 
 pytest.importorskip("aiohttp")
-pytest.importorskip("prometheus_client")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
