@@ -182,6 +182,8 @@ class _Watched:
     """How long (s) it was last held on the normal policy."""
     back_at: float | None = None
     """When it last went back on ``SCHED_IDLE``."""
+    at: float | None = None
+    """When the guard last looked."""
 
 
 class StarvationGuard:
@@ -189,10 +191,14 @@ class StarvationGuard:
     queue, runnable, for more than ``starved_fraction`` of each and ran for less than ``min_run_fraction`` (other
     processes took every core) goes back on ``SCHED_OTHER`` for ``hold_s``, then on ``SCHED_IDLE`` again; starved
     again within ``10 * hold_s`` of going back, it stays twice as long each time, up to ``max_hold_s`` (on a machine
-    that stays busy it then spends at most a starved 0.2 s per ``max_hold_s`` on ``SCHED_IDLE``). A thread
+    that stays busy it then spends at most a starved 1 s per ``max_hold_s`` on ``SCHED_IDLE``). A thread
     that still gets some CPU is not starved: under gpu-mm's own load (the loop, IO threads, a client on the same
     cores) idle slot threads wait 26-38 ms of every 50 and still run, and a single window of 4 ms run in 100 was
-    seen during a burst of uploads. A thread that has exited is dropped. One guard per process
+    seen during a burst of uploads. Ten windows (1 s), not two: under a flood of hostile requests on the same cores
+    the slot processes starve for 0.2 s at a time, and a two-window guard put them on the normal policy in three of
+    eight rounds, where the loop's wait for a core and /health's p99 rose with them (interleaved rounds, 2026-11-28:
+    /health p99 median 4.4 vs 4.9 ms over sixteen, no promotion with ten windows; ``benchmarks/PROFILE.md``). A
+    thread that has exited is dropped. One guard per process
     (:meth:`shared`, made by :func:`set_idle_policy`, ended by :func:`leave_idle_policy` with the last thread it
     watched), a daemon thread of its own that wakes every ``window_s``; ``read`` and ``set_policy`` are
     the kernel's unless a test passes its own."""
@@ -201,7 +207,7 @@ class StarvationGuard:
     _shared_lock = threading.Lock()
 
     def __init__(self, window_s: float = 0.1, starved_fraction: float = 0.5, min_run_fraction: float = 0.05,
-                 windows: int = 2, hold_s: float = 2.0, max_hold_s: float = 60.0, *,
+                 windows: int = 10, hold_s: float = 2.0, max_hold_s: float = 60.0, *,
                  read: Callable[[int], tuple[int, int] | None] = _schedstat,
                  set_policy: Callable[[int, int], None] | None = None, start: bool = True) -> None:
         self.window_s, self.starved_fraction, self.hold_s = window_s, starved_fraction, hold_s
@@ -252,9 +258,13 @@ class StarvationGuard:
                             w.normal_until, w.back_at = None, now
                     elif w.last is not None:
                         ran, waited = stat[0] - w.last[0], stat[1] - w.last[1]
-                        window_ns = self.window_s * 1e9
-                        starved = waited > self.starved_fraction * window_ns and ran < self.min_run_fraction * window_ns
-                        w.starved = w.starved + 1 if starved else 0
+                        # A late look spans several windows and counts as all of them: the guard's own thread can
+                        # wait too, for a core or for the interpreter lock that the starved thread holds (seen:
+                        # 1.3 s between looks behind two spinning processes, which made ten windows take 13 s).
+                        span = self.window_s if w.at is None else max(now - w.at, self.window_s)
+                        span_ns = span * 1e9
+                        starved = waited > self.starved_fraction * span_ns and ran < self.min_run_fraction * span_ns
+                        w.starved = w.starved + max(1, round(span / self.window_s)) if starved else 0
                         if w.starved >= self.windows:
                             self._set(tid, os.SCHED_OTHER)
                             again = w.back_at is not None and now - w.back_at < 10 * self.hold_s
@@ -263,11 +273,11 @@ class StarvationGuard:
                             self.promotions += 1
                             logger.info("slot thread %d starved on SCHED_IDLE (ran %.1f ms, waited %.0f ms of %.0f): "
                                         "back on the normal policy for %.0f s", tid, ran / 1e6, waited / 1e6,
-                                        self.window_s * 1e3, hold)
+                                        span * 1e3, hold)
                 except OSError:  # gone between the read and the change
                     del self._threads[tid]
                     continue
-                w.last = stat
+                w.last, w.at = stat, now
 
     def _run(self) -> None:
         while not self._stop.wait(self.window_s):

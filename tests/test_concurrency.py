@@ -201,6 +201,7 @@ def test_the_starvation_guard_promotes_a_starved_idle_thread_and_demotes_it_late
     assert changes[-1] == (7, os.SCHED_OTHER)
     guard.check(now=15.2)
     assert changes[-1] == (7, os.SCHED_IDLE)
+    guard.check(now=44.9)  # a look after a long quiet stretch (0 ms waited in 29.7 s): not starved
     for now in (45.0, 45.1):  # starved again long after going back: 2 s again
         advance(7, 0, 90)
         guard.check(now=now)
@@ -208,6 +209,27 @@ def test_the_starvation_guard_promotes_a_starved_idle_thread_and_demotes_it_late
     assert changes[-1] == (7, os.SCHED_OTHER)
     guard.check(now=47.2)
     assert changes[-1] == (7, os.SCHED_IDLE) and guard.promotions == 4
+
+
+def test_a_late_look_counts_as_every_window_it_spans():
+    """The guard's own thread can be late (it waits for a core, or for the interpreter lock that the starved thread
+    holds: 1.3 s between looks was seen behind two spinning processes). A late look at a thread that was starved
+    throughout counts as all the windows it spans, so a ten-window guard promotes it at that look, not nine looks
+    later; judged against the look's span, a late look at a thread that ran is not starved."""
+    stats = {7: (0, 0), 8: (0, 0)}
+    changes: list[tuple[int, int]] = []
+    guard = sched.StarvationGuard(window_s=0.1, windows=10, read=stats.get,
+                                  set_policy=lambda tid, policy: changes.append((tid, policy)), start=False)
+    guard.watch(7)
+    guard.watch(8)
+    guard.check(now=0.1)
+    stats[7] = (int(4e6), int(1296e6))  # 4 ms run, 1.296 s waited, in 1.3 s
+    stats[8] = (int(200e6), int(1000e6))  # waited most of it too, but ran 200 ms: not starved
+    guard.check(now=1.4)
+    assert changes == [(7, os.SCHED_OTHER)] and guard.promotions == 1
+    stats[8] = (int(205e6), int(1100e6))  # then starved for one on-time window: one of ten
+    guard.check(now=1.5)
+    assert changes == [(7, os.SCHED_OTHER)]
 
 
 @pytest.mark.skipif(not sched._idle_is_reversible(), reason="a thread cannot leave SCHED_IDLE here (not root, "
