@@ -231,7 +231,7 @@ class StarvationGuard:
 
     def watch(self, tid: int) -> None:
         with self._lock:
-            self._threads[tid] = _Watched(self._read(tid))
+            self._threads[tid] = _Watched(self._read(tid), at=time.monotonic())  # a first look late spans from here
 
     def unwatch(self, tid: int) -> int:
         """Stop watching ``tid``; returns how many threads are still watched."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -242,6 +243,12 @@ def test_an_idle_slot_thread_behind_busy_processes_is_not_starved():
 
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cores())]
     try:
+        # Only once every hog spins (each has run 0.2 s): a work thread started while they were still starting up
+        # could finish before it was ever starved.
+        t_end = time.monotonic() + 30
+        while not all((sched._schedstat(h.pid, h.pid) or (0, 0))[0] > 2e8 for h in hogs):
+            assert time.monotonic() < t_end, "the spinning processes did not start"
+            time.sleep(0.02)
         done: list[int] = []
 
         def work() -> None:
