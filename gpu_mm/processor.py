@@ -38,11 +38,10 @@ DEFAULT_MAX_CONCURRENT_CALLS = 32  # SGLang's --mm-max-concurrent-calls default
 
 
 @dataclasses.dataclass(frozen=True)
-class ProcessorStatistics:
-    """A snapshot of an :class:`AsyncMMDataProcessor`'s state and counters."""
+class ProcessorCounts:
+    """The counters and gauges of an :class:`AsyncMMDataProcessor`, without the latency summaries of
+    :class:`ProcessorStatistics`: cheap enough to read at every metrics scrape (the summaries sort their windows)."""
 
-    max_concurrent_calls: int
-    max_queued: int | None
     in_flight: int
     """Jobs holding a slot, abandoned ones included; never above ``max_concurrent_calls``."""
     queued: int
@@ -53,28 +52,21 @@ class ProcessorStatistics:
     timed_out: int
     rejected: int
     cancelled: int
-    queue_wait: LatencySummary
-    run_time: LatencySummary
     loop_hold_max_s: float
     """Longest single stretch an inline ``process_mm_data_async`` held the caller's loop."""
-    loop_hold_total_s: float
-    worker_threads: int
 
 
 @dataclasses.dataclass(frozen=True)
-class ProcessorCounts:
-    """The counters and gauges of :class:`ProcessorStatistics` without its latency summaries: cheap enough to
-    read at every metrics scrape (the summaries sort their windows)."""
+class ProcessorStatistics(ProcessorCounts):
+    """A snapshot of an :class:`AsyncMMDataProcessor`'s state and counters: its :class:`ProcessorCounts` and
+    latency summaries."""
 
-    in_flight: int
-    queued: int
-    abandoned: int
-    completed: int
-    failed: int
-    timed_out: int
-    rejected: int
-    cancelled: int
-    loop_hold_max_s: float
+    max_concurrent_calls: int
+    max_queued: int | None
+    queue_wait: LatencySummary
+    run_time: LatencySummary
+    loop_hold_total_s: float
+    worker_threads: int
 
 
 class _Job:
