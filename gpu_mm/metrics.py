@@ -88,8 +88,9 @@ class PrometheusMetrics:
 
     The text it renders is the one ``prometheus_client``'s ``generate_latest`` renders for the same metrics
     (names, HELP and TYPE lines, ``_bucket``/``_count``/``_sum``/``_created`` samples, number format), written
-    directly: a scrape runs on the server's event loop, and ``generate_latest`` took ~1.1 ms there for gpu-mm's
-    ~260 lines against ~0.1 ms for this. Observations and scrapes take one lock, so threads may share it.
+    directly: a scrape runs on the server's event loop, and ``generate_latest`` took 1.4 ms for gpu-mm's ~260
+    lines (ten stages observed) against 0.1 ms for this. Observations and scrapes take one lock, so threads may
+    share it.
     """
 
     BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

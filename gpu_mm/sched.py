@@ -195,12 +195,13 @@ class StarvationGuard:
     that still gets some CPU is not starved: under gpu-mm's own load (the loop, IO threads, a client on the same
     cores) idle slot threads wait 26-38 ms of every 50 and still run, and a single window of 4 ms run in 100 was
     seen during a burst of uploads. Ten windows (1 s), not two: under a flood of hostile requests on the same cores
-    the slot processes starve for 0.2 s at a time, and a two-window guard put them on the normal policy in three of
-    eight rounds, where the loop's wait for a core and /health's p99 rose with them (interleaved rounds, 2026-11-28:
-    /health p99 median 4.4 vs 4.9 ms over sixteen, no promotion with ten windows; ``benchmarks/PROFILE.md``). A
-    thread that has exited is dropped. One guard per process
-    (:meth:`shared`, made by :func:`set_idle_policy`, ended by :func:`leave_idle_policy` with the last thread it
-    watched), a daemon thread of its own that wakes every ``window_s``; ``read`` and ``set_policy`` are
+    the slot processes starve for 0.2 s at a time, and a two-window guard put them on the normal policy in six of
+    sixteen rounds, where the loop's wait for a core and /health's p99 rose with them (interleaved rounds,
+    2026-11-28: /health p99 median 4.4 vs 4.9 ms over twenty-four, no promotion in sixteen with ten windows;
+    ``benchmarks/PROFILE.md``). A late look (the guard's own thread waits too, for a core or for the interpreter
+    lock the starved thread holds) counts as every window it spans. A thread that has exited is dropped. One guard
+    per process (:meth:`shared`, made by :func:`set_idle_policy`, ended by :func:`leave_idle_policy` with the last
+    thread it watched), a daemon thread of its own that wakes every ``window_s``; ``read`` and ``set_policy`` are
     the kernel's unless a test passes its own."""
 
     _shared: StarvationGuard | None = None
