@@ -201,11 +201,10 @@ class _Histogram:
         return c
 
     def observe(self, value: str, amount: float) -> None:
-        c = self.children.get(value) or self.child(value)
+        c = self.child(value)
         c.sum += amount
-        i = bisect.bisect_left(self.bounds, amount)  # the first bound >= amount; NaN is in no bucket
-        if i < len(c.buckets) and amount == amount:
-            c.buckets[i] += 1
+        if amount == amount:  # NaN is in no bucket
+            c.buckets[bisect.bisect_left(self.bounds, amount)] += 1  # the first bound >= amount (the last is inf)
 
     def render(self, out: list[str]) -> None:
         out.append(f"# HELP {self.name} {self.help}\n# TYPE {self.name} histogram\n")

@@ -174,6 +174,8 @@ class _Watched:
 
     last: tuple[int, int] | None
     """(run ns, wait ns) at the last look."""
+    at: float
+    """When the guard last looked (``time.monotonic()``; when it began watching, before its first look)."""
     normal_until: float | None = None
     """While on the normal policy: when it goes back on ``SCHED_IDLE``."""
     starved: int = 0
@@ -182,8 +184,6 @@ class _Watched:
     """How long (s) it was last held on the normal policy."""
     back_at: float | None = None
     """When it last went back on ``SCHED_IDLE``."""
-    at: float | None = None
-    """When the guard last looked."""
 
 
 class StarvationGuard:
@@ -232,7 +232,7 @@ class StarvationGuard:
 
     def watch(self, tid: int) -> None:
         with self._lock:
-            self._threads[tid] = _Watched(self._read(tid), at=time.monotonic())  # a first look late spans from here
+            self._threads[tid] = _Watched(self._read(tid), time.monotonic())  # a late first look spans from here
 
     def unwatch(self, tid: int) -> int:
         """Stop watching ``tid``; returns how many threads are still watched."""
@@ -262,10 +262,10 @@ class StarvationGuard:
                         # A late look spans several windows and counts as all of them: the guard's own thread can
                         # wait too, for a core or for the interpreter lock that the starved thread holds (seen:
                         # 1.3 s between looks behind two spinning processes, which made ten windows take 13 s).
-                        span = self.window_s if w.at is None else max(now - w.at, self.window_s)
+                        span = max(now - w.at, self.window_s)
                         span_ns = span * 1e9
                         starved = waited > self.starved_fraction * span_ns and ran < self.min_run_fraction * span_ns
-                        w.starved = w.starved + max(1, round(span / self.window_s)) if starved else 0
+                        w.starved = w.starved + round(span / self.window_s) if starved else 0  # span >= a window
                         if w.starved >= self.windows:
                             self._set(tid, os.SCHED_OTHER)
                             again = w.back_at is not None and now - w.back_at < 10 * self.hold_s
