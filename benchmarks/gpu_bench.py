@@ -45,8 +45,7 @@ def kernel_bandwidth() -> dict[str, Any]:
     """The fused kernel's variants (gpu_mm.kernels.normalize_patchify.VARIANTS: one program per output row or per
     merge block, each dividing per element or looking levels up) against a device-to-device copy of the same
     bytes, interleaved; each variant's output compared with the first kernel's (row)."""
-    from gpu_mm.kernels import fused_normalize_patchify
-    from gpu_mm.kernels.normalize_patchify import VARIANTS
+    from gpu_mm.kernels.normalize_patchify import VARIANTS, fused_normalize_patchify
 
     x = torch.randint(0, 256, (60, 3, 560, 1008), dtype=torch.uint8, device="cuda")
     out = torch.empty(60 // 2 * 40 * 72, 1176, device="cuda")

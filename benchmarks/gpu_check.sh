@@ -31,22 +31,20 @@ if compgen -G "/tmp/dali-wheels/*.whl" > /dev/null; then
     && log "installed DALI: $(cd /tmp/dali-wheels && for w in "${need[@]}"; do basename "$w"; done | tr '\n' ' ')" \
     || log "DALI install FAILED (see install.log)"
 fi
-# The source as the distribution lays it out (kernels/ ships as gpu_mm.kernels), without building a wheel.
-SRC=${GPU_MM_SRC:-/tmp/src}
-rm -rf "$SRC" && mkdir -p "$SRC" && cp -r gpu_mm "$SRC"/ && cp -r kernels "$SRC"/gpu_mm/kernels
-export PYTHONPATH=$SRC:/tmp/site
-"$PY" -P -c "import gpu_mm, gpu_mm.kernels, torch; print('gpu_mm', gpu_mm.__file__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" >> "$OUT/device.txt" 2>&1
-# -P: the laid-out source, not the checkout's gpu_mm/ (which lacks gpu_mm.kernels). A module that cannot be
-# imported there (the image's versions differ from CI's) must not stop the others. Warnings are reported,
-# not fatal: the GPU machine's package versions differ from CI's.
-timeout "${GPU_CHECK_TESTS_S:-150}" "$PY" -P -m pytest -q -m cuda -W default -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/cuda-tests.xml" ${GPU_CHECK_TEST_PATHS:-tests} \
+# The checkout itself (gpu_mm/kernels links to kernels/, so gpu_mm.kernels imports from it), not a wheel built earlier.
+[ -f gpu_mm/kernels/normalize_patchify.py ] || { log "gpu_mm/kernels does not lead to kernels/: was the link carried?"; exit 1; }
+export PYTHONPATH=$PWD:/tmp/site
+"$PY" -c "import gpu_mm, gpu_mm.kernels.normalize_patchify, torch; print('gpu_mm', gpu_mm.__file__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" >> "$OUT/device.txt" 2>&1
+# A module that cannot be imported here (the image's versions differ from CI's) must not stop the others.
+# Warnings are reported, not fatal: the GPU machine's package versions differ from CI's.
+timeout "${GPU_CHECK_TESTS_S:-150}" "$PY" -m pytest -q -m cuda -W default -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/cuda-tests.xml" ${GPU_CHECK_TEST_PATHS:-tests} \
   > "$OUT/cuda-tests.txt" 2>&1
 log "cuda tests rc=$?"
-timeout 60 "$PY" -P benchmarks/gpu_jpeg_diff.py --out "$OUT" > /dev/null 2>> "$OUT/device.txt"
+timeout 60 "$PY" benchmarks/gpu_jpeg_diff.py --out "$OUT" > /dev/null 2>> "$OUT/device.txt"
 log "jpeg diff rc=$?"
 # Stacks dumped 10 s before the limit: a run with DALI printed nothing in 70 s (H200, 2026-11-28), cause unknown.
 BENCH_S=${GPU_CHECK_BENCH_S:-150}
-timeout "$BENCH_S" "$PY" -P benchmarks/gpu_bench.py --out "$OUT" --deadline-s $((BENCH_S - 10)) ${GPU_CHECK_BENCH_ARGS:-} \
+timeout "$BENCH_S" "$PY" benchmarks/gpu_bench.py --out "$OUT" --deadline-s $((BENCH_S - 10)) ${GPU_CHECK_BENCH_ARGS:-} \
   > "$OUT/gpu_bench.txt" 2>&1
 log "gpu bench rc=$?"
 # The kernel's counters (issue 4: 28% of a device copy's bandwidth; which cost dominates was not known), where
@@ -55,8 +53,7 @@ NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*
 if [ -n "$NCU" ]; then
   timeout "${GPU_CHECK_NCU_S:-60}" "$NCU" -k regex:normalize_patchify --launch-skip 4 --launch-count 4 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
-    "$PY" -P -c "import torch; from gpu_mm.kernels import fused_normalize_patchify as f
-from gpu_mm.kernels.normalize_patchify import VARIANTS
+    "$PY" -c "import torch; from gpu_mm.kernels.normalize_patchify import VARIANTS, fused_normalize_patchify as f
 x = torch.randint(0, 256, (60, 3, 560, 1008), dtype=torch.uint8, device='cuda')
 [f(x, variant=v) for v in VARIANTS * 2]; torch.cuda.synchronize()" > "$OUT/ncu.txt" 2>&1
   log "ncu rc=$? ($NCU)"

@@ -1337,7 +1337,8 @@ def _normalize_patchify_impl(device_type: str, dtype: torch.dtype) -> Callable[.
     """Which normalize+patchify runs: the Triton kernel for float output on CUDA where Triton can run, else the
     torch/CPU one in ``gpu_mm.ops`` (uint8 output is one permuting copy, torch's)."""
     if device_type == "cuda" and dtype != torch.uint8:
-        from .kernels import fused_normalize_patchify, triton_available
+        from .kernels.normalize_patchify import fused_normalize_patchify
+        from .kernels.runtime import triton_available
 
         if triton_available():
             return fused_normalize_patchify

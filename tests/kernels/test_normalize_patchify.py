@@ -15,7 +15,8 @@ import torch
 from gpu_mm import ops
 
 pytest.importorskip("triton")
-from gpu_mm.kernels import fused_normalize_patchify, triton_available  # noqa: E402
+from gpu_mm.kernels.normalize_patchify import fused_normalize_patchify  # noqa: E402
+from gpu_mm.kernels.runtime import triton_available  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton cannot run here")
 
@@ -171,7 +172,7 @@ def test_sizes_do_not_make_new_kernel_variants():
 def test_pipeline_picks_the_kernel_for_float_output_on_cuda(monkeypatch):
     """The pipeline's choice, as a pure function of device and dtype: it imports ``gpu_mm.kernels`` as the
     package it ships in (a relative import that reached past ``gpu_mm`` failed on the first GPU run)."""
-    from gpu_mm.kernels import fused_normalize_patchify as shipped
+    from gpu_mm.kernels.normalize_patchify import fused_normalize_patchify as shipped
     from gpu_mm.pipeline import _normalize_patchify_impl
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton can run here, as on a GPU machine
