@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 OFF = ("", "0", "false", "off", "no")
-"""Values of ``GPU_MM_VLLM`` (lower-cased, stripped) that ask for nothing; gpu_mm.integrations.vllm reads them too."""
+"""Values of ``GPU_MM_VLLM`` (lower-cased, stripped) that ask for nothing, as ``gpu_mm.integrations.vllm.OFF``
+(kept here too so that this module imports nothing of gpu_mm; a test keeps the two equal)."""
 
 
 def register() -> None:

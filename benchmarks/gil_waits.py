@@ -191,7 +191,7 @@ def images_scenario(group: str, seconds: float, data: str, idle_workers: bool = 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from gpu_mm.bench.loop_lag import measure, scenarios
     from gpu_mm.media.synth import make_image
-    from gpu_mm.serve import freeze_gc
+    from gpu_mm.runtime import freeze_gc
 
     key = "gpu_mm_native_idle_workers" if idle_workers else "gpu_mm_native"
     call, closer = scenarios(make_image(1080, 1920, "JPEG"), 2)[key]()

@@ -22,8 +22,8 @@ from typing import Any
 from gpu_mm import AsyncMMDataProcessor, Qwen2VLPreprocessor
 from gpu_mm.bench.machine import machine_info, machine_label, write_result
 from gpu_mm.media.synth import make_image
+from gpu_mm.runtime import freeze_gc, tune_allocator
 from gpu_mm.sched import _idle_is_reversible
-from gpu_mm.serve import freeze_gc, tune_allocator
 
 DESIGNS = {
     "threads": ("threads", False),

@@ -412,7 +412,7 @@ def _child_main(conn: Any, spec: dict[str, Any], idle: bool, threads: int) -> No
 
             set_idle_policy()  # before torch starts its threads: they inherit it
         torch.set_num_threads(threads)
-        from .serve import tune_allocator
+        from .runtime import tune_allocator
         from .slots import Slot
 
         tune_allocator()

@@ -116,9 +116,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # ~0.55 Mbit/s: a 30 s clip is ~2 MB, the size of the seed's example video.
     videos = {name: make_video(seconds * 30, h, w, fps=30, gop=60, bframes=2, bit_rate=550_000)
               for name, (h, w) in clips.items()}
-    # As `gpu-mm serve` does: freed blocks stay with the process for the next item (see serve.tune_allocator);
+    # As `gpu-mm serve` does: freed blocks stay with the process for the next item (see runtime.tune_allocator);
     # the baselines run in this process too, under the same allocator settings.
-    from .serve import tune_allocator
+    from .runtime import tune_allocator
 
     allocator = tune_allocator()
     _progress(f"allocator: {allocator}")
@@ -134,8 +134,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     step("Qwen3-VL: the JPEG and the 360p clip, gpu-mm vs transformers (and qwen-vl-utils for the clip) ...")
     result["qwen3_vl"] = qwen3_bench(jpeg, videos["360p"], device, reps)
     # As `gpu-mm serve` does once started: a full cyclic-GC pass over the ~1M objects torch and transformers
-    # leave would otherwise land on the loop (150 ms here) whatever processor runs (see serve.freeze_gc).
-    from .serve import freeze_gc
+    # leave would otherwise land on the loop (150 ms here) whatever processor runs (see runtime.freeze_gc).
+    from .runtime import freeze_gc
 
     freeze_gc()
     step(f"responsiveness: {args.concurrency} concurrent image requests, loop lag and health probe ...")

@@ -1,4 +1,4 @@
-"""gpu-mm serve's allocator setting (``serve.tune_allocator``): freed memory reused, not faulted in anew."""
+"""gpu-mm serve's allocator setting (``gpu_mm.runtime.tune_allocator``): freed memory reused, not faulted in anew."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 _FAULTS = """if True:
     import resource, sys, numpy as np, torch
-    from gpu_mm.serve import tune_allocator
+    from gpu_mm.runtime import tune_allocator
     if sys.argv[1] == "tuned":
         assert tune_allocator()["applied"]
     from gpu_mm.media.synth import make_image

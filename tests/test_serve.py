@@ -356,7 +356,7 @@ def test_run_sets_the_switch_interval_before_serving(monkeypatch, asked):
 def test_freeze_gc_moves_start_up_objects_out_of_the_collectors_reach():
     import gc
 
-    from gpu_mm.serve import freeze_gc
+    from gpu_mm.runtime import freeze_gc
 
     tracked = len(gc.get_objects())  # what a full collection walks
     try:

@@ -331,7 +331,8 @@ def main(argv: list[str]) -> int:
         return 2
     from aiohttp import web
 
-    from ..serve import SWITCH_INTERVAL_S, freeze_gc
+    from ..runtime import freeze_gc
+    from ..serve import SWITCH_INTERVAL_S
 
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # as gpu-mm serve runs
     app = _floor_app(float(argv[2]), parse=argv[3:] == ["parse"])

@@ -17,6 +17,7 @@ import functools
 from typing import Any
 
 from .plugins import compare
+from .throughput import QWEN3_VL_IMAGE
 
 SPECIAL = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
 VOCAB = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}, "describe": 5, "this": 6, "and": 7, "<pad>": 8,
@@ -27,9 +28,6 @@ IMAGE_TOKEN = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO_TOKEN = "<|vision_start|><|video_pad|><|vision_end|>"
 ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
                  "qwen3_vl": "Qwen3VLForConditionalGeneration"}
-QWEN3_VL_IMAGE: dict[str, Any] = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3,
-                  "image_std": [0.5] * 3}
-"""The published Qwen3-VL processor configs' values (the transformers classes' own defaults differ)."""
 
 
 def toy_processor(model_type: str) -> Any:

@@ -10,6 +10,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+QWEN3_VL_IMAGE: dict[str, Any] = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3,
+                  "image_std": [0.5] * 3}
+"""The published Qwen3-VL processor configs' values (the transformers classes' own defaults differ)."""
+
 
 def time_side_by_side(fns: Mapping[str, Callable[[], Any]], reps: int) -> dict[str, dict[str, Any]]:
     """Time each callable ``reps`` times, interleaved round-robin so drift hits all of them alike."""
@@ -168,7 +172,6 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
     def processor() -> Any:
         from transformers import Qwen3VLVideoProcessor
 
-        from .sglang import QWEN3_VL_IMAGE
 
         return Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 25165824}, fps=2,
                                      cap_pixels_per_frame=False, **QWEN3_VL_IMAGE)
@@ -178,7 +181,6 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
     try:
         from transformers import Qwen2VLImageProcessor
 
-        from .sglang import QWEN3_VL_IMAGE
     except ImportError as exc:
         result["image"] = time_side_by_side({"gpu_mm": ours_image}, reps)
         result["skipped"] = f"transformers not installed: {exc}"

@@ -44,8 +44,6 @@ from typing import Any, ClassVar
 from vllm.exceptions import GracefulHTTPError
 from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, VideoLoader
 
-from gpu_mm_vllm_entry import OFF
-
 from .. import ops
 from ..errors import InvalidRequest, LimitExceeded, MediaError, Overloaded, ProcessingTimeout
 from ..media.sources import MediaLimits, load_source
@@ -90,6 +88,11 @@ class VLLMTimeout(ProcessingTimeout, GracefulHTTPError):
     def __init__(self, message: str) -> None:
         ProcessingTimeout.__init__(self, message)
         self.message, self.http_status = message, HTTPStatus.GATEWAY_TIMEOUT
+
+
+OFF = ("", "0", "false", "off", "no")
+"""Values of ``GPU_MM_VLLM`` (lower-cased, stripped) that ask for nothing. The entry point
+(``gpu_mm_vllm_entry.OFF``) holds the same values without importing gpu_mm; a test keeps the two equal."""
 
 
 def enabled_parts(environ: Any = None) -> frozenset[str]:

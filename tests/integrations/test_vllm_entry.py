@@ -27,3 +27,15 @@ def test_declared_as_vllms_general_plugin():
 
     ours = [e for e in entry_points(group="vllm.general_plugins") if e.name == "gpu_mm"]
     assert [e.value for e in ours] == ["gpu_mm_vllm_entry:register"]
+
+
+def test_entry_point_and_plugin_agree_on_off():
+    """The entry point decides "off" without importing gpu_mm; the plug-in parses the same variable: one set of
+    values for both."""
+    pytest.importorskip("vllm")
+    import gpu_mm_vllm_entry
+    from gpu_mm.integrations import vllm as plugin
+
+    assert gpu_mm_vllm_entry.OFF == plugin.OFF
+    for value in plugin.OFF:
+        assert plugin.enabled_parts({"GPU_MM_VLLM": value}) == frozenset()
