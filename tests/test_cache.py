@@ -216,7 +216,7 @@ class TestSingleFlight:
         await pre.aclose()
 
     async def test_hashing_runs_off_the_event_loop(self, monkeypatch):
-        import gpu_mm.pipeline as model
+        import gpu_mm.pipeline.preprocessor as model
 
         threads = []
         original = model.content_key

@@ -90,3 +90,15 @@ def test_gpu_mm_kernels_are_the_checkout_kernels_folder():
     runtime, package = (pathlib.Path(line) for line in r.stdout.split())
     assert runtime.resolve() == ROOT / "kernels" / "runtime.py"
     assert package.resolve() == ROOT / "gpu_mm" / "__init__.py"
+
+
+def test_every_package_folder_ships():
+    """The wheel holds what a checkout imports: every folder of gpu_mm with Python files is a listed package
+    (gpu_mm.media.video was missing, so a non-editable install lacked every video decoder)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(pathlib.Path(folder).relative_to(ROOT).parts)
+               for folder, _, files in os.walk(ROOT / "gpu_mm", followlinks=True)
+               if any(f.endswith(".py") for f in files)}
+    assert folders == listed

@@ -18,9 +18,9 @@ git clone -q "$ROOT" "$WORK/src" && cd "$WORK/src" || exit 2
 python3 -m venv "$WORK/venv"
 PY=$WORK/venv/bin/python
 "$PY" -m pip install -q --upgrade pip > "$WORK/pip.log" 2>&1
-# Every extra CI tests, newest first; sglang, xgrammar and vllm as .ci/run installs them (pinned, --no-deps:
+# Every extra (CI's and the quick start's), newest first; sglang, xgrammar and vllm as .ci/run installs them (pinned, --no-deps:
 # their wheels pin older torch and transformers).
-if ! "$PY" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test,dali,sglang,ray,vllm]" >> "$WORK/pip.log" 2>&1 \
+if ! "$PY" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test,bench,dali,sglang,ray,vllm]" >> "$WORK/pip.log" 2>&1 \
    || ! "$PY" -m pip install -q --no-deps -c constraints.txt sglang xgrammar vllm >> "$WORK/pip.log" 2>&1; then
   echo "install FAILED:"; grep -v "^WARNING: Location" "$WORK/pip.log" | tail -20
   exit 2

@@ -173,7 +173,7 @@ def test_pipeline_picks_the_kernel_for_float_output_on_cuda(monkeypatch):
     """The pipeline's choice, as a pure function of device and dtype: it imports ``gpu_mm.kernels`` as the
     package it ships in (a relative import that reached past ``gpu_mm`` failed on the first GPU run)."""
     from gpu_mm.kernels.normalize_patchify import fused_normalize_patchify as shipped
-    from gpu_mm.pipeline import _normalize_patchify_impl
+    from gpu_mm.pipeline.devices import _normalize_patchify_impl
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton can run here, as on a GPU machine
     assert _normalize_patchify_impl("cuda", torch.float32) is shipped

@@ -23,6 +23,8 @@ from gpu_mm import DecodeError, LimitExceeded, MediaError, UnsupportedMedia
 from gpu_mm.media.sources import load_source
 from gpu_mm.media.video import PyAVDecoder, probe_video, register_video_decoder, unregister_video_decoder
 from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from gpu_mm.pipeline import memory
+from gpu_mm.pipeline.preprocessor import _join
 
 from media_helpers import all_frames, clip, make_image, make_video
 
@@ -177,13 +179,13 @@ class TestBoundedMemory:
     def test_chunked_decode_equals_one_pass(self, monkeypatch):
         data = clip("h264", 48, gop=12, bframes=2)
         whole = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=24)
-        monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1)  # two frames per chunk
+        monkeypatch.setattr(memory, "CHUNK_BYTES", 1)  # two frames per chunk
         chunked = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=24)
         assert torch.equal(whole.pixel_values_videos, chunked.pixel_values_videos)
 
     def test_backends_without_streaming_are_asked_chunk_by_chunk(self, monkeypatch):
         register_video_decoder("no-streaming-test", _NoStreaming)
-        monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(memory, "CHUNK_BYTES", 1)
         data = clip("h264", 48, gop=12)
         try:
             ours = Qwen2VLPreprocessor("cpu", video_decoder="no-streaming-test", sampling="hf")(videos=[data],
@@ -198,15 +200,15 @@ class TestBoundedMemory:
         """DALI's calls each set up a demuxer and NVDEC again: one call returns every planned frame that fits
         DECODE_CALL_BYTES, resized and patchified a chunk at a time; the plan's bound counts those frames."""
         register_video_decoder("no-streaming-test", _NoStreaming)
-        monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1)  # two frames per chunk
-        monkeypatch.setattr(pipeline, "PER_CALL_DECODERS", frozenset({"no-streaming-test"}))
+        monkeypatch.setattr(memory, "CHUNK_BYTES", 1)  # two frames per chunk
+        monkeypatch.setattr(memory, "PER_CALL_DECODERS", frozenset({"no-streaming-test"}))
         monkeypatch.setattr(_NoStreaming, "calls", [])
         data = clip("h264", 48, gop=12, bframes=2)
         try:
             pre = Qwen2VLPreprocessor("cpu", video_decoder="no-streaming-test", sampling="hf", cache_bytes=0)
             whole = pre(videos=[data], nframes=10)
             plan = pre._plan_all(None, [data], {"nframes": 10})[0]
-            monkeypatch.setattr(pipeline, "DECODE_CALL_BYTES", 4 * 3 * plan.source_size[0] * plan.source_size[1])
+            monkeypatch.setattr(memory, "DECODE_CALL_BYTES", 4 * 3 * plan.source_size[0] * plan.source_size[1])
             split = pre(videos=[data], nframes=10)
         finally:
             unregister_video_decoder("no-streaming-test")
@@ -219,11 +221,11 @@ class TestBoundedMemory:
         assert torch.equal(split.pixel_values_videos, ref.pixel_values_videos)
 
     def test_call_frames(self):
-        assert pipeline.video_call_frames((720, 1280), 6, 60) == 60
-        assert pipeline.video_call_frames((720, 1280), 6, 59) == 60  # whole chunks
-        n = pipeline.DECODE_CALL_BYTES // (3 * 720 * 1280)
-        assert pipeline.video_call_frames((720, 1280), 6, 10_000) == n // 6 * 6
-        assert pipeline.video_call_frames((8192, 8192), 32, 64) == 32  # never below one chunk
+        assert memory.video_call_frames((720, 1280), 6, 60) == 60
+        assert memory.video_call_frames((720, 1280), 6, 59) == 60  # whole chunks
+        n = memory.DECODE_CALL_BYTES // (3 * 720 * 1280)
+        assert memory.video_call_frames((720, 1280), 6, 10_000) == n // 6 * 6
+        assert memory.video_call_frames((8192, 8192), 32, 64) == 32  # never below one chunk
 
     def test_item_over_the_budget_refused_at_planning(self, monkeypatch):
         decoded = []
@@ -237,7 +239,7 @@ class TestBoundedMemory:
         pre = Qwen2VLPreprocessor("cpu", sampling="hf")
         short = pre._plan_all(None, [clip("h264", 48, h=96, w=128)], {"nframes": 40})[0]
         long = pre._plan_all(None, [clip("h264", 48, h=96, w=128)], {"nframes": 48})[0]
-        assert short.chunk == long.chunk == pipeline.MAX_CHUNK_FRAMES
+        assert short.chunk == long.chunk == memory.MAX_CHUNK_FRAMES
         per_frame_out = (long.nbytes - short.nbytes) / 8
         # Past one chunk, more frames add only their output rows (float32 at the target size).
         target_px = long.target[0] * long.target[1]
@@ -300,8 +302,8 @@ def test_sync_api_keeps_one_slot_per_thread_and_copies_get_their_own():
 def test_joined_rows_keep_their_placement(monkeypatch):
     """Several items' rows are joined into one tensor; pinned output stays pinned (torch.cat's would not)."""
     rows = [torch.arange(6.0).reshape(2, 3), torch.arange(3.0).reshape(1, 3)]
-    joined = pipeline._join(rows, pinned=False)
-    assert torch.equal(joined, torch.cat(rows)) and pipeline._join(rows[:1], pinned=False) is rows[0]
+    joined = _join(rows, pinned=False)
+    assert torch.equal(joined, torch.cat(rows)) and _join(rows[:1], pinned=False) is rows[0]
     asked = {}
     empty = torch.empty
 
@@ -310,7 +312,7 @@ def test_joined_rows_keep_their_placement(monkeypatch):
         return empty(*a, **k)  # no CUDA driver here to page-lock with; the request is what is checked
 
     monkeypatch.setattr(torch, "empty", spy)
-    assert torch.equal(pipeline._join(rows, pinned=True), torch.cat(rows)) and asked["pin_memory"] is True
+    assert torch.equal(_join(rows, pinned=True), torch.cat(rows)) and asked["pin_memory"] is True
 
 
 @pytest.mark.parametrize("batched", [True, False])

@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import threading
@@ -26,16 +25,14 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 
-from . import ops
-from ._aio import await_or_abandon, wait_until
-from ._lifecycle import Closeable
-from ._procslots import ShmArena, SlotProcess, process_threads
-from ._workers import prestarted_executor
-from .cache import CacheStatistics, Entry, FeatureCache, content_key
-from .concurrency import Concurrency
-from .concurrency import choose as choose_concurrency
-from .errors import (
-    BackendUnavailable,
+from .. import ops
+from .._aio import await_or_abandon, wait_until
+from .._lifecycle import Closeable
+from .._procslots import ShmArena, SlotProcess, process_threads
+from .._workers import prestarted_executor
+from ..cache import Entry, FeatureCache, content_key
+from ..concurrency import choose as choose_concurrency
+from ..errors import (
     InvalidRequest,
     LimitExceeded,
     MediaError,
@@ -43,7 +40,7 @@ from .errors import (
     ProcessorClosed,
     UnsupportedMedia,
 )
-from .media.image import (
+from ..media.image import (
     ImageInfo,
     decode_image,
     decode_jpeg_cuda,
@@ -53,8 +50,8 @@ from .media.image import (
     jpeg_draft_scale,
     probe_image,
 )
-from .media.sources import MediaLimits, Source, load_source
-from .media.video import (
+from ..media.sources import MediaLimits, Source, load_source
+from ..media.video import (
     VideoInfo,
     choose_video_decoder,
     frames_from_array,
@@ -62,114 +59,25 @@ from .media.video import (
     probe_video,
     rotate_frames,
 )
-from .metrics import StageTimer
-from .models.base import ModelSpec, VideoSampling
-from .options import RequestOptions
-from .sched import reset_inherited_slice
-from .slots import Slot, SlotPool, SlotPoolStatistics
-
-__all__ = ["Decoded", "Features", "ItemReport", "Preprocessor", "PreprocessorStatistics"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Decoded:
-    """How an item's pixels were obtained."""
-
-    backend: str
-    """Video: the decoder's registered name (``pyav``, ``dali``, ``dali-cpu``, ``torchcodec``, ``decord``);
-    images: ``nvjpeg`` or ``cpu`` (libjpeg-turbo or Pillow); ``array``: decoded pixels were given."""
-    fallback_reason: str | None = None
-    """Why the configured video decoder did not decode this item (``backend`` is then ``pyav``)."""
-    batch_size: int = 1
-    """Items decoded in the same call (plain JPEGs batched on one slot job)."""
-
-    def __str__(self) -> str:
-        if self.batch_size > 1:
-            name = "cpu (libjpeg-turbo)" if self.backend == "cpu" else self.backend
-            return f"{name}, batch of {self.batch_size}"
-        name = "cpu (libjpeg-turbo/pillow)" if self.backend == "cpu" else self.backend
-        return name if self.fallback_reason is None else f"{name} (fallback: {self.fallback_reason})"
-
-
-@dataclasses.dataclass
-class ItemReport:
-    """What happened to one item: its plan, the decoder used, and per-stage seconds."""
-
-    kind: Literal["image", "video"]
-    item: str
-    source_size: tuple[int, int]
-    """(height, width) as decoded."""
-    resized: tuple[int, int]
-    grid_thw: tuple[int, int, int]
-    num_tokens: int
-    """Placeholder tokens after the merge: t*h*w / merge**2."""
-    decoder: str
-    """How the pixels were obtained, in words (:attr:`decoded` holds the same as fields)."""
-    frame_indices: list[int] | None = None
-    sample_fps: float | None = None
-    video_fps: float | None = None
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    cache: Literal["hit", "miss", "coalesced"] | None = None
-    """``hit``: served from the feature cache; ``coalesced``: joined a computation of the same content
-    already in flight; ``miss``: computed (and kept); None: the cache is off or the item is not cacheable."""
-    decoded: Decoded | None = None
-    """The decoder backend, the fallback reason (if any) and the batch size."""
-    working_bytes: int = 0
-    """The peak working memory its plan stated (what ``memory_budget_bytes`` is checked against; 0 for a cache
-    hit, which decodes nothing)."""
-
-
-@dataclasses.dataclass
-class Features:
-    """Model inputs for one call (absent modalities are None), plus a report per item. Each family's
-    features class adds its own per-video fields."""
-
-    pixel_values: torch.Tensor | None = None
-    image_grid_thw: torch.Tensor | None = None
-    pixel_values_videos: torch.Tensor | None = None
-    video_grid_thw: torch.Tensor | None = None
-    items: list[ItemReport] = dataclasses.field(default_factory=list)
-    handle: Any = None
-    """With an output pool: the :class:`gpu_mm.handoff.FeatureHandle` of the block holding these tensors
-    (send it to the consumer; ``pool.release(handle)`` once it is done with them)."""
-
-    def processor_output(self, input_text: Any = None) -> dict[str, Any]:
-        """What ``process_mm_data_async`` returns: :meth:`to_dict` plus ``input_text`` and ``items``."""
-        out = self.to_dict()
-        out["input_text"] = input_text
-        out["items"] = self.items
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """The keys and dtypes the family's transformers processor returns for pixels (absent modalities
-        left out)."""
-        out: dict[str, Any] = {}
-        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessorStatistics:
-    """A snapshot of a :class:`Preprocessor`: its device slots (None before the first async call),
-    its feature cache, and the computations other calls may join."""
-
-    device: str
-    memory_budget_bytes: int
-    slots: SlotPoolStatistics | None
-    cache: CacheStatistics
-    computations_in_flight: int
-    concurrency: Concurrency | None = None
-    workers: str = "threads"
-    """Where slot jobs run: ``"threads"`` or ``"processes"`` (see :class:`Preprocessor`)."""
-    process_starts: int = 0
-    """Slot processes started so far (more than the slots: children that died were replaced)."""
-    process_pids: tuple[int, ...] = ()
-    """The slot processes running now (e.g. to watch their memory)."""
-    process_stops: int = 0
-    """Slot jobs stopped (their process killed) ``stop_abandoned_after_s`` after their callers gave up."""
+from ..metrics import StageTimer
+from ..models.base import VideoSampling
+from ..options import RequestOptions
+from ..sched import reset_inherited_slice
+from ..slots import Slot, SlotPool
+from . import memory
+from .devices import _normalize_patchify_impl, choose_image_decoder, resolve_device, same_device
+from .folder import _model_type_from, _processor_configs, _read_json
+from .memory import (
+    _feature_bytes,
+    _mib,
+    default_cache_bytes,
+    default_memory_budget,
+    image_working_bytes,
+    video_call_frames,
+    video_chunk_frames,
+    video_working_bytes,
+)
+from .types import Decoded, Features, ItemReport, PreprocessorStatistics
 
 
 @dataclasses.dataclass
@@ -196,7 +104,7 @@ class _Plan:
     """Video frames resized and patchified together (a multiple of the temporal patch)."""
     call: int = 0
     """Video frames one decoder call returns (a multiple of ``chunk``): ``chunk``, except for decoders whose every
-    call sets up a demuxer and a decoder again (:data:`PER_CALL_DECODERS`)."""
+    call sets up a demuxer and a decoder again (:data:`gpu_mm.pipeline.memory.PER_CALL_DECODERS`)."""
     timer: StageTimer = dataclasses.field(default_factory=StageTimer)
     out: torch.Tensor | None = None
     """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
@@ -425,7 +333,7 @@ class Preprocessor(Closeable, Generic[F]):
     def for_model(cls, model: str | os.PathLike[str], *, device: str = "auto", **kwargs: Any) -> Any:
         """A local model folder (:meth:`from_pretrained`), or a family name / transformers ``model_type``
         (``qwen2_vl``, ``qwen3_vl_moe`` ...) with that family's default config."""
-        from .models import get_family
+        from ..models import get_family
 
         if Path(model).is_dir():
             return cls.from_pretrained(model, device=device, **kwargs)
@@ -446,7 +354,7 @@ class Preprocessor(Closeable, Generic[F]):
             FileNotFoundError: the folder holds no image processor config.
             KeyError: the folder's model type is not a registered family.
         """
-        from .models import get_family
+        from ..models import get_family
 
         folder = Path(model_dir)
         image, video = _processor_configs(folder)
@@ -871,7 +779,7 @@ class Preprocessor(Closeable, Generic[F]):
             chunk = video_chunk_frames(size, held, cfg.temporal_patch_size, len(indices))
             nbytes = video_working_bytes(size, held, chunk, _feature_bytes(grid, cfg))
         call = chunk
-        if info is not None and self.video_decoder in PER_CALL_DECODERS:
+        if info is not None and self.video_decoder in memory.PER_CALL_DECODERS:
             call = video_call_frames(size, chunk, len(indices))
             nbytes += (call - chunk) * 3 * size[0] * size[1]  # the call's decoded frames beyond one chunk
         return _Plan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
@@ -1150,106 +1058,6 @@ class Preprocessor(Closeable, Generic[F]):
         return feats
 
 
-# ---------------------------------------------------------------------------------------------- memory bounds
-#
-# What one item may hold at its peak, from its plan alone (ARCHITECTURE rule 9). Each term names the buffers it
-# counts; the multipliers were measured (peak RSS over the baseline, benchmarks/reliability.py) and rounded up.
-
-CHUNK_BYTES = 128 * 2**20
-"""Working set a video chunk aims at: source-size frames decoded, then resized, a few at a time."""
-MAX_CHUNK_FRAMES = 32
-SLACK_BYTES = 64 * 2**20
-"""Per item, for what no formula counts: allocator rounding and fragmentation, Python objects, codec state."""
-
-
-def _video_frame_bytes(size: tuple[int, int], target: tuple[int, int]) -> int:
-    src, tgt = size[0] * size[1], target[0] * target[1]
-    # the chunk's uint8 RGB frame (3) + resize's channels-last copy and horizontal pass (3 + 4 * tgt/src)
-    # + the resized frame (3) and its float32 normalized copy (12) per target pixel
-    return 6 * src + 4 * size[0] * target[1] + 15 * tgt
-
-
-def video_chunk_frames(size: tuple[int, int], target: tuple[int, int], temporal_patch_size: int,
-                       frames: int) -> int:
-    """Frames per chunk: as many as fit :data:`CHUNK_BYTES` (at most 32, at most the item's ``frames``
-    rounded up), a multiple of the temporal patch."""
-    n = CHUNK_BYTES // max(_video_frame_bytes(size, target), 1)
-    n = min(n, MAX_CHUNK_FRAMES, frames + (-frames % temporal_patch_size))
-    return max(n // temporal_patch_size * temporal_patch_size, temporal_patch_size)
-
-
-DECODE_CALL_BYTES = 1 << 30
-"""Decoded frames (uint8 RGB at the source size) one call of a :data:`PER_CALL_DECODERS` decoder may return."""
-PER_CALL_DECODERS = frozenset({"dali"})
-"""Decoders asked for as many frames per call as :data:`DECODE_CALL_BYTES` allows, not a chunk at a time: each
-DALI/NVDEC call builds its own demuxer and decoder and decodes every frame from the start of the stream up to its
-last wanted one (a 30 s 720p clip on an H200: ten 6-frame calls 5467 ms, one call 992 ms). Their frames are on
-the GPU, whose budget holds them; the chunks are resized and patchified from the call's frames as before."""
-
-
-def video_call_frames(size: tuple[int, int], chunk: int, frames: int) -> int:
-    """Frames per decoder call for :data:`PER_CALL_DECODERS`: every planned frame when their decoded bytes fit
-    :data:`DECODE_CALL_BYTES`, else as many whole chunks as fit (at least one)."""
-    fit = DECODE_CALL_BYTES // max(3 * size[0] * size[1], 1)
-    whole = frames + (-frames % chunk)
-    return whole if whole <= fit else max(fit // chunk, 1) * chunk
-
-
-def video_working_bytes(size: tuple[int, int], target: tuple[int, int], chunk: int, feature_bytes: int) -> int:
-    """Peak bytes of one video item: its output rows, one chunk in flight, the decoder's own frames (FFmpeg's
-    reference and threading buffers, up to ~20 YUV 4:2:0 frames, plus one RGB conversion) and a slack."""
-    src = size[0] * size[1]
-    return feature_bytes + chunk * _video_frame_bytes(size, target) + 33 * src + SLACK_BYTES
-
-
-def image_working_bytes(size: tuple[int, int], target: tuple[int, int], feature_bytes: int, *,
-                        via_pillow: bool, frames: int = 1) -> int:
-    """Peak bytes of one image (or of ``frames`` already decoded frames): per source pixel the decoded RGB
-    tensor (3) and resize's channels-last and 4-channel copies (5), plus for formats Pillow decodes its own
-    image (up to 4) and an EXIF-transposed copy (4); per target pixel the resized frame and its float32 copy
-    (15); the output rows; a slack."""
-    src = size[0] * size[1]
-    per_pixel = 8 + (8 if via_pillow else 0)
-    return frames * (per_pixel * src + 15 * target[0] * target[1]) + feature_bytes + SLACK_BYTES
-
-
-def resolve_device(device: str) -> str:
-    """The device a setting names: ``auto`` is ``cuda`` when CUDA is available, else ``cpu``.
-
-    Raises:
-        ValueError: not one of ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        BackendUnavailable: a CUDA device without CUDA.
-    """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendUnavailable(f"device {device!r} requested but CUDA is not available")
-    return device
-
-
-def default_memory_budget(device: str) -> int:
-    """8 GiB, or less on a small machine: half the RAM (CPU) or a quarter of the GPU's memory (CUDA)."""
-    cap = 8 * 2**30
-    if device.startswith("cuda"):
-        return min(cap, torch.cuda.get_device_properties(torch.device(device)).total_memory // 4)
-    ram = _physical_memory()
-    return cap if ram is None else min(cap, ram // 2)
-
-
-def _physical_memory() -> int | None:
-    """The machine's RAM in bytes (None where POSIX cannot say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return None
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB"
-
-
 def _frame_chunks(decoder: Any, plan: _Plan) -> Any:
     """Yield ``(position, frames)``: the plan's frames ``plan.chunk`` at a time as uint8 ``[k, H, W, 3]``.
 
@@ -1298,51 +1106,11 @@ def _join(parts: list[torch.Tensor], *, pinned: bool) -> torch.Tensor:
     return torch.cat(parts, out=out)
 
 
-def same_device(actual: torch.device, wanted: torch.device) -> bool:
-    """Whether a tensor on ``actual`` is already where ``wanted`` names: ``cuda`` (no index) means the
-    current CUDA device, so a tensor on ``cuda:0`` is there when device 0 is current; ``cpu`` is ``cpu``."""
-    if actual.type != wanted.type:
-        return False
-    if wanted.type != "cuda" or actual.index == wanted.index:
-        return True
-    index = wanted.index if wanted.index is not None else torch.cuda.current_device()
-    actual_index = actual.index if actual.index is not None else torch.cuda.current_device()
-    return index == actual_index
-
-
 def _hit_plan(kind: Literal["image", "video"], src: Source, key: bytes | None, hit: Entry,
               timer: StageTimer) -> _Plan:
     v = hit.value
     return _Plan(kind, src, v["target"], v["grid"], v["source_size"], indices=v["indices"], sample_fps=v["sample_fps"],
                  video_fps=v["video_fps"], timer=timer, key=key, cached=hit)
-
-
-def choose_image_decoder(name: str, device: str) -> str:
-    """``image_decoder`` resolved for ``device``: ``"nvjpeg"`` or ``"cpu"``.
-
-    Raises:
-        ValueError: an unknown name, or nvJPEG without a CUDA device.
-    """
-    if name not in ("auto", "nvjpeg", "cpu"):
-        raise ValueError(f"image_decoder must be 'auto', 'nvjpeg' or 'cpu', got {name!r}")
-    cuda = device.startswith("cuda")
-    if name == "nvjpeg" and not cuda:
-        raise ValueError(f"image_decoder='nvjpeg' needs a CUDA device, got device={device!r}")
-    if name == "auto":
-        return "nvjpeg" if cuda else "cpu"
-    return name
-
-
-def _normalize_patchify_impl(device_type: str, dtype: torch.dtype) -> Callable[..., Any]:
-    """Which normalize+patchify runs: the Triton kernel for float output on CUDA where Triton can run, else the
-    torch/CPU one in ``gpu_mm.ops`` (uint8 output is one permuting copy, torch's)."""
-    if device_type == "cuda" and dtype != torch.uint8:
-        from .kernels.normalize_patchify import fused_normalize_patchify
-        from .kernels.runtime import triton_available
-
-        if triton_available():
-            return fused_normalize_patchify
-    return ops.normalize_patchify
 
 
 def _weakly(method: Callable[[Slot], Any]) -> Callable[[Slot], Any]:
@@ -1387,12 +1155,6 @@ def _fill_block(items: list[tuple[_Plan, torch.Tensor]]) -> None:
         _into_block(plan, rows)
 
 
-def default_cache_bytes() -> int:
-    """1 GiB, or 1/16 of the machine's memory if less."""
-    ram = _physical_memory()
-    return 2**30 if ram is None else min(2**30, ram // 16)
-
-
 def _settles(settled: Any, n: int) -> Any:
     """``settled`` called ``n`` times: a slot job of ``n`` items settles each of them."""
     if settled is None:
@@ -1403,11 +1165,6 @@ def _settles(settled: Any, n: int) -> Any:
             settled()
 
     return settle_all
-
-
-def _feature_bytes(grid: tuple[int, int, int], cfg: ModelSpec) -> int:
-    itemsize = torch.empty((), dtype=cfg.output_dtype).element_size()
-    return math.prod(grid) * cfg.row_size * itemsize
 
 
 def _as_list(x: Any) -> list[Any]:
@@ -1432,38 +1189,3 @@ async def _within(fut: asyncio.Future[Any], deadline: float | None,
     if not await await_or_abandon(fut, deadline, abandoned):
         raise ProcessingTimeout("planning (load + probe) did not finish by the deadline")
     return fut.result()
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    with path.open(encoding="utf-8") as f:
-        value = json.load(f)
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return value
-
-
-def _processor_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """A model folder's image and video processor configs, in either layout transformers writes."""
-    nested = _read_json(folder / "processor_config.json") or {}
-    image = _read_json(folder / "preprocessor_config.json")
-    video = _read_json(folder / "video_preprocessor_config.json")
-    image = nested.get("image_processor") if image is None else image
-    video = nested.get("video_processor") if video is None else video
-    if not isinstance(image, dict):
-        raise FileNotFoundError(f"{folder} holds no image processor config (preprocessor_config.json or "
-                                "processor_config.json): from_pretrained needs a local model folder")
-    processor_class = nested.get("processor_class")
-    if isinstance(processor_class, str):
-        image = {"processor_class": processor_class, **image}
-    return image, video if isinstance(video, dict) else None
-
-
-def _model_type_from(image: dict[str, Any], video: dict[str, Any] | None) -> str:
-    """A model folder without ``config.json``: the processor class its configs name (families register
-    those too)."""
-    for cfg in (image, video or {}):
-        if isinstance(cfg.get("processor_class"), str):
-            return str(cfg["processor_class"])
-    raise KeyError("the folder has no config.json and its preprocessor configs name no processor class")

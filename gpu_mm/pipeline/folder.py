@@ -1,0 +1,42 @@
+"""Reading a model folder's processor configs, in either layout transformers writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as f:
+        value = json.load(f)
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return value
+
+
+def _processor_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A model folder's image and video processor configs, in either layout transformers writes."""
+    nested = _read_json(folder / "processor_config.json") or {}
+    image = _read_json(folder / "preprocessor_config.json")
+    video = _read_json(folder / "video_preprocessor_config.json")
+    image = nested.get("image_processor") if image is None else image
+    video = nested.get("video_processor") if video is None else video
+    if not isinstance(image, dict):
+        raise FileNotFoundError(f"{folder} holds no image processor config (preprocessor_config.json or "
+                                "processor_config.json): from_pretrained needs a local model folder")
+    processor_class = nested.get("processor_class")
+    if isinstance(processor_class, str):
+        image = {"processor_class": processor_class, **image}
+    return image, video if isinstance(video, dict) else None
+
+
+def _model_type_from(image: dict[str, Any], video: dict[str, Any] | None) -> str:
+    """A model folder without ``config.json``: the processor class its configs name (families register
+    those too)."""
+    for cfg in (image, video or {}):
+        if isinstance(cfg.get("processor_class"), str):
+            return str(cfg["processor_class"])
+    raise KeyError("the folder has no config.json and its preprocessor configs name no processor class")

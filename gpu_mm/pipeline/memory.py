@@ -1,0 +1,106 @@
+"""What one item may hold at its peak, from its plan alone, and the default budgets: video chunking and decoder
+call sizes, working-memory bounds, the memory and cache defaults. Pure arithmetic."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ..models.base import ModelSpec
+
+CHUNK_BYTES = 128 * 2**20
+"""Working set a video chunk aims at: source-size frames decoded, then resized, a few at a time."""
+
+
+MAX_CHUNK_FRAMES = 32
+
+
+SLACK_BYTES = 64 * 2**20
+"""Per item, for what no formula counts: allocator rounding and fragmentation, Python objects, codec state."""
+
+
+def _video_frame_bytes(size: tuple[int, int], target: tuple[int, int]) -> int:
+    src, tgt = size[0] * size[1], target[0] * target[1]
+    # the chunk's uint8 RGB frame (3) + resize's channels-last copy and horizontal pass (3 + 4 * tgt/src)
+    # + the resized frame (3) and its float32 normalized copy (12) per target pixel
+    return 6 * src + 4 * size[0] * target[1] + 15 * tgt
+
+
+def video_chunk_frames(size: tuple[int, int], target: tuple[int, int], temporal_patch_size: int,
+                       frames: int) -> int:
+    """Frames per chunk: as many as fit :data:`CHUNK_BYTES` (at most 32, at most the item's ``frames``
+    rounded up), a multiple of the temporal patch."""
+    n = CHUNK_BYTES // max(_video_frame_bytes(size, target), 1)
+    n = min(n, MAX_CHUNK_FRAMES, frames + (-frames % temporal_patch_size))
+    return max(n // temporal_patch_size * temporal_patch_size, temporal_patch_size)
+
+
+DECODE_CALL_BYTES = 1 << 30
+"""Decoded frames (uint8 RGB at the source size) one call of a :data:`PER_CALL_DECODERS` decoder may return."""
+
+
+PER_CALL_DECODERS = frozenset({"dali"})
+"""Decoders asked for as many frames per call as :data:`DECODE_CALL_BYTES` allows, not a chunk at a time: each
+DALI/NVDEC call builds its own demuxer and decoder and decodes every frame from the start of the stream up to its
+last wanted one (a 30 s 720p clip on an H200: ten 6-frame calls 5467 ms, one call 992 ms). Their frames are on
+the GPU, whose budget holds them; the chunks are resized and patchified from the call's frames as before."""
+
+
+def video_call_frames(size: tuple[int, int], chunk: int, frames: int) -> int:
+    """Frames per decoder call for :data:`PER_CALL_DECODERS`: every planned frame when their decoded bytes fit
+    :data:`DECODE_CALL_BYTES`, else as many whole chunks as fit (at least one)."""
+    fit = DECODE_CALL_BYTES // max(3 * size[0] * size[1], 1)
+    whole = frames + (-frames % chunk)
+    return whole if whole <= fit else max(fit // chunk, 1) * chunk
+
+
+def video_working_bytes(size: tuple[int, int], target: tuple[int, int], chunk: int, feature_bytes: int) -> int:
+    """Peak bytes of one video item: its output rows, one chunk in flight, the decoder's own frames (FFmpeg's
+    reference and threading buffers, up to ~20 YUV 4:2:0 frames, plus one RGB conversion) and a slack."""
+    src = size[0] * size[1]
+    return feature_bytes + chunk * _video_frame_bytes(size, target) + 33 * src + SLACK_BYTES
+
+
+def image_working_bytes(size: tuple[int, int], target: tuple[int, int], feature_bytes: int, *,
+                        via_pillow: bool, frames: int = 1) -> int:
+    """Peak bytes of one image (or of ``frames`` already decoded frames): per source pixel the decoded RGB
+    tensor (3) and resize's channels-last and 4-channel copies (5), plus for formats Pillow decodes its own
+    image (up to 4) and an EXIF-transposed copy (4); per target pixel the resized frame and its float32 copy
+    (15); the output rows; a slack."""
+    src = size[0] * size[1]
+    per_pixel = 8 + (8 if via_pillow else 0)
+    return frames * (per_pixel * src + 15 * target[0] * target[1]) + feature_bytes + SLACK_BYTES
+
+
+def default_memory_budget(device: str) -> int:
+    """8 GiB, or less on a small machine: half the RAM (CPU) or a quarter of the GPU's memory (CUDA)."""
+    cap = 8 * 2**30
+    if device.startswith("cuda"):
+        return min(cap, torch.cuda.get_device_properties(torch.device(device)).total_memory // 4)
+    ram = _physical_memory()
+    return cap if ram is None else min(cap, ram // 2)
+
+
+def _physical_memory() -> int | None:
+    """The machine's RAM in bytes (None where POSIX cannot say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def default_cache_bytes() -> int:
+    """1 GiB, or 1/16 of the machine's memory if less."""
+    ram = _physical_memory()
+    return 2**30 if ram is None else min(2**30, ram // 16)
+
+
+def _feature_bytes(grid: tuple[int, int, int], cfg: ModelSpec) -> int:
+    itemsize = torch.empty((), dtype=cfg.output_dtype).element_size()
+    return math.prod(grid) * cfg.row_size * itemsize
