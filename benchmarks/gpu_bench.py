@@ -110,7 +110,7 @@ def main() -> int:
                              "timing": cuda_times(lambda: p(videos=[clip]), args.video_reps)}
         feats = p(videos=[clip])
         plan["idx"] = feats.items[0].frame_indices
-        plan["chunk"] = p._plan_all(None, [clip], {})[0].chunk
+        plan["chunk"] = p.plan(videos=[clip])[0].chunk
         r["grid"] = feats.video_grid_thw.tolist()
         r["device"] = str(feats.pixel_values_videos.device)
         r["decoder_ran"] = feats.items[0].decoder

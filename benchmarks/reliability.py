@@ -64,7 +64,7 @@ def rss():
         return int(f.read().split()[1]) * resource.getpagesize()
 plans = None
 try:
-    plans = pre._plan_all(None if kind == "video" else [data], [data] if kind == "video" else None, {})
+    plans = pre.plan(images=None if kind == "video" else [data], videos=[data] if kind == "video" else None)
 except gpu_mm.GpuMMError:
     pass
 before = rss()

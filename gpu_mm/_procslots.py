@@ -7,13 +7,14 @@ again. With the same work in ``SCHED_IDLE`` child processes the loop has its int
 at 117-120 images/s instead of 98-102 (``benchmarks/slot_processes.py``).
 
 Each slot thread owns one child (a fresh interpreter, never forked from a process with threads) and drives it
-synchronously: it sends the slot job (the items' plans: source bytes and decisions, no tensors), the child runs
-the preprocessor's own ``_execute_group`` on them and writes each item's rows straight into a block of shared
-memory, and the thread waits for the answer without the GIL. So the slot's semantics are the thread's: the slot
-is busy, and quarantined past a deadline, until the child has answered. A child that dies (a decoder crashing
-on hostile input, the OOM killer) fails only the items it had taken, with :class:`gpu_mm.DecodeError` naming
-them; the slot starts a new child for its next job. Unlike a thread, a child can be stopped: with
-``stop_after_s`` a job whose callers have been gone that long has its child killed, which frees the slot.
+synchronously: it sends the slot job (the items' plans: source bytes and decisions, no tensors), the child runs the
+preprocessor's own executor (:class:`gpu_mm.pipeline.execute.Executor`) on them and writes each item's rows
+straight into a block of shared memory, and the thread waits for the answer without the GIL. So the slot's
+semantics are the thread's: the slot is busy, and quarantined past a deadline, until the child has answered. A
+child that dies (a decoder crashing on hostile input, the OOM killer) fails only the items it had taken, with
+:class:`gpu_mm.DecodeError` naming them; the slot starts a new child for its next job. Unlike a thread, a child can
+be stopped: with ``stop_after_s`` a job whose callers have been gone that long has its child killed, which frees
+the slot.
 
 The blocks are ``memfd`` files (no ``/dev/shm`` size limit, nothing left behind by a crash), passed to the child
 once as file descriptors and mapped on both sides (populated in the child, which writes them; mapped lazily in the
@@ -303,7 +304,7 @@ class SlotProcess:
                                         "process was killed; the slot's next job starts a new one)")
 
     def ensure_ready(self) -> None:
-        """Start the child if none runs and wait until it has built its preprocessor (raises
+        """Start the child if none runs and wait until it has built its executor (raises
         :class:`gpu_mm.BackendUnavailable` if it cannot)."""
         self._ready_child()
 
@@ -337,7 +338,7 @@ class SlotProcess:
         child.mapped -= retired
 
     def _wait_ready(self, child: _Child) -> None:
-        """The child's first word: it has built its preprocessor, or why it could not (then no job is sent)."""
+        """The child's first word: it has built its executor, or why it could not (then no job is sent)."""
         try:
             if not child.conn.poll(self.START_TIMEOUT_S):
                 raise TimeoutError(f"no word within {self.START_TIMEOUT_S:.0f} s")
@@ -346,7 +347,7 @@ class SlotProcess:
             raise BackendUnavailable(f"slot process {self._name} did not start: {self._died(exc)}") from None
         if word[0] != "ready":
             self.close()
-            raise BackendUnavailable(f"slot process {self._name} could not build its preprocessor: {word[1]}")
+            raise BackendUnavailable(f"slot process {self._name} could not build its executor: {word[1]}")
         child.ready = True
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -392,7 +393,7 @@ def _child_entry() -> None:
     conn = Connection(int(sys.argv[1]))
     try:
         spec, idle, threads, name = conn.recv()
-    except Exception as exc:  # noqa: BLE001 - e.g. the preprocessor's class cannot be imported here
+    except Exception as exc:  # noqa: BLE001 - e.g. the executor's class cannot be imported here
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     try:
@@ -405,7 +406,7 @@ def _child_entry() -> None:
 
 
 def _child_main(conn: Any, spec: dict[str, Any], idle: bool, threads: int) -> None:
-    """The child: build the preprocessor once, then run slot jobs until told to stop or the parent is gone."""
+    """The child: build the executor once, then run slot jobs until told to stop or the parent is gone."""
     try:
         if idle:
             from .sched import set_idle_policy
@@ -416,7 +417,7 @@ def _child_main(conn: Any, spec: dict[str, Any], idle: bool, threads: int) -> No
         from .slots import Slot
 
         tune_allocator()
-        pre = spec["class"]("cpu", **spec["kwargs"])
+        executor = spec["class"](**spec["kwargs"])
         slot = Slot(-1, "cpu")
     except Exception as exc:  # noqa: BLE001 - told to the parent, which raises BackendUnavailable
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -451,7 +452,7 @@ def _child_main(conn: Any, spec: dict[str, Any], idle: bool, threads: int) -> No
             plan.out = torch.frombuffer(maps[block_id], dtype=dtype, count=numel).view(shape) if numel else None
         results: Any = None
         try:
-            results = pre._execute_group(slot, plans)
+            results = executor.run(slot, plans)
             reply: tuple[Any, ...] = ("ok", [(decoded, p.timer.stages) for p, (_, decoded) in zip(plans, results)])
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller, typed where it was
             reply = ("error", exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))

@@ -16,6 +16,7 @@ from gpu_mm import DecodeError, FeaturePool, ProcessingTimeout
 from gpu_mm.cache import FeatureCache, content_key
 from gpu_mm.media.video import PyAVDecoder
 from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from gpu_mm.pipeline.plan import Planner
 
 from media_helpers import clip, make_image
 
@@ -216,7 +217,7 @@ class TestSingleFlight:
         await pre.aclose()
 
     async def test_hashing_runs_off_the_event_loop(self, monkeypatch):
-        import gpu_mm.pipeline.preprocessor as model
+        import gpu_mm.pipeline.plan as model
 
         threads = []
         original = model.content_key
@@ -235,20 +236,20 @@ async def test_a_call_cancelled_before_its_slot_jobs_begin_leaves_nothing_behind
     pool = FeaturePool(max_blocks=1)
     pre = Qwen2VLPreprocessor("cpu", output_pool=pool)
     vid = _video(11)
-    groups = Qwen2VLPreprocessor._groups
+    groups = Planner.groups
     outer: list[asyncio.Task] = []
 
     def groups_then_cancel(self, plans):
         asyncio.get_running_loop().call_soon(outer[0].cancel)  # runs before the new tasks' first steps
         return groups(self, plans)
 
-    monkeypatch.setattr(Qwen2VLPreprocessor, "_groups", groups_then_cancel)
+    monkeypatch.setattr(Planner, "groups", groups_then_cancel)
     outer.append(asyncio.ensure_future(pre.preprocess(videos=[vid])))
     with pytest.raises(asyncio.CancelledError):
         await outer[0]
     await asyncio.sleep(0)
     assert pre.statistics().computations_in_flight == 0 and pool.statistics().leased == 0
-    monkeypatch.setattr(Qwen2VLPreprocessor, "_groups", groups)
+    monkeypatch.setattr(Planner, "groups", groups)
     feats = await asyncio.wait_for(pre.preprocess(videos=[vid]), 30)
     assert feats.items[0].cache == "miss"
     pool.release(feats.handle)

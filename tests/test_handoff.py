@@ -208,13 +208,16 @@ class TestNothingHeavyOnTheLoop:
         monkeypatch.setattr(FeaturePool, "lease",
                             lambda self, *a, **k: threads["lease"].append(threading.current_thread().name)
                             or lease(self, *a, **k))
-        assemble = Qwen2VLPreprocessor._assemble
-        def recorded(self, call):
+        from gpu_mm.pipeline import output
+
+        assemble = output.assemble
+
+        def recorded(call, *args):
             if call.lease is None:  # with a lease, assembling only attaches the block's tensors: bookkeeping
                 threads["assemble"].append(threading.current_thread().name)
-            return assemble(self, call)
+            return assemble(call, *args)
 
-        monkeypatch.setattr(Qwen2VLPreprocessor, "_assemble", recorded)
+        monkeypatch.setattr(output, "assemble", recorded)
         images = [make_image(56, 56, "PNG"), make_image(84, 56, "PNG")]
         with FeaturePool(max_blocks=2) as pool:
             pre = Qwen2VLPreprocessor("cpu", output_pool=pool)
@@ -238,13 +241,15 @@ class TestNothingHeavyOnTheLoop:
         from media_helpers import make_image
 
         gate = threading.Event()
-        plan_all = Qwen2VLPreprocessor._plan_all
+        from gpu_mm.pipeline.plan import Planner
+
+        plan_all = Planner.plan_all
 
         def slow_plan(self, *a):
             assert gate.wait(10)
             return plan_all(self, *a)
 
-        monkeypatch.setattr(Qwen2VLPreprocessor, "_plan_all", slow_plan)
+        monkeypatch.setattr(Planner, "plan_all", slow_plan)
         with FeaturePool(max_blocks=1) as pool:
             pre = Qwen2VLPreprocessor("cpu", output_pool=pool)
             with pytest.raises(ProcessingTimeout):
@@ -255,7 +260,7 @@ class TestNothingHeavyOnTheLoop:
                     break
                 await asyncio.sleep(0.01)
             assert pool.statistics().leased == 0  # leased after the caller left, then returned
-            monkeypatch.setattr(Qwen2VLPreprocessor, "_plan_all", plan_all)
+            monkeypatch.setattr(Planner, "plan_all", plan_all)
             feats = await pre.preprocess(images=[make_image(56, 56, "PNG")])  # the one block is free again
             pool.release(feats.handle)
             await pre.aclose()

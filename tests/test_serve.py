@@ -251,12 +251,12 @@ async def test_body_budget_refuses_before_reading():
 
 
 async def test_unforeseen_errors_are_json_500_and_counted(monkeypatch):
-    from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+    from gpu_mm.pipeline.plan import Planner
 
     def broken(self, *a, **kw):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(Qwen2VLPreprocessor, "_plan_all", broken)
+    monkeypatch.setattr(Planner, "plan_all", broken)
     client = await _client()
     try:
         status, answer = await _post(client, {"images": [b64(make_image(8, 8, "PNG"))]})

@@ -23,6 +23,7 @@ from gpu_mm._procslots import ShmArena, SlotProcess, choose_workers, process_thr
 from gpu_mm.errors import BackendUnavailable
 from gpu_mm.handoff import FeaturePool
 from gpu_mm.media.synth import make_image, make_video
+from gpu_mm.pipeline.execute import Executor
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="slot processes need Linux (memfd)")
 
@@ -185,10 +186,10 @@ async def test_a_job_abandoned_long_enough_is_stopped_and_frees_its_slot():
 
 def test_a_process_that_cannot_build_its_preprocessor_says_why():
     arena = ShmArena()
-    proc = SlotProcess({"class": Qwen2VLPreprocessor, "kwargs": {"no_such_option": 1}}, arena, idle=False,
+    proc = SlotProcess({"class": Executor, "kwargs": {"no_such_option": 1}}, arena, idle=False,
                        threads=1, name="gpu-mm-test")
     try:
-        with pytest.raises(BackendUnavailable, match="could not build its preprocessor.*no_such_option"):
+        with pytest.raises(BackendUnavailable, match="could not build its executor.*no_such_option"):
             proc.run([], [], torch.float32)
         assert not proc.running
     finally:

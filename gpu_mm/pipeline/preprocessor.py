@@ -17,7 +17,6 @@ import dataclasses
 import math
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,140 +24,35 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 
-from .. import ops
-from .._aio import await_or_abandon, wait_until
+from .._aio import await_or_abandon
 from .._lifecycle import Closeable
 from .._procslots import ShmArena, SlotProcess, process_threads
 from .._workers import prestarted_executor
-from ..cache import Entry, FeatureCache, content_key
+from ..cache import FeatureCache
 from ..concurrency import choose as choose_concurrency
 from ..errors import (
-    InvalidRequest,
-    LimitExceeded,
-    MediaError,
     ProcessingTimeout,
     ProcessorClosed,
     UnsupportedMedia,
 )
-from ..media.image import (
-    ImageInfo,
-    decode_image,
-    decode_jpeg_cuda,
-    decode_jpeg_scaled,
-    decode_jpegs,
-    is_plain_jpeg,
-    jpeg_draft_scale,
-    probe_image,
-)
-from ..media.sources import MediaLimits, Source, load_source
+from ..media.sources import MediaLimits
 from ..media.video import (
-    VideoInfo,
     choose_video_decoder,
-    frames_from_array,
-    get_video_decoder,
-    probe_video,
-    rotate_frames,
 )
-from ..metrics import StageTimer
-from ..models.base import VideoSampling
-from ..options import RequestOptions
 from ..sched import reset_inherited_slice
 from ..slots import Slot, SlotPool
-from . import memory
-from .devices import _normalize_patchify_impl, choose_image_decoder, resolve_device, same_device
+from . import output
+from .devices import choose_image_decoder, resolve_device
+from .execute import Executor, fill_block
 from .folder import _model_type_from, _processor_configs, _read_json
 from .memory import (
-    _feature_bytes,
-    _mib,
     default_cache_bytes,
     default_memory_budget,
-    image_working_bytes,
-    video_call_frames,
-    video_chunk_frames,
-    video_working_bytes,
 )
-from .types import Decoded, Features, ItemReport, PreprocessorStatistics
-
-
-@dataclasses.dataclass
-class _Plan:
-    """Everything decided before touching pixels (pure data, no tensors except array inputs)."""
-
-    kind: Literal["image", "video"]
-    src: Source
-    target: tuple[int, int]
-    grid: tuple[int, int, int]
-    source_size: tuple[int, int]
-    indices: list[int] | None = None
-    info: VideoInfo | None = None
-    image_info: ImageInfo | None = None
-    """An image's probe (size, format, mode), so decoding does not parse its header again."""
-    sample_fps: float | None = None
-    jpeg_scale: int = 1
-    """Fast JPEG mode: decode at 1/``jpeg_scale`` by DCT scaling (1: full size)."""
-    presize: tuple[int, int] | None = None
-    """A video's first, bilinear resize before ``target`` (see :class:`VideoSampling`)."""
-    nbytes: int = 0
-    """Peak working memory this item may take while it runs (its bound; see :func:`video_working_bytes`)."""
-    chunk: int = 0
-    """Video frames resized and patchified together (a multiple of the temporal patch)."""
-    call: int = 0
-    """Video frames one decoder call returns (a multiple of ``chunk``): ``chunk``, except for decoders whose every
-    call sets up a demuxer and a decoder again (:data:`gpu_mm.pipeline.memory.PER_CALL_DECODERS`)."""
-    timer: StageTimer = dataclasses.field(default_factory=StageTimer)
-    out: torch.Tensor | None = None
-    """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
-    grid_out: torch.Tensor | None = None
-    """This item's ``grid_thw`` row inside that lease, written by the item's slot job."""
-    video_fps: float | None = None
-    key: bytes | None = None
-    """The item's feature-cache key (None: cache off, or not cacheable)."""
-    cached: Entry | None = None
-    """The cache's entry, when this item is a hit (nothing is decoded)."""
-    cache_state: Literal["hit", "miss", "coalesced"] | None = None
-    flight: asyncio.Future[Any] | None = None
-    """For a miss computed by this call: resolved with its result for calls that join it."""
-
-
-@dataclasses.dataclass
-class _Call:
-    """One call, routed: each item's rows come from the cache (already in ``outs``), from a slot job (one per
-    group of ``groups``, indices into ``plans``), or from another call's computation of the same content in
-    flight (``followers``). The synchronous and asynchronous APIs run the same routing."""
-
-    plans: list[_Plan]
-    lease: Any
-    outs: list[Any]
-    groups: list[list[int]]
-    followers: list[tuple[int, asyncio.Future[Any]]]
-
-    def members(self, group: list[int]) -> list[_Plan]:
-        return [self.plans[i] for i in group]
-
-    def fill(self, group: list[int], results: Sequence[Any]) -> None:
-        for i, out in zip(group, results):
-            self.outs[i] = out
-
-
-class _LeaseGuard:
-    """Returns a lease to its pool if the call fails, but only once no item's work can still write into it."""
-
-    def __init__(self, pool: Any, lease: Any, items: int) -> None:
-        self.pool, self.lease, self.unsettled, self.failed = pool, lease, items, False
-
-    def settled(self) -> None:
-        self.unsettled -= 1
-        self._maybe_release()
-
-    def fail(self) -> None:
-        self.failed = True
-        self._maybe_release()
-
-    def _maybe_release(self) -> None:
-        if self.failed and self.unsettled == 0 and self.lease is not None:
-            self.pool.release(self.lease.handle)
-            self.lease = None
-
+from .output import LeaseGuard
+from .plan import ItemPlan, Planner
+from .routing import Router
+from .types import Decoded, Features, PreprocessorStatistics
 
 F = TypeVar("F", bound=Features)
 
@@ -324,7 +218,10 @@ class Preprocessor(Closeable, Generic[F]):
         self.idle_workers = idle_workers
         self._cache_identity = (repr(self.config), self.device, self.output, self.video_decoder, fast_jpeg,
                                 self.image_decoder)
-        self._inflight: dict[bytes, asyncio.Future[Any]] = {}
+        self._planner = Planner(self.config, device, self.limits, self.video_decoder, fast_jpeg, memory_budget_bytes,
+                                self._image_batch, self.cache, self._cache_identity)
+        self._executor = Executor(self.config, self.limits, self.video_decoder, self.image_decoder, output)
+        self._router = Router(self.cache, self._planner)
         self._arena: ShmArena | None = None
         self._procs: list[SlotProcess] = []
         self._procs_lock = threading.Lock()
@@ -380,29 +277,39 @@ class Preprocessor(Closeable, Generic[F]):
         fields the family reads (``config.options``); others raise :class:`gpu_mm.InvalidRequest`."""
         if self._closed:
             raise ProcessorClosed(f"{type(self).__name__} is closed")
-        plans = self._plan_all(images, videos, request)
+        plans = self._planner.plan_all(images, videos, request)
         slot = self._sync_slot()
-        call = self._route(plans, self._lease(plans))
+        call = self._router.route(plans, output.lease(self.output_pool, self.config, plans))
         try:
             # cuda:N: the current device for every kernel launched here (slot threads get it from their stream).
             with torch.cuda.device(self.device) if self.device.startswith("cuda") else contextlib.nullcontext():
                 for group in call.groups:
-                    results = self._execute_group(slot, call.members(group))
+                    results = self._executor.run(slot, call.members(group))
                     call.fill(group, results)
                     for plan, out in zip(call.members(group), results):
-                        self._keep(plan, out)
+                        self._router.keep(plan, out)
         except BaseException:
             if call.lease is not None:
                 self.output_pool.release(call.lease.handle)
             raise
         if call.lease is not None and self.output_pool.device != "cpu":
             torch.cuda.current_stream().synchronize()  # another process may read the block at once
-        return self._assemble(call)
+        return output.assemble(call, self.features_class, self.config, self.output)
+
+    def plan(
+        self,
+        images: Sequence[Any] | Any | None = None,
+        videos: Sequence[Any] | Any | None = None,
+        **request: Any,
+    ) -> list[ItemPlan]:
+        """Each item's plan (frames, target size, grid, working-memory bound), from its header alone: nothing is
+        decoded. Loading, limits and options are checked as a call checks them, with the same errors."""
+        return self._planner.plan_all(images, videos, request)
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle) gets its own threads, slots and per-thread decoders, never these.
         state = self.__dict__.copy()
-        state.update(_slots=None, _io=None, _inflight={}, _arena=None, _procs=[])
+        state.update(_slots=None, _io=None, _arena=None, _procs=[])
         state.pop("_sync_local", None)
         state.pop("_procs_lock", None)
         return state
@@ -473,13 +380,13 @@ class Preprocessor(Closeable, Generic[F]):
         # Planning and leasing the output block (an allocation, a CUDA IPC handle) run on an IO thread.
         plan_future = loop.run_in_executor(self._io, self._plan_and_lease, images, videos, request)
         plans, lease = await _within(plan_future, deadline, on_abandoned=self._release_late_lease)
-        call = self._route(plans, lease, loop)
+        call = self._router.route(plans, lease, loop)
         computed = sum(len(g) for g in call.groups)
-        guard = _LeaseGuard(self.output_pool, lease, computed) if lease is not None and computed else None
+        guard = LeaseGuard(self.output_pool, lease, computed) if lease is not None and computed else None
         settled = guard.settled if guard is not None else None
         runs: list[Any] = [self._start_group(slots, call.members(group), deadline, _settles(settled, len(group)))
                            for group in call.groups]
-        runs += [self._follow(plans[i], flight, deadline) for i, flight in call.followers]
+        runs += [self._router.follow(plans[i], flight, deadline) for i, flight in call.followers]
         try:
             results = await asyncio.gather(*runs, return_exceptions=True)
             for r in results:
@@ -495,53 +402,34 @@ class Preprocessor(Closeable, Generic[F]):
             call.outs[i] = result
         if lease is not None and call.followers:
             # Rows computed for another call: copied into this call's block, off the loop.
-            await loop.run_in_executor(self._io, _fill_block, [(plans[i], call.outs[i][0]) for i, _ in call.followers])
+            await loop.run_in_executor(self._io, fill_block, [(plans[i], call.outs[i][0]) for i, _ in call.followers])
         if lease is None and (sum(p.kind == "image" for p in plans) > 1 or sum(p.kind == "video" for p in plans) > 1):
             # Joining several items' rows is a copy of every feature byte: not on the caller's loop.
-            return await loop.run_in_executor(self._io, self._assemble, call)
-        return self._assemble(call)
+            return await loop.run_in_executor(self._io, output.assemble, call, self.features_class, self.config,
+                                              self.output)
+        return output.assemble(call, self.features_class, self.config, self.output)
 
-    def _route(self, plans: list[_Plan], lease: Any, loop: asyncio.AbstractEventLoop | None = None) -> _Call:
-        """Where each item's rows come from: hits from the cache now; with ``loop`` (the async API), items
-        whose content another call is computing join that computation, and the rest announce theirs; then
-        the remaining items grouped into slot jobs."""
-        call = _Call(plans, lease, [None] * len(plans), [], [])
-        fresh: list[int] = []
-        for i, p in enumerate(plans):
-            if p.cached is not None:
-                call.outs[i] = self._from_cache(p)
-            elif loop is not None and p.key is not None and p.key in self._inflight:
-                p.cache_state = "coalesced"  # the same content is being computed: wait for that
-                self.cache.coalesced()
-                call.followers.append((i, self._inflight[p.key]))
-            else:
-                fresh.append(i)
-                if loop is not None and p.key is not None:
-                    p.flight = self._inflight[p.key] = loop.create_future()
-        call.groups = [[fresh[k] for k in group] for group in self._groups([plans[i] for i in fresh])]
-        return call
+    def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[ItemPlan], Any]:
+        plans = self._planner.plan_all(images, videos, request)
+        return plans, output.lease(self.output_pool, self.config, plans)
 
-    def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[_Plan], Any]:
-        plans = self._plan_all(images, videos, request)
-        return plans, self._lease(plans)
-
-    def _release_late_lease(self, result: tuple[list[_Plan], Any]) -> None:
+    def _release_late_lease(self, result: tuple[list[ItemPlan], Any]) -> None:
         """Planning finished after its caller gave up: no item will run, so its block goes back at once."""
         _, lease = result
         if lease is not None:
             self.output_pool.release(lease.handle)
 
-    def _start_group(self, slots: SlotPool, group: list[_Plan], deadline: float | None,
+    def _start_group(self, slots: SlotPool, group: list[ItemPlan], deadline: float | None,
                      on_release: Any) -> asyncio.Task[Any]:
         """One slot job as a task. SlotPool.run reports its outcome (``on_done``) and settles it (``on_release``)
         on every path, but only once its coroutine has begun: a task cancelled before its first step (its
         caller cancelled in the same loop turn) never begins, so its done-callback does that instead."""
         begun: list[bool] = []
-        on_done = self._landed(group)
+        on_done = self._router.landed(group)
 
         async def run() -> Any:
             begun.append(True)
-            work = self._execute_group if self.workers == "threads" else self._execute_in_process
+            work = self._executor.run if self.workers == "threads" else self._execute_in_process
             return await slots.run(work, group, nbytes=sum(p.nbytes for p in group),
                                    deadline=deadline, on_release=on_release, on_done=on_done)
 
@@ -556,63 +444,6 @@ class Preprocessor(Closeable, Generic[F]):
         task = asyncio.ensure_future(run())
         task.add_done_callback(never_begun)
         return task
-
-    def _from_cache(self, plan: _Plan) -> tuple[torch.Tensor, Decoded]:
-        assert plan.cached is not None
-        plan.cache_state = "hit"
-        return plan.cached.rows, plan.cached.value["decoder"]
-
-    def _keep(self, plan: _Plan, out: tuple[torch.Tensor, Decoded]) -> None:
-        """Put a computed item in the cache (a copy when its rows live in a reusable pool block)."""
-        if plan.key is None:
-            return
-        rows, decoder = out
-        if plan.out is not None:
-            rows = rows.clone()
-        self.cache.put(plan.key, rows, {
-            "target": plan.target, "grid": plan.grid, "source_size": plan.source_size, "indices": plan.indices,
-            "sample_fps": plan.sample_fps, "video_fps": plan.video_fps, "decoder": decoder,
-        })
-        plan.cache_state = "miss"
-
-    def _landed(self, group: list[_Plan]) -> Any:
-        """``on_done`` for a slot job: when its work really ends (whether or not its caller is still there),
-        keep its items in the cache and hand the outcome to every call that joined them."""
-        if not any(p.flight is not None for p in group):
-            return None
-
-        def on_done(result: Any, exc: BaseException | None) -> None:
-            for k, plan in enumerate(group):
-                flight = plan.flight
-                if flight is None:
-                    continue
-                if self._inflight.get(plan.key) is flight:  # type: ignore[arg-type]
-                    del self._inflight[plan.key]  # type: ignore[arg-type]
-                if flight.done():
-                    continue
-                if exc is None:
-                    self._keep(plan, result[k])
-                    flight.set_result(result[k])
-                else:
-                    if isinstance(exc, asyncio.CancelledError):
-                        exc = ProcessingTimeout("the computation this item joined was cancelled before it ran")
-                    flight.set_exception(exc)
-                    flight.exception()  # retrieved: nobody may have joined
-
-        return on_done
-
-    async def _follow(self, plan: _Plan, flight: asyncio.Future[Any], deadline: float | None) -> Any:
-        """Wait, until this call's own deadline, for a computation of the same content another call started;
-        its failure is this item's failure, named as this item."""
-        if not await wait_until(flight, deadline):
-            raise ProcessingTimeout(f"{plan.src.item}: the computation of the same content did not finish by "
-                                    "this request's deadline")
-        exc = flight.exception()
-        if isinstance(exc, MediaError):
-            raise type(exc)(plan.src.item, exc.reason) from exc
-        if exc is not None:
-            raise exc
-        return flight.result()
 
     async def process_mm_data_async(
         self,
@@ -639,7 +470,7 @@ class Preprocessor(Closeable, Generic[F]):
         return PreprocessorStatistics(
             device=self.device, memory_budget_bytes=self.memory_budget_bytes,
             slots=None if self._slots is None else self._slots.statistics(),
-            cache=self.cache.statistics(), computations_in_flight=len(self._inflight),
+            cache=self.cache.statistics(), computations_in_flight=len(self._router.inflight),
             concurrency=self.concurrency, workers=self.workers,
             process_starts=sum(p.starts for p in self._procs),
             process_pids=tuple(p.pid for p in self._procs if p.running and p.pid is not None),
@@ -668,164 +499,11 @@ class Preprocessor(Closeable, Generic[F]):
 
     # ------------------------------------------------------------------ planning (pure, no pixels)
 
-    def _options(self, request: dict[str, Any]) -> RequestOptions:
-        """The call's options, from ``options=RequestOptions(...)`` or keywords, checked against what the
-        family reads."""
-        options = request.pop("options", None)
-        if options is not None and request:
-            raise TypeError("pass per-request options either as options=RequestOptions(...) or as keywords")
-        parsed = RequestOptions.parse(options if options is not None else request)
-        unread = sorted(set(parsed.as_dict()) - self.config.options)
-        if unread:
-            raise InvalidRequest(unread[0], f"not an option of the {self.config.family} family; its options: "
-                                            f"{sorted(self.config.options)}")
-        return parsed
-
-    def _plan_all(self, images: Any, videos: Any, request: dict[str, Any]) -> list[_Plan]:
-        options = self._options(request)
-        plans = [self._plan_image(obj, f"image[{i}]", options) for i, obj in enumerate(_as_list(images))]
-        plans += [self._plan_video(obj, f"video[{i}]", options) for i, obj in enumerate(_as_list(videos))]
-        for p in plans:
-            if p.nbytes > self.memory_budget_bytes:
-                raise LimitExceeded(
-                    p.src.item,
-                    f"needs up to {_mib(p.nbytes)} of working memory ({p.source_size[1]}x{p.source_size[0]} "
-                    f"-> {p.target[1]}x{p.target[0]}"
-                    + (f", {len(p.indices)} frames" if p.indices is not None else "")
-                    + f"), over the preprocessor's memory_budget_bytes={_mib(self.memory_budget_bytes)}",
-                )
-        return plans
-
-    def _lookup(self, src: Source, kind: str, options: RequestOptions,
-                timer: StageTimer) -> tuple[bytes | None, Entry | None]:
-        """The item's cache key and entry (runs on a planning thread: hashing never touches the loop).
-        Encoded bytes and CPU arrays are cacheable; PIL images and device tensors are not."""
-        if not self.cache.enabled:
-            return None, None
-        if src.kind == "encoded":
-            data = src.data
-        elif src.kind == "array" and not (isinstance(src.pixels, torch.Tensor) and src.pixels.device.type != "cpu"):
-            data = src.pixels
-        else:
-            return None, None
-        with timer.stage("cache"):
-            try:
-                key = content_key(data, kind, self._cache_identity, sorted(options.as_dict().items()))
-            except (TypeError, ValueError, BufferError):
-                return None, None  # an array whose memory cannot be read as bytes (object dtype): not cached
-            return key, self.cache.get(key)
-
-    def _plan_image(self, obj: Any, item: str, options: RequestOptions) -> _Plan:
-        timer = StageTimer()
-        with timer.stage("load"):
-            src = load_source(obj, item, self.limits)
-        key, hit = self._lookup(src, "image", options, timer)
-        if hit is not None:
-            return _hit_plan("image", src, key, hit, timer)
-        with timer.stage("load"):
-            info = probe_image(src, self.limits)
-        cfg = self.config
-        try:
-            target = cfg.image_target(info.height, info.width, options)
-        except ValueError as exc:
-            raise LimitExceeded(src.item, str(exc)) from None
-        grid = cfg.grid(1, target)
-        scale = jpeg_draft_scale(src, info, target) if self.fast_jpeg and self.device == "cpu" else 1
-        nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
-                                     via_pillow=not is_plain_jpeg(src, info) or scale > 1)
-        return _Plan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
-                     timer=timer, key=key, jpeg_scale=scale)
-
-    def _plan_video(self, obj: Any, item: str, options: RequestOptions) -> _Plan:
-        timer = StageTimer()
-        with timer.stage("load"):
-            src = load_source(obj, item, self.limits)
-        key, hit = self._lookup(src, "video", options, timer)
-        if hit is not None:
-            return _hit_plan("video", src, key, hit, timer)
-        info: VideoInfo | None = None
-        try:
-            if src.kind == "encoded":
-                with timer.stage("probe"):
-                    info = probe_video(src, self.limits)
-                size = info.display_size
-                sampling = self.config.sample_video(info.num_frames, info.fps, size, options)
-            elif src.kind == "array":
-                # Decoded frames are taken as already sampled (as qwen-vl-utils treats frame lists).
-                frames = src.pixels = frames_from_array(src)
-                size = (frames.shape[1], frames.shape[2])
-                sampling = self.config.sample_frames(frames.shape[0], size, options)
-            else:
-                raise UnsupportedMedia(src.item, "a video must be encoded bytes/path/URL or a T x H x W x C array")
-        except MediaError:
-            raise
-        except ValueError as exc:  # the family's arithmetic refused the video
-            raise LimitExceeded(src.item, str(exc)) from None
-        plan = self._video_plan(src, sampling, info, size, timer)
-        plan.key = key
-        return plan
-
-    def _video_plan(self, src: Source, sampling: VideoSampling, info: VideoInfo | None, size: tuple[int, int],
-                    timer: StageTimer) -> _Plan:
-        cfg = self.config
-        indices, target = sampling.indices, sampling.target
-        grid = cfg.grid(len(indices), target)
-        # Working memory follows the larger of the intermediate and the final frames.
-        held = max(target, sampling.presize or target, key=lambda s: s[0] * s[1])
-        if info is None:  # decoded frames given: they are all in memory already; one pass over them
-            chunk = len(indices)
-            nbytes = image_working_bytes(size, held, _feature_bytes(grid, cfg), via_pillow=False, frames=chunk)
-        else:
-            chunk = video_chunk_frames(size, held, cfg.temporal_patch_size, len(indices))
-            nbytes = video_working_bytes(size, held, chunk, _feature_bytes(grid, cfg))
-        call = chunk
-        if info is not None and self.video_decoder in memory.PER_CALL_DECODERS:
-            call = video_call_frames(size, chunk, len(indices))
-            nbytes += (call - chunk) * 3 * size[0] * size[1]  # the call's decoded frames beyond one chunk
-        return _Plan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
-                     presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, timer=timer,
-                     video_fps=sampling.video_fps)
 
     # ------------------------------------------------------------------ execution (on a slot thread)
 
-    def _groups(self, plans: list[_Plan]) -> list[list[int]]:
-        """Which plans run together as one slot job: plain JPEGs in batches of up to ``image_batch`` (one
-        batched decode call, within the memory budget), every other item on its own."""
-        groups: list[list[int]] = []
-        batch: list[int] = []
-        batch_bytes = 0
-        budget = self.memory_budget_bytes
-        for i, p in enumerate(plans):
-            if self._image_batch > 1 and p.kind == "image" and p.image_info is not None \
-                    and p.jpeg_scale == 1 and is_plain_jpeg(p.src, p.image_info):
-                if batch and (len(batch) == self._image_batch or (budget and batch_bytes + p.nbytes > budget)):
-                    groups.append(batch)
-                    batch, batch_bytes = [], 0
-                batch.append(i)
-                batch_bytes += p.nbytes
-            else:
-                groups.append([i])
-        if batch:
-            groups.append(batch)
-        return groups
-
-    def _execute_group(self, slot: Slot, group: list[_Plan]) -> list[tuple[torch.Tensor, Decoded]]:
-        """Run one slot job: one item, or a batch of plain JPEGs decoded in one call."""
-        if len(group) == 1:
-            return [self._execute(slot, group[0])]
-        t0 = time.perf_counter()
-        on = slot.device if self.image_decoder == "nvjpeg" else "cpu"
-        images = decode_jpegs([(p.src, p.image_info) for p in group if p.image_info is not None], on)
-        share = (time.perf_counter() - t0) / len(group)
-        decoded = Decoded(self.image_decoder, batch_size=len(group))
-        out = []
-        for plan, image in zip(group, images):
-            plan.timer.add("decode", share)
-            out.append(self._finish(slot, plan, image.unsqueeze(0), decoded))
-        return out
-
-    def _execute_in_process(self, slot: Slot, group: list[_Plan]) -> list[tuple[torch.Tensor, Decoded]]:
-        """:meth:`_execute_group` in the slot's process (``workers="processes"``), from the slot's thread: the
+    def _execute_in_process(self, slot: Slot, group: list[ItemPlan]) -> list[tuple[torch.Tensor, Decoded]]:
+        """:meth:`Executor.run` in the slot's process (``workers="processes"``), from the slot's thread: the
         plans go without their tensors and futures, each item's rows come back in shared memory, its stage
         timings with them."""
         proc = slot.state.get("process")
@@ -838,7 +516,7 @@ class Preprocessor(Closeable, Generic[F]):
                            stop_after_s=self.stop_abandoned_after_s)
         for plan, (rows, (decoded, stages)) in zip(group, results):
             plan.timer.stages = stages
-            out.append((self._place(slot, plan, rows), decoded))
+            out.append((self._executor.place(slot, plan, rows), decoded))
         return out
 
     def _start_slot_process(self, slot: Slot) -> SlotProcess:
@@ -849,10 +527,7 @@ class Preprocessor(Closeable, Generic[F]):
                 self._arena = ShmArena(max_free_bytes=self.memory_budget_bytes // 4)
             total = self.concurrency.slots + self.concurrency.express_slots
             proc = SlotProcess(
-                {"class": type(self), "kwargs": dict(
-                    config=self.config, limits=self.limits, video_decoder=self.video_decoder,
-                    image_decoder=self.image_decoder, fast_jpeg=self.fast_jpeg, cache_bytes=0,
-                    num_slots=1, express_slots=0, memory_budget_bytes=self.memory_budget_bytes)},
+                {"class": Executor, "kwargs": dict(vars(self._executor))},
                 self._arena, idle=self.idle_workers, threads=process_threads(self.concurrency.cores, total),
                 name=f"gpu-mm-slot-process-{slot.index}")
             self._procs.append(proc)
@@ -860,257 +535,8 @@ class Preprocessor(Closeable, Generic[F]):
         proc.start()
         return proc
 
-    def _execute(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, Decoded]:
-        """Decode, resize, normalize and patchify one planned item on ``slot``'s device."""
-        if plan.kind == "video" and plan.info is not None:
-            return self._execute_video(slot, plan)
-        with plan.timer.stage("decode"):
-            frames, decoder = self._decode(slot, plan)  # uint8 [T, 3, H, W]
-        return self._finish(slot, plan, frames, decoder)
-
-    def _finish(self, slot: Slot, plan: _Plan, frames: torch.Tensor,
-                decoder: Decoded) -> tuple[torch.Tensor, Decoded]:
-        """Upload (if needed), resize, normalize and patchify decoded uint8 ``[T, 3, H, W]`` frames."""
-        frames = self._upload_resize(slot, plan, frames)
-        with plan.timer.stage("normalize_patchify"):
-            out = plan.out if plan.out is not None and same_device(plan.out.device, frames.device) else None
-            pv, grid = self._normalize_patchify(frames, out)
-        if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
-            raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
-        return self._place(slot, plan, pv), decoder
-
-    def _upload_resize(self, slot: Slot, plan: _Plan, frames: torch.Tensor) -> torch.Tensor:
-        """Frames (uint8 ``[T, 3, H, W]``, any device) on the slot's device, shown as displayed, resized."""
-        device = torch.device(slot.device)
-        timer = plan.timer
-        with timer.stage("transfer"):
-            if not same_device(frames.device, device):
-                if device.type == "cuda" and frames.device.type == "cpu":
-                    frames = frames.pin_memory().to(device, non_blocking=True)
-                else:
-                    frames = frames.to(device)
-        with timer.stage("resize"):
-            if plan.info is not None and plan.info.rotation:
-                frames = rotate_frames(frames, plan.info.rotation)
-            if plan.presize is not None:
-                frames = ops.resize(frames, plan.presize, "bilinear")
-            return ops.resize(frames, plan.target, self.config.video_resample if plan.kind == "video" else "bicubic")
-
-    def _place(self, slot: Slot, plan: _Plan, pv: torch.Tensor) -> torch.Tensor:
-        """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned)."""
-        if plan.out is not None:
-            _into_block(plan, pv)
-            return plan.out
-        if self.output == "device" and pv.device.type == "cuda" and slot.stream is not None:
-            # Allocated on the slot's stream, read by the caller on its own (usually the default stream):
-            # once the caller frees it, the block must not go to the slot's next item before the default
-            # stream's work queued by then has finished. Callers on other streams record theirs.
-            pv.record_stream(torch.cuda.default_stream(pv.device))
-        if self.output == "cpu" and pv.device.type != "cpu":
-            pv = pv.to("cpu")
-        elif self.output == "pinned":
-            host = torch.empty(pv.shape, dtype=pv.dtype, pin_memory=True)
-            host.copy_(pv, non_blocking=True)
-            if slot.stream is None:  # the synchronous API returns finished tensors
-                torch.cuda.current_stream().synchronize()
-            pv = host
-        return pv
-
-    def _execute_video(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, Decoded]:
-        """A video, ``plan.chunk`` frames at a time: decode, resize and patchify each group straight into the
-        item's output rows, so memory follows the output and the chunk, not the source's frame count."""
-        cfg = self.config
-        device = torch.device(slot.device)
-        gt, gh, gw = plan.grid
-        row = cfg.row_size
-        if plan.out is not None and same_device(plan.out.device, device):
-            out = plan.out
-        else:
-            out = torch.empty((gt * gh * gw, row), dtype=cfg.output_dtype, device=device)
-        try:
-            decoded = Decoded(self._video_chunks(slot, plan, self.video_decoder, out))
-        except MediaError as exc:
-            # A codec the backend lacks (UnsupportedMedia), or a stream it failed on (DecodeError: e.g. a
-            # codec this chip's NVDEC does not have): PyAV decodes it instead, or names what is wrong.
-            if self.video_decoder == "pyav":
-                raise
-            decoded = Decoded(self._video_chunks(slot, plan, "pyav", out), fallback_reason=exc.reason)
-        return self._place(slot, plan, out), decoded
-
-    def _video_chunks(self, slot: Slot, plan: _Plan, decoder_name: str, out: torch.Tensor) -> str:
-        assert plan.info is not None and plan.indices is not None
-        cfg = self.config
-        tp = cfg.temporal_patch_size
-        rows_per_step = plan.grid[1] * plan.grid[2]
-        decoder = self._decoder(slot, decoder_name)
-        done = 0
-        for first, frames in _frame_chunks(decoder, plan):
-            frames = self._upload_resize(slot, plan, frames.permute(0, 3, 1, 2))
-            steps = -(-frames.shape[0] // tp)
-            begin = first // tp * rows_per_step
-            with plan.timer.stage("normalize_patchify"):
-                self._normalize_patchify(frames, out[begin : begin + steps * rows_per_step])
-            done = first + frames.shape[0]
-        if done != len(plan.indices):  # pragma: no cover - decoders raise for frames they cannot reach
-            raise RuntimeError(f"{plan.src.item}: decoded {done} of {len(plan.indices)} planned frames")
-        return decoder.name
-
-    def _decode(self, slot: Slot, plan: _Plan) -> tuple[torch.Tensor, Decoded]:
-        src = plan.src
-        if plan.kind == "image":
-            if plan.jpeg_scale > 1:
-                assert plan.image_info is not None
-                return decode_jpeg_scaled(src, plan.image_info, plan.jpeg_scale).unsqueeze(0), Decoded(
-                    f"cpu-jpeg-1/{plan.jpeg_scale}")
-            if self.image_decoder == "nvjpeg":
-                gpu = decode_jpeg_cuda(src, slot.device, self.limits, plan.image_info)
-                if gpu is not None:
-                    return gpu.unsqueeze(0), Decoded("nvjpeg")
-            return decode_image(src, self.limits, plan.image_info).unsqueeze(0), Decoded("cpu")
-        assert src.kind == "array" and plan.indices is not None
-        frames = src.pixels
-        if plan.indices != list(range(frames.shape[0])):  # every frame in order (a drop-in's call): no copy
-            frames = frames[plan.indices]
-        return frames.permute(0, 3, 1, 2), Decoded("array")
-
-    @staticmethod
-    def _decoder(slot: Slot, name: str) -> Any:
-        """The slot thread's own instance of decoder ``name`` (decoders are never shared)."""
-        key = ("video_decoder", name)
-        decoder = slot.state.get(key)
-        if decoder is None:
-            decoder = slot.state[key] = get_video_decoder(name)
-        return decoder
-
-    def _normalize_patchify(
-        self, frames: torch.Tensor, out: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        cfg = self.config
-        kw = dict(patch_size=cfg.patch_size, temporal_patch_size=cfg.temporal_patch_size,
-                  merge_size=cfg.merge_size, dtype=cfg.output_dtype, out=out)
-        return _normalize_patchify_impl(frames.device.type, cfg.output_dtype)(
-            frames, cfg.image_mean, cfg.image_std, **kw)
 
     # ------------------------------------------------------------------ output
-
-    def _lease(self, plans: list[_Plan]) -> Any:
-        """With an output pool: lease one block for all features, point each plan at its rows, and copy the
-        rows of cache hits in."""
-        if self.output_pool is None or not plans:
-            return None
-        cfg = self.config
-        row = cfg.row_size
-        layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        for kind, key, grid_key in (("image", "pixel_values", "image_grid_thw"),
-                                    ("video", "pixel_values_videos", "video_grid_thw")):
-            group = [p for p in plans if p.kind == kind]
-            if group:
-                layout[key] = ((sum(math.prod(p.grid) for p in group), row), cfg.output_dtype)
-                layout[grid_key] = ((len(group), 3), torch.long)
-        lease = self.output_pool.lease(layout)
-        offsets = {"image": 0, "video": 0}
-        counts = {"image": 0, "video": 0}
-        for p in plans:
-            key, grid_key = (("pixel_values", "image_grid_thw") if p.kind == "image"
-                             else ("pixel_values_videos", "video_grid_thw"))
-            n = math.prod(p.grid)
-            p.out = lease.tensors[key][offsets[p.kind] : offsets[p.kind] + n]
-            p.grid_out = lease.tensors[grid_key][counts[p.kind]]
-            offsets[p.kind] += n
-            counts[p.kind] += 1
-            if p.cached is not None:  # a hit: its rows go into the block now, nothing runs for it
-                _into_block(p, p.cached.rows)
-        return lease
-
-    def _assemble(self, call: _Call) -> F:
-        plans, outs, lease = call.plans, call.outs, call.lease
-        feats = self.features_class()
-        cfg = self.config
-        img = [(p, o) for p, o in zip(plans, outs) if p.kind == "image"]
-        vid = [(p, o) for p, o in zip(plans, outs) if p.kind == "video"]
-        if lease is not None:
-            feats.handle = lease.handle
-        for group, key, grid_key in ((img, "pixel_values", "image_grid_thw"),
-                                     (vid, "pixel_values_videos", "video_grid_thw")):
-            if not group:
-                continue
-            if lease is not None:  # rows and grids are already in the block, written by the slot jobs
-                pv = lease.tensors[key]
-                grid = lease.tensors[grid_key]
-            else:
-                grid = torch.tensor([p.grid for p, _ in group], dtype=torch.long)
-                pv = _join([o[0] for _, o in group], pinned=self.output == "pinned")
-            setattr(feats, key, pv)
-            setattr(feats, grid_key, grid)
-        if vid:
-            sampled = [VideoSampling(p.indices or [], p.sample_fps or 0.0, p.target, p.video_fps) for p, _ in vid]
-            for name, value in cfg.video_fields(sampled).items():
-                setattr(feats, name, value)
-        for p, (_, decoded) in zip(plans, outs):
-            feats.items.append(
-                ItemReport(
-                    kind=p.kind, item=p.src.item, source_size=p.source_size, resized=p.target, grid_thw=p.grid,
-                    num_tokens=cfg.token_count(p.grid), decoder=str(decoded), frame_indices=p.indices,
-                    sample_fps=p.sample_fps, video_fps=p.video_fps, timings=dict(p.timer.stages),
-                    cache=p.cache_state, decoded=decoded, working_bytes=p.nbytes,
-                )
-            )
-        return feats
-
-
-def _frame_chunks(decoder: Any, plan: _Plan) -> Any:
-    """Yield ``(position, frames)``: the plan's frames ``plan.chunk`` at a time as uint8 ``[k, H, W, 3]``.
-
-    Decoders that stream (``iter_frames_at``) fill one reused buffer frame by frame; others are asked for
-    ``plan.call`` frames per call, yielded a chunk at a time. Decode time goes to the item's ``decode`` stage."""
-    assert plan.info is not None and plan.indices is not None
-    indices, info, timer, chunk = plan.indices, plan.info, plan.timer, plan.chunk
-    iterate = getattr(decoder, "iter_frames_at", None)
-    if iterate is None:
-        call = max(plan.call, chunk)
-        for start in range(0, len(indices), call):
-            with timer.stage("decode"):
-                decoded = decoder.get_frames_at(plan.src, info, indices[start : start + call])
-            for k in range(0, decoded.shape[0], chunk):
-                yield start + k, decoded[k : k + chunk]
-            del decoded
-        return
-    buf = torch.empty((min(chunk, len(indices)), info.height, info.width, 3), dtype=torch.uint8)
-    # Frames go into the buffer with numpy's copy: a torch copy wakes the intra-op thread pool, whose spinning
-    # threads then compete with FFmpeg's for the cores while the next frames decode.
-    view = buf.numpy()
-    stream = iterate(plan.src, info, indices)
-    first = k = 0
-    while True:
-        with timer.stage("decode"):
-            frame = next(stream, None)
-            if frame is not None:
-                view[k] = frame
-        if frame is None:
-            break
-        k += 1
-        if k == buf.shape[0]:
-            yield first, buf  # consumed (resized) before the next frame is decoded into it
-            first, k = first + k, 0
-    if k:
-        yield first, buf[:k]
-
-
-def _join(parts: list[torch.Tensor], *, pinned: bool) -> torch.Tensor:
-    """Items' rows as one tensor; with ``pinned`` the joined copy is page-locked too (torch.cat's is not)."""
-    if len(parts) == 1:
-        return parts[0]
-    rows = sum(p.shape[0] for p in parts)
-    out = torch.empty((rows, *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device,
-                      pin_memory=pinned and parts[0].device.type == "cpu")
-    return torch.cat(parts, out=out)
-
-
-def _hit_plan(kind: Literal["image", "video"], src: Source, key: bytes | None, hit: Entry,
-              timer: StageTimer) -> _Plan:
-    v = hit.value
-    return _Plan(kind, src, v["target"], v["grid"], v["source_size"], indices=v["indices"], sample_fps=v["sample_fps"],
-                 video_fps=v["video_fps"], timer=timer, key=key, cached=hit)
 
 
 def _weakly(method: Callable[[Slot], Any]) -> Callable[[Slot], Any]:
@@ -1139,22 +565,6 @@ def _close_slot_process(slot: Slot) -> None:
         proc.close()
 
 
-def _into_block(plan: _Plan, rows: torch.Tensor) -> None:
-    """An item's rows (unless made in place) and its grid row into its pool block. On CUDA the grid is filled
-    by kernels on the current stream: no host-to-device copy, no synchronization."""
-    if plan.out is not None and rows is not plan.out:
-        plan.out.copy_(rows)
-    if plan.grid_out is not None:
-        for k, v in enumerate(plan.grid):
-            plan.grid_out[k].fill_(v)
-
-
-def _fill_block(items: list[tuple[_Plan, torch.Tensor]]) -> None:
-    """Rows made by another call's computation into this call's pool block."""
-    for plan, rows in items:
-        _into_block(plan, rows)
-
-
 def _settles(settled: Any, n: int) -> Any:
     """``settled`` called ``n`` times: a slot job of ``n`` items settles each of them."""
     if settled is None:
@@ -1165,14 +575,6 @@ def _settles(settled: Any, n: int) -> Any:
             settled()
 
     return settle_all
-
-
-def _as_list(x: Any) -> list[Any]:
-    if x is None:
-        return []
-    if isinstance(x, (list, tuple)):
-        return list(x)
-    return [x]
 
 
 async def _within(fut: asyncio.Future[Any], deadline: float | None,

@@ -24,6 +24,7 @@ from sglang.srt.utils.common import ImageData, VideoData
 import gpu_mm
 from gpu_mm.bench.sglang import ARCHITECTURES, IMAGE_TOKEN, VIDEO_TOKEN, allow_cpu_video, build, call
 from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from gpu_mm.pipeline.execute import Executor
 
 from media_helpers import make_image, make_video
 
@@ -147,7 +148,7 @@ async def limits(server_args):
     """A stalled item times out at its deadline without freeing its slot; a full processor refuses at once."""
     gate = threading.Event()
     started = threading.Event()
-    orig = Qwen2VLPreprocessor._execute
+    orig = Executor._execute
 
     def stalling(self, slot, plan):
         if plan.kind == "video":
@@ -155,7 +156,7 @@ async def limits(server_args):
             gate.wait(30)
         return orig(self, slot, plan)
 
-    Qwen2VLPreprocessor._execute = stalling
+    Executor._execute = stalling
     try:
         _, ours = build("qwen2_vl", server_args, timeout_s=0.5, max_concurrent_calls=1, max_queued=0)
         t0 = time.monotonic()
@@ -188,7 +189,7 @@ async def limits(server_args):
                 "works_after": len(after.mm_items) == 1}
     finally:
         gate.set()
-        Qwen2VLPreprocessor._execute = orig
+        Executor._execute = orig
 
 
 def tokenizer_manager():

@@ -24,7 +24,7 @@ from gpu_mm.media.sources import load_source
 from gpu_mm.media.video import PyAVDecoder, probe_video, register_video_decoder, unregister_video_decoder
 from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
 from gpu_mm.pipeline import memory
-from gpu_mm.pipeline.preprocessor import _join
+from gpu_mm.pipeline.output import join
 
 from media_helpers import all_frames, clip, make_image, make_video
 
@@ -207,14 +207,14 @@ class TestBoundedMemory:
         try:
             pre = Qwen2VLPreprocessor("cpu", video_decoder="no-streaming-test", sampling="hf", cache_bytes=0)
             whole = pre(videos=[data], nframes=10)
-            plan = pre._plan_all(None, [data], {"nframes": 10})[0]
+            plan = pre.plan(videos=[data], nframes=10)[0]
             monkeypatch.setattr(memory, "DECODE_CALL_BYTES", 4 * 3 * plan.source_size[0] * plan.source_size[1])
             split = pre(videos=[data], nframes=10)
         finally:
             unregister_video_decoder("no-streaming-test")
         assert _NoStreaming.calls == [10, 4, 4, 2]
         assert (plan.chunk, plan.call) == (2, 10)
-        chunked = Qwen2VLPreprocessor("cpu", sampling="hf")._plan_all(None, [data], {"nframes": 10})[0]
+        chunked = Qwen2VLPreprocessor("cpu", sampling="hf").plan(videos=[data], nframes=10)[0]
         assert plan.nbytes - chunked.nbytes == 8 * 3 * plan.source_size[0] * plan.source_size[1]
         ref = Qwen2VLPreprocessor("cpu", sampling="hf")(videos=[data], nframes=10)
         assert torch.equal(whole.pixel_values_videos, ref.pixel_values_videos)
@@ -237,8 +237,8 @@ class TestBoundedMemory:
 
     def test_plan_states_a_bound_that_grows_with_output_not_frame_count(self):
         pre = Qwen2VLPreprocessor("cpu", sampling="hf")
-        short = pre._plan_all(None, [clip("h264", 48, h=96, w=128)], {"nframes": 40})[0]
-        long = pre._plan_all(None, [clip("h264", 48, h=96, w=128)], {"nframes": 48})[0]
+        short = pre.plan(videos=[clip("h264", 48, h=96, w=128)], nframes=40)[0]
+        long = pre.plan(videos=[clip("h264", 48, h=96, w=128)], nframes=48)[0]
         assert short.chunk == long.chunk == memory.MAX_CHUNK_FRAMES
         per_frame_out = (long.nbytes - short.nbytes) / 8
         # Past one chunk, more frames add only their output rows (float32 at the target size).
@@ -302,8 +302,8 @@ def test_sync_api_keeps_one_slot_per_thread_and_copies_get_their_own():
 def test_joined_rows_keep_their_placement(monkeypatch):
     """Several items' rows are joined into one tensor; pinned output stays pinned (torch.cat's would not)."""
     rows = [torch.arange(6.0).reshape(2, 3), torch.arange(3.0).reshape(1, 3)]
-    joined = _join(rows, pinned=False)
-    assert torch.equal(joined, torch.cat(rows)) and _join(rows[:1], pinned=False) is rows[0]
+    joined = join(rows, pinned=False)
+    assert torch.equal(joined, torch.cat(rows)) and join(rows[:1], pinned=False) is rows[0]
     asked = {}
     empty = torch.empty
 
@@ -312,7 +312,7 @@ def test_joined_rows_keep_their_placement(monkeypatch):
         return empty(*a, **k)  # no CUDA driver here to page-lock with; the request is what is checked
 
     monkeypatch.setattr(torch, "empty", spy)
-    assert torch.equal(_join(rows, pinned=True), torch.cat(rows)) and asked["pin_memory"] is True
+    assert torch.equal(join(rows, pinned=True), torch.cat(rows)) and asked["pin_memory"] is True
 
 
 @pytest.mark.parametrize("batched", [True, False])

@@ -98,7 +98,7 @@ class TestImageParity:
 
     def test_each_image_header_is_parsed_once(self, pre, monkeypatch):
         import gpu_mm.media.image as image_mod
-        import gpu_mm.pipeline.preprocessor as model_mod
+        import gpu_mm.pipeline.plan as model_mod
 
         calls = []
         orig = image_mod.probe_image

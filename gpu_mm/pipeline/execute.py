@@ -1,0 +1,243 @@
+"""Execution: one slot job (one item, or a batch of plain JPEGs) decoded, resized, normalized and patchified
+into its rows on the slot's device. Slot threads and slot processes run the same :class:`Executor`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from .. import ops
+from ..errors import (
+    MediaError,
+)
+from ..media.image import (
+    decode_image,
+    decode_jpeg_cuda,
+    decode_jpeg_scaled,
+    decode_jpegs,
+)
+from ..media.sources import MediaLimits
+from ..media.video import (
+    get_video_decoder,
+    rotate_frames,
+)
+from ..slots import Slot
+from .devices import _normalize_patchify_impl, same_device
+from .plan import ItemPlan
+from .types import Decoded
+
+
+@dataclasses.dataclass(frozen=True)
+class Executor:
+    """Runs slot jobs; holds only what decides the pixels (picklable: a slot process gets a copy)."""
+
+    config: Any
+    """The family's spec (:class:`gpu_mm.models.base.ModelSpec`)."""
+    limits: MediaLimits
+    video_decoder: str
+    image_decoder: str
+    output: str = "device"
+    """``device``, ``cpu`` or ``pinned``: where finished rows go (see :class:`gpu_mm.Preprocessor`)."""
+
+    def run(self, slot: Slot, group: list[ItemPlan]) -> list[tuple[torch.Tensor, Decoded]]:
+        """Run one slot job: one item, or a batch of plain JPEGs decoded in one call."""
+        if len(group) == 1:
+            return [self._execute(slot, group[0])]
+        t0 = time.perf_counter()
+        on = slot.device if self.image_decoder == "nvjpeg" else "cpu"
+        images = decode_jpegs([(p.src, p.image_info) for p in group if p.image_info is not None], on)
+        share = (time.perf_counter() - t0) / len(group)
+        decoded = Decoded(self.image_decoder, batch_size=len(group))
+        out = []
+        for plan, image in zip(group, images):
+            plan.timer.add("decode", share)
+            out.append(self._finish(slot, plan, image.unsqueeze(0), decoded))
+        return out
+
+    def _execute(self, slot: Slot, plan: ItemPlan) -> tuple[torch.Tensor, Decoded]:
+        """Decode, resize, normalize and patchify one planned item on ``slot``'s device."""
+        if plan.kind == "video" and plan.info is not None:
+            return self._execute_video(slot, plan)
+        with plan.timer.stage("decode"):
+            frames, decoder = self._decode(slot, plan)  # uint8 [T, 3, H, W]
+        return self._finish(slot, plan, frames, decoder)
+
+    def _finish(self, slot: Slot, plan: ItemPlan, frames: torch.Tensor,
+                decoder: Decoded) -> tuple[torch.Tensor, Decoded]:
+        """Upload (if needed), resize, normalize and patchify decoded uint8 ``[T, 3, H, W]`` frames."""
+        frames = self._upload_resize(slot, plan, frames)
+        with plan.timer.stage("normalize_patchify"):
+            out = plan.out if plan.out is not None and same_device(plan.out.device, frames.device) else None
+            pv, grid = self._normalize_patchify(frames, out)
+        if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
+            raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
+        return self.place(slot, plan, pv), decoder
+
+    def _upload_resize(self, slot: Slot, plan: ItemPlan, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (uint8 ``[T, 3, H, W]``, any device) on the slot's device, shown as displayed, resized."""
+        device = torch.device(slot.device)
+        timer = plan.timer
+        with timer.stage("transfer"):
+            if not same_device(frames.device, device):
+                if device.type == "cuda" and frames.device.type == "cpu":
+                    frames = frames.pin_memory().to(device, non_blocking=True)
+                else:
+                    frames = frames.to(device)
+        with timer.stage("resize"):
+            if plan.info is not None and plan.info.rotation:
+                frames = rotate_frames(frames, plan.info.rotation)
+            if plan.presize is not None:
+                frames = ops.resize(frames, plan.presize, "bilinear")
+            return ops.resize(frames, plan.target, self.config.video_resample if plan.kind == "video" else "bicubic")
+
+    def place(self, slot: Slot, plan: ItemPlan, pv: torch.Tensor) -> torch.Tensor:
+        """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned)."""
+        if plan.out is not None:
+            into_block(plan, pv)
+            return plan.out
+        if self.output == "device" and pv.device.type == "cuda" and slot.stream is not None:
+            # Allocated on the slot's stream, read by the caller on its own (usually the default stream):
+            # once the caller frees it, the block must not go to the slot's next item before the default
+            # stream's work queued by then has finished. Callers on other streams record theirs.
+            pv.record_stream(torch.cuda.default_stream(pv.device))
+        if self.output == "cpu" and pv.device.type != "cpu":
+            pv = pv.to("cpu")
+        elif self.output == "pinned":
+            host = torch.empty(pv.shape, dtype=pv.dtype, pin_memory=True)
+            host.copy_(pv, non_blocking=True)
+            if slot.stream is None:  # the synchronous API returns finished tensors
+                torch.cuda.current_stream().synchronize()
+            pv = host
+        return pv
+
+    def _execute_video(self, slot: Slot, plan: ItemPlan) -> tuple[torch.Tensor, Decoded]:
+        """A video, ``plan.chunk`` frames at a time: decode, resize and patchify each group straight into the
+        item's output rows, so memory follows the output and the chunk, not the source's frame count."""
+        cfg = self.config
+        device = torch.device(slot.device)
+        gt, gh, gw = plan.grid
+        row = cfg.row_size
+        if plan.out is not None and same_device(plan.out.device, device):
+            out = plan.out
+        else:
+            out = torch.empty((gt * gh * gw, row), dtype=cfg.output_dtype, device=device)
+        try:
+            decoded = Decoded(self._video_chunks(slot, plan, self.video_decoder, out))
+        except MediaError as exc:
+            # A codec the backend lacks (UnsupportedMedia), or a stream it failed on (DecodeError: e.g. a
+            # codec this chip's NVDEC does not have): PyAV decodes it instead, or names what is wrong.
+            if self.video_decoder == "pyav":
+                raise
+            decoded = Decoded(self._video_chunks(slot, plan, "pyav", out), fallback_reason=exc.reason)
+        return self.place(slot, plan, out), decoded
+
+    def _video_chunks(self, slot: Slot, plan: ItemPlan, decoder_name: str, out: torch.Tensor) -> str:
+        assert plan.info is not None and plan.indices is not None
+        cfg = self.config
+        tp = cfg.temporal_patch_size
+        rows_per_step = plan.grid[1] * plan.grid[2]
+        decoder = self._decoder(slot, decoder_name)
+        done = 0
+        for first, frames in frame_chunks(decoder, plan):
+            frames = self._upload_resize(slot, plan, frames.permute(0, 3, 1, 2))
+            steps = -(-frames.shape[0] // tp)
+            begin = first // tp * rows_per_step
+            with plan.timer.stage("normalize_patchify"):
+                self._normalize_patchify(frames, out[begin : begin + steps * rows_per_step])
+            done = first + frames.shape[0]
+        if done != len(plan.indices):  # pragma: no cover - decoders raise for frames they cannot reach
+            raise RuntimeError(f"{plan.src.item}: decoded {done} of {len(plan.indices)} planned frames")
+        return decoder.name
+
+    def _decode(self, slot: Slot, plan: ItemPlan) -> tuple[torch.Tensor, Decoded]:
+        src = plan.src
+        if plan.kind == "image":
+            if plan.jpeg_scale > 1:
+                assert plan.image_info is not None
+                return decode_jpeg_scaled(src, plan.image_info, plan.jpeg_scale).unsqueeze(0), Decoded(
+                    f"cpu-jpeg-1/{plan.jpeg_scale}")
+            if self.image_decoder == "nvjpeg":
+                gpu = decode_jpeg_cuda(src, slot.device, self.limits, plan.image_info)
+                if gpu is not None:
+                    return gpu.unsqueeze(0), Decoded("nvjpeg")
+            return decode_image(src, self.limits, plan.image_info).unsqueeze(0), Decoded("cpu")
+        assert src.kind == "array" and plan.indices is not None
+        frames = src.pixels
+        if plan.indices != list(range(frames.shape[0])):  # every frame in order (a drop-in's call): no copy
+            frames = frames[plan.indices]
+        return frames.permute(0, 3, 1, 2), Decoded("array")
+
+    @staticmethod
+    def _decoder(slot: Slot, name: str) -> Any:
+        """The slot thread's own instance of decoder ``name`` (decoders are never shared)."""
+        key = ("video_decoder", name)
+        decoder = slot.state.get(key)
+        if decoder is None:
+            decoder = slot.state[key] = get_video_decoder(name)
+        return decoder
+
+    def _normalize_patchify(
+        self, frames: torch.Tensor, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        cfg = self.config
+        kw = dict(patch_size=cfg.patch_size, temporal_patch_size=cfg.temporal_patch_size,
+                  merge_size=cfg.merge_size, dtype=cfg.output_dtype, out=out)
+        return _normalize_patchify_impl(frames.device.type, cfg.output_dtype)(
+            frames, cfg.image_mean, cfg.image_std, **kw)
+
+
+def frame_chunks(decoder: Any, plan: ItemPlan) -> Any:
+    """Yield ``(position, frames)``: the plan's frames ``plan.chunk`` at a time as uint8 ``[k, H, W, 3]``.
+
+    Decoders that stream (``iter_frames_at``) fill one reused buffer frame by frame; others are asked for
+    ``plan.call`` frames per call, yielded a chunk at a time. Decode time goes to the item's ``decode`` stage."""
+    assert plan.info is not None and plan.indices is not None
+    indices, info, timer, chunk = plan.indices, plan.info, plan.timer, plan.chunk
+    iterate = getattr(decoder, "iter_frames_at", None)
+    if iterate is None:
+        call = max(plan.call, chunk)
+        for start in range(0, len(indices), call):
+            with timer.stage("decode"):
+                decoded = decoder.get_frames_at(plan.src, info, indices[start : start + call])
+            for k in range(0, decoded.shape[0], chunk):
+                yield start + k, decoded[k : k + chunk]
+            del decoded
+        return
+    buf = torch.empty((min(chunk, len(indices)), info.height, info.width, 3), dtype=torch.uint8)
+    # Frames go into the buffer with numpy's copy: a torch copy wakes the intra-op thread pool, whose spinning
+    # threads then compete with FFmpeg's for the cores while the next frames decode.
+    view = buf.numpy()
+    stream = iterate(plan.src, info, indices)
+    first = k = 0
+    while True:
+        with timer.stage("decode"):
+            frame = next(stream, None)
+            if frame is not None:
+                view[k] = frame
+        if frame is None:
+            break
+        k += 1
+        if k == buf.shape[0]:
+            yield first, buf  # consumed (resized) before the next frame is decoded into it
+            first, k = first + k, 0
+    if k:
+        yield first, buf[:k]
+
+
+def into_block(plan: ItemPlan, rows: torch.Tensor) -> None:
+    """An item's rows (unless made in place) and its grid row into its pool block. On CUDA the grid is filled
+    by kernels on the current stream: no host-to-device copy, no synchronization."""
+    if plan.out is not None and rows is not plan.out:
+        plan.out.copy_(rows)
+    if plan.grid_out is not None:
+        for k, v in enumerate(plan.grid):
+            plan.grid_out[k].fill_(v)
+
+
+def fill_block(items: list[tuple[ItemPlan, torch.Tensor]]) -> None:
+    """Rows made by another call's computation into this call's pool block."""
+    for plan, rows in items:
+        into_block(plan, rows)

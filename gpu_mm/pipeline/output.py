@@ -1,0 +1,112 @@
+"""Output: one pool block leased for a call's features, and the features assembled under the family's keys with a
+report per item."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TypeVar
+
+import torch
+
+from ..models.base import VideoSampling
+from .execute import into_block
+from .plan import ItemPlan
+from .routing import Call
+from .types import Features, ItemReport
+
+F = TypeVar("F", bound=Features)
+
+
+def lease(pool: Any, config: Any, plans: list[ItemPlan]) -> Any:
+    """With an output pool: lease one block for all features, point each plan at its rows, and copy the
+    rows of cache hits in."""
+    if pool is None or not plans:
+        return None
+    cfg = config
+    row = cfg.row_size
+    layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for kind, key, grid_key in (("image", "pixel_values", "image_grid_thw"),
+                                ("video", "pixel_values_videos", "video_grid_thw")):
+        group = [p for p in plans if p.kind == kind]
+        if group:
+            layout[key] = ((sum(math.prod(p.grid) for p in group), row), cfg.output_dtype)
+            layout[grid_key] = ((len(group), 3), torch.long)
+    lease = pool.lease(layout)
+    offsets = {"image": 0, "video": 0}
+    counts = {"image": 0, "video": 0}
+    for p in plans:
+        key, grid_key = (("pixel_values", "image_grid_thw") if p.kind == "image"
+                         else ("pixel_values_videos", "video_grid_thw"))
+        n = math.prod(p.grid)
+        p.out = lease.tensors[key][offsets[p.kind] : offsets[p.kind] + n]
+        p.grid_out = lease.tensors[grid_key][counts[p.kind]]
+        offsets[p.kind] += n
+        counts[p.kind] += 1
+        if p.cached is not None:  # a hit: its rows go into the block now, nothing runs for it
+            into_block(p, p.cached.rows)
+    return lease
+
+def assemble(call: Call, features_class: type[F], config: Any, output: str) -> F:
+    plans, outs, lease = call.plans, call.outs, call.lease
+    feats = features_class()
+    cfg = config
+    img = [(p, o) for p, o in zip(plans, outs) if p.kind == "image"]
+    vid = [(p, o) for p, o in zip(plans, outs) if p.kind == "video"]
+    if lease is not None:
+        feats.handle = lease.handle
+    for group, key, grid_key in ((img, "pixel_values", "image_grid_thw"),
+                                 (vid, "pixel_values_videos", "video_grid_thw")):
+        if not group:
+            continue
+        if lease is not None:  # rows and grids are already in the block, written by the slot jobs
+            pv = lease.tensors[key]
+            grid = lease.tensors[grid_key]
+        else:
+            grid = torch.tensor([p.grid for p, _ in group], dtype=torch.long)
+            pv = join([o[0] for _, o in group], pinned=output == "pinned")
+        setattr(feats, key, pv)
+        setattr(feats, grid_key, grid)
+    if vid:
+        sampled = [VideoSampling(p.indices or [], p.sample_fps or 0.0, p.target, p.video_fps) for p, _ in vid]
+        for name, value in cfg.video_fields(sampled).items():
+            setattr(feats, name, value)
+    for p, (_, decoded) in zip(plans, outs):
+        feats.items.append(
+            ItemReport(
+                kind=p.kind, item=p.src.item, source_size=p.source_size, resized=p.target, grid_thw=p.grid,
+                num_tokens=cfg.token_count(p.grid), decoder=str(decoded), frame_indices=p.indices,
+                sample_fps=p.sample_fps, video_fps=p.video_fps, timings=dict(p.timer.stages),
+                cache=p.cache_state, decoded=decoded, working_bytes=p.nbytes,
+            )
+        )
+    return feats
+
+
+def join(parts: list[torch.Tensor], *, pinned: bool) -> torch.Tensor:
+    """Items' rows as one tensor; with ``pinned`` the joined copy is page-locked too (torch.cat's is not)."""
+    if len(parts) == 1:
+        return parts[0]
+    rows = sum(p.shape[0] for p in parts)
+    out = torch.empty((rows, *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device,
+                      pin_memory=pinned and parts[0].device.type == "cpu")
+    return torch.cat(parts, out=out)
+
+
+class LeaseGuard:
+    """Returns a lease to its pool if the call fails, but only once no item's work can still write into it."""
+
+    def __init__(self, pool: Any, lease: Any, items: int) -> None:
+        self.pool, self.lease, self.unsettled, self.failed = pool, lease, items, False
+
+    def settled(self) -> None:
+        self.unsettled -= 1
+        self._maybe_release()
+
+    def fail(self) -> None:
+        self.failed = True
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self.failed and self.unsettled == 0 and self.lease is not None:
+            self.pool.release(self.lease.handle)
+            self.lease = None

@@ -1,0 +1,255 @@
+"""Planning: each item's source loaded and probed, its frames, sizes and grid chosen by the family's spec, its
+working memory bounded and its cache entry looked up, before any pixel is decoded; then the items grouped into
+slot jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any, Literal
+
+import torch
+
+from ..cache import Entry, FeatureCache, content_key
+from ..errors import (
+    InvalidRequest,
+    LimitExceeded,
+    MediaError,
+    UnsupportedMedia,
+)
+from ..media.image import (
+    ImageInfo,
+    is_plain_jpeg,
+    jpeg_draft_scale,
+    probe_image,
+)
+from ..media.sources import MediaLimits, Source, load_source
+from ..media.video import (
+    VideoInfo,
+    frames_from_array,
+    probe_video,
+)
+from ..metrics import StageTimer
+from ..models.base import VideoSampling
+from ..options import RequestOptions
+from . import memory
+from .memory import (
+    _feature_bytes,
+    _mib,
+    image_working_bytes,
+    video_call_frames,
+    video_chunk_frames,
+    video_working_bytes,
+)
+
+
+@dataclasses.dataclass
+class ItemPlan:
+    """Everything decided before touching pixels (pure data, no tensors except array inputs)."""
+
+    kind: Literal["image", "video"]
+    src: Source
+    target: tuple[int, int]
+    grid: tuple[int, int, int]
+    source_size: tuple[int, int]
+    indices: list[int] | None = None
+    info: VideoInfo | None = None
+    image_info: ImageInfo | None = None
+    """An image's probe (size, format, mode), so decoding does not parse its header again."""
+    sample_fps: float | None = None
+    jpeg_scale: int = 1
+    """Fast JPEG mode: decode at 1/``jpeg_scale`` by DCT scaling (1: full size)."""
+    presize: tuple[int, int] | None = None
+    """A video's first, bilinear resize before ``target`` (see :class:`VideoSampling`)."""
+    nbytes: int = 0
+    """Peak working memory this item may take while it runs (its bound; see :func:`video_working_bytes`)."""
+    chunk: int = 0
+    """Video frames resized and patchified together (a multiple of the temporal patch)."""
+    call: int = 0
+    """Video frames one decoder call returns (a multiple of ``chunk``): ``chunk``, except for decoders whose every
+    call sets up a demuxer and a decoder again (:data:`gpu_mm.pipeline.memory.PER_CALL_DECODERS`)."""
+    timer: StageTimer = dataclasses.field(default_factory=StageTimer)
+    out: torch.Tensor | None = None
+    """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
+    grid_out: torch.Tensor | None = None
+    """This item's ``grid_thw`` row inside that lease, written by the item's slot job."""
+    video_fps: float | None = None
+    key: bytes | None = None
+    """The item's feature-cache key (None: cache off, or not cacheable)."""
+    cached: Entry | None = None
+    """The cache's entry, when this item is a hit (nothing is decoded)."""
+    cache_state: Literal["hit", "miss", "coalesced"] | None = None
+    flight: asyncio.Future[Any] | None = None
+    """For a miss computed by this call: resolved with its result for calls that join it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Planner:
+    """Turns a call's items and options into :class:`ItemPlan` s (on a planning thread, never the caller's loop)."""
+
+    config: Any
+    """The family's spec (:class:`gpu_mm.models.base.ModelSpec`)."""
+    device: str
+    limits: MediaLimits
+    video_decoder: str
+    fast_jpeg: bool
+    memory_budget_bytes: int
+    image_batch: int
+    """Plain JPEGs decoded together in one slot job, at most."""
+    cache: FeatureCache
+    cache_identity: tuple[Any, ...]
+    """Everything besides the media and the request's options that changes an item's features."""
+
+    def _options(self, request: dict[str, Any]) -> RequestOptions:
+        """The call's options, from ``options=RequestOptions(...)`` or keywords, checked against what the
+        family reads."""
+        options = request.pop("options", None)
+        if options is not None and request:
+            raise TypeError("pass per-request options either as options=RequestOptions(...) or as keywords")
+        parsed = RequestOptions.parse(options if options is not None else request)
+        unread = sorted(set(parsed.as_dict()) - self.config.options)
+        if unread:
+            raise InvalidRequest(unread[0], f"not an option of the {self.config.family} family; its options: "
+                                            f"{sorted(self.config.options)}")
+        return parsed
+
+    def plan_all(self, images: Any, videos: Any, request: dict[str, Any]) -> list[ItemPlan]:
+        options = self._options(request)
+        plans = [self._plan_image(obj, f"image[{i}]", options) for i, obj in enumerate(as_list(images))]
+        plans += [self._plan_video(obj, f"video[{i}]", options) for i, obj in enumerate(as_list(videos))]
+        for p in plans:
+            if p.nbytes > self.memory_budget_bytes:
+                raise LimitExceeded(
+                    p.src.item,
+                    f"needs up to {_mib(p.nbytes)} of working memory ({p.source_size[1]}x{p.source_size[0]} "
+                    f"-> {p.target[1]}x{p.target[0]}"
+                    + (f", {len(p.indices)} frames" if p.indices is not None else "")
+                    + f"), over the preprocessor's memory_budget_bytes={_mib(self.memory_budget_bytes)}",
+                )
+        return plans
+
+    def _lookup(self, src: Source, kind: str, options: RequestOptions,
+                timer: StageTimer) -> tuple[bytes | None, Entry | None]:
+        """The item's cache key and entry (runs on a planning thread: hashing never touches the loop).
+        Encoded bytes and CPU arrays are cacheable; PIL images and device tensors are not."""
+        if not self.cache.enabled:
+            return None, None
+        if src.kind == "encoded":
+            data = src.data
+        elif src.kind == "array" and not (isinstance(src.pixels, torch.Tensor) and src.pixels.device.type != "cpu"):
+            data = src.pixels
+        else:
+            return None, None
+        with timer.stage("cache"):
+            try:
+                key = content_key(data, kind, self.cache_identity, sorted(options.as_dict().items()))
+            except (TypeError, ValueError, BufferError):
+                return None, None  # an array whose memory cannot be read as bytes (object dtype): not cached
+            return key, self.cache.get(key)
+
+    def _plan_image(self, obj: Any, item: str, options: RequestOptions) -> ItemPlan:
+        timer = StageTimer()
+        with timer.stage("load"):
+            src = load_source(obj, item, self.limits)
+        key, hit = self._lookup(src, "image", options, timer)
+        if hit is not None:
+            return hit_plan("image", src, key, hit, timer)
+        with timer.stage("load"):
+            info = probe_image(src, self.limits)
+        cfg = self.config
+        try:
+            target = cfg.image_target(info.height, info.width, options)
+        except ValueError as exc:
+            raise LimitExceeded(src.item, str(exc)) from None
+        grid = cfg.grid(1, target)
+        scale = jpeg_draft_scale(src, info, target) if self.fast_jpeg and self.device == "cpu" else 1
+        nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
+                                     via_pillow=not is_plain_jpeg(src, info) or scale > 1)
+        return ItemPlan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
+                     timer=timer, key=key, jpeg_scale=scale)
+
+    def _plan_video(self, obj: Any, item: str, options: RequestOptions) -> ItemPlan:
+        timer = StageTimer()
+        with timer.stage("load"):
+            src = load_source(obj, item, self.limits)
+        key, hit = self._lookup(src, "video", options, timer)
+        if hit is not None:
+            return hit_plan("video", src, key, hit, timer)
+        info: VideoInfo | None = None
+        try:
+            if src.kind == "encoded":
+                with timer.stage("probe"):
+                    info = probe_video(src, self.limits)
+                size = info.display_size
+                sampling = self.config.sample_video(info.num_frames, info.fps, size, options)
+            elif src.kind == "array":
+                # Decoded frames are taken as already sampled (as qwen-vl-utils treats frame lists).
+                frames = src.pixels = frames_from_array(src)
+                size = (frames.shape[1], frames.shape[2])
+                sampling = self.config.sample_frames(frames.shape[0], size, options)
+            else:
+                raise UnsupportedMedia(src.item, "a video must be encoded bytes/path/URL or a T x H x W x C array")
+        except MediaError:
+            raise
+        except ValueError as exc:  # the family's arithmetic refused the video
+            raise LimitExceeded(src.item, str(exc)) from None
+        plan = self._video_plan(src, sampling, info, size, timer)
+        plan.key = key
+        return plan
+
+    def _video_plan(self, src: Source, sampling: VideoSampling, info: VideoInfo | None, size: tuple[int, int],
+                    timer: StageTimer) -> ItemPlan:
+        cfg = self.config
+        indices, target = sampling.indices, sampling.target
+        grid = cfg.grid(len(indices), target)
+        # Working memory follows the larger of the intermediate and the final frames.
+        held = max(target, sampling.presize or target, key=lambda s: s[0] * s[1])
+        if info is None:  # decoded frames given: they are all in memory already; one pass over them
+            chunk = len(indices)
+            nbytes = image_working_bytes(size, held, _feature_bytes(grid, cfg), via_pillow=False, frames=chunk)
+        else:
+            chunk = video_chunk_frames(size, held, cfg.temporal_patch_size, len(indices))
+            nbytes = video_working_bytes(size, held, chunk, _feature_bytes(grid, cfg))
+        call = chunk
+        if info is not None and self.video_decoder in memory.PER_CALL_DECODERS:
+            call = video_call_frames(size, chunk, len(indices))
+            nbytes += (call - chunk) * 3 * size[0] * size[1]  # the call's decoded frames beyond one chunk
+        return ItemPlan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
+                     presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, timer=timer,
+                     video_fps=sampling.video_fps)
+
+    def groups(self, plans: list[ItemPlan]) -> list[list[int]]:
+        """Which plans run together as one slot job: plain JPEGs in batches of up to ``image_batch`` (one
+        batched decode call, within the memory budget), every other item on its own."""
+        groups: list[list[int]] = []
+        batch: list[int] = []
+        batch_bytes = 0
+        budget = self.memory_budget_bytes
+        for i, p in enumerate(plans):
+            if self.image_batch > 1 and p.kind == "image" and p.image_info is not None \
+                    and p.jpeg_scale == 1 and is_plain_jpeg(p.src, p.image_info):
+                if batch and (len(batch) == self.image_batch or (budget and batch_bytes + p.nbytes > budget)):
+                    groups.append(batch)
+                    batch, batch_bytes = [], 0
+                batch.append(i)
+                batch_bytes += p.nbytes
+            else:
+                groups.append([i])
+        if batch:
+            groups.append(batch)
+        return groups
+
+
+def hit_plan(kind: Literal["image", "video"], src: Source, key: bytes | None, hit: Entry,
+              timer: StageTimer) -> ItemPlan:
+    v = hit.value
+    return ItemPlan(kind, src, v["target"], v["grid"], v["source_size"], indices=v["indices"],
+                    sample_fps=v["sample_fps"], video_fps=v["video_fps"], timer=timer, key=key, cached=hit)
+
+
+def as_list(x: Any) -> list[Any]:
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
