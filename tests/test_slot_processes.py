@@ -80,13 +80,13 @@ async def test_processes_give_the_threads_bits_and_reuse_their_blocks():
 
         # A single item's rows are the block itself; once the caller drops them the block is reused.
         one = await pre.preprocess(images=[jpeg])
-        created = pre._arena.blocks_created
+        created = pre.statistics().process_blocks
         del one
         for _ in range(3):
             again = await pre.preprocess(images=[jpeg])
             assert torch.equal(again.pixel_values, want_img.pixel_values[: again.pixel_values.shape[0]])
             del again
-        assert pre._arena.blocks_created == created
+        assert pre.statistics().process_blocks == created
 
         # An item the child cannot decode fails typed, naming it; the child lives on.
         with pytest.raises(DecodeError, match=r"image\[0\]"):

@@ -14,11 +14,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import math
 import os
 import threading
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -26,7 +24,6 @@ import torch
 
 from .._aio import await_or_abandon
 from .._lifecycle import Closeable
-from .._procslots import ShmArena, SlotProcess, process_threads
 from .._workers import prestarted_executor
 from ..cache import FeatureCache
 from ..concurrency import choose as choose_concurrency
@@ -51,8 +48,9 @@ from .memory import (
 )
 from .output import LeaseGuard
 from .plan import ItemPlan, Planner
+from .processes import SlotProcesses, close_slot_process, ready_slot_process, weakly
 from .routing import Router
-from .types import Decoded, Features, PreprocessorStatistics
+from .types import Features, PreprocessorStatistics
 
 F = TypeVar("F", bound=Features)
 
@@ -222,9 +220,10 @@ class Preprocessor(Closeable, Generic[F]):
                                 self._image_batch, self.cache, self._cache_identity)
         self._executor = Executor(self.config, self.limits, self.video_decoder, self.image_decoder, output)
         self._router = Router(self.cache, self._planner)
-        self._arena: ShmArena | None = None
-        self._procs: list[SlotProcess] = []
-        self._procs_lock = threading.Lock()
+        self._processes = SlotProcesses(
+            self._executor, memory_budget_bytes=memory_budget_bytes, idle=idle_workers, cores=self.concurrency.cores,
+            slots=self.concurrency.slots + self.concurrency.express_slots,
+            stop_abandoned_after_s=stop_abandoned_after_s) if workers == "processes" else None
 
     @classmethod
     def for_model(cls, model: str | os.PathLike[str], *, device: str = "auto", **kwargs: Any) -> Any:
@@ -309,15 +308,13 @@ class Preprocessor(Closeable, Generic[F]):
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle) gets its own threads, slots and per-thread decoders, never these.
         state = self.__dict__.copy()
-        state.update(_slots=None, _io=None, _arena=None, _procs=[])
+        state.update(_slots=None, _io=None)
         state.pop("_sync_local", None)
-        state.pop("_procs_lock", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._sync_local = threading.local()
-        self._procs_lock = threading.Lock()
 
     def _sync_slot(self) -> Slot:
         """The calling thread's own slot for the synchronous API, kept between calls so that its decoders
@@ -337,7 +334,7 @@ class Preprocessor(Closeable, Generic[F]):
             raise ProcessorClosed(f"{type(self).__name__} is closed")
         slots = self._pools()
         if self.workers == "processes":
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in slots.on_each_slot(_ready_slot_process)))
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in slots.on_each_slot(ready_slot_process)))
 
     def _pools(self) -> SlotPool:
         """The slot pool and IO threads, made (and their threads started) at the first call: not one thread at a
@@ -353,8 +350,8 @@ class Preprocessor(Closeable, Generic[F]):
                 express_max_bytes=self._express_max_bytes,
                 max_queued=self._max_queued,
                 idle_workers=self.idle_workers,
-                slot_start=_weakly(self._start_slot_process) if self.workers == "processes" else None,
-                slot_exit=_close_slot_process,
+                slot_start=None if self._processes is None else weakly(self._processes.start),
+                slot_exit=close_slot_process,
             )
             self._slots.prestart()
         return self._slots
@@ -429,7 +426,7 @@ class Preprocessor(Closeable, Generic[F]):
 
         async def run() -> Any:
             begun.append(True)
-            work = self._executor.run if self.workers == "threads" else self._execute_in_process
+            work = self._executor.run if self._processes is None else self._processes.run
             return await slots.run(work, group, nbytes=sum(p.nbytes for p in group),
                                    deadline=deadline, on_release=on_release, on_done=on_done)
 
@@ -467,14 +464,13 @@ class Preprocessor(Closeable, Generic[F]):
 
     def statistics(self) -> PreprocessorStatistics:
         """Return a snapshot of the slots, the feature cache and the computations in flight."""
+        processes = {} if self._processes is None else self._processes.counts()
         return PreprocessorStatistics(
             device=self.device, memory_budget_bytes=self.memory_budget_bytes,
             slots=None if self._slots is None else self._slots.statistics(),
             cache=self.cache.statistics(), computations_in_flight=len(self._router.inflight),
             concurrency=self.concurrency, workers=self.workers,
-            process_starts=sum(p.starts for p in self._procs),
-            process_pids=tuple(p.pid for p in self._procs if p.running and p.pid is not None),
-            process_stops=sum(p.stopped for p in self._procs),
+            **processes,
         )
 
     def close(self) -> None:
@@ -494,75 +490,8 @@ class Preprocessor(Closeable, Generic[F]):
             await self._slots.aclose()  # the slot threads close their processes as they exit
         if self._io is not None:
             await asyncio.to_thread(self._io.shutdown, True)
-        if self._arena is not None:
-            self._arena.close()
-
-    # ------------------------------------------------------------------ planning (pure, no pixels)
-
-
-    # ------------------------------------------------------------------ execution (on a slot thread)
-
-    def _execute_in_process(self, slot: Slot, group: list[ItemPlan]) -> list[tuple[torch.Tensor, Decoded]]:
-        """:meth:`Executor.run` in the slot's process (``workers="processes"``), from the slot's thread: the
-        plans go without their tensors and futures, each item's rows come back in shared memory, its stage
-        timings with them."""
-        proc = slot.state.get("process")
-        if proc is None:
-            proc = self._start_slot_process(slot)
-        sent = [dataclasses.replace(p, out=None, grid_out=None, cached=None, flight=None) for p in group]
-        shapes = [(math.prod(p.grid), self.config.row_size) for p in group]
-        out = []
-        results = proc.run(sent, shapes, self.config.output_dtype, abandoned_since=lambda: slot.abandoned_at,
-                           stop_after_s=self.stop_abandoned_after_s)
-        for plan, (rows, (decoded, stages)) in zip(group, results):
-            plan.timer.stages = stages
-            out.append((self._executor.place(slot, plan, rows), decoded))
-        return out
-
-    def _start_slot_process(self, slot: Slot) -> SlotProcess:
-        """The slot's process, started (on the slot's thread, as it starts: the child imports meanwhile)."""
-        with self._procs_lock:
-            if self._arena is None:
-                # Free output blocks kept for reuse: a quarter of the working-memory budget (2 GiB by default).
-                self._arena = ShmArena(max_free_bytes=self.memory_budget_bytes // 4)
-            total = self.concurrency.slots + self.concurrency.express_slots
-            proc = SlotProcess(
-                {"class": Executor, "kwargs": dict(vars(self._executor))},
-                self._arena, idle=self.idle_workers, threads=process_threads(self.concurrency.cores, total),
-                name=f"gpu-mm-slot-process-{slot.index}")
-            self._procs.append(proc)
-        slot.state["process"] = proc
-        proc.start()
-        return proc
-
-
-    # ------------------------------------------------------------------ output
-
-
-def _weakly(method: Callable[[Slot], Any]) -> Callable[[Slot], Any]:
-    """``method`` for a slot hook without keeping its object alive: the slot threads hold their hooks, and a
-    preprocessor dropped without close() must still be collected (its slot pool then lets the threads exit)."""
-    ref = weakref.WeakMethod(method)
-
-    def call(slot: Slot) -> Any:
-        bound = ref()
-        return None if bound is None else bound(slot)
-
-    return call
-
-
-def _ready_slot_process(slot: Slot) -> None:
-    """On a slot's thread: wait until its process has built its preprocessor (started if it is not running)."""
-    proc = slot.state.get("process")
-    if proc is not None:
-        proc.ensure_ready()
-
-
-def _close_slot_process(slot: Slot) -> None:
-    """``slot_exit``: a slot's thread, as it exits, stops its process (if it has one)."""
-    proc = slot.state.pop("process", None)
-    if proc is not None:
-        proc.close()
+        if self._processes is not None:
+            self._processes.close()
 
 
 def _settles(settled: Any, n: int) -> Any:

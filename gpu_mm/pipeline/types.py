@@ -112,3 +112,6 @@ class PreprocessorStatistics:
     """The slot processes running now (e.g. to watch their memory)."""
     process_stops: int = 0
     """Slot jobs stopped (their process killed) ``stop_abandoned_after_s`` after their callers gave up."""
+    process_blocks: int = 0
+    """Shared-memory blocks created so far for slot processes' rows (a block is reused once the features in it
+    are dropped, so this stops growing under a steady load)."""

@@ -1,0 +1,114 @@
+"""Slot processes (``workers="processes"``): each CPU slot's jobs run by the same :class:`Executor` in a child
+process of its own (:mod:`gpu_mm._procslots`), the rows coming back in shared memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .._procslots import ShmArena, SlotProcess, process_threads
+from ..slots import Slot
+from .execute import Executor
+from .plan import ItemPlan
+from .types import Decoded
+
+
+class SlotProcesses:
+    """The slot processes of one preprocessor: started by each slot's thread as it starts, closed as it exits."""
+
+    def __init__(self, executor: Executor, *, memory_budget_bytes: int, idle: bool, cores: int, slots: int,
+                 stop_abandoned_after_s: float | None) -> None:
+        self.executor = executor
+        self.memory_budget_bytes = memory_budget_bytes
+        self.idle = idle
+        self.cores, self.slots = cores, slots
+        self.stop_abandoned_after_s = stop_abandoned_after_s
+        self._arena: ShmArena | None = None
+        self._procs: list[SlotProcess] = []
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (deepcopy, pickle) starts processes of its own, never shares these.
+        state = {**self.__dict__, "_arena": None, "_procs": []}
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def run(self, slot: Slot, group: list[ItemPlan]) -> list[tuple[torch.Tensor, Decoded]]:
+        """:meth:`Executor.run` in the slot's process, from the slot's thread: the plans go without their tensors
+        and futures, each item's rows come back in shared memory, its stage timings with them."""
+        proc = slot.state.get("process")
+        if proc is None:
+            proc = self.start(slot)
+        cfg = self.executor.config
+        sent = [dataclasses.replace(p, out=None, grid_out=None, cached=None, flight=None) for p in group]
+        shapes = [(math.prod(p.grid), cfg.row_size) for p in group]
+        out = []
+        results = proc.run(sent, shapes, cfg.output_dtype, abandoned_since=lambda: slot.abandoned_at,
+                           stop_after_s=self.stop_abandoned_after_s)
+        for plan, (rows, (decoded, stages)) in zip(group, results):
+            plan.timer.stages = stages
+            out.append((self.executor.place(slot, plan, rows), decoded))
+        return out
+
+    def start(self, slot: Slot) -> SlotProcess:
+        """The slot's process, started (on the slot's thread, as it starts: the child imports meanwhile)."""
+        with self._lock:
+            if self._arena is None:
+                # Free output blocks kept for reuse: a quarter of the working-memory budget (2 GiB by default).
+                self._arena = ShmArena(max_free_bytes=self.memory_budget_bytes // 4)
+            proc = SlotProcess({"class": Executor, "kwargs": dict(vars(self.executor))}, self._arena, idle=self.idle,
+                               threads=process_threads(self.cores, self.slots),
+                               name=f"gpu-mm-slot-process-{slot.index}")
+            self._procs.append(proc)
+        slot.state["process"] = proc
+        proc.start()
+        return proc
+
+    def counts(self) -> dict[str, Any]:
+        """:class:`PreprocessorStatistics`' ``process_*`` fields."""
+        procs = list(self._procs)
+        return {"process_starts": sum(p.starts for p in procs),
+                "process_pids": tuple(p.pid for p in procs if p.running and p.pid is not None),
+                "process_stops": sum(p.stopped for p in procs),
+                "process_blocks": 0 if self._arena is None else self._arena.blocks_created}
+
+    def close(self) -> None:
+        """Release the shared-memory blocks kept for reuse (the slot threads close their processes as they exit)."""
+        if self._arena is not None:
+            self._arena.close()
+
+
+def weakly(method: Callable[[Slot], Any]) -> Callable[[Slot], Any]:
+    """``method`` for a slot hook without keeping its object alive: the slot threads hold their hooks, and a
+    preprocessor dropped without close() must still be collected (its slot pool then lets the threads exit)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(slot: Slot) -> Any:
+        bound = ref()
+        return None if bound is None else bound(slot)
+
+    return call
+
+
+def ready_slot_process(slot: Slot) -> None:
+    """On a slot's thread: wait until its process has built its executor (started if it is not running)."""
+    proc = slot.state.get("process")
+    if proc is not None:
+        proc.ensure_ready()
+
+
+def close_slot_process(slot: Slot) -> None:
+    """``slot_exit``: a slot's thread, as it exits, stops its process (if it has one)."""
+    proc = slot.state.pop("process", None)
+    if proc is not None:
+        proc.close()
