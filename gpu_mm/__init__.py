@@ -24,11 +24,13 @@ from .models.qwen3_vl import Qwen3VLConfig, Qwen3VLFeatures, Qwen3VLPreprocessor
 from .options import RequestOptions
 from .pipeline import Decoded, Features, ItemReport, Preprocessor, PreprocessorStatistics
 from .processor import AsyncMMDataProcessor, ProcessorCounts, ProcessorStatistics
+from .settings import Settings
 from .slots import Completion, Slot, SlotPool, SlotPoolStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "AsyncMMDataProcessor",
     "BackendUnavailable",
     "CacheStatistics",
@@ -36,17 +38,17 @@ __all__ = [
     "Decoded",
     "DecodeError",
     "FeatureCache",
-    "Features",
     "FeatureHandle",
     "FeaturePool",
     "FeatureReceiver",
+    "Features",
     "GpuMMError",
     "InvalidRequest",
     "ItemReport",
     "LatencySummary",
     "LimitExceeded",
-    "MediaLimits",
     "MediaError",
+    "MediaLimits",
     "Overloaded",
     "Preprocessor",
     "PreprocessorStatistics",
@@ -61,11 +63,11 @@ __all__ = [
     "Qwen3VLFeatures",
     "Qwen3VLPreprocessor",
     "RequestOptions",
+    "Settings",
     "Slot",
     "SlotPool",
     "SlotPoolStatistics",
     "SourceError",
     "StageTimer",
     "UnsupportedMedia",
-    "__version__",
 ]

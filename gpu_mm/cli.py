@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .errors import GpuMMError
+from .settings import Settings
 
 _MODEL_HELP = ("a model family or transformers model_type (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5), "
                "or a local model folder whose processor configs to follow (default qwen2_vl)")
@@ -289,13 +290,9 @@ def _print_hostile(hostile: dict[str, Any]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .media.sources import MediaLimits
-    from .serve import run
-
-    max_body = int(args.max_body_mb * 2**20)
-    limits = MediaLimits.for_network(allow_urls=args.allow_urls, local_media_root=args.allowed_local_media_path,
-                                     allow_private_urls=args.allow_private_urls, max_bytes=max_body)
     import logging
+
+    from .serve import run
 
     # The server's own log lines (chosen concurrency, loop slice, idle slot threads put back on the normal
     # policy) on stderr, unless the embedding process configured logging itself.
@@ -306,16 +303,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .bench.baselines import SeedAsyncMMDataProcessor
 
         seed_wrapper = SeedAsyncMMDataProcessor
-    run(args.mode, args.host, args.port, model=args.model, seed_wrapper=seed_wrapper, fast_jpeg=args.fast_jpeg,
-        image_decoder=args.image_decoder, read_chunk_bytes=args.read_chunk_kb * 1024,
-        switch_interval_s=args.switch_interval_ms / 1e3 if args.switch_interval_ms > 0 else None,
-        device=args.device, loop_slice=args.loop_slice, idle_workers=args.idle_workers, workers=args.workers,
-        stop_abandoned_after_s=None if args.stop_abandoned_after_s < 0 else args.stop_abandoned_after_s,
-        max_concurrent_calls=args.max_concurrent_calls, max_queued=args.max_queued, timeout_s=args.timeout_s,
-        num_slots=args.slots, limits=limits, max_body_bytes=max_body,
-        body_budget_bytes=int(args.body_budget_mb * 2**20),
-        memory_budget_bytes=None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20),
-        cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20))
+    run(Settings.from_args(args), mode=args.mode, seed_wrapper=seed_wrapper)
     return 0
 
 
@@ -392,49 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         ds.set_defaults(**{name: None})
     ds.set_defaults(fn=cmd_preprocess_dataset)
 
-    sv = sub.add_parser("serve", help="HTTP front end: POST /v1/preprocess, GET /health, GET /metrics")
-    sv.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", "seed", "inline"])
-    sv.add_argument("--device", default="auto")
-    sv.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
-    sv.add_argument("--image-decoder", default="auto", help=_IMAGE_DECODER_HELP)
-    sv.add_argument("--fast-jpeg", action="store_true", help=_FAST_JPEG_HELP)
-    sv.add_argument("--loop-slice", action="store_true",
-                    help="ask Linux (6.12+) for a short CPU time slice for the event loop's thread (gpu_mm.sched)")
-    sv.add_argument("--idle-workers", action=argparse.BooleanOptionalAction, default=True,
-                    help="slot threads on SCHED_IDLE (the default): the loop preempts them at once; one starved by "
-                         "other busy processes goes back on the normal policy for a while "
-                         "(gpu_mm.sched.StarvationGuard); needs root or CAP_SYS_NICE, else the normal policy")
-    sv.add_argument("--workers", default="auto", choices=["auto", "threads", "processes"],
-                    help="where each slot's pixel work runs: its thread, or (CPU only) a process of its own, so "
-                         "that the server's loop shares its interpreter lock with none of it (gpu_mm.Preprocessor's "
-                         "workers); auto (the default): processes on the CPU (Linux), threads on CUDA")
-    sv.add_argument("--stop-abandoned-after-s", type=float, default=30.0, metavar="S",
-                    help="with slot processes: kill a slot's process once its job's callers have been gone this long "
-                         "(past their deadline), which frees the slot (default 30; negative: never)")
-    sv.add_argument("--read-chunk-kb", type=int, default=64, metavar="KB",
-                    help="at most this much per socket read of a request, so that one event loop iteration over "
-                         "many uploads stays short (default 64; 0: the event loop's own 256)")
-    sv.add_argument("--switch-interval-ms", type=float, default=0.5, metavar="MS",
-                    help="the interpreter's switch interval: how long the event loop waits for the interpreter "
-                         "lock before it asks another thread to let go (default 0.5; 0: Python's own, 5)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8080)
-    sv.add_argument("--max-concurrent-calls", type=int, default=32)
-    sv.add_argument("--max-queued", type=int, default=None)
-    sv.add_argument("--timeout-s", type=float, default=30.0)
-    sv.add_argument("--slots", type=int, default=None, help="device slots (default 1)")
-    sv.add_argument("--allow-urls", action="store_true", help="fetch http(s) URLs (public addresses only)")
-    sv.add_argument("--allow-private-urls", action="store_true",
-                    help="with --allow-urls: also loopback/private addresses (only on a trusted network)")
-    sv.add_argument("--allowed-local-media-path", metavar="DIR", default=None,
-                    help="read local files, but only regular files inside DIR (default: no local files)")
-    sv.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (default 64)")
-    sv.add_argument("--body-budget-mb", type=float, default=512.0,
-                    help="request bodies in flight at once; beyond it 503 (default 512)")
-    sv.add_argument("--memory-budget-mb", type=float, default=None,
-                    help="working memory of the pixel work in flight (default: 8 GiB or half the RAM)")
-    sv.add_argument("--cache-mb", type=float, default=None,
-                    help="feature cache by content (default: 1 GiB or 1/16 of the RAM; 0: off)")
+    sv = sub.add_parser("serve", help="HTTP front end: POST /v1/preprocess, GET /health, GET /metrics",
+                        description="Every setting, with its variable for the engine plug-ins: docs/configuration.md")
+    sv.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", "seed", "inline"],
+                    help="gpu_mm; seed and inline are the benchmark's baselines (gpu-mm bench)")
+    Settings.add_arguments(sv)
     sv.set_defaults(fn=cmd_serve)
     args = ap.parse_args(argv)
     try:

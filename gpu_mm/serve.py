@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import secrets
 import time
 from typing import Any, Literal
 
-from ._procslots import choose_workers, process_threads
+from ._procslots import process_threads
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
 from .media.sources import MediaLimits, _ingest
 from .options import RequestOptions
@@ -35,15 +36,12 @@ from .pipeline import Preprocessor, resolve_device
 from .processor import AsyncMMDataProcessor
 from .runtime import freeze_gc, tune_allocator
 from .sched import reset_inherited_slice
+from .settings import Settings
 
 Mode = Literal["gpu_mm", "seed", "inline"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 64 * 2**20
-"""One request's JSON body (base64 media is 4/3 of its bytes)."""
-DEFAULT_BODY_BUDGET_BYTES = 512 * 2**20
-"""Bodies being read or processed at once; a request that would exceed it gets 503 before it is read."""
 DEFAULT_MAX_ITEMS = 64
 """Images plus videos in one request."""
 
@@ -69,10 +67,6 @@ def _summary(out: dict[str, Any]) -> dict[str, Any]:
         ],
         **{k: list(out[k].shape) for k in ("pixel_values", "pixel_values_videos") if k in out},
     }
-
-
-READ_CHUNK_BYTES = 1 << 16
-"""The most one socket read of a request takes (asyncio's own size is 256 KiB): see :func:`limit_reads`."""
 
 
 def limit_reads(transport: Any, nbytes: int) -> bool:
@@ -241,51 +235,36 @@ def _error(exc: BaseException, status: int) -> Any:
 
 
 def build_app(
-    mode: Mode = "gpu_mm",
+    settings: Settings | None = None,
     *,
-    device: str = "auto",
-    max_concurrent_calls: int = 32,
-    max_queued: int | None = None,
-    timeout_s: float | None = 30.0,
-    num_slots: int | None = None,
+    mode: Mode = "gpu_mm",
     limits: MediaLimits | None = None,
-    memory_budget_bytes: int | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES,
     max_items: int = DEFAULT_MAX_ITEMS,
-    cache_bytes: int | None = None,
-    model: str = "qwen2_vl",
     seed_wrapper: Any = None,
-    fast_jpeg: bool = False,
-    idle_workers: bool = False,
-    image_decoder: str = "auto",
-    workers: str = "threads",
-    stop_abandoned_after_s: float | None = None,
-    read_chunk_bytes: int = READ_CHUNK_BYTES,
+    **fields: Any,
 ) -> Any:
-    """Build the aiohttp application for ``mode``.
+    """Build the aiohttp application for ``mode`` from ``settings`` (:class:`gpu_mm.Settings`; ``fields`` replace
+    some of them, e.g. ``build_app(device="cpu", timeout_s=5)``).
 
-    ``model``: a family name or transformers ``model_type`` (``qwen2_5_vl``, ``qwen3_vl`` ...), or a local
-    model folder whose processor configs gpu-mm follows (:meth:`gpu_mm.Preprocessor.for_model`).
-    ``limits`` default to :meth:`MediaLimits.for_network` (inline media only) with ``max_bytes`` no larger
-    than a body can carry. ``seed_wrapper`` (mode ``seed``, benchmarks only): builds the baseline wrapper as
-    ``seed_wrapper(processor, max_concurrent_calls=..., timeout_s=...)``. ``read_chunk_bytes``: at most this
-    much per socket read of a request (:func:`limit_reads`; 0: the event loop's own size).
+    ``limits`` default to :meth:`MediaLimits.for_network` (inline media only, local files and URLs as the settings
+    allow) with ``max_bytes`` no larger than a body can carry. ``seed_wrapper`` (mode ``seed``, benchmarks only):
+    builds the baseline wrapper as ``seed_wrapper(processor, max_concurrent_calls=..., timeout_s=...)``.
     """
     from aiohttp import web
 
     from .metrics import PrometheusMetrics
 
+    settings = dataclasses.replace(settings or Settings(), **fields)
+    max_body_bytes, body_budget_bytes = settings.max_body_bytes, settings.body_budget_bytes
+    read_chunk_bytes = settings.read_chunk_bytes
     if limits is None:
-        limits = MediaLimits.for_network(max_bytes=max_body_bytes)
-    if max_body_bytes > body_budget_bytes:
-        raise ValueError(f"max_body_bytes={max_body_bytes} is over body_budget_bytes={body_budget_bytes}")
-    workers = choose_workers(workers, resolve_device(device))
-    pre = Preprocessor.for_model(model, device=device, limits=limits, num_slots=num_slots,
-                                 memory_budget_bytes=memory_budget_bytes, cache_bytes=cache_bytes, fast_jpeg=fast_jpeg,
-                                 image_decoder=image_decoder,
-                                 idle_workers=idle_workers, workers=workers,
-                                 stop_abandoned_after_s=stop_abandoned_after_s)
+        limits = MediaLimits.for_network(allow_urls=settings.allow_urls,
+                                         local_media_root=settings.allowed_local_media_path,
+                                         allow_private_urls=settings.allow_private_urls, max_bytes=max_body_bytes)
+    device = resolve_device(settings.device)
+    kwargs = settings.preprocessor_kwargs(device)
+    workers, idle_workers = kwargs["workers"], kwargs["idle_workers"]
+    pre = Preprocessor.for_model(settings.model, limits=limits, **kwargs)
     c = pre.concurrency
     logger.info("%s on %s: %d slots + %d express (%s), each slot's work in %s", type(pre).__name__, pre.device,
                 c.slots, c.express_slots, c.reason,
@@ -300,13 +279,13 @@ def build_app(
     metrics.watch_cache(pre.cache)
     wrapper: Any
     if mode == "gpu_mm":
-        wrapper = AsyncMMDataProcessor(pre, max_concurrent_calls=max_concurrent_calls, max_queued=max_queued,
-                                       timeout_s=timeout_s)
+        wrapper = AsyncMMDataProcessor(pre, **settings.processor_kwargs())
         metrics.watch(wrapper)
     elif mode == "seed":
         if seed_wrapper is None:
             raise ValueError("mode 'seed' (a benchmark baseline) needs seed_wrapper")
-        wrapper = seed_wrapper(_SyncAdapter(pre), max_concurrent_calls=max_concurrent_calls, timeout_s=timeout_s)
+        wrapper = seed_wrapper(_SyncAdapter(pre), max_concurrent_calls=settings.max_concurrent_calls or 32,
+                               timeout_s=settings.timeout_s)
     elif mode == "inline":
         wrapper = None
     else:
@@ -413,18 +392,6 @@ def build_app(
     return app
 
 
-SWITCH_INTERVAL_S = 5e-4
-"""The interpreter switch interval ``gpu-mm serve`` sets (Python's default is 5 ms): how long a thread that wants
-the interpreter lock waits before it asks the holder to let go. Every socket call and every ``epoll_wait`` of the
-event loop releases the lock; under load one of the server's other threads (request parsing, media probing,
-slot dispatch) takes it, and the loop then waits up to the interval, more when several threads queue for it.
-Measured on 2 cores shared with the clients (``benchmarks/switch_interval.py``, four interleaved rounds): with 8
-clients sending hostile requests /health's p99 fell from 10.6-14.5 ms (median 12.4) to 5.6-8.3 ms (median 6.5), with
-more requests answered (5.5-7.0 vs 4.7-5.6 thousand in 10 s); under 16 video uploads from 4.9-6.4 to 3.5-5.7 ms,
-the uploads as fast. 0.2 ms was no better than 0.5. Threads that run Python for long stretches hand the lock over
-more often; the server's do not (its pixel work runs in slot processes or in native code that releases it)."""
-
-
 def set_switch_interval(seconds: float) -> None:
     """Set this process's interpreter switch interval (:func:`sys.setswitchinterval`) and log it. Process-wide:
     ``gpu-mm serve`` owns its process; an engine embedding gpu-mm decides for its own."""
@@ -435,21 +402,20 @@ def set_switch_interval(seconds: float) -> None:
     logger.info("interpreter switch interval: %.2f ms (was %.2f ms)", sys.getswitchinterval() * 1e3, before * 1e3)
 
 
-def run(mode: Mode, host: str, port: int, *, loop_slice: bool = False,
-        switch_interval_s: float | None = SWITCH_INTERVAL_S, **kw: Any) -> None:
-    """Serve until interrupted. ``loop_slice``: ask for a short CPU time slice for the loop
-    (:func:`prioritize_loop`); ``switch_interval_s``: the interpreter's switch interval for this process
-    (:data:`SWITCH_INTERVAL_S`; None leaves Python's)."""
+def run(settings: Settings, *, mode: Mode = "gpu_mm", seed_wrapper: Any = None) -> None:
+    """Serve until interrupted, as ``settings`` say: besides the application (:func:`build_app`), the allocator
+    (:func:`gpu_mm.runtime.tune_allocator`), the interpreter's switch interval, a frozen garbage collector, and
+    (``loop_slice``) a short CPU time slice for the loop (:func:`prioritize_loop`)."""
     from aiohttp import web
 
     logger.info("allocator: %s", tune_allocator())
-    if switch_interval_s is not None:
-        set_switch_interval(switch_interval_s)
-    app = build_app(mode, **kw)
+    if settings.switch_interval_s is not None:
+        set_switch_interval(settings.switch_interval_s)
+    app = build_app(settings, mode=mode, seed_wrapper=seed_wrapper)
     freeze_gc()
-    if loop_slice:
+    if settings.loop_slice:
         prioritize_loop()
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
 
 
 def prioritize_loop() -> bool:

@@ -49,7 +49,7 @@ def test_serve_runs_slot_threads_idle_unless_told_not_to(monkeypatch):
     import gpu_mm.serve
 
     seen = []
-    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["idle_workers"]))
+    monkeypatch.setattr(gpu_mm.serve, "run", lambda settings, **kw: seen.append(settings.idle_workers))
     assert main(["serve"]) == 0 and main(["serve", "--no-idle-workers"]) == 0 and main(["serve", "--idle-workers"]) == 0
     assert seen == [True, False, True]
 
@@ -59,9 +59,9 @@ def test_serve_chooses_slot_processes_on_the_cpu_unless_told(monkeypatch):
 
     seen = []
     monkeypatch.setattr(gpu_mm.serve, "run",
-                        lambda mode, host, port, **kw: seen.append((kw["workers"], kw["stop_abandoned_after_s"])))
+                        lambda settings, **kw: seen.append((settings.workers, settings.stop_abandoned_after_s)))
     assert main(["serve"]) == 0 and main(["serve", "--workers", "threads"]) == 0
-    assert main(["serve", "--workers", "processes", "--stop-abandoned-after-s", "-1"]) == 0
+    assert main(["serve", "--workers", "processes", "--stop-abandoned-after-s", "none"]) == 0
     # auto: gpu_mm._procslots.choose_workers at build time
     assert seen == [("auto", 30.0), ("threads", 30.0), ("processes", None)]
 
@@ -70,7 +70,7 @@ def test_serve_reads_in_small_chunks_unless_told(monkeypatch):
     import gpu_mm.serve
 
     seen = []
-    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["read_chunk_bytes"]))
+    monkeypatch.setattr(gpu_mm.serve, "run", lambda settings, **kw: seen.append(settings.read_chunk_bytes))
     assert main(["serve"]) == 0 and main(["serve", "--read-chunk-kb", "0"]) == 0
     assert seen == [65536, 0]
 
@@ -79,7 +79,7 @@ def test_serve_sets_a_short_switch_interval_unless_told(monkeypatch):
     import gpu_mm.serve
 
     seen = []
-    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["switch_interval_s"]))
+    monkeypatch.setattr(gpu_mm.serve, "run", lambda settings, **kw: seen.append(settings.switch_interval_s))
     assert main(["serve"]) == 0 and main(["serve", "--switch-interval-ms", "0"]) == 0
     assert main(["serve", "--switch-interval-ms", "0.2"]) == 0
     assert seen == [5e-4, None, 2e-4]  # 0: Python's own left alone
@@ -95,7 +95,7 @@ def test_image_decoder_reaches_the_preprocessor_and_is_checked_before_any_media(
     assert main(["preprocess", str(img), "--device", "cpu", "--image-decoder", "nvjpeg"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
     seen = []
-    monkeypatch.setattr(gpu_mm.serve, "run", lambda mode, host, port, **kw: seen.append(kw["image_decoder"]))
+    monkeypatch.setattr(gpu_mm.serve, "run", lambda settings, **kw: seen.append(settings.image_decoder))
     assert main(["serve", "--image-decoder", "cpu"]) == 0 and seen == ["cpu"]
 
 

@@ -109,7 +109,7 @@ async def test_the_servers_parse_thread_drops_the_loop_slice_too():
 
     default = sched.thread_slice()
     assert sched.set_thread_slice()
-    client = TestClient(TestServer(build_app(device="cpu", cache_bytes=0)))
+    client = TestClient(TestServer(build_app(device="cpu", cache_bytes=0, workers="threads", idle_workers=False)))
     try:
         await client.start_server()
         r = await client.post("/v1/preprocess", data=b'{"images": []}', headers={"Content-Type": "application/json"})
@@ -134,10 +134,12 @@ def test_serve_asks_for_the_short_slice_on_its_loop_thread():
 
 @pytest.mark.parametrize("idle", [False, True])
 async def test_slot_threads_run_on_sched_idle_only_when_asked(idle):
+    earlier = {t.native_id for t in threading.enumerate()}  # slot threads of other tests' preprocessors may linger
     pre = Qwen2VLPreprocessor(device="cpu", cache_bytes=0, idle_workers=idle)
     try:
         await pre.preprocess(images=[make_image(56, 56)])
-        slots = [t.native_id for t in threading.enumerate() if t.name.startswith("gpu-mm-slot") and t.native_id]
+        slots = [t.native_id for t in threading.enumerate()
+                 if t.name.startswith("gpu-mm-slot") and t.native_id and t.native_id not in earlier]
         assert slots
         # Only where a thread may leave SCHED_IDLE again (root here): elsewhere the guard could not rescue it.
         want = os.SCHED_IDLE if idle and sched._idle_is_reversible() else os.SCHED_OTHER

@@ -34,7 +34,8 @@ def b64(data: bytes) -> str:
 
 
 async def _client(**kw) -> TestClient:
-    client = TestClient(TestServer(build_app(device="cpu", **kw)))
+    # Slot threads on the normal policy unless a test asks (slot processes take seconds to start).
+    client = TestClient(TestServer(build_app(device="cpu", **{"workers": "threads", "idle_workers": False, **kw})))
     await client.start_server()
     return client
 
@@ -102,7 +103,7 @@ async def test_serves_the_model_family_it_is_started_for():
 
 def test_a_seed_server_needs_its_baseline_from_the_caller():
     with pytest.raises(ValueError, match="seed_wrapper"):
-        build_app("seed", device="cpu")
+        build_app(mode="seed", device="cpu", workers="threads")
 
 
 async def test_bad_input_is_400_naming_the_item():
@@ -341,13 +342,13 @@ def test_run_sets_the_switch_interval_before_serving(monkeypatch, asked):
 
     seen = {}
     monkeypatch.setattr(serve, "tune_allocator", lambda: {"applied": False})
-    monkeypatch.setattr(serve, "build_app", lambda mode, **kw: seen.setdefault("app", object()))
+    monkeypatch.setattr(serve, "build_app", lambda settings, **kw: seen.setdefault("app", object()))
     monkeypatch.setattr(serve, "freeze_gc", lambda: None)
     monkeypatch.setattr(web, "run_app", lambda app, **kw: seen.setdefault("interval", sys.getswitchinterval()))
     before = sys.getswitchinterval()
     try:
         sys.setswitchinterval(0.005)
-        serve.run("gpu_mm", "127.0.0.1", 0, switch_interval_s=asked)
+        serve.run(serve.Settings(port=0, switch_interval_s=asked))
         assert seen["interval"] == pytest.approx(0.005 if asked is None else asked)
     finally:
         sys.setswitchinterval(before)

@@ -288,14 +288,15 @@ def _floor_app(rate: float, parse: bool = False) -> Any:
 
     from ..errors import InvalidRequest
     from ..metrics import PrometheusMetrics
-    from ..serve import DEFAULT_MAX_ITEMS, READ_CHUNK_BYTES, limit_reads, parse_request, read_body
+    from ..serve import DEFAULT_MAX_ITEMS, limit_reads, parse_request, read_body
+    from ..settings import Settings
 
     metrics = PrometheusMetrics()  # /metrics renders the same exposition gpu-mm serve's does (no processor watched)
     next_answer = [0.0]
     parser = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floor-parse") if parse else None
 
     async def preprocess(request: web.Request) -> web.Response:  # the body read as gpu-mm serve reads it
-        limit_reads(request.transport, READ_CHUNK_BYTES)
+        limit_reads(request.transport, Settings().read_chunk_bytes)
         chunks = await read_body(request.content, 64 * 2**20)
         if parser is not None:
             try:
@@ -332,9 +333,9 @@ def main(argv: list[str]) -> int:
     from aiohttp import web
 
     from ..runtime import freeze_gc
-    from ..serve import SWITCH_INTERVAL_S
+    from ..settings import Settings
 
-    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as gpu-mm serve runs
+    sys.setswitchinterval(Settings().switch_interval_s or sys.getswitchinterval())  # as gpu-mm serve runs
     app = _floor_app(float(argv[2]), parse=argv[3:] == ["parse"])
     freeze_gc()
     web.run_app(app, host="127.0.0.1", port=int(argv[1]), print=None, access_log=None)

@@ -44,7 +44,10 @@ def toy_processor(model_type: str) -> Any:
     )
 
     tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Words split at "<" as real tokenizers split words from punctuation: a prompt decoded to text and encoded
+    # again ("...describe<0.3 seconds>...", as SGLang re-tokenizes a prompt given as ids) keeps its timestamps.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Split("<", "merged_with_next")])
     tok.decoder = decoders.Fuse()  # ids -> text -> ids round-trips for prompts without spaces
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
                                    additional_special_tokens=SPECIAL)

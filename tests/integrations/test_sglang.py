@@ -102,8 +102,9 @@ def test_same_tokens_items_and_features_as_sglangs_processor(model_type):
 
 
 def test_slot_processes_inside_sglang_give_the_same_features():
-    """GPU_MM_WORKERS=processes: the same requests, each slot's pixel work in a child process of its own."""
-    threads, processes = scenarios()["qwen2_vl"], scenarios()["qwen2_vl_slot_processes"]
+    """Slot processes (the CPU's default, gpu_mm.Settings.workers "auto") and GPU_MM_WORKERS=threads give the same
+    requests the same features."""
+    processes, threads = scenarios()["qwen2_vl"], scenarios()["qwen2_vl_slot_threads"]
     assert threads["workers"] == "threads" and threads["process_starts"] == 0
     assert processes["workers"] == "processes" and processes["process_starts"] >= 1
     assert processes["fallbacks"] == {} and processes["completed"] == 2

@@ -43,7 +43,6 @@ from sglang.srt.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 from sglang.srt.multimodal.processors import qwen_vl as _sglang_qwen_vl
 from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
 
-from gpu_mm._procslots import choose_workers
 from gpu_mm.errors import Overloaded, ProcessingTimeout, ProcessorClosed
 from gpu_mm.integrations._settings import PluginSettings, settings
 from gpu_mm.integrations.hf import (
@@ -149,6 +148,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
                 _processor.video_processor, GpuMMQwen3VLVideoProcessor if qwen3 else GpuMMQwen2VLVideoProcessor)
         super().__init__(hf_config, server_args, _processor, *args, **kwargs)
         self._gpu_mm_qwen3 = qwen3
+        self._gpu_mm_collapse: bool | None = None  # whether transformers drops a video's outer wrapper (probed once)
         self.gpu_mm_settings: PluginSettings = settings()
         self.gpu_mm_fallbacks: collections.Counter[str] = collections.Counter()
         self._gpu_mm_config, self._gpu_mm_request, self.gpu_mm_unsupported = self._gpu_mm_configure()
@@ -217,16 +217,9 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         st = self.gpu_mm_settings
         keep_on_device = self.keep_mm_features_on_device or self.precompute_hash_before_cpu_transfer
         cls = Qwen3VLPreprocessor if isinstance(self._gpu_mm_config, Qwen3VLConfig) else Qwen2VLPreprocessor
-        workers = choose_workers(st.workers, resolve_device(st.device))
-        self._gpu_mm_preprocessor = cls(
-            st.device, config=self._gpu_mm_config, video_decoder=st.video_decoder, image_decoder=st.image_decoder,
-            num_slots=st.num_slots, memory_budget_bytes=st.memory_budget_bytes, cache_bytes=st.cache_bytes,
-            output="device" if keep_on_device else "cpu", workers=workers,
-        )
-        self._gpu_mm_runner = AsyncMMDataProcessor(
-            self._gpu_mm_preprocessor, max_concurrent_calls=st.max_concurrent_calls, max_queued=st.max_queued,
-            timeout_s=st.timeout_s,
-        )
+        self._gpu_mm_preprocessor = cls(config=self._gpu_mm_config, output="device" if keep_on_device else "cpu",
+                                        **st.preprocessor_kwargs(resolve_device(st.device)))
+        self._gpu_mm_runner = AsyncMMDataProcessor(self._gpu_mm_preprocessor, **st.processor_kwargs())
 
     def gpu_mm_processor(self) -> AsyncMMDataProcessor:
         """The :class:`gpu_mm.AsyncMMDataProcessor` requests go through."""
@@ -326,6 +319,16 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         if self._gpu_mm_qwen3 and out.get("video_timestamps") is not None:
             input_ids_list, _, _ = self.build_input_ids_with_timestamps(
                 ids, None, ret.get("image_grid_thw"), ret.get("video_grid_thw"), out["video_timestamps"])
+            if self._gpu_mm_collapse is None:
+                self._gpu_mm_collapse = _collapses_video_wrapper(self._processor)
+            if self._gpu_mm_collapse:
+                # SGLang's own path gets its prompt from the installed transformers' Qwen3-VL processor, which
+                # (5.25 on) drops the prompt's own vision start/end around a video: each step carries its own.
+                stamps = [self._tokenizer.encode(f"<{ts[0]:.1f} seconds>", add_special_tokens=False)
+                          for ts in out["video_timestamps"]]  # the first step's, as SGLang's expansion encodes it
+                input_ids_list = _drop_outer_wrappers(
+                    input_ids_list, ret["video_grid_thw"], stamps, video=self.VIDEO_TOKEN_ID,
+                    start=self.vision_start_token_id, end=self.vision_end_token_id)
         else:
             input_ids_list, _, _ = self.build_input_ids(ids, ret.get("image_grid_thw"), ret.get("video_grid_thw"))
         input_ids = torch.tensor(input_ids_list, dtype=torch.long)
@@ -336,6 +339,51 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         items = get_new_expanded_mm_items(items)
         items = self._finalize_mm_items(items, images=base_output.images)
         return items, input_ids, ret
+
+
+def _collapses_video_wrapper(processor: Any) -> bool:
+    """Whether the installed transformers' Qwen3-VL processor drops the prompt's own vision start/end around a
+    video (each temporal step wrapped in its own pair instead; transformers 5.25 on): asked of the processor itself,
+    on a 4-frame 64x64 clip, so that gpu-mm follows whichever version is installed."""
+    import numpy as np
+    from transformers.video_utils import VideoMetadata
+
+    wrapper = f"{processor.vision_start_token}{processor.video_token}{processor.vision_end_token}"
+    meta = VideoMetadata(total_num_frames=4, fps=2.0, frames_indices=[0, 1, 2, 3])
+    try:
+        out = processor(text=[wrapper], videos=[np.zeros((4, 64, 64, 3), np.uint8)], return_tensors="pt",
+                        videos_kwargs={"video_metadata": [meta], "do_sample_frames": False})
+    except Exception as exc:  # noqa: BLE001 - the prompt then follows SGLang's own expansion as it is
+        logger.warning("could not ask transformers how it wraps a Qwen3-VL video (%r); keeping SGLang's prompt", exc)
+        return False
+    starts = int((out["input_ids"][0] == processor.vision_start_token_id).sum())
+    return starts == int(out["video_grid_thw"][0][0])
+
+
+def _drop_outer_wrappers(ids: list[int], video_grid_thw: Any, first_stamps: list[list[int]], *, video: int,
+                         start: int, end: int) -> list[int]:
+    """``ids`` as SGLang's ``build_input_ids_with_timestamps`` expands a Qwen3-VL prompt (the prompt's own start and
+    end tokens around each video, every temporal step in its own pair inside), without that outer pair where it
+    directly encloses the video, as transformers' processor writes it from 5.25 on. ``first_stamps``: per video,
+    the tokens of its first step's ``<t seconds>``."""
+    runs: list[tuple[int, int]] = []  # (first, last) index of each run of video tokens: one run per temporal step
+    for i, tok in enumerate(ids):
+        if tok == video:
+            if runs and runs[-1][1] == i - 1:
+                runs[-1] = (runs[-1][0], i)
+            else:
+                runs.append((i, i))
+    drop: set[int] = set()
+    k = 0
+    for thw, stamp in zip(video_grid_thw, first_stamps):
+        steps = int(thw[0])
+        first, last = runs[k][0], runs[k + steps - 1][1]
+        k += steps
+        # ... outer start, <t seconds>, start, video x n, end, ..., video x n, end, outer end ...
+        outer_start, outer_end = first - 2 - len(stamp), last + 2
+        if outer_start >= 0 and ids[outer_start] == start and outer_end < len(ids) and ids[outer_end] == end:
+            drop.update((outer_start, outer_end))
+    return [tok for i, tok in enumerate(ids) if i not in drop]
 
 
 def _rgb(values: Any) -> tuple[float, float, float]:
