@@ -1,9 +1,7 @@
-"""Shared test configuration: the ``cuda`` marker skips without a GPU; helpers for async tests."""
+"""Shared test configuration: the ``cuda`` marker skips without a GPU. ``async def`` tests run under pytest-asyncio
+(``asyncio_mode = "auto"`` in pyproject.toml), each on a fresh event loop."""
 
 from __future__ import annotations
-
-import asyncio
-import inspect
 
 import pytest
 
@@ -23,18 +21,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run ``async def`` tests on a fresh event loop (no plugin needed)."""
-    if inspect.iscoroutinefunction(pyfuncitem.obj):
-        funcargs = pyfuncitem.funcargs
-        names = pyfuncitem._fixtureinfo.argnames
-        kwargs = {name: funcargs[name] for name in names}
-        asyncio.run(pyfuncitem.obj(**kwargs))
-        return True
-    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
