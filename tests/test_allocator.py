@@ -30,6 +30,7 @@ _FAULTS = """if True:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt and minor-fault counts are Linux's")
+@pytest.mark.slow
 def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
     """With freed blocks returned to the kernel, each 1080p image's 23 MB of features went into fresh pages
     (thousands of minor faults, 6-9 ms of zero-filling); ``tune_allocator`` keeps them for the next request."""

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gpu_mm.bench import hostile
 
 
+@pytest.mark.slow
 def test_hostile_bodies_are_the_valid_media_among_refusals():
     from PIL import Image
 
@@ -65,6 +66,7 @@ def test_main_refuses_what_it_does_not_know():
     assert hostile.main(["floor", "1", "0", "twice"]) == 2
 
 
+@pytest.mark.slow
 def test_the_floor_under_the_hostile_load_end_to_end():
     """The floor server in its own process, the clients and the prober: every answer a 400, /health probed."""
     from gpu_mm.bench.http import _free_port
@@ -107,6 +109,7 @@ def test_thread_times_reads_this_process_and_nothing_for_a_process_that_is_gone(
     assert hostile.thread_times(proc.pid) == {}
 
 
+@pytest.mark.slow
 def test_work_processes_run_as_slot_processes_do_and_are_gone_after():
     from gpu_mm.sched import _idle_is_reversible
 

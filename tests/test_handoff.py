@@ -37,6 +37,7 @@ def _features(i: int) -> dict[str, torch.Tensor]:
             "image_grid_thw": torch.tensor([[1, 10, n // 10]], dtype=torch.long)}
 
 
+@pytest.mark.slow
 def test_cross_process_handoff_reuses_blocks_and_does_not_grow():
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()

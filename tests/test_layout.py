@@ -73,12 +73,14 @@ def test_import_kernels_from_the_root_finds_the_installed_distribution():
     assert ROOT / "kernels" not in found.parents, found
 
 
+@pytest.mark.slow
 def test_transformers_hub_kernels_imports_from_the_root():
     pytest.importorskip("transformers")
     r = _from_root("import transformers.integrations.hub_kernels")
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_gpu_mm_kernels_are_the_checkout_kernels_folder():
     """From a plain checkout (no install: the root on ``sys.path``, site-packages' gpu-mm not consulted first),
     ``gpu_mm.kernels`` is the top-level ``kernels/`` folder."""

@@ -107,6 +107,7 @@ async def test_aclose_leaves_no_thread_running(idle_workers):
     assert _gpu_mm_threads() == []
 
 
+@pytest.mark.slow
 def test_exit_waits_for_a_pool_that_was_never_closed():
     """A process that exits while a worker runs a C++ op (a pool never closed) ends cleanly: threading's shutdown
     stops and joins gpu-mm's pools first. Without that the worker is stopped mid-op and the process aborts."""

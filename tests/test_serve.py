@@ -68,6 +68,7 @@ def _children() -> list[int]:
 
 
 @pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="slot processes need Linux (memfd)")
+@pytest.mark.slow
 async def test_slot_processes_are_ready_before_the_port_opens_and_answer_as_threads_do():
     before = set(_children())
     body = {"images": [b64(make_image(56, 84, "PNG"))], "videos": [b64(clip("h264", 48))]}

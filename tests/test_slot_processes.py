@@ -59,6 +59,7 @@ async def _until(predicate, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.slow
 async def test_processes_give_the_threads_bits_and_reuse_their_blocks():
     jpeg = make_image(480, 640)
     png = make_image(300, 420, "PNG")
@@ -99,6 +100,7 @@ async def test_processes_give_the_threads_bits_and_reuse_their_blocks():
     assert _gone(pid)
 
 
+@pytest.mark.slow
 async def test_processes_with_an_output_pool_and_the_cache():
     jpeg = make_image(240, 320)
     want = Qwen2VLPreprocessor("cpu", cache_bytes=0)(images=[jpeg])
@@ -118,6 +120,7 @@ async def test_processes_with_an_output_pool_and_the_cache():
             await pre.aclose()
 
 
+@pytest.mark.slow
 async def test_a_killed_slot_process_fails_only_its_items_and_is_replaced():
     async with _warm_one_slot() as (pre, jpeg, pid):
         # A 64 Mpx PNG: its decode and resize take the child 0.7 s or more, so it is working on it when killed.
@@ -156,6 +159,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 async def test_a_deadline_quarantines_the_slot_until_its_process_answers():
     async with _warm_one_slot() as (pre, jpeg, pid):
         os.kill(pid, signal.SIGSTOP)
@@ -170,6 +174,7 @@ async def test_a_deadline_quarantines_the_slot_until_its_process_answers():
         assert ok.pixel_values.shape[0] > 0 and pre.statistics().process_starts == 1
 
 
+@pytest.mark.slow
 async def test_a_job_abandoned_long_enough_is_stopped_and_frees_its_slot():
     async with _warm_one_slot(stop_abandoned_after_s=0.5) as (pre, jpeg, pid):
         os.kill(pid, signal.SIGSTOP)  # a decoder that never returns
@@ -184,6 +189,7 @@ async def test_a_job_abandoned_long_enough_is_stopped_and_frees_its_slot():
         assert ok.pixel_values.shape[0] > 0 and pre.statistics().process_starts == 2
 
 
+@pytest.mark.slow
 def test_a_process_that_cannot_build_its_preprocessor_says_why():
     arena = ShmArena()
     proc = SlotProcess({"class": Executor, "kwargs": {"no_such_option": 1}}, arena, idle=False,
@@ -238,6 +244,7 @@ def test_workers_is_checked():
             Qwen2VLPreprocessor("cuda", workers="processes")
 
 
+@pytest.mark.slow
 def test_a_script_without_a_main_guard_can_use_slot_processes(tmp_path):
     # multiprocessing's spawn would run this script again in the child; slot processes start a fresh interpreter.
     script = tmp_path / "no_guard.py"
@@ -260,6 +267,7 @@ def test_a_script_without_a_main_guard_can_use_slot_processes(tmp_path):
     assert done.stdout.split() == ["rows", "16"]
 
 
+@pytest.mark.slow
 async def test_a_dropped_preprocessor_ends_its_slot_threads_and_processes():
     import gc
     import threading

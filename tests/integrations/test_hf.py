@@ -249,6 +249,7 @@ sys.stdout.buffer.write(pickle.dumps({k: v for k, v in out.items()}))
 '''
 
 
+@pytest.mark.slow
 def test_round_trip_to_a_process_without_gpu_mm(tmp_path, tokenizer):
     """save_pretrained with the drop-ins -> stock AutoProcessor where gpu-mm cannot be imported -> the same
     ids and features."""

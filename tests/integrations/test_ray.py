@@ -61,6 +61,7 @@ def _rows(output):
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 
+@pytest.mark.slow
 def test_rows_equal_gpu_mm_called_directly_and_bad_files_are_rows_not_failures(cluster, media, tmp_path):
     folder, files = media
     output = str(tmp_path / "out")
@@ -88,6 +89,7 @@ def test_rows_equal_gpu_mm_called_directly_and_bad_files_are_rows_not_failures(c
     assert {os.path.basename(f["path"]) for f in manifest["failures"]} == {"bad.jpg", "cut.mp4"}
 
 
+@pytest.mark.slow
 def test_a_second_run_skips_what_is_written(cluster, media, tmp_path):
     folder, files = media
     output = str(tmp_path / "out")
@@ -97,6 +99,7 @@ def test_a_second_run_skips_what_is_written(cluster, media, tmp_path):
     assert len(_rows(output)) == 6
 
 
+@pytest.mark.slow
 def test_qwen3_family_and_request_options(cluster, media, tmp_path):
     folder, files = media
     output = str(tmp_path / "out")
@@ -107,6 +110,7 @@ def test_qwen3_family_and_request_options(cluster, media, tmp_path):
     assert np.array_equal(gray.features_of(row), feats.pixel_values_videos.numpy())
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(cluster, media, tmp_path, capsys):
     from gpu_mm.cli import main
 

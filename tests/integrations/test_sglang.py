@@ -38,6 +38,10 @@ SECONDS_PER_GRID = 2 / (6 / 3)
 TOKENS_PER_SECOND = 2
 
 
+# Every test reads what one child process computes for the module (about a minute on 2 cores).
+pytestmark = pytest.mark.slow
+
+
 @functools.lru_cache(maxsize=None)
 def _sglang_video_reference_missing() -> str | None:
     """SGLang's own video path (the reference here) decodes with torchcodec, which needs the system's FFmpeg

@@ -132,6 +132,7 @@ def _ptx_ops(dtype: str) -> list[str]:
     return result[dtype]
 
 
+@pytest.mark.slow
 def test_compiled_kernel_divides_with_ieee_rounding():
     """torch divides float32 with IEEE round-to-nearest; a plain ``/`` in Triton compiles to div.full.f32
     (up to 2 ulp off), so the GPU exactness claim rests on the kernel asking for div.rn."""

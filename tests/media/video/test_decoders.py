@@ -53,6 +53,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("backend", ["decord", "torchcodec"])
+@pytest.mark.slow
 def test_backend_equals_pyav_in_its_own_process(backend):
     tests = pathlib.Path(__file__).parents[2]  # tests/, where media_helpers lives
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
@@ -74,6 +75,7 @@ def test_decord_and_torchcodec_refuse_to_share_a_process(monkeypatch):
         get_video_decoder("decord")
 
 
+@pytest.mark.slow
 def test_torchcodec_without_ffmpeg_libraries_is_unavailable_not_every_item_bad():
     """On a machine without the system's FFmpeg libraries, ``import torchcodec`` works but decoding does not:
     the backend must say it is unavailable (so its tests skip and ``auto`` passes it by)."""
@@ -91,6 +93,7 @@ def test_torchcodec_without_ffmpeg_libraries_is_unavailable_not_every_item_bad()
     assert "unavailable: torchcodec is not usable (Could not load libtorchcodec" in proc.stdout
 
 
+@pytest.mark.slow
 def test_listing_backends_imports_none_of_them():
     """``available_video_decoders`` looks packages up without importing them: listing them must not load
     decord (after which torchcodec would be refused for the rest of the process)."""
