@@ -168,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                    ("gpu_mm_slot_threads", "gpu_mm", ["--workers", "threads"])):
             if extra[:1] == ["--workers"] and device != "cpu":
                 continue  # on CUDA the slots are threads already
-            _progress(f"  serve --mode {mode} {' '.join(extra)}")
+            _progress(f"  {mode} {' '.join(extra)}")
             result["http"][label] = asyncio.run(run_mode(mode, videos["360p"], n_http, device, extra))
         from .bench.hostile import compare
 
@@ -298,12 +298,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # policy) on stderr, unless the embedding process configured logging itself.
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    seed_wrapper = None
-    if args.mode == "seed":  # the reverted PR's wrapper, a benchmark baseline: the server itself never imports it
-        from .bench.baselines import SeedAsyncMMDataProcessor
-
-        seed_wrapper = SeedAsyncMMDataProcessor
-    run(Settings.from_args(args), mode=args.mode, seed_wrapper=seed_wrapper)
+    run(Settings.from_args(args))
     return 0
 
 
@@ -382,8 +377,6 @@ def main(argv: list[str] | None = None) -> int:
 
     sv = sub.add_parser("serve", help="HTTP front end: POST /v1/preprocess, GET /health, GET /metrics",
                         description="Every setting, with its variable for the engine plug-ins: docs/configuration.md")
-    sv.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", "seed", "inline"],
-                    help="gpu_mm; seed and inline are the benchmark's baselines (gpu-mm bench)")
     Settings.add_arguments(sv)
     sv.set_defaults(fn=cmd_serve)
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""``gpu-mm serve``: a small asyncio HTTP front end (aiohttp) over the Qwen2-VL preprocessor.
+"""``gpu-mm serve``: a small asyncio HTTP front end (aiohttp) over a model family's preprocessor.
 
 ``POST /v1/preprocess`` takes JSON ``{"images": [...], "videos": [...], "fps": ..., "nframes": ...}``
 whose items are base64 strings or data URIs (plus http(s) URLs with ``allow_urls``, and files inside one
@@ -12,9 +12,8 @@ the loop, every option is type- and range-checked, and every error is a JSON ans
 type carries (400 bad input, 413 too large, 503 overloaded, 504 timeout, 500 for anything unforeseen,
 which is logged and counted).
 
-Modes, to compare what a serving engine's front end experiences:
-``gpu_mm`` (AsyncMMDataProcessor + slots), ``seed`` (SGLang PR #12066's wrapper over the same work done
-synchronously) and ``inline`` (the work done on the event loop, as a blocking ``async def`` would).
+Settings: :class:`gpu_mm.Settings`. The benchmark's baselines (the seed's wrapper, work inline on the loop) are
+put in front of the same preprocessor by :mod:`gpu_mm.bench.baselines`, not by the server.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ import json
 import logging
 import secrets
 import time
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 from ._procslots import process_threads
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
@@ -38,23 +38,10 @@ from .runtime import freeze_gc, tune_allocator
 from .sched import reset_inherited_slice
 from .settings import Settings
 
-Mode = Literal["gpu_mm", "seed", "inline"]
-
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ITEMS = 64
 """Images plus videos in one request."""
-
-
-class _SyncAdapter:
-    """The preprocessor as a plain synchronous processor (what the seed's wrapper and inline run)."""
-
-    def __init__(self, pre: Preprocessor) -> None:
-        self.pre = pre
-
-    def process_mm_data(self, image_data=None, audio_data=None, input_text=None, request_obj=None, **kw: Any):
-        feats = self.pre(images=image_data, videos=kw.pop("video_data", None), **kw)
-        return feats.processor_output(input_text)
 
 
 def _summary(out: dict[str, Any]) -> dict[str, Any]:
@@ -237,18 +224,18 @@ def _error(exc: BaseException, status: int) -> Any:
 def build_app(
     settings: Settings | None = None,
     *,
-    mode: Mode = "gpu_mm",
     limits: MediaLimits | None = None,
     max_items: int = DEFAULT_MAX_ITEMS,
-    seed_wrapper: Any = None,
+    front: Callable[[Preprocessor, Settings], Any] | None = None,
     **fields: Any,
 ) -> Any:
-    """Build the aiohttp application for ``mode`` from ``settings`` (:class:`gpu_mm.Settings`; ``fields`` replace
-    some of them, e.g. ``build_app(device="cpu", timeout_s=5)``).
+    """Build the aiohttp application from ``settings`` (:class:`gpu_mm.Settings`; ``fields`` replace some of them,
+    e.g. ``build_app(device="cpu", timeout_s=5)``).
 
     ``limits`` default to :meth:`MediaLimits.for_network` (inline media only, local files and URLs as the settings
-    allow) with ``max_bytes`` no larger than a body can carry. ``seed_wrapper`` (mode ``seed``, benchmarks only):
-    builds the baseline wrapper as ``seed_wrapper(processor, max_concurrent_calls=..., timeout_s=...)``.
+    allow) with ``max_bytes`` no larger than a body can carry. ``front`` (benchmarks): what requests go through
+    instead of :class:`AsyncMMDataProcessor`, built as ``front(preprocessor, settings)``: an object with
+    ``async process(image_data=..., video_data=..., **options)`` (:mod:`gpu_mm.bench.baselines`).
     """
     from aiohttp import web
 
@@ -278,19 +265,11 @@ def build_app(
     metrics = PrometheusMetrics()
     metrics.watch_cache(pre.cache)
     wrapper: Any
-    if mode == "gpu_mm":
+    if front is None:
         wrapper = AsyncMMDataProcessor(pre, **settings.processor_kwargs())
         metrics.watch(wrapper)
-    elif mode == "seed":
-        if seed_wrapper is None:
-            raise ValueError("mode 'seed' (a benchmark baseline) needs seed_wrapper")
-        wrapper = seed_wrapper(_SyncAdapter(pre), max_concurrent_calls=settings.max_concurrent_calls or 32,
-                               timeout_s=settings.timeout_s)
-    elif mode == "inline":
-        wrapper = None
     else:
-        raise ValueError(f"mode must be 'gpu_mm', 'seed' or 'inline', got {mode!r}")
-    sync = _SyncAdapter(pre)
+        wrapper = front(pre, settings)
     bodies = {"bytes": 0}
     # Parsing holds the GIL (json.loads of what loads_json leaves it: ~0.6 ms for a body with a 2.8 MB video): one
     # thread for it rather than asyncio's default pool of up to cores + 4, whose threads would all wait for the
@@ -329,10 +308,7 @@ def build_app(
                 parser, parse_request, raw, max_items)
             del raw
             kw = {"options": options} if options.as_dict() else {}
-            if wrapper is None:
-                out = sync.process_mm_data(image_data=images, video_data=videos, **kw)
-            else:
-                out = await wrapper.process(image_data=images, video_data=videos, **kw)
+            out = await wrapper.process(image_data=images, video_data=videos, **kw)
         except (GpuMMError, asyncio.TimeoutError) as exc:
             if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, GpuMMError):
                 exc = ProcessingTimeout(str(exc) or "deadline passed")
@@ -361,7 +337,7 @@ def build_app(
     async def on_startup(_: web.Application) -> None:
         # Before the port opens: slot threads started, and slot processes (--workers processes) ready, so that
         # no request waits seconds for a child to import torch.
-        if mode == "gpu_mm":
+        if front is None:
             await pre.start()
 
     async def on_cleanup(_: web.Application) -> None:
@@ -402,7 +378,7 @@ def set_switch_interval(seconds: float) -> None:
     logger.info("interpreter switch interval: %.2f ms (was %.2f ms)", sys.getswitchinterval() * 1e3, before * 1e3)
 
 
-def run(settings: Settings, *, mode: Mode = "gpu_mm", seed_wrapper: Any = None) -> None:
+def run(settings: Settings, *, front: Callable[[Preprocessor, Settings], Any] | None = None) -> None:
     """Serve until interrupted, as ``settings`` say: besides the application (:func:`build_app`), the allocator
     (:func:`gpu_mm.runtime.tune_allocator`), the interpreter's switch interval, a frozen garbage collector, and
     (``loop_slice``) a short CPU time slice for the loop (:func:`prioritize_loop`)."""
@@ -411,7 +387,7 @@ def run(settings: Settings, *, mode: Mode = "gpu_mm", seed_wrapper: Any = None) 
     logger.info("allocator: %s", tune_allocator())
     if settings.switch_interval_s is not None:
         set_switch_interval(settings.switch_interval_s)
-    app = build_app(settings, mode=mode, seed_wrapper=seed_wrapper)
+    app = build_app(settings, front=front)
     freeze_gc()
     if settings.loop_slice:
         prioritize_loop()

@@ -102,9 +102,24 @@ async def test_serves_the_model_family_it_is_started_for():
         await client.close()
 
 
-def test_a_seed_server_needs_its_baseline_from_the_caller():
-    with pytest.raises(ValueError, match="seed_wrapper"):
-        build_app(mode="seed", device="cpu", workers="threads")
+async def test_a_benchmark_front_takes_the_requests_instead_of_the_processor():
+    """The benchmark's baselines go in front of the same preprocessor (gpu_mm.bench.baselines), not in the server."""
+    from gpu_mm.bench.baselines import Inline
+
+    seen = []
+
+    def front(pre, settings):
+        seen.append((type(pre).__name__, settings.timeout_s))
+        return Inline(pre)
+
+    client = TestClient(TestServer(build_app(device="cpu", workers="threads", timeout_s=7.0, front=front)))
+    await client.start_server()
+    try:
+        r = await client.post("/v1/preprocess", json={"images": [b64(make_image(56, 84, "PNG"))]})
+        assert r.status == 200 and (await r.json())["items"][0]["grid_thw"] == [1, 4, 6]
+        assert seen == [("Qwen2VLPreprocessor", 7.0)]
+    finally:
+        await client.close()
 
 
 async def test_bad_input_is_400_naming_the_item():

@@ -98,3 +98,59 @@ def qwen_vl_utils_video(path: str, video_processor: Any, *, qwen3: bool = False)
     out = video_processor(videos=[video.round().to(torch.uint8)], return_tensors="pt", do_sample_frames=False, **call)
     t2 = time.perf_counter()
     return out, {"fetch_video": t1 - t0, "hf_video_processor": t2 - t1, "total": t2 - t0}
+
+
+class SyncPreprocessor:
+    """A preprocessor as a plain synchronous processor (what the seed's wrapper and the inline baseline run)."""
+
+    def __init__(self, pre: Any) -> None:
+        self.pre = pre
+
+    def process_mm_data(self, image_data: Any = None, audio_data: Any = None, input_text: Any = None,
+                        request_obj: Any = None, **kw: Any) -> dict[str, Any]:
+        feats = self.pre(images=image_data, videos=kw.pop("video_data", None), **kw)
+        return feats.processor_output(input_text)
+
+
+class Inline:
+    """The inline baseline: every request processed on the event loop itself, as a server without a wrapper does."""
+
+    def __init__(self, pre: Any, settings: Any = None) -> None:
+        self.sync = SyncPreprocessor(pre)
+
+    async def process(self, **kwargs: Any) -> dict[str, Any]:
+        return self.sync.process_mm_data(**kwargs)
+
+
+def seed_front(pre: Any, settings: Any) -> SeedAsyncMMDataProcessor:
+    """The seed's wrapper (SGLang PR #12066) in front of ``pre``, with the server's bound and deadline."""
+    return SeedAsyncMMDataProcessor(SyncPreprocessor(pre), max_concurrent_calls=settings.max_concurrent_calls or 32,
+                                    timeout_s=settings.timeout_s)
+
+
+FRONTS = {"inline": Inline, "seed": seed_front}
+"""The baselines ``python -m gpu_mm.bench.baselines serve --mode NAME`` puts in front of gpu-mm's preprocessor."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``gpu-mm serve`` with a baseline in front of its preprocessor: ``serve --mode inline|seed|gpu_mm`` and every
+    flag of ``gpu-mm serve`` (benchmarks only; the product server has no modes)."""
+    import argparse
+    import logging
+
+    from ..serve import run
+    from ..settings import Settings
+
+    parser = argparse.ArgumentParser(prog="python -m gpu_mm.bench.baselines")
+    parser.add_argument("command", choices=["serve"])
+    parser.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", *FRONTS])
+    Settings.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(Settings.from_args(args), front=FRONTS.get(args.mode))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

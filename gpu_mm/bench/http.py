@@ -45,8 +45,11 @@ def served(cmd: list[str]) -> Iterator[subprocess.Popen[bytes]]:
 
 def server(mode: str, device: str, port: int,
            extra: list[str] | None = None) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-    """Start ``gpu-mm serve`` in its own process on 127.0.0.1:port; stop it on exit."""
-    cmd = [sys.executable, "-m", "gpu_mm.cli", "serve", "--mode", mode, "--device", device, "--host", "127.0.0.1",
+    """Start ``gpu-mm serve`` (``mode`` ``gpu_mm``) or a baseline in front of its preprocessor (``inline``, ``seed``)
+    in its own process on 127.0.0.1:port; stop it on exit."""
+    cmd = [sys.executable, "-m", "gpu_mm.cli", "serve"] if mode == "gpu_mm" else \
+        [sys.executable, "-m", "gpu_mm.bench.baselines", "serve", "--mode", mode]
+    cmd += ["--device", device, "--host", "127.0.0.1",
            "--port", str(port), "--cache-mb", "0", *(extra or [])]  # every request computed: measure the work
     return served(cmd)
 
