@@ -1,7 +1,7 @@
 """Is it the GIL or the cores? An event loop's lag while the same PyAV decodes run in threads of its process,
 in worker processes, or not at all.
 
-    python benchmarks/gil_vs_cores.py [--seconds 8] [--rounds 2] [--workers 2] [--out benchmarks/results]
+    python benchmarks/experiments/gil_vs_cores.py [--seconds 8] [--rounds 2] [--workers 2] [--out benchmarks/results]
 
 The work is gpu-mm's own video decode of the 2.1 MB 720p clip's 60 planned frames (PyAV, whose per-frame
 Python loop holds the GIL). Threads share the loop's GIL and its cores; processes share only the cores. If the

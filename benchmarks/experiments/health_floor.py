@@ -5,7 +5,7 @@ each body as gpu-mm serve does. Each arm also reports the server's threads' CPU 
 (``/proc/<pid>/task/*/schedstat``): how long its event loop ran and waited, runnable, for a core, and how long its
 other threads ran.
 
-    python benchmarks/health_floor.py [--rounds 4] [--seconds 10] [--out benchmarks/results]
+    python benchmarks/experiments/health_floor.py [--rounds 4] [--seconds 10] [--out benchmarks/results]
 """
 
 from __future__ import annotations

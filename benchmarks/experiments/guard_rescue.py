@@ -2,7 +2,7 @@
 guarded ``SCHED_IDLE`` thread behind one spinning process per core, the seconds until it is done, for guards of
 ``--windows`` (each of 100 ms), side by side in one run, arms alternating.
 
-    python benchmarks/guard_rescue.py [--rounds 3] [--windows 2 10] [--out benchmarks/results]
+    python benchmarks/experiments/guard_rescue.py [--rounds 3] [--windows 2 10] [--out benchmarks/results]
 
 The starved thread holds the interpreter lock while it waits for a core, so the guard's own thread cannot look at
 it on time (its first look came 1.3 s late here): the guard counts a late look as every window it spans. Needs

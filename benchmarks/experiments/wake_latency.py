@@ -2,7 +2,7 @@
 keep both cores busy at a given scheduling policy: what a server's event loop (or a health checker) meets when it
 wakes beside ``SCHED_IDLE`` slot processes.
 
-    python benchmarks/wake_latency.py [--wakes 1500] [--out benchmarks/results]
+    python benchmarks/experiments/wake_latency.py [--wakes 1500] [--out benchmarks/results]
 
 Arms: no busy process; two spinning on ``SCHED_IDLE``; two at nice 19; two on ``SCHED_IDLE`` with the receiving
 thread on ``SCHED_RR`` (needs root or ``CAP_SYS_NICE``; skipped otherwise). A forked writer sends a timestamp

@@ -2,7 +2,7 @@
 them (64 KiB, ``gpu_mm.serve.limit_reads``) and as the event loop leaves them (256 KiB), interleaved rounds on this
 machine; the load client and the prober share its cores with the server.
 
-    python benchmarks/health_reads.py [--rounds 6] [--out benchmarks/results]
+    python benchmarks/experiments/health_reads.py [--rounds 6] [--out benchmarks/results]
 """
 
 from __future__ import annotations

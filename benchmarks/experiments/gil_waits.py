@@ -1,7 +1,8 @@
 """Who holds the GIL while the event loop's thread waits for it: perf uprobes on the interpreter's
 ``take_gil`` / ``drop_gil``.
 
-    python benchmarks/gil_waits.py [--scenario http|hostile|images|images-idle] [--seconds 3] [--out benchmarks/results]
+    python benchmarks/experiments/gil_waits.py [--scenario http|hostile|images|images-idle] [--seconds 3]
+        [--out benchmarks/results]
 
 ``http``: ``gpu-mm serve`` (CPU) while 16 clients upload a 2.8 MB base64 video each, all at once (the
 server's GIL); ``images``: this process's ``AsyncMMDataProcessor`` serving 64 concurrent 1080p JPEG requests,
@@ -128,7 +129,7 @@ def _served(port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def http_scenario(group: str, seconds: float, data: str) -> int:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
     from gpu_mm.bench.http import _free_port, upload_clip
 
     port = _free_port()
@@ -163,7 +164,7 @@ def http_scenario(group: str, seconds: float, data: str) -> int:
 
 def hostile_scenario(group: str, seconds: float, data: str, concurrency: int = 8) -> int:
     """``gpu-mm serve`` as it runs on the CPU while ``concurrency`` clients send reliability.py's hostile bodies."""
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
     from gpu_mm.bench.hostile import hostile_bodies, send_hostile
     from gpu_mm.bench.http import _free_port, _wait_up
 
@@ -188,7 +189,7 @@ def hostile_scenario(group: str, seconds: float, data: str, concurrency: int = 8
 
 def images_scenario(group: str, seconds: float, data: str, idle_workers: bool = False) -> int:
     exec(NAME_THREADS, {})  # noqa: S102 - names this process's threads for perf
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
     from gpu_mm.bench.loop_lag import measure, scenarios
     from gpu_mm.media.synth import make_image
     from gpu_mm.runtime import freeze_gc

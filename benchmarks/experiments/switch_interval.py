@@ -1,9 +1,9 @@
 """``/health`` with the interpreter switch interval ``gpu-mm serve`` sets (0.5 ms, ``--switch-interval-ms``)
 against Python's own (5 ms) and 0.2 ms, interleaved rounds on this machine, under two loads that share its cores
 with the server: 8 clients sending ``benchmarks/reliability.py``'s hostile requests for 10 s (slot processes, as
-served) and 16 concurrent 2.8 MB video uploads (``benchmarks/health_reads.py``'s load).
+served) and 16 concurrent 2.8 MB video uploads (``benchmarks/experiments/health_reads.py``'s load).
 
-    python benchmarks/switch_interval.py [--rounds 4] [--out benchmarks/results]
+    python benchmarks/experiments/switch_interval.py [--rounds 4] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import pathlib
 import sys
 
-from reliability import health_benchmark
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmarks/, for reliability.py
+from reliability import health_benchmark  # noqa: E402
 
 from gpu_mm.bench.http import run_mode, upload_clip
 from gpu_mm.bench.machine import health_summary, write_runs
