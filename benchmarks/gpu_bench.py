@@ -24,7 +24,7 @@ import torch
 
 from gpu_mm.bench.machine import machine_info
 from gpu_mm.media.synth import make_image, make_video
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 
 def cuda_times(fn, reps: int) -> dict[str, float]:

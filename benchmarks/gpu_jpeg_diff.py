@@ -16,7 +16,7 @@ import torch
 from torchvision.io import decode_jpeg
 
 from gpu_mm.media.synth import make_image
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 LEVEL = 1 / (255 * 0.2613)  # one uint8 level after normalization, at the smallest CLIP std
 

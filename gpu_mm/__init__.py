@@ -19,10 +19,11 @@ from .errors import (
 from .handoff import FeatureHandle, FeaturePool, FeatureReceiver
 from .media.sources import MediaLimits
 from .metrics import LatencySummary, StageTimer
-from .models.qwen2_vl import Qwen2VLConfig, Qwen2VLFeatures, Qwen2VLPreprocessor
-from .models.qwen3_vl import Qwen3VLConfig, Qwen3VLFeatures, Qwen3VLPreprocessor
+from .models.qwen2_vl import Qwen2VLConfig, Qwen2VLFeatures
+from .models.qwen3_vl import Qwen3VLConfig, Qwen3VLFeatures
 from .options import RequestOptions
 from .pipeline import Decoded, Features, ItemReport, Preprocessor, PreprocessorStatistics
+from .pipeline.families import Qwen2VLPreprocessor, Qwen3VLPreprocessor
 from .processor import AsyncMMDataProcessor, ProcessorCounts, ProcessorStatistics
 from .settings import Settings
 from .slots import Completion, Slot, SlotPool, SlotPoolStatistics

@@ -13,7 +13,7 @@ _FAULTS = """if True:
     if sys.argv[1] == "tuned":
         assert tune_allocator()["applied"]
     from gpu_mm.media.synth import make_image
-    from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+    from gpu_mm.pipeline.families import Qwen2VLPreprocessor
     jpeg = make_image(1080, 1920, "JPEG")
     pre = Qwen2VLPreprocessor("cpu", cache_bytes=0)
     faults = []

@@ -15,7 +15,7 @@ import torch
 from gpu_mm import DecodeError, FeaturePool, ProcessingTimeout
 from gpu_mm.cache import FeatureCache, content_key
 from gpu_mm.media.video import PyAVDecoder
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 from gpu_mm.pipeline.plan import Planner
 
 from media_helpers import clip, make_image

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gpu_mm import ProcessingTimeout
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 from media_helpers import clip, make_image
 

@@ -131,7 +131,7 @@ class TestPreprocessorIntoPool:
     """Features made straight into a shared block: same values, a handle to send, leases never leak."""
 
     def test_features_written_in_place_equal_the_normal_path(self):
-        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+        from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
         from media_helpers import clip, make_image
 
@@ -151,7 +151,7 @@ class TestPreprocessorIntoPool:
 
     def test_failed_call_returns_its_lease(self):
         from gpu_mm import MediaError
-        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+        from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
         from media_helpers import make_image
 
@@ -167,7 +167,7 @@ class TestPreprocessorIntoPool:
 
         from gpu_mm import ProcessingTimeout
         from gpu_mm.media.video import PyAVDecoder, register_video_decoder
-        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+        from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
         from media_helpers import clip
 
@@ -200,7 +200,7 @@ class TestNothingHeavyOnTheLoop:
     async def test_lease_and_join_run_off_the_event_loop(self, monkeypatch):
         import threading
 
-        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+        from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
         from media_helpers import make_image
 
@@ -237,7 +237,7 @@ class TestNothingHeavyOnTheLoop:
         import time
 
         from gpu_mm import ProcessingTimeout
-        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+        from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
         from media_helpers import make_image
 

@@ -117,3 +117,30 @@ def test_a_circle_through_a_lazy_import_is_found(tmp_path):
     assert circles(graph) == [["gpu_mm.a", "gpu_mm.sub.b"]]
     (tmp_path / "gpu_mm" / "__init__.py").write_text("from .a import f\nfrom .c import *\n")
     assert sorted(circles(import_graph(tmp_path))) == [["gpu_mm", "gpu_mm.c"], ["gpu_mm.a", "gpu_mm.sub.b"]]
+
+
+# What each part may not import (docs/architecture.md): a model family is a pure spec, the tensor ops and kernels
+# know nothing of requests, media nothing of models, the processor no model family, and only the CLI the bench.
+FORBIDDEN = {
+    "gpu_mm.models": ("gpu_mm.pipeline", "gpu_mm.processor", "gpu_mm.slots", "gpu_mm.media", "gpu_mm.serve",
+                      "gpu_mm.integrations", "gpu_mm.cli", "gpu_mm.bench", "gpu_mm._procslots"),
+    "gpu_mm.ops": ("gpu_mm.pipeline", "gpu_mm.models", "gpu_mm.media", "gpu_mm.processor", "gpu_mm.serve"),
+    "gpu_mm.kernels": ("gpu_mm.pipeline", "gpu_mm.models", "gpu_mm.media", "gpu_mm.processor", "gpu_mm.serve"),
+    "gpu_mm.media": ("gpu_mm.models", "gpu_mm.pipeline", "gpu_mm.processor", "gpu_mm.serve", "gpu_mm.integrations"),
+    "gpu_mm.processor": ("gpu_mm.models", "gpu_mm.pipeline", "gpu_mm.media"),
+    "gpu_mm.pipeline": ("gpu_mm.serve", "gpu_mm.integrations", "gpu_mm.cli", "gpu_mm.bench", "gpu_mm.processor"),
+}
+
+
+def _within(module: str, part: str) -> bool:
+    return module == part or module.startswith(part + ".")
+
+
+def test_arrows_go_one_way_down():
+    graph = import_graph()
+    wrong = sorted(f"{m} -> {d}" for m, deps in graph.items() for part, banned in FORBIDDEN.items()
+                   if _within(m, part) for d in deps if any(_within(d, b) for b in banned))
+    assert not wrong, f"imports against the layering: {wrong}"
+    bench_users = sorted(m for m, deps in graph.items()
+                         if not _within(m, "gpu_mm.bench") and any(_within(d, "gpu_mm.bench") for d in deps))
+    assert bench_users == ["gpu_mm.cli"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..media.synth import make_image, make_video
 from ..media.video import PyAVDecoder
-from ..models.qwen2_vl import Qwen2VLPreprocessor
+from ..pipeline.families import Qwen2VLPreprocessor
 
 
 def _pct(xs: list[float], q: float) -> float:

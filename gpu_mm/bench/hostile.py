@@ -169,7 +169,7 @@ def _work_main(first: int, processes: int) -> int:
 
     from .._procslots import process_threads
     from ..errors import GpuMMError
-    from ..models.qwen2_vl import Qwen2VLPreprocessor
+    from ..pipeline.families import Qwen2VLPreprocessor
 
     torch.set_num_threads(process_threads(usable_cores(), processes))
     pre = Qwen2VLPreprocessor(device="cpu")

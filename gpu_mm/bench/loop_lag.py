@@ -73,7 +73,7 @@ async def measure(
 
 def scenarios(image: bytes, workers: int) -> dict[str, Callable[[], tuple[Callable[[int], Awaitable[Any]], Any]]]:
     """name -> factory returning (call, closer). Each runs one Qwen2-VL image preprocessing per request."""
-    from ..models.qwen2_vl import Qwen2VLPreprocessor
+    from ..pipeline.families import Qwen2VLPreprocessor
     from ..processor import AsyncMMDataProcessor
     from .baselines import FakeAsyncHF, HFImageProcessor, SeedAsyncMMDataProcessor
 

@@ -64,7 +64,7 @@ def image_bench(jpeg: bytes, device: str, reps: int) -> dict[str, Any]:
     """One JPEG, bytes -> pixel_values, on ``device`` vs transformers (torchvision and PIL backends)."""
     from PIL import Image
 
-    from ..models.qwen2_vl import Qwen2VLPreprocessor
+    from ..pipeline.families import Qwen2VLPreprocessor
 
     pre = Qwen2VLPreprocessor(device, cache_bytes=0)  # measure the work, not the cache
 
@@ -98,7 +98,7 @@ def image_bench(jpeg: bytes, device: str, reps: int) -> dict[str, Any]:
 def video_bench(clip: bytes, device: str, reps: int) -> dict[str, Any]:
     """One clip, bytes -> pixel_values_videos with qwen-vl-utils sampling, vs qwen-vl-utils' own
     ``fetch_video`` (decord reader) + transformers' video processor."""
-    from ..models.qwen2_vl import Qwen2VLPreprocessor
+    from ..pipeline.families import Qwen2VLPreprocessor
 
     def processor() -> Any:
         from transformers import Qwen2VLVideoProcessor
@@ -160,7 +160,7 @@ def qwen3_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str, A
     configured, and the clip vs qwen-vl-utils (patch 16) + transformers' ``Qwen3VLVideoProcessor``."""
     from PIL import Image
 
-    from ..models.qwen3_vl import Qwen3VLPreprocessor
+    from ..pipeline.families import Qwen3VLPreprocessor
 
     pre = Qwen3VLPreprocessor(device, cache_bytes=0)
 

@@ -24,8 +24,9 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessorInitKwargs
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessorInitKwargs
 
-from ..models.qwen2_vl import Qwen2VLConfig, Qwen2VLPreprocessor
-from ..models.qwen3_vl import Qwen3VLConfig, Qwen3VLPreprocessor
+from ..models.qwen2_vl import Qwen2VLConfig
+from ..models.qwen3_vl import Qwen3VLConfig
+from ..pipeline.families import Qwen2VLPreprocessor, Qwen3VLPreprocessor
 
 __all__ = ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "handled",
            "pixel_mode"]

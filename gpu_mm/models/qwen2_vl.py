@@ -14,12 +14,12 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from .. import ops
+from ..features import Features
 from ..options import RequestOptions
-from ..pipeline import Features, ItemReport, Preprocessor, PreprocessorStatistics
 from . import register_family
 from .base import ModelSpec, VideoSampling, or_default, processor_config_fields
 
-__all__ = ["ItemReport", "PreprocessorStatistics", "Qwen2VLConfig", "Qwen2VLFeatures", "Qwen2VLPreprocessor"]
+__all__ = ["Qwen2VLConfig", "Qwen2VLFeatures"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,11 +160,4 @@ class Qwen2VLFeatures(Features):
         return out
 
 
-@register_family
-class Qwen2VLPreprocessor(Preprocessor[Qwen2VLFeatures]):
-    """Images and videos to Qwen2-VL / Qwen2.5-VL features on CUDA or CPU (see :class:`gpu_mm.pipeline.Preprocessor`
-    for the arguments; ``config`` is a :class:`Qwen2VLConfig`)."""
-
-    config_class = Qwen2VLConfig
-    features_class = Qwen2VLFeatures
-    config: Qwen2VLConfig
+register_family(Qwen2VLConfig, Qwen2VLFeatures, preprocessor_name="Qwen2VLPreprocessor")

@@ -19,12 +19,12 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from .. import ops
+from ..features import Features
 from ..options import RequestOptions
-from ..pipeline import Features, Preprocessor
 from . import register_family
 from .base import ModelSpec, VideoSampling, or_default, processor_config_fields
 
-__all__ = ["Qwen3VLConfig", "Qwen3VLFeatures", "Qwen3VLPreprocessor", "nframes", "sample_indices", "smart_resize",
+__all__ = ["Qwen3VLConfig", "Qwen3VLFeatures", "nframes", "sample_indices", "smart_resize",
            "timestamps"]
 
 
@@ -158,14 +158,7 @@ class Qwen3VLFeatures(Features):
         return out
 
 
-@register_family
-class Qwen3VLPreprocessor(Preprocessor[Qwen3VLFeatures]):
-    """Images and videos to Qwen3-VL features on CUDA or CPU (arguments as :class:`gpu_mm.pipeline.Preprocessor`;
-    ``config`` is a :class:`Qwen3VLConfig`)."""
-
-    config_class = Qwen3VLConfig
-    features_class = Qwen3VLFeatures
-    config: Qwen3VLConfig
+register_family(Qwen3VLConfig, Qwen3VLFeatures, preprocessor_name="Qwen3VLPreprocessor")
 
 
 # ---------------------------------------------------------------- the family's arithmetic (transformers 5.24)

@@ -6,12 +6,15 @@
   default budgets (pure arithmetic);
 - :mod:`.devices`: device decisions (which device, which image decoder, which normalize+patchify);
 - :mod:`.folder`: reading a model folder's processor configs;
-- :mod:`.preprocessor`: planning, cache routing, slot execution, the output pool and assembly.
+- :mod:`.plan`, :mod:`.routing`, :mod:`.execute`, :mod:`.output`, :mod:`.processes`: planning, cache routing,
+  slot execution, the output pool and assembly, slot processes;
+- :mod:`.preprocessor`: :class:`Preprocessor`, which wires them; :mod:`.families`: each family's subclass.
 """
 
 from __future__ import annotations
 
 from .devices import choose_image_decoder, resolve_device, same_device
+from .families import Qwen2VLPreprocessor, Qwen3VLPreprocessor, preprocessor_class
 from .memory import default_cache_bytes, default_memory_budget
 from .preprocessor import Preprocessor
 from .types import Decoded, Features, ItemReport, PreprocessorStatistics
@@ -22,9 +25,12 @@ __all__ = [
     "ItemReport",
     "Preprocessor",
     "PreprocessorStatistics",
+    "Qwen2VLPreprocessor",
+    "Qwen3VLPreprocessor",
     "choose_image_decoder",
     "default_cache_bytes",
     "default_memory_budget",
+    "preprocessor_class",
     "resolve_device",
     "same_device",
 ]

@@ -36,6 +36,7 @@ from ..media.sources import MediaLimits
 from ..media.video import (
     choose_video_decoder,
 )
+from ..models import Family, get_family
 from ..sched import reset_inherited_slice
 from ..slots import Slot, SlotPool
 from . import output
@@ -58,8 +59,9 @@ F = TypeVar("F", bound=Features)
 class Preprocessor(Closeable, Generic[F]):
     """Images and videos to a model family's features on CUDA or CPU.
 
-    A family subclasses it naming its spec (``config_class``) and features (``features_class``); use
-    :meth:`from_pretrained` to get the right family for a model folder.
+    Each registered family has its subclass naming its spec (``config_class``) and features (``features_class``),
+    e.g. :class:`gpu_mm.Qwen2VLPreprocessor` (:mod:`gpu_mm.pipeline.families`); use :meth:`from_pretrained` to get
+    the right family for a model folder, :meth:`for_model` for a family name.
 
     Use it synchronously (``pre(images=..., videos=...)``), asynchronously
     (``await pre.preprocess(...)``, heavy work on device slots), or as an SGLang-style processor
@@ -229,11 +231,9 @@ class Preprocessor(Closeable, Generic[F]):
     def for_model(cls, model: str | os.PathLike[str], *, device: str = "auto", **kwargs: Any) -> Any:
         """A local model folder (:meth:`from_pretrained`), or a family name / transformers ``model_type``
         (``qwen2_vl``, ``qwen3_vl_moe`` ...) with that family's default config."""
-        from ..models import get_family
-
         if Path(model).is_dir():
             return cls.from_pretrained(model, device=device, **kwargs)
-        return get_family(str(model))(device, **kwargs)
+        return preprocessor_class(str(model))(device, **kwargs)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike[str], *, device: str = "auto", **kwargs: Any) -> Any:
@@ -250,13 +250,11 @@ class Preprocessor(Closeable, Generic[F]):
             FileNotFoundError: the folder holds no image processor config.
             KeyError: the folder's model type is not a registered family.
         """
-        from ..models import get_family
-
         folder = Path(model_dir)
         image, video = _processor_configs(folder)
         model_config = _read_json(folder / "config.json") or {}
         model_type = model_config.get("model_type") or _model_type_from(image, video)
-        family = get_family(model_type)
+        family = preprocessor_class(model_type)
         if cls is not Preprocessor and not issubclass(family, cls):
             raise ValueError(f"{folder} holds a {model_type!r} model, not one of {cls.__name__}'s family")
         config = family.config_class.from_pretrained_dict(model_type, image, video)
@@ -520,3 +518,31 @@ async def _within(fut: asyncio.Future[Any], deadline: float | None,
     if not await await_or_abandon(fut, deadline, abandoned):
         raise ProcessingTimeout("planning (load + probe) did not finish by the deadline")
     return fut.result()
+
+
+_made: dict[str, type[Preprocessor[Any]]] = {}
+_lock = threading.Lock()
+
+
+def preprocessor_class(name: str) -> type[Preprocessor[Any]]:
+    """The preprocessor class of a family name, ``model_type`` or processor class name (``qwen2_5_vl``,
+    ``Qwen3VLProcessor``).
+
+    Raises:
+        KeyError: no family has that name; the message lists the known ones.
+    """
+    return _class_of(get_family(name))
+
+
+def _class_of(family: Family) -> type[Preprocessor[Any]]:
+    with _lock:
+        cls = _made.get(family.preprocessor_name)
+        if cls is None:
+            cls = type(family.preprocessor_name, (Preprocessor,), {
+                "__module__": "gpu_mm.pipeline.families", "__qualname__": family.preprocessor_name,
+                "__doc__": f"Images and videos to {family.name} features on CUDA or CPU (arguments as "
+                           f":class:`gpu_mm.Preprocessor`; ``config`` is a :class:`{family.config_class.__name__}`).",
+                "config_class": family.config_class, "features_class": family.features_class,
+            })
+            _made[family.preprocessor_name] = cls
+        return cls

@@ -23,8 +23,8 @@ from sglang.srt.utils.common import ImageData, VideoData
 
 import gpu_mm
 from gpu_mm.bench.sglang import ARCHITECTURES, IMAGE_TOKEN, VIDEO_TOKEN, allow_cpu_video, build, call
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
 from gpu_mm.pipeline.execute import Executor
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 from media_helpers import make_image, make_video
 

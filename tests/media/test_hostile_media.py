@@ -22,8 +22,8 @@ import gpu_mm.pipeline as pipeline
 from gpu_mm import DecodeError, LimitExceeded, MediaError, UnsupportedMedia
 from gpu_mm.media.sources import load_source
 from gpu_mm.media.video import PyAVDecoder, probe_video, register_video_decoder, unregister_video_decoder
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
 from gpu_mm.pipeline import memory
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 from gpu_mm.pipeline.output import join
 
 from media_helpers import all_frames, clip, make_image, make_video

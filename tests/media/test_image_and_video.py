@@ -349,7 +349,7 @@ class TestDamagedVideos:
             probe_video(load_source(buf.getvalue(), "video[0]"))
 
     def test_bit_flipped_videos_never_crash_or_hang(self):
-        from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+        from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
         pre = Qwen2VLPreprocessor("cpu")
         data = bytearray(clip("h264", 48, gop=12))

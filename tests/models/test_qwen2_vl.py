@@ -15,7 +15,7 @@ from PIL import Image
 
 import gpu_mm
 from gpu_mm import LimitExceeded, MediaError, ProcessingTimeout
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 from media_helpers import all_frames, clip, make_image, make_video
 

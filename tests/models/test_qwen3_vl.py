@@ -25,8 +25,8 @@ from transformers import (  # noqa: E402
 from transformers.video_utils import VideoMetadata  # noqa: E402
 
 from gpu_mm import InvalidRequest, LimitExceeded, Preprocessor  # noqa: E402
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor  # noqa: E402
-from gpu_mm.models.qwen3_vl import Qwen3VLConfig, Qwen3VLPreprocessor  # noqa: E402
+from gpu_mm.models.qwen3_vl import Qwen3VLConfig  # noqa: E402
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor, Qwen3VLPreprocessor  # noqa: E402
 
 from media_helpers import all_frames, clip, make_image  # noqa: E402
 
@@ -265,16 +265,28 @@ def test_from_pretrained_refuses_what_it_cannot_serve(tmp_path):
 
 def test_registry_refuses_a_second_family_under_a_taken_name():
     from gpu_mm.models import get_family, register_family
+    from gpu_mm.pipeline.families import preprocessor_class
 
-    assert get_family("qwen3_5") is get_family("Qwen3VLProcessor") is Qwen3VLPreprocessor
-    assert get_family("qwen2_5_vl") is Qwen2VLPreprocessor
+    assert get_family("qwen3_5") is get_family("Qwen3VLProcessor")
+    assert preprocessor_class("qwen3_5") is preprocessor_class("Qwen3VLProcessor") is Qwen3VLPreprocessor
+    assert preprocessor_class("qwen2_5_vl") is Qwen2VLPreprocessor
 
-    class Impostor(Qwen3VLPreprocessor):
+    @dataclasses.dataclass(frozen=True)
+    class Impostor(Qwen3VLConfig):
         pass
 
     with pytest.raises(ValueError, match="already registered"):
-        register_family(Impostor)
-    assert get_family("qwen3_vl") is Qwen3VLPreprocessor
+        register_family(Impostor, get_family("qwen3_vl").features_class, preprocessor_name="ImpostorPreprocessor")
+    assert preprocessor_class("qwen3_vl") is Qwen3VLPreprocessor
+
+
+def test_a_family_is_data_and_its_preprocessor_class_pickles_by_name():
+    import pickle
+
+    pre = Qwen3VLPreprocessor("cpu", cache_bytes=0)
+    assert type(pickle.loads(pickle.dumps(pre))) is Qwen3VLPreprocessor
+    assert Qwen3VLPreprocessor.__module__ == "gpu_mm.pipeline.families"
+    assert Qwen3VLPreprocessor.config_class is Qwen3VLConfig
 
 
 # ---------------------------------------------------------------- the transformers drop-in

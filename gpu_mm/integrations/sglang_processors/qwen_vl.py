@@ -52,10 +52,11 @@ from gpu_mm.integrations.hf import (
     _bicubic,
     _sizes,
 )
-from gpu_mm.models.qwen2_vl import Qwen2VLConfig, Qwen2VLPreprocessor
-from gpu_mm.models.qwen3_vl import Qwen3VLConfig, Qwen3VLPreprocessor
+from gpu_mm.models.qwen2_vl import Qwen2VLConfig
+from gpu_mm.models.qwen3_vl import Qwen3VLConfig
 from gpu_mm.options import RequestOptions
 from gpu_mm.pipeline import Preprocessor, resolve_device
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor, Qwen3VLPreprocessor
 from gpu_mm.processor import AsyncMMDataProcessor
 
 logger = logging.getLogger("gpu_mm.integrations.sglang")

@@ -10,7 +10,7 @@ import torch
 from gpu_mm import UnsupportedMedia
 from gpu_mm.media.sources import load_source
 from gpu_mm.media.video import get_video_decoder, probe_video
-from gpu_mm.models.qwen2_vl import Qwen2VLPreprocessor
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 from media_helpers import all_frames, clip
 
