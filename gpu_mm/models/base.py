@@ -1,8 +1,8 @@
 """What a model family is to gpu-mm: a pure spec (sizes, sampling, output layout), no devices, no pixels.
 
-A family is one module in ``gpu_mm/models/`` holding a frozen dataclass that subclasses :class:`ModelSpec`
-(its config: every number that decides its features) and its :class:`gpu_mm.features.Features` subclass,
-registered with :func:`gpu_mm.models.register_family`; the pipeline makes its preprocessor class. The pipeline asks the spec where
+A family is one module in ``gpu_mm/models/`` holding a frozen dataclass that subclasses :class:`ModelSpec` (its
+config: every number that decides its features) and its :class:`gpu_mm.features.Features` subclass, registered with
+:func:`gpu_mm.models.register_family`; the pipeline makes its preprocessor class. The pipeline asks the spec where
 each image goes (:meth:`ModelSpec.image_target`), which frames of a video to take and at what size
 (:meth:`ModelSpec.sample_video`), and what per-video fields the family's model consumes besides pixels
 (:meth:`ModelSpec.video_fields`); it does the rest the same way for every family.

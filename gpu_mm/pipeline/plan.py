@@ -115,8 +115,8 @@ class Planner:
 
     def plan_all(self, images: Any, videos: Any, request: dict[str, Any]) -> list[ItemPlan]:
         options = self._options(request)
-        plans = [self._plan_image(obj, f"image[{i}]", options) for i, obj in enumerate(as_list(images))]
-        plans += [self._plan_video(obj, f"video[{i}]", options) for i, obj in enumerate(as_list(videos))]
+        plans = [self._plan("image", obj, f"image[{i}]", options) for i, obj in enumerate(as_list(images))]
+        plans += [self._plan("video", obj, f"video[{i}]", options) for i, obj in enumerate(as_list(videos))]
         for p in plans:
             if p.nbytes > self.memory_budget_bytes:
                 raise LimitExceeded(
@@ -147,13 +147,19 @@ class Planner:
                 return None, None  # an array whose memory cannot be read as bytes (object dtype): not cached
             return key, self.cache.get(key)
 
-    def _plan_image(self, obj: Any, item: str, options: RequestOptions) -> ItemPlan:
+    def _plan(self, kind: Literal["image", "video"], obj: Any, item: str, options: RequestOptions) -> ItemPlan:
+        """One item: loaded, looked up in the cache (a hit plans nothing more), then planned by its kind."""
         timer = StageTimer()
         with timer.stage("load"):
             src = load_source(obj, item, self.limits)
-        key, hit = self._lookup(src, "image", options, timer)
+        key, hit = self._lookup(src, kind, options, timer)
         if hit is not None:
-            return hit_plan("image", src, key, hit, timer)
+            return hit_plan(kind, src, key, hit, timer)
+        plan = self._plan_image(src, options, timer) if kind == "image" else self._plan_video(src, options, timer)
+        plan.key = key
+        return plan
+
+    def _plan_image(self, src: Source, options: RequestOptions, timer: StageTimer) -> ItemPlan:
         with timer.stage("load"):
             info = probe_image(src, self.limits)
         cfg = self.config
@@ -166,15 +172,9 @@ class Planner:
         nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
                                      via_pillow=not is_plain_jpeg(src, info) or scale > 1)
         return ItemPlan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
-                     timer=timer, key=key, jpeg_scale=scale)
+                        timer=timer, jpeg_scale=scale)
 
-    def _plan_video(self, obj: Any, item: str, options: RequestOptions) -> ItemPlan:
-        timer = StageTimer()
-        with timer.stage("load"):
-            src = load_source(obj, item, self.limits)
-        key, hit = self._lookup(src, "video", options, timer)
-        if hit is not None:
-            return hit_plan("video", src, key, hit, timer)
+    def _plan_video(self, src: Source, options: RequestOptions, timer: StageTimer) -> ItemPlan:
         info: VideoInfo | None = None
         try:
             if src.kind == "encoded":
@@ -193,9 +193,7 @@ class Planner:
             raise
         except ValueError as exc:  # the family's arithmetic refused the video
             raise LimitExceeded(src.item, str(exc)) from None
-        plan = self._video_plan(src, sampling, info, size, timer)
-        plan.key = key
-        return plan
+        return self._video_plan(src, sampling, info, size, timer)
 
     def _video_plan(self, src: Source, sampling: VideoSampling, info: VideoInfo | None, size: tuple[int, int],
                     timer: StageTimer) -> ItemPlan:
@@ -215,8 +213,8 @@ class Planner:
             call = video_call_frames(size, chunk, len(indices))
             nbytes += (call - chunk) * 3 * size[0] * size[1]  # the call's decoded frames beyond one chunk
         return ItemPlan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
-                     presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, timer=timer,
-                     video_fps=sampling.video_fps)
+                        presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, timer=timer,
+                        video_fps=sampling.video_fps)
 
     def groups(self, plans: list[ItemPlan]) -> list[list[int]]:
         """Which plans run together as one slot job: plain JPEGs in batches of up to ``image_batch`` (one
