@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -141,8 +142,7 @@ class Settings:
                 default = f.default if f.default is None else _to_unit(f, f.default)
                 parser.add_argument(flag, dest=f.name, default=default, metavar=flag.lstrip("-").upper(),
                                     choices=f.metadata["choices"], help=f.metadata["help"] + " (default: %(default)s)",
-                                    type=lambda raw, f=f: _parse_unit(f, raw))
-        return None
+                                    type=functools.partial(_parse_unit, f))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:

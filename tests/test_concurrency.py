@@ -4,6 +4,7 @@ own threads never keep a slice meant for the loop."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -143,6 +144,11 @@ async def test_slot_threads_run_on_sched_idle_only_when_asked(idle):
         assert slots
         # Only where a thread may leave SCHED_IDLE again (root here): elsewhere the guard could not rescue it.
         want = os.SCHED_IDLE if idle and sched._idle_is_reversible() else os.SCHED_OTHER
+        # Each slot thread sets its policy as its first step, which on a loaded machine can come after the first
+        # call has returned (Thread.start waits only for the thread to exist): give them up to 10 s to get there.
+        give_up = time.monotonic() + 10
+        while not all(os.sched_getscheduler(tid) == want for tid in slots) and time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
         assert all(os.sched_getscheduler(tid) == want for tid in slots)
         assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is left alone
         if want == os.SCHED_IDLE:

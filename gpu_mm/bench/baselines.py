@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -128,7 +129,7 @@ def seed_front(pre: Any, settings: Any) -> SeedAsyncMMDataProcessor:
                                     timeout_s=settings.timeout_s)
 
 
-FRONTS = {"inline": Inline, "seed": seed_front}
+FRONTS: dict[str, Callable[[Any, Any], Any]] = {"inline": Inline, "seed": seed_front}
 """The baselines ``python -m gpu_mm.bench.baselines serve --mode NAME`` puts in front of gpu-mm's preprocessor."""
 
 

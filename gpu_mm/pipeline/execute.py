@@ -10,20 +10,10 @@ from typing import Any
 import torch
 
 from .. import ops
-from ..errors import (
-    MediaError,
-)
-from ..media.image import (
-    decode_image,
-    decode_jpeg_cuda,
-    decode_jpeg_scaled,
-    decode_jpegs,
-)
+from ..errors import MediaError
+from ..media.image import decode_image, decode_jpeg_cuda, decode_jpeg_scaled, decode_jpegs
 from ..media.sources import MediaLimits
-from ..media.video import (
-    get_video_decoder,
-    rotate_frames,
-)
+from ..media.video import get_video_decoder, rotate_frames
 from ..slots import Slot
 from .devices import _normalize_patchify_impl, same_device
 from .plan import ItemPlan

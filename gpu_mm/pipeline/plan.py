@@ -11,24 +11,10 @@ from typing import Any, Literal
 import torch
 
 from ..cache import Entry, FeatureCache, content_key
-from ..errors import (
-    InvalidRequest,
-    LimitExceeded,
-    MediaError,
-    UnsupportedMedia,
-)
-from ..media.image import (
-    ImageInfo,
-    is_plain_jpeg,
-    jpeg_draft_scale,
-    probe_image,
-)
+from ..errors import InvalidRequest, LimitExceeded, MediaError, UnsupportedMedia
+from ..media.image import ImageInfo, is_plain_jpeg, jpeg_draft_scale, probe_image
 from ..media.sources import MediaLimits, Source, load_source
-from ..media.video import (
-    VideoInfo,
-    frames_from_array,
-    probe_video,
-)
+from ..media.video import VideoInfo, frames_from_array, probe_video
 from ..metrics import StageTimer
 from ..models.base import VideoSampling
 from ..options import RequestOptions

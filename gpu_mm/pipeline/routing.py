@@ -12,10 +12,7 @@ import torch
 
 from .._aio import wait_until
 from ..cache import FeatureCache
-from ..errors import (
-    MediaError,
-    ProcessingTimeout,
-)
+from ..errors import MediaError, ProcessingTimeout
 from .plan import ItemPlan, Planner
 from .types import Decoded
 

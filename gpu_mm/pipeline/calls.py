@@ -1,0 +1,152 @@
+"""One call's flow, the same for the synchronous and the asynchronous API: plan, route through the cache, run the
+slot jobs, assemble the features."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from typing import Any
+
+import torch
+
+from .._aio import await_or_abandon
+from ..errors import ProcessingTimeout
+from ..slots import Slot, SlotPool
+from . import output
+from .execute import Executor, fill_block
+from .output import LeaseGuard
+from .plan import ItemPlan, Planner
+from .processes import SlotProcesses
+from .routing import Router
+
+
+class CallRunner:
+    """Runs calls through one preprocessor's planner, router, executor (or slot processes) and output pool."""
+
+    def __init__(self, planner: Planner, router: Router, executor: Executor, processes: SlotProcesses | None, *,
+                 output_pool: Any, features_class: type[Any], output: str, device: str) -> None:
+        self._planner, self._router, self._executor, self._processes = planner, router, executor, processes
+        self.output_pool, self.features_class, self.output, self.device = output_pool, features_class, output, device
+        self.config = planner.config
+
+    def run(self, slot: Slot, images: Any, videos: Any, request: dict[str, Any]) -> Any:
+        """A call on the calling thread, its slot jobs run one after another on ``slot``."""
+        plans = self._planner.plan_all(images, videos, request)
+        call = self._router.route(plans, output.lease(self.output_pool, self.config, plans))
+        try:
+            # cuda:N: the current device for every kernel launched here (slot threads get it from their stream).
+            with torch.cuda.device(self.device) if self.device.startswith("cuda") else contextlib.nullcontext():
+                for group in call.groups:
+                    results = self._executor.run(slot, call.members(group))
+                    call.fill(group, results)
+                    for plan, out in zip(call.members(group), results):
+                        self._router.keep(plan, out)
+        except BaseException:
+            if call.lease is not None:
+                self.output_pool.release(call.lease.handle)
+            raise
+        if call.lease is not None and self.output_pool.device != "cpu":
+            torch.cuda.current_stream().synchronize()  # another process may read the block at once
+        return output.assemble(call, self.features_class, self.config, self.output)
+
+    async def run_async(self, slots: SlotPool, io: concurrent.futures.Executor, images: Any, videos: Any,
+                        request: dict[str, Any], deadline: float | None) -> Any:
+        """A call from an event loop: planning on ``io`` threads, slot jobs on ``slots``, ``deadline`` a
+        ``time.monotonic()`` instant (past it :class:`gpu_mm.ProcessingTimeout`; running items keep their slots)."""
+        loop = asyncio.get_running_loop()
+        # Planning and leasing the output block (an allocation, a CUDA IPC handle) run on an IO thread.
+        plan_future = loop.run_in_executor(io, self._plan_and_lease, images, videos, request)
+        plans, lease = await _within(plan_future, deadline, on_abandoned=self._release_late_lease)
+        call = self._router.route(plans, lease, loop)
+        computed = sum(len(g) for g in call.groups)
+        guard = LeaseGuard(self.output_pool, lease, computed) if lease is not None and computed else None
+        settled = guard.settled if guard is not None else None
+        runs: list[Any] = [self._start_group(slots, call.members(group), deadline, _settles(settled, len(group)))
+                           for group in call.groups]
+        runs += [self._router.follow(plans[i], flight, deadline) for i, flight in call.followers]
+        try:
+            results = await asyncio.gather(*runs, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        except BaseException:
+            if guard is not None:
+                guard.fail()  # the block returns to the pool once no abandoned item can write into it
+            raise
+        for group, result in zip(call.groups, results):
+            call.fill(group, result)  # type: ignore[arg-type]
+        for (i, _), result in zip(call.followers, results[len(call.groups):]):
+            call.outs[i] = result
+        if lease is not None and call.followers:
+            # Rows computed for another call: copied into this call's block, off the loop.
+            await loop.run_in_executor(io, fill_block, [(plans[i], call.outs[i][0]) for i, _ in call.followers])
+        if lease is None and (sum(p.kind == "image" for p in plans) > 1 or sum(p.kind == "video" for p in plans) > 1):
+            # Joining several items' rows is a copy of every feature byte: not on the caller's loop.
+            return await loop.run_in_executor(io, output.assemble, call, self.features_class, self.config,
+                                              self.output)
+        return output.assemble(call, self.features_class, self.config, self.output)
+
+    def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[ItemPlan], Any]:
+        plans = self._planner.plan_all(images, videos, request)
+        return plans, output.lease(self.output_pool, self.config, plans)
+
+    def _release_late_lease(self, result: tuple[list[ItemPlan], Any]) -> None:
+        """Planning finished after its caller gave up: no item will run, so its block goes back at once."""
+        _, lease = result
+        if lease is not None:
+            self.output_pool.release(lease.handle)
+
+    def _start_group(self, slots: SlotPool, group: list[ItemPlan], deadline: float | None,
+                     on_release: Any) -> asyncio.Task[Any]:
+        """One slot job as a task. SlotPool.run reports its outcome (``on_done``) and settles it (``on_release``)
+        on every path, but only once its coroutine has begun: a task cancelled before its first step (its
+        caller cancelled in the same loop turn) never begins, so its done-callback does that instead."""
+        begun: list[bool] = []
+        on_done = self._router.landed(group)
+
+        async def run() -> Any:
+            begun.append(True)
+            work = self._executor.run if self._processes is None else self._processes.run
+            return await slots.run(work, group, nbytes=sum(p.nbytes for p in group),
+                                   deadline=deadline, on_release=on_release, on_done=on_done)
+
+        def never_begun(task: asyncio.Task[Any]) -> None:
+            if begun:
+                return
+            if on_done is not None:
+                on_done(None, asyncio.CancelledError())
+            if on_release is not None:
+                on_release()
+
+        task = asyncio.ensure_future(run())
+        task.add_done_callback(never_begun)
+        return task
+
+
+def _settles(settled: Any, n: int) -> Any:
+    """``settled`` called ``n`` times: a slot job of ``n`` items settles each of them."""
+    if settled is None:
+        return None
+
+    def settle_all() -> None:
+        for _ in range(n):
+            settled()
+
+    return settle_all
+
+
+async def _within(fut: asyncio.Future[Any], deadline: float | None,
+                  on_abandoned: Any = None) -> Any:
+    """``fut``'s result, or :class:`ProcessingTimeout` at ``deadline``; a result that arrives after the caller
+    gave up goes to ``on_abandoned`` (to return what it holds)."""
+    def abandoned() -> None:
+        def settle(f: asyncio.Future[Any]) -> None:
+            if on_abandoned is not None and not f.cancelled() and f.exception() is None:
+                on_abandoned(f.result())
+
+        fut.add_done_callback(settle)
+
+    if not await await_or_abandon(fut, deadline, abandoned):
+        raise ProcessingTimeout("planning (load + probe) did not finish by the deadline")
+    return fut.result()
