@@ -290,14 +290,8 @@ def _print_hostile(hostile: dict[str, Any]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     from .serve import run
 
-    # The server's own log lines (chosen concurrency, loop slice, idle slot threads put back on the normal
-    # policy) on stderr, unless the embedding process configured logging itself.
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(Settings.from_args(args))
     return 0
 

@@ -384,6 +384,10 @@ def run(settings: Settings, *, front: Callable[[Preprocessor, Settings], Any] | 
     (``loop_slice``) a short CPU time slice for the loop (:func:`prioritize_loop`)."""
     from aiohttp import web
 
+    # The server's own log lines (chosen concurrency, loop slice, idle slot threads put back on the normal policy)
+    # on stderr, unless the process configured logging itself.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.info("allocator: %s", tune_allocator())
     if settings.switch_interval_s is not None:
         set_switch_interval(settings.switch_interval_s)

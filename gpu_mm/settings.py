@@ -19,7 +19,8 @@ MiB = 2**20
 def _setting(default: Any, help: str, *, flag: str | None = None, env: str | None = None, unit: int = 1,
              choices: tuple[str, ...] | None = None) -> Any:
     """A field with where it is set from: ``flag`` (``gpu-mm serve``), ``env`` (the plug-ins), and ``unit``: the
-    flag's and variable's value times ``unit`` is the field's (MiB for byte counts)."""
+    flag's and variable's value times ``unit`` is the field's (MiB for byte counts); ``unit=0``: milliseconds to
+    seconds, 0 ms meaning None."""
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "env": env, "unit": unit,
                                                         "choices": choices})
 
@@ -194,8 +195,6 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
         if word in ("0", "false", "off", "no"):
             return False
         raise ValueError(raw)
-    if raw.lower() == "none" and "None" in str(f.type):
-        return None
     return _from_unit(f, _parse_unit(f, raw))
 
 

@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     """``gpu-mm serve`` with a baseline in front of its preprocessor: ``serve --mode inline|seed|gpu_mm`` and every
     flag of ``gpu-mm serve`` (benchmarks only; the product server has no modes)."""
     import argparse
-    import logging
 
     from ..serve import run
     from ..settings import Settings
@@ -147,8 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="gpu_mm", choices=["gpu_mm", *FRONTS])
     Settings.add_arguments(parser)
     args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(Settings.from_args(args), front=FRONTS.get(args.mode))
     return 0
 

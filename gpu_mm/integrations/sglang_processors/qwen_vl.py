@@ -149,13 +149,15 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
                 _processor.video_processor, GpuMMQwen3VLVideoProcessor if qwen3 else GpuMMQwen2VLVideoProcessor)
         super().__init__(hf_config, server_args, _processor, *args, **kwargs)
         self._gpu_mm_qwen3 = qwen3
-        self._gpu_mm_collapse: bool | None = None  # whether transformers drops a video's outer wrapper (probed once)
         self.gpu_mm_settings: PluginSettings = settings()
         self.gpu_mm_fallbacks: collections.Counter[str] = collections.Counter()
         self._gpu_mm_config, self._gpu_mm_request, self.gpu_mm_unsupported = self._gpu_mm_configure()
         self._gpu_mm_emits_spgt = "second_per_grid_ts" in getattr(_processor, "model_input_names", ())
         self._gpu_mm_runner: AsyncMMDataProcessor | None = None
         self._gpu_mm_preprocessor: Preprocessor | None = None
+        # Whether the installed transformers drops a Qwen3-VL video's outer vision start/end, asked once at server
+        # start (SGLang's own path prompts as transformers does).
+        self._gpu_mm_collapse = qwen3 and self._gpu_mm_config is not None and _collapses_video_wrapper(_processor)
         if self._gpu_mm_config is not None:
             self._gpu_mm_build()  # at server start: a bad device or decoder setting fails here, not per request
 
@@ -320,8 +322,6 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         if self._gpu_mm_qwen3 and out.get("video_timestamps") is not None:
             input_ids_list, _, _ = self.build_input_ids_with_timestamps(
                 ids, None, ret.get("image_grid_thw"), ret.get("video_grid_thw"), out["video_timestamps"])
-            if self._gpu_mm_collapse is None:
-                self._gpu_mm_collapse = _collapses_video_wrapper(self._processor)
             if self._gpu_mm_collapse:
                 # SGLang's own path gets its prompt from the installed transformers' Qwen3-VL processor, which
                 # (5.25 on) drops the prompt's own vision start/end around a video: each step carries its own.
