@@ -25,10 +25,10 @@ class CallRunner:
     """Runs calls through one preprocessor's planner, router, executor (or slot processes) and output pool."""
 
     def __init__(self, planner: Planner, router: Router, executor: Executor, processes: SlotProcesses | None, *,
-                 output_pool: Any, features_class: type[Any], output: str, device: str) -> None:
+                 output_pool: Any, features_class: type[Any]) -> None:
         self._planner, self._router, self._executor, self._processes = planner, router, executor, processes
-        self.output_pool, self.features_class, self.output, self.device = output_pool, features_class, output, device
-        self.config = planner.config
+        self.output_pool, self.features_class = output_pool, features_class
+        self.config, self.device, self.output = planner.config, planner.device, executor.output
 
     def run(self, slot: Slot, images: Any, videos: Any, request: dict[str, Any]) -> Any:
         """A call on the calling thread, its slot jobs run one after another on ``slot``."""

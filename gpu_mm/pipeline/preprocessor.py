@@ -213,8 +213,7 @@ class Preprocessor(Closeable, Generic[F]):
             slots=self.concurrency.slots + self.concurrency.express_slots,
             stop_abandoned_after_s=stop_abandoned_after_s) if workers == "processes" else None
         self._calls = CallRunner(self._planner, self._router, self._executor, self._processes,
-                                 output_pool=output_pool, features_class=self.features_class, output=output,
-                                 device=device)
+                                 output_pool=output_pool, features_class=self.features_class)
 
     @classmethod
     def for_model(cls, model: str | os.PathLike[str], *, device: str = "auto", **kwargs: Any) -> Any:
