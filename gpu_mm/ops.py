@@ -33,6 +33,7 @@ __all__ = [
     "sample_indices_qwen_vl_utils",
     "sample_indices_sglang",
     "smart_resize",
+    "smart_resize_clip",
     "video_max_pixels_qwen_vl_utils",
 ]
 
@@ -69,6 +70,41 @@ def smart_resize(
         w_bar = max(factor, math.floor(width / beta / factor) * factor)
     elif h_bar * w_bar < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def smart_resize_clip(num_frames: int, height: int, width: int, *, temporal_factor: int = 2, factor: int = 32,
+                       min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Target (height, width) of a clip whose frames x height x width must lie within [min, max] pixels:
+    transformers' GLM-4V and Qwen3-VL video ``smart_resize`` (frames smaller than ``factor`` are first scaled up).
+    GLM's image processor uses it too, with ``num_frames`` = the temporal patch.
+
+    Raises:
+        ValueError: fewer frames than ``temporal_factor``, a side < 1, or an aspect ratio over 200.
+    """
+    if num_frames < temporal_factor:
+        raise ValueError(f"t:{num_frames} must be larger than temporal_factor:{temporal_factor}")
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height = int(height * scale)
+        width = int(width * scale)
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than {MAX_RATIO}, got {max(height, width) / min(height, width)}"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(num_frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar

@@ -12,7 +12,6 @@ item report its frame indices and source fps.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -24,8 +23,9 @@ from ..options import RequestOptions
 from . import register_family
 from .base import ModelSpec, VideoSampling, or_default, processor_config_fields
 
-__all__ = ["Qwen3VLConfig", "Qwen3VLFeatures", "nframes", "sample_indices", "smart_resize",
-           "timestamps"]
+__all__ = ["Qwen3VLConfig", "Qwen3VLFeatures", "nframes", "sample_indices", "smart_resize", "timestamps"]
+
+smart_resize = ops.smart_resize_clip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +87,8 @@ class Qwen3VLConfig(ModelSpec):
         if self.cap_pixels_per_frame:
             frame_cap = self.max_video_tokens * self.factor**2
             hi = max(min(frame_cap, hi // frames), int(lo * 1.05)) * frames
-        return smart_resize(frames, size[0], size[1], temporal_factor=self.temporal_patch_size,
-                                      factor=self.factor, min_pixels=lo, max_pixels=hi)
+        return ops.smart_resize_clip(frames, size[0], size[1], temporal_factor=self.temporal_patch_size,
+                                     factor=self.factor, min_pixels=lo, max_pixels=hi)
 
     def validate(self) -> None:
         super().validate()
@@ -182,40 +182,6 @@ def sample_indices(start: int, end: int, n: int) -> list[int]:
     import numpy as np
 
     return np.linspace(start, end, n).round().astype(int).tolist()
-
-
-def smart_resize(num_frames: int, height: int, width: int, *, temporal_factor: int = 2, factor: int = 32,
-                       min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Target (height, width) of a clip whose frames x height x width must lie within [min, max] pixels:
-    transformers' Qwen3-VL ``smart_resize`` (frames smaller than ``factor`` are first scaled up).
-
-    Raises:
-        ValueError: fewer frames than ``temporal_factor``, a side < 1, or an aspect ratio over 200.
-    """
-    if num_frames < temporal_factor:
-        raise ValueError(f"t:{num_frames} must be larger than temporal_factor:{temporal_factor}")
-    if height < 1 or width < 1:
-        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
-    if height < factor or width < factor:
-        scale = max(factor / height, factor / width)
-        height = int(height * scale)
-        width = int(width * scale)
-    if max(height, width) / min(height, width) > ops.MAX_RATIO:
-        raise ValueError(
-            f"absolute aspect ratio must be smaller than {ops.MAX_RATIO}, got {max(height, width) / min(height, width)}"
-        )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    t_bar = round(num_frames / temporal_factor) * temporal_factor
-    if t_bar * h_bar * w_bar > max_pixels:
-        beta = math.sqrt((num_frames * height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif t_bar * h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (num_frames * height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 def timestamps(indices: Sequence[int], video_fps: float, temporal_patch_size: int = 2) -> list[float]:
