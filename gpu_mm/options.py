@@ -36,6 +36,8 @@ class RequestOptions:
     min_pixels: int | None = None
     max_pixels: int | None = None
     total_pixels: int | None = None
+    do_pan_and_scan: bool | None = None
+    """Gemma 3: cut an image of a marked aspect ratio into crops beside the whole image (transformers' name)."""
 
     @classmethod
     def parse(cls, values: Mapping[str, Any] | RequestOptions | None) -> RequestOptions:
@@ -65,7 +67,10 @@ class RequestOptions:
         total_pixels = _integer(values, "total_pixels", lo=1, hi=2**40)
         if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
             raise InvalidRequest("min_pixels", f"must be <= max_pixels={max_pixels}, got {min_pixels}")
-        return cls(fps, nframes, start, end, min_pixels, max_pixels, total_pixels)
+        pan_and_scan = values.get("do_pan_and_scan")
+        if pan_and_scan is not None and not isinstance(pan_and_scan, bool):
+            raise InvalidRequest("do_pan_and_scan", f"must be a boolean, got {type(pan_and_scan).__name__}")
+        return cls(fps, nframes, start, end, min_pixels, max_pixels, total_pixels, pan_and_scan)
 
     def as_dict(self) -> dict[str, Any]:
         """The options that are set, by name."""

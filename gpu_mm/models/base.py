@@ -11,6 +11,7 @@ each image goes (:meth:`ModelSpec.image_target`), which frames of a video to tak
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -18,7 +19,8 @@ import torch
 
 from ..options import RequestOptions
 
-__all__ = ["ModelSpec", "VideoSampling", "or_default", "pixel_bounds", "processor_config_fields", "read_patching"]
+__all__ = ["ImageView", "ModelSpec", "VideoSampling", "or_default", "pixel_bounds", "processor_config_fields",
+           "read_patching"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,25 @@ class VideoSampling:
     presize: tuple[int, int] | None = None
     """A size to resize to first, bilinearly, before ``target`` (a serving stack that resizes twice, e.g.
     SGLang's Qwen3-VL path); None: one resize."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageView:
+    """One output image made from a source image (families with ``layout = "pixels"``): ``crop`` (a box of the
+    source, before resizing) resized to ``size``, then ``tile`` (a box of the resized image). Views that share
+    ``crop`` and ``size`` share one resize."""
+
+    size: tuple[int, int]
+    """(height, width) the source (or its ``crop``) is resized to."""
+    crop: tuple[int, int, int, int] | None = None
+    """(top, left, height, width) of the source, taken before resizing (None: the whole source)."""
+    tile: tuple[int, int, int, int] | None = None
+    """(top, left, height, width) of the resized image kept (None: all of it)."""
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """(height, width) of the view's output."""
+        return (self.tile[2], self.tile[3]) if self.tile is not None else self.size
 
 
 class ModelSpec:
@@ -56,8 +77,19 @@ class ModelSpec:
     """transformers ``model_type`` values (``config.json``) this family preprocesses."""
     processor_classes: ClassVar[tuple[str, ...]] = ()
     """transformers processor class names (``processor_class`` in a model folder's configs) of the family."""
-    options: ClassVar[frozenset[str]] = frozenset(f.name for f in dataclasses.fields(RequestOptions))
+    options: ClassVar[frozenset[str]] = frozenset(
+        {"fps", "nframes", "video_start", "video_end", "min_pixels", "max_pixels", "total_pixels"})
     """The :class:`gpu_mm.RequestOptions` fields this family reads; a request setting another is refused."""
+    modalities: ClassVar[tuple[str, ...]] = ("image", "video")
+    """What the family's model takes; an item of another kind is refused."""
+    layout: ClassVar[str] = "patches"
+    """``patches``: each item's features are rows of flattened patches (``grid`` is its ``grid_thw``; Qwen, GLM).
+    ``pixels``: each item's features are whole normalized images, ``(n, 3, height, width)`` (``grid`` is
+    ``(n, height, width)``; an image becomes the views :meth:`image_views` names, a video one image per frame)."""
+    meta_keys: ClassVar[Mapping[str, str | None]] = {"image": "image_grid_thw", "video": "video_grid_thw"}
+    """Per kind, the key of the per-item tensor beside the pixels (one :meth:`item_meta` per item; None: none)."""
+    image_resample: str = "bicubic"
+    """How images are resized (``bicubic`` or ``bilinear``); a family may make it a config field."""
 
     patch_size: int
     temporal_patch_size: int
@@ -87,6 +119,21 @@ class ModelSpec:
             raise ValueError(f"video_resample must be 'bicubic' or 'bilinear', got {self.video_resample!r}")
         if self.output_dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.uint8):
             raise ValueError(f"output_dtype must be float32, float16, bfloat16 or uint8, got {self.output_dtype!r}")
+
+    def item_shape(self, grid: tuple[int, int, int]) -> tuple[int, ...]:
+        """Shape of one item's features: ``(rows, row_size)`` patch rows, or ``(n, 3, height, width)`` images."""
+        if self.layout == "pixels":
+            return (grid[0], 3, grid[1], grid[2])
+        return (math.prod(grid), self.row_size)
+
+    def item_meta(self, grid: tuple[int, int, int]) -> tuple[int, ...]:
+        """The item's row of the per-item tensor (:attr:`meta_keys`): its ``grid_thw``; a one-value tuple is
+        one number per item (a 1-D tensor)."""
+        return grid
+
+    def image_views(self, height: int, width: int, options: RequestOptions) -> list[ImageView]:
+        """The outputs a ``height`` x ``width`` image becomes (``layout = "pixels"`` families), in order."""
+        raise NotImplementedError
 
     def grid(self, frames: int, target: tuple[int, int]) -> tuple[int, int, int]:
         """``grid_thw`` of ``frames`` frames at ``target`` (a partial temporal patch is padded)."""

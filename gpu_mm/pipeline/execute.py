@@ -57,31 +57,76 @@ class Executor:
 
     def _finish(self, slot: Slot, plan: ItemPlan, frames: torch.Tensor,
                 decoder: Decoded) -> tuple[torch.Tensor, Decoded]:
-        """Upload (if needed), resize, normalize and patchify decoded uint8 ``[T, 3, H, W]`` frames."""
-        frames = self._upload_resize(slot, plan, frames)
+        """Upload (if needed), resize, normalize and lay out decoded uint8 ``[T, 3, H, W]`` frames."""
+        cfg = self.config
+        frames = self._upload(slot, plan, frames)
+        out = plan.out if plan.out is not None and same_device(plan.out.device, frames.device) else None
+        if cfg.layout == "pixels":  # whole images: an image's views, or a video's frames one image each
+            if out is None:
+                out = torch.empty(cfg.item_shape(plan.grid), dtype=cfg.output_dtype, device=frames.device)
+            if plan.views is not None:
+                self._render_views(plan, frames, out)
+            else:
+                frames = self._resize(plan, frames)
+                with plan.timer.stage("normalize_patchify"):
+                    self._normalize_into(frames, out)
+            return self.place(slot, plan, out), decoder
+        frames = self._resize(plan, frames)
         with plan.timer.stage("normalize_patchify"):
-            out = plan.out if plan.out is not None and same_device(plan.out.device, frames.device) else None
             pv, grid = self._normalize_patchify(frames, out)
         if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
             raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
         return self.place(slot, plan, pv), decoder
 
-    def _upload_resize(self, slot: Slot, plan: ItemPlan, frames: torch.Tensor) -> torch.Tensor:
-        """Frames (uint8 ``[T, 3, H, W]``, any device) on the slot's device, shown as displayed, resized."""
+    def _upload(self, slot: Slot, plan: ItemPlan, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (uint8 ``[T, 3, H, W]``, any device) on the slot's device."""
         device = torch.device(slot.device)
-        timer = plan.timer
-        with timer.stage("transfer"):
+        with plan.timer.stage("transfer"):
             if not same_device(frames.device, device):
                 if device.type == "cuda" and frames.device.type == "cpu":
                     frames = frames.pin_memory().to(device, non_blocking=True)
                 else:
                     frames = frames.to(device)
-        with timer.stage("resize"):
+        return frames
+
+    def _resize(self, plan: ItemPlan, frames: torch.Tensor) -> torch.Tensor:
+        """Frames shown as displayed, resized to the plan's target."""
+        with plan.timer.stage("resize"):
             if plan.info is not None and plan.info.rotation:
                 frames = rotate_frames(frames, plan.info.rotation)
             if plan.presize is not None:
                 frames = ops.resize(frames, plan.presize, "bilinear")
-            return ops.resize(frames, plan.target, self.config.video_resample if plan.kind == "video" else "bicubic")
+            resample = self.config.video_resample if plan.kind == "video" else self.config.image_resample
+            return ops.resize(frames, plan.target, resample)
+
+    def _render_views(self, plan: ItemPlan, frames: torch.Tensor, out: torch.Tensor) -> None:
+        """An image's views (``layout = "pixels"``), each normalized into its slot of ``out``; views that share
+        a crop and a size share one resize."""
+        assert plan.views is not None
+        made: tuple[Any, torch.Tensor] | None = None
+        for i, view in enumerate(plan.views):
+            with plan.timer.stage("resize"):
+                key = (view.crop, view.size)
+                if made is None or made[0] != key:
+                    src = frames
+                    if view.crop is not None:
+                        top, left, h, w = view.crop
+                        src = frames[..., top : top + h, left : left + w]
+                    made = (key, ops.resize(src, view.size, self.config.image_resample))
+                image = made[1]
+                if view.tile is not None:
+                    top, left, h, w = view.tile
+                    image = image[..., top : top + h, left : left + w]
+            with plan.timer.stage("normalize_patchify"):
+                self._normalize_into(image, out[i : i + 1])
+
+    def _normalize_into(self, frames: torch.Tensor, out: torch.Tensor) -> None:
+        """uint8 ``[k, 3, H, W]`` rescaled and normalized (``output_dtype`` uint8: as they are) into ``out``."""
+        cfg = self.config
+        if cfg.output_dtype == torch.uint8:
+            out.copy_(frames)
+        else:
+            out.copy_(ops.normalize(frames, cfg.image_mean, cfg.image_std))
 
     def place(self, slot: Slot, plan: ItemPlan, pv: torch.Tensor) -> torch.Tensor:
         """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned)."""
@@ -108,12 +153,10 @@ class Executor:
         item's output rows, so memory follows the output and the chunk, not the source's frame count."""
         cfg = self.config
         device = torch.device(slot.device)
-        gt, gh, gw = plan.grid
-        row = cfg.row_size
         if plan.out is not None and same_device(plan.out.device, device):
             out = plan.out
         else:
-            out = torch.empty((gt * gh * gw, row), dtype=cfg.output_dtype, device=device)
+            out = torch.empty(cfg.item_shape(plan.grid), dtype=cfg.output_dtype, device=device)
         try:
             decoded = Decoded(self._video_chunks(slot, plan, self.video_decoder, out))
         except MediaError as exc:
@@ -128,15 +171,18 @@ class Executor:
         assert plan.info is not None and plan.indices is not None
         cfg = self.config
         tp = cfg.temporal_patch_size
-        rows_per_step = plan.grid[1] * plan.grid[2]
+        rows_per_step = plan.grid[1] * plan.grid[2] if cfg.layout == "patches" else 1
         decoder = self._decoder(slot, decoder_name)
         done = 0
         for first, frames in frame_chunks(decoder, plan):
-            frames = self._upload_resize(slot, plan, frames.permute(0, 3, 1, 2))
+            frames = self._resize(plan, self._upload(slot, plan, frames.permute(0, 3, 1, 2)))
             steps = -(-frames.shape[0] // tp)
             begin = first // tp * rows_per_step
             with plan.timer.stage("normalize_patchify"):
-                self._normalize_patchify(frames, out[begin : begin + steps * rows_per_step])
+                if cfg.layout == "pixels":  # one image per frame
+                    self._normalize_into(frames, out[begin : begin + steps])
+                else:
+                    self._normalize_patchify(frames, out[begin : begin + steps * rows_per_step])
             done = first + frames.shape[0]
         if done != len(plan.indices):  # pragma: no cover - decoders raise for frames they cannot reach
             raise RuntimeError(f"{plan.src.item}: decoded {done} of {len(plan.indices)} planned frames")
@@ -223,8 +269,11 @@ def into_block(plan: ItemPlan, rows: torch.Tensor) -> None:
     if plan.out is not None and rows is not plan.out:
         plan.out.copy_(rows)
     if plan.grid_out is not None:
-        for k, v in enumerate(plan.grid):
-            plan.grid_out[k].fill_(v)
+        if plan.grid_out.dim() == 0:
+            plan.grid_out.fill_(plan.meta[0])
+        else:
+            for k, v in enumerate(plan.meta):
+                plan.grid_out[k].fill_(v)
 
 
 def fill_block(items: list[tuple[ItemPlan, torch.Tensor]]) -> None:

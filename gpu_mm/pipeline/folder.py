@@ -27,9 +27,9 @@ def _processor_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | N
     if not isinstance(image, dict):
         raise FileNotFoundError(f"{folder} holds no image processor config (preprocessor_config.json or "
                                 "processor_config.json): from_pretrained needs a local model folder")
-    processor_class = nested.get("processor_class")
-    if isinstance(processor_class, str):
-        image = {"processor_class": processor_class, **image}
+    # The processor's own settings (processor_class, a per-image token count such as image_seq_length) go with
+    # the image config; the image processor's keys win.
+    image = {**{k: v for k, v in nested.items() if not isinstance(v, (dict, list))}, **image}
     return image, video if isinstance(video, dict) else None
 
 

@@ -3,7 +3,6 @@ report per item."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, TypeVar
 
 import torch
@@ -23,28 +22,39 @@ def lease(pool: Any, config: Any, plans: list[ItemPlan]) -> Any:
     if pool is None or not plans:
         return None
     cfg = config
-    row = cfg.row_size
     layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-    for kind, key, grid_key in (("image", "pixel_values", "image_grid_thw"),
-                                ("video", "pixel_values_videos", "video_grid_thw")):
+    for kind, key in PIXEL_KEYS.items():
         group = [p for p in plans if p.kind == kind]
         if group:
-            layout[key] = ((sum(math.prod(p.grid) for p in group), row), cfg.output_dtype)
-            layout[grid_key] = ((len(group), 3), torch.long)
+            shapes = [cfg.item_shape(p.grid) for p in group]
+            layout[key] = ((sum(s[0] for s in shapes), *shapes[0][1:]), cfg.output_dtype)
+            meta_key = cfg.meta_keys.get(kind)
+            if meta_key is not None:
+                layout[meta_key] = (_meta_shape(cfg, group), torch.long)
     lease = pool.lease(layout)
     offsets = {"image": 0, "video": 0}
     counts = {"image": 0, "video": 0}
     for p in plans:
-        key, grid_key = (("pixel_values", "image_grid_thw") if p.kind == "image"
-                         else ("pixel_values_videos", "video_grid_thw"))
-        n = math.prod(p.grid)
-        p.out = lease.tensors[key][offsets[p.kind] : offsets[p.kind] + n]
-        p.grid_out = lease.tensors[grid_key][counts[p.kind]]
+        n = cfg.item_shape(p.grid)[0]
+        p.out = lease.tensors[PIXEL_KEYS[p.kind]][offsets[p.kind] : offsets[p.kind] + n]
+        meta_key = cfg.meta_keys.get(p.kind)
+        if meta_key is not None:
+            p.grid_out = lease.tensors[meta_key][counts[p.kind]]
         offsets[p.kind] += n
         counts[p.kind] += 1
         if p.cached is not None:  # a hit: its rows go into the block now, nothing runs for it
             into_block(p, p.cached.rows)
     return lease
+
+
+PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
+
+
+def _meta_shape(cfg: Any, group: list[ItemPlan]) -> tuple[int, ...]:
+    """The per-item tensor's shape: one row per item, or one number per item for a one-value meta."""
+    width = len(cfg.item_meta(group[0].grid))
+    return (len(group),) if width == 1 else (len(group), width)
+
 
 def assemble(call: Call, features_class: type[F], config: Any, output: str) -> F:
     plans, outs, lease = call.plans, call.outs, call.lease
@@ -54,18 +64,20 @@ def assemble(call: Call, features_class: type[F], config: Any, output: str) -> F
     vid = [(p, o) for p, o in zip(plans, outs) if p.kind == "video"]
     if lease is not None:
         feats.handle = lease.handle
-    for group, key, grid_key in ((img, "pixel_values", "image_grid_thw"),
-                                 (vid, "pixel_values_videos", "video_grid_thw")):
+    for kind, group in (("image", img), ("video", vid)):
         if not group:
             continue
+        key, meta_key = PIXEL_KEYS[kind], cfg.meta_keys.get(kind)
         if lease is not None:  # rows and grids are already in the block, written by the slot jobs
             pv = lease.tensors[key]
-            grid = lease.tensors[grid_key]
+            meta = lease.tensors.get(meta_key)
         else:
-            grid = torch.tensor([p.grid for p, _ in group], dtype=torch.long)
             pv = join([o[0] for _, o in group], pinned=output == "pinned")
+            meta = torch.tensor([cfg.item_meta(p.grid) for p, _ in group], dtype=torch.long)
+            meta = meta.reshape(_meta_shape(cfg, [p for p, _ in group]))
         setattr(feats, key, pv)
-        setattr(feats, grid_key, grid)
+        if meta_key is not None:
+            setattr(feats, meta_key, meta)
     if vid:
         sampled = [VideoSampling(p.indices or [], p.sample_fps or 0.0, p.target, p.video_fps) for p, _ in vid]
         for name, value in cfg.video_fields(sampled).items():

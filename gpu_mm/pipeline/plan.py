@@ -16,7 +16,7 @@ from ..media.image import ImageInfo, is_plain_jpeg, jpeg_draft_scale, probe_imag
 from ..media.sources import MediaLimits, Source, load_source
 from ..media.video import VideoInfo, frames_from_array, probe_video
 from ..metrics import StageTimer
-from ..models.base import VideoSampling
+from ..models.base import ImageView, VideoSampling
 from ..options import RequestOptions
 from . import memory
 from .memory import (
@@ -47,6 +47,10 @@ class ItemPlan:
     """Fast JPEG mode: decode at 1/``jpeg_scale`` by DCT scaling (1: full size)."""
     presize: tuple[int, int] | None = None
     """A video's first, bilinear resize before ``target`` (see :class:`VideoSampling`)."""
+    meta: tuple[int, ...] = ()
+    """The item's row of the family's per-item tensor (``grid_thw``, a tile or crop count)."""
+    views: tuple[ImageView, ...] | None = None
+    """The outputs an image becomes (``layout = "pixels"`` families; None: one, resized to ``target``)."""
     nbytes: int = 0
     """Peak working memory this item may take while it runs (its bound; see :func:`video_working_bytes`)."""
     chunk: int = 0
@@ -135,30 +139,41 @@ class Planner:
 
     def _plan(self, kind: Literal["image", "video"], obj: Any, item: str, options: RequestOptions) -> ItemPlan:
         """One item: loaded, looked up in the cache (a hit plans nothing more), then planned by its kind."""
+        if kind not in self.config.modalities:
+            raise InvalidRequest(item, f"the {self.config.family} family takes no {kind}s")
         timer = StageTimer()
         with timer.stage("load"):
             src = load_source(obj, item, self.limits)
         key, hit = self._lookup(src, kind, options, timer)
         if hit is not None:
-            return hit_plan(kind, src, key, hit, timer)
-        plan = self._plan_image(src, options, timer) if kind == "image" else self._plan_video(src, options, timer)
-        plan.key = key
+            plan = hit_plan(kind, src, key, hit, timer)
+        else:
+            plan = self._plan_image(src, options, timer) if kind == "image" else self._plan_video(src, options, timer)
+            plan.key = key
+        plan.meta = self.config.item_meta(plan.grid)
         return plan
 
     def _plan_image(self, src: Source, options: RequestOptions, timer: StageTimer) -> ItemPlan:
         with timer.stage("load"):
             info = probe_image(src, self.limits)
         cfg = self.config
+        views = None
         try:
-            target = cfg.image_target(info.height, info.width, options)
+            if cfg.layout == "pixels":
+                views = tuple(cfg.image_views(info.height, info.width, options))
+                # The largest resize bounds the working memory (views are made one resize at a time).
+                target = max((v.size for v in views), key=lambda s: s[0] * s[1])
+                grid = (len(views), *views[0].out_size)
+            else:
+                target = cfg.image_target(info.height, info.width, options)
+                grid = cfg.grid(1, target)
         except ValueError as exc:
             raise LimitExceeded(src.item, str(exc)) from None
-        grid = cfg.grid(1, target)
         scale = jpeg_draft_scale(src, info, target) if self.fast_jpeg and self.device == "cpu" else 1
         nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
                                      via_pillow=not is_plain_jpeg(src, info) or scale > 1)
         return ItemPlan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
-                        timer=timer, jpeg_scale=scale)
+                        timer=timer, jpeg_scale=scale, views=views)
 
     def _plan_video(self, src: Source, options: RequestOptions, timer: StageTimer) -> ItemPlan:
         info: VideoInfo | None = None

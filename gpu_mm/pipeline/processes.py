@@ -4,7 +4,6 @@ process of its own (:mod:`gpu_mm._procslots`), the rows coming back in shared me
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import weakref
 from collections.abc import Callable
@@ -51,7 +50,7 @@ class SlotProcesses:
             proc = self.start(slot)
         cfg = self.executor.config
         sent = [dataclasses.replace(p, out=None, grid_out=None, cached=None, flight=None) for p in group]
-        shapes = [(math.prod(p.grid), cfg.row_size) for p in group]
+        shapes = [cfg.item_shape(p.grid) for p in group]
         out = []
         results = proc.run(sent, shapes, cfg.output_dtype, abandoned_since=lambda: slot.abandoned_at,
                            stop_after_s=self.stop_abandoned_after_s)
