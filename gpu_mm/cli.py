@@ -15,9 +15,11 @@ from typing import Any
 from .errors import GpuMMError
 from .settings import Settings
 
-_MODEL_HELP = ("a model family or transformers model_type (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5), "
-               "or a local model folder whose processor configs to follow (default qwen2_vl)")
-_OPTIONS = ("fps", "nframes", "video_start", "video_end", "min_pixels", "max_pixels", "total_pixels")
+_MODEL_HELP = ("a model family or transformers model_type (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, "
+               "glm4v, glm4v_moe, glm46v, internvl, gemma3), or a local model folder whose processor configs to "
+               "follow (default qwen2_vl)")
+_OPTIONS = ("fps", "nframes", "video_start", "video_end", "min_pixels", "max_pixels", "total_pixels",
+            "do_pan_and_scan")
 
 
 def _progress(msg: str) -> None:
@@ -342,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("min_pixels", int), ("max_pixels", int), ("total_pixels", int)):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                        help="a per-request option (gpu_mm.RequestOptions)")
+    p.add_argument("--do-pan-and-scan", dest="do_pan_and_scan", action="store_const", const=True, default=None,
+                   help="Gemma 3: crops beside the whole image for images of a marked aspect ratio")
     p.add_argument("--allow-urls", action="store_true")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_preprocess)
@@ -365,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, kind in (("fps", float), ("nframes", int), ("min_pixels", int), ("max_pixels", int),
                        ("total_pixels", int)):
         ds.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
-    for name in ("video_start", "video_end"):
+    for name in ("video_start", "video_end", "do_pan_and_scan"):
         ds.set_defaults(**{name: None})
     ds.set_defaults(fn=cmd_preprocess_dataset)
 

@@ -102,6 +102,24 @@ async def test_serves_the_model_family_it_is_started_for():
         await client.close()
 
 
+@pytest.mark.parametrize(("model", "body", "pixels", "tokens"), [
+    ("glm4v", {"videos": [b64(clip("h264", 48))]}, [120, 1176], 30),
+    ("gemma3", {"images": [b64(make_image(300, 900, "PNG"))], "do_pan_and_scan": True}, [4, 3, 896, 896], 1024),
+    ("internvl", {"images": [b64(make_image(60, 200, "PNG"))]}, [4, 3, 448, 448], 1024),
+])
+async def test_serves_the_other_families(model, body, pixels, tokens):
+    client = await _client(model=model)
+    try:
+        status, answer = await _post(client, body)
+        assert status == 200, answer
+        assert answer.get("pixel_values", answer.get("pixel_values_videos")) == pixels
+        assert answer["items"][0]["tokens"] == tokens
+        status, answer = await _post(client, {**body, "video_start": 1.0})  # an option the family does not read
+        assert status == 400 and answer["error"] == "InvalidRequest" and "video_start" in answer["message"]
+    finally:
+        await client.close()
+
+
 async def test_a_benchmark_front_takes_the_requests_instead_of_the_processor():
     """The benchmark's baselines go in front of the same preprocessor (gpu_mm.bench.baselines), not in the server."""
     from gpu_mm.bench.baselines import Inline
