@@ -19,11 +19,21 @@ from .errors import (
 from .handoff import FeatureHandle, FeaturePool, FeatureReceiver
 from .media.sources import MediaLimits
 from .metrics import LatencySummary, StageTimer
+from .models.gemma3 import Gemma3Config, Gemma3Features
+from .models.glm4v import Glm4vConfig, Glm4vFeatures, Glm46VConfig
+from .models.internvl import InternVLConfig, InternVLFeatures
 from .models.qwen2_vl import Qwen2VLConfig, Qwen2VLFeatures
 from .models.qwen3_vl import Qwen3VLConfig, Qwen3VLFeatures
 from .options import RequestOptions
 from .pipeline import Decoded, Features, ItemReport, Preprocessor, PreprocessorStatistics
-from .pipeline.families import Qwen2VLPreprocessor, Qwen3VLPreprocessor
+from .pipeline.families import (
+    Gemma3Preprocessor,
+    Glm4vPreprocessor,
+    Glm46VPreprocessor,
+    InternVLPreprocessor,
+    Qwen2VLPreprocessor,
+    Qwen3VLPreprocessor,
+)
 from .processor import AsyncMMDataProcessor, ProcessorCounts, ProcessorStatistics
 from .settings import Settings
 from .slots import Completion, Slot, SlotPool, SlotPoolStatistics
@@ -43,7 +53,18 @@ __all__ = [
     "FeaturePool",
     "FeatureReceiver",
     "Features",
+    "Gemma3Config",
+    "Gemma3Features",
+    "Gemma3Preprocessor",
+    "Glm46VConfig",
+    "Glm46VPreprocessor",
+    "Glm4vConfig",
+    "Glm4vFeatures",
+    "Glm4vPreprocessor",
     "GpuMMError",
+    "InternVLConfig",
+    "InternVLFeatures",
+    "InternVLPreprocessor",
     "InvalidRequest",
     "ItemReport",
     "LatencySummary",
