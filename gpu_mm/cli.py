@@ -112,7 +112,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     concurrency = choose(device)
     _progress(f"concurrency: {concurrency.slots} slots + {concurrency.express_slots} express ({concurrency.reason})")
     clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
-    step = _Steps(1 + 1 + len(clips) + 1 + 1 + 1 + 1 + (0 if args.no_http else 2))
+    step = _Steps(1 + 1 + len(clips) + 1 + 1 + 1 + 1 + 1 + (0 if args.no_http else 2))
     step("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
     jpeg = make_image(1080, 1920, "JPEG")
     seconds = 10 if quick else 30
@@ -136,6 +136,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result["video"][name]["bytes"] = len(clip)
     step("Qwen3-VL: the JPEG and the 360p clip, gpu-mm vs transformers (and qwen-vl-utils for the clip) ...")
     result["qwen3_vl"] = qwen3_bench(jpeg, videos["360p"], device, reps)
+    step("GLM, InternVL, Gemma 3: the JPEG and the 360p clip, gpu-mm vs each family's transformers processor ...")
+    from .bench.families import families_bench
+
+    result["families"] = families_bench(jpeg, videos["360p"], device, reps)
     # As `gpu-mm serve` does once started: a full cyclic-GC pass over the ~1M objects torch and transformers
     # leave would otherwise land on the loop (150 ms here) whatever processor runs (see runtime.freeze_gc).
     from .runtime import freeze_gc
@@ -245,6 +249,8 @@ def _print_summary(r: dict[str, Any]) -> None:
         if "p50_ms" in q:
             name = "  qwen-vl-utils + transformers"
             print(f"  {name:28s} {q['p50_ms']:8.1f} ms   ({q['p50_ms'] / ours:.2f}x gpu-mm)")
+    if r.get("families"):
+        _print_families(r["families"])
     ll = r["loop_lag"]
     n = next(v["requests"] for v in ll.values() if "requests" in v)
     print(f"\nevent loop while {n} image requests run (ms):")
@@ -275,6 +281,19 @@ def _print_summary(r: dict[str, Any]) -> None:
                   f"{v['request']['p50_ms']:11.0f} {v['rejected_503']:4d} {v['timeouts_504']:4d}")
     if "hostile" in r:
         _print_hostile(r["hostile"])
+
+
+def _print_families(fams: dict[str, Any]) -> None:
+    print("\nother families, vs the family's transformers processor (Pillow / PyAV decode), p50:")
+    if "skipped" in fams:
+        print(f"  skipped: {fams['skipped']}")
+    for family, res in fams.items():
+        if not isinstance(res, dict):
+            continue
+        for kind, v in res.items():
+            media = "1080p JPEG" if kind == "image" else f"360p clip, {v.get('frames')} frames"
+            print(f"  {family:9s} {media:24s} gpu-mm {v['gpu_mm']['p50_ms']:7.1f} ms   transformers "
+                  f"{v['transformers']['p50_ms']:7.1f} ms   ({v['speedup_p50']:.2f}x)   outputs {v.get('outputs')}")
 
 
 def _print_hostile(hostile: dict[str, Any]) -> None:
