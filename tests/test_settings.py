@@ -24,6 +24,25 @@ def test_defaults_without_variables_or_flags():
                                                                                            64 * 2**20, 0.0005)
 
 
+@pytest.mark.default_workers
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"], ids=["cpu-path", "gpu-path"])  # "cuda" would mark it
+def test_the_library_and_the_server_default_alike(device, monkeypatch):
+    """One set of defaults: a Preprocessor built in code gets what gpu-mm serve and the plug-ins get
+    (Settings): slot processes and idle slots on the CPU, threads and the normal policy on CUDA. Nothing
+    starts here (slots start on the first asynchronous call)."""
+    from gpu_mm import Preprocessor
+    from gpu_mm.pipeline import preprocessor
+
+    monkeypatch.setattr(preprocessor, "resolve_device", lambda d: d)  # a CUDA preprocessor without a card
+    monkeypatch.setattr(preprocessor, "choose_image_decoder", lambda d, device: "cpu")
+    monkeypatch.setattr(preprocessor, "default_memory_budget", lambda device: 2**30)
+    pre = Preprocessor.for_model("qwen2_vl", device=device, cache_bytes=0)
+    settings = Settings(device=device)
+    assert pre.workers == settings.resolved_workers(device) == ("processes" if device == "cpu" else "threads")
+    assert pre.idle_workers is (settings.idle_workers and device == "cpu") is (device == "cpu")
+    pre.close()
+
+
 def test_every_plugin_setting_has_a_variable_in_its_unit():
     env = {"GPU_MM_DEVICE": "cpu", "GPU_MM_VIDEO_DECODER": "pyav", "GPU_MM_IMAGE_DECODER": "cpu",
            "GPU_MM_MAX_CONCURRENT_CALLS": "8", "GPU_MM_MAX_QUEUED": "16", "GPU_MM_TIMEOUT_S": "2.5",

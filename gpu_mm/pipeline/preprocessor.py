@@ -35,11 +35,19 @@ from .execute import Executor
 from .folder import _model_type_from, _processor_configs, _read_json
 from .memory import default_cache_bytes, default_memory_budget
 from .plan import ItemPlan, Planner
-from .processes import SlotProcesses, close_slot_process, ready_slot_process, weakly
+from .processes import SlotProcesses, choose_workers, close_slot_process, ready_slot_process, weakly
 from .routing import Router
 from .types import Features, PreprocessorStatistics
 
 F = TypeVar("F", bound=Features)
+
+
+def worker_defaults(workers: str, idle_workers: bool | None,
+                    device: str) -> tuple[Literal["threads", "processes"], bool]:
+    """``workers`` and ``idle_workers`` resolved for ``device`` as :class:`gpu_mm.Settings` resolves them for
+    ``gpu-mm serve`` and the plug-ins (one set of defaults): ``auto`` is slot processes on the CPU, threads on CUDA;
+    ``None`` is idle slots on the CPU only."""
+    return choose_workers(workers, device), device == "cpu" if idle_workers is None else idle_workers
 
 
 class Preprocessor(Closeable, Generic[F]):
@@ -98,16 +106,17 @@ class Preprocessor(Closeable, Generic[F]):
         idle_workers: run the slot threads on Linux's ``SCHED_IDLE`` policy (:func:`gpu_mm.sched.set_idle_policy`):
             the caller's loop preempts them at once, and one that other processes starve goes back on the normal
             policy for a while (:class:`gpu_mm.sched.StarvationGuard`); ignored where a thread could not leave
-            ``SCHED_IDLE`` again (not root) (default off).
-        workers: where the asynchronous API's slot jobs run on the CPU. ``"threads"`` (default): the slots'
-            threads, in this process. ``"processes"``: each slot thread drives a child process of its own (started
-            with the slot threads, at :meth:`start` or the first call; torch's threads shared out among them),
-            which writes the rows into shared memory: the caller's event loop then shares its interpreter lock
-            with no pixel work (measured on 2 cores, 64 concurrent 1080p JPEGs: loop lag p99 1.3-1.4 ms instead
-            of 2.7-3.3 ms, with ``idle_workers``), and a decoder that crashes takes down only its child (its items
-            fail with :class:`gpu_mm.DecodeError`). Costs each child's memory (torch and gpu-mm imported: ~380 MiB
-            private) and its start (3-4 s; :meth:`start` waits for it). The synchronous API always runs on the
-            calling thread.
+            ``SCHED_IDLE`` again (not root). ``None`` (default): on for the CPU, off on CUDA (never measured
+            there), as :class:`gpu_mm.Settings` and so ``gpu-mm serve`` and the plug-ins have it.
+        workers: where the asynchronous API's slot jobs run. ``"auto"`` (default, as :class:`gpu_mm.Settings`):
+            processes on the CPU (where Linux's ``memfd_create`` is), threads on CUDA. ``"threads"``: the slots'
+            threads, in this process. ``"processes"`` (CPU only): each slot thread drives a child process of its own
+            (started with the slot threads, at :meth:`start` or the first call; torch's threads shared out among
+            them), which writes the rows into shared memory: the caller's event loop then shares its interpreter lock
+            with no pixel work (measured on 2 cores, 64 concurrent 1080p JPEGs: loop lag p99 1.3-1.4 ms instead of
+            2.7-3.3 ms, with ``idle_workers``), and a decoder that crashes takes down only its child (its items fail
+            with :class:`gpu_mm.DecodeError`). Costs each child's memory (torch and gpu-mm imported: ~380 MiB private)
+            and its start (3-4 s; :meth:`start` waits for it). The synchronous API always runs on the calling thread.
         stop_abandoned_after_s: with ``workers="processes"``, a slot job whose callers have all given up (their
             deadline passed) and that runs this many seconds longer has its process killed, which frees the slot
             (its items fail with :class:`gpu_mm.ProcessingTimeout`; the slot's next job starts a new process). A
@@ -139,15 +148,14 @@ class Preprocessor(Closeable, Generic[F]):
         cache_bytes: int | None = None,
         copy_on_hit: bool = False,
         fast_jpeg: bool = False,
-        idle_workers: bool = False,
+        idle_workers: bool | None = None,
         image_decoder: str = "auto",
-        workers: Literal["threads", "processes"] = "threads",
+        workers: Literal["auto", "threads", "processes"] = "auto",
         stop_abandoned_after_s: float | None = None,
         **overrides: Any,
     ) -> None:
         device = resolve_device(device)
-        if workers not in ("threads", "processes"):
-            raise ValueError(f"workers must be 'threads' or 'processes', got {workers!r}")
+        workers, idle_workers = worker_defaults(workers, idle_workers, device)
         if workers == "processes" and device != "cpu":
             raise ValueError(f"workers='processes' is for the CPU path (a CUDA slot is a stream), got {device!r}")
         self.workers = workers

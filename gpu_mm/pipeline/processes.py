@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 
-from .._procslots import ShmArena, SlotProcess, process_threads
+from .._procslots import ShmArena, SlotProcess, choose_workers, process_threads
+
+__all__ = ["SlotProcesses", "choose_workers", "close_slot_process", "ready_slot_process", "weakly"]
 from ..slots import Slot
 from .execute import Executor
 from .plan import ItemPlan
