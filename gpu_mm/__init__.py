@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cache import CacheStatistics, FeatureCache
+from .client import Client
 from .errors import (
     BackendUnavailable,
     DecodeError,
@@ -13,6 +14,7 @@ from .errors import (
     Overloaded,
     ProcessingTimeout,
     ProcessorClosed,
+    ServiceUnavailable,
     SourceError,
     UnsupportedMedia,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "AsyncMMDataProcessor",
     "BackendUnavailable",
     "CacheStatistics",
+    "Client",
     "Completion",
     "Decoded",
     "DecodeError",
@@ -78,6 +81,7 @@ __all__ = [
     "ProcessorClosed",
     "ProcessorCounts",
     "ProcessorStatistics",
+    "ServiceUnavailable",
     "Qwen2VLConfig",
     "Qwen2VLFeatures",
     "Qwen2VLPreprocessor",

@@ -16,6 +16,7 @@ __all__ = [
     "Overloaded",
     "ProcessingTimeout",
     "ProcessorClosed",
+    "ServiceUnavailable",
     "SourceError",
     "UnsupportedMedia",
 ]
@@ -44,6 +45,12 @@ class ProcessingTimeout(GpuMMError, TimeoutError):
 
 class ProcessorClosed(GpuMMError, RuntimeError):
     """Raised for calls made, or still queued, after ``shutdown()``."""
+
+    status_code = 503
+
+
+class ServiceUnavailable(GpuMMError, ConnectionError):
+    """Raised by :class:`gpu_mm.Client` when the service cannot be reached or the connection breaks mid-call."""
 
     status_code = 503
 

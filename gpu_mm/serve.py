@@ -2,9 +2,11 @@
 
 ``POST /v1/preprocess`` takes JSON ``{"images": [...], "videos": [...], "fps": ..., "nframes": ...}``
 whose items are base64 strings or data URIs (plus http(s) URLs with ``allow_urls``, and files inside one
-directory with ``local_media_root``), and answers with the grids, shapes, token counts, decoders and
-per-stage timings (the features themselves stay in the process). ``GET /health`` answers at once;
-``GET /metrics`` is Prometheus exposition.
+directory with ``local_media_root``). It answers with the features themselves as a safetensors body
+(:mod:`gpu_mm.wire`) when asked (``?format=safetensors`` or ``Accept: application/octet-stream``;
+:class:`gpu_mm.Client` asks), else with a JSON summary: grids, shapes, token counts, decoders and per-stage
+timings. ``GET /health`` answers at once; ``GET /metrics`` is Prometheus exposition. Besides TCP it listens on a
+Unix domain socket with ``--uds PATH`` (created mode 0600: only the server's user may connect).
 
 Everything a client sends is hostile: the body is bounded in size (``max_body_bytes``) and bodies being
 read or processed are bounded together (``body_budget_bytes``, else 503 at once), the JSON is parsed off
@@ -37,6 +39,7 @@ from .processor import AsyncMMDataProcessor
 from .runtime import freeze_gc, tune_allocator
 from .sched import reset_inherited_slice
 from .settings import Settings
+from .wire import CONTENT_TYPE, features_to_body
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +221,24 @@ def _error(exc: BaseException, status: int) -> Any:
 
     name = type(exc).__name__ if isinstance(exc, GpuMMError) else "InternalError"
     message = str(exc) if isinstance(exc, GpuMMError) else "internal error (logged on the server)"
-    return web.json_response({"error": name, "message": message}, status=status)
+    body = {"error": name, "message": message}
+    # What the error names (an item or a field) and why, so that a client raises the same typed error.
+    item = getattr(exc, "item", getattr(exc, "field", None))
+    if isinstance(exc, GpuMMError) and isinstance(item, str) and isinstance(getattr(exc, "reason", None), str):
+        body.update(item=item, reason=exc.reason)  # type: ignore[attr-defined]
+    return web.json_response(body, status=status)
+
+
+def wants_features(request: Any) -> bool:
+    """Whether a request asks for the features themselves (a safetensors body) rather than the JSON summary."""
+    from .wire import CONTENT_TYPE
+
+    fmt = request.query.get("format")
+    if fmt is not None:
+        if fmt not in ("safetensors", "json"):
+            raise InvalidRequest("format", f"must be 'safetensors' or 'json', got {fmt[:40]!r}")
+        return fmt == "safetensors"
+    return CONTENT_TYPE in request.headers.get("Accept", "")
 
 
 def build_app(
@@ -252,6 +272,7 @@ def build_app(
     kwargs = settings.preprocessor_kwargs(device)
     workers, idle_workers = kwargs["workers"], kwargs["idle_workers"]
     pre = Preprocessor.for_model(settings.model, limits=limits, **kwargs)
+    family = pre.config.family
     c = pre.concurrency
     logger.info("%s on %s: %d slots + %d express (%s), each slot's work in %s", type(pre).__name__, pre.device,
                 c.slots, c.express_slots, c.reason,
@@ -303,12 +324,15 @@ def build_app(
             metrics.result("bad_input")
             return _error(exc, 413)
         try:
+            features = wants_features(request)
             # A request carrying a base64 video is megabytes of JSON: parse it off the event loop.
             images, videos, options = await asyncio.get_running_loop().run_in_executor(
                 parser, parse_request, raw, max_items)
             del raw
             kw = {"options": options} if options.as_dict() else {}
             out = await wrapper.process(image_data=images, video_data=videos, **kw)
+            if features:  # the body is the size of the features: made off the loop too
+                body = await asyncio.get_running_loop().run_in_executor(parser, features_to_body, out, family)
         except (GpuMMError, asyncio.TimeoutError) as exc:
             if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, GpuMMError):
                 exc = ProcessingTimeout(str(exc) or "deadline passed")
@@ -325,6 +349,8 @@ def build_app(
         for item in out["items"]:
             metrics.observe_stages(item.timings)
         metrics.observe_request(time.perf_counter() - t0)
+        if features:
+            return web.Response(body=body, content_type=CONTENT_TYPE)
         return web.json_response(_summary(out))
 
     async def health(_: web.Request) -> web.Response:
@@ -395,7 +421,27 @@ def run(settings: Settings, *, front: Callable[[Preprocessor, Settings], Any] | 
     freeze_gc()
     if settings.loop_slice:
         prioritize_loop()
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    sock = None if settings.uds is None else unix_socket(settings.uds)
+    web.run_app(app, host=settings.host, port=settings.port, sock=sock, print=None, access_log=None)
+
+
+def unix_socket(path: str) -> Any:
+    """A listening Unix domain socket at ``path``, mode 0600 before it listens (no moment where another user
+    could connect); a stale socket file left by a server that died is replaced, any other file is refused."""
+    import os
+    import socket
+    import stat
+
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise FileExistsError(f"{path} exists and is not a socket")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o600)
+    sock.listen(1024)
+    logger.info("listening on unix:%s (mode 0600)", path)
+    return sock
 
 
 def prioritize_loop() -> bool:

@@ -72,6 +72,8 @@ class Settings:
                           flag="--model")
     host: str = _setting("127.0.0.1", "address to listen on", flag="--host")
     port: int = _setting(8080, "port to listen on", flag="--port")
+    uds: str | None = _setting(None, "also listen on this Unix domain socket (mode 0600: only this user may connect)",
+                               flag="--uds")
     max_body_bytes: int = _setting(64 * MiB, "largest request body (MiB; 413 beyond)", flag="--max-body-mb", unit=MiB)
     body_budget_bytes: int = _setting(512 * MiB, "request bodies being read or processed at once (MiB; 503 beyond)",
                                       flag="--body-budget-mb", unit=MiB)

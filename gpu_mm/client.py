@@ -1,0 +1,161 @@
+"""``gpu_mm.Client``: a node's gpu-mm service (``gpu-mm serve``) called like a local preprocessor.
+
+The client sends a call's media (encoded bytes, base64 on the wire; or strings the service resolves under its own
+trust policy: data URIs, URLs where it allows them) and options, asks for the features themselves (a safetensors
+body, :mod:`gpu_mm.wire`) and returns them as the service's family's features class, with the same tensors, bit
+for bit, as ``Preprocessor(...)(...)`` in the service's process. Errors come back typed: the service's
+:class:`gpu_mm.GpuMMError` subclass rebuilt from its answer (400 :class:`gpu_mm.InvalidRequest` or a
+:class:`gpu_mm.MediaError` naming the item, 503 :class:`gpu_mm.Overloaded`, 504
+:class:`gpu_mm.ProcessingTimeout`), and :class:`gpu_mm.ServiceUnavailable` when the service cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from . import errors
+from ._lifecycle import Closeable
+from .errors import GpuMMError, InvalidRequest, ProcessingTimeout, ServiceUnavailable
+from .features import Features
+from .options import RequestOptions
+from .wire import CONTENT_TYPE, features_from_body
+
+__all__ = ["Client"]
+
+
+class Client(Closeable):
+    """A gpu-mm service at ``url``: ``http://host:port`` (or ``https://``) or ``unix:///path/to/socket``
+    (``gpu-mm serve --uds``). Calls as a :class:`gpu_mm.Preprocessor`: ``await client.preprocess(images=...,
+    videos=..., **options)`` from an event loop, ``client(images=..., videos=...)`` from synchronous code.
+
+    ``timeout_s``: the most a call waits for its answer (None: no bound; the service's own deadline still
+    applies), past it :class:`gpu_mm.ProcessingTimeout`. Needs ``aiohttp`` (``pip install gpu-mm[serve]``).
+    """
+
+    def __init__(self, url: str, *, timeout_s: float | None = 60.0) -> None:
+        if url.startswith("unix://"):
+            self.socket_path: str | None = url[len("unix://"):]
+            if not self.socket_path:
+                raise ValueError(f"a unix:// URL names a socket path, got {url!r}")
+            self.base = "http://gpu-mm"
+        elif url.startswith(("http://", "https://")):
+            self.socket_path, self.base = None, url.rstrip("/")
+        else:
+            raise ValueError(f"url must be http(s)://host:port or unix:///path, got {url!r}")
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s!r}")
+        self.url, self.timeout_s = url, timeout_s
+        self._session: Any = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ calls
+
+    async def preprocess(self, images: Any = None, videos: Any = None, **options: Any) -> Features:
+        """The service's features for ``images`` and ``videos`` (a list, or one item, of each)."""
+        if self._closed:
+            raise errors.ProcessorClosed("the client is closed")
+        body = request_body(images, videos, options)
+        if self._session is None:
+            self._session = self._new_session()
+        return await self._post(self._session, body)
+
+    def __call__(self, images: Any = None, videos: Any = None, **options: Any) -> Features:
+        """:meth:`preprocess` from synchronous code (a connection of its own, closed after the call)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("Client(...)(...) is the synchronous call; on an event loop, await client.preprocess()")
+        if self._closed:
+            raise errors.ProcessorClosed("the client is closed")
+        body = request_body(images, videos, options)
+
+        async def once() -> Features:
+            async with self._new_session() as session:
+                return await self._post(session, body)
+
+        return asyncio.run(once())
+
+    def _new_session(self) -> Any:
+        import aiohttp
+
+        connector = aiohttp.UnixConnector(path=self.socket_path) if self.socket_path else aiohttp.TCPConnector()
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        return aiohttp.ClientSession(connector=connector, timeout=timeout)
+
+    async def _post(self, session: Any, body: bytes) -> Features:
+        import aiohttp
+
+        try:
+            async with session.post(f"{self.base}/v1/preprocess?format=safetensors", data=body,
+                                    headers={"Content-Type": "application/json", "Accept": CONTENT_TYPE}) as r:
+                payload = await r.read()
+                if r.status == 200 and r.content_type == CONTENT_TYPE:
+                    return features_from_body(payload)
+                raise error_from_answer(r.status, payload)
+        except asyncio.TimeoutError:
+            raise ProcessingTimeout(f"no answer from {self.url} within timeout_s={self.timeout_s}") from None
+        except aiohttp.ClientError as exc:
+            raise ServiceUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Refuse new calls; the connection pool closes with :meth:`aclose` (or when collected)."""
+        self._closed = True
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def request_body(images: Any, videos: Any, options: dict[str, Any]) -> bytes:
+    """A call as the service's JSON body: encoded media as base64, strings as they are, the options checked."""
+    given = options.pop("options", None)
+    if given is not None and options:
+        raise TypeError("pass per-request options either as options=RequestOptions(...) or as keywords")
+    parsed = RequestOptions.parse(given if given is not None else options)
+    body: dict[str, Any] = dict(parsed.as_dict())
+    for key, items in (("images", images), ("videos", videos)):
+        if items is None:
+            continue
+        items = list(items) if isinstance(items, (list, tuple)) else [items]
+        body[key] = [_wire_item(x, f"{key[:-1]}[{i}]") for i, x in enumerate(items)]
+    return json.dumps(body).encode()
+
+
+def _wire_item(x: Any, item: str) -> str:
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return base64.b64encode(x).decode("ascii")
+    if isinstance(x, str):
+        return x
+    raise InvalidRequest(item, f"a service takes encoded media (bytes) or a string, got {type(x).__name__}; "
+                               "decoded pixels stay with an in-process Preprocessor")
+
+
+def error_from_answer(status: int, payload: bytes) -> GpuMMError:
+    """The typed error a service's error answer names (its class, item and reason), or a generic one."""
+    try:
+        answer = json.loads(payload)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return GpuMMError(f"HTTP {status}: {payload[:200]!r}")
+    name, message = str(answer.get("error")), str(answer.get("message", ""))
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, GpuMMError)):
+        err = GpuMMError(f"HTTP {status} {name}: {message}")
+        err.status_code = status
+        return err
+    item, reason = answer.get("item"), answer.get("reason")
+    if issubclass(cls, (errors.MediaError, InvalidRequest)):
+        if isinstance(item, str) and isinstance(reason, str):
+            return cls(item, reason)
+        return cls("request", message)
+    return cls(message)
