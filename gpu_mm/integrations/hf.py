@@ -1,5 +1,6 @@
-"""transformers drop-ins: Qwen2-VL's image and video processors and Qwen3-VL's video processor, with their pixel
-work (resize, rescale, normalize, patchify) done by gpu-mm.
+"""transformers drop-ins: Qwen2-VL's image and video processors, Qwen3-VL's video processor and GLM-4.1V's image
+and video processors (and GLM-4.6V's video processor), with their pixel work (resize, rescale, normalize, patchify)
+done by gpu-mm.
 
 Each drop-in subclasses the stock transformers class and overrides only ``_preprocess``, the step that runs
 after transformers has fetched, sampled (``do_sample_frames`` with ``video_metadata``), converted and
@@ -19,22 +20,38 @@ from __future__ import annotations
 import weakref
 from typing import Any, ClassVar
 
-from transformers import BatchFeature, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
+from transformers import (
+    BatchFeature,
+    Glm4vImageProcessor,
+    Glm4vVideoProcessor,
+    Glm46VVideoProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3VLVideoProcessor,
+)
+from transformers.models.glm4v.image_processing_glm4v import Glm4vImageProcessorKwargs
+from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessorInitKwargs
+from transformers.models.glm46v.video_processing_glm46v import Glm46VVideoProcessorInitKwargs
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessorKwargs
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessorInitKwargs
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessorInitKwargs
 
+from ..models.glm4v import Glm4vConfig
 from ..models.qwen2_vl import Qwen2VLConfig
 from ..models.qwen3_vl import Qwen3VLConfig
-from ..pipeline.families import Qwen2VLPreprocessor, Qwen3VLPreprocessor
+from ..pipeline.families import Glm4vPreprocessor, Qwen2VLPreprocessor, Qwen3VLPreprocessor
 
-__all__ = ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "handled",
+__all__ = ["GpuMMGlm46VVideoProcessor", "GpuMMGlm4vImageProcessor", "GpuMMGlm4vVideoProcessor",
+           "GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "handled",
            "pixel_mode"]
 
 # The drop-ins take exactly their stock classes' keyword arguments.
 GpuMMQwen2VLImageProcessorKwargs = Qwen2VLImageProcessorKwargs
 GpuMMQwen2VLVideoProcessorInitKwargs = Qwen2VLVideoProcessorInitKwargs
 GpuMMQwen3VLVideoProcessorInitKwargs = Qwen3VLVideoProcessorInitKwargs
+GpuMMGlm4vImageProcessorKwargs = Glm4vImageProcessorKwargs
+GpuMMGlm4vVideoProcessorInitKwargs = Glm4vVideoProcessorInitKwargs
+GpuMMGlm46VVideoProcessorInitKwargs = Glm46VVideoProcessorInitKwargs
 
 # One gpu-mm preprocessor per (drop-in instance, device, config), kept outside the instance so that
 # to_dict() / save_pretrained() / deepcopy see only transformers' attributes.
@@ -192,6 +209,59 @@ class GpuMMQwen3VLVideoProcessor(_DropIn, Qwen3VLVideoProcessor):  # type: ignor
             cap_pixels_per_frame=bool(options.get("cap_pixels_per_frame")), max_video_tokens=self.max_video_tokens)
         return _video_features(self._run(Qwen3VLPreprocessor, videos, config,
                                          videos=[x.permute(0, 2, 3, 1) for x in videos]), options)
+
+
+class GpuMMGlm4vImageProcessor(_DropIn, Glm4vImageProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
+    """transformers' ``Glm4vImageProcessor`` (GLM-4.1V, 4.5V; GLM-4.6V's is the same computation) with gpu-mm's
+    pixel work: GLM's budget counting the temporal patch."""
+
+    _stock = Glm4vImageProcessor
+    _items = "images"
+    valid_kwargs = GpuMMGlm4vImageProcessorKwargs
+
+    def _features(self, images: list[Any], options: dict[str, Any]) -> BatchFeature:
+        ps, tp, ms = self._patching(options)
+        size = options["size"]
+        config = Glm4vConfig(patch_size=ps, temporal_patch_size=tp, merge_size=ms,
+                             image_min_pixels=int(size.shortest_edge), image_max_pixels=int(size.longest_edge),
+                             **self._pixels(options))
+        feats = self._run(Glm4vPreprocessor, images, config, images=[x.permute(1, 2, 0) for x in images])
+        return BatchFeature({"pixel_values": feats.pixel_values, "image_grid_thw": feats.image_grid_thw},
+                            tensor_type=options.get("return_tensors"))
+
+
+class _GlmVideo(_DropIn):
+    """GLM's video pixel work, the same for GLM-4.1V and GLM-4.6V (their frame rules run before ``_preprocess``):
+    the whole clip's budget shared by its frames."""
+
+    _items = "videos"
+
+    def _computes(self, videos: list[Any], options: dict[str, Any]) -> bool:
+        # A clip shorter than one temporal patch: transformers refuses it, and so it must here.
+        return all(v.shape[0] >= self._patching(options)[1] for v in videos)
+
+    def _features(self, videos: list[Any], options: dict[str, Any]) -> BatchFeature:
+        ps, tp, ms = self._patching(options)
+        size = options["size"]
+        config = Glm4vConfig(patch_size=ps, temporal_patch_size=tp, merge_size=ms,
+                             video_min_pixels=int(size.shortest_edge), video_max_pixels=int(size.longest_edge),
+                             **self._pixels(options))
+        return _video_features(self._run(Glm4vPreprocessor, videos, config,
+                                         videos=[x.permute(0, 2, 3, 1) for x in videos]), options)
+
+
+class GpuMMGlm4vVideoProcessor(_GlmVideo, Glm4vVideoProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
+    """transformers' ``Glm4vVideoProcessor`` with gpu-mm's pixel work."""
+
+    _stock = Glm4vVideoProcessor
+    valid_kwargs = GpuMMGlm4vVideoProcessorInitKwargs
+
+
+class GpuMMGlm46VVideoProcessor(_GlmVideo, Glm46VVideoProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
+    """transformers' ``Glm46VVideoProcessor`` with gpu-mm's pixel work."""
+
+    _stock = Glm46VVideoProcessor
+    valid_kwargs = GpuMMGlm46VVideoProcessorInitKwargs
 
 
 def _video_features(feats: Any, options: dict[str, Any]) -> BatchFeature:

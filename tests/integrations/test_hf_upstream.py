@@ -1,6 +1,6 @@
 """transformers' own image-processor, video-processor and processor test mixins (from the installed version's
-source distribution, see ``upstream_transformers.py``) run against the stock Qwen-VL classes and against
-gpu-mm's drop-ins.
+source distribution, see ``upstream_transformers.py``) run against the stock Qwen-VL and GLM classes and
+against gpu-mm's drop-ins.
 
 Each mixin test runs twice, with the same tester: once with transformers' classes, once with the drop-ins.
 Every test that passes with the stock classes must pass with the drop-ins. A test that fails with the stock
@@ -18,6 +18,10 @@ import pytest
 
 pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
+    Glm4vImageProcessor,
+    Glm4vImageProcessorPil,
+    Glm4vVideoProcessor,
+    Glm46VVideoProcessor,
     PreTrainedTokenizerFast,
     Qwen2VLImageProcessor,
     Qwen2VLImageProcessorPil,
@@ -29,6 +33,9 @@ from transformers import (  # noqa: E402
 from upstream_transformers import import_mixins  # noqa: E402
 
 from gpu_mm.integrations.hf import (  # noqa: E402
+    GpuMMGlm4vImageProcessor,
+    GpuMMGlm4vVideoProcessor,
+    GpuMMGlm46VVideoProcessor,
     GpuMMQwen2VLImageProcessor,
     GpuMMQwen2VLVideoProcessor,
     GpuMMQwen3VLVideoProcessor,
@@ -43,16 +50,17 @@ image_common, video_common, processing_common = _mixins
 QWEN2_IMAGE = {"do_resize": True, "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
                "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
                "do_convert_rgb": True, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}
+GLM_IMAGE = {**QWEN2_IMAGE, "size": {"shortest_edge": 112 * 112, "longest_edge": 28 * 28 * 2 * 1280}}
 
 
 # ---------------------------------------------------------------- images
 
 
-def _image_case(classes: dict[str, type]) -> type:
+def _image_case(classes: dict[str, type], settings: dict = QWEN2_IMAGE) -> type:
     class Tester(image_common.ImageProcessingTester):
         def __init__(self, parent):
             super().__init__(parent, batch_size=7, num_channels=3, min_resolution=56, max_resolution=400,
-                             **QWEN2_IMAGE)
+                             **settings)
 
         def _get_image_processing_classes(self):
             return dict(classes)
@@ -66,6 +74,11 @@ def _image_case(classes: dict[str, type]) -> type:
 
 STOCK_IMAGE = _image_case({"torchvision": Qwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil})
 GPU_MM_IMAGE = _image_case({"torchvision": GpuMMQwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil})
+IMAGE_CASES = {
+    "qwen2_vl": (STOCK_IMAGE, GPU_MM_IMAGE),
+    "glm4v": (_image_case({"torchvision": Glm4vImageProcessor, "pil": Glm4vImageProcessorPil}, GLM_IMAGE),
+              _image_case({"torchvision": GpuMMGlm4vImageProcessor, "pil": Glm4vImageProcessorPil}, GLM_IMAGE)),
+}
 
 
 # ---------------------------------------------------------------- videos
@@ -123,7 +136,15 @@ QWEN2_VIDEO = {"do_resize": True, "size": {"shortest_edge": 32 * 28 * 28, "longe
 QWEN3_VIDEO = {"do_resize": True, "size": {"shortest_edge": 4096, "longest_edge": 16 * 64 * 64},
                "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_convert_rgb": True,
                "patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "cap_pixels_per_frame": False}
+# GLM samples frames itself only with metadata, which the mixin's inputs lack: frames given are the sampled ones.
+GLM_VIDEO = {"do_resize": True, "size": {"shortest_edge": 112 * 112, "longest_edge": 16 * 56 * 56},
+             "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
+             "do_convert_rgb": True, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+             "do_sample_frames": False}
 VIDEO_CASES = {
+    "glm4v": (_video_case(Glm4vVideoProcessor, GLM_VIDEO, 14), _video_case(GpuMMGlm4vVideoProcessor, GLM_VIDEO, 14)),
+    "glm46v": (_video_case(Glm46VVideoProcessor, GLM_VIDEO, 14),
+               _video_case(GpuMMGlm46VVideoProcessor, GLM_VIDEO, 14)),
     "qwen2_vl": (_video_case(Qwen2VLVideoProcessor, QWEN2_VIDEO, 14),
                  _video_case(GpuMMQwen2VLVideoProcessor, QWEN2_VIDEO, 14)),
     "qwen3_vl": (_video_case(Qwen3VLVideoProcessor, QWEN3_VIDEO, 16),
@@ -228,9 +249,11 @@ def _names(case: type) -> list[str]:
     return sorted(n for n in dir(case) if n.startswith("test_") and callable(getattr(case, n)))
 
 
+@pytest.mark.parametrize("family", sorted(IMAGE_CASES))
 @pytest.mark.parametrize("name", _names(STOCK_IMAGE))
-def test_image_mixin(name):
-    _compare(STOCK_IMAGE, GPU_MM_IMAGE, name)
+def test_image_mixin(family, name):
+    stock, ours = IMAGE_CASES[family]
+    _compare(stock, ours, name)
 
 
 @pytest.mark.parametrize("family", sorted(VIDEO_CASES))
@@ -253,4 +276,7 @@ def test_the_comparison_runs_the_drop_ins():
     tester.setUp()
     assert tester.image_processing_classes["torchvision"] is GpuMMQwen2VLImageProcessor
     assert {VIDEO_CASES[f][1].fast_video_processing_class for f in VIDEO_CASES} == {
-        GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor}
+        GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor, GpuMMGlm4vVideoProcessor, GpuMMGlm46VVideoProcessor}
+    glm = IMAGE_CASES["glm4v"][1]("test_init_without_params")
+    glm.setUp()
+    assert glm.image_processing_classes["torchvision"] is GpuMMGlm4vImageProcessor

@@ -221,3 +221,37 @@ def test_from_pretrained_builds_the_folders_family(tmp_path, tokenizer, model_ty
     assert type(pre) is preprocessor_class(family) and pre.config == cfg
     assert type(pre).__name__ == ("Glm46VPreprocessor" if family == "glm46v" else "Glm4vPreprocessor")
     assert type(Preprocessor.for_model(model_type)) is type(pre)
+
+
+# ---------------------------------------------------------------- the transformers drop-ins
+
+
+@pytest.mark.parametrize("family", ["glm4v", "glm46v"])
+def test_drop_ins_equal_the_stock_processors(tokenizer, family):
+    """The drop-ins inside the family's processor: the same prompt and features as the stock classes, sampling
+    included (transformers samples before the pixel work), images and a video in one call; saved, they name the
+    stock classes."""
+    from gpu_mm.integrations.hf import GpuMMGlm4vImageProcessor, GpuMMGlm4vVideoProcessor, GpuMMGlm46VVideoProcessor
+
+    cfg = Glm46VConfig() if family == "glm46v" else Glm4vConfig()
+    stock = reference(tokenizer, cfg)
+    video_cls = GpuMMGlm46VVideoProcessor if family == "glm46v" else GpuMMGlm4vVideoProcessor
+    ours = type(stock)(image_processor=GpuMMGlm4vImageProcessor(**stock.image_processor.to_dict()),
+                       tokenizer=tokenizer, video_processor=video_cls(**stock.video_processor.to_dict()))
+    data = clip("h264", 61, 64, 80, fps=10)
+    frames = torch.from_numpy(all_frames(data))
+    meta = {"total_num_frames": 61, "fps": 10, "duration": 6.1, "frames_indices": list(range(61))}
+    image = Image.open(io.BytesIO(make_image(90, 130, "PNG")))
+    text = ["<|begin_of_image|><|image|><|end_of_image|> " + PROMPT]
+    calls = [proc(text=text, images=[image], videos=[frames], return_tensors="pt",
+                  videos_kwargs={"video_metadata": [VideoMetadata(**meta)], "do_sample_frames": True})
+             for proc in (stock, ours)]
+    assert calls[0].keys() == calls[1].keys()
+    for key in calls[0]:
+        torch.testing.assert_close(calls[1][key], calls[0][key], rtol=0, atol=0, msg=key)
+    from gpu_mm.integrations import hf
+
+    # gpu-mm computed both (a drop-in keeps one preprocessor per config it ran), not transformers' fallback.
+    assert hf._PREPROCESSORS.get(ours.image_processor) and hf._PREPROCESSORS.get(ours.video_processor)
+    saved = ours.video_processor.to_dict()
+    assert saved["video_processor_type"] == type(stock.video_processor).__name__
