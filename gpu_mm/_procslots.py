@@ -446,20 +446,15 @@ def _child_main(conn: Any, spec: dict[str, Any], idle: bool, threads: int) -> No
                     pass
         conn.send_bytes(b"got")
         dtype = getattr(torch, job["dtype"])
-        plans = job["plans"]
-        for plan, (block_id, shape) in zip(plans, job["dests"]):
+        outs = []
+        for block_id, shape in job["dests"]:
             numel = math.prod(shape)
-            plan.out = torch.frombuffer(maps[block_id], dtype=dtype, count=numel).view(shape) if numel else None
-        results: Any = None
+            outs.append(torch.frombuffer(maps[block_id], dtype=dtype, count=numel).view(shape) if numel else None)
         try:
-            results = executor.run(slot, plans)
-            reply: tuple[Any, ...] = ("ok", [(decoded, p.timer.stages) for p, (_, decoded) in zip(plans, results)])
+            reply: tuple[Any, ...] = ("ok", executor.run_plans(slot, job["plans"], outs))
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller, typed where it was
             reply = ("error", exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
-        finally:
-            for plan in plans:
-                plan.out = None
-        del results
+        del outs  # the views of the shared blocks go before a block can be retired
         conn.send(reply)
 
 

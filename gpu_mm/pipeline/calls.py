@@ -16,7 +16,7 @@ from ..slots import Slot, SlotPool
 from . import output
 from .execute import Executor, fill_block
 from .output import LeaseGuard
-from .plan import ItemPlan, Planner
+from .plan import Item, Planner
 from .processes import SlotProcesses
 from .routing import Router
 
@@ -40,8 +40,8 @@ class CallRunner:
                 for group in call.groups:
                     results = self._executor.run(slot, call.members(group))
                     call.fill(group, results)
-                    for plan, out in zip(call.members(group), results):
-                        self._router.keep(plan, out)
+                    for item, out in zip(call.members(group), results):
+                        self._router.keep(item, out)
         except BaseException:
             if call.lease is not None:
                 self.output_pool.release(call.lease.handle)
@@ -81,23 +81,24 @@ class CallRunner:
         if lease is not None and call.followers:
             # Rows computed for another call: copied into this call's block, off the loop.
             await loop.run_in_executor(io, fill_block, [(plans[i], call.outs[i][0]) for i, _ in call.followers])
-        if lease is None and (sum(p.kind == "image" for p in plans) > 1 or sum(p.kind == "video" for p in plans) > 1):
+        kinds = [item.plan.kind for item in plans]
+        if lease is None and (kinds.count("image") > 1 or kinds.count("video") > 1):
             # Joining several items' rows is a copy of every feature byte: not on the caller's loop.
             return await loop.run_in_executor(io, output.assemble, call, self.features_class, self.config,
                                               self.output)
         return output.assemble(call, self.features_class, self.config, self.output)
 
-    def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[ItemPlan], Any]:
+    def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[Item], Any]:
         plans = self._planner.plan_all(images, videos, request)
         return plans, output.lease(self.output_pool, self.config, plans)
 
-    def _release_late_lease(self, result: tuple[list[ItemPlan], Any]) -> None:
+    def _release_late_lease(self, result: tuple[list[Item], Any]) -> None:
         """Planning finished after its caller gave up: no item will run, so its block goes back at once."""
         _, lease = result
         if lease is not None:
             self.output_pool.release(lease.handle)
 
-    def _start_group(self, slots: SlotPool, group: list[ItemPlan], deadline: float | None,
+    def _start_group(self, slots: SlotPool, group: list[Item], deadline: float | None,
                      on_release: Any) -> asyncio.Task[Any]:
         """One slot job as a task. SlotPool.run reports its outcome (``on_done``) and settles it (``on_release``)
         on every path, but only once its coroutine has begun: a task cancelled before its first step (its
@@ -108,7 +109,7 @@ class CallRunner:
         async def run() -> Any:
             begun.append(True)
             work = self._executor.run if self._processes is None else self._processes.run
-            return await slots.run(work, group, nbytes=sum(p.nbytes for p in group),
+            return await slots.run(work, group, nbytes=sum(p.plan.nbytes for p in group),
                                    deadline=deadline, on_release=on_release, on_done=on_done)
 
         def never_begun(task: asyncio.Task[Any]) -> None:

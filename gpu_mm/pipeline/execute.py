@@ -16,7 +16,7 @@ from ..media.sources import MediaLimits
 from ..media.video import get_video_decoder, rotate_frames
 from ..slots import Slot
 from .devices import _normalize_patchify_impl, same_device
-from .plan import ItemPlan
+from .plan import Item, ItemPlan
 from .types import Decoded
 
 
@@ -32,56 +32,64 @@ class Executor:
     output: str = "device"
     """``device``, ``cpu`` or ``pinned``: where finished rows go (see :class:`gpu_mm.Preprocessor`)."""
 
-    def run(self, slot: Slot, group: list[ItemPlan]) -> list[tuple[torch.Tensor, Decoded]]:
+    def run(self, slot: Slot, group: list[Item]) -> list[tuple[torch.Tensor, Decoded]]:
         """Run one slot job: one item, or a batch of plain JPEGs decoded in one call."""
         if len(group) == 1:
             return [self._execute(slot, group[0])]
         t0 = time.perf_counter()
         on = slot.device if self.image_decoder == "nvjpeg" else "cpu"
-        images = decode_jpegs([(p.src, p.image_info) for p in group if p.image_info is not None], on)
+        images = decode_jpegs([(p.plan.src, p.plan.image_info) for p in group if p.plan.image_info is not None], on)
         share = (time.perf_counter() - t0) / len(group)
         decoded = Decoded(self.image_decoder, batch_size=len(group))
         out = []
-        for plan, image in zip(group, images):
-            plan.timer.add("decode", share)
-            out.append(self._finish(slot, plan, image.unsqueeze(0), decoded))
+        for item, image in zip(group, images):
+            item.timer.add("decode", share)
+            out.append(self._finish(slot, item, image.unsqueeze(0), decoded))
         return out
 
-    def _execute(self, slot: Slot, plan: ItemPlan) -> tuple[torch.Tensor, Decoded]:
-        """Decode, resize, normalize and patchify one planned item on ``slot``'s device."""
-        if plan.kind == "video" and plan.info is not None:
-            return self._execute_video(slot, plan)
-        with plan.timer.stage("decode"):
-            frames, decoder = self._decode(slot, plan)  # uint8 [T, 3, H, W]
-        return self._finish(slot, plan, frames, decoder)
+    def run_plans(self, slot: Slot, plans: list[ItemPlan],
+                  outs: list[torch.Tensor | None]) -> list[tuple[Decoded, dict[str, float]]]:
+        """A slot process's job: ``plans`` as the parent sent them, each item's rows written into its ``outs``
+        tensor (shared memory); returns each item's decoder and stage times."""
+        items = [Item(plan, out=out) for plan, out in zip(plans, outs)]
+        results = self.run(slot, items)
+        return [(decoded, item.timer.stages) for item, (_, decoded) in zip(items, results)]
 
-    def _finish(self, slot: Slot, plan: ItemPlan, frames: torch.Tensor,
+    def _execute(self, slot: Slot, item: Item) -> tuple[torch.Tensor, Decoded]:
+        """Decode, resize, normalize and patchify one planned item on ``slot``'s device."""
+        if item.plan.kind == "video" and item.plan.info is not None:
+            return self._execute_video(slot, item)
+        with item.timer.stage("decode"):
+            frames, decoder = self._decode(slot, item)  # uint8 [T, 3, H, W]
+        return self._finish(slot, item, frames, decoder)
+
+    def _finish(self, slot: Slot, item: Item, frames: torch.Tensor,
                 decoder: Decoded) -> tuple[torch.Tensor, Decoded]:
         """Upload (if needed), resize, normalize and lay out decoded uint8 ``[T, 3, H, W]`` frames."""
         cfg = self.config
-        frames = self._upload(slot, plan, frames)
-        out = plan.out if plan.out is not None and same_device(plan.out.device, frames.device) else None
+        frames = self._upload(slot, item, frames)
+        out = item.out if item.out is not None and same_device(item.out.device, frames.device) else None
         if cfg.layout == "pixels":  # whole images: an image's views, or a video's frames one image each
             if out is None:
-                out = torch.empty(cfg.item_shape(plan.grid), dtype=cfg.output_dtype, device=frames.device)
-            if plan.views is not None:
-                self._render_views(plan, frames, out)
+                out = torch.empty(cfg.item_shape(item.plan.grid), dtype=cfg.output_dtype, device=frames.device)
+            if item.plan.views is not None:
+                self._render_views(item, frames, out)
             else:
-                frames = self._resize(plan, frames)
-                with plan.timer.stage("normalize_patchify"):
+                frames = self._resize(item, frames)
+                with item.timer.stage("normalize_patchify"):
                     self._normalize_into(frames, out)
-            return self.place(slot, plan, out), decoder
-        frames = self._resize(plan, frames)
-        with plan.timer.stage("normalize_patchify"):
+            return self.place(slot, item, out), decoder
+        frames = self._resize(item, frames)
+        with item.timer.stage("normalize_patchify"):
             pv, grid = self._normalize_patchify(frames, out)
-        if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
-            raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
-        return self.place(slot, plan, pv), decoder
+        if grid != item.plan.grid:  # pragma: no cover - plan and run share the arithmetic
+            raise RuntimeError(f"{item.plan.src.item}: planned grid {item.plan.grid} but produced {grid}")
+        return self.place(slot, item, pv), decoder
 
-    def _upload(self, slot: Slot, plan: ItemPlan, frames: torch.Tensor) -> torch.Tensor:
+    def _upload(self, slot: Slot, item: Item, frames: torch.Tensor) -> torch.Tensor:
         """Frames (uint8 ``[T, 3, H, W]``, any device) on the slot's device."""
         device = torch.device(slot.device)
-        with plan.timer.stage("transfer"):
+        with item.timer.stage("transfer"):
             if not same_device(frames.device, device):
                 if device.type == "cuda" and frames.device.type == "cpu":
                     frames = frames.pin_memory().to(device, non_blocking=True)
@@ -89,23 +97,23 @@ class Executor:
                     frames = frames.to(device)
         return frames
 
-    def _resize(self, plan: ItemPlan, frames: torch.Tensor) -> torch.Tensor:
+    def _resize(self, item: Item, frames: torch.Tensor) -> torch.Tensor:
         """Frames shown as displayed, resized to the plan's target."""
-        with plan.timer.stage("resize"):
-            if plan.info is not None and plan.info.rotation:
-                frames = rotate_frames(frames, plan.info.rotation)
-            if plan.presize is not None:
-                frames = ops.resize(frames, plan.presize, "bilinear")
-            resample = self.config.video_resample if plan.kind == "video" else self.config.image_resample
-            return ops.resize(frames, plan.target, resample)
+        with item.timer.stage("resize"):
+            if item.plan.info is not None and item.plan.info.rotation:
+                frames = rotate_frames(frames, item.plan.info.rotation)
+            if item.plan.presize is not None:
+                frames = ops.resize(frames, item.plan.presize, "bilinear")
+            resample = self.config.video_resample if item.plan.kind == "video" else self.config.image_resample
+            return ops.resize(frames, item.plan.target, resample)
 
-    def _render_views(self, plan: ItemPlan, frames: torch.Tensor, out: torch.Tensor) -> None:
+    def _render_views(self, item: Item, frames: torch.Tensor, out: torch.Tensor) -> None:
         """An image's views (``layout = "pixels"``), each normalized into its slot of ``out``; views that share
         a crop and a size share one resize."""
-        assert plan.views is not None
+        assert item.plan.views is not None
         made: tuple[Any, torch.Tensor] | None = None
-        for i, view in enumerate(plan.views):
-            with plan.timer.stage("resize"):
+        for i, view in enumerate(item.plan.views):
+            with item.timer.stage("resize"):
                 key = (view.crop, view.size)
                 if made is None or made[0] != key:
                     src = frames
@@ -117,7 +125,7 @@ class Executor:
                 if view.tile is not None:
                     top, left, h, w = view.tile
                     image = image[..., top : top + h, left : left + w]
-            with plan.timer.stage("normalize_patchify"):
+            with item.timer.stage("normalize_patchify"):
                 self._normalize_into(image, out[i : i + 1])
 
     def _normalize_into(self, frames: torch.Tensor, out: torch.Tensor) -> None:
@@ -128,11 +136,11 @@ class Executor:
         else:
             out.copy_(ops.normalize(frames, cfg.image_mean, cfg.image_std))
 
-    def place(self, slot: Slot, plan: ItemPlan, pv: torch.Tensor) -> torch.Tensor:
+    def place(self, slot: Slot, item: Item, pv: torch.Tensor) -> torch.Tensor:
         """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned)."""
-        if plan.out is not None:
-            into_block(plan, pv)
-            return plan.out
+        if item.out is not None:
+            into_block(item, pv)
+            return item.out
         if self.output == "device" and pv.device.type == "cuda" and slot.stream is not None:
             # Allocated on the slot's stream, read by the caller on its own (usually the default stream):
             # once the caller frees it, the block must not go to the slot's next item before the default
@@ -148,62 +156,62 @@ class Executor:
             pv = host
         return pv
 
-    def _execute_video(self, slot: Slot, plan: ItemPlan) -> tuple[torch.Tensor, Decoded]:
-        """A video, ``plan.chunk`` frames at a time: decode, resize and patchify each group straight into the
+    def _execute_video(self, slot: Slot, item: Item) -> tuple[torch.Tensor, Decoded]:
+        """A video, ``item.plan.chunk`` frames at a time: decode, resize and patchify each group straight into the
         item's output rows, so memory follows the output and the chunk, not the source's frame count."""
         cfg = self.config
         device = torch.device(slot.device)
-        if plan.out is not None and same_device(plan.out.device, device):
-            out = plan.out
+        if item.out is not None and same_device(item.out.device, device):
+            out = item.out
         else:
-            out = torch.empty(cfg.item_shape(plan.grid), dtype=cfg.output_dtype, device=device)
+            out = torch.empty(cfg.item_shape(item.plan.grid), dtype=cfg.output_dtype, device=device)
         try:
-            decoded = Decoded(self._video_chunks(slot, plan, self.video_decoder, out))
+            decoded = Decoded(self._video_chunks(slot, item, self.video_decoder, out))
         except MediaError as exc:
             # A codec the backend lacks (UnsupportedMedia), or a stream it failed on (DecodeError: e.g. a
             # codec this chip's NVDEC does not have): PyAV decodes it instead, or names what is wrong.
             if self.video_decoder == "pyav":
                 raise
-            decoded = Decoded(self._video_chunks(slot, plan, "pyav", out), fallback_reason=exc.reason)
-        return self.place(slot, plan, out), decoded
+            decoded = Decoded(self._video_chunks(slot, item, "pyav", out), fallback_reason=exc.reason)
+        return self.place(slot, item, out), decoded
 
-    def _video_chunks(self, slot: Slot, plan: ItemPlan, decoder_name: str, out: torch.Tensor) -> str:
-        assert plan.info is not None and plan.indices is not None
+    def _video_chunks(self, slot: Slot, item: Item, decoder_name: str, out: torch.Tensor) -> str:
+        assert item.plan.info is not None and item.plan.indices is not None
         cfg = self.config
         tp = cfg.temporal_patch_size
-        rows_per_step = plan.grid[1] * plan.grid[2] if cfg.layout == "patches" else 1
+        rows_per_step = item.plan.grid[1] * item.plan.grid[2] if cfg.layout == "patches" else 1
         decoder = self._decoder(slot, decoder_name)
         done = 0
-        for first, frames in frame_chunks(decoder, plan):
-            frames = self._resize(plan, self._upload(slot, plan, frames.permute(0, 3, 1, 2)))
+        for first, frames in frame_chunks(decoder, item):
+            frames = self._resize(item, self._upload(slot, item, frames.permute(0, 3, 1, 2)))
             steps = -(-frames.shape[0] // tp)
             begin = first // tp * rows_per_step
-            with plan.timer.stage("normalize_patchify"):
+            with item.timer.stage("normalize_patchify"):
                 if cfg.layout == "pixels":  # one image per frame
                     self._normalize_into(frames, out[begin : begin + steps])
                 else:
                     self._normalize_patchify(frames, out[begin : begin + steps * rows_per_step])
             done = first + frames.shape[0]
-        if done != len(plan.indices):  # pragma: no cover - decoders raise for frames they cannot reach
-            raise RuntimeError(f"{plan.src.item}: decoded {done} of {len(plan.indices)} planned frames")
+        if done != len(item.plan.indices):  # pragma: no cover - decoders raise for frames they cannot reach
+            raise RuntimeError(f"{item.plan.src.item}: decoded {done} of {len(item.plan.indices)} planned frames")
         return decoder.name
 
-    def _decode(self, slot: Slot, plan: ItemPlan) -> tuple[torch.Tensor, Decoded]:
-        src = plan.src
-        if plan.kind == "image":
-            if plan.jpeg_scale > 1:
-                assert plan.image_info is not None
-                return decode_jpeg_scaled(src, plan.image_info, plan.jpeg_scale).unsqueeze(0), Decoded(
-                    f"cpu-jpeg-1/{plan.jpeg_scale}")
+    def _decode(self, slot: Slot, item: Item) -> tuple[torch.Tensor, Decoded]:
+        src = item.plan.src
+        if item.plan.kind == "image":
+            if item.plan.jpeg_scale > 1:
+                assert item.plan.image_info is not None
+                return decode_jpeg_scaled(src, item.plan.image_info, item.plan.jpeg_scale).unsqueeze(0), Decoded(
+                    f"cpu-jpeg-1/{item.plan.jpeg_scale}")
             if self.image_decoder == "nvjpeg":
-                gpu = decode_jpeg_cuda(src, slot.device, self.limits, plan.image_info)
+                gpu = decode_jpeg_cuda(src, slot.device, self.limits, item.plan.image_info)
                 if gpu is not None:
                     return gpu.unsqueeze(0), Decoded("nvjpeg")
-            return decode_image(src, self.limits, plan.image_info).unsqueeze(0), Decoded("cpu")
-        assert src.kind == "array" and plan.indices is not None
+            return decode_image(src, self.limits, item.plan.image_info).unsqueeze(0), Decoded("cpu")
+        assert src.kind == "array" and item.plan.indices is not None
         frames = src.pixels
-        if plan.indices != list(range(frames.shape[0])):  # every frame in order (a drop-in's call): no copy
-            frames = frames[plan.indices]
+        if item.plan.indices != list(range(frames.shape[0])):  # every frame in order (a drop-in's call): no copy
+            frames = frames[item.plan.indices]
         return frames.permute(0, 3, 1, 2), Decoded("array")
 
     @staticmethod
@@ -225,19 +233,19 @@ class Executor:
             frames, cfg.image_mean, cfg.image_std, **kw)
 
 
-def frame_chunks(decoder: Any, plan: ItemPlan) -> Any:
-    """Yield ``(position, frames)``: the plan's frames ``plan.chunk`` at a time as uint8 ``[k, H, W, 3]``.
+def frame_chunks(decoder: Any, item: Item) -> Any:
+    """Yield ``(position, frames)``: the item's frames ``item.plan.chunk`` at a time as uint8 ``[k, H, W, 3]``.
 
     Decoders that stream (``iter_frames_at``) fill one reused buffer frame by frame; others are asked for
-    ``plan.call`` frames per call, yielded a chunk at a time. Decode time goes to the item's ``decode`` stage."""
-    assert plan.info is not None and plan.indices is not None
-    indices, info, timer, chunk = plan.indices, plan.info, plan.timer, plan.chunk
+    ``item.plan.call`` frames per call, yielded a chunk at a time. Decode time goes to the item's ``decode`` stage."""
+    assert item.plan.info is not None and item.plan.indices is not None
+    indices, info, timer, chunk = item.plan.indices, item.plan.info, item.timer, item.plan.chunk
     iterate = getattr(decoder, "iter_frames_at", None)
     if iterate is None:
-        call = max(plan.call, chunk)
+        call = max(item.plan.call, chunk)
         for start in range(0, len(indices), call):
             with timer.stage("decode"):
-                decoded = decoder.get_frames_at(plan.src, info, indices[start : start + call])
+                decoded = decoder.get_frames_at(item.plan.src, info, indices[start : start + call])
             for k in range(0, decoded.shape[0], chunk):
                 yield start + k, decoded[k : k + chunk]
             del decoded
@@ -246,7 +254,7 @@ def frame_chunks(decoder: Any, plan: ItemPlan) -> Any:
     # Frames go into the buffer with numpy's copy: a torch copy wakes the intra-op thread pool, whose spinning
     # threads then compete with FFmpeg's for the cores while the next frames decode.
     view = buf.numpy()
-    stream = iterate(plan.src, info, indices)
+    stream = iterate(item.plan.src, info, indices)
     first = k = 0
     while True:
         with timer.stage("decode"):
@@ -263,20 +271,20 @@ def frame_chunks(decoder: Any, plan: ItemPlan) -> Any:
         yield first, buf[:k]
 
 
-def into_block(plan: ItemPlan, rows: torch.Tensor) -> None:
+def into_block(item: Item, rows: torch.Tensor) -> None:
     """An item's rows (unless made in place) and its grid row into its pool block. On CUDA the grid is filled
     by kernels on the current stream: no host-to-device copy, no synchronization."""
-    if plan.out is not None and rows is not plan.out:
-        plan.out.copy_(rows)
-    if plan.grid_out is not None:
-        if plan.grid_out.dim() == 0:
-            plan.grid_out.fill_(plan.meta[0])
+    if item.out is not None and rows is not item.out:
+        item.out.copy_(rows)
+    if item.grid_out is not None:
+        if item.grid_out.dim() == 0:
+            item.grid_out.fill_(item.plan.meta[0])
         else:
-            for k, v in enumerate(plan.meta):
-                plan.grid_out[k].fill_(v)
+            for k, v in enumerate(item.plan.meta):
+                item.grid_out[k].fill_(v)
 
 
-def fill_block(items: list[tuple[ItemPlan, torch.Tensor]]) -> None:
+def fill_block(items: list[tuple[Item, torch.Tensor]]) -> None:
     """Rows made by another call's computation into this call's pool block."""
-    for plan, rows in items:
-        into_block(plan, rows)
+    for item, rows in items:
+        into_block(item, rows)

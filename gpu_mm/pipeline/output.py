@@ -9,24 +9,24 @@ import torch
 
 from ..models.base import VideoSampling
 from .execute import into_block
-from .plan import ItemPlan
+from .plan import Item
 from .routing import Call
 from .types import Features, ItemReport
 
 F = TypeVar("F", bound=Features)
 
 
-def lease(pool: Any, config: Any, plans: list[ItemPlan]) -> Any:
-    """With an output pool: lease one block for all features, point each plan at its rows, and copy the
+def lease(pool: Any, config: Any, plans: list[Item]) -> Any:
+    """With an output pool: lease one block for all features, point each item at its rows, and copy the
     rows of cache hits in."""
     if pool is None or not plans:
         return None
     cfg = config
     layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     for kind, key in PIXEL_KEYS.items():
-        group = [p for p in plans if p.kind == kind]
+        group = [p for p in plans if p.plan.kind == kind]
         if group:
-            shapes = [cfg.item_shape(p.grid) for p in group]
+            shapes = [cfg.item_shape(p.plan.grid) for p in group]
             layout[key] = ((sum(s[0] for s in shapes), *shapes[0][1:]), cfg.output_dtype)
             meta_key = cfg.meta_keys.get(kind)
             if meta_key is not None:
@@ -35,13 +35,13 @@ def lease(pool: Any, config: Any, plans: list[ItemPlan]) -> Any:
     offsets = {"image": 0, "video": 0}
     counts = {"image": 0, "video": 0}
     for p in plans:
-        n = cfg.item_shape(p.grid)[0]
-        p.out = lease.tensors[PIXEL_KEYS[p.kind]][offsets[p.kind] : offsets[p.kind] + n]
-        meta_key = cfg.meta_keys.get(p.kind)
+        n = cfg.item_shape(p.plan.grid)[0]
+        p.out = lease.tensors[PIXEL_KEYS[p.plan.kind]][offsets[p.plan.kind] : offsets[p.plan.kind] + n]
+        meta_key = cfg.meta_keys.get(p.plan.kind)
         if meta_key is not None:
-            p.grid_out = lease.tensors[meta_key][counts[p.kind]]
-        offsets[p.kind] += n
-        counts[p.kind] += 1
+            p.grid_out = lease.tensors[meta_key][counts[p.plan.kind]]
+        offsets[p.plan.kind] += n
+        counts[p.plan.kind] += 1
         if p.cached is not None:  # a hit: its rows go into the block now, nothing runs for it
             into_block(p, p.cached.rows)
     return lease
@@ -50,18 +50,18 @@ def lease(pool: Any, config: Any, plans: list[ItemPlan]) -> Any:
 PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
 
 
-def _meta_shape(cfg: Any, group: list[ItemPlan]) -> tuple[int, ...]:
+def _meta_shape(cfg: Any, group: list[Item]) -> tuple[int, ...]:
     """The per-item tensor's shape: one row per item, or one number per item for a one-value meta."""
-    width = len(cfg.item_meta(group[0].grid))
+    width = len(cfg.item_meta(group[0].plan.grid))
     return (len(group),) if width == 1 else (len(group), width)
 
 
 def assemble(call: Call, features_class: type[F], config: Any, output: str) -> F:
-    plans, outs, lease = call.plans, call.outs, call.lease
+    plans, outs, lease = call.items, call.outs, call.lease
     feats = features_class()
     cfg = config
-    img = [(p, o) for p, o in zip(plans, outs) if p.kind == "image"]
-    vid = [(p, o) for p, o in zip(plans, outs) if p.kind == "video"]
+    img = [(p, o) for p, o in zip(plans, outs) if p.plan.kind == "image"]
+    vid = [(p, o) for p, o in zip(plans, outs) if p.plan.kind == "video"]
     if lease is not None:
         feats.handle = lease.handle
     for kind, group in (("image", img), ("video", vid)):
@@ -73,22 +73,24 @@ def assemble(call: Call, features_class: type[F], config: Any, output: str) -> F
             meta = lease.tensors.get(meta_key)
         else:
             pv = join([o[0] for _, o in group], pinned=output == "pinned")
-            meta = torch.tensor([cfg.item_meta(p.grid) for p, _ in group], dtype=torch.long)
+            meta = torch.tensor([cfg.item_meta(p.plan.grid) for p, _ in group], dtype=torch.long)
             meta = meta.reshape(_meta_shape(cfg, [p for p, _ in group]))
         setattr(feats, key, pv)
         if meta_key is not None:
             setattr(feats, meta_key, meta)
     if vid:
-        sampled = [VideoSampling(p.indices or [], p.sample_fps or 0.0, p.target, p.video_fps) for p, _ in vid]
+        sampled = [VideoSampling(p.plan.indices or [], p.plan.sample_fps or 0.0, p.plan.target, p.plan.video_fps)
+                   for p, _ in vid]
         for name, value in cfg.video_fields(sampled).items():
             setattr(feats, name, value)
-    for p, (_, decoded) in zip(plans, outs):
+    for item, (_, decoded) in zip(plans, outs):
+        plan = item.plan
         feats.items.append(
             ItemReport(
-                kind=p.kind, item=p.src.item, source_size=p.source_size, resized=p.target, grid_thw=p.grid,
-                num_tokens=cfg.token_count(p.grid), decoder=str(decoded), frame_indices=p.indices,
-                sample_fps=p.sample_fps, video_fps=p.video_fps, timings=dict(p.timer.stages),
-                cache=p.cache_state, decoded=decoded, working_bytes=p.nbytes,
+                kind=plan.kind, item=plan.src.item, source_size=plan.source_size, resized=plan.target,
+                grid_thw=plan.grid, num_tokens=cfg.token_count(plan.grid), decoder=str(decoded),
+                frame_indices=plan.indices, sample_fps=plan.sample_fps, video_fps=plan.video_fps,
+                timings=dict(item.timer.stages), cache=item.cache_state, decoded=decoded, working_bytes=plan.nbytes,
             )
         )
     return feats

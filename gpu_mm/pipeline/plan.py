@@ -29,9 +29,10 @@ from .memory import (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ItemPlan:
-    """Everything decided before touching pixels (pure data, no tensors except array inputs)."""
+    """Everything decided about one item before touching pixels: frozen and picklable (a slot process gets it as
+    it is), no tensors except an array input's pixels."""
 
     kind: Literal["image", "video"]
     src: Source
@@ -58,14 +59,23 @@ class ItemPlan:
     call: int = 0
     """Video frames one decoder call returns (a multiple of ``chunk``): ``chunk``, except for decoders whose every
     call sets up a demuxer and a decoder again (:data:`gpu_mm.pipeline.memory.PER_CALL_DECODERS`)."""
-    timer: StageTimer = dataclasses.field(default_factory=StageTimer)
-    out: torch.Tensor | None = None
-    """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool."""
-    grid_out: torch.Tensor | None = None
-    """This item's ``grid_thw`` row inside that lease, written by the item's slot job."""
     video_fps: float | None = None
     key: bytes | None = None
     """The item's feature-cache key (None: cache off, or not cacheable)."""
+
+
+@dataclasses.dataclass(eq=False)
+class Item:
+    """One item of a call as it runs: its plan, and what happens to it (stage times, where its rows go, how the
+    cache served it)."""
+
+    plan: ItemPlan
+    timer: StageTimer = dataclasses.field(default_factory=StageTimer)
+    out: torch.Tensor | None = None
+    """Destination rows inside a FeaturePool lease, when the preprocessor has an output pool (or a slot process's
+    shared block)."""
+    grid_out: torch.Tensor | None = None
+    """This item's row of the per-item tensor inside that lease, written by the item's slot job."""
     cached: Entry | None = None
     """The cache's entry, when this item is a hit (nothing is decoded)."""
     cache_state: Literal["hit", "miss", "coalesced"] | None = None
@@ -103,11 +113,11 @@ class Planner:
                                             f"{sorted(self.config.options)}")
         return parsed
 
-    def plan_all(self, images: Any, videos: Any, request: dict[str, Any]) -> list[ItemPlan]:
+    def plan_all(self, images: Any, videos: Any, request: dict[str, Any]) -> list[Item]:
         options = self._options(request)
-        plans = [self._plan("image", obj, f"image[{i}]", options) for i, obj in enumerate(as_list(images))]
-        plans += [self._plan("video", obj, f"video[{i}]", options) for i, obj in enumerate(as_list(videos))]
-        for p in plans:
+        items = [self._plan("image", obj, f"image[{i}]", options) for i, obj in enumerate(as_list(images))]
+        items += [self._plan("video", obj, f"video[{i}]", options) for i, obj in enumerate(as_list(videos))]
+        for p in (item.plan for item in items):
             if p.nbytes > self.memory_budget_bytes:
                 raise LimitExceeded(
                     p.src.item,
@@ -116,7 +126,7 @@ class Planner:
                     + (f", {len(p.indices)} frames" if p.indices is not None else "")
                     + f"), over the preprocessor's memory_budget_bytes={_mib(self.memory_budget_bytes)}",
                 )
-        return plans
+        return items
 
     def _lookup(self, src: Source, kind: str, options: RequestOptions,
                 timer: StageTimer) -> tuple[bytes | None, Entry | None]:
@@ -137,7 +147,7 @@ class Planner:
                 return None, None  # an array whose memory cannot be read as bytes (object dtype): not cached
             return key, self.cache.get(key)
 
-    def _plan(self, kind: Literal["image", "video"], obj: Any, item: str, options: RequestOptions) -> ItemPlan:
+    def _plan(self, kind: Literal["image", "video"], obj: Any, item: str, options: RequestOptions) -> Item:
         """One item: loaded, looked up in the cache (a hit plans nothing more), then planned by its kind."""
         if kind not in self.config.modalities:
             raise InvalidRequest(item, f"the {self.config.family} family takes no {kind}s")
@@ -146,12 +156,9 @@ class Planner:
             src = load_source(obj, item, self.limits)
         key, hit = self._lookup(src, kind, options, timer)
         if hit is not None:
-            plan = hit_plan(kind, src, key, hit, timer)
-        else:
-            plan = self._plan_image(src, options, timer) if kind == "image" else self._plan_video(src, options, timer)
-            plan.key = key
-        plan.meta = self.config.item_meta(plan.grid)
-        return plan
+            return hit_item(kind, src, key, hit, timer, self.config)
+        plan = self._plan_image(src, options, timer) if kind == "image" else self._plan_video(src, options, timer)
+        return Item(dataclasses.replace(plan, key=key, meta=self.config.item_meta(plan.grid)), timer)
 
     def _plan_image(self, src: Source, options: RequestOptions, timer: StageTimer) -> ItemPlan:
         with timer.stage("load"):
@@ -173,7 +180,7 @@ class Planner:
         nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
                                      via_pillow=not is_plain_jpeg(src, info) or scale > 1)
         return ItemPlan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
-                        timer=timer, jpeg_scale=scale, views=views)
+                        jpeg_scale=scale, views=views)
 
     def _plan_video(self, src: Source, options: RequestOptions, timer: StageTimer) -> ItemPlan:
         info: VideoInfo | None = None
@@ -194,10 +201,10 @@ class Planner:
             raise
         except ValueError as exc:  # the family's arithmetic refused the video
             raise LimitExceeded(src.item, str(exc)) from None
-        return self._video_plan(src, sampling, info, size, timer)
+        return self._video_plan(src, sampling, info, size)
 
-    def _video_plan(self, src: Source, sampling: VideoSampling, info: VideoInfo | None, size: tuple[int, int],
-                    timer: StageTimer) -> ItemPlan:
+    def _video_plan(self, src: Source, sampling: VideoSampling, info: VideoInfo | None,
+                    size: tuple[int, int]) -> ItemPlan:
         cfg = self.config
         indices, target = sampling.indices, sampling.target
         grid = cfg.grid(len(indices), target)
@@ -214,17 +221,16 @@ class Planner:
             call = video_call_frames(size, chunk, len(indices))
             nbytes += (call - chunk) * 3 * size[0] * size[1]  # the call's decoded frames beyond one chunk
         return ItemPlan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
-                        presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, timer=timer,
-                        video_fps=sampling.video_fps)
+                        presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, video_fps=sampling.video_fps)
 
-    def groups(self, plans: list[ItemPlan]) -> list[list[int]]:
+    def groups(self, items: list[Item]) -> list[list[int]]:
         """Which plans run together as one slot job: plain JPEGs in batches of up to ``image_batch`` (one
         batched decode call, within the memory budget), every other item on its own."""
         groups: list[list[int]] = []
         batch: list[int] = []
         batch_bytes = 0
         budget = self.memory_budget_bytes
-        for i, p in enumerate(plans):
+        for i, p in enumerate(item.plan for item in items):
             if self.image_batch > 1 and p.kind == "image" and p.image_info is not None \
                     and p.jpeg_scale == 1 and is_plain_jpeg(p.src, p.image_info):
                 if batch and (len(batch) == self.image_batch or (budget and batch_bytes + p.nbytes > budget)):
@@ -239,11 +245,13 @@ class Planner:
         return groups
 
 
-def hit_plan(kind: Literal["image", "video"], src: Source, key: bytes | None, hit: Entry,
-              timer: StageTimer) -> ItemPlan:
+def hit_item(kind: Literal["image", "video"], src: Source, key: bytes | None, hit: Entry, timer: StageTimer,
+             config: Any) -> Item:
+    """A cache hit: the plan its entry recorded, nothing more to decide."""
     v = hit.value
-    return ItemPlan(kind, src, v["target"], v["grid"], v["source_size"], indices=v["indices"],
-                    sample_fps=v["sample_fps"], video_fps=v["video_fps"], timer=timer, key=key, cached=hit)
+    plan = ItemPlan(kind, src, v["target"], v["grid"], v["source_size"], indices=v["indices"],
+                    sample_fps=v["sample_fps"], video_fps=v["video_fps"], key=key, meta=config.item_meta(v["grid"]))
+    return Item(plan, timer, cached=hit)
 
 
 def as_list(x: Any) -> list[Any]:

@@ -280,7 +280,7 @@ class Preprocessor(Closeable, Generic[F]):
     ) -> list[ItemPlan]:
         """Each item's plan (frames, target size, grid, working-memory bound), from its header alone: nothing is
         decoded. Loading, limits and options are checked as a call checks them, with the same errors."""
-        return self._planner.plan_all(images, videos, request)
+        return [item.plan for item in self._planner.plan_all(images, videos, request)]
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle) gets its own threads, slots and per-thread decoders, never these.

@@ -3,7 +3,6 @@ process of its own (:mod:`gpu_mm._procslots`), the rows coming back in shared me
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import weakref
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from .._procslots import ShmArena, SlotProcess, choose_workers, process_threads
 __all__ = ["SlotProcesses", "choose_workers", "close_slot_process", "ready_slot_process", "weakly"]
 from ..slots import Slot
 from .execute import Executor
-from .plan import ItemPlan
+from .plan import Item
 from .types import Decoded
 
 
@@ -44,21 +43,20 @@ class SlotProcesses:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def run(self, slot: Slot, group: list[ItemPlan]) -> list[tuple[torch.Tensor, Decoded]]:
-        """:meth:`Executor.run` in the slot's process, from the slot's thread: the plans go without their tensors
-        and futures, each item's rows come back in shared memory, its stage timings with them."""
+    def run(self, slot: Slot, group: list[Item]) -> list[tuple[torch.Tensor, Decoded]]:
+        """:meth:`Executor.run` in the slot's process, from the slot's thread: the items' plans go (frozen,
+        picklable), each item's rows come back in shared memory, its stage timings with them."""
         proc = slot.state.get("process")
         if proc is None:
             proc = self.start(slot)
         cfg = self.executor.config
-        sent = [dataclasses.replace(p, out=None, grid_out=None, cached=None, flight=None) for p in group]
-        shapes = [cfg.item_shape(p.grid) for p in group]
+        shapes = [cfg.item_shape(item.plan.grid) for item in group]
         out = []
-        results = proc.run(sent, shapes, cfg.output_dtype, abandoned_since=lambda: slot.abandoned_at,
-                           stop_after_s=self.stop_abandoned_after_s)
-        for plan, (rows, (decoded, stages)) in zip(group, results):
-            plan.timer.stages = stages
-            out.append((self.executor.place(slot, plan, rows), decoded))
+        results = proc.run([item.plan for item in group], shapes, cfg.output_dtype,
+                           abandoned_since=lambda: slot.abandoned_at, stop_after_s=self.stop_abandoned_after_s)
+        for item, (rows, (decoded, stages)) in zip(group, results):
+            item.timer.stages.update(stages)
+            out.append((self.executor.place(slot, item, rows), decoded))
         return out
 
     def start(self, slot: Slot) -> SlotProcess:
