@@ -22,26 +22,39 @@ from typing import Any, ClassVar
 
 from transformers import (
     BatchFeature,
+    Gemma3ImageProcessor,
     Glm4vImageProcessor,
     Glm4vVideoProcessor,
     Glm46VVideoProcessor,
+    GotOcr2ImageProcessor,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
     Qwen3VLVideoProcessor,
 )
+from transformers.models.gemma3.image_processing_gemma3 import Gemma3ImageProcessorKwargs
 from transformers.models.glm4v.image_processing_glm4v import Glm4vImageProcessorKwargs
 from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessorInitKwargs
 from transformers.models.glm46v.video_processing_glm46v import Glm46VVideoProcessorInitKwargs
+from transformers.models.got_ocr2.image_processing_got_ocr2 import GotOcr2ImageProcessorKwargs
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessorKwargs
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessorInitKwargs
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessorInitKwargs
 
+from ..models.gemma3 import Gemma3Config
 from ..models.glm4v import Glm4vConfig
+from ..models.internvl import InternVLConfig
 from ..models.qwen2_vl import Qwen2VLConfig
 from ..models.qwen3_vl import Qwen3VLConfig
-from ..pipeline.families import Glm4vPreprocessor, Qwen2VLPreprocessor, Qwen3VLPreprocessor
+from ..pipeline.families import (
+    Gemma3Preprocessor,
+    Glm4vPreprocessor,
+    InternVLPreprocessor,
+    Qwen2VLPreprocessor,
+    Qwen3VLPreprocessor,
+)
 
-__all__ = ["GpuMMGlm46VVideoProcessor", "GpuMMGlm4vImageProcessor", "GpuMMGlm4vVideoProcessor",
+__all__ = ["GpuMMGemma3ImageProcessor", "GpuMMGlm46VVideoProcessor", "GpuMMGlm4vImageProcessor",
+           "GpuMMGlm4vVideoProcessor", "GpuMMGotOcr2ImageProcessor",
            "GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "handled",
            "pixel_mode"]
 
@@ -50,6 +63,8 @@ GpuMMQwen2VLImageProcessorKwargs = Qwen2VLImageProcessorKwargs
 GpuMMQwen2VLVideoProcessorInitKwargs = Qwen2VLVideoProcessorInitKwargs
 GpuMMQwen3VLVideoProcessorInitKwargs = Qwen3VLVideoProcessorInitKwargs
 GpuMMGlm4vImageProcessorKwargs = Glm4vImageProcessorKwargs
+GpuMMGotOcr2ImageProcessorKwargs = GotOcr2ImageProcessorKwargs
+GpuMMGemma3ImageProcessorKwargs = Gemma3ImageProcessorKwargs
 GpuMMGlm4vVideoProcessorInitKwargs = Glm4vVideoProcessorInitKwargs
 GpuMMGlm46VVideoProcessorInitKwargs = Glm46VVideoProcessorInitKwargs
 
@@ -262,6 +277,99 @@ class GpuMMGlm46VVideoProcessor(_GlmVideo, Glm46VVideoProcessor):  # type: ignor
 
     _stock = Glm46VVideoProcessor
     valid_kwargs = GpuMMGlm46VVideoProcessorInitKwargs
+
+
+def fixed_size_handled(items: list[Any], kwargs: dict[str, Any], resample: str) -> bool:
+    """:func:`handled` for the processors that resize every image to one size (``size`` with ``height`` and
+    ``width``): resize on with ``resample``, one of the two pixel modes, uint8 ``[C, H, W]`` images on one
+    device."""
+    import torch
+
+    size = kwargs.get("size")
+    return bool(
+        kwargs.get("do_resize") and _resample(kwargs.get("resample")) == resample and pixel_mode(kwargs) is not None
+        and size is not None and size.height and size.width and items
+        and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 3 and x.shape[-3] == 3
+                and x.shape[-1] > 0 and x.shape[-2] > 0 for x in items)
+        and len({x.device for x in items}) == 1
+    )
+
+
+class _WholeImages(_DropIn):
+    """Drop-ins whose outputs are whole images (tiles, crops): transformers returns a list of them per call and a
+    count per image, made tensors by ``return_tensors``; so do these."""
+
+    _items = "images"
+    _resample: ClassVar[str]
+
+    def _preprocess(self, *args: Any, **kwargs: Any) -> BatchFeature:
+        items = args[0] if args else kwargs["images"]
+        options = {k: v for k, v in kwargs.items() if k != "images"}
+        if len(args) <= 1 and fixed_size_handled(items, options, self._resample) and self._computes(items, options):
+            return self._features(items, options)
+        return super(_DropIn, self)._preprocess(*args, **kwargs)  # type: ignore[misc,no-any-return]
+
+    def _whole(self, cls: type[Any], images: list[Any], config: Any, count_key: str, count: str,
+               options: dict[str, Any]) -> BatchFeature:
+        feats = self._run(cls, images, config, images=[x.permute(1, 2, 0) for x in images])
+        return BatchFeature({"pixel_values": list(feats.pixel_values.unbind(0)),
+                             count_key: getattr(feats, count).tolist()}, tensor_type=options.get("return_tensors"))
+
+
+class GpuMMGotOcr2ImageProcessor(_WholeImages, GotOcr2ImageProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
+    """transformers' ``GotOcr2ImageProcessor`` (InternVL's, and GOT-OCR2's) with gpu-mm's pixel work: the tile grid,
+    one resize of the whole image, the tiles and the thumbnail (``crop_to_patches``), or one resize."""
+
+    _stock = GotOcr2ImageProcessor
+    _resample = "bicubic"
+    valid_kwargs = GpuMMGotOcr2ImageProcessorKwargs
+
+    def _features(self, images: list[Any], options: dict[str, Any]) -> BatchFeature:
+        size = options["size"]
+        config = InternVLConfig(tile_size=(int(size.height), int(size.width)),
+                                crop_to_patches=bool(options.get("crop_to_patches")),
+                                min_patches=int(options.get("min_patches") or 1),
+                                max_patches=int(options.get("max_patches") or 12), **self._pixels(options))
+        return self._whole(InternVLPreprocessor, images, config, "num_patches", "num_patches", options)
+
+
+class GpuMMGemma3ImageProcessor(_WholeImages, Gemma3ImageProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
+    """transformers' ``Gemma3ImageProcessor`` with gpu-mm's pixel work: one fixed-size bilinear resize, and with
+    ``do_pan_and_scan`` the crops after the whole image."""
+
+    _stock = Gemma3ImageProcessor
+    _resample = "bilinear"
+    valid_kwargs = GpuMMGemma3ImageProcessorKwargs
+
+    def _computes(self, images: list[Any], options: dict[str, Any]) -> bool:
+        # Pan-and-scan needs its three settings (transformers fails without them; so must this) and at least two
+        # crops (gpu-mm's config refuses fewer; transformers' own code handles that case).
+        names = ("pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops", "pan_and_scan_min_ratio_to_activate")
+        if not options.get("do_pan_and_scan"):
+            return True
+        return all(options.get(n) is not None for n in names) and int(options["pan_and_scan_max_num_crops"]) >= 2
+
+    def _features(self, images: list[Any], options: dict[str, Any]) -> BatchFeature:
+        size = options["size"]
+        pan: dict[str, Any] = {}
+        if options.get("do_pan_and_scan"):
+            pan = {"do_pan_and_scan": True,
+                   "pan_and_scan_min_crop_size": int(options["pan_and_scan_min_crop_size"]),
+                   "pan_and_scan_max_num_crops": int(options["pan_and_scan_max_num_crops"]),
+                   "pan_and_scan_min_ratio_to_activate": float(options["pan_and_scan_min_ratio_to_activate"])}
+        config = Gemma3Config(size=(int(size.height), int(size.width)), **pan, **self._pixels(options))
+        return self._whole(Gemma3Preprocessor, images, config, "num_crops", "num_crops", options)
+
+
+def _resample(resample: Any) -> str | None:
+    """``bicubic`` or ``bilinear`` for transformers' ``resample`` (a PIL enum value or torchvision's mode)."""
+    from torchvision.transforms.v2 import InterpolationMode
+
+    if resample == 3 or resample == InterpolationMode.BICUBIC:
+        return "bicubic"
+    if resample == 2 or resample == InterpolationMode.BILINEAR:
+        return "bilinear"
+    return None
 
 
 def _video_features(feats: Any, options: dict[str, Any]) -> BatchFeature:

@@ -1,6 +1,6 @@
 """transformers' own image-processor, video-processor and processor test mixins (from the installed version's
-source distribution, see ``upstream_transformers.py``) run against the stock Qwen-VL and GLM classes and
-against gpu-mm's drop-ins.
+source distribution, see ``upstream_transformers.py``) run against the stock Qwen-VL, GLM, InternVL
+(GOT-OCR2) and Gemma 3 classes and against gpu-mm's drop-ins.
 
 Each mixin test runs twice, with the same tester: once with transformers' classes, once with the drop-ins.
 Every test that passes with the stock classes must pass with the drop-ins. A test that fails with the stock
@@ -18,10 +18,14 @@ import pytest
 
 pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
+    Gemma3ImageProcessor,
+    Gemma3ImageProcessorPil,
     Glm4vImageProcessor,
     Glm4vImageProcessorPil,
     Glm4vVideoProcessor,
     Glm46VVideoProcessor,
+    GotOcr2ImageProcessor,
+    GotOcr2ImageProcessorPil,
     PreTrainedTokenizerFast,
     Qwen2VLImageProcessor,
     Qwen2VLImageProcessorPil,
@@ -33,9 +37,11 @@ from transformers import (  # noqa: E402
 from upstream_transformers import import_mixins  # noqa: E402
 
 from gpu_mm.integrations.hf import (  # noqa: E402
+    GpuMMGemma3ImageProcessor,
     GpuMMGlm4vImageProcessor,
     GpuMMGlm4vVideoProcessor,
     GpuMMGlm46VVideoProcessor,
+    GpuMMGotOcr2ImageProcessor,
     GpuMMQwen2VLImageProcessor,
     GpuMMQwen2VLVideoProcessor,
     GpuMMQwen3VLVideoProcessor,
@@ -51,6 +57,14 @@ QWEN2_IMAGE = {"do_resize": True, "size": {"shortest_edge": 56 * 56, "longest_ed
                "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
                "do_convert_rgb": True, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}
 GLM_IMAGE = {**QWEN2_IMAGE, "size": {"shortest_edge": 112 * 112, "longest_edge": 28 * 28 * 2 * 1280}}
+# InternVL's tiles (crop_to_patches as InternVLProcessor asks) and Gemma 3's pan-and-scan crops, small sizes.
+GOT_OCR2_IMAGE = {"do_resize": True, "size": {"height": 56, "width": 56}, "do_normalize": True,
+                  "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "do_convert_rgb": True,
+                  "crop_to_patches": True, "min_patches": 1, "max_patches": 6}
+GEMMA3_IMAGE = {"do_resize": True, "size": {"height": 32, "width": 32}, "do_normalize": True,
+                "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_convert_rgb": True, "do_pan_and_scan": True,
+                "pan_and_scan_min_crop_size": 16, "pan_and_scan_max_num_crops": 4,
+                "pan_and_scan_min_ratio_to_activate": 1.2}
 
 
 # ---------------------------------------------------------------- images
@@ -78,6 +92,12 @@ IMAGE_CASES = {
     "qwen2_vl": (STOCK_IMAGE, GPU_MM_IMAGE),
     "glm4v": (_image_case({"torchvision": Glm4vImageProcessor, "pil": Glm4vImageProcessorPil}, GLM_IMAGE),
               _image_case({"torchvision": GpuMMGlm4vImageProcessor, "pil": Glm4vImageProcessorPil}, GLM_IMAGE)),
+    "internvl": (
+        _image_case({"torchvision": GotOcr2ImageProcessor, "pil": GotOcr2ImageProcessorPil}, GOT_OCR2_IMAGE),
+        _image_case({"torchvision": GpuMMGotOcr2ImageProcessor, "pil": GotOcr2ImageProcessorPil}, GOT_OCR2_IMAGE)),
+    "gemma3": (
+        _image_case({"torchvision": Gemma3ImageProcessor, "pil": Gemma3ImageProcessorPil}, GEMMA3_IMAGE),
+        _image_case({"torchvision": GpuMMGemma3ImageProcessor, "pil": Gemma3ImageProcessorPil}, GEMMA3_IMAGE)),
 }
 
 
@@ -277,6 +297,8 @@ def test_the_comparison_runs_the_drop_ins():
     assert tester.image_processing_classes["torchvision"] is GpuMMQwen2VLImageProcessor
     assert {VIDEO_CASES[f][1].fast_video_processing_class for f in VIDEO_CASES} == {
         GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor, GpuMMGlm4vVideoProcessor, GpuMMGlm46VVideoProcessor}
-    glm = IMAGE_CASES["glm4v"][1]("test_init_without_params")
-    glm.setUp()
-    assert glm.image_processing_classes["torchvision"] is GpuMMGlm4vImageProcessor
+    for family, drop_in in (("glm4v", GpuMMGlm4vImageProcessor), ("internvl", GpuMMGotOcr2ImageProcessor),
+                            ("gemma3", GpuMMGemma3ImageProcessor)):
+        case = IMAGE_CASES[family][1]("test_init_without_params")
+        case.setUp()
+        assert case.image_processing_classes["torchvision"] is drop_in

@@ -153,3 +153,22 @@ def test_from_pretrained_follows_the_folders_processor(tmp_path, tokenizer):
         theirs = theirs_for(stock, [data], **kw)
         torch.testing.assert_close(ours.pixel_values, theirs["pixel_values"], rtol=0, atol=0)
         assert tokenizer.decode(theirs["input_ids"][0]).count("<image_soft_token>") == ours.items[0].num_tokens
+
+
+def test_drop_in_equals_the_stock_processor(tokenizer):
+    """``GpuMMGemma3ImageProcessor`` inside ``Gemma3Processor``: the same prompt and features as the stock class,
+    pan-and-scan on and off; computed by gpu-mm (not transformers' fallback); saved, it names the stock class."""
+    from gpu_mm.integrations import hf
+
+    cfg = Gemma3Config(size=SMALL)
+    stock = reference(tokenizer, cfg)
+    ours = Gemma3Processor(image_processor=hf.GpuMMGemma3ImageProcessor(**stock.image_processor.to_dict()),
+                           tokenizer=tokenizer, image_seq_length=cfg.mm_tokens_per_image)
+    datas = [make_image(300, 900, "PNG"), make_image(120, 100, "JPEG")]
+    for kw in ({}, {"do_pan_and_scan": True}):
+        a, b = theirs_for(stock, datas, **kw), theirs_for(ours, datas, **kw)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+    assert hf._PREPROCESSORS.get(ours.image_processor)
+    assert ours.image_processor.to_dict()["image_processor_type"] == "Gemma3ImageProcessor"

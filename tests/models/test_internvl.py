@@ -171,3 +171,22 @@ def test_from_pretrained_reads_the_folders_settings(tmp_path, tokenizer):
     data = make_image(60, 200, "PNG")
     torch.testing.assert_close(pre(images=[data]).pixel_values, theirs_for(stock, [data])["pixel_values"],
                                rtol=0, atol=0)
+
+
+def test_drop_in_equals_the_stock_processor(tokenizer):
+    """``GpuMMGotOcr2ImageProcessor`` inside ``InternVLProcessor``: the same prompt and tiles as the stock class;
+    computed by gpu-mm; saved, it names the stock class."""
+    from gpu_mm.integrations import hf
+
+    cfg = InternVLConfig(tile_size=TILE, image_seq_length=4, max_patches=6)
+    stock = reference(tokenizer, cfg)
+    ours = InternVLProcessor(image_processor=hf.GpuMMGotOcr2ImageProcessor(**stock.image_processor.to_dict()),
+                             tokenizer=tokenizer, video_processor=stock.video_processor,
+                             image_seq_length=cfg.image_seq_length)
+    datas = [make_image(60, 200, "PNG"), make_image(56, 56, "JPEG"), make_image(5, 9, "PNG")]
+    a, b = theirs_for(stock, datas), theirs_for(ours, datas)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+    assert hf._PREPROCESSORS.get(ours.image_processor)
+    assert ours.image_processor.to_dict()["image_processor_type"] == "GotOcr2ImageProcessor"
