@@ -90,17 +90,24 @@ class Client(Closeable):
     async def _post(self, session: Any, body: bytes) -> Features:
         import aiohttp
 
-        try:
-            async with session.post(f"{self.base}/v1/preprocess?format=safetensors", data=body,
-                                    headers={"Content-Type": "application/json", "Accept": CONTENT_TYPE}) as r:
-                payload = await r.read()
-                if r.status == 200 and r.content_type == CONTENT_TYPE:
-                    return features_from_body(payload)
-                raise error_from_answer(r.status, payload)
-        except asyncio.TimeoutError:
-            raise ProcessingTimeout(f"no answer from {self.url} within timeout_s={self.timeout_s}") from None
-        except aiohttp.ClientError as exc:
-            raise ServiceUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        for attempt in (1, 2):
+            try:
+                async with session.post(f"{self.base}/v1/preprocess?format=safetensors", data=body,
+                                        headers={"Content-Type": "application/json", "Accept": CONTENT_TYPE}) as r:
+                    payload = await r.read()
+                    if r.status == 200 and r.content_type == CONTENT_TYPE:
+                        return features_from_body(payload)
+                    raise error_from_answer(r.status, payload)
+            except asyncio.TimeoutError:
+                raise ProcessingTimeout(f"no answer from {self.url} within timeout_s={self.timeout_s}") from None
+            except aiohttp.ServerDisconnectedError as exc:
+                # A kept-alive connection the service closed (it restarted, or timed the connection out): once more
+                # on a new one. Preprocessing has no effect besides its answer, so a retry is safe.
+                if attempt == 2:
+                    raise ServiceUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
+            except aiohttp.ClientError as exc:
+                raise ServiceUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -151,3 +151,53 @@ def test_a_body_round_trips_and_refuses_what_is_not_one():
     for bad in (b"", b"\x10\0\0\0\0\0\0\0{}", body[:20]):
         with pytest.raises(InvalidRequest, match="body"):
             features_from_body(bad)
+
+
+async def test_a_restarted_service_is_reached_again_by_the_same_client(tmp_path):
+    """A call while the service is down is ServiceUnavailable; once it is back (same socket path), the same client
+    (its kept-alive connection now dead) calls it again without being rebuilt."""
+    image = make_image(56, 84, "PNG")
+    async with Client(f"unix://{tmp_path}/gpu-mm.sock") as client:
+        with serving(tmp_path, "qwen2_vl"):
+            first = await client.preprocess(images=[image])
+        with pytest.raises(ServiceUnavailable):
+            await client.preprocess(images=[image])
+        with serving(tmp_path, "qwen2_vl"):
+            again = await client.preprocess(images=[image])
+    assert torch.equal(first.pixel_values, again.pixel_values)
+
+
+@pytest.mark.slow
+def test_a_client_killed_mid_request_leaks_no_slot(tmp_path):
+    """A client process killed while its request runs: the service finishes or drops that work, nothing stays in
+    flight, and the next client is served."""
+    import re
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    video = clip("h264", 96, 240, 320)
+    with serving(tmp_path, "qwen2_vl") as (http, uds):
+        script = ("import sys, gpu_mm; data = open(sys.argv[2], 'rb').read(); "
+                  "gpu_mm.Client(sys.argv[1])(videos=[data], nframes=48)")
+        path = tmp_path / "clip.mp4"
+        path.write_bytes(video)
+        child = subprocess.Popen([sys.executable, "-c", script, uds, str(path)])
+
+        def in_flight() -> float:
+            text = urllib.request.urlopen(f"{http}/metrics", timeout=10).read().decode()
+            return float(re.search(r"^gpu_mm_in_flight (\S+)$", text, re.M).group(1))
+
+        deadline = time.monotonic() + 60
+        while not in_flight() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert in_flight() == 1, "the client's request never ran"  # killed mid-request, not before or after
+        child.kill()
+        child.wait(30)
+
+        deadline = time.monotonic() + 60
+        while in_flight() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert in_flight() == 0
+        assert Client(uds)(images=[make_image(56, 84, "PNG")]).pixel_values is not None
