@@ -27,6 +27,7 @@ from transformers import (
     Glm4vVideoProcessor,
     Glm46VVideoProcessor,
     GotOcr2ImageProcessor,
+    InternVLVideoProcessor,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
     Qwen3VLVideoProcessor,
@@ -36,6 +37,7 @@ from transformers.models.glm4v.image_processing_glm4v import Glm4vImageProcessor
 from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessorInitKwargs
 from transformers.models.glm46v.video_processing_glm46v import Glm46VVideoProcessorInitKwargs
 from transformers.models.got_ocr2.image_processing_got_ocr2 import GotOcr2ImageProcessorKwargs
+from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessorInitKwargs
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessorKwargs
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessorInitKwargs
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessorInitKwargs
@@ -54,7 +56,7 @@ from ..pipeline.families import (
 )
 
 __all__ = ["GpuMMGemma3ImageProcessor", "GpuMMGlm46VVideoProcessor", "GpuMMGlm4vImageProcessor",
-           "GpuMMGlm4vVideoProcessor", "GpuMMGotOcr2ImageProcessor",
+           "GpuMMGlm4vVideoProcessor", "GpuMMGotOcr2ImageProcessor", "GpuMMInternVLVideoProcessor",
            "GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "handled",
            "pixel_mode"]
 
@@ -65,6 +67,7 @@ GpuMMQwen3VLVideoProcessorInitKwargs = Qwen3VLVideoProcessorInitKwargs
 GpuMMGlm4vImageProcessorKwargs = Glm4vImageProcessorKwargs
 GpuMMGotOcr2ImageProcessorKwargs = GotOcr2ImageProcessorKwargs
 GpuMMGemma3ImageProcessorKwargs = Gemma3ImageProcessorKwargs
+GpuMMInternVLVideoProcessorInitKwargs = InternVLVideoProcessorInitKwargs
 GpuMMGlm4vVideoProcessorInitKwargs = Glm4vVideoProcessorInitKwargs
 GpuMMGlm46VVideoProcessorInitKwargs = Glm46VVideoProcessorInitKwargs
 
@@ -279,17 +282,18 @@ class GpuMMGlm46VVideoProcessor(_GlmVideo, Glm46VVideoProcessor):  # type: ignor
     valid_kwargs = GpuMMGlm46VVideoProcessorInitKwargs
 
 
-def fixed_size_handled(items: list[Any], kwargs: dict[str, Any], resample: str) -> bool:
+def fixed_size_handled(items: list[Any], kwargs: dict[str, Any], resample: str, *, frames: bool = False) -> bool:
     """:func:`handled` for the processors that resize every image to one size (``size`` with ``height`` and
-    ``width``): resize on with ``resample``, one of the two pixel modes, uint8 ``[C, H, W]`` images on one
-    device."""
+    ``width``): resize on with ``resample``, no center crop, one of the two pixel modes, uint8 ``[C, H, W]``
+    images (``[T, C, H, W]`` videos) on one device."""
     import torch
 
     size = kwargs.get("size")
     return bool(
         kwargs.get("do_resize") and _resample(kwargs.get("resample")) == resample and pixel_mode(kwargs) is not None
-        and size is not None and size.height and size.width and items
-        and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 3 and x.shape[-3] == 3
+        and not kwargs.get("do_center_crop") and size is not None and size.height and size.width and items
+        and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == (4 if frames else 3)
+                and x.shape[-3] == 3
                 and x.shape[-1] > 0 and x.shape[-2] > 0 for x in items)
         and len({x.device for x in items}) == 1
     )
@@ -359,6 +363,28 @@ class GpuMMGemma3ImageProcessor(_WholeImages, Gemma3ImageProcessor):  # type: ig
                    "pan_and_scan_min_ratio_to_activate": float(options["pan_and_scan_min_ratio_to_activate"])}
         config = Gemma3Config(size=(int(size.height), int(size.width)), **pan, **self._pixels(options))
         return self._whole(Gemma3Preprocessor, images, config, "num_crops", "num_crops", options)
+
+
+class GpuMMInternVLVideoProcessor(_DropIn, InternVLVideoProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
+    """transformers' ``InternVLVideoProcessor`` with gpu-mm's pixel work: each frame resized to one tile."""
+
+    _stock = InternVLVideoProcessor
+    _items = "videos"
+    valid_kwargs = GpuMMInternVLVideoProcessorInitKwargs
+
+    def _preprocess(self, *args: Any, **kwargs: Any) -> BatchFeature:  # type: ignore[override]  # the stock call, passed on
+        videos = args[0] if args else kwargs["videos"]
+        options = {k: v for k, v in kwargs.items() if k != "videos"}
+        if len(args) <= 1 and fixed_size_handled(videos, options, "bicubic", frames=True):
+            return self._features(videos, options)
+        return super(_DropIn, self)._preprocess(*args, **kwargs)  # type: ignore[misc,no-any-return]
+
+    def _features(self, videos: list[Any], options: dict[str, Any]) -> BatchFeature:
+        size = options["size"]
+        config = InternVLConfig(tile_size=(int(size.height), int(size.width)), **self._pixels(options))
+        feats = self._run(InternVLPreprocessor, videos, config, videos=[x.permute(0, 2, 3, 1) for x in videos])
+        per_video = list(feats.pixel_values_videos.split(feats.video_num_patches.tolist()))
+        return BatchFeature({"pixel_values_videos": per_video}, tensor_type=options.get("return_tensors"))
 
 
 def _resample(resample: Any) -> str | None:

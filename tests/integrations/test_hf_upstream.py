@@ -26,6 +26,7 @@ from transformers import (  # noqa: E402
     Glm46VVideoProcessor,
     GotOcr2ImageProcessor,
     GotOcr2ImageProcessorPil,
+    InternVLVideoProcessor,
     PreTrainedTokenizerFast,
     Qwen2VLImageProcessor,
     Qwen2VLImageProcessorPil,
@@ -42,6 +43,7 @@ from gpu_mm.integrations.hf import (  # noqa: E402
     GpuMMGlm4vVideoProcessor,
     GpuMMGlm46VVideoProcessor,
     GpuMMGotOcr2ImageProcessor,
+    GpuMMInternVLVideoProcessor,
     GpuMMQwen2VLImageProcessor,
     GpuMMQwen2VLVideoProcessor,
     GpuMMQwen3VLVideoProcessor,
@@ -127,7 +129,7 @@ class _VideoTester:
         return None
 
 
-def _video_case(cls: type, processor_dict: dict, patch: int) -> type:
+def _video_case(cls: type, processor_dict: dict, patch: int, whole_frames: bool = False) -> type:
     class Case(video_common.VideoProcessingTestMixin, unittest.TestCase):
         __test__ = False  # run by the comparison below, not collected on its own
         fast_video_processing_class = cls
@@ -141,6 +143,10 @@ def _video_case(cls: type, processor_dict: dict, patch: int) -> type:
             return self.video_processor_tester.prepare_video_processor_dict()
 
         def assert_expected_videos_shape(self, encoded, expected, num_videos):
+            if whole_frames:  # InternVL: every frame a whole image, videos stacked
+                size = processor_dict["size"]
+                self.assertEqual(tuple(encoded.shape[-3:]), (3, size["height"], size["width"]))
+                return
             # Qwen-VL concatenates every video's patch rows: rows of 3 x temporal patch x patch**2 values.
             self.assertEqual(encoded.ndim, 2)
             self.assertEqual(encoded.shape[1], 3 * 2 * patch**2)
@@ -161,7 +167,11 @@ GLM_VIDEO = {"do_resize": True, "size": {"shortest_edge": 112 * 112, "longest_ed
              "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
              "do_convert_rgb": True, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
              "do_sample_frames": False}
+INTERNVL_VIDEO = {"do_resize": True, "size": {"height": 28, "width": 28}, "do_normalize": True,
+                  "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "do_convert_rgb": True}
 VIDEO_CASES = {
+    "internvl": (_video_case(InternVLVideoProcessor, INTERNVL_VIDEO, 28, whole_frames=True),
+                 _video_case(GpuMMInternVLVideoProcessor, INTERNVL_VIDEO, 28, whole_frames=True)),
     "glm4v": (_video_case(Glm4vVideoProcessor, GLM_VIDEO, 14), _video_case(GpuMMGlm4vVideoProcessor, GLM_VIDEO, 14)),
     "glm46v": (_video_case(Glm46VVideoProcessor, GLM_VIDEO, 14),
                _video_case(GpuMMGlm46VVideoProcessor, GLM_VIDEO, 14)),
@@ -296,7 +306,8 @@ def test_the_comparison_runs_the_drop_ins():
     tester.setUp()
     assert tester.image_processing_classes["torchvision"] is GpuMMQwen2VLImageProcessor
     assert {VIDEO_CASES[f][1].fast_video_processing_class for f in VIDEO_CASES} == {
-        GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor, GpuMMGlm4vVideoProcessor, GpuMMGlm46VVideoProcessor}
+        GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor, GpuMMGlm4vVideoProcessor, GpuMMGlm46VVideoProcessor,
+        GpuMMInternVLVideoProcessor}
     for family, drop_in in (("glm4v", GpuMMGlm4vImageProcessor), ("internvl", GpuMMGotOcr2ImageProcessor),
                             ("gemma3", GpuMMGemma3ImageProcessor)):
         case = IMAGE_CASES[family][1]("test_init_without_params")

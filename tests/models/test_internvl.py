@@ -190,3 +190,24 @@ def test_drop_in_equals_the_stock_processor(tokenizer):
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
     assert hf._PREPROCESSORS.get(ours.image_processor)
     assert ours.image_processor.to_dict()["image_processor_type"] == "GotOcr2ImageProcessor"
+
+
+def test_video_drop_in_equals_the_stock_processor(tokenizer):
+    """``GpuMMInternVLVideoProcessor`` inside ``InternVLProcessor``: the same prompt and pixels (the processor puts
+    the frames into ``pixel_values``) as the stock class, for frames it samples itself; computed by gpu-mm."""
+    from gpu_mm.integrations import hf
+
+    cfg = InternVLConfig(tile_size=TILE, image_seq_length=4)
+    stock = reference(tokenizer, cfg)
+    ours = InternVLProcessor(image_processor=stock.image_processor, tokenizer=tokenizer,
+                             video_processor=hf.GpuMMInternVLVideoProcessor(**stock.video_processor.to_dict()),
+                             image_seq_length=cfg.image_seq_length)
+    frames = torch.from_numpy(all_frames(clip("h264", 30, 96, 128, fps=10)))
+    calls = [proc(text=["<video> describe"], videos=[frames], return_tensors="pt",
+                  videos_kwargs={"video_metadata": [VideoMetadata(total_num_frames=30, fps=10, duration=3.0)],
+                                 "do_sample_frames": True, "num_frames": 4})
+             for proc in (stock, ours)]
+    assert calls[0].keys() == calls[1].keys()
+    for key in calls[0]:
+        torch.testing.assert_close(calls[1][key], calls[0][key], rtol=0, atol=0, msg=key)
+    assert hf._PREPROCESSORS.get(ours.video_processor)
