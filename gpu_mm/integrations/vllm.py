@@ -16,11 +16,12 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
   :class:`VLLMOverloaded` (HTTP 503) at once; past ``timeout_s`` :class:`VLLMTimeout` (HTTP 504), the
   abandoned decode keeping its place and bytes until it really ends. Bad media, and a video whose frames
   alone exceed the budget, raise gpu-mm's typed :class:`gpu_mm.MediaError` (a ``ValueError``: HTTP 400).
-* **processors**: vLLM's Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE multimodal processors, re-registered
-  with a processing-info class whose transformers processor carries gpu-mm's drop-ins
-  (:mod:`gpu_mm.integrations.hf`): resize, rescale, normalize and patchify by gpu-mm, in both of vLLM's
-  modes (``mm_device_do_normalize`` on, the default: uint8 patches; off: float patches). Everything else
-  (prompt expansion, placeholders, M-RoPE, caching, IPC) stays vLLM's.
+* **processors**: vLLM's Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, GLM-4.1V / 4.5V, InternVL (-hf, served by
+  vLLM's InternS1 class) and Gemma 3 multimodal processors, re-registered with a processing-info class whose
+  transformers processor carries gpu-mm's drop-ins (:mod:`gpu_mm.integrations.hf`): resize, rescale, normalize
+  and patchify (tiles, crops) by gpu-mm, in both of vLLM's modes (``mm_device_do_normalize`` on, the default:
+  uint8 pixels; off: float pixels). Everything else (prompt expansion, placeholders, M-RoPE, caching, IPC) stays
+  vLLM's.
 
 vLLM calls the ``vllm.general_plugins`` entry point ``gpu_mm`` (the top-level ``gpu_mm_vllm_entry`` module, which
 imports this one only when ``GPU_MM_VLLM`` asks) in each of its processes; in a process that builds vLLM objects
@@ -317,31 +318,46 @@ MODELS: dict[str, tuple[str, ...]] = {
     "vllm.model_executor.models.qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration",),
     "vllm.model_executor.models.qwen3_vl": ("Qwen3VLForConditionalGeneration",),
     "vllm.model_executor.models.qwen3_vl_moe": ("Qwen3VLMoeForConditionalGeneration",),
+    "vllm.model_executor.models.glm4_1v": ("Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration"),
+    # vLLM serves InternVL's -hf checkpoints (architecture InternVLForConditionalGeneration) with this class.
+    "vllm.model_executor.models.interns1": ("InternS1ForConditionalGeneration",),
+    "vllm.model_executor.models.gemma3_mm": ("Gemma3ForConditionalGeneration",),
 }
 """vLLM model modules -> the model classes whose multimodal processor gets gpu-mm's pixel work."""
 
-_ADOPTED: weakref.WeakSet[Any] = weakref.WeakSet()
+_DROP_INS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""Each stock image or video processor met -> its drop-in (one per stock instance: a drop-in keeps its gpu-mm
+preprocessor for its life)."""
 
 
 def adopt_drop_ins(processor: Any) -> Any:
-    """Put gpu-mm's drop-ins in place of a transformers processor's stock ``Qwen2VLImageProcessor``,
-    ``Qwen2VLVideoProcessor`` and ``Qwen3VLVideoProcessor`` (same settings: built from the stock one's
-    ``to_dict``); other components stay. Idempotent; returns ``processor``."""
-    if processor in _ADOPTED:
-        return processor
-    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
-
-    from .hf import GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor
-
-    swaps = {Qwen2VLImageProcessor: GpuMMQwen2VLImageProcessor, Qwen2VLVideoProcessor: GpuMMQwen2VLVideoProcessor,
-             Qwen3VLVideoProcessor: GpuMMQwen3VLVideoProcessor}
+    """Put gpu-mm's drop-ins (:mod:`gpu_mm.integrations.hf`) in place of a transformers processor's stock image
+    and video processors of the families gpu-mm serves (same settings: built from the stock one's ``to_dict``,
+    once per stock instance); other components stay. Checked on every call: vLLM may put a (cached) stock
+    component back on a cached processor (its InternVL path does so for the video processor). Returns
+    ``processor``."""
     for attr in ("image_processor", "video_processor"):
         current: Any = getattr(processor, attr, None)
-        drop_in: Any = swaps.get(type(current))
-        if drop_in is not None:
-            setattr(processor, attr, drop_in.from_dict(current.to_dict()))
-    _ADOPTED.add(processor)
+        drop_in_cls: Any = _swaps().get(type(current))
+        if drop_in_cls is None:
+            continue
+        with _lock:
+            drop_in = _DROP_INS.get(current)
+            if drop_in is None:
+                drop_in = _DROP_INS[current] = drop_in_cls.from_dict(current.to_dict())
+        setattr(processor, attr, drop_in)
     return processor
+
+
+@functools.lru_cache(maxsize=None)
+def _swaps() -> dict[type, type]:
+    """Each stock transformers class with a drop-in -> the drop-in."""
+    from . import hf
+
+    return {drop_in._stock: drop_in for drop_in in (
+        hf.GpuMMQwen2VLImageProcessor, hf.GpuMMQwen2VLVideoProcessor, hf.GpuMMQwen3VLVideoProcessor,
+        hf.GpuMMGlm4vImageProcessor, hf.GpuMMGlm4vVideoProcessor, hf.GpuMMGlm46VVideoProcessor,
+        hf.GpuMMGotOcr2ImageProcessor, hf.GpuMMInternVLVideoProcessor, hf.GpuMMGemma3ImageProcessor)}
 
 
 @functools.lru_cache(maxsize=None)

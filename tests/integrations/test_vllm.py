@@ -57,6 +57,10 @@ def test_loaded_through_vllms_entry_point_when_asked():
         "Qwen2_5_VLForConditionalGeneration": "GpuMMQwen2_5_VLProcessingInfo",
         "Qwen3VLForConditionalGeneration": "GpuMMQwen3VLProcessingInfo",
         "Qwen3VLMoeForConditionalGeneration": "GpuMMQwen3VLMoeProcessingInfo",
+        "Glm4vForConditionalGeneration": "GpuMMGlm4vProcessingInfo",
+        "Glm4vMoeForConditionalGeneration": "GpuMMGlm4vProcessingInfo",  # vLLM shares the info class
+        "InternS1ForConditionalGeneration": "GpuMMInternS1ProcessingInfo",
+        "Gemma3ForConditionalGeneration": "GpuMMGemma3ProcessingInfo",
     }
     assert r["hf_components"] == {"qwen2_vl": ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor"],
                                   "qwen2_5_vl": ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor"],
@@ -103,6 +107,37 @@ def test_qwen3_vl_video_fails_in_vllm_itself_and_the_plugin_changes_nothing(mode
         r = scenarios()[key][f"qwen3_vl/{mode}"]
         assert r["vllm_error"] and "no videos were passed" in r["vllm_error"]
         assert r["gpu_mm_error"] == r["vllm_error"]
+
+
+def test_the_other_families_processors_carry_the_drop_ins():
+    r = scenarios()
+    assert r["processing_info"]["Glm4vForConditionalGeneration"] == "GpuMMGlm4vProcessingInfo"
+    assert r["processing_info"]["InternS1ForConditionalGeneration"] == "GpuMMInternS1ProcessingInfo"
+    assert r["processing_info"]["Gemma3ForConditionalGeneration"] == "GpuMMGemma3ProcessingInfo"
+    assert r["families_hf_components"] == {
+        "glm4v": ["GpuMMGlm4vImageProcessor", "GpuMMGlm4vVideoProcessor"],
+        "internvl": ["GpuMMGotOcr2ImageProcessor", "GpuMMInternVLVideoProcessor"],
+        "gemma3": ["GpuMMGemma3ImageProcessor", "NoneType"]}
+
+
+@pytest.mark.parametrize("case", ["glm4v/images", "internvl/images", "internvl/video", "gemma3/images"])
+def test_the_other_families_give_vllms_own_ids_placeholders_and_features(case):
+    """Through vLLM's own path (its connector, its processor for the family, its prompt expansion): GLM-4.1V's
+    patch rows (uint8, vLLM normalizes on the device), InternVL's tiles and frames, Gemma 3's images (float: vLLM
+    turns device normalization off for them), each bit for bit; and gpu-mm computed them."""
+    r = scenarios()
+    _same(r["families"][case])
+    computed = {"glm4v/images": "GpuMMGlm4vImageProcessor", "internvl/images": "GpuMMGotOcr2ImageProcessor",
+                "internvl/video": "GpuMMInternVLVideoProcessor", "gemma3/images": "GpuMMGemma3ImageProcessor"}
+    assert computed[case] in r["drop_ins_that_computed"]
+
+
+def test_glm_video_fails_in_vllm_itself_and_the_plugin_changes_nothing():
+    """vLLM 0.33 + transformers 5.25: its GLM-4.1V processor drops the videos before transformers' call, as for
+    Qwen3-VL (the pixel work is compared with transformers in tests/models/test_glm4v.py)."""
+    r = scenarios()["families"]["glm4v/video"]
+    assert r["vllm_error"] and "no videos were passed" in r["vllm_error"]
+    assert r["gpu_mm_error"] == r["vllm_error"]
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])

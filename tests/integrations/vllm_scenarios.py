@@ -36,6 +36,91 @@ OWN_LOADER = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwe
 ROOT = tempfile.mkdtemp()
 
 
+# ---------------------------------------------------------------- the families beyond Qwen (toy model folders)
+
+
+def _toy_tokenizer(special, words, extra=None, newlines=False):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = ["<unk>", "<bos>", "<eos>", "<pad>", *special, *words, "\n", "\n\n", "\n\n\n", "\n\n\n\n"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(vocab))}, unk_token="<unk>"))
+    # Digits one by one (GLM's timestamps); with ``newlines`` (Gemma 3's prompt is built with them, and vLLM's
+    # Gemma 3 path merges them) newline runs are tokens of their own and only spaces split words.
+    split = ([pre_tokenizers.Split(Regex("\n+"), "isolated"), pre_tokenizers.Split(" ", "removed")] if newlines
+             else [pre_tokenizers.WhitespaceSplit()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*split, pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.Split(".", "isolated")])
+    named = {"extra_special_tokens": extra} if extra else {}  # an empty one would drop the special tokens
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", additional_special_tokens=list(special), **named)
+
+
+def family_folder(model_type, folder):
+    """A weightless GLM-4.1V, InternVL (-hf) or Gemma 3 model (config, the stock processor, a tiny tokenizer)."""
+    import pathlib
+
+    import transformers
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = [*"0123456789", ".", "seconds", "describe", "Frame1:", "Frame2:", "Frame3:", "Frame4:"]
+    if model_type == "glm4v":
+        special = ["<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                   "<|end_of_video|>"]
+        tok = _toy_tokenizer(special, digits)
+        ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
+            ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"),
+            ("image_start_token_id", "<|begin_of_image|>"), ("image_end_token_id", "<|end_of_image|>"),
+            ("video_start_token_id", "<|begin_of_video|>"), ("video_end_token_id", "<|end_of_video|>"))}
+        cfg = transformers.Glm4vConfig(**ids)
+        cfg.architectures = ["Glm4vForConditionalGeneration"]
+        proc = transformers.Glm4vProcessor(image_processor=transformers.Glm4vImageProcessor(), tokenizer=tok,
+                                           video_processor=transformers.Glm4vVideoProcessor())
+    elif model_type == "internvl":
+        special = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+        tok = _toy_tokenizer(special, digits, {"start_image_token": "<img>", "end_image_token": "</img>",
+                                               "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+        cfg = transformers.InternVLConfig(image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
+        cfg.architectures = ["InternVLForConditionalGeneration"]
+        imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+        proc = transformers.InternVLProcessor(
+            image_processor=transformers.GotOcr2ImageProcessor(size={"height": 448, "width": 448},
+                                                               crop_to_patches=True, **imagenet),
+            video_processor=transformers.InternVLVideoProcessor(size={"height": 448, "width": 448}, **imagenet),
+            tokenizer=tok)
+    else:
+        special = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+        tok = _toy_tokenizer(special, digits, {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                               "image_token": "<image_soft_token>"}, newlines=True)
+        cfg = transformers.Gemma3Config(boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+                                        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+                                        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"))
+        cfg.architectures = ["Gemma3ForConditionalGeneration"]
+        proc = transformers.Gemma3Processor(
+            image_processor=transformers.Gemma3ImageProcessor(size={"height": 896, "width": 896},
+                                                              image_mean=[0.5] * 3, image_std=[0.5] * 3),
+            tokenizer=tok)
+    cfg.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder
+
+
+FAMILY_IMAGE = {"glm4v": "<|begin_of_image|><|image|><|end_of_image|>", "internvl": "<IMG_CONTEXT>",
+                "gemma3": "<start_of_image>"}
+FAMILY_VIDEO = {"glm4v": "<|begin_of_video|><|video|><|end_of_video|>", "internvl": "<video>"}
+
+
+def family_requests(model_type):
+    """Per family: two images in one prompt, and (GLM, InternVL) one clip."""
+    token = FAMILY_IMAGE[model_type]
+    out = {"images": {"prompt": f"{token} describe {token}",
+                      "images": [data_uri(IMAGES[0], "image/jpeg"), data_uri(IMAGES[1], "image/png")]}}
+    if model_type in FAMILY_VIDEO:
+        out["video"] = {"prompt": f"{FAMILY_VIDEO[model_type]} describe", "videos": REQUEST["videos"]}
+    return out
+
+
 def summary(out):
     kw = out["mm_kwargs"]
     items = {}
@@ -57,8 +142,15 @@ def max_diff(a, b):
     return [float((x.float() - y.float()).abs().max()) for x, y in zip(a, b)]
 
 
+def _folder(model_type, name):
+    path = os.path.join(ROOT, name)
+    return family_folder(model_type, path) if model_type in FAMILY_IMAGE else model_folder(model_type, path)
+
+
 def build_stock(model_type, normalize_on_device):
-    folder = model_folder(model_type, os.path.join(ROOT, f"{model_type}-{normalize_on_device}-vllm"))
+    folder = _folder(model_type, f"{model_type}-{normalize_on_device}-vllm")
+    if model_type in FAMILY_IMAGE:
+        return Engine(folder, normalize_on_device=normalize_on_device)
     engine = Engine(folder, normalize_on_device=normalize_on_device)
     # The loader vLLM maps to the video processor class is process-wide, and the plug-in takes it over:
     # the reference engine names vLLM's own loader explicitly (what --media-io-kwargs video_backend does).
@@ -67,7 +159,7 @@ def build_stock(model_type, normalize_on_device):
 
 
 def build_ours(model_type, normalize_on_device):
-    folder = model_folder(model_type, os.path.join(ROOT, f"{model_type}-{normalize_on_device}-gpu-mm"))
+    folder = _folder(model_type, f"{model_type}-{normalize_on_device}-gpu-mm")
     return Engine(folder, normalize_on_device=normalize_on_device)
 
 
@@ -360,7 +452,9 @@ def main():
     result = {}
     result["enabled_parts"], result["registered_when_off"] = switch()
     model_types = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+    families = ["glm4v", "internvl", "gemma3"]
     stock = {(m, n): build_stock(m, n) for m in model_types for n in (True, False)}
+    stock.update({(m, True): build_stock(m, True) for m in families})
     # The real entry point: vLLM's plug-in loader with the operator's switch on.
     import vllm.plugins
     from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
@@ -388,6 +482,17 @@ def main():
     result["compare_videos_only"] = {f"{m}/{'device' if n else 'cpu'}_normalize": compare(stock[(m, n)],
                                                                                            ours[(m, n)], video_only)
                                      for m in model_types for n in (True, False)}
+    ours.update({(m, True): build_ours(m, True) for m in families})
+    result["families_hf_components"] = {
+        m: [type(getattr(ours[(m, True)].processor.info.get_hf_processor(), attr, None)).__name__
+            for attr in ("image_processor", "video_processor")] for m in families}
+    result["families"] = {f"{m}/{kind}": compare(stock[(m, True)], ours[(m, True)], request)
+                          for m in families for kind, request in family_requests(m).items()}
+    from gpu_mm.integrations import hf
+
+    # Which drop-in classes computed with gpu-mm (each drop-in keeps the gpu-mm preprocessors it ran), not
+    # transformers' fallback. (vLLM may hand the processor other component instances per call: by class.)
+    result["drop_ins_that_computed"] = sorted({type(d).__name__ for d in list(hf._PREPROCESSORS.keys())})
     result["loader"] = {m: loader_vs_vllm(m) for m in ("qwen2_vl", "qwen3_vl")}
     result["sampling"] = sampling_grid()
     result["errors"] = errors()
