@@ -150,11 +150,11 @@ async def limits(server_args):
     started = threading.Event()
     orig = Executor._execute
 
-    def stalling(self, slot, plan):
-        if plan.kind == "video":
+    def stalling(self, slot, item):
+        if item.plan.kind == "video":
             started.set()
             gate.wait(30)
-        return orig(self, slot, plan)
+        return orig(self, slot, item)
 
     Executor._execute = stalling
     try:
@@ -162,7 +162,9 @@ async def limits(server_args):
         _, ours = build("qwen2_vl", server_args, timeout_s=0.5, max_concurrent_calls=1, max_queued=0, workers="threads")
         t0 = time.monotonic()
         stalled = asyncio.ensure_future(call(ours, f"{VID} this", None, [VIDEO]))
-        while not started.is_set():
+        for _ in range(3000):  # bounded: a patch that stopped matching must fail, not hang
+            if started.is_set() or stalled.done():
+                break
             await asyncio.sleep(0.01)
         try:
             await call(ours, f"{IMG} this", [IMAGES[0]])
