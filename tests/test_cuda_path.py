@@ -131,3 +131,21 @@ async def test_pinned_output_is_complete_when_awaited():
     ref = Qwen2VLPreprocessor("cuda")(images=data)
     assert torch.equal(feats.pixel_values, ref.pixel_values.cpu())
     await pre.aclose()
+
+
+@pytest.mark.parametrize(("family", "std"), [("glm4v", 0.2613), ("internvl", 0.224), ("gemma3", 0.5)])
+def test_the_other_families_match_the_cpu_path(family, std):
+    """GLM's patch rows, InternVL's tiles and Gemma 3's pan-and-scan crops on CUDA: the same outputs and counts as
+    the CPU path, features within the resize-rounding bound above (a 4:4:4 JPEG, so nvJPEG decodes exactly as
+    libjpeg-turbo). Gemma 3 resizes bilinearly: held to bicubic's bound until the GPU check measures its own."""
+    from gpu_mm import Preprocessor
+
+    data = [make_image(1080, 1920, "JPEG", subsampling=0)]
+    kw = {"do_pan_and_scan": True} if family == "gemma3" else {}
+    cpu = Preprocessor.for_model(family, device="cpu", cache_bytes=0)(images=data, **kw)
+    gpu = Preprocessor.for_model(family, device="cuda", cache_bytes=0)(images=data, **kw)
+    assert gpu.pixel_values.is_cuda and gpu.items[0].grid_thw == cpu.items[0].grid_thw
+    for key, value in cpu.to_dict().items():
+        if key != "pixel_values":
+            assert torch.equal(gpu.to_dict()[key].cpu(), value), key
+    _within(_levels(gpu.pixel_values, cpu.pixel_values, scale=1 / (255 * std)), RESIZE_ONLY)
