@@ -81,17 +81,35 @@ def handled(items: list[Any], kwargs: dict[str, Any], *, frames: bool) -> bool:
     bicubic, one of the two pixel modes (:func:`pixel_mode`), ``size`` with both pixel bounds, and every item
     a uint8 3-channel tensor on one device (``[C, H, W]`` images or ``[T, C, H, W]`` videos, as transformers
     hands them over). Any other call runs transformers' own code."""
+    size = kwargs.get("size")
+    return bool(_pixel_call(kwargs, "bicubic") and size is not None and size.shortest_edge and size.longest_edge
+                and _pixel_tensors(items, frames))
+
+
+def fixed_size_handled(items: list[Any], kwargs: dict[str, Any], resample: str, *, frames: bool = False) -> bool:
+    """:func:`handled` for the processors that resize every image to one size (``size`` with ``height`` and
+    ``width``): resize on with ``resample``, no center crop, one of the two pixel modes, uint8 ``[C, H, W]``
+    images (``[T, C, H, W]`` videos) on one device."""
+    size = kwargs.get("size")
+    return bool(_pixel_call(kwargs, resample) and not kwargs.get("do_center_crop") and size is not None
+                and size.height and size.width and _pixel_tensors(items, frames))
+
+
+def _pixel_call(kwargs: dict[str, Any], resample: str) -> bool:
+    """Resize on with ``resample``, in one of the two pixel modes."""
+    return bool(kwargs.get("do_resize") and _resample(kwargs.get("resample")) == resample
+                and pixel_mode(kwargs) is not None)
+
+
+def _pixel_tensors(items: list[Any], frames: bool) -> bool:
+    """Every item a non-empty uint8 3-channel tensor (``[C, H, W]``, or ``[T, C, H, W]`` with ``frames``), all on
+    one device."""
     import torch
 
-    size = kwargs.get("size")
     ndim = 4 if frames else 3
-    return bool(
-        kwargs.get("do_resize") and _bicubic(kwargs.get("resample")) and pixel_mode(kwargs) is not None
-        and size is not None and size.shortest_edge and size.longest_edge and items
-        and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == ndim and x.shape[-3] == 3
-                and x.shape[-1] > 0 and x.shape[-2] > 0 for x in items)
-        and len({x.device for x in items}) == 1
-    )
+    return bool(items) and all(
+        isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == ndim and x.shape[-3] == 3
+        and x.shape[-1] > 0 and x.shape[-2] > 0 for x in items) and len({x.device for x in items}) == 1
 
 
 def pixel_mode(kwargs: dict[str, Any]) -> Any:
@@ -120,17 +138,34 @@ class _DropIn:
     def _preprocess(self, *args: Any, **kwargs: Any) -> BatchFeature:
         items = args[0] if args else kwargs[self._items]
         options = {k: v for k, v in kwargs.items() if k != self._items}
-        frames = self._items == "videos"
-        if len(args) <= 1 and handled(items, options, frames=frames) and self._computes(items, options):
+        if len(args) <= 1 and self._handles(items, options) and self._computes(items, options):
             return self._features(items, options)
         return super()._preprocess(*args, **kwargs)  # type: ignore[misc,no-any-return]
 
+    def _handles(self, items: list[Any], options: dict[str, Any]) -> bool:
+        """Whether the call is one gpu-mm implements (:func:`handled`, or :func:`fixed_size_handled` for the
+        fixed-size processors)."""
+        return handled(items, options, frames=self._items == "videos")
+
     def _computes(self, items: list[Any], options: dict[str, Any]) -> bool:
-        """A family's further condition beyond :func:`handled`."""
+        """A family's further condition beyond :meth:`_handles`."""
         return True
 
     def _features(self, items: list[Any], options: dict[str, Any]) -> BatchFeature:
         raise NotImplementedError
+
+    def _image_rows(self, config_class: type[Any], preprocessor: type[Any], images: list[Any],
+                    options: dict[str, Any]) -> BatchFeature:
+        """Patch-row families' images (Qwen2-VL, GLM): the call's patching, pixel bounds and pixel mode."""
+        ps, tp, ms = self._patching(options)
+        size = options["size"]
+        config = config_class(patch_size=ps, temporal_patch_size=tp, merge_size=ms,
+                              image_min_pixels=int(size.shortest_edge), image_max_pixels=int(size.longest_edge),
+                              **self._pixels(options))
+        # Channels-first images handed over channels-last, so no shape is ever ambiguous.
+        feats = self._run(preprocessor, images, config, images=[x.permute(1, 2, 0) for x in images])
+        return BatchFeature({"pixel_values": feats.pixel_values, "image_grid_thw": feats.image_grid_thw},
+                            tensor_type=options.get("return_tensors"))
 
     def _patching(self, options: dict[str, Any]) -> tuple[int, int, int]:
         """(patch, temporal patch, merge) of a call: its options, else the processor's own."""
@@ -177,15 +212,7 @@ class GpuMMQwen2VLImageProcessor(_DropIn, Qwen2VLImageProcessor):  # type: ignor
     valid_kwargs = GpuMMQwen2VLImageProcessorKwargs
 
     def _features(self, images: list[Any], options: dict[str, Any]) -> BatchFeature:
-        ps, tp, ms = self._patching(options)
-        size = options["size"]
-        config = Qwen2VLConfig(patch_size=ps, temporal_patch_size=tp, merge_size=ms,
-                               image_min_pixels=int(size.shortest_edge), image_max_pixels=int(size.longest_edge),
-                               **self._pixels(options))
-        # Channels-first images handed over channels-last, so no shape is ever ambiguous.
-        feats = self._run(Qwen2VLPreprocessor, images, config, images=[x.permute(1, 2, 0) for x in images])
-        return BatchFeature({"pixel_values": feats.pixel_values, "image_grid_thw": feats.image_grid_thw},
-                            tensor_type=options.get("return_tensors"))
+        return self._image_rows(Qwen2VLConfig, Qwen2VLPreprocessor, images, options)
 
 
 class GpuMMQwen2VLVideoProcessor(_DropIn, Qwen2VLVideoProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
@@ -207,16 +234,21 @@ class GpuMMQwen2VLVideoProcessor(_DropIn, Qwen2VLVideoProcessor):  # type: ignor
                                          videos=[x.permute(0, 2, 3, 1) for x in videos]), options)
 
 
-class GpuMMQwen3VLVideoProcessor(_DropIn, Qwen3VLVideoProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
+class _WholeClipVideo(_DropIn):
+    """Video families whose pixel budget covers the whole clip (Qwen3-VL, GLM): transformers refuses a clip
+    shorter than one temporal patch, and so these leave it to transformers."""
+
+    _items = "videos"
+
+    def _computes(self, videos: list[Any], options: dict[str, Any]) -> bool:
+        return all(v.shape[0] >= self._patching(options)[1] for v in videos)
+
+
+class GpuMMQwen3VLVideoProcessor(_WholeClipVideo, Qwen3VLVideoProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
     """transformers' ``Qwen3VLVideoProcessor`` with gpu-mm's pixel work (whole-clip bounds, per-frame cap)."""
 
     _stock = Qwen3VLVideoProcessor
-    _items = "videos"
     valid_kwargs = GpuMMQwen3VLVideoProcessorInitKwargs
-
-    def _computes(self, videos: list[Any], options: dict[str, Any]) -> bool:
-        # A clip shorter than one temporal patch: transformers refuses it, and so it must here.
-        return all(v.shape[0] >= self._patching(options)[1] for v in videos)
 
     def _features(self, videos: list[Any], options: dict[str, Any]) -> BatchFeature:
         ps, tp, ms = self._patching(options)
@@ -238,25 +270,12 @@ class GpuMMGlm4vImageProcessor(_DropIn, Glm4vImageProcessor):  # type: ignore[mi
     valid_kwargs = GpuMMGlm4vImageProcessorKwargs
 
     def _features(self, images: list[Any], options: dict[str, Any]) -> BatchFeature:
-        ps, tp, ms = self._patching(options)
-        size = options["size"]
-        config = Glm4vConfig(patch_size=ps, temporal_patch_size=tp, merge_size=ms,
-                             image_min_pixels=int(size.shortest_edge), image_max_pixels=int(size.longest_edge),
-                             **self._pixels(options))
-        feats = self._run(Glm4vPreprocessor, images, config, images=[x.permute(1, 2, 0) for x in images])
-        return BatchFeature({"pixel_values": feats.pixel_values, "image_grid_thw": feats.image_grid_thw},
-                            tensor_type=options.get("return_tensors"))
+        return self._image_rows(Glm4vConfig, Glm4vPreprocessor, images, options)
 
 
-class _GlmVideo(_DropIn):
+class _GlmVideo(_WholeClipVideo):
     """GLM's video pixel work, the same for GLM-4.1V and GLM-4.6V (their frame rules run before ``_preprocess``):
     the whole clip's budget shared by its frames."""
-
-    _items = "videos"
-
-    def _computes(self, videos: list[Any], options: dict[str, Any]) -> bool:
-        # A clip shorter than one temporal patch: transformers refuses it, and so it must here.
-        return all(v.shape[0] >= self._patching(options)[1] for v in videos)
 
     def _features(self, videos: list[Any], options: dict[str, Any]) -> BatchFeature:
         ps, tp, ms = self._patching(options)
@@ -282,23 +301,6 @@ class GpuMMGlm46VVideoProcessor(_GlmVideo, Glm46VVideoProcessor):  # type: ignor
     valid_kwargs = GpuMMGlm46VVideoProcessorInitKwargs
 
 
-def fixed_size_handled(items: list[Any], kwargs: dict[str, Any], resample: str, *, frames: bool = False) -> bool:
-    """:func:`handled` for the processors that resize every image to one size (``size`` with ``height`` and
-    ``width``): resize on with ``resample``, no center crop, one of the two pixel modes, uint8 ``[C, H, W]``
-    images (``[T, C, H, W]`` videos) on one device."""
-    import torch
-
-    size = kwargs.get("size")
-    return bool(
-        kwargs.get("do_resize") and _resample(kwargs.get("resample")) == resample and pixel_mode(kwargs) is not None
-        and not kwargs.get("do_center_crop") and size is not None and size.height and size.width and items
-        and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == (4 if frames else 3)
-                and x.shape[-3] == 3
-                and x.shape[-1] > 0 and x.shape[-2] > 0 for x in items)
-        and len({x.device for x in items}) == 1
-    )
-
-
 class _WholeImages(_DropIn):
     """Drop-ins whose outputs are whole images (tiles, crops): transformers returns a list of them per call and a
     count per image, made tensors by ``return_tensors``; so do these."""
@@ -306,18 +308,15 @@ class _WholeImages(_DropIn):
     _items = "images"
     _resample: ClassVar[str]
 
-    def _preprocess(self, *args: Any, **kwargs: Any) -> BatchFeature:
-        items = args[0] if args else kwargs["images"]
-        options = {k: v for k, v in kwargs.items() if k != "images"}
-        if len(args) <= 1 and fixed_size_handled(items, options, self._resample) and self._computes(items, options):
-            return self._features(items, options)
-        return super(_DropIn, self)._preprocess(*args, **kwargs)  # type: ignore[misc,no-any-return]
+    def _handles(self, items: list[Any], options: dict[str, Any]) -> bool:
+        return fixed_size_handled(items, options, self._resample)
 
-    def _whole(self, cls: type[Any], images: list[Any], config: Any, count_key: str, count: str,
+    def _whole(self, cls: type[Any], images: list[Any], config: Any, count: str,
                options: dict[str, Any]) -> BatchFeature:
+        """The images' outputs as transformers lists them, with the family's per-image ``count``."""
         feats = self._run(cls, images, config, images=[x.permute(1, 2, 0) for x in images])
         return BatchFeature({"pixel_values": list(feats.pixel_values.unbind(0)),
-                             count_key: getattr(feats, count).tolist()}, tensor_type=options.get("return_tensors"))
+                             count: getattr(feats, count).tolist()}, tensor_type=options.get("return_tensors"))
 
 
 class GpuMMGotOcr2ImageProcessor(_WholeImages, GotOcr2ImageProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
@@ -334,7 +333,7 @@ class GpuMMGotOcr2ImageProcessor(_WholeImages, GotOcr2ImageProcessor):  # type: 
                                 crop_to_patches=bool(options.get("crop_to_patches")),
                                 min_patches=int(options.get("min_patches") or 1),
                                 max_patches=int(options.get("max_patches") or 12), **self._pixels(options))
-        return self._whole(InternVLPreprocessor, images, config, "num_patches", "num_patches", options)
+        return self._whole(InternVLPreprocessor, images, config, "num_patches", options)
 
 
 class GpuMMGemma3ImageProcessor(_WholeImages, Gemma3ImageProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
@@ -362,7 +361,7 @@ class GpuMMGemma3ImageProcessor(_WholeImages, Gemma3ImageProcessor):  # type: ig
                    "pan_and_scan_max_num_crops": int(options["pan_and_scan_max_num_crops"]),
                    "pan_and_scan_min_ratio_to_activate": float(options["pan_and_scan_min_ratio_to_activate"])}
         config = Gemma3Config(size=(int(size.height), int(size.width)), **pan, **self._pixels(options))
-        return self._whole(Gemma3Preprocessor, images, config, "num_crops", "num_crops", options)
+        return self._whole(Gemma3Preprocessor, images, config, "num_crops", options)
 
 
 class GpuMMInternVLVideoProcessor(_DropIn, InternVLVideoProcessor):  # type: ignore[misc]  # _DropIn._preprocess takes the stock call
@@ -372,12 +371,8 @@ class GpuMMInternVLVideoProcessor(_DropIn, InternVLVideoProcessor):  # type: ign
     _items = "videos"
     valid_kwargs = GpuMMInternVLVideoProcessorInitKwargs
 
-    def _preprocess(self, *args: Any, **kwargs: Any) -> BatchFeature:  # type: ignore[override]  # the stock call, passed on
-        videos = args[0] if args else kwargs["videos"]
-        options = {k: v for k, v in kwargs.items() if k != "videos"}
-        if len(args) <= 1 and fixed_size_handled(videos, options, "bicubic", frames=True):
-            return self._features(videos, options)
-        return super(_DropIn, self)._preprocess(*args, **kwargs)  # type: ignore[misc,no-any-return]
+    def _handles(self, videos: list[Any], options: dict[str, Any]) -> bool:
+        return fixed_size_handled(videos, options, "bicubic", frames=True)
 
     def _features(self, videos: list[Any], options: dict[str, Any]) -> BatchFeature:
         size = options["size"]
@@ -414,9 +409,7 @@ def _rgb(value: Any) -> tuple[float, float, float] | None:
 
 def _bicubic(resample: Any) -> bool:
     """Whether transformers' ``resample`` (a PIL enum value or torchvision's mode) means bicubic."""
-    from torchvision.transforms.v2 import InterpolationMode
-
-    return resample == 3 or resample == InterpolationMode.BICUBIC
+    return _resample(resample) == "bicubic"
 
 
 def _sizes(size: Any, min_pixels: Any, max_pixels: Any) -> tuple[int, int]:
