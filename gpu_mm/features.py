@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["Decoded", "Features", "ItemReport"]
+__all__ = ["Decoded", "Features", "ItemReport", "TimestampedFeatures"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,4 +89,20 @@ class Features:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        return out
+
+
+@dataclasses.dataclass
+class TimestampedFeatures(Features):
+    """Features of a family whose prompt states each temporal step's time (Qwen3-VL, GLM): ``video_timestamps``
+    goes with :meth:`processor_output`, which a serving engine builds the prompt from."""
+
+    video_timestamps: list[list[float]] | None = None
+    """Per video, the seconds of each temporal step (which moment of the step is the family's rule)."""
+
+    def processor_output(self, input_text: Any = None) -> dict[str, Any]:
+        """:meth:`to_dict`, ``input_text``, ``items`` and ``video_timestamps``."""
+        out = super().processor_output(input_text)
+        if self.video_timestamps is not None:
+            out["video_timestamps"] = self.video_timestamps
         return out

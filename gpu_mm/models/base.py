@@ -19,8 +19,8 @@ import torch
 
 from ..options import RequestOptions
 
-__all__ = ["ImageView", "ModelSpec", "VideoSampling", "or_default", "pixel_bounds", "processor_config_fields",
-           "read_patching"]
+__all__ = ["ImageView", "ModelSpec", "VideoSampling", "fixed_size", "or_default", "pixel_bounds",
+           "processor_config_fields", "read_normalization", "read_patching"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,10 +188,24 @@ def read_patching(kw: dict[str, Any], cfg: Mapping[str, Any]) -> None:
     for name in ("patch_size", "temporal_patch_size", "merge_size"):
         if isinstance(cfg.get(name), int):
             kw[name] = cfg[name]
+    read_normalization(kw, cfg)
+
+
+def read_normalization(kw: dict[str, Any], cfg: Mapping[str, Any]) -> None:
+    """``image_mean`` and ``image_std`` of a transformers processor config (three values each), into ``kw``."""
     for name in ("image_mean", "image_std"):
         value = cfg.get(name)
         if isinstance(value, (list, tuple)) and len(value) == 3:
             kw[name] = tuple(float(v) for v in value)
+
+
+def fixed_size(cfg: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(height, width) of a transformers processor config's fixed ``size`` (``{"height": H, "width": W}``), or
+    None where it gives none."""
+    size = cfg.get("size")
+    if isinstance(size, Mapping) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int):
+        return size["height"], size["width"]
+    return None
 
 
 def processor_config_fields(image: Mapping[str, Any], video: Mapping[str, Any] | None, *,

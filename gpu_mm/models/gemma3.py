@@ -23,7 +23,7 @@ import torch
 from ..features import Features
 from ..options import RequestOptions
 from . import register_family
-from .base import ImageView, ModelSpec, or_default
+from .base import ImageView, ModelSpec, fixed_size, or_default, read_normalization
 
 __all__ = ["Gemma3Config", "Gemma3Features", "pan_and_scan_crops"]
 
@@ -88,13 +88,10 @@ class Gemma3Config(ModelSpec):
         them to its image processor on every call, over whatever the folder's image config says, so a folder
         cannot turn it on for transformers either; a request can (``do_pan_and_scan=True``)."""
         kw: dict[str, Any] = {}
-        size = image.get("size")
-        if isinstance(size, Mapping) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int):
-            kw["size"] = (size["height"], size["width"])
-        for name in ("image_mean", "image_std"):
-            value = image.get(name)
-            if isinstance(value, (list, tuple)) and len(value) == 3:
-                kw[name] = tuple(float(v) for v in value)
+        size = fixed_size(image)
+        if size is not None:
+            kw["size"] = size
+        read_normalization(kw, image)
         if image.get("resample") == 3:  # PIL's BICUBIC; 2 (BILINEAR) is the default
             kw["image_resample"] = "bicubic"
         if isinstance(image.get("image_seq_length"), int):

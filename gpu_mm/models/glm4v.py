@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from .. import ops
-from ..features import Features
+from ..features import TimestampedFeatures
 from ..options import RequestOptions
 from . import register_family
 from .base import ModelSpec, VideoSampling, or_default, processor_config_fields
@@ -118,17 +118,9 @@ class Glm46VConfig(Glm4vConfig):
 
 
 @dataclasses.dataclass
-class Glm4vFeatures(Features):
-    """Model inputs for GLM-4.1V / 4.5V / 4.6V, plus a report per item and each video's timestamps."""
-
-    video_timestamps: list[list[float]] | None = None
-    """Per video, the seconds of each temporal step's first frame (what the prompt writes after the step)."""
-
-    def processor_output(self, input_text: Any = None) -> dict[str, Any]:
-        out = super().processor_output(input_text)
-        if self.video_timestamps is not None:
-            out["video_timestamps"] = self.video_timestamps
-        return out
+class Glm4vFeatures(TimestampedFeatures):
+    """Model inputs for GLM-4.1V / 4.5V / 4.6V, plus a report per item and each video's timestamps: each temporal
+    step's first frame (what the prompt writes after the step)."""
 
 
 register_family(Glm4vConfig, Glm4vFeatures, preprocessor_name="Glm4vPreprocessor")

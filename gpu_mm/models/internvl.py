@@ -25,7 +25,7 @@ import torch
 from ..features import Features
 from ..options import RequestOptions
 from . import register_family
-from .base import ImageView, ModelSpec, VideoSampling
+from .base import ImageView, ModelSpec, VideoSampling, fixed_size, read_normalization
 
 __all__ = ["InternVLConfig", "InternVLFeatures", "sample_indices", "tile_grid"]
 
@@ -102,13 +102,10 @@ class InternVLConfig(ModelSpec):
     def from_pretrained_dict(cls, model_type: str, image: Mapping[str, Any],
                              video: Mapping[str, Any] | None) -> InternVLConfig:
         kw: dict[str, Any] = {}
-        size = image.get("size")
-        if isinstance(size, Mapping) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int):
-            kw["tile_size"] = (size["height"], size["width"])
-        for name in ("image_mean", "image_std"):
-            value = image.get(name)
-            if isinstance(value, (list, tuple)) and len(value) == 3:
-                kw[name] = tuple(float(v) for v in value)
+        size = fixed_size(image)
+        if size is not None:
+            kw["tile_size"] = size
+        read_normalization(kw, image)
         for name in ("min_patches", "max_patches", "image_seq_length"):
             if isinstance(image.get(name), int) and not isinstance(image.get(name), bool):
                 kw[name] = image[name]

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from .. import ops
-from ..features import Features
+from ..features import TimestampedFeatures
 from ..options import RequestOptions
 from . import register_family
 from .base import ModelSpec, VideoSampling, or_default, processor_config_fields
@@ -143,19 +143,9 @@ class Qwen3VLConfig(ModelSpec):
 
 
 @dataclasses.dataclass
-class Qwen3VLFeatures(Features):
-    """Model inputs for Qwen3-VL, plus a report per item and each video's timestamps."""
-
-    video_timestamps: list[list[float]] | None = None
-    """Per video, the seconds of each temporal step (the prompt's ``<{t:.1f} seconds>``)."""
-
-    def processor_output(self, input_text: Any = None) -> dict[str, Any]:
-        """:meth:`to_dict`, ``input_text``, ``items`` and ``video_timestamps`` (what a serving engine builds the
-        prompt with)."""
-        out = super().processor_output(input_text)
-        if self.video_timestamps is not None:
-            out["video_timestamps"] = self.video_timestamps
-        return out
+class Qwen3VLFeatures(TimestampedFeatures):
+    """Model inputs for Qwen3-VL, plus a report per item and each video's timestamps: the mean time of each
+    temporal step's frames (the prompt's ``<{t:.1f} seconds>``)."""
 
 
 register_family(Qwen3VLConfig, Qwen3VLFeatures, preprocessor_name="Qwen3VLPreprocessor")
