@@ -84,10 +84,7 @@ def front_end(mode: str, url: str, images: int, clips: int, concurrency: int, se
         t0 = time.perf_counter()
         await asyncio.gather(*(one(kind, data) for kind, data in items))
         wall = time.perf_counter() - t0
-        if isinstance(pre, gpu_mm.Preprocessor):
-            await pre.aclose()
-        else:
-            await pre.aclose()
+        await pre.aclose()
         return {"wall_s": wall, "latencies_s": latencies, "decoded": sum(s in (None, "miss") for s in states)}
 
     print(json.dumps(asyncio.run(main())))
