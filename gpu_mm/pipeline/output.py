@@ -30,7 +30,7 @@ def lease(pool: Any, config: Any, plans: list[Item]) -> Any:
             layout[key] = ((sum(s[0] for s in shapes), *shapes[0][1:]), cfg.output_dtype)
             meta_key = cfg.meta_keys.get(kind)
             if meta_key is not None:
-                layout[meta_key] = (_meta_shape(cfg, group), torch.long)
+                layout[meta_key] = (_meta_shape(group), torch.long)
     lease = pool.lease(layout)
     offsets = {"image": 0, "video": 0}
     counts = {"image": 0, "video": 0}
@@ -50,9 +50,9 @@ def lease(pool: Any, config: Any, plans: list[Item]) -> Any:
 PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
 
 
-def _meta_shape(cfg: Any, group: list[Item]) -> tuple[int, ...]:
+def _meta_shape(group: list[Item]) -> tuple[int, ...]:
     """The per-item tensor's shape: one row per item, or one number per item for a one-value meta."""
-    width = len(cfg.item_meta(group[0].plan.grid))
+    width = len(group[0].plan.meta)
     return (len(group),) if width == 1 else (len(group), width)
 
 
@@ -73,8 +73,8 @@ def assemble(call: Call, features_class: type[F], config: Any, output: str) -> F
             meta = lease.tensors.get(meta_key)
         else:
             pv = join([o[0] for _, o in group], pinned=output == "pinned")
-            meta = torch.tensor([cfg.item_meta(p.plan.grid) for p, _ in group], dtype=torch.long)
-            meta = meta.reshape(_meta_shape(cfg, [p for p, _ in group]))
+            meta = torch.tensor([p.plan.meta for p, _ in group], dtype=torch.long)
+            meta = meta.reshape(_meta_shape([p for p, _ in group]))
         setattr(feats, key, pv)
         if meta_key is not None:
             setattr(feats, meta_key, meta)
