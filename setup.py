@@ -1,11 +1,11 @@
 """Build of gpu-mm's C extensions (the metadata is in pyproject.toml):
 
 - ``gpu_mm._cpu_patch``: normalize + patchify in one pass on the CPU;
-- ``gpu_mm._ingest``: base64 decoding without the GIL, for request bodies.
+- ``gpu_mm._ingest``: the copies and the string scan of parsing a request body, without the GIL.
 
 Both are optional: where no C compiler is found (or it fails) gpu-mm installs without them, warns, and runs
 the same computation in Python and torch (the same results, slower; ``gpu_mm.ops.cpu_kernel_available()`` and
-``gpu_mm.media.sources.native_base64()`` say which is in use).
+``gpu_mm.serve._ingest is None`` say which is in use).
 """
 
 import os

@@ -1,14 +1,5 @@
-/* Request-ingestion helpers that run without the GIL: gpu_mm._ingest.
- *
- * b64decode: base64 text (a str of ASCII characters, or any bytes-like object) to bytes. Python's binascii
- * decodes a 2.8 MB payload in ~10 ms with the GIL held; under a burst of concurrent video uploads that was
- * the largest GIL holder in a `gpu-mm serve` process (perf uprobes on take_gil/drop_gil), and every such hold
- * is time the event loop's thread waits. Here the decode runs with the GIL released.
- *
- * Accepted text: the standard alphabet and the URL-safe one ('-' and '_' for '+' and '/', either may appear),
- * ASCII whitespace anywhere (line-wrapped base64), and '=' padding only at the end (missing padding is fine).
- * Anything else is refused with a ValueError that names the character and its offset. gpu_mm.media.sources
- * falls back to binascii when this extension is not built.
+/* Request-ingestion helpers that run without the GIL: gpu_mm._ingest (base64 itself is pybase64's, which
+ * decodes a str with the GIL released).
  *
  * long_strings: where a JSON text's long string literals are, found without the GIL, so that gpu_mm.serve can
  * cut them out and hand json.loads only the rest (json.loads of a body carrying a 2.8 MB base64 video held the
@@ -27,160 +18,6 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
-
-enum { BAD = 0xff, SPACE = 0xfe, PAD = 0xfd };
-
-static uint8_t table[256];
-
-static void init_table(void) {
-    memset(table, BAD, sizeof table);
-    const char *alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for (int i = 0; i < 64; i++) table[(uint8_t)alphabet[i]] = (uint8_t)i;
-    table['-'] = 62;
-    table['_'] = 63;
-    table[' '] = table['\t'] = table['\n'] = table['\r'] = table['\v'] = table['\f'] = SPACE;
-    table['='] = PAD;
-}
-
-typedef struct {
-    Py_ssize_t written; /* output bytes */
-    Py_ssize_t bad_at;  /* offset of the offending character, or -1 */
-    const char *why;    /* what is wrong, when bad_at >= 0 or the length is impossible */
-} Result;
-
-/* Decode n characters of s into out (room for 3 * (n / 4) + 2 bytes). */
-static Result decode(const uint8_t *s, Py_ssize_t n, uint8_t *out) {
-    Result r = {0, -1, NULL};
-    uint8_t *o = out;
-    uint32_t acc = 0;
-    int have = 0; /* sextets in acc */
-    Py_ssize_t i = 0;
-    for (;;) {
-        /* Fast path: whole quads of alphabet characters. */
-        while (have == 0 && i + 4 <= n) {
-            uint8_t a = table[s[i]], b = table[s[i + 1]], c = table[s[i + 2]], d = table[s[i + 3]];
-            if ((a | b | c | d) >= 64) break;
-            uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | d;
-            o[0] = (uint8_t)(v >> 16);
-            o[1] = (uint8_t)(v >> 8);
-            o[2] = (uint8_t)v;
-            o += 3;
-            i += 4;
-        }
-        if (i >= n) break;
-        uint8_t v = table[s[i]];
-        if (v < 64) {
-            acc = acc << 6 | v;
-            if (++have == 4) {
-                o[0] = (uint8_t)(acc >> 16);
-                o[1] = (uint8_t)(acc >> 8);
-                o[2] = (uint8_t)acc;
-                o += 3;
-                acc = 0;
-                have = 0;
-            }
-            i++;
-        } else if (v == SPACE) {
-            i++;
-        } else if (v == PAD) {
-            /* Padding ends the data: only '=' and whitespace may follow, at most as many '=' as the last
-             * quad lacks. */
-            int pads = 0;
-            for (; i < n; i++) {
-                uint8_t t = table[s[i]];
-                if (t == PAD) {
-                    if (++pads > 4 - have || have == 0) {
-                        r.bad_at = i;
-                        r.why = "padding where no data is missing";
-                        return r;
-                    }
-                } else if (t != SPACE) {
-                    r.bad_at = i;
-                    r.why = "data after padding";
-                    return r;
-                }
-            }
-            break;
-        } else {
-            r.bad_at = i;
-            r.why = "not a base64 character";
-            return r;
-        }
-    }
-    if (have == 1) {
-        r.why = "the number of data characters is 1 more than a multiple of 4";
-        return r;
-    }
-    if (have == 2) {
-        *o++ = (uint8_t)(acc >> 4);
-    } else if (have == 3) {
-        *o++ = (uint8_t)(acc >> 10);
-        *o++ = (uint8_t)(acc >> 2);
-    }
-    r.written = o - out;
-    return r;
-}
-
-PyDoc_STRVAR(b64decode_doc,
-             "b64decode(text) -> bytes\n\n"
-             "Decode base64 text (a str of ASCII characters or a bytes-like object) without holding the GIL.\n"
-             "Standard and URL-safe alphabets, ASCII whitespace anywhere, '=' padding only at the end (optional).\n"
-             "Raises ValueError naming the first offending character and its offset.");
-
-static PyObject *b64decode(PyObject *self, PyObject *arg) {
-    (void)self;
-    Py_buffer view = {0};
-    const uint8_t *s;
-    Py_ssize_t n;
-    if (PyUnicode_Check(arg)) {
-#if PY_VERSION_HEX < 0x030C0000
-        if (PyUnicode_READY(arg) < 0) return NULL;
-#endif
-        if (!PyUnicode_IS_ASCII(arg)) {
-            Py_ssize_t len = PyUnicode_GET_LENGTH(arg);
-            for (Py_ssize_t k = 0; k < len; k++) {
-                Py_UCS4 ch = PyUnicode_READ_CHAR(arg, k);
-                if (ch > 127) {
-                    PyErr_Format(PyExc_ValueError, "a non-ASCII character (U+%X) at offset %zd", (unsigned)ch, k);
-                    return NULL;
-                }
-            }
-        }
-        s = (const uint8_t *)PyUnicode_DATA(arg); /* ASCII: one byte per character */
-        n = PyUnicode_GET_LENGTH(arg);
-    } else {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-        s = (const uint8_t *)view.buf;
-        n = view.len;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, 3 * (n / 4) + 2);
-    if (out == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    Result r;
-    /* The text is immutable (a str) or held by the buffer view; the output is not shared yet. */
-    Py_BEGIN_ALLOW_THREADS
-    r = decode(s, n, (uint8_t *)PyBytes_AS_STRING(out));
-    Py_END_ALLOW_THREADS
-    if (r.why != NULL) {
-        if (r.bad_at >= 0) {
-            uint8_t ch = s[r.bad_at];
-            if (ch >= 32 && ch < 127)
-                PyErr_Format(PyExc_ValueError, "%s: '%c' at offset %zd", r.why, ch, r.bad_at);
-            else
-                PyErr_Format(PyExc_ValueError, "%s: byte 0x%02x at offset %zd", r.why, ch, r.bad_at);
-        } else {
-            PyErr_SetString(PyExc_ValueError, r.why);
-        }
-        PyBuffer_Release(&view);
-        Py_DECREF(out);
-        return NULL;
-    }
-    PyBuffer_Release(&view);
-    if (_PyBytes_Resize(&out, r.written) < 0) return NULL;
-    return out;
-}
 
 typedef struct {
     Py_ssize_t *v; /* start, end pairs */
@@ -346,7 +183,6 @@ static PyObject *ascii_text(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"b64decode", b64decode, METH_O, b64decode_doc},
     {"long_strings", long_strings, METH_VARARGS, long_strings_doc},
     {"join", join, METH_O, join_doc},
     {"ascii_text", ascii_text, METH_VARARGS, ascii_text_doc},
@@ -356,12 +192,11 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "gpu_mm._ingest",
-    .m_doc = "Request-ingestion helpers that run without the GIL (see gpu_mm.media.sources).",
+    .m_doc = "Request-ingestion helpers that run without the GIL (see gpu_mm.serve.loads_json).",
     .m_size = -1,
     .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__ingest(void) {
-    init_table();
     return PyModule_Create(&module);
 }

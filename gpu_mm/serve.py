@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import importlib
 import json
 import logging
 import secrets
@@ -32,7 +33,7 @@ from typing import Any
 
 from ._procslots import process_threads
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
-from .media.sources import MediaLimits, _ingest
+from .media.sources import MediaLimits
 from .options import RequestOptions
 from .pipeline import Preprocessor, resolve_device
 from .processor import AsyncMMDataProcessor
@@ -40,6 +41,12 @@ from .runtime import freeze_gc, tune_allocator
 from .sched import reset_inherited_slice
 from .settings import Settings
 from .wire import CONTENT_TYPE, features_to_body
+
+_ingest: Any
+try:  # built at install when a C compiler is there (setup.py); json.loads and b"".join otherwise
+    _ingest = importlib.import_module("gpu_mm._ingest")
+except ImportError:  # pragma: no cover - depends on the install
+    _ingest = None
 
 logger = logging.getLogger(__name__)
 

@@ -419,9 +419,8 @@ def test_loads_json_equals_json_loads(monkeypatch, value, ensure_ascii, indent):
     """With literals of 4 bytes or more cut out (escaped, non-ASCII, control-character and key literals among
     them), the parsed value is json.loads' own."""
     import gpu_mm.serve as serve
-    from gpu_mm.media import sources
 
-    if sources._ingest is None:
+    if serve._ingest is None:
         pytest.skip("gpu_mm._ingest was not built (no C compiler at install): loads_json is json.loads")
     monkeypatch.setattr(serve, "_LONG_STRING", 4)
     raw = json.dumps(value, ensure_ascii=ensure_ascii, indent=indent).encode()
@@ -505,11 +504,11 @@ async def test_a_trickled_chunked_body_is_read_whole_and_bounded():
 def test_long_strings_scans_any_bytes_as_the_reference_does(raw, min_len):
     """Any bytes at all (the scanner runs on hostile bodies before json.loads has judged them): the same spans as
     a plain Python reading of JSON's string grammar, and no read past the end (an ASAN build ran this too)."""
-    from gpu_mm.media import sources
+    from gpu_mm import serve
 
-    if sources._ingest is None:
+    if serve._ingest is None:
         pytest.skip("gpu_mm._ingest was not built (no C compiler at install)")
-    assert sources._ingest.long_strings(raw, min_len) == long_strings_reference(raw, min_len)
+    assert serve._ingest.long_strings(raw, min_len) == long_strings_reference(raw, min_len)
 
 
 @settings(max_examples=300, deadline=None)
@@ -519,15 +518,15 @@ def test_join_and_ascii_text_are_pythons_own(raw, cuts, span):
     """The copies parsing makes without the GIL: ``join`` equals ``b"".join`` over any cut of any bytes, and
     ``ascii_text`` the ASCII text of any span (what ``str(view, "utf-8")`` gives then), None when it is not ASCII
     (the caller decodes it as UTF-8 then)."""
-    from gpu_mm.media import sources
+    from gpu_mm import serve
 
-    if sources._ingest is None:
+    if serve._ingest is None:
         pytest.skip("gpu_mm._ingest was not built (no C compiler at install)")
     edges = sorted({0, len(raw), *(c for c in cuts if c <= len(raw))})
     chunks = [raw[a:b] for a, b in zip(edges, edges[1:])]
-    assert sources._ingest.join(chunks) == b"".join(chunks)
+    assert serve._ingest.join(chunks) == b"".join(chunks)
     a, b = sorted(min(x, len(raw)) for x in span)
-    text = sources._ingest.ascii_text(raw, a, b)
+    text = serve._ingest.ascii_text(raw, a, b)
     if raw[a:b].isascii():
         assert text == str(memoryview(raw)[a:b], "utf-8", "surrogatepass") and type(text) is str
     else:
@@ -535,20 +534,20 @@ def test_join_and_ascii_text_are_pythons_own(raw, cuts, span):
 
 
 def test_join_and_ascii_text_refuse_what_they_cannot_copy():
-    from gpu_mm.media import sources
+    from gpu_mm import serve
 
-    if sources._ingest is None:
+    if serve._ingest is None:
         pytest.skip("gpu_mm._ingest was not built (no C compiler at install)")
     one = b"x" * 100
-    assert sources._ingest.join([one]) is one  # as b"".join: a single chunk is that very object
-    assert sources._ingest.join([]) == b""
+    assert serve._ingest.join([one]) is one  # as b"".join: a single chunk is that very object
+    assert serve._ingest.join([]) == b""
     for bad in ([b"a", bytearray(b"b")], (b"a", b"b"), [b"a", "b"]):
         with pytest.raises(TypeError):
-            sources._ingest.join(bad)
+            serve._ingest.join(bad)
     for start, end in ((-1, 2), (3, 2), (0, 101)):
         with pytest.raises(ValueError, match="not within a buffer of 100 bytes"):
-            sources._ingest.ascii_text(one, start, end)
-    assert sources._ingest.ascii_text(memoryview(one), 10, 10) == ""
+            serve._ingest.ascii_text(one, start, end)
+    assert serve._ingest.ascii_text(memoryview(one), 10, 10) == ""
 
 
 def test_parse_request_joins_chunks_as_one_body():
