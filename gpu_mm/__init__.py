@@ -23,7 +23,7 @@ from .media.sources import MediaLimits
 from .metrics import LatencySummary, StageTimer
 from .models.gemma3 import Gemma3Config, Gemma3Features
 from .models.glm4v import Glm4vConfig, Glm4vFeatures, Glm46VConfig
-from .models.internvl import InternVLConfig, InternVLFeatures
+from .models.internvl import InternVLChatConfig, InternVLConfig, InternVLFeatures
 from .models.qwen2_vl import Qwen2VLConfig, Qwen2VLFeatures
 from .models.qwen3_vl import Qwen3VLConfig, Qwen3VLFeatures
 from .options import RequestOptions
@@ -32,6 +32,7 @@ from .pipeline.families import (
     Gemma3Preprocessor,
     Glm4vPreprocessor,
     Glm46VPreprocessor,
+    InternVLChatPreprocessor,
     InternVLPreprocessor,
     Qwen2VLPreprocessor,
     Qwen3VLPreprocessor,
@@ -65,6 +66,8 @@ __all__ = [
     "Glm4vFeatures",
     "Glm4vPreprocessor",
     "GpuMMError",
+    "InternVLChatConfig",
+    "InternVLChatPreprocessor",
     "InternVLConfig",
     "InternVLFeatures",
     "InternVLPreprocessor",

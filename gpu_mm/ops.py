@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvF
@@ -228,24 +229,52 @@ def frame_range(total: int, fps: float, start_s: float | None, end_s: float | No
 
 
 _INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+RESAMPLES = (*_INTERPOLATION, "pil-bicubic")
+"""Resize rules a family may name: torch's antialiased kernels, or Pillow's own bicubic filter."""
 
 
 def resize(frames: torch.Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
     """Antialiased resize of ``[..., C, H, W]`` (uint8 stays uint8, as in transformers).
 
     ``interpolation``: ``"bicubic"`` (transformers, qwen-vl-utils) or ``"bilinear"`` (SGLang's own
-    Qwen-VL video path). Returns the input itself when it already has that size.
+    Qwen-VL video path), torch's kernels; ``"pil-bicubic"``: Pillow's ``Image.resize`` bicubic filter, what code
+    that resizes PIL images computes (InternVL's original checkpoints, as vLLM runs them), uint8 RGB only: Pillow
+    itself, on the CPU whatever the frames' device (a GPU's frames are copied there and back; Pillow's passes and
+    rounding are its own and change between its versions, so nothing else reproduces them). torch's antialiased
+    bicubic is another filter: up to ~50 levels of 255 apart from Pillow's on noise. Returns the input itself when
+    it already has that size.
     """
+    if tuple(frames.shape[-2:]) == tuple(size):
+        if interpolation not in RESAMPLES:
+            raise ValueError(f"interpolation must be one of {RESAMPLES}, got {interpolation!r}")
+        return frames
+    if interpolation == "pil-bicubic":  # Pillow runs on the CPU: frames on a GPU go there and back
+        return _pil_resize(frames.cpu(), size).to(frames.device)
     mode = _INTERPOLATION.get(interpolation)
     if mode is None:
-        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}")
-    if tuple(frames.shape[-2:]) == tuple(size):
-        return frames
+        raise ValueError(f"interpolation must be one of {RESAMPLES}, got {interpolation!r}")
     # Decoders hand frames over channels-last in memory (their H x W x 3 buffers seen as [..., 3, H, W]):
     # torch's uint8 antialiased kernels run 2.2x faster on that layout than on a contiguous copy, and give
     # the same bytes. The result keeps the input's layout: laying patches out reads it directly (20-25%
     # faster here than making it contiguous first).
     return tvF.resize(frames, list(size), interpolation=mode, antialias=True)
+
+
+def _pil_resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pillow's bicubic resize of uint8 ``[..., 3, H, W]`` on the CPU, frame by frame (Pillow releases the GIL
+    while it resamples); the result is channels-last in memory, as decoders hand frames over."""
+    from PIL import Image
+
+    if frames.dtype != torch.uint8 or frames.shape[-3] != 3:
+        raise ValueError(f"pil-bicubic resizes uint8 RGB frames, got {tuple(frames.shape)} {frames.dtype}")
+    lead, (h, w) = frames.shape[:-3], size
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    out = torch.empty((flat.shape[0], h, w, 3), dtype=torch.uint8)
+    rows = out.numpy()
+    for i, frame in enumerate(flat):
+        hwc = frame.permute(1, 2, 0).contiguous().numpy()  # no copy for a decoder's channels-last buffer
+        rows[i] = np.asarray(Image.fromarray(hwc).resize((w, h), Image.Resampling.BICUBIC))
+    return out.permute(0, 3, 1, 2).reshape(*lead, 3, h, w)
 
 
 def _mean_std(

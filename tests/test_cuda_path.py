@@ -149,3 +149,15 @@ def test_the_other_families_match_the_cpu_path(family, std):
         if key != "pixel_values":
             assert torch.equal(gpu.to_dict()[key].cpu(), value), key
     _within(_levels(gpu.pixel_values, cpu.pixel_values, scale=1 / (255 * std)), RESIZE_ONLY)
+
+
+def test_internvl_chat_resizes_with_pillow_on_cuda_too():
+    """InternVL's original checkpoints (``internvl_chat``): Pillow's bicubic on the CPU whatever the device, so the
+    CUDA path's tiles equal the CPU path's up to the normalization's float rounding (same decoded pixels: 4:4:4)."""
+    from gpu_mm import InternVLChatPreprocessor
+
+    data = [make_image(1080, 1920, "JPEG", subsampling=0)]
+    cpu = InternVLChatPreprocessor("cpu", cache_bytes=0)(images=data)
+    gpu = InternVLChatPreprocessor("cuda", cache_bytes=0)(images=data)
+    assert gpu.pixel_values.is_cuda and torch.equal(gpu.num_patches.cpu(), cpu.num_patches)
+    assert float((gpu.pixel_values.cpu() - cpu.pixel_values).abs().max()) <= 1e-5  # float32 rounding of |x| <= 2.7

@@ -19,6 +19,10 @@ import torch
 
 from ..options import RequestOptions
 
+RESAMPLES = ("bicubic", "bilinear", "pil-bicubic")
+"""Resize rules (:func:`gpu_mm.ops.resize`): torch's antialiased bicubic or bilinear kernels, or Pillow's bicubic
+filter (code that resizes PIL images)."""
+
 __all__ = ["ImageView", "ModelSpec", "VideoSampling", "fixed_size", "or_default", "pixel_bounds",
            "processor_config_fields", "read_normalization", "read_patching"]
 
@@ -87,9 +91,12 @@ class ModelSpec:
     ``pixels``: each item's features are whole normalized images, ``(n, 3, height, width)`` (``grid`` is
     ``(n, height, width)``; an image becomes the views :meth:`image_views` names, a video one image per frame)."""
     meta_keys: ClassVar[Mapping[str, str | None]] = {"image": "image_grid_thw", "video": "video_grid_thw"}
+    needs_processor_config: ClassVar[bool] = True
+    """Whether a model folder of the family must hold an image processor config (False: ``config.json`` says
+    all, as for checkpoints that ship no transformers processor)."""
     """Per kind, the key of the per-item tensor beside the pixels (one :meth:`item_meta` per item; None: none)."""
     image_resample: str = "bicubic"
-    """How images are resized (``bicubic`` or ``bilinear``); a family may make it a config field."""
+    """How images are resized (one of :data:`RESAMPLES`); a family may make it a config field."""
 
     patch_size: int
     temporal_patch_size: int
@@ -115,8 +122,9 @@ class ModelSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.video_resample not in ("bicubic", "bilinear"):
-            raise ValueError(f"video_resample must be 'bicubic' or 'bilinear', got {self.video_resample!r}")
+        for name in ("image_resample", "video_resample"):
+            if getattr(self, name) not in RESAMPLES:
+                raise ValueError(f"{name} must be one of {RESAMPLES}, got {getattr(self, name)!r}")
         if self.output_dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.uint8):
             raise ValueError(f"output_dtype must be float32, float16, bfloat16 or uint8, got {self.output_dtype!r}")
 
@@ -162,6 +170,13 @@ class ModelSpec:
         """The spec a model folder's ``preprocessor_config.json`` (``image``) and
         ``video_preprocessor_config.json`` (``video``, None when absent) describe."""
         raise NotImplementedError
+
+    @classmethod
+    def from_model_folder(cls, model_type: str, image: Mapping[str, Any], video: Mapping[str, Any] | None,
+                          model: Mapping[str, Any]) -> ModelSpec:
+        """The spec of a model folder: its processor configs (:meth:`from_pretrained_dict`) and, for a family
+        whose settings live there, its ``config.json`` (``model``; empty when absent)."""
+        return cls.from_pretrained_dict(model_type, image, video)
 
     def token_count(self, grid: tuple[int, int, int]) -> int:
         """Placeholder tokens of an item with ``grid``: patches merged ``merge_size`` x ``merge_size``."""

@@ -1,4 +1,5 @@
-"""InternVL3 / InternVL3.5, the ``-hf`` checkpoints (``internvl``): the family's spec.
+"""InternVL3 / InternVL3.5, the ``-hf`` checkpoints (``internvl``), and the original ``internvl_chat`` ones
+(:class:`InternVLChatConfig`): the families' specs.
 
 Images follow transformers' ``GotOcr2ImageProcessor`` with ``crop_to_patches=True`` (what ``InternVLProcessor``
 asks for): the tile grid (1 to ``max_patches`` tiles of 448 x 448) whose aspect ratio is closest to the image's
@@ -27,7 +28,7 @@ from ..options import RequestOptions
 from . import register_family
 from .base import ImageView, ModelSpec, VideoSampling, fixed_size, read_normalization
 
-__all__ = ["InternVLConfig", "InternVLFeatures", "sample_indices", "tile_grid"]
+__all__ = ["InternVLChatConfig", "InternVLConfig", "InternVLFeatures", "chat_tile_grid", "sample_indices", "tile_grid"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,6 +138,55 @@ class InternVLFeatures(Features):
 register_family(InternVLConfig, InternVLFeatures, preprocessor_name="InternVLPreprocessor")
 
 
+@dataclasses.dataclass(frozen=True)
+class InternVLChatConfig(InternVLConfig):
+    """InternVL's original checkpoints (``internvl_chat``: InternVL2 / 2.5 / 3 / 3.5 as OpenGVLab publishes them),
+    which ship no transformers processor: the model's own preprocessing, as vLLM's ``InternVLChatProcessor`` runs
+    it. The tiles of :class:`InternVLConfig` (the same tie rule, over the grids in that code's order), each made by
+    Pillow's bicubic filter (``pil-bicubic``; the ``-hf`` processor resizes with torch's), a thumbnail when
+    ``use_thumbnail``, ImageNet mean/std; a video frame is one tile, Pillow-resized too. Settings come from the
+    folder's ``config.json`` (``min_dynamic_patch``, ``max_dynamic_patch``, ``dynamic_image_size``,
+    ``use_thumbnail``, ``vision_config.image_size`` / ``patch_size``, ``downsample_ratio``)."""
+
+    family: ClassVar[str] = "internvl_chat"
+    model_types: ClassVar[tuple[str, ...]] = ("internvl_chat",)
+    processor_classes: ClassVar[tuple[str, ...]] = ()
+    needs_processor_config: ClassVar[bool] = False
+
+    use_thumbnail: bool = True
+    image_resample: str = "pil-bicubic"
+    video_resample: str = "pil-bicubic"
+
+    def image_views(self, height: int, width: int, options: RequestOptions) -> list[ImageView]:
+        th, tw = self.tile_size
+        cols, rows = chat_tile_grid(height, width, tw, self.min_patches, self.max_patches)
+        if cols * rows == 1:
+            return [ImageView(self.tile_size)]
+        canvas = (rows * th, cols * tw)
+        views = [ImageView(canvas, tile=(r * th, c * tw, th, tw)) for r in range(rows) for c in range(cols)]
+        return [*views, ImageView(self.tile_size)] if self.use_thumbnail else views
+
+    @classmethod
+    def from_model_folder(cls, model_type: str, image: Mapping[str, Any], video: Mapping[str, Any] | None,
+                          model: Mapping[str, Any]) -> InternVLChatConfig:
+        vision = model.get("vision_config") or {}
+        side = vision.get("image_size") or model.get("force_image_size") or 448
+        side = int(side[0] if isinstance(side, list) else side)
+        patch = vision.get("patch_size") or 14
+        patch = int(patch[0] if isinstance(patch, list) else patch)
+        dynamic = bool(model.get("dynamic_image_size", True))
+        return cls(
+            tile_size=(side, side),
+            min_patches=int(model.get("min_dynamic_patch", 1)) if dynamic else 1,
+            max_patches=int(model.get("max_dynamic_patch", 12)) if dynamic else 1,
+            use_thumbnail=bool(model.get("use_thumbnail", True)),
+            image_seq_length=int((side // patch) ** 2 * float(model.get("downsample_ratio", 0.5)) ** 2),
+        )
+
+
+register_family(InternVLChatConfig, InternVLFeatures, preprocessor_name="InternVLChatPreprocessor")
+
+
 @functools.lru_cache(maxsize=256)
 def tile_grid(height: int, width: int, tile_h: int, tile_w: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
     """(columns, rows) of tiles for a ``height`` x ``width`` image: transformers' ``get_optimal_tiled_canvas``
@@ -151,6 +201,25 @@ def tile_grid(height: int, width: int, tile_h: int, tile_w: int, min_tiles: int,
         if diff < best_diff:
             best, best_diff = (cols, rows), diff
         elif diff == best_diff and area > 0.5 * tile_h * tile_w * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+@functools.lru_cache(maxsize=256)
+def chat_tile_grid(height: int, width: int, tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
+    """(columns, rows) of tiles as InternVL's own code picks them (``find_closest_aspect_ratio`` over
+    ``get_internvl_target_ratios``, as vLLM has them): :func:`tile_grid`'s rule over the same grids, taken in that
+    code's order (a set sorted by tile count; for grids of equal count with equally close ratios the order decides,
+    and CPython iterates a set of small-int pairs the same way in every process)."""
+    grids = sorted({(i, j) for n in range(min_tiles, max_tiles + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                    if min_tiles <= i * j <= max_tiles}, key=lambda g: g[0] * g[1])
+    aspect, area = width / height, width * height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in grids:
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * tile * tile * cols * rows:
             best = (cols, rows)
     return best
 

@@ -10,8 +10,8 @@ from typing import Any
 from ..models import family_names, get_family
 from .preprocessor import _class_of, preprocessor_class
 
-__all__ = ["Gemma3Preprocessor", "Glm46VPreprocessor", "Glm4vPreprocessor", "InternVLPreprocessor",
-           "Qwen2VLPreprocessor", "Qwen3VLPreprocessor", "preprocessor_class"]
+__all__ = ["Gemma3Preprocessor", "Glm46VPreprocessor", "Glm4vPreprocessor", "InternVLChatPreprocessor",
+           "InternVLPreprocessor", "Qwen2VLPreprocessor", "Qwen3VLPreprocessor", "preprocessor_class"]
 
 def __getattr__(name: str) -> Any:
     """A family's preprocessor class by its name (``from gpu_mm.pipeline.families import Qwen3VLPreprocessor``)."""
@@ -27,4 +27,5 @@ Qwen3VLPreprocessor = preprocessor_class("qwen3_vl")
 Glm4vPreprocessor = preprocessor_class("glm4v")
 Glm46VPreprocessor = preprocessor_class("glm46v")
 InternVLPreprocessor = preprocessor_class("internvl")
+InternVLChatPreprocessor = preprocessor_class("internvl_chat")
 Gemma3Preprocessor = preprocessor_class("gemma3")

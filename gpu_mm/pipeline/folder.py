@@ -17,13 +17,16 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return value
 
 
-def _processor_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """A model folder's image and video processor configs, in either layout transformers writes."""
+def _processor_configs(folder: Path, required: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A model folder's image and video processor configs, in either layout transformers writes (without
+    ``required``, an empty image config where the folder has none)."""
     nested = _read_json(folder / "processor_config.json") or {}
     image = _read_json(folder / "preprocessor_config.json")
     video = _read_json(folder / "video_preprocessor_config.json")
     image = nested.get("image_processor") if image is None else image
     video = nested.get("video_processor") if video is None else video
+    if not isinstance(image, dict) and not required:
+        image = {}
     if not isinstance(image, dict):
         raise FileNotFoundError(f"{folder} holds no image processor config (preprocessor_config.json or "
                                 "processor_config.json): from_pretrained needs a local model folder")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import threading
@@ -247,13 +248,17 @@ class Preprocessor(Closeable, Generic[F]):
             KeyError: the folder's model type is not a registered family.
         """
         folder = Path(model_dir)
-        image, video = _processor_configs(folder)
         model_config = _read_json(folder / "config.json") or {}
+        needs_configs = True  # a family that reads config.json alone (internvl_chat) may lack processor configs
+        if isinstance(model_config.get("model_type"), str):
+            with contextlib.suppress(KeyError):
+                needs_configs = preprocessor_class(model_config["model_type"]).config_class.needs_processor_config
+        image, video = _processor_configs(folder, required=needs_configs)
         model_type = model_config.get("model_type") or _model_type_from(image, video)
         family = preprocessor_class(model_type)
         if cls is not Preprocessor and not issubclass(family, cls):
             raise ValueError(f"{folder} holds a {model_type!r} model, not one of {cls.__name__}'s family")
-        config = family.config_class.from_pretrained_dict(model_type, image, video)
+        config = family.config_class.from_model_folder(model_type, image, video, model_config)
         return family(device, config=config, **kwargs)
 
     # ------------------------------------------------------------------ sync API
