@@ -17,7 +17,9 @@ gets the drop-ins back. Each drop-in's valid-kwargs class is its stock class's (
 
 from __future__ import annotations
 
+import threading
 import weakref
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from transformers import (
@@ -57,8 +59,8 @@ from ..pipeline.families import (
 
 __all__ = ["GpuMMGemma3ImageProcessor", "GpuMMGlm46VVideoProcessor", "GpuMMGlm4vImageProcessor",
            "GpuMMGlm4vVideoProcessor", "GpuMMGotOcr2ImageProcessor", "GpuMMInternVLVideoProcessor",
-           "GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "handled",
-           "pixel_mode"]
+           "GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "adopt_drop_ins",
+           "drop_in_classes", "handled", "pixel_mode"]
 
 # The drop-ins take exactly their stock classes' keyword arguments.
 GpuMMQwen2VLImageProcessorKwargs = Qwen2VLImageProcessorKwargs
@@ -418,3 +420,42 @@ def _sizes(size: Any, min_pixels: Any, max_pixels: Any) -> tuple[int, int]:
     lo = min_pixels if min_pixels is not None else size.get("shortest_edge")
     hi = max_pixels if max_pixels is not None else size.get("longest_edge")
     return int(lo), int(hi)
+
+
+# ------------------------------------------------------------------------------------------ adopting drop-ins
+
+
+def drop_in_classes() -> dict[type, type]:
+    """Each stock transformers class that has a drop-in -> the drop-in."""
+    return {drop_in._stock: drop_in for drop_in in (
+        GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor, GpuMMGlm4vImageProcessor,
+        GpuMMGlm4vVideoProcessor, GpuMMGlm46VVideoProcessor, GpuMMGotOcr2ImageProcessor, GpuMMInternVLVideoProcessor,
+        GpuMMGemma3ImageProcessor)}
+
+
+_ADOPTED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""Each stock component met -> its drop-in (one per stock instance: a drop-in keeps its gpu-mm preprocessors for its
+life)."""
+_adopt_lock = threading.Lock()
+
+
+def adopt_drop_ins(processor: Any, others: Mapping[type, Callable[[Any], Any]] | None = None) -> Any:
+    """Put gpu-mm's drop-ins in place of a processor's stock ``image_processor`` and ``video_processor`` (same
+    settings: built from the stock one's ``to_dict``, once per stock instance); other components stay. ``others``:
+    further classes -> how to make their drop-in from an instance (an engine's own processor classes). An engine
+    may put a (cached) stock component back on a cached processor, so callers may adopt on every call. Returns
+    ``processor``."""
+    swaps = drop_in_classes()
+    for attr in ("image_processor", "video_processor"):
+        current: Any = getattr(processor, attr, None)
+        make: Any = (others or {}).get(type(current))
+        if make is None and type(current) in swaps:
+            make = lambda stock, cls=swaps[type(current)]: cls.from_dict(stock.to_dict())  # noqa: E731
+        if make is None:
+            continue
+        with _adopt_lock:
+            drop_in = _ADOPTED.get(current)
+            if drop_in is None:
+                drop_in = _ADOPTED[current] = make(current)
+        setattr(processor, attr, drop_in)
+    return processor

@@ -18,10 +18,11 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
   alone exceed the budget, raise gpu-mm's typed :class:`gpu_mm.MediaError` (a ``ValueError``: HTTP 400).
 * **processors**: vLLM's Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, GLM-4.1V / 4.5V, InternVL (-hf, served by
   vLLM's InternS1 class) and Gemma 3 multimodal processors, re-registered with a processing-info class whose
-  transformers processor carries gpu-mm's drop-ins (:mod:`gpu_mm.integrations.hf`): resize, rescale, normalize
-  and patchify (tiles, crops) by gpu-mm, in both of vLLM's modes (``mm_device_do_normalize`` on, the default:
-  uint8 pixels; off: float pixels). Everything else (prompt expansion, placeholders, M-RoPE, caching, IPC) stays
-  vLLM's.
+  transformers processor carries gpu-mm's drop-ins (:mod:`gpu_mm.integrations.hf`), and InternVL's original
+  checkpoints (``InternVLChatModel``: vLLM's own processor classes, :mod:`gpu_mm.integrations.vllm_internvl`):
+  resize, rescale, normalize and patchify (tiles, crops) by gpu-mm, in both of vLLM's modes
+  (``mm_device_do_normalize`` on, the default: uint8 pixels; off: float pixels). Everything else (prompt
+  expansion, placeholders, M-RoPE, caching, IPC) stays vLLM's.
 
 vLLM calls the ``vllm.general_plugins`` entry point ``gpu_mm`` (the top-level ``gpu_mm_vllm_entry`` module, which
 imports this one only when ``GPU_MM_VLLM`` asks) in each of its processes; in a process that builds vLLM objects
@@ -38,7 +39,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -322,42 +322,18 @@ MODELS: dict[str, tuple[str, ...]] = {
     # vLLM serves InternVL's -hf checkpoints (architecture InternVLForConditionalGeneration) with this class.
     "vllm.model_executor.models.interns1": ("InternS1ForConditionalGeneration",),
     "vllm.model_executor.models.gemma3_mm": ("Gemma3ForConditionalGeneration",),
+    # InternVL's original checkpoints (internvl_chat): vLLM's own processor classes, no transformers one.
+    "vllm.model_executor.models.internvl": ("InternVLChatModel",),
 }
 """vLLM model modules -> the model classes whose multimodal processor gets gpu-mm's pixel work."""
 
-_DROP_INS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-"""Each stock image or video processor met -> its drop-in (one per stock instance: a drop-in keeps its gpu-mm
-preprocessor for its life)."""
-
-
 def adopt_drop_ins(processor: Any) -> Any:
-    """Put gpu-mm's drop-ins (:mod:`gpu_mm.integrations.hf`) in place of a transformers processor's stock image
-    and video processors of the families gpu-mm serves (same settings: built from the stock one's ``to_dict``,
-    once per stock instance); other components stay. Checked on every call: vLLM may put a (cached) stock
-    component back on a cached processor (its InternVL path does so for the video processor). Returns
-    ``processor``."""
-    for attr in ("image_processor", "video_processor"):
-        current: Any = getattr(processor, attr, None)
-        drop_in_cls: Any = _swaps().get(type(current))
-        if drop_in_cls is None:
-            continue
-        with _lock:
-            drop_in = _DROP_INS.get(current)
-            if drop_in is None:
-                drop_in = _DROP_INS[current] = drop_in_cls.from_dict(current.to_dict())
-        setattr(processor, attr, drop_in)
-    return processor
+    """:func:`gpu_mm.integrations.hf.adopt_drop_ins` with vLLM's own InternVL classes too
+    (:mod:`gpu_mm.integrations.vllm_internvl`). Checked on every call: vLLM may put a (cached) stock component
+    back on a cached processor (its InternVL path does so for the video processor). Returns ``processor``."""
+    from . import hf, vllm_internvl
 
-
-@functools.lru_cache(maxsize=None)
-def _swaps() -> dict[type, type]:
-    """Each stock transformers class with a drop-in -> the drop-in."""
-    from . import hf
-
-    return {drop_in._stock: drop_in for drop_in in (
-        hf.GpuMMQwen2VLImageProcessor, hf.GpuMMQwen2VLVideoProcessor, hf.GpuMMQwen3VLVideoProcessor,
-        hf.GpuMMGlm4vImageProcessor, hf.GpuMMGlm4vVideoProcessor, hf.GpuMMGlm46VVideoProcessor,
-        hf.GpuMMGotOcr2ImageProcessor, hf.GpuMMInternVLVideoProcessor, hf.GpuMMGemma3ImageProcessor)}
+    return hf.adopt_drop_ins(processor, dict.fromkeys(vllm_internvl.SWAPS, vllm_internvl.adopt))
 
 
 @functools.lru_cache(maxsize=None)

@@ -61,6 +61,7 @@ def test_loaded_through_vllms_entry_point_when_asked():
         "Glm4vMoeForConditionalGeneration": "GpuMMGlm4vProcessingInfo",  # vLLM shares the info class
         "InternS1ForConditionalGeneration": "GpuMMInternS1ProcessingInfo",
         "Gemma3ForConditionalGeneration": "GpuMMGemma3ProcessingInfo",
+        "InternVLChatModel": "GpuMMInternVLProcessingInfo",  # internvl_chat: vLLM's own processor classes
     }
     assert r["hf_components"] == {"qwen2_vl": ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor"],
                                   "qwen2_5_vl": ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor"],
