@@ -1,5 +1,6 @@
 """SGLang plug-in: Qwen2-VL / Qwen2.5-VL / Qwen3-VL (MoE) / Qwen3.5 media loaded, decoded and turned into
-features by gpu-mm.
+features by gpu-mm; GLM-4.1V / 4.5V and Gemma 3 features computed by gpu-mm inside SGLang's own processors
+(:mod:`gpu_mm.integrations.sglang_processors.families`, which also says why InternVL stays SGLang's).
 
 ``GpuMMQwenVLProcessor`` (in :mod:`gpu_mm.integrations.sglang_processors.qwen_vl`) subclasses SGLang's
 ``QwenVLImageProcessor``. For each request SGLang's TokenizerManager sends it, SGLang's own loader still
@@ -33,8 +34,8 @@ __all__ = ["PACKAGE", "PluginSettings", "install", "settings"]
 
 
 def install(**options: Any) -> type:
-    """Register gpu-mm's processor for SGLang's Qwen-VL architectures (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-    Qwen3-VL-MoE, Qwen3.5); return its class.
+    """Register gpu-mm's processors for SGLang's Qwen-VL architectures (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+    Qwen3-VL-MoE, Qwen3.5), GLM-4.1V / 4.5V and Gemma 3; return the Qwen-VL one's class.
 
     ``options`` are :class:`PluginSettings` fields (unknown names raise ``TypeError``); fields not given
     come from the environment. Sets ``SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE`` (for a TokenizerManager

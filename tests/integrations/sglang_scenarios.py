@@ -195,6 +195,62 @@ async def limits(server_args):
         Executor._execute = orig
 
 
+def _items(out):
+    return [[it.modality.name, [list(o) for o in it.offsets], list(it.feature.shape)] for it in out.mm_items]
+
+
+async def families(server_args):
+    """GLM-4.1V and Gemma 3: SGLang's own processor and gpu-mm's (SGLang's with the drop-ins), each built from the
+    same weightless model folder, on the same requests."""
+    import tempfile
+
+    import transformers
+    from sglang.srt.multimodal.processors.gemma3 import Gemma3SGLangImageProcessor
+    from sglang.srt.multimodal.processors.glm4v import Glm4vImageProcessor
+
+    from gpu_mm.integrations import hf
+    from gpu_mm.integrations.sglang_processors.families import GpuMMGemma3Processor, GpuMMGlm4vProcessor
+
+    from family_folders import family_folder
+
+    cases = {"glm4v": (Glm4vImageProcessor, GpuMMGlm4vProcessor, "<|begin_of_image|><|image|><|end_of_image|>",
+                       "<|begin_of_video|><|video|><|end_of_video|>"),
+             "gemma3": (Gemma3SGLangImageProcessor, GpuMMGemma3Processor, "<start_of_image>", None)}
+    out = {}
+    for model_type, (stock, plugin, image, video) in cases.items():
+        folder = family_folder(model_type, tempfile.mkdtemp(prefix=f"gpu-mm-{model_type}-"))
+        config = transformers.AutoConfig.from_pretrained(folder)
+        theirs = stock(config, server_args, transformers.AutoProcessor.from_pretrained(folder), "default")
+        ours = plugin(config, server_args, transformers.AutoProcessor.from_pretrained(folder), "default")
+        requests = {"images": (f"{image} describe {image}", list(IMAGES), None)}
+        if video:
+            requests["video"] = (f"{video} describe", None, [_data_uri(VIDEO, "video/mp4")])
+        result = {"components": [type(getattr(ours._processor, a, None)).__name__
+                                 for a in ("image_processor", "video_processor")]}
+        for name, (text, images, videos) in requests.items():
+            got = {}
+            for side, proc in (("gpu_mm", ours), ("sglang", theirs)):
+                try:
+                    got[side] = await call(proc, text, images, videos)
+                except Exception as exc:  # noqa: BLE001 - reported to the test, which decides
+                    got[side] = f"{type(exc).__name__}: {exc}"[:300]
+            a, b = got["gpu_mm"], got["sglang"]
+            if isinstance(a, str) or isinstance(b, str):
+                result[name] = {"gpu_mm_error": a if isinstance(a, str) else None,
+                                "sglang_error": b if isinstance(b, str) else None}
+                continue
+            result[name] = {
+                "same_ids": list(a.input_ids) == list(b.input_ids), "n_ids": len(a.input_ids),
+                "items": _items(a), "same_items": _items(a) == _items(b),
+                "feature_max_abs_diff": feature_diff(a, b),
+                "same_mrope": (a.mrope_positions is None and b.mrope_positions is None)
+                or bool(torch.equal(torch.as_tensor(a.mrope_positions), torch.as_tensor(b.mrope_positions))),
+            }
+        out[model_type] = result
+    out["drop_ins_that_computed"] = sorted({type(d).__name__ for d in list(hf._PREPROCESSORS.keys())})
+    return out
+
+
 def tokenizer_manager():
     """SGLang's real TokenizerManager, built as the engine builds it (ServerArgs for a local model folder,
     published for the tokenizer role), once as shipped and once with the operator's switch
@@ -252,7 +308,8 @@ def main():
 
         install()
         results["registered"] = {m.__name__: c.__name__ for m, c in PROCESSOR_MAPPING.items()
-                                 if m.__name__ in ARCH.values()}
+                                 if m.__name__ in {*ARCH.values(), "Glm4vForConditionalGeneration",
+                                                   "Gemma3ForConditionalGeneration", "InternVLChatModel"}}
 
         async def run_all():
             for mt in ARCH:
@@ -261,6 +318,7 @@ def main():
             results["bad_input"] = await bad_input(server_args)
             results["limits"] = await limits(server_args)
             results["bad_settings"] = bad_settings(server_args)
+            results["families"] = await families(server_args)
             # GPU_MM_WORKERS=threads: each slot's work on its thread (on the CPU the default is a process per slot).
             results["qwen2_vl_slot_threads"] = await compare("qwen2_vl", server_args, workers="threads")
 

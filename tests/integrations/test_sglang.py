@@ -79,10 +79,32 @@ def test_sglangs_tokenizer_manager_routes_requests_through_the_plugin():
     assert r["gpu_mm_completed"] == 1
 
 
-def test_registered_for_the_qwen_vl_families():
+def test_registered_for_the_qwen_vl_glm_and_gemma_families_and_not_internvl():
     assert scenarios()["registered"] == {"Qwen2VLForConditionalGeneration": "GpuMMQwenVLProcessor",
                                          "Qwen2_5_VLForConditionalGeneration": "GpuMMQwenVLProcessor",
-                                         "Qwen3VLForConditionalGeneration": "GpuMMQwenVLProcessor"}
+                                         "Qwen3VLForConditionalGeneration": "GpuMMQwenVLProcessor",
+                                         "Glm4vForConditionalGeneration": "GpuMMGlm4vProcessor",
+                                         "Gemma3ForConditionalGeneration": "GpuMMGemma3Processor",
+                                         # SGLang computes InternVL's tiles itself (see the plug-in's families module)
+                                         "InternVLChatModel": "InternVLProcessor"}
+
+
+@pytest.mark.parametrize("case", ["glm4v/images", "glm4v/video", "gemma3/images"])
+def test_glm_and_gemma_give_sglangs_own_ids_items_and_features(case):
+    """SGLang's own GLM-4.1V and Gemma 3 processors, and the plug-in's (the same with gpu-mm's drop-ins), from the
+    same model folder: identical ids, items, offsets, M-RoPE positions and features, bit for bit (SGLang decodes and
+    samples, gpu-mm resizes, normalizes and patchifies); and gpu-mm computed them."""
+    r = scenarios()["families"]
+    model_type, request = case.split("/")
+    got = r[model_type][request]
+    assert "gpu_mm_error" not in got, got
+    assert got["same_ids"] and got["same_items"] and got["same_mrope"]
+    assert got["feature_max_abs_diff"] and all(d == 0.0 for d in got["feature_max_abs_diff"])
+    assert r["glm4v"]["components"] == ["GpuMMGlm4vImageProcessor", "GpuMMGlm4vVideoProcessor"]
+    assert r["gemma3"]["components"] == ["GpuMMGemma3ImageProcessor", "NoneType"]
+    computed = {"glm4v/images": "GpuMMGlm4vImageProcessor", "glm4v/video": "GpuMMGlm4vVideoProcessor",
+                "gemma3/images": "GpuMMGemma3ImageProcessor"}
+    assert computed[case] in r["drop_ins_that_computed"]
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])

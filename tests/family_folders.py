@@ -1,0 +1,72 @@
+"""Weightless model folders of the families beyond Qwen (a model config, the stock transformers processor, a
+tiny word-level tokenizer), written as ``save_pretrained`` writes them: the engines' scenarios build their own
+processors from these."""
+
+from __future__ import annotations
+
+
+def _toy_tokenizer(special, words, extra=None, newlines=False):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = ["<unk>", "<bos>", "<eos>", "<pad>", *special, *words, "\n", "\n\n", "\n\n\n", "\n\n\n\n"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(vocab))}, unk_token="<unk>"))
+    # Digits one by one (GLM's timestamps); with ``newlines`` (Gemma 3's prompt is built with them, and vLLM's
+    # Gemma 3 path merges them) newline runs are tokens of their own and only spaces split words.
+    split = ([pre_tokenizers.Split(Regex("\n+"), "isolated"), pre_tokenizers.Split(" ", "removed")] if newlines
+             else [pre_tokenizers.WhitespaceSplit()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*split, pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.Split(".", "isolated")])
+    named = {"extra_special_tokens": extra} if extra else {}  # an empty one would drop the special tokens
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", additional_special_tokens=list(special), **named)
+
+
+def family_folder(model_type, folder):
+    """A weightless GLM-4.1V, InternVL (-hf) or Gemma 3 model (config, the stock processor, a tiny tokenizer)."""
+    import pathlib
+
+    import transformers
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = [*"0123456789", ".", "seconds", "describe", "Frame1:", "Frame2:", "Frame3:", "Frame4:"]
+    if model_type == "glm4v":
+        special = ["<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                   "<|end_of_video|>"]
+        tok = _toy_tokenizer(special, digits)
+        ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
+            ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"),
+            ("image_start_token_id", "<|begin_of_image|>"), ("image_end_token_id", "<|end_of_image|>"),
+            ("video_start_token_id", "<|begin_of_video|>"), ("video_end_token_id", "<|end_of_video|>"))}
+        cfg = transformers.Glm4vConfig(**ids)
+        cfg.architectures = ["Glm4vForConditionalGeneration"]
+        proc = transformers.Glm4vProcessor(image_processor=transformers.Glm4vImageProcessor(), tokenizer=tok,
+                                           video_processor=transformers.Glm4vVideoProcessor())
+    elif model_type == "internvl":
+        special = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+        tok = _toy_tokenizer(special, digits, {"start_image_token": "<img>", "end_image_token": "</img>",
+                                               "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+        cfg = transformers.InternVLConfig(image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
+        cfg.architectures = ["InternVLForConditionalGeneration"]
+        imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+        proc = transformers.InternVLProcessor(
+            image_processor=transformers.GotOcr2ImageProcessor(size={"height": 448, "width": 448},
+                                                               crop_to_patches=True, **imagenet),
+            video_processor=transformers.InternVLVideoProcessor(size={"height": 448, "width": 448}, **imagenet),
+            tokenizer=tok)
+    else:
+        special = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+        tok = _toy_tokenizer(special, digits, {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                               "image_token": "<image_soft_token>"}, newlines=True)
+        cfg = transformers.Gemma3Config(boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+                                        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+                                        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"))
+        cfg.architectures = ["Gemma3ForConditionalGeneration"]
+        proc = transformers.Gemma3Processor(
+            image_processor=transformers.Gemma3ImageProcessor(size={"height": 896, "width": 896},
+                                                              image_mean=[0.5] * 3, image_std=[0.5] * 3),
+            tokenizer=tok)
+    cfg.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder
