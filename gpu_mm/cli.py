@@ -292,8 +292,9 @@ def _print_families(fams: dict[str, Any]) -> None:
             continue
         for kind, v in res.items():
             media = "1080p JPEG" if kind == "image" else f"360p clip, {v.get('frames')} frames"
-            print(f"  {family:9s} {media:24s} gpu-mm {v['gpu_mm']['p50_ms']:7.1f} ms   transformers "
-                  f"{v['transformers']['p50_ms']:7.1f} ms   ({v['speedup_p50']:.2f}x)   outputs {v.get('outputs')}")
+            ref = v.get("reference", "transformers")
+            print(f"  {family:13s} {media:24s} gpu-mm {v['gpu_mm']['p50_ms']:7.1f} ms   {ref} "
+                  f"{v[ref]['p50_ms']:7.1f} ms   ({v['speedup_p50']:.2f}x)   outputs {v.get('outputs')}")
 
 
 def _print_hostile(hostile: dict[str, Any]) -> None:

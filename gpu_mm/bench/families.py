@@ -3,7 +3,9 @@ the same media, side by side in one run (the JPEG; the clip for the families tha
 
 The transformers side is what a serving stack without gpu-mm does: Pillow decodes the image, PyAV decodes every
 frame of the clip (transformers' processors take frames) and the processor samples, resizes and normalizes them.
-Each family runs with its published checkpoints' settings; gpu-mm's cache is off (the work is measured)."""
+Each family runs with its published checkpoints' settings; gpu-mm's cache is off (the work is measured).
+InternVL's original checkpoints (``internvl_chat``) have no transformers processor: their line is against vLLM's
+``InternVLChatImageProcessor`` (the engine's own path for them), where vLLM is installed."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def _references() -> dict[str, dict[str, Callable[[], Any]]]:
     )
 
     imagenet: dict[str, Any] = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
-    return {
+    refs: dict[str, dict[str, Callable[[], Any]]] = {
         "glm4v": {"image": lambda: Glm4vImageProcessor(), "video": lambda: Glm4vVideoProcessor()},
         "internvl": {
             "image": lambda: GotOcr2ImageProcessor(size={"height": 448, "width": 448}, crop_to_patches=True,
@@ -54,6 +56,17 @@ def _references() -> dict[str, dict[str, Callable[[], Any]]]:
                                                          pan_and_scan_min_crop_size=256, pan_and_scan_max_num_crops=4,
                                                          pan_and_scan_min_ratio_to_activate=1.2)},
     }
+    try:
+        from vllm.transformers_utils.processors.internvl import InternVLChatImageProcessor
+    except ImportError:
+        return refs
+    refs["internvl_chat"] = {"image": lambda: InternVLChatImageProcessor(
+        image_size=448, min_dynamic_patch=1, max_dynamic_patch=12, dynamic_image_size=True, use_thumbnail=True)}
+    return refs
+
+
+REFERENCE = {"internvl_chat": "vllm"}
+"""Who a family's line compares against, where it is not transformers."""
 
 
 OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
@@ -90,8 +103,9 @@ def families_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str
         def theirs_image(proc: Any = image_proc) -> Any:
             return proc(images=[Image.open(io.BytesIO(jpeg)).convert("RGB")], return_tensors="pt")
 
-        result["image"] = speedup(time_side_by_side({"gpu_mm": ours_image, "transformers": theirs_image}, reps),
-                                  "transformers")
+        ref = REFERENCE.get(family, "transformers")
+        result["image"] = speedup(time_side_by_side({"gpu_mm": ours_image, ref: theirs_image}, reps), ref)
+        result["image"]["reference"] = ref
         result["image"]["outputs"] = list(last["image"].grid_thw)
         if "video" in procs:
             video_proc = procs["video"]()
@@ -112,6 +126,7 @@ def families_bench(jpeg: bytes, clip: bytes, device: str, reps: int) -> dict[str
 
             result["video"] = speedup(time_side_by_side({"gpu_mm": ours_video, "transformers": theirs_video},
                                                         max(3, reps // 3)), "transformers")
+            result["video"]["reference"] = "transformers"
             result["video"]["frames"] = len(last["video"].frame_indices or [])
             result["video"]["outputs"] = list(last["video"].grid_thw)
         pre.close()
