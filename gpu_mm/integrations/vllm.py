@@ -5,12 +5,14 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
 
 * **loader**: vLLM asks the video loader registered for the model's video processor class (not
   ``VLLM_VIDEO_LOADER_BACKEND``) to turn a request's video bytes into sampled frames. gpu-mm registers its
-  loader for ``Qwen2VLVideoProcessor`` (Qwen2-VL, Qwen2.5-VL) and ``Qwen3VLVideoProcessor`` (Qwen3-VL,
-  Qwen3-VL-MoE): it probes the container (frames counted from packets, gpu-mm's :class:`MediaLimits`),
-  samples with gpu-mm's arithmetic for the family (the rule vLLM's own Qwen loaders port from transformers:
-  ``fps`` 2 capped at 30, ``min_frames`` 4, ``max_frames`` at most 768, ``temporal_patch_size`` 2, all
-  overridable with ``--media-io-kwargs``), decodes only those frames (PyAV, or DALI/NVDEC on CUDA, copied to
-  host memory as vLLM's own GPU loader does) and returns them with the metadata vLLM's loaders return.
+  loader for ``Qwen2VLVideoProcessor`` (Qwen2-VL, Qwen2.5-VL), ``Qwen3VLVideoProcessor`` (Qwen3-VL,
+  Qwen3-VL-MoE) and the InternVL and GLM video processors (for which vLLM uses its default loader): it probes the
+  container (frames counted from packets, gpu-mm's :class:`MediaLimits`), samples with gpu-mm's arithmetic for
+  the loader it replaces (the rule vLLM's own Qwen loaders port from transformers: ``fps`` 2 capped at 30,
+  ``min_frames`` 4, ``max_frames`` at most 768, ``temporal_patch_size`` 2; vLLM's default loader's ``num_frames``
+  (32) evenly spread; all overridable with ``--media-io-kwargs``), decodes only those frames (PyAV, or DALI/NVDEC
+  on CUDA, copied to host memory as vLLM's own GPU loader does) and returns them with the metadata vLLM's loaders
+  return.
   Loads run on the plug-in's own threads behind an admission bound: at most ``max_concurrent_calls``
   decoding and ``memory_budget_bytes`` of decoded frames in flight, ``max_queued`` waiting; beyond that
   :class:`VLLMOverloaded` (HTTP 503) at once; past ``timeout_s`` :class:`VLLMTimeout` (HTTP 504), the
@@ -36,12 +38,14 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
+import math
 import os
 import threading
 import time
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import numpy as np
 from vllm.exceptions import GracefulHTTPError
 from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, VideoLoader
 
@@ -128,10 +132,18 @@ _VLLM_CODEC_KWARGS = frozenset({"backend", "num_ffmpeg_threads", "seek_mode", "d
 
 
 def sample_indices(family: str, total: int, video_fps: float, *, fps: float = 2, min_frames: int = 4,
-                   max_frames: int = _MAX_FRAMES, temporal_patch_size: int = 2) -> list[int]:
-    """The frames vLLM's own loader for ``family`` (``qwen2_vl`` / ``qwen3_vl``) samples, by gpu-mm's
-    arithmetic for that family: transformers' ``sample_frames`` in fps mode, with vLLM's caps (fps at most 30,
-    ``max_frames`` at most 768) and, for Qwen2-VL, vLLM's clamp of a float32 step past the last frame."""
+                   max_frames: int = _MAX_FRAMES, temporal_patch_size: int = 2, num_frames: int = -1) -> list[int]:
+    """The frames vLLM's own loader for ``family`` samples, by gpu-mm's arithmetic: for ``qwen2_vl`` /
+    ``qwen3_vl``, transformers' ``sample_frames`` in fps mode, with vLLM's caps (fps at most 30, ``max_frames`` at
+    most 768) and, for Qwen2-VL, vLLM's clamp of a float32 step past the last frame; for ``uniform`` (vLLM's default
+    loader, the other families' video), ``num_frames`` (``-1``: all) spread evenly, fewer where ``fps`` (``<= 0``:
+    off) over the clip's duration gives fewer (``VideoBackend.compute_frames_index_to_sample``)."""
+    if family == "uniform":
+        n = min(num_frames, total) if num_frames > 0 else total
+        if fps > 0:
+            n = min(n, math.floor((total / video_fps if video_fps > 0 else 0.0) * fps))
+        n = max(1, n)
+        return list(range(n)) if n == total else [int(i) for i in np.linspace(0, total - 1, n, dtype=int)]
     fps, max_frames = min(fps, _MAX_FPS), min(max_frames, _MAX_FRAMES)
     if family == "qwen3_vl":
         n = qwen3_vl.nframes(total, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
@@ -304,9 +316,32 @@ class GpuMMQwen3VLVideoLoader(_GpuMMVideoLoader):
     family = "qwen3_vl"
 
 
+class GpuMMUniformVideoLoader(_GpuMMVideoLoader):
+    """gpu-mm's loader where vLLM uses its default one (InternVL's and GLM's video processors): ``num_frames``
+    (vLLM's default 32) spread evenly over the clip, or fewer by ``fps``, as vLLM's ``VideoBackend`` samples."""
+
+    family = "uniform"
+
+    @classmethod
+    def load_bytes(cls, data: bytes, num_frames: int = -1, fps: float = -1, max_duration: float = 300,
+                   frame_recovery: bool = False, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        unknown = set(kwargs) - _VLLM_CODEC_KWARGS
+        if unknown:
+            raise InvalidRequest("media_io_kwargs", f"gpu-mm's video loader does not take {sorted(unknown)}")
+        if not isinstance(num_frames, int) or isinstance(num_frames, bool) or not (num_frames == -1 or
+                                                                                    0 < num_frames <= 1 << 20):
+            raise InvalidRequest("num_frames", f"must be -1 or a positive integer, got {num_frames!r}")
+        options: dict[str, Any] = {"num_frames": num_frames, "fps": -1.0}  # vLLM's -1: no rate limit
+        if isinstance(fps, (int, float)) and fps > 0:
+            options.update(sampling_options({"fps": fps}))
+        return _loads().load(cls.family, data, options)
+
+
 LOADERS: dict[str, tuple[type[_GpuMMVideoLoader], tuple[str, ...]]] = {
     "gpu_mm_qwen2_vl": (GpuMMQwen2VLVideoLoader, ("Qwen2VLVideoProcessor",)),
     "gpu_mm_qwen3_vl": (GpuMMQwen3VLVideoLoader, ("Qwen3VLVideoProcessor",)),
+    "gpu_mm_uniform": (GpuMMUniformVideoLoader, ("InternVLVideoProcessor", "Glm4vVideoProcessor",
+                                                 "Glm46VVideoProcessor")),
 }
 """Registered name -> (loader, the transformers video processor classes it serves)."""
 
@@ -409,7 +444,8 @@ def register(parts: Any = None, **options: Any) -> dict[str, list[str]]:
             for name, (loader, processors) in LOADERS.items():
                 VIDEO_LOADER_REGISTRY.register(name, video_processor=processors)(loader)
                 done["loader"].append(name)
-            _log.info("gpu-mm: video loader for Qwen2-VL/Qwen3-VL video processors (%s on %s, %d decoding, "
+            _log.info("gpu-mm: video loader for Qwen2-VL, Qwen3-VL, InternVL and GLM video processors (%s on %s, "
+                      "%d decoding, "
                       "%d queued, %d MiB of frames in flight, timeout %s s)", loads.decoder, loads.device,
                       loads.workers, loads.queued, loads.budget // 2**20, loads.settings.timeout_s)
         if "processors" in wanted:

@@ -51,7 +51,9 @@ def scenarios() -> dict:
 
 def test_loaded_through_vllms_entry_point_when_asked():
     r = scenarios()
-    assert r["loader_for"] == {"Qwen2VLVideoProcessor": "gpu_mm_qwen2_vl", "Qwen3VLVideoProcessor": "gpu_mm_qwen3_vl"}
+    assert r["loader_for"] == {"Qwen2VLVideoProcessor": "gpu_mm_qwen2_vl", "Qwen3VLVideoProcessor": "gpu_mm_qwen3_vl",
+                               "InternVLVideoProcessor": "gpu_mm_uniform", "Glm4vVideoProcessor": "gpu_mm_uniform",
+                               "Glm46VVideoProcessor": "gpu_mm_uniform"}
     assert r["processing_info"] == {
         "Qwen2VLForConditionalGeneration": "GpuMMQwen2VLProcessingInfo",
         "Qwen2_5_VLForConditionalGeneration": "GpuMMQwen2_5_VLProcessingInfo",
@@ -141,22 +143,26 @@ def test_glm_video_fails_in_vllm_itself_and_the_plugin_changes_nothing():
     assert r["gpu_mm_error"] == r["vllm_error"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "internvl"])
 def test_loader_returns_vllms_frames_and_metadata(family):
+    """The Qwen loaders sample 2 fps (6 of the clip's 45 frames); InternVL's video processor gets vLLM's default
+    loader's 32 evenly spread frames from both."""
     r = scenarios()["loader"][family]
     assert r["types"] == ["ndarray", "ndarray"] and r["dtypes"] == ["uint8", "uint8"]
-    assert r["shapes"][0] == r["shapes"][1] == [6, 120, 160, 3]
+    frames = 32 if family == "internvl" else 6
+    assert r["shapes"][0] == r["shapes"][1] == [frames, 120, 160, 3]
     theirs, ours = dict(r["meta_vllm"]), dict(r["meta_gpu_mm"])
     assert theirs.pop("video_backend") == "opencv" and ours.pop("video_backend") == "gpu_mm:pyav"
     assert ours == theirs
     assert r["frame_diff"] == 0.0
 
 
-def test_sampling_equals_vllms_own_qwen_loaders_rule():
-    """gpu-mm's arithmetic against vLLM's ``compute_frames_index_to_sample`` for both families: 1280 cases of
-    clip length, source fps, fps and frame bounds (both refuse the same too-short clips)."""
+def test_sampling_equals_vllms_own_loaders_rules():
+    """gpu-mm's arithmetic against vLLM's ``compute_frames_index_to_sample`` for both Qwen families (1280 cases of
+    clip length, source fps, fps and frame bounds; both refuse the same too-short clips) and for vLLM's default
+    loader (1125 cases of clip length, source fps, ``num_frames`` and ``fps``)."""
     r = scenarios()["sampling"]
-    assert r["checked"] == 1280 and r["mismatches"] == []
+    assert r["checked"] == 1280 + 1125 and r["mismatches"] == []
 
 
 def test_off_unless_asked_for():

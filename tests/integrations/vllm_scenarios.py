@@ -33,7 +33,10 @@ IMAGES = [make_image(100, 140, "JPEG", seed=1), make_image(300, 200, "PNG", seed
 PROMPT = f"{IMAGE_TOKEN} describe this and {VIDEO_TOKEN} this {IMAGE_TOKEN}"
 REQUEST = {"prompt": PROMPT, "images": [data_uri(IMAGES[0], "image/jpeg"), data_uri(IMAGES[1], "image/png")],
            "videos": [data_uri(VIDEO, "video/mp4")]}
-OWN_LOADER = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl"}
+OWN_LOADER = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl", "internvl": "opencv",
+              "glm4v": "opencv"}
+"""vLLM's own loader for each model type's video processor (its default, ``opencv``, for the families beyond Qwen)."""
+GPU_MM_LOADER = {"qwen2_vl": "gpu_mm_qwen2_vl", "qwen3_vl": "gpu_mm_qwen3_vl", "internvl": "gpu_mm_uniform"}
 ROOT = tempfile.mkdtemp()
 
 
@@ -83,9 +86,9 @@ def _folder(model_type, name):
 
 def build_stock(model_type, normalize_on_device):
     folder = _folder(model_type, f"{model_type}-{normalize_on_device}-vllm")
-    if model_type in FAMILY_IMAGE:
-        return Engine(folder, normalize_on_device=normalize_on_device)
     engine = Engine(folder, normalize_on_device=normalize_on_device)
+    if model_type not in OWN_LOADER:
+        return engine
     # The loader vLLM maps to the video processor class is process-wide, and the plug-in takes it over:
     # the reference engine names vLLM's own loader explicitly (what --media-io-kwargs video_backend does).
     engine.connector.media_io_kwargs = {"video": {"video_backend": OWN_LOADER[model_type]}}
@@ -125,7 +128,7 @@ def loader_vs_vllm(model_type):
     from vllm.multimodal.media.video import VideoMediaIO
 
     out = {}
-    for name in (OWN_LOADER[model_type], f"gpu_mm_{OWN_LOADER[model_type]}"):
+    for name in (OWN_LOADER[model_type], GPU_MM_LOADER[model_type]):
         frames, meta = VideoMediaIO(ImageMediaIO(), video_backend=name).load_bytes(VIDEO).media
         out[name] = (frames, meta)
     (f1, m1), (f2, m2) = out.values()
@@ -162,6 +165,20 @@ def sampling_grid():
                     same = ours == theirs or (isinstance(ours, str) and isinstance(theirs, str))
                     if not same:
                         mismatches.append([family, total, video_fps, fps, kw, str(theirs)[:80], str(ours)[:80]])
+    from vllm.multimodal.video import VideoBackend
+
+    for total in (1, 2, 3, 5, 30, 45, 61, 451, 1800):
+        for video_fps in (1.0, 7.5, 23.976, 30.0, 60.0):
+            for num_frames in (-1, 1, 8, 32, 1000):
+                for fps in (-1, 0.5, 1, 2, 30):
+                    src = VideoSourceMetadata(total, video_fps, total / video_fps)
+                    tgt = VideoTargetMetadata(num_frames=num_frames, fps=fps, max_duration=300)
+                    theirs = VideoBackend.compute_frames_index_to_sample(src, tgt)
+                    ours = sample_indices("uniform", total, video_fps, fps=fps, num_frames=num_frames)
+                    checked += 1
+                    if ours != theirs:
+                        mismatches.append(["uniform", total, video_fps, fps, num_frames, str(theirs)[:80],
+                                           str(ours)[:80]])
     return {"checked": checked, "mismatches": mismatches[:10]}
 
 
@@ -397,7 +414,8 @@ def main():
     vllm.plugins.plugins_loaded = False
     vllm.plugins.load_general_plugins()
     result["loader_for"] = {p: VIDEO_LOADER_REGISTRY.get_backend_for_video_processor(p)
-                            for p in ("Qwen2VLVideoProcessor", "Qwen3VLVideoProcessor")}
+                            for p in ("Qwen2VLVideoProcessor", "Qwen3VLVideoProcessor", "InternVLVideoProcessor",
+                                      "Glm4vVideoProcessor", "Glm46VVideoProcessor")}
     import importlib
 
     from gpu_mm.integrations.vllm import MODELS
@@ -427,7 +445,7 @@ def main():
     # Which drop-in classes computed with gpu-mm (each drop-in keeps the gpu-mm preprocessors it ran), not
     # transformers' fallback. (vLLM may hand the processor other component instances per call: by class.)
     result["drop_ins_that_computed"] = sorted({type(d).__name__ for d in list(hf._PREPROCESSORS.keys())})
-    result["loader"] = {m: loader_vs_vllm(m) for m in ("qwen2_vl", "qwen3_vl")}
+    result["loader"] = {m: loader_vs_vllm(m) for m in ("qwen2_vl", "qwen3_vl", "internvl")}
     result["sampling"] = sampling_grid()
     result["errors"] = errors()
     result["fallback"] = fallback(stock[("qwen2_vl", False)], ours[("qwen2_vl", False)])
