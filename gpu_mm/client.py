@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import pickle
 from typing import Any
 
 from . import errors
 from ._lifecycle import Closeable
 from .errors import GpuMMError, InvalidRequest, ProcessingTimeout, ServiceUnavailable
 from .features import Features
+from .handoff import FeatureReceiver
 from .options import RequestOptions
-from .wire import CONTENT_TYPE, features_from_body
+from .wire import CONTENT_TYPE, HANDLE_CONTENT_TYPE, features_from_body, features_from_parts
 
 __all__ = ["Client"]
 
@@ -32,10 +34,19 @@ class Client(Closeable):
     videos=..., **options)`` from an event loop, ``client(images=..., videos=...)`` from synchronous code.
 
     ``timeout_s``: the most a call waits for its answer (None: no bound; the service's own deadline still
-    applies), past it :class:`gpu_mm.ProcessingTimeout`. Needs ``aiohttp`` (``pip install gpu-mm[serve]``).
+    applies), past it :class:`gpu_mm.ProcessingTimeout`. ``name``: how the service's /metrics counts this client's
+    requests (``X-GPU-MM-Client``; letters, digits, ``_.:-``, at most 64).
+
+    ``handles`` (``unix://`` only): the service answers with its features in a shared block leased to this process
+    (:mod:`gpu_mm.leases`) instead of bytes on the socket; the features' tensors view that block (no copy here), and
+    ``features.handle`` names it. Give it back with :meth:`release` (or :meth:`release_sync`) once the tensors are
+    no longer used: the service reuses the block then, and reclaims it anyway after its lease time
+    (``--handle-lease-s``) or when this process ends. The answer is a pickled handle, read only from the node's own
+    service over its socket (mode 0600: the same user). Needs ``aiohttp`` (``pip install gpu-mm[serve]``).
     """
 
-    def __init__(self, url: str, *, timeout_s: float | None = 60.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float | None = 60.0, handles: bool = False,
+                 name: str | None = None) -> None:
         if url.startswith("unix://"):
             self.socket_path: str | None = url[len("unix://"):]
             if not self.socket_path:
@@ -47,7 +58,14 @@ class Client(Closeable):
             raise ValueError(f"url must be http(s)://host:port or unix:///path, got {url!r}")
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s!r}")
-        self.url, self.timeout_s = url, timeout_s
+        if handles and self.socket_path is None:
+            raise ValueError("handles are shared blocks on the service's node: they need a unix:// URL")
+        self.url, self.timeout_s, self.handles = url, timeout_s, handles
+        self._headers = {"Content-Type": "application/json",
+                         "Accept": HANDLE_CONTENT_TYPE if handles else CONTENT_TYPE}
+        if name is not None:
+            self._headers["X-GPU-MM-Client"] = name
+        self._receiver: FeatureReceiver | None = FeatureReceiver() if handles else None
         self._session: Any = None
         self._closed = False
 
@@ -90,13 +108,16 @@ class Client(Closeable):
     async def _post(self, session: Any, body: bytes) -> Features:
         import aiohttp
 
+        fmt = "handles" if self.handles else "safetensors"
         for attempt in (1, 2):
             try:
-                async with session.post(f"{self.base}/v1/preprocess?format=safetensors", data=body,
-                                        headers={"Content-Type": "application/json", "Accept": CONTENT_TYPE}) as r:
+                async with session.post(f"{self.base}/v1/preprocess?format={fmt}", data=body,
+                                        headers=self._headers) as r:
                     payload = await r.read()
-                    if r.status == 200 and r.content_type == CONTENT_TYPE:
+                    if r.status == 200 and r.content_type == CONTENT_TYPE and not self.handles:
                         return features_from_body(payload)
+                    if r.status == 200 and r.content_type == HANDLE_CONTENT_TYPE and self.handles:
+                        return self._open(payload)
                     raise error_from_answer(r.status, payload)
             except asyncio.TimeoutError:
                 raise ProcessingTimeout(f"no answer from {self.url} within timeout_s={self.timeout_s}") from None
@@ -109,14 +130,71 @@ class Client(Closeable):
                 raise ServiceUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _open(self, payload: bytes) -> Features:
+        """Features viewing the block a handle answer names (the answer comes from this node's service only)."""
+        assert self._receiver is not None
+        answer = pickle.loads(payload)  # noqa: S301 - the node's own service, over its 0600 socket
+        handle = answer["handle"]
+        feats = features_from_parts(self._receiver.open(handle), answer["meta"])
+        feats.handle = handle
+        return feats
+
+    # ------------------------------------------------------------------ leases (handles=True)
+
+    async def release(self, *features: Features) -> int:
+        """Tell the service these features' blocks are no longer used (their tensors must not be used after);
+        returns how many were still leased. Releasing twice, or after the service reclaimed a lease, is harmless."""
+        ids = self._lease_ids(features)
+        if not ids:
+            return 0
+        if self._session is None:
+            self._session = self._new_session()
+        return await self._release(self._session, ids)
+
+    def release_sync(self, *features: Features) -> int:
+        """:meth:`release` from synchronous code."""
+        ids = self._lease_ids(features)
+        if not ids:
+            return 0
+
+        async def once() -> int:
+            async with self._new_session() as session:
+                return await self._release(session, ids)
+
+        return asyncio.run(once())
+
+    @staticmethod
+    def _lease_ids(features: tuple[Features, ...]) -> list[int]:
+        ids = []
+        for f in features:
+            if f.handle is None:
+                raise ValueError("these features hold no leased block (not from a handles=True client)")
+            ids.append(int(f.handle.lease_id))
+        return ids
+
+    async def _release(self, session: Any, ids: list[int]) -> int:
+        import aiohttp
+
+        try:
+            async with session.post(f"{self.base}/v1/release", json={"leases": ids}, headers=self._headers) as r:
+                payload = await r.read()
+                if r.status != 200:
+                    raise error_from_answer(r.status, payload)
+                return int(json.loads(payload)["released"])
+        except aiohttp.ClientError as exc:
+            raise ServiceUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
+
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Refuse new calls; the connection pool closes with :meth:`aclose` (or when collected)."""
+        """Refuse new calls and unmap the blocks of handles (their tensors must no longer be used); the connection
+        pool closes with :meth:`aclose` (or when collected)."""
         self._closed = True
+        if self._receiver is not None:
+            self._receiver.close()
 
     async def aclose(self) -> None:
-        self._closed = True
+        self.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

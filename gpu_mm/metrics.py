@@ -99,8 +99,11 @@ class PrometheusMetrics:
         self._request = Histogram(f"{namespace}_request_seconds", "Seconds per preprocessing request",
                                   buckets=self.BUCKETS, registry=self.registry)
         self._results = Counter(f"{namespace}_requests", "Requests by outcome", ["outcome"], registry=self.registry)
+        self._clients = Counter(f"{namespace}_client_requests", "Requests by the client's name and outcome",
+                                ["client", "outcome"], registry=self.registry)
         self._watched: list[Any] = []
         self._caches: list[Any] = []
+        self._leases: list[Any] = []
         self.registry.register(_Counts(self))
 
     def watch(self, processor: Any) -> None:
@@ -119,8 +122,15 @@ class PrometheusMetrics:
     def observe_request(self, seconds: float) -> None:
         self._request.observe(seconds)
 
-    def result(self, outcome: str) -> None:
+    def watch_leases(self, leases: Any) -> None:
+        """Expose a :class:`gpu_mm.leases.HandleLeases`'s statistics at every scrape."""
+        self._leases.append(leases)
+
+    def result(self, outcome: str, client: str | None = None) -> None:
+        """Count a request's outcome, and its client's (a bounded name: :func:`gpu_mm.serve.client_name`)."""
         self._results.labels(outcome=outcome).inc()
+        if client is not None:
+            self._clients.labels(client=client, outcome=outcome).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
@@ -148,6 +158,15 @@ class _Counts:
                                       value=sum(getattr(c, k) for c in counts))
         yield GaugeMetricFamily(f"{ns}_loop_hold_max_seconds", "Longest stretch a processor held the loop",
                                 value=max((c.loop_hold_max_s for c in counts), default=0.0))
+        if m._leases:
+            stats = [lease.statistics() for lease in m._leases]
+            yield GaugeMetricFamily(f"{ns}_leases_outstanding", "Feature blocks leased to Unix-socket clients",
+                                    value=sum(st.outstanding for st in stats))
+            for k, what in (("granted", "granted"), ("released", "released by their client"),
+                            ("reclaimed_expired", "reclaimed past the lease time"),
+                            ("reclaimed_gone", "reclaimed from ended client processes")):
+                yield CounterMetricFamily(f"{ns}_leases_{k}", f"Feature block leases {what}",
+                                          value=sum(getattr(st, k) for st in stats))
         if m._caches:
             stats = [c.statistics() for c in m._caches]
             for k in ("bytes", "entries"):

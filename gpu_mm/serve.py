@@ -26,13 +26,17 @@ import dataclasses
 import importlib
 import json
 import logging
+import pickle
+import re
 import secrets
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ._procslots import process_threads
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
+from .leases import HandleLeases, Peer, peer_of
 from .media.sources import MediaLimits
 from .options import RequestOptions
 from .pipeline import Preprocessor, resolve_device
@@ -40,7 +44,7 @@ from .processor import AsyncMMDataProcessor
 from .runtime import freeze_gc, tune_allocator
 from .sched import reset_inherited_slice
 from .settings import Settings
-from .wire import CONTENT_TYPE, features_to_body
+from .wire import CONTENT_TYPE, HANDLE_CONTENT_TYPE, features_to_body, split_output
 
 _ingest: Any
 try:  # built at install when a C compiler is there (setup.py); json.loads and b"".join otherwise
@@ -236,16 +240,48 @@ def _error(exc: BaseException, status: int) -> Any:
     return web.json_response(body, status=status)
 
 
-def wants_features(request: Any) -> bool:
-    """Whether a request asks for the features themselves (a safetensors body) rather than the JSON summary."""
-    from .wire import CONTENT_TYPE
+_LEASES: weakref.WeakKeyDictionary[Any, HandleLeases] = weakref.WeakKeyDictionary()
 
+
+def leases_of(app: Any) -> HandleLeases | None:
+    """The :class:`gpu_mm.leases.HandleLeases` of an application built with ``uds`` set (else None)."""
+    return _LEASES.get(app)
+
+
+FORMATS = ("json", "safetensors", "handles")
+
+
+def answer_format(request: Any) -> str:
+    """What a request asks for: ``json`` (the summary), ``safetensors`` (the features as a body) or ``handles``
+    (the features in a shared block, :mod:`gpu_mm.leases`), from ``?format=`` or else its ``Accept`` header."""
     fmt = request.query.get("format")
     if fmt is not None:
-        if fmt not in ("safetensors", "json"):
-            raise InvalidRequest("format", f"must be 'safetensors' or 'json', got {fmt[:40]!r}")
-        return fmt == "safetensors"
-    return CONTENT_TYPE in request.headers.get("Accept", "")
+        if fmt not in FORMATS:
+            raise InvalidRequest("format", f"must be one of {list(FORMATS)}, got {fmt[:40]!r}")
+        return str(fmt)
+    accept = request.headers.get("Accept", "")
+    return "handles" if HANDLE_CONTENT_TYPE in accept else "safetensors" if CONTENT_TYPE in accept else "json"
+
+
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+MAX_CLIENT_NAMES = 64
+"""Distinct client names /metrics counts apart (``X-GPU-MM-Client``); further ones count as ``other``."""
+
+
+def client_name(request: Any, seen: set[str]) -> str:
+    """The name a request's client gives itself (``X-GPU-MM-Client``, as :class:`gpu_mm.Client` sends its
+    ``name``), bounded for /metrics: ``anonymous`` without one, ``invalid`` for a malformed one, ``other`` past
+    :data:`MAX_CLIENT_NAMES` names."""
+    name = request.headers.get("X-GPU-MM-Client")
+    if name is None:
+        return "anonymous"
+    if not _CLIENT_NAME.fullmatch(name):
+        return "invalid"
+    if name not in seen:
+        if len(seen) >= MAX_CLIENT_NAMES:
+            return "other"
+        seen.add(name)
+    return str(name)
 
 
 def build_app(
@@ -292,6 +328,13 @@ def build_app(
                     "normal policy (a thread could not leave SCHED_IDLE again here: needs root or CAP_SYS_NICE)")
     metrics = PrometheusMetrics()
     metrics.watch_cache(pre.cache)
+    leases = None
+    if settings.uds is not None:  # features handed to the socket's clients in shared blocks (gpu_mm.leases)
+        leases = HandleLeases(pre.device if pre.output == "device" else "cpu", max_blocks=settings.handle_blocks,
+                              lease_s=settings.handle_lease_s)
+        metrics.watch_leases(leases)
+    clients: set[str] = set()
+    tasks: dict[str, asyncio.Task[None]] = {}
     wrapper: Any
     if front is None:
         wrapper = AsyncMMDataProcessor(pre, **settings.processor_kwargs())
@@ -306,59 +349,106 @@ def build_app(
                                                    initializer=reset_inherited_slice)
 
     async def handle(request: web.Request) -> web.Response:
+        client = client_name(request, clients)
         length = request.content_length
         if length is not None and length > max_body_bytes:
-            metrics.result("bad_input")
+            metrics.result("bad_input", client)
             return _error(InvalidRequest("body", f"{length} bytes is over max_body_bytes={max_body_bytes}"), 413)
         reserved = length if length is not None else max_body_bytes
         if bodies["bytes"] + reserved > body_budget_bytes:
-            metrics.result("rejected")
+            metrics.result("rejected", client)
             return _error(Overloaded(f"request bodies in flight would exceed body_budget_bytes={body_budget_bytes}; "
                                      "try again later"), 503)
         bodies["bytes"] += reserved
         try:
-            return await preprocess(request)
+            return await preprocess(request, client)
         finally:
             bodies["bytes"] -= reserved
 
-    async def preprocess(request: web.Request) -> web.Response:
+    def socket_peer(request: web.Request) -> Peer:
+        """The client process of a request that came over the service's Unix socket (else InvalidRequest)."""
+        peer = peer_of(request.transport.get_extra_info("socket")) if leases is not None and request.transport else None
+        if peer is None:
+            raise InvalidRequest("format", "handles are answered only over the service's Unix socket "
+                                           "(gpu-mm serve --uds PATH), to a process of its node")
+        return peer
+
+    def handle_answer(out: Any, peer: Peer) -> bytes:
+        """The features copied into a block leased to ``peer``, and the pickled handle and metadata."""
+        assert leases is not None
+        tensors, meta = split_output(out, family)
+        handle = leases.grant(tensors, peer)
+        return pickle.dumps({"handle": handle, "meta": meta})
+
+    async def preprocess(request: web.Request, client: str) -> web.Response:
         t0 = time.perf_counter()
         if read_chunk_bytes > 0:
             limit_reads(request.transport, read_chunk_bytes)
         try:
             raw = await read_body(request.content, max_body_bytes)
         except InvalidRequest as exc:
-            metrics.result("bad_input")
+            metrics.result("bad_input", client)
             return _error(exc, 413)
         try:
-            features = wants_features(request)
+            fmt = answer_format(request)
+            peer = socket_peer(request) if fmt == "handles" else None
             # A request carrying a base64 video is megabytes of JSON: parse it off the event loop.
             images, videos, options = await asyncio.get_running_loop().run_in_executor(
                 parser, parse_request, raw, max_items)
             del raw
             kw = {"options": options} if options.as_dict() else {}
             out = await wrapper.process(image_data=images, video_data=videos, **kw)
-            if features:  # the body is the size of the features: made off the loop too
+            # A body (or a block) is the size of the features: made off the loop too.
+            if fmt == "safetensors":
                 body = await asyncio.get_running_loop().run_in_executor(parser, features_to_body, out, family)
+            elif fmt == "handles":
+                assert peer is not None
+                body = await asyncio.get_running_loop().run_in_executor(parser, handle_answer, out, peer)
         except (GpuMMError, asyncio.TimeoutError) as exc:
             if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, GpuMMError):
                 exc = ProcessingTimeout(str(exc) or "deadline passed")
             status = getattr(exc, "status_code", 500)
-            metrics.result({400: "bad_input", 503: "rejected", 504: "timeout"}.get(status, "error"))
+            metrics.result({400: "bad_input", 503: "rejected", 504: "timeout"}.get(status, "error"), client)
             if status >= 500 and status not in (503, 504):
                 logger.warning("preprocess failed: %r", exc)
             return _error(exc, status)
         except Exception:  # noqa: BLE001 - a bug, not the client's fault: a JSON 500, logged and counted
             logger.exception("unexpected error in /v1/preprocess")
-            metrics.result("error")
+            metrics.result("error", client)
             return _error(RuntimeError(), 500)
-        metrics.result("ok")
+        metrics.result("ok", client)
         for item in out["items"]:
             metrics.observe_stages(item.timings)
         metrics.observe_request(time.perf_counter() - t0)
-        if features:
+        if fmt == "safetensors":
             return web.Response(body=body, content_type=CONTENT_TYPE)
+        if fmt == "handles":
+            return web.Response(body=body, content_type=HANDLE_CONTENT_TYPE)
         return web.json_response(_summary(out))
+
+    async def release(request: web.Request) -> web.Response:
+        """``POST /v1/release`` ``{"leases": [id, ...]}``: the client is done with those blocks."""
+        try:
+            peer = socket_peer(request)
+            raw = await read_body(request.content, 1 << 16)
+            body = json.loads(b"".join(raw) if isinstance(raw, list) else raw)
+            ids = body.get("leases") if isinstance(body, dict) else None
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise InvalidRequest("leases", "must be a list of lease ids")
+            assert leases is not None
+            released = leases.release(ids, peer)
+        except GpuMMError as exc:
+            return _error(exc, getattr(exc, "status_code", 400))
+        except ValueError as exc:
+            return _error(InvalidRequest("body", f"not valid JSON ({str(exc)[:80]})"), 400)
+        return web.json_response({"released": released})
+
+    async def reap_leases() -> None:
+        """Give back blocks whose client has ended or held them past the lease (bookkeeping: a few /proc reads)."""
+        assert leases is not None
+        while True:
+            await asyncio.sleep(min(1.0, leases.lease_s / 4))
+            leases.reap()
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -372,12 +462,18 @@ def build_app(
         # no request waits seconds for a child to import torch.
         if front is None:
             await pre.start()
+        if leases is not None:
+            tasks["reaper"] = asyncio.get_running_loop().create_task(reap_leases())
 
     async def on_cleanup(_: web.Application) -> None:
+        if "reaper" in tasks:
+            tasks.pop("reaper").cancel()
         if isinstance(wrapper, AsyncMMDataProcessor):
             await wrapper.aclose(wait=False)
         await pre.aclose()
         parser.shutdown(wait=False)
+        if leases is not None:
+            leases.close()
 
     @web.middleware
     async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -393,7 +489,10 @@ def build_app(
             return _error(RuntimeError(), 500)
 
     app = web.Application(client_max_size=max_body_bytes, middlewares=[json_errors])
+    if leases is not None:
+        _LEASES[app] = leases
     app.router.add_post("/v1/preprocess", handle)
+    app.router.add_post("/v1/release", release)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prom)
     app.on_startup.append(on_startup)

@@ -74,6 +74,10 @@ class Settings:
     port: int = _setting(8080, "port to listen on", flag="--port")
     uds: str | None = _setting(None, "also listen on this Unix domain socket (mode 0600: only this user may connect)",
                                flag="--uds")
+    handle_blocks: int = _setting(16, "with --uds: blocks of features leased at once to the socket's clients "
+                                  "(?format=handles; Overloaded, 503, beyond)", flag="--handle-blocks")
+    handle_lease_s: float = _setting(60.0, "with --uds: the longest a client holds a leased block before it is "
+                                     "reclaimed (also when the client's process ends)", flag="--handle-lease-s")
     max_body_bytes: int = _setting(64 * MiB, "largest request body (MiB; 413 beyond)", flag="--max-body-mb", unit=MiB)
     body_budget_bytes: int = _setting(512 * MiB, "request bodies being read or processed at once (MiB; 503 beyond)",
                                       flag="--body-budget-mb", unit=MiB)
@@ -105,6 +109,10 @@ class Settings:
             raise ValueError(f"stop_abandoned_after_s must be >= 0 or None, got {self.stop_abandoned_after_s!r}")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {self.timeout_s!r}")
+        if self.handle_blocks < 1:
+            raise ValueError(f"handle_blocks must be >= 1, got {self.handle_blocks!r}")
+        if not self.handle_lease_s > 0:
+            raise ValueError(f"handle_lease_s must be > 0, got {self.handle_lease_s!r}")
         if self.max_body_bytes > self.body_budget_bytes:
             raise ValueError(f"max_body_bytes={self.max_body_bytes} is over body_budget_bytes={self.body_budget_bytes}")
 

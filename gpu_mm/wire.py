@@ -19,10 +19,14 @@ import torch
 from .errors import InvalidRequest
 from .features import Decoded, Features, ItemReport
 
-__all__ = ["CONTENT_TYPE", "features_from_body", "features_to_body", "item_from_json", "item_to_json"]
+__all__ = ["CONTENT_TYPE", "HANDLE_CONTENT_TYPE", "features_from_body", "features_from_parts", "features_to_body",
+           "item_from_json", "item_to_json", "split_output"]
 
 CONTENT_TYPE = "application/octet-stream"
 """What a safetensors body is sent as (and what a client asks for with ``Accept``)."""
+HANDLE_CONTENT_TYPE = "application/x-gpu-mm-handle"
+"""What a Unix-socket service answers ``?format=handles`` with: a pickled ``{"handle": FeatureHandle, "meta": ...}``
+(:mod:`gpu_mm.leases`). Only a client of its own node's service, over that service's socket, reads one."""
 
 _SKIPPED = ("items", "input_text", "handle")
 
@@ -48,15 +52,20 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def features_to_body(output: Mapping[str, Any], family: str) -> bytes:
+def split_output(output: Mapping[str, Any], family: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A processor output (``Features.processor_output()``: the ``to_dict()`` tensors, ``items`` and the family's
-    other fields) as a safetensors body."""
+    other fields) as its tensors and the JSON-ready rest (the family, the item reports, the other fields)."""
+    tensors = {k: v for k, v in output.items() if isinstance(v, torch.Tensor)}
+    fields = {k: v for k, v in output.items() if k not in tensors and k not in _SKIPPED}
+    return tensors, {"family": family, "items": [item_to_json(r) for r in output.get("items", [])], "fields": fields}
+
+
+def features_to_body(output: Mapping[str, Any], family: str) -> bytes:
+    """A processor output as a safetensors body (:func:`split_output`'s rest in its ``gpu_mm`` metadata)."""
     from safetensors.torch import save
 
-    tensors = {k: _plain(v) for k, v in output.items() if isinstance(v, torch.Tensor)}
-    fields = {k: v for k, v in output.items() if k not in tensors and k not in _SKIPPED}
-    meta = {"family": family, "items": [item_to_json(r) for r in output.get("items", [])], "fields": fields}
-    return bytes(save(tensors, metadata={"gpu_mm": json.dumps(meta)}))
+    tensors, meta = split_output(output, family)
+    return bytes(save({k: _plain(v) for k, v in tensors.items()}, metadata={"gpu_mm": json.dumps(meta)}))
 
 
 def _metadata(body: bytes) -> dict[str, Any]:
@@ -84,11 +93,23 @@ def features_from_body(body: bytes) -> Features:
     """
     from safetensors.torch import load
 
-    from .models import get_family
-
     try:
         meta = _metadata(body)
         tensors = load(body)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidRequest("body", f"not a gpu-mm features body: {str(exc)[:200]}") from None
+    return features_from_parts(tensors, meta)
+
+
+def features_from_parts(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Features:
+    """The family's features class holding ``tensors`` (as they are: no copy) and :func:`split_output`'s rest.
+
+    Raises:
+        InvalidRequest: parts no features class of this gpu-mm holds (named ``body``).
+    """
+    from .models import get_family
+
+    try:
         cls = get_family(str(meta["family"])).features_class
         fields = {f.name: f for f in dataclasses.fields(cls)}
         feats = cls()

@@ -24,20 +24,21 @@ from gpu_mm import (  # noqa: E402
     ServiceUnavailable,
     SourceError,
 )
-from gpu_mm.serve import build_app, unix_socket  # noqa: E402
+from gpu_mm.serve import build_app, leases_of, unix_socket  # noqa: E402
 from gpu_mm.wire import features_from_body, features_to_body  # noqa: E402
 
 from media_helpers import clip, make_image  # noqa: E402
 
 
 @contextlib.contextmanager
-def serving(tmp_path, model: str, **settings):
-    """``gpu-mm serve``'s application on a loop of its own (TCP on a free port, and a Unix socket); yields the two
-    client URLs."""
+def serving(tmp_path, model: str, state: dict | None = None, **settings):
+    """``gpu-mm serve``'s application on a loop of its own (TCP on a free port, and a Unix socket, which answers
+    handles too); yields the two client URLs. ``state`` receives the application (``app``)."""
     from aiohttp import web
 
     ready = threading.Event()
-    state: dict = {}
+    state = {} if state is None else state
+    settings.setdefault("uds", str(tmp_path / "gpu-mm.sock"))
 
     def main() -> None:
         loop = asyncio.new_event_loop()
@@ -50,9 +51,9 @@ def serving(tmp_path, model: str, **settings):
             await runner.setup()
             tcp = web.TCPSite(runner, "127.0.0.1", 0)
             await tcp.start()
-            path = str(tmp_path / "gpu-mm.sock")
+            path = settings["uds"]
             await web.SockSite(runner, unix_socket(path)).start()
-            state.update(runner=runner, port=tcp._server.sockets[0].getsockname()[1], path=path)
+            state.update(runner=runner, port=tcp._server.sockets[0].getsockname()[1], path=path, app=app)
             ready.set()
 
         loop.run_until_complete(start())
@@ -96,13 +97,108 @@ MEDIA = {
 
 
 @pytest.mark.parametrize("model", sorted(MEDIA))
-def test_features_over_http_and_a_unix_socket_equal_in_process(tmp_path, model):
+def test_features_over_http_a_unix_socket_and_handles_equal_in_process(tmp_path, model):
+    """The same features, bit for bit, as a safetensors body over TCP and over the Unix socket, and as a shared
+    block leased over the socket (the tensors view the block), released after."""
     call = MEDIA[model]
     local = Preprocessor.for_model(model, device="cpu", cache_bytes=0)(**call)
-    with serving(tmp_path, model) as (http, uds):
+    state: dict = {}
+    with serving(tmp_path, model, state) as (http, uds):
         assert stat.S_IMODE(os.stat(uds[len("unix://"):]).st_mode) == 0o600
         for url in (http, uds):
             assert_same(Client(url)(**call), local)
+        client = Client(uds, handles=True)
+        leased = client(**call)
+        assert_same(leased, local)
+        leases = leases_of(state["app"])
+        assert leased.handle is not None and leases.statistics().outstanding == 1
+        assert client.release_sync(leased) == 1 and leases.statistics().outstanding == 0
+        client.close()
+
+
+def _leases(state):
+    return leases_of(state["app"])
+
+
+def _until(predicate, seconds=20.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+async def test_leased_blocks_are_reused_bounded_and_reclaimed_from_a_client_that_forgets(tmp_path):
+    """Two blocks for all clients: a third answer while both are leased is Overloaded (503); a client that never
+    releases loses its blocks after the lease time; released blocks are reused, not made anew."""
+    from gpu_mm import Overloaded
+
+    image = make_image(56, 84, "PNG")
+    state: dict = {}
+    with serving(tmp_path, "qwen2_vl", state, handle_blocks=2, handle_lease_s=0.5) as (_, uds):
+        async with Client(uds, handles=True) as client:
+            a, b = await client.preprocess(images=[image]), await client.preprocess(images=[image])
+            with pytest.raises(Overloaded, match="blocks are leased"):
+                await client.preprocess(images=[image])
+            assert _until(lambda: _leases(state).statistics().outstanding == 0)  # forgotten: reclaimed
+            stats = _leases(state).statistics()
+            assert stats.reclaimed_expired == 2 and stats.blocks == 2
+            assert await client.release(a, b) == 0  # already reclaimed: harmless
+            c = await client.preprocess(images=[image])  # into a reclaimed block (a's or b's: not used any more)
+            stats = _leases(state).statistics()
+            assert (stats.blocks, stats.granted) == (2, 3) and await client.release(c) == 1
+
+
+def test_blocks_of_a_client_process_that_ends_come_back_at_once(tmp_path):
+    """A client process that takes two leased answers and exits without releasing: the service sees its process
+    gone (SO_PEERCRED's pid no longer runs it) and reclaims both, long before the lease time."""
+    import subprocess
+    import sys
+
+    state: dict = {}
+    with serving(tmp_path, "qwen2_vl", state, handle_lease_s=3600) as (_, uds):
+        path = tmp_path / "image.png"
+        path.write_bytes(make_image(56, 84, "PNG"))
+        script = ("import os, sys, gpu_mm; c = gpu_mm.Client(sys.argv[1], handles=True); "
+                  "data = open(sys.argv[2], 'rb').read(); f = [c(images=[data]) for _ in range(2)]; "
+                  "print(float(f[1].pixel_values.sum()), flush=True); os._exit(0)")
+        out = subprocess.run([sys.executable, "-c", script, uds, str(path)], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert _leases(state).statistics().granted == 2
+        assert _until(lambda: _leases(state).statistics().outstanding == 0)
+        assert _leases(state).statistics().reclaimed_gone == 2
+
+
+def test_handles_only_over_the_unix_socket_and_clients_counted_by_name(tmp_path):
+    """A TCP request asking for handles is a typed 400 naming ``format``; /metrics counts each named client's
+    outcomes apart."""
+    import re
+    import urllib.request
+
+    image = make_image(56, 84, "PNG")
+    with serving(tmp_path, "qwen2_vl") as (http, uds):
+        with pytest.raises(ValueError, match="unix://"):
+            Client(http, handles=True)
+        import aiohttp
+
+        async def over_tcp():
+            async with aiohttp.ClientSession() as session, session.post(
+                    f"{http}/v1/preprocess?format=handles", json={"images": []}) as r:
+                return r.status, await r.json()
+
+        status, answer = asyncio.run(over_tcp())
+        assert status == 400 and answer["item"] == "format" and "Unix socket" in answer["reason"]
+        Client(uds, name="front-0")(images=[image])
+        Client(http, name="front-1")(images=[image])
+        with pytest.raises(SourceError):
+            Client(http, name="front-1")(images=["not base64 at all!"])
+        text = urllib.request.urlopen(f"{http}/metrics", timeout=10).read().decode()
+        got = dict(re.findall(r'^gpu_mm_client_requests_total\{(client="[^"]+",outcome="[^"]+")\} (\S+)$', text,
+                              re.M))
+        assert got['client="front-0",outcome="ok"'] == "1.0" and got['client="front-1",outcome="ok"'] == "1.0"
+        assert got['client="front-1",outcome="bad_input"'] == "1.0"
 
 
 async def test_async_client_keeps_its_connection_and_matches(tmp_path):
