@@ -130,6 +130,21 @@ class Client(Closeable):
                 raise ServiceUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def spec(self) -> dict[str, Any]:
+        """The spec the service computes with (``GET /v1/config``: :func:`gpu_mm.models.base.spec_to_json`)."""
+        import aiohttp
+
+        if self._session is None:
+            self._session = self._new_session()
+        try:
+            async with self._session.get(f"{self.base}/v1/config", headers=self._headers) as r:
+                payload = await r.read()
+                if r.status != 200:
+                    raise error_from_answer(r.status, payload)
+                return dict(json.loads(payload))
+        except aiohttp.ClientError as exc:
+            raise ServiceUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
+
     def _open(self, payload: bytes) -> Features:
         """Features viewing the block a handle answer names (the answer comes from this node's service only)."""
         assert self._receiver is not None

@@ -38,8 +38,10 @@ from ._procslots import process_threads
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
 from .leases import HandleLeases, Peer, peer_of
 from .media.sources import MediaLimits
+from .models.base import spec_from_json, spec_to_json
 from .options import RequestOptions
 from .pipeline import Preprocessor, resolve_device
+from .pipeline.families import preprocessor_class
 from .processor import AsyncMMDataProcessor
 from .runtime import freeze_gc, tune_allocator
 from .sched import reset_inherited_slice
@@ -314,8 +316,14 @@ def build_app(
     device = resolve_device(settings.device)
     kwargs = settings.preprocessor_kwargs(device)
     workers, idle_workers = kwargs["workers"], kwargs["idle_workers"]
-    pre = Preprocessor.for_model(settings.model, limits=limits, **kwargs)
+    if settings.spec is not None:  # the exact settings a client (a plug-in) computes with
+        with open(settings.spec, encoding="utf-8") as f:
+            spec = spec_from_json(json.load(f))
+        pre = preprocessor_class(spec.family)(config=spec, limits=limits, **kwargs)
+    else:
+        pre = Preprocessor.for_model(settings.model, limits=limits, **kwargs)
     family = pre.config.family
+    served_spec = spec_to_json(pre.config)
     c = pre.concurrency
     logger.info("%s on %s: %d slots + %d express (%s), each slot's work in %s", type(pre).__name__, pre.device,
                 c.slots, c.express_slots, c.reason,
@@ -453,6 +461,10 @@ def build_app(
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    async def config(_: web.Request) -> web.Response:
+        """The spec served (:func:`gpu_mm.models.base.spec_to_json`), for a client to check it computes the same."""
+        return web.json_response(served_spec)
+
     async def prom(_: web.Request) -> web.Response:
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
@@ -494,6 +506,7 @@ def build_app(
     app.router.add_post("/v1/preprocess", handle)
     app.router.add_post("/v1/release", release)
     app.router.add_get("/health", health)
+    app.router.add_get("/v1/config", config)
     app.router.add_get("/metrics", prom)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

@@ -67,9 +67,14 @@ class Settings:
                                       "4 per request in flight", flag="--max-queued", env="GPU_MM_MAX_QUEUED")
     timeout_s: float | None = _setting(30.0, "per-request deadline from arrival, queue included (ProcessingTimeout, "
                                        "504); None: none", flag="--timeout-s", env="GPU_MM_TIMEOUT_S")
+    service: str | None = _setting(None, "the plug-ins send their pixel work to this gpu-mm service (unix:///PATH "
+                                   "or http://HOST:PORT, started with the plug-in's spec) instead of computing "
+                                   "in-process", env="GPU_MM_SERVICE")
     # -- gpu-mm serve only
     model: str = _setting("qwen2_vl", "a family name, a transformers model_type, or a local model folder",
                           flag="--model")
+    spec: str | None = _setting(None, "a JSON file of the family's exact settings (gpu_mm.models.base.spec_to_json; "
+                                "GET /v1/config shows the one served), instead of --model's", flag="--spec")
     host: str = _setting("127.0.0.1", "address to listen on", flag="--host")
     port: int = _setting(8080, "port to listen on", flag="--port")
     uds: str | None = _setting(None, "also listen on this Unix domain socket (mode 0600: only this user may connect)",

@@ -297,3 +297,38 @@ def test_a_client_killed_mid_request_leaks_no_slot(tmp_path):
             time.sleep(0.2)
         assert in_flight() == 0
         assert Client(uds)(images=[make_image(56, 84, "PNG")]).pixel_values is not None
+
+
+async def test_a_service_started_with_a_spec_serves_exactly_it_and_says_so(tmp_path):
+    """``--spec FILE``: the service computes with that spec (a non-default one here), ``GET /v1/config`` returns it
+    as written, and the features equal an in-process preprocessor's with that spec."""
+    import json
+
+    from gpu_mm import Qwen2VLConfig, Qwen2VLPreprocessor
+    from gpu_mm.models.base import spec_to_json
+
+    spec = Qwen2VLConfig(image_max_pixels=56 * 56, sampling="sglang", video_resample="bilinear")
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec_to_json(spec)))
+    image = make_image(120, 160, "PNG")
+    with serving(tmp_path, "gemma3", spec=str(path)) as (http, uds):  # --spec wins over --model
+        async with Client(uds) as client:
+            assert await client.spec() == json.loads(json.dumps(spec_to_json(spec)))
+            remote = await client.preprocess(images=[image])
+    assert_same(remote, Qwen2VLPreprocessor("cpu", config=spec, cache_bytes=0)(images=[image]))
+    h, w = remote.items[0].resized
+    assert h * w <= 56 * 56 < 120 * 160  # the spec's pixel bound, not the default
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "glm4v", "glm46v", "internvl", "internvl_chat", "gemma3"])
+def test_every_familys_spec_round_trips_through_json(family):
+    import json
+
+    from gpu_mm.models import get_family
+    from gpu_mm.models.base import spec_from_json, spec_to_json
+
+    spec = get_family(family).config_class()
+    assert spec_from_json(json.loads(json.dumps(spec_to_json(spec)))) == spec
+    for bad in ({"family": "nope", "fields": {}}, {"family": family, "fields": {"no_such": 1}}, {"family": family}):
+        with pytest.raises(ValueError):
+            spec_from_json(bad)

@@ -438,7 +438,9 @@ def register(parts: Any = None, **options: Any) -> dict[str, list[str]]:
             if _current is not None:
                 _current.close()
                 _current = None
-        _settings()  # an invalid GPU_MM_* variable or keyword fails here, at start-up
+        if _settings().service is not None:  # an invalid GPU_MM_* variable or keyword fails here, at start-up
+            _log.warning("gpu-mm: GPU_MM_SERVICE is not used by the vLLM plug-in: vLLM hands its processors pixels it "
+                         "decoded itself, and a gpu-mm service takes encoded media; the pixel work stays in-process")
         if "loader" in wanted:
             loads = _loads()  # a decoder that is not usable fails at start-up, not per request
             for name, (loader, processors) in LOADERS.items():

@@ -247,3 +247,46 @@ def processor_config_fields(image: Mapping[str, Any], video: Mapping[str, Any] |
         if isinstance(video.get("fps"), (int, float)):
             kw["fps"] = float(video["fps"])
     return kw
+
+
+def spec_to_json(spec: ModelSpec) -> dict[str, Any]:
+    """A spec as JSON: its family and every settable field (tuples as lists, a dtype as its name), what
+    :func:`spec_from_json` turns back into an equal spec; a service and its clients compare specs this way."""
+    fields = {}
+    for f in dataclasses.fields(spec):  # type: ignore[arg-type]  # every family's spec is a dataclass
+        if not f.init:
+            continue
+        value = getattr(spec, f.name)
+        fields[f.name] = str(value) if isinstance(value, torch.dtype) else list(value) if isinstance(
+            value, tuple) else value
+    return {"family": spec.family, "fields": fields}
+
+
+def spec_from_json(data: Mapping[str, Any]) -> ModelSpec:
+    """The spec :func:`spec_to_json` wrote.
+
+    Raises:
+        ValueError: not such JSON: an unknown family or field, or a value the spec refuses.
+    """
+    from . import get_family
+
+    if not isinstance(data, Mapping) or not isinstance(data.get("fields"), Mapping):
+        raise ValueError("a spec is {'family': name, 'fields': {...}}")
+    try:
+        cls = get_family(str(data.get("family"))).config_class
+    except KeyError as exc:
+        raise ValueError(str(exc)) from None
+    settable = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for name, value in data["fields"].items():
+        if name not in settable:
+            raise ValueError(f"{cls.__name__} has no setting {name!r}")
+        if isinstance(value, str) and value.startswith("torch."):
+            value = getattr(torch, value[len("torch."):], None)
+            if not isinstance(value, torch.dtype):
+                raise ValueError(f"{name}: not a torch dtype")
+        kwargs[name] = tuple(value) if isinstance(value, list) else value
+    try:
+        return cls(**kwargs)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None

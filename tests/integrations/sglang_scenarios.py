@@ -251,6 +251,93 @@ async def families(server_args):
     return out
 
 
+def _serve_on_a_thread(path, **settings):
+    """``gpu-mm serve``'s application on a loop of its own, on a Unix socket at ``path``; returns its stopper."""
+    from aiohttp import web
+
+    from gpu_mm.serve import build_app, unix_socket
+
+    ready, state = threading.Event(), {}
+
+    def main():
+        loop = asyncio.new_event_loop()
+        state["loop"] = loop
+
+        async def start():
+            app = build_app(device="cpu", workers="threads", idle_workers=False, cache_bytes=0, uds=path, **settings)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.SockSite(runner, unix_socket(path)).start()
+            state["runner"] = runner
+            ready.set()
+
+        loop.run_until_complete(start())
+        loop.run_forever()
+        loop.run_until_complete(state["runner"].cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    assert ready.wait(60)
+
+    def stop():
+        state["loop"].call_soon_threadsafe(state["loop"].stop)
+        thread.join(30)
+
+    return stop
+
+
+async def client_mode(server_args):
+    """GPU_MM_SERVICE: the plug-in sends its pixel work to a gpu-mm service started with the plug-in's spec; the
+    same requests give SGLang's own ids and items and the in-process plug-in's features. A service serving another
+    spec is refused when the processor is built."""
+    import tempfile
+
+    from gpu_mm.integrations.sglang import install
+    from gpu_mm.models.base import spec_to_json
+
+    out = {}
+    folder = tempfile.mkdtemp(prefix="gpu-mm-service-")
+    for model_type in ("qwen2_5_vl", "qwen3_vl"):
+        theirs, local = build(model_type, server_args)
+        spec_file = os.path.join(folder, f"{model_type}.json")
+        with open(spec_file, "w") as f:
+            json.dump(spec_to_json(local._gpu_mm_config), f)
+        path = os.path.join(folder, f"{model_type}.sock")
+        stop = _serve_on_a_thread(path, spec=spec_file)
+        try:
+            _, remote = build(model_type, server_args, service=f"unix://{path}")
+            text = f"{IMG} describe this and {VID} this {IMG}"
+            images = [ImageData(url=_data_uri(IMAGES[0], "image/jpeg")), IMAGES[1]]
+            videos = [VideoData(url=_data_uri(VIDEO, "video/mp4"))]
+            a = await call(remote, text, list(images), list(videos))
+            b = await call(local, text, list(images), list(videos))
+            c = await call(theirs, text, list(images), list(videos))
+            out[model_type] = {
+                "runner": type(remote.gpu_mm_processor()).__name__, "fallbacks": dict(remote.gpu_mm_fallbacks),
+                "completed": remote.gpu_mm_processor().completed,
+                "same_ids_as_sglang": list(a.input_ids) == list(c.input_ids),
+                "same_items_as_sglang": _items(a) == _items(c),
+                "feature_diff_vs_in_process": feature_diff(a, b),
+            }
+            remote.shutdown()
+            await asyncio.sleep(0.05)  # the close it schedules on this loop runs
+        finally:
+            stop()
+    # A service serving the family's defaults, not this processor's spec: refused at start, naming --spec.
+    path = os.path.join(folder, "defaults.sock")
+    stop = _serve_on_a_thread(path, model="qwen2_5_vl")
+    try:
+        build("qwen2_5_vl", server_args, service=f"unix://{path}")
+        out["mismatch"] = None
+    except ValueError as exc:
+        out["mismatch"] = str(exc)[:600]
+    finally:
+        stop()
+        install(service=None)
+    return out
+
+
 def tokenizer_manager():
     """SGLang's real TokenizerManager, built as the engine builds it (ServerArgs for a local model folder,
     published for the tokenizer role), once as shipped and once with the operator's switch
@@ -319,6 +406,7 @@ def main():
             results["limits"] = await limits(server_args)
             results["bad_settings"] = bad_settings(server_args)
             results["families"] = await families(server_args)
+            results["client_mode"] = await client_mode(server_args)
             # GPU_MM_WORKERS=threads: each slot's work on its thread (on the CPU the default is a process per slot).
             results["qwen2_vl_slot_threads"] = await compare("qwen2_vl", server_args, workers="threads")
 

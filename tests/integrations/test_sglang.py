@@ -89,6 +89,23 @@ def test_registered_for_the_qwen_vl_glm_and_gemma_families_and_not_internvl():
                                          "InternVLChatModel": "InternVLProcessor"}
 
 
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
+def test_client_mode_sends_the_pixel_work_to_a_service_and_changes_nothing(model_type):
+    """GPU_MM_SERVICE=unix://...: a gpu-mm service started (by the test) with the plug-in's spec computes the
+    request; SGLang's own ids and items, the in-process plug-in's features bit for bit."""
+    r = scenarios()["client_mode"][model_type]
+    assert r["runner"] == "ServiceRunner" and r["fallbacks"] == {} and r["completed"] == 1
+    assert r["same_ids_as_sglang"] and r["same_items_as_sglang"]
+    assert r["feature_diff_vs_in_process"] == [0.0, 0.0, 0.0]
+
+
+def test_client_mode_refuses_a_service_serving_another_spec():
+    """A service serving the family's defaults (not SGLang's sampling and bilinear video resizes): refused when the
+    processor is built, naming what differs and the JSON for gpu-mm serve --spec."""
+    message = scenarios()["client_mode"]["mismatch"]
+    assert message and "sampling" in message and "video_resample" in message and "--spec" in message
+
+
 @pytest.mark.parametrize("case", ["glm4v/images", "glm4v/video", "gemma3/images"])
 def test_glm_and_gemma_give_sglangs_own_ids_items_and_features(case):
     """SGLang's own GLM-4.1V and Gemma 3 processors, and the plug-in's (the same with gpu-mm's drop-ins), from the

@@ -43,7 +43,7 @@ from sglang.srt.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 from sglang.srt.multimodal.processors import qwen_vl as _sglang_qwen_vl
 from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
 
-from gpu_mm.errors import Overloaded, ProcessingTimeout, ProcessorClosed
+from gpu_mm.errors import Overloaded, ProcessingTimeout, ProcessorClosed, ServiceUnavailable
 from gpu_mm.integrations._settings import PluginSettings, settings
 from gpu_mm.integrations.hf import (
     GpuMMQwen2VLImageProcessor,
@@ -58,6 +58,8 @@ from gpu_mm.options import RequestOptions
 from gpu_mm.pipeline import Preprocessor, resolve_device
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor, Qwen3VLPreprocessor
 from gpu_mm.processor import AsyncMMDataProcessor
+
+from ._service import ServiceRunner, encoded
 
 logger = logging.getLogger("gpu_mm.integrations.sglang")
 
@@ -90,8 +92,12 @@ class SGLangProcessorClosed(ProcessorClosed, ValueError):
     """:class:`gpu_mm.ProcessorClosed` that SGLang's HTTP server answers with 503."""
 
 
+class SGLangServiceUnavailable(ServiceUnavailable, ValueError):
+    """:class:`gpu_mm.ServiceUnavailable` (``GPU_MM_SERVICE`` cannot be reached) that SGLang answers with 503."""
+
+
 _FOR_SGLANG = ((Overloaded, SGLangOverloaded), (ProcessingTimeout, SGLangProcessingTimeout),
-               (ProcessorClosed, SGLangProcessorClosed))
+               (ProcessorClosed, SGLangProcessorClosed), (ServiceUnavailable, SGLangServiceUnavailable))
 
 
 class _Deferred:
@@ -153,7 +159,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         self.gpu_mm_fallbacks: collections.Counter[str] = collections.Counter()
         self._gpu_mm_config, self._gpu_mm_request, self.gpu_mm_unsupported = self._gpu_mm_configure()
         self._gpu_mm_emits_spgt = "second_per_grid_ts" in getattr(_processor, "model_input_names", ())
-        self._gpu_mm_runner: AsyncMMDataProcessor | None = None
+        self._gpu_mm_runner: AsyncMMDataProcessor | ServiceRunner | None = None
         self._gpu_mm_preprocessor: Preprocessor | None = None
         # Whether the installed transformers drops a Qwen3-VL video's outer vision start/end, asked once at server
         # start (SGLang's own path prompts as transformers does).
@@ -218,14 +224,19 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
 
     def _gpu_mm_build(self) -> None:
         st = self.gpu_mm_settings
+        if st.service is not None:  # the node's service computes, with this processor's spec (checked now)
+            assert self._gpu_mm_config is not None
+            self._gpu_mm_runner = ServiceRunner(st.service, self._gpu_mm_config, timeout_s=st.timeout_s)
+            return
         keep_on_device = self.keep_mm_features_on_device or self.precompute_hash_before_cpu_transfer
         cls = Qwen3VLPreprocessor if isinstance(self._gpu_mm_config, Qwen3VLConfig) else Qwen2VLPreprocessor
         self._gpu_mm_preprocessor = cls(config=self._gpu_mm_config, output="device" if keep_on_device else "cpu",
                                         **st.preprocessor_kwargs(resolve_device(st.device)))
         self._gpu_mm_runner = AsyncMMDataProcessor(self._gpu_mm_preprocessor, **st.processor_kwargs())
 
-    def gpu_mm_processor(self) -> AsyncMMDataProcessor:
-        """The :class:`gpu_mm.AsyncMMDataProcessor` requests go through."""
+    def gpu_mm_processor(self) -> Any:
+        """What requests go through: a :class:`gpu_mm.AsyncMMDataProcessor`, or with ``GPU_MM_SERVICE`` a
+        :class:`~gpu_mm.integrations.sglang_processors._service.ServiceRunner`."""
         if self._gpu_mm_runner is None:
             raise RuntimeError(f"gpu-mm takes no request here: {self.gpu_mm_unsupported}")
         return self._gpu_mm_runner
@@ -264,7 +275,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
                 video_data=[x.source for x in videos] or None,
                 **(self._gpu_mm_request if videos else {}),
             )
-        except (Overloaded, ProcessingTimeout, ProcessorClosed) as exc:
+        except (Overloaded, ProcessingTimeout, ProcessorClosed, ServiceUnavailable) as exc:
             for base, wrapped in _FOR_SGLANG:
                 if isinstance(exc, base) and not isinstance(exc, ValueError):
                     raise wrapped(str(exc)) from exc
@@ -296,6 +307,9 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
                 return "preprocessed input (processor_output / precomputed_embedding)"
         if not videos and (self.mm_preprocess_cache.enabled or self.uses_media_artifacts_without_cache):
             return "image-only request served by SGLang's preprocessing cache"
+        if isinstance(self._gpu_mm_runner, ServiceRunner) and not all(
+                encoded(_unwrap(x)) for x in [*(image_data or []), *(videos or [])]):
+            return "decoded media (a PIL image or an array) cannot go to GPU_MM_SERVICE"
         return None
 
     def _gpu_mm_combine(
