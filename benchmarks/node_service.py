@@ -1,6 +1,7 @@
 """One preprocessor per node against one per front end: 4 front-end processes each with an in-process
-``Preprocessor``, against the same 4 processes as ``gpu_mm.Client`` s of one ``gpu-mm serve`` on a Unix socket,
-side by side in one run, on the same trace.
+``Preprocessor``, against the same 4 processes as ``gpu_mm.Client`` s of one ``gpu-mm serve`` on a Unix socket
+(features as safetensors bodies, and as leased shared blocks: ``handles=True``, each released once read), side by
+side in one run, on the same trace.
 
 The trace is what several front ends of one engine see: each front end gets the same requests (images and short
 clips, encoded) in its own order, so every item reaches the node once per front end. Measured per setup: the wall
@@ -62,7 +63,7 @@ def front_end(mode: str, url: str, images: int, clips: int, concurrency: int, se
     if mode == "in-process":
         pre = gpu_mm.Preprocessor.for_model("qwen2_vl", device="cpu")
     else:
-        pre = gpu_mm.Client(url, timeout_s=600)
+        pre = gpu_mm.Client(url, timeout_s=600, handles=mode == "client-handles")
 
     async def main() -> dict:
         if isinstance(pre, gpu_mm.Preprocessor):
@@ -80,6 +81,9 @@ def front_end(mode: str, url: str, images: int, clips: int, concurrency: int, se
                 feats = await pre.preprocess(**{f"{kind}s": [data]})
                 latencies.append(time.perf_counter() - t0)
                 states.append(feats.items[0].cache)
+                if feats.handle is not None:  # the engine is done with the block
+                    sum(float(t.sum()) for t in feats.to_dict().values())  # read it once, as an engine would
+                    await pre.release(feats)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(kind, data) for kind, data in items))
@@ -194,24 +198,25 @@ def main() -> int:
                               "repeats_across_front_ends": not args.distinct}}
     print(f"machine: {machine_label(result['machine'])}", flush=True)
     result["in_process"] = run_setup("in-process", args, "", [])
-    sock = os.path.join(tempfile.mkdtemp(), "gpu-mm.sock")
-    server = subprocess.Popen([sys.executable, "-m", "gpu_mm.cli", "serve", "--model", "qwen2_vl", "--device", "cpu",
-                               "--port", "0", "--uds", sock], cwd=ROOT, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy(sock, server)
-        result["service"] = run_setup("client", args, f"unix://{sock}", [server.pid])
-    finally:
-        server.terminate()
-        server.wait(30)
-    a, b = result["in_process"], result["service"]
+    for key, mode in (("service", "client"), ("service_handles", "client-handles")):
+        sock = os.path.join(tempfile.mkdtemp(), "gpu-mm.sock")  # a fresh service (and cache) for each
+        server = subprocess.Popen([sys.executable, "-m", "gpu_mm.cli", "serve", "--model", "qwen2_vl", "--device",
+                                   "cpu", "--port", "0", "--uds", sock], cwd=ROOT, stderr=subprocess.DEVNULL)
+        try:
+            wait_healthy(sock, server)
+            result[key] = run_setup(mode, args, f"unix://{sock}", [server.pid])
+        finally:
+            server.terminate()
+            server.wait(30)
+    a, b, c = result["in_process"], result["service"], result["service_handles"]
     print(f"{args.front_ends} front ends x ({args.images} JPEGs 720p + {args.clips} clips), "
           f"{args.concurrency} in flight each, "
           f"{'each its own media' if args.distinct else 'the same media in each front end'}:")
-    print(f"  {'':22s} {'in-process':>12s} {'one service':>12s}")
+    print(f"  {'':22s} {'in-process':>12s} {'one service':>12s} {'+ handles':>12s}")
     for key, label in (("wall_s", "wall (s)"), ("requests_per_s", "requests/s"), ("p50_ms", "latency p50 (ms)"),
                        ("p99_ms", "latency p99 (ms)"), ("decoded", "items decoded"),
                        ("peak_pss_mib", "peak PSS (MiB)")):
-        print(f"  {label:22s} {a[key]:12.1f} {b[key]:12.1f}")
+        print(f"  {label:22s} {a[key]:12.1f} {b[key]:12.1f} {c[key]:12.1f}")
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
