@@ -140,6 +140,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.families import families_bench
 
     result["families"] = families_bench(jpeg, videos["360p"], device, reps)
+    step("audio: Whisper log-mel of a 60 s clip and a batch, gpu-mm vs transformers (torch and numpy) ...")
+    from .bench.audio import audio_bench
+
+    result["audio"] = audio_bench(device, reps, batch=4 if quick else 16)
     # As `gpu-mm serve` does once started: a full cyclic-GC pass over the ~1M objects torch and transformers
     # leave would otherwise land on the loop (150 ms here) whatever processor runs (see runtime.freeze_gc).
     from .runtime import freeze_gc
@@ -251,6 +255,8 @@ def _print_summary(r: dict[str, Any]) -> None:
             print(f"  {name:28s} {q['p50_ms']:8.1f} ms   ({q['p50_ms'] / ours:.2f}x gpu-mm)")
     if r.get("families"):
         _print_families(r["families"])
+    if r.get("audio"):
+        _print_audio(r["audio"])
     ll = r["loop_lag"]
     n = next(v["requests"] for v in ll.values() if "requests" in v)
     print(f"\nevent loop while {n} image requests run (ms):")
@@ -295,6 +301,18 @@ def _print_families(fams: dict[str, Any]) -> None:
             ref = v.get("reference", "transformers")
             print(f"  {family:13s} {media:24s} gpu-mm {v['gpu_mm']['p50_ms']:7.1f} ms   {ref} "
                   f"{v[ref]['p50_ms']:7.1f} ms   ({v['speedup_p50']:.2f}x)   outputs {v.get('outputs')}")
+
+
+def _print_audio(audio: dict[str, Any]) -> None:
+    print("\naudio: Whisper log-mel, 128 bins, each clip padded to 300 s (Qwen2.5-Omni), p50:")
+    if "skipped" in audio:
+        print(f"  skipped: {audio['skipped']}")
+        return
+    for name, v in audio.items():
+        what = f"{v['clips']} clip(s), {v['seconds']:g} s"
+        print(f"  {what:24s} gpu-mm {v['gpu_mm']['p50_ms']:7.1f} ms   transformers (torch) "
+              f"{v['transformers']['p50_ms']:7.1f} ms ({v['speedup_p50']:.1f}x)   (numpy) "
+              f"{v['transformers_numpy']['p50_ms']:7.1f} ms ({v['speedup_numpy_p50']:.1f}x)")
 
 
 def _print_hostile(hostile: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gpu_mm.bench.machine import health_summary, write_runs
 
 
@@ -44,3 +46,23 @@ def test_families_bench_times_both_sides_on_the_same_media_and_prints():
     with redirect_stdout(out):
         _print_families(r)
     assert out.getvalue().count("transformers") >= 5
+
+
+@pytest.mark.slow
+def test_audio_bench_times_gpu_mm_and_both_transformers_paths_on_the_same_clips():
+    import io
+    from contextlib import redirect_stdout
+
+    pytest.importorskip("transformers")
+    from gpu_mm.bench.audio import audio_bench
+    from gpu_mm.cli import _print_audio
+
+    r = audio_bench("cpu", 1, batch=2)
+    assert set(r) == {"60s", "batch2"} and r["batch2"]["clips"] == 2 and r["60s"]["seconds"] == 60.0
+    for v in r.values():
+        assert v["speedup_p50"] == v["transformers"]["p50_ms"] / v["gpu_mm"]["p50_ms"]
+        assert v["speedup_numpy_p50"] == v["transformers_numpy"]["p50_ms"] / v["gpu_mm"]["p50_ms"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        _print_audio(r)
+    assert out.getvalue().count("gpu-mm") == 2

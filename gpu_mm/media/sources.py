@@ -50,6 +50,10 @@ class MediaLimits:
     max_frames: int = 200_000
     """Frames a container may hold (counted from its packets before any decoding)."""
     max_duration_s: float = 4 * 3600.0
+    max_audio_s: float = 3600.0
+    """Seconds of audio per item: from the container's duration before decoding, and counted while decoding (a
+    container may understate it), so that one item's samples stay under ``max_audio_s`` x 16000 x 4 bytes (230 MB for
+    an hour at 16 kHz float32)."""
     allow_local_paths: bool = True
     """Read local paths (``str``/``PathLike``, ``file://``, ``{"path": ...}``). Off for network entry points."""
     local_media_root: str | None = None

@@ -136,3 +136,33 @@ def _encode(num_frames: int, height: int, width: int, encoder: str, codec: str, 
         for packet in stream.encode():
             out.mux(packet)
     return buf.getvalue()
+
+
+def make_audio(seconds: float, rate: int = 16000, *, codec: str = "pcm_s16le", fmt: str = "wav", channels: int = 1,
+               freq: float = 440.0, noise: float = 0.01, seed: int = 0) -> bytes:
+    """An encoded clip: a ``freq`` Hz tone of amplitude 0.3 plus white noise of std ``noise`` (``seed``),
+    ``channels`` channels at ``rate`` (the second at 0.8 of the first), in ``fmt`` (wav, flac, mp3, adts, ogg, mp4,
+    ...) with ``codec``."""
+    import av
+
+    n = int(round(seconds * rate))
+    t = np.arange(n) / rate
+    rng = np.random.default_rng(seed)
+    tone = 0.3 * np.sin(2 * np.pi * freq * t) + noise * rng.standard_normal(n)
+    pcm = np.clip(np.stack([tone * (1 - 0.2 * c) for c in range(channels)]), -1, 1)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as out:
+        stream: Any = out.add_stream(codec, rate=rate, layout="mono" if channels == 1 else "stereo")
+        fmt_in = "s16p" if codec == "pcm_s16le" else "fltp"
+        data: Any = (pcm * 32767).astype(np.int16) if fmt_in == "s16p" else pcm.astype(np.float32)
+        frame_size = stream.codec_context.frame_size or 1024
+        for start in range(0, n, frame_size):
+            chunk = np.ascontiguousarray(data[:, start : start + frame_size])
+            frame = av.AudioFrame.from_ndarray(chunk, format=fmt_in, layout=stream.layout.name)
+            frame.sample_rate = rate
+            frame.pts = start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()

@@ -1,0 +1,79 @@
+"""Whisper log-mel features (gpu_mm.audio) against transformers' own ``WhisperFeatureExtractor`` (5.25, built in
+code with Qwen2.5-Omni's and Qwen3-Omni's settings: 128 mel bins, 300 s chunks), on the same samples: the features and
+the attention mask, for clips of 0.5 s to 10 min, single and batched, both padding rules (Qwen2.5-Omni pads every
+clip to 300 s and cuts longer ones; Qwen3-Omni pads to the longest clip), computed exactly as transformers does and by
+the fast path that skips frames of pure padding.
+
+Tolerance: the exact path is transformers' sequence of torch ops on the same inputs, so the features are equal bit for
+bit (asserted). The fast path transforms shorter buffers: an FFT or a matrix product of another shape may round a last
+bit differently (none did here), so it is held to 1e-5 (the features are of order 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import WhisperFeatureExtractor  # noqa: E402
+from transformers.audio_utils import mel_filter_bank as reference_bank  # noqa: E402
+
+from gpu_mm.audio import log_mel, mel_filter_bank  # noqa: E402
+
+FAST_TOL = 1e-5
+
+
+def clips(*seconds: float, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = [np.arange(int(s * 16000)) / 16000 for s in seconds]
+    return [(0.2 * np.sin(2 * np.pi * 300 * (1 + i) * x) + 0.05 * rng.standard_normal(x.size)).astype(np.float32)
+            for i, x in enumerate(t)]
+
+
+def reference(batch, padding):
+    fe = WhisperFeatureExtractor(feature_size=128, chunk_length=300)
+    out = fe(batch, sampling_rate=16000, padding=padding, truncation=padding == "max_length",
+             return_attention_mask=True, return_tensors="pt")
+    return out["input_features"], out["attention_mask"]
+
+
+def test_the_mel_filter_bank_is_transformers():
+    for mels in (80, 128):
+        assert np.array_equal(mel_filter_bank(mels), reference_bank(
+            num_frequency_bins=201, num_mel_filters=mels, min_frequency=0.0, max_frequency=8000.0,
+            sampling_rate=16000, norm="slaney", mel_scale="slaney"))
+
+
+@pytest.mark.parametrize("seconds", [(0.5,), (1.0, 3.3), (10.0, 0.7, 61.0), (0.01,), (0.02, 0.01)])
+@pytest.mark.parametrize("padding", ["max_length", "longest"])
+def test_features_and_mask_equal_transformers(seconds, padding):
+    if padding == "longest" and max(seconds) * 16000 <= 200:
+        with pytest.raises(RuntimeError):  # transformers' STFT cannot pad so short a batch
+            reference(clips(*seconds), padding)
+        with pytest.raises(ValueError, match="201 samples|more than 200"):
+            log_mel(clips(*seconds), padding=padding)
+        return
+    batch = clips(*seconds)
+    want, want_mask = reference(batch, padding)
+    exact, mask = log_mel(batch, padding=padding, exact=True)
+    assert exact.dtype == torch.float32 and exact.shape == want.shape and torch.equal(exact, want)
+    assert torch.equal(mask, want_mask.to(torch.int32))
+    fast, fast_mask = log_mel(batch, padding=padding, exact=False)
+    assert float((fast - want).abs().max()) <= FAST_TOL and torch.equal(fast_mask, mask)
+
+
+@pytest.mark.slow
+def test_ten_minutes_cut_at_300_s_or_padded_to_the_longest():
+    batch = clips(600.0, 5.0)
+    for padding in ("max_length", "longest"):
+        want, want_mask = reference(batch, padding)
+        got, mask = log_mel(batch, padding=padding)
+        assert got.shape == want.shape and float((got - want).abs().max()) <= FAST_TOL
+        assert torch.equal(mask, want_mask.to(torch.int32))
+    assert want.shape[-1] == 60000 and int(mask[0].sum()) == 60000 and int(mask[1].sum()) == 500
+
+
+def test_a_silent_clip_is_the_floor_everywhere():
+    want, _ = reference([np.zeros(16000, np.float32)], "longest")
+    got, _ = log_mel([np.zeros(16000, np.float32)], padding="longest")
+    assert torch.equal(got, want) and float(got.max()) == float(got.min()) == -1.5
