@@ -22,8 +22,66 @@ def _toy_tokenizer(special, words, extra=None, newlines=False):
                                    eos_token="<eos>", additional_special_tokens=list(special), **named)
 
 
+_INTERNVL_CHAT_CONFIG = '''"""A weightless stand-in for the configuration code InternVL's original checkpoints ship."""
+from transformers import PretrainedConfig, Qwen2Config
+
+
+class InternVisionConfig(PretrainedConfig):
+    model_type = "intern_vit_6b"
+
+    def __init__(self, image_size=448, patch_size=14, **kwargs):
+        self.image_size, self.patch_size = image_size, patch_size
+        super().__init__(**kwargs)
+
+
+class InternVLChatConfig(PretrainedConfig):
+    model_type = "internvl_chat"
+    sub_configs = {"vision_config": InternVisionConfig, "llm_config": Qwen2Config}
+
+    def __init__(self, vision_config=None, llm_config=None, downsample_ratio=0.5, force_image_size=448,
+                 min_dynamic_patch=1, max_dynamic_patch=12, dynamic_image_size=True, use_thumbnail=True, **kwargs):
+        self.vision_config = vision_config if isinstance(vision_config, InternVisionConfig) else InternVisionConfig(
+            **(vision_config or {}))
+        self.llm_config = llm_config if isinstance(llm_config, Qwen2Config) else Qwen2Config(**(llm_config or {}))
+        self.downsample_ratio, self.force_image_size = downsample_ratio, force_image_size
+        self.min_dynamic_patch, self.max_dynamic_patch = min_dynamic_patch, max_dynamic_patch
+        self.dynamic_image_size, self.use_thumbnail = dynamic_image_size, use_thumbnail
+        super().__init__(**kwargs)
+
+    def get_text_config(self, *args, **kwargs):
+        return self.llm_config
+'''
+
+
+def internvl_chat_folder(folder):
+    """A weightless InternVL original checkpoint (``internvl_chat``): config.json with its configuration code
+    (loaded with trust_remote_code, as the published ones are), a tiny tokenizer; no processor config."""
+    import json
+    import pathlib
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "configuration_internvl_chat.py").write_text(_INTERNVL_CHAT_CONFIG)
+    special = ["<img>", "</img>", "<IMG_CONTEXT>", "<|video_pad|>", "<image>", "<video>"]
+    tok = _toy_tokenizer(special, [*"0123456789", ".", "describe", *(f"Frame{i}:" for i in range(1, 40))])
+    tok.save_pretrained(folder)
+    config = {"model_type": "internvl_chat", "architectures": ["InternVLChatModel"],
+              "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"},
+              "vision_config": {"image_size": 448, "patch_size": 14},
+              "llm_config": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": len(tok),
+                             "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                             "num_key_value_heads": 1, "intermediate_size": 64, "max_position_embeddings": 65536},
+              "downsample_ratio": 0.5, "force_image_size": 448, "min_dynamic_patch": 1, "max_dynamic_patch": 6,
+              "dynamic_image_size": True, "use_thumbnail": True, "torch_dtype": "float32"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def family_folder(model_type, folder):
-    """A weightless GLM-4.1V, InternVL (-hf) or Gemma 3 model (config, the stock processor, a tiny tokenizer)."""
+    """A weightless GLM-4.1V, InternVL (-hf, or the original ``internvl_chat``) or Gemma 3 model (config, the stock
+    processor, a tiny tokenizer)."""
+    if model_type == "internvl_chat":
+        return internvl_chat_folder(folder)
     import pathlib
 
     import transformers

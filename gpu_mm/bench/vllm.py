@@ -49,13 +49,14 @@ class Engine:
     one worker thread for the processor (vLLM's renderer has exactly one)."""
 
     def __init__(self, folder: str | pathlib.Path, *, normalize_on_device: bool = True,
-                 media_io_kwargs: dict[str, Any] | None = None) -> None:
+                 media_io_kwargs: dict[str, Any] | None = None, trust_remote_code: bool = False) -> None:
         from vllm.config import ModelConfig
         from vllm.multimodal import MULTIMODAL_REGISTRY
         from vllm.multimodal.media import MediaConnector
         from vllm.transformers_utils.processor import get_video_processor_cls_name
 
         self.model_config = ModelConfig(str(folder), tokenizer=str(folder), mm_processor_cache_gb=0,
+                                        trust_remote_code=trust_remote_code,
                                         limit_mm_per_prompt={"image": 8, "video": 4},
                                         mm_device_do_normalize=normalize_on_device,
                                         media_io_kwargs=media_io_kwargs or {})

@@ -44,8 +44,9 @@ ROOT = tempfile.mkdtemp()
 
 
 FAMILY_IMAGE = {"glm4v": "<|begin_of_image|><|image|><|end_of_image|>", "internvl": "<IMG_CONTEXT>",
-                "gemma3": "<start_of_image>"}
-FAMILY_VIDEO = {"glm4v": "<|begin_of_video|><|video|><|end_of_video|>", "internvl": "<video>"}
+                "gemma3": "<start_of_image>", "internvl_chat": "<image>"}
+FAMILY_VIDEO = {"glm4v": "<|begin_of_video|><|video|><|end_of_video|>", "internvl": "<video>",
+                "internvl_chat": "<video>"}
 
 
 def family_requests(model_type):
@@ -62,7 +63,7 @@ def summary(out):
     kw = out["mm_kwargs"]
     items = {}
     for modality, its in kw.items():
-        items[modality] = [{k: (v.data.tolist() if k != f"pixel_values{'_videos' if modality == 'video' else ''}"
+        items[modality] = [{k: (v.data.tolist() if not k.startswith("pixel_values")
                                 else {"shape": list(v.data.shape), "dtype": str(v.data.dtype)})
                             for k, v in it.items()} for it in its]
     return {"ids": list(out["prompt_token_ids"]),
@@ -71,8 +72,9 @@ def summary(out):
 
 
 def pixels(out, modality):
-    key = "pixel_values" if modality == "image" else "pixel_values_videos"
-    return [it[key].data for it in out["mm_kwargs"].get(modality, [])]
+    keys = ("pixel_values", "pixel_values_flat") if modality == "image" else ("pixel_values_videos",
+                                                                              "pixel_values_flat_video")
+    return [next(it[k] for k in keys if k in it).data for it in out["mm_kwargs"].get(modality, [])]
 
 
 def max_diff(a, b):
@@ -86,7 +88,7 @@ def _folder(model_type, name):
 
 def build_stock(model_type, normalize_on_device):
     folder = _folder(model_type, f"{model_type}-{normalize_on_device}-vllm")
-    engine = Engine(folder, normalize_on_device=normalize_on_device)
+    engine = Engine(folder, normalize_on_device=normalize_on_device, trust_remote_code=model_type == "internvl_chat")
     if model_type not in OWN_LOADER:
         return engine
     # The loader vLLM maps to the video processor class is process-wide, and the plug-in takes it over:
@@ -97,7 +99,7 @@ def build_stock(model_type, normalize_on_device):
 
 def build_ours(model_type, normalize_on_device):
     folder = _folder(model_type, f"{model_type}-{normalize_on_device}-gpu-mm")
-    return Engine(folder, normalize_on_device=normalize_on_device)
+    return Engine(folder, normalize_on_device=normalize_on_device, trust_remote_code=model_type == "internvl_chat")
 
 
 def run_request(engine, request=REQUEST):
@@ -403,7 +405,7 @@ def main():
     result = {}
     result["enabled_parts"], result["registered_when_off"] = switch()
     model_types = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
-    families = ["glm4v", "internvl", "gemma3"]
+    families = ["glm4v", "internvl", "gemma3", "internvl_chat"]
     stock = {(m, n): build_stock(m, n) for m in model_types for n in (True, False)}
     stock.update({(m, True): build_stock(m, True) for m in families})
     # The real entry point: vLLM's plug-in loader with the operator's switch on.
@@ -435,6 +437,17 @@ def main():
                                                                                            ours[(m, n)], video_only)
                                      for m in model_types for n in (True, False)}
     ours.update({(m, True): build_ours(m, True) for m in families})
+    # Which of vLLM's own InternVL processors computed with gpu-mm: counted where they call it (test-side).
+    from gpu_mm.integrations import vllm_internvl
+
+    chat_calls: list[str] = []
+    run = vllm_internvl._run
+
+    def counted(owner, config, **call):
+        chat_calls.append(type(owner).__name__)
+        return run(owner, config, **call)
+
+    vllm_internvl._run = counted
     result["families_hf_components"] = {
         m: [type(getattr(ours[(m, True)].processor.info.get_hf_processor(), attr, None)).__name__
             for attr in ("image_processor", "video_processor")] for m in families}
@@ -444,7 +457,7 @@ def main():
 
     # Which drop-in classes computed with gpu-mm (each drop-in keeps the gpu-mm preprocessors it ran), not
     # transformers' fallback. (vLLM may hand the processor other component instances per call: by class.)
-    result["drop_ins_that_computed"] = sorted({type(d).__name__ for d in list(hf._PREPROCESSORS.keys())})
+    result["drop_ins_that_computed"] = sorted({type(d).__name__ for d in hf._PREPROCESSORS.keys()} | set(chat_calls))
     result["loader"] = {m: loader_vs_vllm(m) for m in ("qwen2_vl", "qwen3_vl", "internvl")}
     result["sampling"] = sampling_grid()
     result["errors"] = errors()
