@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["SAMPLE_RATE", "log_mel", "mel_filter_bank", "num_frames"]
+__all__ = ["SAMPLE_RATE", "audio_tokens", "log_mel", "mel_filter_bank", "num_frames"]
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -143,3 +143,20 @@ def _features(batch: torch.Tensor, filters: torch.Tensor, window: torch.Tensor) 
     log_spec = _log_spec(batch, filters, window)
     peak = log_spec.max(dim=2, keepdim=True)[0].max(dim=1, keepdim=True)[0]
     return (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+
+
+def audio_tokens(feature_frames: int, family: Literal["qwen2_5_omni", "qwen3_omni_moe"], *,
+                 n_window: int = 50) -> int:
+    """Audio placeholder tokens the family's processor writes for a clip of ``feature_frames`` valid frames (its
+    ``feature_attention_mask`` sum): the audio encoder's output length (``_get_feat_extract_output_lengths`` of
+    ``Qwen2_5OmniProcessor`` / ``Qwen3OmniMoeProcessor``; Qwen3-Omni's encoder works in chunks of ``2 n_window``
+    frames, each giving 13 tokens)."""
+    if family == "qwen2_5_omni":
+        after_conv = (feature_frames - 1) // 2 + 1
+        return (after_conv - 2) // 2 + 1
+    if family == "qwen3_omni_moe":
+        chunk = n_window * 2
+        rest = feature_frames % chunk
+        feat = (rest - 1) // 2 + 1
+        return ((feat - 1) // 2 + 1 - 1) // 2 + 1 + (feature_frames // chunk) * 13
+    raise ValueError(f"no audio token rule for family {family!r}")

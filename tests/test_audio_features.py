@@ -77,3 +77,23 @@ def test_a_silent_clip_is_the_floor_everywhere():
     want, _ = reference([np.zeros(16000, np.float32)], "longest")
     got, _ = log_mel([np.zeros(16000, np.float32)], padding="longest")
     assert torch.equal(got, want) and float(got.max()) == float(got.min()) == -1.5
+
+
+def test_audio_token_counts_equal_each_omni_processors_rule():
+    """Every frame count from 1 to 30000 (300 s), against the installed transformers' own functions."""
+    from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
+        _get_feat_extract_output_lengths as qwen2_5,
+    )
+    from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import (
+        _get_feat_extract_output_lengths as qwen3,
+    )
+
+    from gpu_mm.audio import audio_tokens
+
+    frames = np.arange(1, 30001)
+    assert [audio_tokens(int(n), "qwen2_5_omni") for n in frames] == qwen2_5(frames).tolist()
+    assert [audio_tokens(int(n), "qwen3_omni_moe") for n in frames] == qwen3(frames).tolist()
+    short = frames[:500]
+    assert [audio_tokens(int(n), "qwen3_omni_moe", n_window=25) for n in short] == qwen3(short, 25).tolist()
+    with pytest.raises(ValueError):
+        audio_tokens(10, "whisper")  # type: ignore[arg-type]

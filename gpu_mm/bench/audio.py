@@ -47,25 +47,25 @@ def audio_bench(device: str, reps: int, *, batch: int = 16) -> dict[str, Any]:
     cases = {"60s": [_clip(60.0, 0)],
              f"batch{batch}": [_clip(5.0 + 55.0 * i / max(1, batch - 1), i) for i in range(batch)]}
     out: dict[str, Any] = {}
-    for name, batch in cases.items():
-        def ours(batch: list[np.ndarray] = batch) -> Any:
-            feats = log_mel(batch, padding="max_length", device=device)
+    for name, clips in cases.items():
+        def ours(clips: list[np.ndarray] = clips) -> Any:
+            feats = log_mel(clips, padding="max_length", device=device)
             _sync(device)
             return feats
 
-        def theirs(batch: list[np.ndarray] = batch) -> Any:
-            return fe(batch, sampling_rate=16000, padding="max_length", return_attention_mask=True,
+        def theirs(clips: list[np.ndarray] = clips) -> Any:
+            return fe(clips, sampling_rate=16000, padding="max_length", return_attention_mask=True,
                       return_tensors="pt")
 
-        def theirs_numpy(batch: list[np.ndarray] = batch) -> Any:
+        def theirs_numpy(clips: list[np.ndarray] = clips) -> Any:
             with _numpy_path():
-                return theirs(batch)
+                return theirs(clips)
 
         fns = {"gpu_mm": ours, "transformers": theirs, "transformers_numpy": theirs_numpy}
         times = time_side_by_side(fns, max(2, reps // 3))
         result = speedup(times, "transformers")
         result["speedup_numpy_p50"] = times["transformers_numpy"]["p50_ms"] / times["gpu_mm"]["p50_ms"]
-        result["clips"] = len(batch)
-        result["seconds"] = round(sum(len(c) for c in batch) / 16000, 1)
+        result["clips"] = len(clips)
+        result["seconds"] = round(sum(len(c) for c in clips) / 16000, 1)
         out[name] = result
     return out
