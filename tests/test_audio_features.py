@@ -97,3 +97,48 @@ def test_audio_token_counts_equal_each_omni_processors_rule():
     assert [audio_tokens(int(n), "qwen3_omni_moe", n_window=25) for n in short] == qwen3(short, 25).tolist()
     with pytest.raises(ValueError):
         audio_tokens(10, "whisper")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("feature_size", "chunk_length"), [(80, 30), (128, 300)])
+def test_the_feature_extractor_drop_in_gives_transformers_own_output(tmp_path, monkeypatch, feature_size,
+                                                                     chunk_length):
+    """``GpuMMWhisperFeatureExtractor`` against the stock class, called the ways Whisper and the Omni processors call
+    it: one array, a list, a batch array, padding to max_length / longest, with and without the attention mask,
+    truncation, a clip ending in true silence, an all-silent clip; the same keys, shapes, dtypes and values. A
+    dithered extractor runs transformers' own code (the same random draw gives the same output). Saved, it loads as
+    the stock class."""
+    from transformers import AutoFeatureExtractor
+
+    import gpu_mm.integrations.hf as hf
+    from gpu_mm.integrations.hf import GpuMMWhisperFeatureExtractor
+
+    computed = []
+    monkeypatch.setattr(hf, "log_mel", lambda *a, **k: computed.append(1) or log_mel(*a, **k))
+    stock = WhisperFeatureExtractor(feature_size=feature_size, chunk_length=chunk_length)
+    ours = GpuMMWhisperFeatureExtractor(feature_size=feature_size, chunk_length=chunk_length)
+    silent_end = np.concatenate([clips(1.5)[0], np.zeros(8000, np.float32)])
+    calls = [
+        (clips(2.0)[0], {}),
+        (clips(1.0, 3.3), {"return_attention_mask": True}),
+        (clips(1.0, 3.3), {"padding": "longest", "return_attention_mask": True}),
+        (np.stack(clips(2.0, 2.0)), {"padding": "longest"}),
+        ([silent_end, np.zeros(4000, np.float32)], {"padding": "longest", "return_attention_mask": True}),
+        (clips(40.0), {"truncation": True}),
+    ]
+    for audio, kw in calls:
+        want = stock(audio, sampling_rate=16000, return_tensors="pt", **kw)
+        got = ours(audio, sampling_rate=16000, return_tensors="pt", **kw)
+        assert set(got) == set(want)
+        for key in want:
+            assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), (key, kw)
+    assert len(computed) == len(calls)  # gpu-mm computed every call
+    dithered = (WhisperFeatureExtractor(feature_size=feature_size, dither=0.1),
+                GpuMMWhisperFeatureExtractor(feature_size=feature_size, dither=0.1))
+    outs = []
+    for fe in dithered:
+        torch.manual_seed(0)
+        outs.append(fe(clips(1.0), sampling_rate=16000, return_tensors="pt")["input_features"])
+    assert torch.equal(outs[0], outs[1])
+    ours.save_pretrained(tmp_path)
+    assert type(AutoFeatureExtractor.from_pretrained(tmp_path)) is WhisperFeatureExtractor
+    assert type(GpuMMWhisperFeatureExtractor.from_pretrained(tmp_path)) is GpuMMWhisperFeatureExtractor

@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 from transformers import (
     BatchFeature,
     Gemma3ImageProcessor,
@@ -33,6 +34,7 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
     Qwen3VLVideoProcessor,
+    WhisperFeatureExtractor,
 )
 from transformers.models.gemma3.image_processing_gemma3 import Gemma3ImageProcessorKwargs
 from transformers.models.glm4v.image_processing_glm4v import Glm4vImageProcessorKwargs
@@ -44,6 +46,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessorInitKwargs
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessorInitKwargs
 
+from ..audio import log_mel
 from ..models.gemma3 import Gemma3Config
 from ..models.glm4v import Glm4vConfig
 from ..models.internvl import InternVLConfig
@@ -59,7 +62,8 @@ from ..pipeline.families import (
 
 __all__ = ["GpuMMGemma3ImageProcessor", "GpuMMGlm46VVideoProcessor", "GpuMMGlm4vImageProcessor",
            "GpuMMGlm4vVideoProcessor", "GpuMMGotOcr2ImageProcessor", "GpuMMInternVLVideoProcessor",
-           "GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor", "adopt_drop_ins",
+           "GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor", "GpuMMQwen3VLVideoProcessor",
+           "GpuMMWhisperFeatureExtractor", "adopt_drop_ins",
            "drop_in_classes", "handled", "pixel_mode"]
 
 # The drop-ins take exactly their stock classes' keyword arguments.
@@ -422,6 +426,35 @@ def _sizes(size: Any, min_pixels: Any, max_pixels: Any) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+class GpuMMWhisperFeatureExtractor(WhisperFeatureExtractor):
+    """transformers' ``WhisperFeatureExtractor`` (the audio front end of Qwen2.5-Omni and Qwen3-Omni) with gpu-mm's
+    log-mel (:func:`gpu_mm.audio.log_mel`): the same features, each clip's trailing zeros (its padding, or silence
+    that ends it) filled with their known value rather than transformed, so a clip padded to 300 s costs about its
+    own length. A dithered extractor, or one not at 16 kHz with n_fft 400 and hop 160, runs transformers' own code.
+    Saved, it names the stock class."""
+
+    _stock = WhisperFeatureExtractor
+
+    def _torch_extract_fbank_features(self, waveform: Any, device: str = "cpu") -> Any:
+        if (self.dither != 0.0 or (self.sampling_rate, self.n_fft, self.hop_length) != (16000, 400, 160)
+                or waveform.shape[-1] <= self.n_fft // 2):
+            return super()._torch_extract_fbank_features(waveform, device)
+        rows = waveform[None] if waveform.ndim == 1 else waveform
+        clips = []
+        for row in rows:
+            nonzero = np.flatnonzero(row)
+            clips.append(row[: nonzero[-1] + 1] if nonzero.size else row[:0])
+        feats, _ = log_mel(clips, num_mels=self.feature_size, padding="max_length", max_samples=rows.shape[-1],
+                           device=device)
+        out = feats.cpu().numpy()
+        return out[0] if waveform.ndim == 1 else out
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = super().to_dict()
+        out["feature_extractor_type"] = self._stock.__name__
+        return out
+
+
 # ------------------------------------------------------------------------------------------ adopting drop-ins
 
 
@@ -430,7 +463,7 @@ def drop_in_classes() -> dict[type, type]:
     return {drop_in._stock: drop_in for drop_in in (
         GpuMMQwen2VLImageProcessor, GpuMMQwen2VLVideoProcessor, GpuMMQwen3VLVideoProcessor, GpuMMGlm4vImageProcessor,
         GpuMMGlm4vVideoProcessor, GpuMMGlm46VVideoProcessor, GpuMMGotOcr2ImageProcessor, GpuMMInternVLVideoProcessor,
-        GpuMMGemma3ImageProcessor)}
+        GpuMMGemma3ImageProcessor, GpuMMWhisperFeatureExtractor)}
 
 
 _ADOPTED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -440,13 +473,13 @@ _adopt_lock = threading.Lock()
 
 
 def adopt_drop_ins(processor: Any, others: Mapping[type, Callable[[Any], Any]] | None = None) -> Any:
-    """Put gpu-mm's drop-ins in place of a processor's stock ``image_processor`` and ``video_processor`` (same
-    settings: built from the stock one's ``to_dict``, once per stock instance); other components stay. ``others``:
-    further classes -> how to make their drop-in from an instance (an engine's own processor classes). An engine
-    may put a (cached) stock component back on a cached processor, so callers may adopt on every call. Returns
-    ``processor``."""
+    """Put gpu-mm's drop-ins in place of a processor's stock ``image_processor``, ``video_processor`` and
+    ``feature_extractor`` (same settings: built from the stock one's ``to_dict``, once per stock instance); other
+    components stay. ``others``: further classes -> how to make their drop-in from an instance (an engine's own
+    processor classes). An engine may put a (cached) stock component back on a cached processor, so callers may
+    adopt on every call. Returns ``processor``."""
     swaps = drop_in_classes()
-    for attr in ("image_processor", "video_processor"):
+    for attr in ("image_processor", "video_processor", "feature_extractor"):
         current: Any = getattr(processor, attr, None)
         make: Any = (others or {}).get(type(current))
         if make is None and type(current) in swaps:
