@@ -128,3 +128,47 @@ def family_folder(model_type, folder):
     cfg.save_pretrained(folder)
     proc.save_pretrained(folder)
     return folder
+
+
+OMNI_SPECIAL = ["<|IMAGE|>", "<|AUDIO|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>", "<|audio_bos|>",
+                "<|audio_eos|>"]
+
+
+def omni_folder(model_type, folder):
+    """A weightless Qwen2.5-Omni or Qwen3-Omni model: its config (a one-layer thinker), the stock processor (the
+    Qwen2-VL image and video processors, Whisper's feature extractor with the Omni settings) and a tiny tokenizer."""
+    import pathlib
+
+    import transformers
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ("image", "audio", "video", "vision_bos", "vision_eos", "audio_bos", "audio_eos")
+    tok = _toy_tokenizer(OMNI_SPECIAL, ["describe", "listen"],
+                         {f"{n}_token": t for n, t in zip(names, OMNI_SPECIAL, strict=True)})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in OMNI_SPECIAL}
+    text = {"vocab_size": len(tok), "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "intermediate_size": 64}
+    patch = 14
+    if model_type == "qwen2_5_omni":
+        cfg = transformers.Qwen2_5OmniConfig(thinker_config={
+            "image_token_index": ids["<|IMAGE|>"], "audio_token_index": ids["<|AUDIO|>"],
+            "video_token_index": ids["<|VIDEO|>"], "vision_start_token_id": ids["<|vision_bos|>"],
+            "vision_end_token_id": ids["<|vision_eos|>"], "audio_start_token_id": ids["<|audio_bos|>"],
+            "audio_end_token_id": ids["<|audio_eos|>"], "text_config": text})
+        cfg.architectures = ["Qwen2_5OmniModel"]
+        processor_cls = transformers.Qwen2_5OmniProcessor
+    else:
+        patch = 16
+        cfg = transformers.Qwen3OmniMoeConfig(thinker_config={
+            "audio_token_id": ids["<|AUDIO|>"], "image_token_id": ids["<|IMAGE|>"], "video_token_id": ids["<|VIDEO|>"],
+            "audio_start_token_id": ids["<|audio_bos|>"], "vision_start_token_id": ids["<|vision_bos|>"],
+            "text_config": {**text, "moe_intermediate_size": 32, "num_experts": 2, "num_experts_per_tok": 1}})
+        cfg.architectures = ["Qwen3OmniMoeForConditionalGeneration"]
+        processor_cls = transformers.Qwen3OmniMoeProcessor
+    cfg.save_pretrained(folder)
+    processor_cls(image_processor=transformers.Qwen2VLImageProcessor(patch_size=patch),
+                  video_processor=transformers.Qwen2VLVideoProcessor(patch_size=patch),
+                  feature_extractor=transformers.WhisperFeatureExtractor(feature_size=128, chunk_length=300),
+                  tokenizer=tok).save_pretrained(folder)
+    return folder

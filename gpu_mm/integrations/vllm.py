@@ -21,7 +21,9 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
 * **processors**: vLLM's Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, GLM-4.1V / 4.5V, InternVL (-hf, served by
   vLLM's InternS1 class) and Gemma 3 multimodal processors, re-registered with a processing-info class whose
   transformers processor carries gpu-mm's drop-ins (:mod:`gpu_mm.integrations.hf`), and InternVL's original
-  checkpoints (``InternVLChatModel``: vLLM's own processor classes, :mod:`gpu_mm.integrations.vllm_internvl`):
+  checkpoints (``InternVLChatModel``: vLLM's own processor classes, :mod:`gpu_mm.integrations.vllm_internvl`), and
+  the Qwen2.5-Omni / Qwen3-Omni thinkers (their images and videos, and their audio through the Whisper feature
+  extractor drop-in):
   resize, rescale, normalize and patchify (tiles, crops) by gpu-mm, in both of vLLM's modes
   (``mm_device_do_normalize`` on, the default: uint8 pixels; off: float pixels). Everything else (prompt
   expansion, placeholders, M-RoPE, caching, IPC) stays vLLM's.
@@ -359,6 +361,9 @@ MODELS: dict[str, tuple[str, ...]] = {
     "vllm.model_executor.models.gemma3_mm": ("Gemma3ForConditionalGeneration",),
     # InternVL's original checkpoints (internvl_chat): vLLM's own processor classes, no transformers one.
     "vllm.model_executor.models.internvl": ("InternVLChatModel",),
+    # The Omni thinkers: the Qwen2-VL image and video drop-ins and the Whisper feature extractor drop-in (audio).
+    "vllm.model_executor.models.qwen2_5_omni_thinker": ("Qwen2_5OmniThinkerForConditionalGeneration",),
+    "vllm.model_executor.models.qwen3_omni_moe_thinker": ("Qwen3OmniMoeThinkerForConditionalGeneration",),
 }
 """vLLM model modules -> the model classes whose multimodal processor gets gpu-mm's pixel work."""
 

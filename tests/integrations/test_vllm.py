@@ -64,6 +64,8 @@ def test_loaded_through_vllms_entry_point_when_asked():
         "InternS1ForConditionalGeneration": "GpuMMInternS1ProcessingInfo",
         "Gemma3ForConditionalGeneration": "GpuMMGemma3ProcessingInfo",
         "InternVLChatModel": "GpuMMInternVLProcessingInfo",  # internvl_chat: vLLM's own processor classes
+        "Qwen2_5OmniThinkerForConditionalGeneration": "GpuMMQwen2_5OmniThinkerProcessingInfo",
+        "Qwen3OmniMoeThinkerForConditionalGeneration": "GpuMMQwen3OmniMoeThinkerProcessingInfo",
     }
     assert r["hf_components"] == {"qwen2_vl": ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor"],
                                   "qwen2_5_vl": ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor"],
@@ -148,6 +150,21 @@ def test_the_other_families_give_vllms_own_ids_placeholders_and_features(case):
                 "internvl_chat/images": "GpuMMInternVLChatImageProcessor",
                 "internvl_chat/video": "GpuMMInternVLChatVideoProcessor"}
     assert computed[case] in r["drop_ins_that_computed"]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_omni", "qwen3_omni_moe"])
+def test_the_omni_thinkers_give_vllms_own_audio_and_image_features(model_type):
+    """Qwen2.5-Omni and Qwen3-Omni through vLLM's own processing (weightless folders): two clips (16 kHz arrays) and
+    an image give the same ids, placeholders and tensors (``input_audio_features``, ``feature_attention_mask``,
+    ``audio_feature_lengths``; ``pixel_values``, ``image_grid_thw``) with the plug-in as without, its Whisper
+    feature extractor drop-in computing the audio (counted)."""
+    r = scenarios()
+    assert r["omni_components"][model_type] == ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor",
+                                                "GpuMMWhisperFeatureExtractor"]
+    for kind, got in r["omni"][model_type].items():
+        assert got["same_ids"] and got["placeholders"] and got["same_tensors"], (kind, got)
+    assert "input_audio_features" in r["omni"][model_type]["audio"]["keys"]
+    assert r["omni_log_mel_calls"] >= 2  # one audio call per family, each computed by gpu-mm
 
 
 def test_glm_video_fails_in_vllm_itself_and_the_plugin_changes_nothing():

@@ -24,7 +24,7 @@ import torch
 
 from gpu_mm.bench.vllm import IMAGE_TOKEN, VIDEO_TOKEN, Engine, data_uri, model_folder
 
-from family_folders import family_folder
+from family_folders import family_folder, omni_folder
 from media_helpers import make_image, make_video
 
 # 45 frames at 15 fps = 3 s; the Qwen rule samples 2 fps -> 6 frames (3 temporal steps).
@@ -122,6 +122,35 @@ def compare(theirs, ours, request=REQUEST):
         r["image_diff"] = max_diff(pixels(a, "image"), pixels(b, "image"))
         r["video_diff"] = max_diff(pixels(a, "video"), pixels(b, "video"))
     return r
+
+
+OMNI_AUDIO = [(0.1 * np.random.default_rng(7).standard_normal(int(16000 * s))).astype(np.float32) for s in (1.3, 4.0)]
+OMNI_PROMPTS = {"audio": "<|audio_bos|><|AUDIO|><|audio_eos|> listen <|audio_bos|><|AUDIO|><|audio_eos|>",
+                "image": "<|vision_bos|><|IMAGE|><|vision_eos|> describe"}
+
+
+def omni_engine(model_type, name):
+    return Engine(omni_folder(model_type, os.path.join(ROOT, f"{model_type}-{name}")))
+
+
+def omni_compare(theirs, ours):
+    """The Omni thinkers' processing (vLLM's own, and with the plug-in) on two clips given as 16 kHz arrays, and
+    on an image: ids, placeholders and every tensor."""
+    out = {}
+    for kind, prompt in OMNI_PROMPTS.items():
+        got = []
+        for engine in (ours, theirs):
+            mm = ({"audio": [(a, 16000) for a in OMNI_AUDIO]} if kind == "audio"
+                  else asyncio.run(engine.load(images=[REQUEST["images"][0]])))
+            got.append(engine.process(prompt, mm))
+        a, b = got
+        same = all(torch.equal(x[k].data, y[k].data) if isinstance(x[k].data, torch.Tensor) else x[k].data == y[k].data
+                   for m in a["mm_kwargs"] for x, y in zip(a["mm_kwargs"][m], b["mm_kwargs"][m]) for k in x)
+        out[kind] = {"same_ids": list(a["prompt_token_ids"]) == list(b["prompt_token_ids"]), "same_tensors": same,
+                     "keys": sorted({k for m in a["mm_kwargs"] for it in a["mm_kwargs"][m] for k in it}),
+                     "placeholders": {m: [[p.offset, p.length] for p in ps] for m, ps in a["mm_placeholders"].items()}
+                     == {m: [[p.offset, p.length] for p in ps] for m, ps in b["mm_placeholders"].items()}}
+    return out
 
 
 def loader_vs_vllm(model_type):
@@ -408,6 +437,8 @@ def main():
     families = ["glm4v", "internvl", "gemma3", "internvl_chat"]
     stock = {(m, n): build_stock(m, n) for m in model_types for n in (True, False)}
     stock.update({(m, True): build_stock(m, True) for m in families})
+    omni = ["qwen2_5_omni", "qwen3_omni_moe"]
+    stock_omni = {m: omni_engine(m, "vllm") for m in omni}
     # The real entry point: vLLM's plug-in loader with the operator's switch on.
     import vllm.plugins
     from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
@@ -448,13 +479,28 @@ def main():
         return run(owner, config, **call)
 
     vllm_internvl._run = counted
+    # The Whisper feature extractor drop-in's calls, counted the same way.
+    from gpu_mm.integrations import hf
+
+    log_mels: list[int] = []
+    log_mel = hf.log_mel
+
+    def counted_log_mel(*args, **kwargs):
+        log_mels.append(1)
+        return log_mel(*args, **kwargs)
+
+    hf.log_mel = counted_log_mel
+    ours_omni = {m: omni_engine(m, "gpu-mm") for m in omni}
+    result["omni_components"] = {m: [type(getattr(ours_omni[m].processor.info.get_hf_processor(), a)).__name__
+                                     for a in ("image_processor", "video_processor", "feature_extractor")]
+                                 for m in omni}
+    result["omni"] = {m: omni_compare(stock_omni[m], ours_omni[m]) for m in omni}
+    result["omni_log_mel_calls"] = len(log_mels)
     result["families_hf_components"] = {
         m: [type(getattr(ours[(m, True)].processor.info.get_hf_processor(), attr, None)).__name__
             for attr in ("image_processor", "video_processor")] for m in families}
     result["families"] = {f"{m}/{kind}": compare(stock[(m, True)], ours[(m, True)], request)
                           for m in families for kind, request in family_requests(m).items()}
-    from gpu_mm.integrations import hf
-
     # Which drop-in classes computed with gpu-mm (each drop-in keeps the gpu-mm preprocessors it ran), not
     # transformers' fallback. (vLLM may hand the processor other component instances per call: by class.)
     result["drop_ins_that_computed"] = sorted({type(d).__name__ for d in hf._PREPROCESSORS.keys()} | set(chat_calls))
