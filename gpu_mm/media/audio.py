@@ -14,13 +14,13 @@ understating its length cannot make an item hold more than the limit's samples.
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Any
 
 import numpy as np
 
-from ..errors import DecodeError, GpuMMError, LimitExceeded, UnsupportedMedia
+from ..errors import DecodeError, GpuMMError, LimitExceeded, UnsupportedMedia, describe
 from .sources import MediaLimits, Source
+from .video.probe import open_av
 
 __all__ = ["AudioClip", "MAX_SOURCE_RATE", "SAMPLE_RATE", "decode_audio"]
 
@@ -53,23 +53,13 @@ def decode_audio(src: Source, limits: MediaLimits = MediaLimits()) -> AudioClip:
     """
     if src.kind != "encoded":
         raise UnsupportedMedia(src.item, "audio must be encoded bytes (a file, bytes, a data URI, base64)")
-    import av
-
     try:
-        container = av.open(io.BytesIO(src.data or b""), mode="r")
-    except av.error.InvalidDataError:
-        raise UnsupportedMedia(src.item, "not a recognised audio or video container (or corrupt header)") from None
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - FFmpeg's errors on hostile headers
-        raise DecodeError(src.item, f"cannot open audio: {type(exc).__name__}: {str(exc)[:120]}") from None
-    try:
-        with container:
+        with open_av(src, "audio or video") as container:
             return _decode(container, src, limits)
     except (GpuMMError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever FFmpeg or PyAV raise on a corrupt stream
-        raise DecodeError(src.item, f"cannot decode audio: {type(exc).__name__}: {str(exc)[:120]}") from None
+        raise DecodeError(src.item, f"cannot decode audio: {describe(exc)}") from None
 
 
 def _decode(container: Any, src: Source, limits: MediaLimits) -> AudioClip:

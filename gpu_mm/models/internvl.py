@@ -194,15 +194,7 @@ def tile_grid(height: int, width: int, tile_h: int, tile_w: int, min_tiles: int,
     of that grid's)."""
     grids = sorted(((c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1)
                     if min_tiles <= c * r <= max_tiles), key=lambda g: g[0] * g[1])
-    aspect, area = width / height, width * height
-    best, best_diff = (1, 1), float("inf")
-    for cols, rows in grids:
-        diff = abs(aspect - cols / rows)
-        if diff < best_diff:
-            best, best_diff = (cols, rows), diff
-        elif diff == best_diff and area > 0.5 * tile_h * tile_w * cols * rows:
-            best = (cols, rows)
-    return best
+    return _closest_grid(grids, height, width, tile_h * tile_w)
 
 
 @functools.lru_cache(maxsize=256)
@@ -213,13 +205,19 @@ def chat_tile_grid(height: int, width: int, tile: int, min_tiles: int, max_tiles
     and CPython iterates a set of small-int pairs the same way in every process)."""
     grids = sorted({(i, j) for n in range(min_tiles, max_tiles + 1) for i in range(1, n + 1) for j in range(1, n + 1)
                     if min_tiles <= i * j <= max_tiles}, key=lambda g: g[0] * g[1])
+    return _closest_grid(grids, height, width, tile * tile)
+
+
+def _closest_grid(grids: list[tuple[int, int]], height: int, width: int, tile_area: int) -> tuple[int, int]:
+    """The (columns, rows) of ``grids`` whose aspect ratio is closest to the image's; on a tie, the later one while
+    the image's area exceeds half of that grid's (InternVL's rule, which both orders of ``grids`` share)."""
     aspect, area = width / height, width * height
     best, best_diff = (1, 1), float("inf")
     for cols, rows in grids:
         diff = abs(aspect - cols / rows)
         if diff < best_diff:
             best, best_diff = (cols, rows), diff
-        elif diff == best_diff and area > 0.5 * tile * tile * cols * rows:
+        elif diff == best_diff and area > 0.5 * tile_area * cols * rows:
             best = (cols, rows)
     return best
 

@@ -57,17 +57,19 @@ class VideoInfo:
         return [i / self.fps for i in indices]
 
 
-def open_av(src: Source) -> Any:
+def open_av(src: Source, what: str = "video") -> Any:
+    """``src``'s bytes opened by PyAV; a header FFmpeg does not read is a typed error naming the item and ``what``
+    it was read as."""
     import av
 
     try:
         return av.open(io.BytesIO(src.data or b""), mode="r")
     except av.error.InvalidDataError:
-        raise UnsupportedMedia(src.item, "not a recognised video container (or corrupt header)") from None
+        raise UnsupportedMedia(src.item, f"not a recognised {what} container (or corrupt header)") from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - FFmpeg errors, and e.g. a track title that is not UTF-8
-        raise DecodeError(src.item, f"cannot open video: {_describe(exc)}") from None
+        raise DecodeError(src.item, f"cannot open {what}: {_describe(exc)}") from None
 
 
 _ROTATION_TO_ORIENTATION = {90: 8, 180: 3, 270: 6}
