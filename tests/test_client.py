@@ -5,10 +5,8 @@ every family; errors come back as the same typed errors; an unreachable service 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import stat
-import threading
 
 import pytest
 import torch
@@ -24,51 +22,11 @@ from gpu_mm import (  # noqa: E402
     ServiceUnavailable,
     SourceError,
 )
-from gpu_mm.serve import build_app, leases_of, unix_socket  # noqa: E402
+from gpu_mm.serve import leases_of  # noqa: E402
 from gpu_mm.wire import features_from_body, features_to_body  # noqa: E402
 
 from media_helpers import clip, make_image  # noqa: E402
-
-
-@contextlib.contextmanager
-def serving(tmp_path, model: str, state: dict | None = None, **settings):
-    """``gpu-mm serve``'s application on a loop of its own (TCP on a free port, and a Unix socket, which answers
-    handles too); yields the two client URLs. ``state`` receives the application (``app``)."""
-    from aiohttp import web
-
-    ready = threading.Event()
-    state = {} if state is None else state
-    settings.setdefault("uds", str(tmp_path / "gpu-mm.sock"))
-
-    def main() -> None:
-        loop = asyncio.new_event_loop()
-        state["loop"] = loop
-
-        async def start() -> None:
-            app = build_app(device="cpu", model=model, workers="threads", idle_workers=False, cache_bytes=0,
-                            **settings)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            tcp = web.TCPSite(runner, "127.0.0.1", 0)
-            await tcp.start()
-            path = settings["uds"]
-            await web.SockSite(runner, unix_socket(path)).start()
-            state.update(runner=runner, port=tcp._server.sockets[0].getsockname()[1], path=path, app=app)
-            ready.set()
-
-        loop.run_until_complete(start())
-        loop.run_forever()
-        loop.run_until_complete(state["runner"].cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert ready.wait(60)
-    try:
-        yield f"http://127.0.0.1:{state['port']}", f"unix://{state['path']}"
-    finally:
-        state["loop"].call_soon_threadsafe(state["loop"].stop)
-        thread.join(30)
+from service_helpers import serving  # noqa: E402
 
 
 def assert_same(remote, local) -> None:

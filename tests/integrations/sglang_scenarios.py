@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import os
+import pathlib
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from gpu_mm.pipeline.execute import Executor
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 from media_helpers import make_image, make_video
+from service_helpers import serving
 
 allow_cpu_video()
 
@@ -251,42 +253,6 @@ async def families(server_args):
     return out
 
 
-def _serve_on_a_thread(path, **settings):
-    """``gpu-mm serve``'s application on a loop of its own, on a Unix socket at ``path``; returns its stopper."""
-    from aiohttp import web
-
-    from gpu_mm.serve import build_app, unix_socket
-
-    ready, state = threading.Event(), {}
-
-    def main():
-        loop = asyncio.new_event_loop()
-        state["loop"] = loop
-
-        async def start():
-            app = build_app(device="cpu", workers="threads", idle_workers=False, cache_bytes=0, uds=path, **settings)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            await web.SockSite(runner, unix_socket(path)).start()
-            state["runner"] = runner
-            ready.set()
-
-        loop.run_until_complete(start())
-        loop.run_forever()
-        loop.run_until_complete(state["runner"].cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert ready.wait(60)
-
-    def stop():
-        state["loop"].call_soon_threadsafe(state["loop"].stop)
-        thread.join(30)
-
-    return stop
-
-
 async def client_mode(server_args):
     """GPU_MM_SERVICE: the plug-in sends its pixel work to a gpu-mm service started with the plug-in's spec; the
     same requests give SGLang's own ids and items and the in-process plug-in's features. A service serving another
@@ -304,9 +270,8 @@ async def client_mode(server_args):
         with open(spec_file, "w") as f:
             json.dump(spec_to_json(local._gpu_mm_config), f)
         path = os.path.join(folder, f"{model_type}.sock")
-        stop = _serve_on_a_thread(path, spec=spec_file)
-        try:
-            _, remote = build(model_type, server_args, service=f"unix://{path}")
+        with serving(pathlib.Path(folder), spec=spec_file, uds=path) as (_, uds):
+            _, remote = build(model_type, server_args, service=uds)
             text = f"{IMG} describe this and {VID} this {IMG}"
             images = [ImageData(url=_data_uri(IMAGES[0], "image/jpeg")), IMAGES[1]]
             videos = [VideoData(url=_data_uri(VIDEO, "video/mp4"))]
@@ -322,18 +287,14 @@ async def client_mode(server_args):
             }
             remote.shutdown()
             await asyncio.sleep(0.05)  # the close it schedules on this loop runs
-        finally:
-            stop()
     # A service serving the family's defaults, not this processor's spec: refused at start, naming --spec.
-    path = os.path.join(folder, "defaults.sock")
-    stop = _serve_on_a_thread(path, model="qwen2_5_vl")
     try:
-        build("qwen2_5_vl", server_args, service=f"unix://{path}")
+        with serving(pathlib.Path(folder), "qwen2_5_vl", uds=os.path.join(folder, "defaults.sock")) as (_, uds):
+            build("qwen2_5_vl", server_args, service=uds)
         out["mismatch"] = None
     except ValueError as exc:
         out["mismatch"] = str(exc)[:600]
     finally:
-        stop()
         install(service=None)
     return out
 
