@@ -26,6 +26,7 @@ from .models.glm4v import Glm4vConfig, Glm4vFeatures, Glm46VConfig
 from .models.internvl import InternVLChatConfig, InternVLConfig, InternVLFeatures
 from .models.qwen2_vl import Qwen2VLConfig, Qwen2VLFeatures
 from .models.qwen3_vl import Qwen3VLConfig, Qwen3VLFeatures
+from .models.qwen_omni import Qwen2_5OmniConfig, Qwen3OmniConfig, QwenOmniFeatures
 from .options import RequestOptions
 from .pipeline import Decoded, Features, ItemReport, Preprocessor, PreprocessorStatistics
 from .pipeline.families import (
@@ -34,7 +35,9 @@ from .pipeline.families import (
     Glm46VPreprocessor,
     InternVLChatPreprocessor,
     InternVLPreprocessor,
+    Qwen2_5OmniPreprocessor,
     Qwen2VLPreprocessor,
+    Qwen3OmniPreprocessor,
     Qwen3VLPreprocessor,
 )
 from .processor import AsyncMMDataProcessor, ProcessorCounts, ProcessorStatistics
@@ -88,9 +91,14 @@ __all__ = [
     "Qwen2VLConfig",
     "Qwen2VLFeatures",
     "Qwen2VLPreprocessor",
+    "Qwen2_5OmniConfig",
+    "Qwen2_5OmniPreprocessor",
+    "Qwen3OmniConfig",
+    "Qwen3OmniPreprocessor",
     "Qwen3VLConfig",
     "Qwen3VLFeatures",
     "Qwen3VLPreprocessor",
+    "QwenOmniFeatures",
     "RequestOptions",
     "Settings",
     "Slot",

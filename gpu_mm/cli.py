@@ -16,10 +16,20 @@ from .errors import GpuMMError
 from .settings import Settings
 
 _MODEL_HELP = ("a model family or transformers model_type (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, "
-               "glm4v, glm4v_moe, glm46v, internvl, gemma3), or a local model folder whose processor configs to "
-               "follow (default qwen2_vl)")
+               "glm4v, glm4v_moe, glm46v, internvl, internvl_chat, gemma3, qwen2_5_omni, qwen3_omni_moe), or a local "
+               "model folder whose processor configs to follow (default qwen2_vl)")
 _OPTIONS = ("fps", "nframes", "video_start", "video_end", "min_pixels", "max_pixels", "total_pixels",
-            "do_pan_and_scan")
+            "do_pan_and_scan", "use_audio_in_video")
+_VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
+_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".weba")
+
+
+def _kind_of(source: Any, args: argparse.Namespace) -> str:
+    """``image``, ``video`` or ``audio``: as ``--video`` / ``--audio`` say, else by the file's suffix."""
+    if args.video or args.audio:
+        return "video" if args.video else "audio"
+    name = source.lower() if isinstance(source, str) else ""
+    return "video" if name.endswith(_VIDEO_SUFFIXES) else "audio" if name.endswith(_AUDIO_SUFFIXES) else "image"
 
 
 def _progress(msg: str) -> None:
@@ -59,35 +69,36 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     status = 0
     for source in args.sources:
         data: Any = sys.stdin.buffer.read() if source == "-" else source
-        is_video = args.video or (isinstance(data, str) and data.lower().endswith(
-            (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")))
+        kind = _kind_of(data, args)
         t0 = time.perf_counter()
         try:
-            feats = pre(videos=[data], options=options) if is_video else pre(images=[data], options=options)
+            feats = pre(**{f"{kind}s": [data]}, options=options)
         except GpuMMError as exc:
             status = 1
             rows.append({"source": source, "error": type(exc).__name__, "message": str(exc)})
             print(f"error: {source}: {exc}", file=sys.stderr)
             continue
-        item = feats.items[0]
-        pv = feats.pixel_values_videos if is_video else feats.pixel_values
-        assert pv is not None
-        rows.append({
-            "source": source, "kind": item.kind, "grid_thw": list(item.grid_thw), "tokens": item.num_tokens,
-            "shape": list(pv.shape), "dtype": str(pv.dtype).replace("torch.", ""), "device": str(pv.device),
-            "decoder": item.decoder, "source_size": list(item.source_size), "resized": list(item.resized),
-            "frame_indices": item.frame_indices, "sample_fps": item.sample_fps,
-            "timings_ms": {k: round(v * 1e3, 3) for k, v in item.timings.items()},
-            "total_ms": round((time.perf_counter() - t0) * 1e3, 3),
-        })
+        total_ms = round((time.perf_counter() - t0) * 1e3, 3)
+        for item in feats.items:  # the source, and with --use-audio-in-video a video's audio track after it
+            pv = {"image": feats.pixel_values, "video": feats.pixel_values_videos,
+                  "audio": getattr(feats, "input_features", None)}[item.kind]
+            assert pv is not None
+            rows.append({
+                "source": source, "kind": item.kind, "grid_thw": list(item.grid_thw), "tokens": item.num_tokens,
+                "shape": list(pv.shape), "dtype": str(pv.dtype).replace("torch.", ""), "device": str(pv.device),
+                "decoder": item.decoder, "source_size": list(item.source_size), "resized": list(item.resized),
+                "frame_indices": item.frame_indices, "sample_fps": item.sample_fps, "seconds": item.seconds,
+                "timings_ms": {k: round(v * 1e3, 3) for k, v in item.timings.items()}, "total_ms": total_ms,
+            })
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
             if "error" in r:
                 continue
-            print(f"{r['source']}: {r['kind']} {r['source_size'][0]}x{r['source_size'][1]} -> "
-                  f"{r['resized'][0]}x{r['resized'][1]}, grid {r['grid_thw']}, {r['tokens']} tokens, "
+            size = (f"{r['seconds']:.2f} s" if r["kind"] == "audio" else
+                    f"{r['source_size'][0]}x{r['source_size'][1]} -> {r['resized'][0]}x{r['resized'][1]}")
+            print(f"{r['source']}: {r['kind']} {size}, grid {r['grid_thw']}, {r['tokens']} tokens, "
                   f"features {r['shape']} {r['dtype']} on {r['device']}, decoder {r['decoder']}, "
                   f"{r['total_ms']:.1f} ms")
             if r["frame_indices"] is not None:
@@ -372,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sources", nargs="+", help="files, URLs (with --allow-urls), or - for stdin")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--video", action="store_true", help="treat every source as a video")
+    p.add_argument("--audio", action="store_true",
+                   help="treat every source as audio (the Omni families; else by suffix: .wav .flac .mp3 ...)")
     p.add_argument("--model", default="qwen2_vl", help=_MODEL_HELP)
     p.add_argument("--fast-jpeg", action="store_true", help=_FAST_JPEG_HELP)
     p.add_argument("--image-decoder", default="auto", help=_IMAGE_DECODER_HELP)
@@ -382,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("min_pixels", int), ("max_pixels", int), ("total_pixels", int)):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                        help="a per-request option (gpu_mm.RequestOptions)")
+    p.add_argument("--use-audio-in-video", dest="use_audio_in_video", action="store_const", const=True,
+                   default=None, help="Omni families: a video's own audio track becomes an audio item too")
     p.add_argument("--do-pan-and-scan", dest="do_pan_and_scan", action="store_const", const=True, default=None,
                    help="Gemma 3: crops beside the whole image for images of a marked aspect ratio")
     p.add_argument("--allow-urls", action="store_true")
@@ -407,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, kind in (("fps", float), ("nframes", int), ("min_pixels", int), ("max_pixels", int),
                        ("total_pixels", int)):
         ds.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
-    for name in ("video_start", "video_end", "do_pan_and_scan"):
+    for name in ("video_start", "video_end", "do_pan_and_scan", "use_audio_in_video"):
         ds.set_defaults(**{name: None})
     ds.set_defaults(fn=cmd_preprocess_dataset)
 

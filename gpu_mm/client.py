@@ -71,16 +71,17 @@ class Client(Closeable):
 
     # ------------------------------------------------------------------ calls
 
-    async def preprocess(self, images: Any = None, videos: Any = None, **options: Any) -> Features:
-        """The service's features for ``images`` and ``videos`` (a list, or one item, of each)."""
+    async def preprocess(self, images: Any = None, videos: Any = None, audios: Any = None,
+                         **options: Any) -> Features:
+        """The service's features for ``images``, ``videos`` and ``audios`` (a list, or one item, of each)."""
         if self._closed:
             raise errors.ProcessorClosed("the client is closed")
-        body = request_body(images, videos, options)
+        body = request_body(images, videos, options, audios)
         if self._session is None:
             self._session = self._new_session()
         return await self._post(self._session, body)
 
-    def __call__(self, images: Any = None, videos: Any = None, **options: Any) -> Features:
+    def __call__(self, images: Any = None, videos: Any = None, audios: Any = None, **options: Any) -> Features:
         """:meth:`preprocess` from synchronous code (a connection of its own, closed after the call)."""
         try:
             asyncio.get_running_loop()
@@ -90,7 +91,7 @@ class Client(Closeable):
             raise RuntimeError("Client(...)(...) is the synchronous call; on an event loop, await client.preprocess()")
         if self._closed:
             raise errors.ProcessorClosed("the client is closed")
-        body = request_body(images, videos, options)
+        body = request_body(images, videos, options, audios)
 
         async def once() -> Features:
             async with self._new_session() as session:
@@ -215,14 +216,14 @@ class Client(Closeable):
             self._session = None
 
 
-def request_body(images: Any, videos: Any, options: dict[str, Any]) -> bytes:
+def request_body(images: Any, videos: Any, options: dict[str, Any], audios: Any = None) -> bytes:
     """A call as the service's JSON body: encoded media as base64, strings as they are, the options checked."""
     given = options.pop("options", None)
     if given is not None and options:
         raise TypeError("pass per-request options either as options=RequestOptions(...) or as keywords")
     parsed = RequestOptions.parse(given if given is not None else options)
     body: dict[str, Any] = dict(parsed.as_dict())
-    for key, items in (("images", images), ("videos", videos)):
+    for key, items in (("images", images), ("videos", videos), ("audios", audios)):
         if items is None:
             continue
         items = list(items) if isinstance(items, (list, tuple)) else [items]

@@ -36,7 +36,7 @@ class Decoded:
 class ItemReport:
     """What happened to one item: its plan, the decoder used, and per-stage seconds."""
 
-    kind: Literal["image", "video"]
+    kind: Literal["image", "video", "audio"]
     item: str
     source_size: tuple[int, int]
     """(height, width) as decoded."""
@@ -58,6 +58,9 @@ class ItemReport:
     working_bytes: int = 0
     """The peak working memory its plan stated (what ``memory_budget_bytes`` is checked against; 0 for a cache
     hit, which decodes nothing)."""
+    seconds: float | None = None
+    """An audio item's decoded length (at 16 kHz); its ``grid_thw`` is ``(1, mel bins, valid feature frames)``
+    and its ``source_size`` / ``resized`` are zeros."""
 
 
 @dataclasses.dataclass

@@ -38,6 +38,9 @@ class RequestOptions:
     total_pixels: int | None = None
     do_pan_and_scan: bool | None = None
     """Gemma 3: cut an image of a marked aspect ratio into crops beside the whole image (transformers' name)."""
+    use_audio_in_video: bool | None = None
+    """Omni families: each video's own audio track becomes an audio item too (after the request's audios, in video
+    order; a video without one adds none), as the Omni processors' ``use_audio_in_video`` loads it."""
 
     @classmethod
     def parse(cls, values: Mapping[str, Any] | RequestOptions | None) -> RequestOptions:
@@ -70,7 +73,10 @@ class RequestOptions:
         pan_and_scan = values.get("do_pan_and_scan")
         if pan_and_scan is not None and not isinstance(pan_and_scan, bool):
             raise InvalidRequest("do_pan_and_scan", f"must be a boolean, got {type(pan_and_scan).__name__}")
-        return cls(fps, nframes, start, end, min_pixels, max_pixels, total_pixels, pan_and_scan)
+        audio_in_video = values.get("use_audio_in_video")
+        if audio_in_video is not None and not isinstance(audio_in_video, bool):
+            raise InvalidRequest("use_audio_in_video", f"must be a boolean, got {type(audio_in_video).__name__}")
+        return cls(fps, nframes, start, end, min_pixels, max_pixels, total_pixels, pan_and_scan, audio_in_video)
 
     def as_dict(self) -> dict[str, Any]:
         """The options that are set, by name."""

@@ -1,6 +1,6 @@
 """``gpu-mm serve``: a small asyncio HTTP front end (aiohttp) over a model family's preprocessor.
 
-``POST /v1/preprocess`` takes JSON ``{"images": [...], "videos": [...], "fps": ..., "nframes": ...}``
+``POST /v1/preprocess`` takes JSON ``{"images": [...], "videos": [...], "audios": [...], "fps": ...}``
 whose items are base64 strings or data URIs (plus http(s) URLs with ``allow_urls``, and files inside one
 directory with ``local_media_root``). It answers with the features themselves as a safetensors body
 (:mod:`gpu_mm.wire`) when asked (``?format=safetensors`` or ``Accept: application/octet-stream``;
@@ -32,7 +32,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._procslots import process_threads
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - depends on the install
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ITEMS = 64
-"""Images plus videos in one request."""
+"""Images, videos and audios in one request."""
 
 
 def _summary(out: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def _summary(out: dict[str, Any]) -> dict[str, Any]:
              "timings_ms": {k: round(v * 1e3, 3) for k, v in r.timings.items()}}
             for r in out["items"]
         ],
-        **{k: list(out[k].shape) for k in ("pixel_values", "pixel_values_videos") if k in out},
+        **{k: list(out[k].shape) for k in ("pixel_values", "pixel_values_videos", "input_features") if k in out},
     }
 
 
@@ -131,8 +131,16 @@ async def read_body(content: Any, max_bytes: int) -> list[bytes]:
     return chunks
 
 
-def parse_request(raw: bytes | list[bytes], max_items: int = DEFAULT_MAX_ITEMS,
-                  ) -> tuple[list[Any], list[Any], RequestOptions]:
+class ParsedRequest(NamedTuple):
+    """A ``/v1/preprocess`` body's media lists and options."""
+
+    images: list[Any]
+    videos: list[Any]
+    options: RequestOptions
+    audios: list[Any]
+
+
+def parse_request(raw: bytes | list[bytes], max_items: int = DEFAULT_MAX_ITEMS) -> ParsedRequest:
     """Parse and check a ``/v1/preprocess`` body, whole or as the chunks :func:`read_body` returns (runs off the
     event loop).
 
@@ -150,7 +158,7 @@ def parse_request(raw: bytes | list[bytes], max_items: int = DEFAULT_MAX_ITEMS,
     if not isinstance(body, dict):
         raise InvalidRequest("body", f"must be a JSON object, got {type(body).__name__}")
     lists = []
-    for key in ("images", "videos"):
+    for key in ("images", "videos", "audios"):
         items = body.pop(key, None)
         if items is None:
             items = []
@@ -159,9 +167,9 @@ def parse_request(raw: bytes | list[bytes], max_items: int = DEFAULT_MAX_ITEMS,
         elif not isinstance(items, list):
             raise InvalidRequest(key, f"must be a list of media items, got {type(items).__name__}")
         lists.append(items)
-    if len(lists[0]) + len(lists[1]) > max_items:
-        raise InvalidRequest("images", f"{len(lists[0]) + len(lists[1])} items is over max_items={max_items}")
-    return lists[0], lists[1], RequestOptions.parse(body)
+    if sum(map(len, lists)) > max_items:
+        raise InvalidRequest("images", f"{sum(map(len, lists))} items is over max_items={max_items}")
+    return ParsedRequest(lists[0], lists[1], RequestOptions.parse(body), lists[2])
 
 
 _LONG_STRING = 1 << 16
@@ -401,11 +409,11 @@ def build_app(
             fmt = answer_format(request)
             peer = socket_peer(request) if fmt == "handles" else None
             # A request carrying a base64 video is megabytes of JSON: parse it off the event loop.
-            images, videos, options = await asyncio.get_running_loop().run_in_executor(
+            images, videos, options, audios = await asyncio.get_running_loop().run_in_executor(
                 parser, parse_request, raw, max_items)
             del raw
             kw = {"options": options} if options.as_dict() else {}
-            out = await wrapper.process(image_data=images, video_data=videos, **kw)
+            out = await wrapper.process(image_data=images, video_data=videos, audio_data=audios or None, **kw)
             # A body (or a block) is the size of the features: made off the loop too.
             if fmt == "safetensors":
                 body = await asyncio.get_running_loop().run_in_executor(parser, features_to_body, out, family)

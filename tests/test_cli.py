@@ -110,3 +110,20 @@ def test_bench_prints_the_hostile_step_beside_its_floors(capsys):
     assert "gpu-mm serve" in out and "6.0 ms   (7000 answers)" in out
     assert "paced to the same rate" in out and "2.0 ms" in out
     assert "(3 processes)" in out and "4.0 ms   (gpu-mm serve: 1.50x)" in out
+
+
+def test_preprocess_audio_files_and_a_videos_own_track_for_an_omni_family(tmp_path, capsys):
+    from gpu_mm.media.synth import make_audio, make_video
+
+    song, film = tmp_path / "a.flac", tmp_path / "b.mp4"
+    song.write_bytes(make_audio(3.0, 44100, codec="flac", fmt="flac"))
+    film.write_bytes(make_video(60, 64, 96, audio_rate=48000))
+    assert main(["preprocess", str(song), str(film), "--json", "--device", "cpu", "--model", "qwen2_5_omni",
+                 "--use-audio-in-video"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    want = [(str(song), "audio"), (str(film), "video"), (str(film), "audio")]
+    assert [(r["source"], r["kind"]) for r in rows] == want
+    assert rows[0]["grid_thw"] == [1, 128, 300] and rows[0]["tokens"] == 75 and rows[0]["shape"] == [1, 128, 30000]
+    assert abs(rows[2]["seconds"] - 2.0) < 0.05
+    assert main(["preprocess", str(song), "--device", "cpu"]) == 1  # qwen2_vl takes no audio
+    assert "takes no audios" in capsys.readouterr().err

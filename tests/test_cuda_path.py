@@ -178,3 +178,31 @@ def test_log_mel_on_cuda_matches_the_cpu():
         gpu, gpu_mask = log_mel(clips, padding=padding, device="cuda")
         assert gpu.is_cuda and torch.equal(gpu_mask.cpu(), cpu_mask)
         assert float((gpu.cpu() - cpu).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_omni", "qwen3_omni_moe"])
+def test_omni_audio_on_cuda_matches_the_cpu_through_every_api(family):
+    """An Omni family's audio on CUDA: decoded on the CPU, features on the device (synchronous and asynchronous
+    APIs, ``output="cpu"`` too), within the log-mel test's 1e-4 of the CPU path's; token counts equal."""
+    import gpu_mm
+    from gpu_mm.media.synth import make_audio, make_video
+
+    clips = [make_audio(3.0, 44100, codec="flac", fmt="flac"), make_audio(40.0)]
+    film = make_video(30, 64, 96, audio_rate=48000)
+    kw = dict(audios=clips, videos=[film], use_audio_in_video=True)
+    cpu = gpu_mm.Preprocessor.for_model(family, device="cpu", cache_bytes=0)(**kw)
+    gpu = gpu_mm.Preprocessor.for_model(family, device="cuda", cache_bytes=0)(**kw)
+    assert gpu.input_features.is_cuda and torch.equal(gpu.feature_attention_mask.cpu(), cpu.feature_attention_mask)
+    assert float((gpu.input_features.cpu() - cpu.input_features).abs().max()) <= 1e-4
+    assert [r.num_tokens for r in gpu.items] == [r.num_tokens for r in cpu.items]
+
+    async def run():
+        pre = gpu_mm.Preprocessor.for_model(family, device="cuda", cache_bytes=0, output="cpu")
+        try:
+            return await pre.preprocess(**kw)
+        finally:
+            await pre.aclose()
+
+    out = asyncio.run(run())
+    assert out.input_features.device.type == "cpu"
+    assert float((out.input_features - cpu.input_features).abs().max()) <= 1e-4

@@ -555,7 +555,7 @@ def test_parse_request_joins_chunks_as_one_body():
 
     body = json.dumps({"images": ["A" * 200_000], "videos": ["B" * 70_000]}).encode()
     chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
-    images, videos, _ = parse_request(chunks)
+    images, videos, _, _ = parse_request(chunks)
     assert images == ["A" * 200_000] and videos == ["B" * 70_000]
 
 
@@ -612,3 +612,79 @@ async def test_served_answers_are_the_same_with_small_reads():
         for item in a["items"]:
             item.pop("timings_ms")
     assert answers[0] == answers[1]
+
+
+async def test_an_omni_service_takes_audios_and_answers_the_in_process_features():
+    """Audio in the body (``audios``, base64), with a video's own track: the summary, and the safetensors body
+    holding the in-process preprocessor's tensors bit for bit."""
+    import torch
+
+    import gpu_mm
+    from gpu_mm.media.synth import make_audio, make_video
+    from gpu_mm.wire import features_from_body
+
+    song, film = make_audio(2.0, 44100, codec="flac", fmt="flac"), make_video(30, 64, 96, audio_rate=48000)
+    body = {"audios": [b64(song)], "videos": [b64(film)], "use_audio_in_video": True}
+    client = await _client(model="qwen2_5_omni")
+    try:
+        status, answer = await _post(client, body)
+        assert status == 200, answer
+        assert [i["kind"] for i in answer["items"]] == ["video", "audio", "audio"]
+        assert answer["input_features"] == [2, 128, 30000]
+        r = await client.post("/v1/preprocess?format=safetensors", json=body)
+        assert r.status == 200
+        got = features_from_body(await r.read()).to_dict()
+    finally:
+        await client.close()
+    want = gpu_mm.Preprocessor.for_model("qwen2_5_omni", device="cpu")(
+        videos=[film], audios=[song], use_audio_in_video=True).to_dict()
+    assert set(got) == set(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
+def _flac_claiming(seconds: float) -> bytes:
+    """A 16 kHz FLAC holding one second whose STREAMINFO declares ``seconds`` of samples (its total: the low 36 bits
+    of the big-endian 64 bits at bytes 18-25, after ``fLaC`` and the block header)."""
+    from gpu_mm.media.synth import make_audio
+
+    flac = bytearray(make_audio(1.0, codec="flac", fmt="flac"))
+    assert flac[:4] == b"fLaC"
+    word = int.from_bytes(flac[18:26], "big")
+    word = (word & ~((1 << 36) - 1)) | int(seconds * 16000)
+    flac[18:26] = word.to_bytes(8, "big")
+    return bytes(flac)
+
+
+async def test_hostile_audio_is_a_typed_400_naming_the_item_and_the_service_carries_on():
+    from gpu_mm.media.synth import make_audio
+
+    wav = make_audio(1.0)
+    huge_rate = bytearray(wav)
+    huge_rate[24:28] = (10_000_000).to_bytes(4, "little")
+    cases = {
+        "truncated header": (wav[:30], {"DecodeError", "UnsupportedMedia"}),
+        "a 10 MHz sample rate": (bytes(huge_rate), {"UnsupportedMedia"}),
+        "two hours declared": (_flac_claiming(7200.0), {"LimitExceeded"}),
+        "an image": (make_image(32, 32, "PNG"), {"UnsupportedMedia"}),
+        "zero length": (b"", {"SourceError", "InvalidRequest"}),
+    }
+    client = await _client(model="qwen3_omni_moe")
+    try:
+        for name, (data, errors) in cases.items():
+            status, answer = await _post(client, {"audios": [b64(wav), b64(data)]})
+            assert status == 400 and answer["error"] in errors, (name, answer)
+            assert "audio[1]" in answer["message"], (name, answer)
+        status, answer = await _post(client, {"audios": [b64(wav)]})
+        assert status == 200 and answer["input_features"] == [1, 128, 100]
+        status, answer = await _post(client, {"audios": [b64(wav)], "images": [b64(make_image(8, 8, "PNG"))],
+                                              "fps": 1.0})
+        assert status == 200, answer
+    finally:
+        await client.close()
+    qwen = await _client()
+    try:
+        status, answer = await _post(qwen, {"audios": [b64(wav)]})
+        assert status == 400 and answer["error"] == "UnsupportedMedia" and "audio" in answer["message"]
+    finally:
+        await qwen.close()

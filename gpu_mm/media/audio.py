@@ -22,7 +22,7 @@ from ..errors import DecodeError, GpuMMError, LimitExceeded, UnsupportedMedia, d
 from .sources import MediaLimits, Source
 from .video.probe import open_av
 
-__all__ = ["AudioClip", "MAX_SOURCE_RATE", "SAMPLE_RATE", "decode_audio"]
+__all__ = ["AudioClip", "AudioInfo", "MAX_SOURCE_RATE", "SAMPLE_RATE", "decode_audio", "probe_audio"]
 
 SAMPLE_RATE = 16000
 MAX_SOURCE_RATE = 768_000
@@ -41,6 +41,43 @@ class AudioClip:
     @property
     def seconds(self) -> float:
         return len(self.samples) / SAMPLE_RATE
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    """An audio stream's header, read before decoding."""
+
+    source_rate: int
+    channels: int
+    codec: str
+    seconds: float | None
+    """The stream's (else the container's) declared duration; None when neither says."""
+
+    def working_bytes(self, limits: MediaLimits) -> int:
+        """The most memory decoding it may hold: its 16 kHz float32 samples twice (the decoded pieces, then
+        joined), from the declared duration plus a second, or ``limits.max_audio_s`` (what decoding enforces)."""
+        seconds = limits.max_audio_s if self.seconds is None else min(self.seconds + 1.0, limits.max_audio_s)
+        return 2 * 4 * int(seconds * SAMPLE_RATE) + (1 << 20)
+
+
+def probe_audio(src: Source, limits: MediaLimits = MediaLimits(), *, required: bool = True) -> AudioInfo | None:
+    """The first audio stream's header (nothing decoded), its rate and declared length checked against
+    ``limits``. Without ``required``, a container with no audio stream gives None (a silent video's track).
+
+    Raises:
+        UnsupportedMedia, LimitExceeded, DecodeError: as :func:`decode_audio` raises them for the header.
+    """
+    if src.kind != "encoded":
+        raise UnsupportedMedia(src.item, "audio must be encoded bytes (a file, bytes, a data URI, base64)")
+    try:
+        with open_av(src, "audio or video") as container:
+            if not container.streams.audio and not required:
+                return None
+            return _header(container, src, limits)
+    except (GpuMMError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever FFmpeg or PyAV raise on a corrupt header
+        raise DecodeError(src.item, f"cannot read the audio header: {describe(exc)}") from None
 
 
 def decode_audio(src: Source, limits: MediaLimits = MediaLimits()) -> AudioClip:
@@ -62,9 +99,7 @@ def decode_audio(src: Source, limits: MediaLimits = MediaLimits()) -> AudioClip:
         raise DecodeError(src.item, f"cannot decode audio: {describe(exc)}") from None
 
 
-def _decode(container: Any, src: Source, limits: MediaLimits) -> AudioClip:
-    import av
-
+def _header(container: Any, src: Source, limits: MediaLimits) -> AudioInfo:
     if not container.streams.audio:
         raise UnsupportedMedia(src.item, "the container has no audio stream")
     stream = container.streams.audio[0]
@@ -77,6 +112,14 @@ def _decode(container: Any, src: Source, limits: MediaLimits) -> AudioClip:
     declared = _declared_seconds(container, stream)
     if declared is not None and declared > limits.max_audio_s:
         raise LimitExceeded(src.item, f"{declared:.1f} s of audio is over max_audio_s={limits.max_audio_s:g}")
+    return AudioInfo(rate, channels, str(ctx.name), declared)
+
+
+def _decode(container: Any, src: Source, limits: MediaLimits) -> AudioClip:
+    import av
+
+    info = _header(container, src, limits)
+    stream = container.streams.audio[0]
     budget = int(limits.max_audio_s * SAMPLE_RATE)
     resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)  # planar, the source's channels
     chunks: list[np.ndarray] = []
@@ -99,7 +142,7 @@ def _decode(container: Any, src: Source, limits: MediaLimits) -> AudioClip:
     if total == 0:
         raise DecodeError(src.item, "the audio stream holds no samples")
     samples = np.concatenate(chunks).astype(np.float32, copy=False)
-    return AudioClip(samples, rate, channels, str(ctx.name))
+    return AudioClip(samples, info.source_rate, info.channels, info.codec)
 
 
 def _declared_seconds(container: Any, stream: Any) -> float | None:

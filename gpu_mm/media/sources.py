@@ -118,8 +118,8 @@ def load_source(obj: Any, item: str, limits: MediaLimits = MediaLimits(), *, _de
 
     Accepts a ``data:`` URI, base64 text, http(s) URL (when ``limits.allow_urls``), a path or ``file://``
     URI (when ``limits.allow_local_paths``), bytes-like, a binary file object, a PIL image, a numpy/torch
-    array, or a dict holding one of these under ``image``, ``video``, ``url``, ``image_url``,
-    ``video_url``, ``path`` or ``data``.
+    array, or a dict holding one of these under ``image``, ``video``, ``audio``, ``url``, ``image_url``,
+    ``video_url``, ``audio_url``, ``input_audio``, ``path`` or ``data``.
 
     Raises:
         SourceError: the item cannot be read (bad base64, path or URL not allowed, unknown type).
@@ -145,7 +145,8 @@ def load_source(obj: Any, item: str, limits: MediaLimits = MediaLimits(), *, _de
     if isinstance(obj, dict):
         if _depth >= _MAX_NESTING:
             raise SourceError(item, f"item nested more than {_MAX_NESTING} dicts deep")
-        for key in ("image", "video", "url", "image_url", "video_url", "path", "data"):
+        for key in ("image", "video", "audio", "url", "image_url", "video_url", "audio_url", "input_audio", "path",
+                    "data"):
             if key in obj:
                 return load_source(obj[key], item, limits, _depth=_depth + 1)
     raise SourceError(

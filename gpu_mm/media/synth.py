@@ -69,18 +69,20 @@ def make_video(
     seed: int = 0,
     pix_fmt: str | None = None,
     rotation: int = 0,
+    audio_rate: int | None = None,
 ) -> bytes:
     """Encode ``num_frames`` moving :func:`pattern` frames with PyAV and return the container bytes.
 
     ``codec``: h264 (libx264), hevc (libx265), vp9 (libvpx-vp9), av1 (libsvtav1), mjpeg, mpeg4.
     ``rotation``: a display-matrix rotation in degrees, counter-clockwise (as phones tag portrait clips).
+    ``audio_rate``: add an AAC track as long as the video at this rate (:func:`make_audio`'s signal, stereo).
     """
     encoder = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}.get(codec, codec)
     if container is None:
         container = {"vp9": "webm", "mjpeg": "avi"}.get(codec, "mp4")
     with _keeps_scheduling():
         return _encode(num_frames, height, width, encoder, codec, fps, gop, bframes, container, bit_rate, seed,
-                       pix_fmt, rotation)
+                       pix_fmt, rotation, audio_rate)
 
 
 @contextlib.contextmanager
@@ -101,7 +103,8 @@ def _keeps_scheduling() -> Iterator[None]:
 
 
 def _encode(num_frames: int, height: int, width: int, encoder: str, codec: str, fps: int, gop: int, bframes: int,
-            container: str, bit_rate: int | None, seed: int, pix_fmt: str | None, rotation: int) -> bytes:
+            container: str, bit_rate: int | None, seed: int, pix_fmt: str | None, rotation: int,
+            audio_rate: int | None = None) -> bytes:
     import av
 
     buf = io.BytesIO()
@@ -127,6 +130,7 @@ def _encode(num_frames: int, height: int, width: int, encoder: str, codec: str, 
         elif encoder == "libsvtav1":
             opts = {"preset": "12"}
         stream.options = opts
+        sound = _audio_stream(out, "aac", audio_rate, 2) if audio_rate else None  # streams go in before muxing
         base = pattern(height, width, seed)
         for t in range(num_frames):
             img = np.roll(base, shift=(t * 3, t * 5), axis=(0, 1))
@@ -135,7 +139,41 @@ def _encode(num_frames: int, height: int, width: int, encoder: str, codec: str, 
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+        if sound is not None and audio_rate:
+            _encode_audio(out, sound, _tone(num_frames / fps, audio_rate, 2, 440.0, 0.01, seed), audio_rate)
     return buf.getvalue()
+
+
+def _tone(seconds: float, rate: int, channels: int, freq: float, noise: float, seed: int) -> np.ndarray:
+    """``(channels, samples)`` float in [-1, 1]: a ``freq`` Hz tone of amplitude 0.3 plus white noise, the second
+    channel at 0.8 of the first."""
+    n = int(round(seconds * rate))
+    t = np.arange(n) / rate
+    rng = np.random.default_rng(seed)
+    tone = 0.3 * np.sin(2 * np.pi * freq * t) + noise * rng.standard_normal(n)
+    return np.clip(np.stack([tone * (1 - 0.2 * c) for c in range(channels)]), -1, 1)
+
+
+def _audio_stream(out: Any, codec: str, rate: int, channels: int) -> Any:
+    return out.add_stream(codec, rate=rate, layout="mono" if channels == 1 else "stereo")
+
+
+def _encode_audio(out: Any, stream: Any, pcm: np.ndarray, rate: int) -> None:
+    """``pcm`` (channels, samples) encoded into ``stream`` of the open container ``out``."""
+    import av
+
+    fmt_in = "s16p" if stream.codec_context.name == "pcm_s16le" else "fltp"
+    data: Any = (pcm * 32767).astype(np.int16) if fmt_in == "s16p" else pcm.astype(np.float32)
+    frame_size = stream.codec_context.frame_size or 1024
+    for start in range(0, pcm.shape[1], frame_size):
+        chunk = np.ascontiguousarray(data[:, start : start + frame_size])
+        frame = av.AudioFrame.from_ndarray(chunk, format=fmt_in, layout=stream.layout.name)
+        frame.sample_rate = rate
+        frame.pts = start
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
 
 
 def make_audio(seconds: float, rate: int = 16000, *, codec: str = "pcm_s16le", fmt: str = "wav", channels: int = 1,
@@ -145,24 +183,8 @@ def make_audio(seconds: float, rate: int = 16000, *, codec: str = "pcm_s16le", f
     ...) with ``codec``."""
     import av
 
-    n = int(round(seconds * rate))
-    t = np.arange(n) / rate
-    rng = np.random.default_rng(seed)
-    tone = 0.3 * np.sin(2 * np.pi * freq * t) + noise * rng.standard_normal(n)
-    pcm = np.clip(np.stack([tone * (1 - 0.2 * c) for c in range(channels)]), -1, 1)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=fmt) as out:
-        stream: Any = out.add_stream(codec, rate=rate, layout="mono" if channels == 1 else "stereo")
-        fmt_in = "s16p" if codec == "pcm_s16le" else "fltp"
-        data: Any = (pcm * 32767).astype(np.int16) if fmt_in == "s16p" else pcm.astype(np.float32)
-        frame_size = stream.codec_context.frame_size or 1024
-        for start in range(0, n, frame_size):
-            chunk = np.ascontiguousarray(data[:, start : start + frame_size])
-            frame = av.AudioFrame.from_ndarray(chunk, format=fmt_in, layout=stream.layout.name)
-            frame.sample_rate = rate
-            frame.pts = start
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+        _encode_audio(out, _audio_stream(out, codec, rate, channels), _tone(seconds, rate, channels, freq, noise, seed),
+                      rate)
     return buf.getvalue()

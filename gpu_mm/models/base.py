@@ -178,6 +178,19 @@ class ModelSpec:
         whose settings live there, its ``config.json`` (``model``; empty when absent)."""
         return cls.from_pretrained_dict(model_type, image, video)
 
+    def audio_features(self, clips: Sequence[torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
+        """Families that take audio: a call's clips (1-D float32 samples at 16 kHz, in order) as the features their
+        processor returns for them, by name (computed together: a padding rule may join them)."""
+        raise NotImplementedError
+
+    def audio_working_bytes(self, samples: Sequence[int]) -> int:
+        """Families that take audio: a bound on :meth:`audio_features`' memory for clips of ``samples``."""
+        raise NotImplementedError
+
+    def audio_token_count(self, frames: int) -> int:
+        """Families that take audio: placeholder tokens for a clip of ``frames`` valid feature frames."""
+        raise NotImplementedError
+
     def token_count(self, grid: tuple[int, int, int]) -> int:
         """Placeholder tokens of an item with ``grid``: patches merged ``merge_size`` x ``merge_size``."""
         t, h, w = grid

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .._aio import await_or_abandon
-from ..errors import ProcessingTimeout
+from ..errors import InvalidRequest, ProcessingTimeout
 from ..slots import Slot, SlotPool
 from . import output
 from .execute import Executor, fill_block
@@ -30,9 +30,9 @@ class CallRunner:
         self.output_pool, self.features_class = output_pool, features_class
         self.config, self.device, self.output = planner.config, planner.device, executor.output
 
-    def run(self, slot: Slot, images: Any, videos: Any, request: dict[str, Any]) -> Any:
+    def run(self, slot: Slot, images: Any, videos: Any, request: dict[str, Any], audios: Any = None) -> Any:
         """A call on the calling thread, its slot jobs run one after another on ``slot``."""
-        plans = self._planner.plan_all(images, videos, request)
+        plans = self._plan(images, videos, request, audios)
         call = self._router.route(plans, output.lease(self.output_pool, self.config, plans))
         try:
             # cuda:N: the current device for every kernel launched here (slot threads get it from their stream).
@@ -48,15 +48,20 @@ class CallRunner:
             raise
         if call.lease is not None and self.output_pool.device != "cpu":
             torch.cuda.current_stream().synchronize()  # another process may read the block at once
-        return output.assemble(call, self.features_class, self.config, self.output)
+        audio_items, clips = _clips(call)
+        audio = None
+        if audio_items:
+            with torch.cuda.device(self.device) if self.device.startswith("cuda") else contextlib.nullcontext():
+                audio = self._executor.audio_features(slot, audio_items, clips)
+        return output.assemble(call, self.features_class, self.config, self.output, audio)
 
     async def run_async(self, slots: SlotPool, io: concurrent.futures.Executor, images: Any, videos: Any,
-                        request: dict[str, Any], deadline: float | None) -> Any:
+                        request: dict[str, Any], deadline: float | None, audios: Any = None) -> Any:
         """A call from an event loop: planning on ``io`` threads, slot jobs on ``slots``, ``deadline`` a
         ``time.monotonic()`` instant (past it :class:`gpu_mm.ProcessingTimeout`; running items keep their slots)."""
         loop = asyncio.get_running_loop()
         # Planning and leasing the output block (an allocation, a CUDA IPC handle) run on an IO thread.
-        plan_future = loop.run_in_executor(io, self._plan_and_lease, images, videos, request)
+        plan_future = loop.run_in_executor(io, self._plan_and_lease, images, videos, request, audios)
         plans, lease = await _within(plan_future, deadline, on_abandoned=self._release_late_lease)
         call = self._router.route(plans, lease, loop)
         computed = sum(len(g) for g in call.groups)
@@ -81,15 +86,31 @@ class CallRunner:
         if lease is not None and call.followers:
             # Rows computed for another call: copied into this call's block, off the loop.
             await loop.run_in_executor(io, fill_block, [(plans[i], call.outs[i][0]) for i, _ in call.followers])
+        audio_items, clips = _clips(call)
+        audio = None
+        if audio_items:  # the call's clips become features together, on a slot (a padding rule may join them)
+            audio = await slots.run(self._executor.audio_features, audio_items, clips, deadline=deadline,
+                                    nbytes=self.config.audio_working_bytes([c.numel() for c in clips]))
         kinds = [item.plan.kind for item in plans]
         if lease is None and (kinds.count("image") > 1 or kinds.count("video") > 1):
             # Joining several items' rows is a copy of every feature byte: not on the caller's loop.
             return await loop.run_in_executor(io, output.assemble, call, self.features_class, self.config,
-                                              self.output)
-        return output.assemble(call, self.features_class, self.config, self.output)
+                                              self.output, audio)
+        return output.assemble(call, self.features_class, self.config, self.output, audio)
 
-    def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any]) -> tuple[list[Item], Any]:
-        plans = self._planner.plan_all(images, videos, request)
+    def _plan(self, images: Any, videos: Any, request: dict[str, Any], audios: Any) -> list[Item]:
+        plans = self._planner.plan_all(images, videos, request, audios)
+        if self.output_pool is not None:
+            for item in plans:
+                if item.plan.kind == "audio":
+                    raise InvalidRequest(item.plan.src.item, "a preprocessor with an output_pool writes features into "
+                                         "a block sized before decoding, and audio features are sized by decoding: "
+                                         "use one without output_pool for audio")
+        return plans
+
+    def _plan_and_lease(self, images: Any, videos: Any, request: dict[str, Any],
+                        audios: Any) -> tuple[list[Item], Any]:
+        plans = self._plan(images, videos, request, audios)
         return plans, output.lease(self.output_pool, self.config, plans)
 
     def _release_late_lease(self, result: tuple[list[Item], Any]) -> None:
@@ -108,7 +129,9 @@ class CallRunner:
 
         async def run() -> Any:
             begun.append(True)
-            work = self._executor.run if self._processes is None else self._processes.run
+            # Audio decodes on the slot's thread (FFmpeg releases the interpreter lock; nothing to lay out in rows).
+            processes = self._processes is not None and group[0].plan.kind != "audio"
+            work = self._processes.run if processes else self._executor.run  # type: ignore[union-attr]
             return await slots.run(work, group, nbytes=sum(p.plan.nbytes for p in group),
                                    deadline=deadline, on_release=on_release, on_done=on_done)
 
@@ -123,6 +146,12 @@ class CallRunner:
         task = asyncio.ensure_future(run())
         task.add_done_callback(never_begun)
         return task
+
+
+def _clips(call: Any) -> tuple[list[Item], list[torch.Tensor]]:
+    """The call's audio items and their decoded samples, in order."""
+    pairs = [(item, out[0]) for item, out in zip(call.items, call.outs) if item.plan.kind == "audio"]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _settles(settled: Any, n: int) -> Any:

@@ -11,6 +11,7 @@ import torch
 
 from .. import ops
 from ..errors import MediaError
+from ..media.audio import decode_audio
 from ..media.image import decode_image, decode_jpeg_cuda, decode_jpeg_scaled, decode_jpegs
 from ..media.sources import MediaLimits
 from ..media.video import get_video_decoder, rotate_frames
@@ -56,7 +57,12 @@ class Executor:
         return [(decoded, item.timer.stages) for item, (_, decoded) in zip(items, results)]
 
     def _execute(self, slot: Slot, item: Item) -> tuple[torch.Tensor, Decoded]:
-        """Decode, resize, normalize and patchify one planned item on ``slot``'s device."""
+        """Decode, resize, normalize and patchify one planned item on ``slot``'s device (an audio item: decode
+        to 16 kHz samples, on the CPU; the call's clips become features together, :meth:`audio_features`)."""
+        if item.plan.kind == "audio":
+            with item.timer.stage("decode"):
+                clip = decode_audio(item.plan.src, self.limits)
+            return torch.from_numpy(clip.samples), Decoded("pyav")
         if item.plan.kind == "video" and item.plan.info is not None:
             return self._execute_video(slot, item)
         with item.timer.stage("decode"):
@@ -155,6 +161,25 @@ class Executor:
                 torch.cuda.current_stream().synchronize()
             pv = host
         return pv
+
+    def audio_features(self, slot: Slot, items: list[Item], clips: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A call's clips (its audio items' samples, in order) as the family's audio features, computed together
+        on the slot's device and placed as :meth:`place` places rows; the time goes to each item's
+        ``audio_features`` stage."""
+        t0 = time.perf_counter()
+        device = torch.device(slot.device)
+        out = self.config.audio_features(clips, device)
+        if self.output == "device" and device.type == "cuda" and slot.stream is not None:
+            for t in out.values():
+                t.record_stream(torch.cuda.default_stream(device))
+        elif self.output == "cpu" and device.type != "cpu":
+            out = {k: t.to("cpu") for k, t in out.items()}
+        elif self.output == "pinned":
+            out = {k: t.to("cpu").pin_memory() for k, t in out.items()}
+        share = (time.perf_counter() - t0) / max(len(items), 1)
+        for item in items:
+            item.timer.add("audio_features", share)
+        return out
 
     def _execute_video(self, slot: Slot, item: Item) -> tuple[torch.Tensor, Decoded]:
         """A video, ``item.plan.chunk`` frames at a time: decode, resize and patchify each group straight into the

@@ -11,7 +11,8 @@ from ..models import family_names, get_family
 from .preprocessor import _class_of, preprocessor_class
 
 __all__ = ["Gemma3Preprocessor", "Glm46VPreprocessor", "Glm4vPreprocessor", "InternVLChatPreprocessor",
-           "InternVLPreprocessor", "Qwen2VLPreprocessor", "Qwen3VLPreprocessor", "preprocessor_class"]
+           "InternVLPreprocessor", "Qwen2VLPreprocessor", "Qwen2_5OmniPreprocessor", "Qwen3OmniPreprocessor",
+           "Qwen3VLPreprocessor", "preprocessor_class"]
 
 def __getattr__(name: str) -> Any:
     """A family's preprocessor class by its name (``from gpu_mm.pipeline.families import Qwen3VLPreprocessor``)."""
@@ -29,3 +30,5 @@ Glm46VPreprocessor = preprocessor_class("glm46v")
 InternVLPreprocessor = preprocessor_class("internvl")
 InternVLChatPreprocessor = preprocessor_class("internvl_chat")
 Gemma3Preprocessor = preprocessor_class("gemma3")
+Qwen2_5OmniPreprocessor = preprocessor_class("qwen2_5_omni")
+Qwen3OmniPreprocessor = preprocessor_class("qwen3_omni_moe")

@@ -19,7 +19,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _processor_configs(folder: Path, required: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """A model folder's image and video processor configs, in either layout transformers writes (without
-    ``required``, an empty image config where the folder has none)."""
+    ``required``, an empty image config where the folder has none). A feature extractor's settings are read with
+    the image config, as a published model's ``preprocessor_config.json`` holds both."""
     nested = _read_json(folder / "processor_config.json") or {}
     image = _read_json(folder / "preprocessor_config.json")
     video = _read_json(folder / "video_preprocessor_config.json")
@@ -32,7 +33,11 @@ def _processor_configs(folder: Path, required: bool = True) -> tuple[dict[str, A
                                 "processor_config.json): from_pretrained needs a local model folder")
     # The processor's own settings (processor_class, a per-image token count such as image_seq_length) go with
     # the image config; the image processor's keys win.
-    image = {**{k: v for k, v in nested.items() if not isinstance(v, (dict, list))}, **image}
+    # A feature extractor's settings (an Omni model's audio front end) go with it too, under the processor's.
+    extractor = nested.get("feature_extractor")
+    extractor = {k: v for k, v in extractor.items() if not isinstance(v, (dict, list))} if isinstance(
+        extractor, dict) else {}
+    image = {**extractor, **{k: v for k, v in nested.items() if not isinstance(v, (dict, list))}, **image}
     return image, video if isinstance(video, dict) else None
 
 

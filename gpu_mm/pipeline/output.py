@@ -56,7 +56,10 @@ def _meta_shape(group: list[Item]) -> tuple[int, ...]:
     return (len(group),) if width == 1 else (len(group), width)
 
 
-def assemble(call: Call, features_class: type[F], config: Any, output: str) -> F:
+def assemble(call: Call, features_class: type[F], config: Any, output: str,
+             audio: dict[str, torch.Tensor] | None = None) -> F:
+    """The call's features: each kind's rows (joined, or the block's), the family's per-video fields, ``audio``
+    (the call's audio features, by name) and a report per item."""
     plans, outs, lease = call.items, call.outs, call.lease
     feats = features_class()
     cfg = config
@@ -83,8 +86,15 @@ def assemble(call: Call, features_class: type[F], config: Any, output: str) -> F
                    for p, _ in vid]
         for name, value in cfg.video_fields(sampled).items():
             setattr(feats, name, value)
-    for item, (_, decoded) in zip(plans, outs):
+    for name, value in (audio or {}).items():
+        setattr(feats, name, value)
+    clip = 0
+    for item, (rows, decoded) in zip(plans, outs):
         plan = item.plan
+        if plan.kind == "audio":
+            feats.items.append(_audio_report(item, rows, decoded, clip, audio or {}, cfg))
+            clip += 1
+            continue
         feats.items.append(
             ItemReport(
                 kind=plan.kind, item=plan.src.item, source_size=plan.source_size, resized=plan.target,
@@ -94,6 +104,19 @@ def assemble(call: Call, features_class: type[F], config: Any, output: str) -> F
             )
         )
     return feats
+
+
+def _audio_report(item: Item, samples: torch.Tensor, decoded: Any, clip: int, audio: dict[str, torch.Tensor],
+                  cfg: Any) -> ItemReport:
+    """An audio item's report: its valid feature frames (``grid_thw`` is ``(1, mel bins, frames)``), their
+    tokens and its seconds."""
+    mask = audio.get("feature_attention_mask")
+    frames = int(mask[clip].sum()) if mask is not None else 0
+    bins = int(audio["input_features"].shape[1]) if "input_features" in audio else 0
+    return ItemReport(kind="audio", item=item.plan.src.item, source_size=(0, 0), resized=(0, 0),
+                      grid_thw=(1, bins, frames), num_tokens=cfg.audio_token_count(frames) if frames else 0,
+                      decoder=str(decoded), timings=dict(item.timer.stages), cache=item.cache_state, decoded=decoded,
+                      working_bytes=item.plan.nbytes, seconds=samples.numel() / 16000)
 
 
 def join(parts: list[torch.Tensor], *, pinned: bool) -> torch.Tensor:

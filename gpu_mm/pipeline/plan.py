@@ -12,6 +12,7 @@ import torch
 
 from ..cache import Entry, FeatureCache, content_key
 from ..errors import InvalidRequest, LimitExceeded, MediaError, UnsupportedMedia
+from ..media.audio import AudioInfo, probe_audio
 from ..media.image import ImageInfo, is_plain_jpeg, jpeg_draft_scale, probe_image
 from ..media.sources import MediaLimits, Source, load_source
 from ..media.video import VideoInfo, frames_from_array, probe_video
@@ -34,7 +35,7 @@ class ItemPlan:
     """Everything decided about one item before touching pixels: frozen and picklable (a slot process gets it as
     it is), no tensors except an array input's pixels."""
 
-    kind: Literal["image", "video"]
+    kind: Literal["image", "video", "audio"]
     src: Source
     target: tuple[int, int]
     grid: tuple[int, int, int]
@@ -62,6 +63,9 @@ class ItemPlan:
     video_fps: float | None = None
     key: bytes | None = None
     """The item's feature-cache key (None: cache off, or not cacheable)."""
+    audio: AudioInfo | None = None
+    """An audio item's header (its pixel fields are zeros: its slot job decodes it to 16 kHz samples, and the
+    call's clips become features together)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -113,11 +117,19 @@ class Planner:
                                             f"{sorted(self.config.options)}")
         return parsed
 
-    def plan_all(self, images: Any, videos: Any, request: dict[str, Any]) -> list[Item]:
+    def plan_all(self, images: Any, videos: Any, request: dict[str, Any], audios: Any = None) -> list[Item]:
+        """The call's items in order: images, videos, audios, then (``use_audio_in_video``) the videos' tracks."""
         options = self._options(request)
         items = [self._plan("image", obj, f"image[{i}]", options) for i, obj in enumerate(as_list(images))]
-        items += [self._plan("video", obj, f"video[{i}]", options) for i, obj in enumerate(as_list(videos))]
+        videos_planned = [self._plan("video", obj, f"video[{i}]", options) for i, obj in enumerate(as_list(videos))]
+        items += videos_planned
+        items += [self._plan("audio", obj, f"audio[{i}]", options) for i, obj in enumerate(as_list(audios))]
+        if options.use_audio_in_video:
+            items += [track for video in videos_planned if (track := self._video_track(video, options)) is not None]
         for p in (item.plan for item in items):
+            if p.kind == "audio" and p.nbytes > self.memory_budget_bytes:
+                raise LimitExceeded(p.src.item, f"needs up to {_mib(p.nbytes)} of working memory to decode, over the "
+                                                f"preprocessor's memory_budget_bytes={_mib(self.memory_budget_bytes)}")
             if p.nbytes > self.memory_budget_bytes:
                 raise LimitExceeded(
                     p.src.item,
@@ -142,23 +154,52 @@ class Planner:
             return None, None
         with timer.stage("cache"):
             try:
-                key = content_key(data, kind, self.cache_identity, sorted(options.as_dict().items()))
+                # An audio clip's samples depend on no option; a video's pixels not on use_audio_in_video.
+                read = {} if kind == "audio" else {k: v for k, v in options.as_dict().items()
+                                                   if k != "use_audio_in_video"}
+                key = content_key(data, kind, self.cache_identity, sorted(read.items()))
             except (TypeError, ValueError, BufferError):
                 return None, None  # an array whose memory cannot be read as bytes (object dtype): not cached
             return key, self.cache.get(key)
 
-    def _plan(self, kind: Literal["image", "video"], obj: Any, item: str, options: RequestOptions) -> Item:
+    def _plan(self, kind: Literal["image", "video", "audio"], obj: Any, item: str, options: RequestOptions) -> Item:
         """One item: loaded, looked up in the cache (a hit plans nothing more), then planned by its kind."""
         if kind not in self.config.modalities:
             raise InvalidRequest(item, f"the {self.config.family} family takes no {kind}s")
         timer = StageTimer()
         with timer.stage("load"):
             src = load_source(obj, item, self.limits)
+        return self._plan_source(kind, src, options, timer)
+
+    def _plan_source(self, kind: Literal["image", "video", "audio"], src: Source, options: RequestOptions,
+                     timer: StageTimer, audio: AudioInfo | None = None) -> Item:
         key, hit = self._lookup(src, kind, options, timer)
         if hit is not None:
             return hit_item(kind, src, key, hit, timer, self.config)
+        if kind == "audio":
+            return Item(self._plan_audio(src, timer, audio, key), timer)
         plan = self._plan_image(src, options, timer) if kind == "image" else self._plan_video(src, options, timer)
         return Item(dataclasses.replace(plan, key=key, meta=self.config.item_meta(plan.grid)), timer)
+
+    def _plan_audio(self, src: Source, timer: StageTimer, info: AudioInfo | None, key: bytes | None) -> ItemPlan:
+        if info is None:
+            with timer.stage("probe"):
+                info = probe_audio(src, self.limits)
+        assert info is not None
+        return ItemPlan("audio", src, (0, 0), (0, 0, 0), (0, 0), nbytes=info.working_bytes(self.limits), key=key,
+                        audio=info)
+
+    def _video_track(self, video: Item, options: RequestOptions) -> Item | None:
+        """A video's own audio track as an audio item (``use_audio_in_video``); None for a video without one."""
+        src = video.plan.src
+        if src.kind != "encoded":
+            raise InvalidRequest(src.item, "use_audio_in_video needs the encoded video: decoded frames carry no "
+                                           "audio track")
+        track = Source(f"{src.item}, its audio track", "encoded", data=src.data)
+        timer = StageTimer()
+        with timer.stage("probe"):
+            info = probe_audio(track, self.limits, required=False)
+        return None if info is None else self._plan_source("audio", track, options, timer, info)
 
     def _plan_image(self, src: Source, options: RequestOptions, timer: StageTimer) -> ItemPlan:
         with timer.stage("load"):
@@ -245,7 +286,7 @@ class Planner:
         return groups
 
 
-def hit_item(kind: Literal["image", "video"], src: Source, key: bytes | None, hit: Entry, timer: StageTimer,
+def hit_item(kind: Literal["image", "video", "audio"], src: Source, key: bytes | None, hit: Entry, timer: StageTimer,
              config: Any) -> Item:
     """A cache hit: the plan its entry recorded, nothing more to decide."""
     v = hit.value

@@ -52,7 +52,7 @@ def worker_defaults(workers: str, idle_workers: bool | None,
 
 
 class Preprocessor(Closeable, Generic[F]):
-    """Images and videos to a model family's features on CUDA or CPU.
+    """Images, videos (and, for the Omni families, audio) to a model family's features on CUDA or CPU.
 
     Each registered family has its subclass naming its spec (``config_class``) and features (``features_class``),
     e.g. :class:`gpu_mm.Qwen2VLPreprocessor` (:mod:`gpu_mm.pipeline.families`); use :meth:`from_pretrained` to get
@@ -267,25 +267,28 @@ class Preprocessor(Closeable, Generic[F]):
         self,
         images: Sequence[Any] | Any | None = None,
         videos: Sequence[Any] | Any | None = None,
+        audios: Sequence[Any] | Any | None = None,
         **request: Any,
     ) -> F:
         """Preprocess on the calling thread (scripts, tests); returns the family's features.
 
+        ``audios``: encoded audio (any container FFmpeg reads), for families that take it (``config.modalities``).
         Per-request options as keywords or ``options=RequestOptions(...)``: the :class:`gpu_mm.RequestOptions`
         fields the family reads (``config.options``); others raise :class:`gpu_mm.InvalidRequest`."""
         if self._closed:
             raise ProcessorClosed(f"{type(self).__name__} is closed")
-        return self._calls.run(self._sync_slot(), images, videos, request)  # type: ignore[no-any-return]
+        return self._calls.run(self._sync_slot(), images, videos, request, audios)  # type: ignore[no-any-return]
 
     def plan(
         self,
         images: Sequence[Any] | Any | None = None,
         videos: Sequence[Any] | Any | None = None,
+        audios: Sequence[Any] | Any | None = None,
         **request: Any,
     ) -> list[ItemPlan]:
         """Each item's plan (frames, target size, grid, working-memory bound), from its header alone: nothing is
         decoded. Loading, limits and options are checked as a call checks them, with the same errors."""
-        return [item.plan for item in self._planner.plan_all(images, videos, request)]
+        return [item.plan for item in self._planner.plan_all(images, videos, request, audios)]
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle) gets its own threads, slots and per-thread decoders, never these.
@@ -342,6 +345,7 @@ class Preprocessor(Closeable, Generic[F]):
         self,
         images: Sequence[Any] | Any | None = None,
         videos: Sequence[Any] | Any | None = None,
+        audios: Sequence[Any] | Any | None = None,
         *,
         deadline: float | None = None,
         **request: Any,
@@ -356,7 +360,7 @@ class Preprocessor(Closeable, Generic[F]):
         slots = self._pools()
         assert self._io is not None
         return await self._calls.run_async(  # type: ignore[no-any-return]
-            slots, self._io, images, videos, request, deadline)
+            slots, self._io, images, videos, request, deadline, audios)
 
     async def process_mm_data_async(
         self,
@@ -366,16 +370,18 @@ class Preprocessor(Closeable, Generic[F]):
         request_obj: Any = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """SGLang's processor contract: features for the request's images and videos as a dict.
+        """SGLang's processor contract: features for the request's images, videos and audio as a dict.
 
-        Videos come from ``kwargs["video_data"]`` or ``request_obj.video_data``. Audio is refused.
+        Videos come from ``kwargs["video_data"]`` or ``request_obj.video_data``. Audio is refused by families that
+        take none (:class:`gpu_mm.UnsupportedMedia`).
         """
-        if audio_data:
+        if audio_data and "audio" not in self.config.modalities:
             raise UnsupportedMedia("audio", f"the {self.config.family} family takes no audio")
         videos = kwargs.pop("video_data", None)
         if videos is None and request_obj is not None:
             videos = getattr(request_obj, "video_data", None)
-        feats = await self.preprocess(images=image_data or None, videos=videos or None, **kwargs)
+        feats = await self.preprocess(images=image_data or None, videos=videos or None, audios=audio_data or None,
+                                      **kwargs)
         return feats.processor_output(input_text)
 
     def statistics(self) -> PreprocessorStatistics:
