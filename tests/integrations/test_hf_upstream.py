@@ -1,6 +1,6 @@
-"""transformers' own image-processor, video-processor and processor test mixins (from the installed version's
-source distribution, see ``upstream_transformers.py``) run against the stock Qwen-VL, GLM, InternVL
-(GOT-OCR2) and Gemma 3 classes and against gpu-mm's drop-ins.
+"""transformers' own image-processor, video-processor, processor and sequence-feature-extractor test mixins (from
+the installed version's source distribution, see ``upstream_transformers.py``) run against the stock Qwen-VL, GLM,
+InternVL (GOT-OCR2), Gemma 3 and Whisper classes and against gpu-mm's drop-ins.
 
 Each mixin test runs twice, with the same tester: once with transformers' classes, once with the drop-ins.
 Every test that passes with the stock classes must pass with the drop-ins. A test that fails with the stock
@@ -34,6 +34,7 @@ from transformers import (  # noqa: E402
     Qwen2VLVideoProcessor,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
+    WhisperFeatureExtractor,
 )
 from upstream_transformers import import_mixins  # noqa: E402
 
@@ -47,13 +48,14 @@ from gpu_mm.integrations.hf import (  # noqa: E402
     GpuMMQwen2VLImageProcessor,
     GpuMMQwen2VLVideoProcessor,
     GpuMMQwen3VLVideoProcessor,
+    GpuMMWhisperFeatureExtractor,
 )
 from gpu_mm.ops import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
 
 _mixins = import_mixins()
 if isinstance(_mixins, str):
     pytest.skip(_mixins, allow_module_level=True)
-image_common, video_common, processing_common = _mixins
+image_common, video_common, processing_common, sequence_common = _mixins
 
 QWEN2_IMAGE = {"do_resize": True, "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
                "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
@@ -239,6 +241,46 @@ PROCESSOR_CASES = {
 }
 
 
+# ---------------------------------------------------------------- audio
+
+
+class _AudioTester:
+    """Inputs for transformers' sequence feature-extractor mixin: random float sequences of 400 to 2000 values (the
+    mixin pads and truncates them), a Whisper extractor at the Omni settings (16 kHz, 128 mel bins, 300 s chunks)."""
+
+    def __init__(self, parent, batch_size=7, min_seq_length=400, max_seq_length=2000, feature_size=128):
+        self.parent, self.batch_size = parent, batch_size
+        self.min_seq_length, self.max_seq_length, self.feature_size = min_seq_length, max_seq_length, feature_size
+        self.seq_length_diff = (max_seq_length - min_seq_length) // (batch_size - 1)
+
+    def prepare_feat_extract_dict(self):
+        return {"feature_size": self.feature_size, "hop_length": 160, "chunk_length": 300, "padding_value": 0.0,
+                "sampling_rate": 16000, "return_attention_mask": False}
+
+    def prepare_inputs_for_common(self, equal_length=False, numpify=False):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        lengths = ([self.max_seq_length] * self.batch_size if equal_length else
+                   range(self.min_seq_length, self.max_seq_length, self.seq_length_diff))
+        inputs = [rng.random((n, self.feature_size)).tolist() for n in lengths]
+        return [np.asarray(x) for x in inputs] if numpify else inputs
+
+
+def _audio_case(cls: type) -> type:
+    class Case(sequence_common.SequenceFeatureExtractionTestMixin, unittest.TestCase):
+        __test__ = False  # run by the comparison below, not collected on its own
+        feature_extraction_class = cls
+
+        def setUp(self):
+            self.feat_extract_tester = _AudioTester(self)
+
+    return Case
+
+
+AUDIO_CASES = {"whisper": (_audio_case(WhisperFeatureExtractor), _audio_case(GpuMMWhisperFeatureExtractor))}
+
+
 # ---------------------------------------------------------------- stock vs drop-in, test by test
 
 
@@ -297,6 +339,12 @@ def test_video_mixin(family, name):
 @pytest.mark.parametrize("name", _names(PROCESSOR_CASES["qwen2_vl"][0]))
 def test_processor_mixin(family, name):
     stock, ours = PROCESSOR_CASES[family]
+    _compare(stock, ours, name)
+
+
+@pytest.mark.parametrize("name", _names(AUDIO_CASES["whisper"][0]))
+def test_feature_extractor_mixin(name):
+    stock, ours = AUDIO_CASES["whisper"]
     _compare(stock, ours, name)
 
 

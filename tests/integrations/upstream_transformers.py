@@ -1,4 +1,4 @@
-"""transformers' own processor test mixins (``tests/test_image_processing_common.py``,
+"""transformers' own processor and feature-extractor test mixins (``tests/test_image_processing_common.py``,
 ``tests/test_video_processing_common.py``) from the source distribution of the installed transformers.
 
 The sdist is downloaded from the package registry (``pip download``) into ``.upstream/`` at the repository root
@@ -8,19 +8,22 @@ copied into the project.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 import subprocess
 import sys
 import tarfile
 import tempfile
+import types
 
 import transformers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".upstream"
 SHIM = pathlib.Path(__file__).resolve().parent / "upstream_shim"
-MIXINS = ("test_image_processing_common.py", "test_video_processing_common.py", "test_processing_common.py")
+MIXINS = ("test_image_processing_common.py", "test_video_processing_common.py", "test_processing_common.py",
+          "test_sequence_feature_extraction_common.py", "test_feature_extraction_common.py")
 
 
 def tests_dir() -> pathlib.Path | str:
@@ -49,8 +52,8 @@ def tests_dir() -> pathlib.Path | str:
     return f"transformers {version}'s sdist has no {missing}" if missing else target
 
 
-def import_mixins() -> tuple[object, object, object] | str:
-    """(image, video, processor mixin modules), or why they cannot be imported here."""
+def import_mixins() -> tuple[object, object, object, object] | str:
+    """(image, video, processor, sequence feature-extractor mixin modules), or why they cannot be imported here."""
     where = tests_dir()
     if isinstance(where, str):
         return where
@@ -62,6 +65,13 @@ def import_mixins() -> tuple[object, object, object] | str:
         import test_image_processing_common as image
         import test_processing_common as processing
         import test_video_processing_common as video
+
+        # This one imports its base relatively: load it as a module of a package whose folder is the mixins'.
+        if "upstream_transformers_tests" not in sys.modules:
+            package = types.ModuleType("upstream_transformers_tests")
+            package.__path__ = [str(where)]
+            sys.modules["upstream_transformers_tests"] = package
+        sequence = importlib.import_module("upstream_transformers_tests.test_sequence_feature_extraction_common")
     except ImportError as exc:  # e.g. `parameterized`, which the mixins import, is not installed
         return f"transformers' test mixins do not import: {exc}"
-    return image, video, processing
+    return image, video, processing, sequence
