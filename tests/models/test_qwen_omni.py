@@ -252,3 +252,25 @@ def test_the_async_api_gives_the_synchronous_features_and_caches_clips(workers):
     assert [(r.kind, r.cache) for r in third.items] == [("video", "miss"), ("audio", "hit"), ("audio", "hit")]
     assert torch.equal(third.input_features, first.input_features)
     assert stats.workers == workers
+
+
+def test_sglangs_processor_contract_takes_audio_data():
+    """``AsyncMMDataProcessor.process(audio_data=...)``, SGLang's signature: the clips' features in the processor
+    output beside the images', with a report per item."""
+    import asyncio
+
+    clip = make_audio(1.5)
+
+    async def main():
+        pre = gpu_mm.Preprocessor.for_model("qwen2_5_omni", device="cpu", workers="threads")
+        wrapper = gpu_mm.AsyncMMDataProcessor(pre, timeout_s=60)
+        try:
+            return await wrapper.process(image_data=[make_image(64, 64)], audio_data=[clip], input_text_or_ids="x")
+        finally:
+            await wrapper.aclose()
+            await pre.aclose()
+
+    out = asyncio.run(main())
+    want = gpu_mm.Preprocessor.for_model("qwen2_5_omni", device="cpu")(images=[make_image(64, 64)], audios=[clip])
+    assert torch.equal(out["input_features"], want.input_features) and out["input_text"] == "x"
+    assert [r.kind for r in out["items"]] == ["image", "audio"]
