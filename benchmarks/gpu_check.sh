@@ -40,6 +40,9 @@ export PYTHONPATH=$PWD:/tmp/site
 timeout "${GPU_CHECK_TESTS_S:-150}" "$PY" -m pytest -q -m cuda -W default -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/cuda-tests.xml" ${GPU_CHECK_TEST_PATHS:-tests} \
   > "$OUT/cuda-tests.txt" 2>&1
 log "cuda tests rc=$?"
+# Where it matters most, beside a GPU: the CPU path (import, every family, both APIs) initialises no CUDA.
+timeout 120 "$PY" -m pytest -q -W default -p no:cacheprovider tests/test_no_cuda_context.py >> "$OUT/cuda-tests.txt" 2>&1
+log "no-CUDA-context test rc=$?"
 timeout 60 "$PY" benchmarks/gpu_jpeg_diff.py --out "$OUT" > /dev/null 2>> "$OUT/device.txt"
 log "jpeg diff rc=$?"
 # Stacks dumped 10 s before the limit: a run with DALI printed nothing in 70 s (H200, 2026-11-28), cause unknown.
