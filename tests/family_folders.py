@@ -130,13 +130,19 @@ def family_folder(model_type, folder):
     return folder
 
 
-OMNI_SPECIAL = ["<|IMAGE|>", "<|AUDIO|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>", "<|audio_bos|>",
-                "<|audio_eos|>"]
+OMNI_SPECIAL = {
+    # image, audio, video, vision start / end, audio start / end: each family's published tokenizer's names.
+    "qwen2_5_omni": ["<|IMAGE|>", "<|AUDIO|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>", "<|audio_bos|>",
+                     "<|audio_eos|>"],
+    "qwen3_omni_moe": ["<|image_pad|>", "<|audio_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|audio_start|>", "<|audio_end|>"],
+}
 
 
 def omni_folder(model_type, folder):
     """A weightless Qwen2.5-Omni or Qwen3-Omni model: its config (a one-layer thinker), the stock processor (the
-    Qwen2-VL image and video processors, Whisper's feature extractor with the Omni settings) and a tiny tokenizer."""
+    Qwen2-VL image and video processors, Whisper's feature extractor with the Omni settings) and a tiny tokenizer
+    with the family's special token names."""
     import pathlib
 
     import transformers
@@ -144,25 +150,28 @@ def omni_folder(model_type, folder):
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = ("image", "audio", "video", "vision_bos", "vision_eos", "audio_bos", "audio_eos")
-    tok = _toy_tokenizer(OMNI_SPECIAL, ["describe", "listen"],
-                         {f"{n}_token": t for n, t in zip(names, OMNI_SPECIAL, strict=True)})
-    ids = {t: tok.convert_tokens_to_ids(t) for t in OMNI_SPECIAL}
+    special = OMNI_SPECIAL[model_type]
+    tok = _toy_tokenizer(special, ["describe", "listen"],
+                         {f"{n}_token": t for n, t in zip(names, special, strict=True)})
+    ids = dict(zip(names, (tok.convert_tokens_to_ids(t) for t in special), strict=True))
     text = {"vocab_size": len(tok), "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
             "num_key_value_heads": 1, "intermediate_size": 64}
     patch = 14
     if model_type == "qwen2_5_omni":
         cfg = transformers.Qwen2_5OmniConfig(thinker_config={
-            "image_token_index": ids["<|IMAGE|>"], "audio_token_index": ids["<|AUDIO|>"],
-            "video_token_index": ids["<|VIDEO|>"], "vision_start_token_id": ids["<|vision_bos|>"],
-            "vision_end_token_id": ids["<|vision_eos|>"], "audio_start_token_id": ids["<|audio_bos|>"],
-            "audio_end_token_id": ids["<|audio_eos|>"], "text_config": text})
+            "image_token_index": ids["image"], "audio_token_index": ids["audio"],
+            "video_token_index": ids["video"], "vision_start_token_id": ids["vision_bos"],
+            "vision_end_token_id": ids["vision_eos"], "audio_start_token_id": ids["audio_bos"],
+            "audio_end_token_id": ids["audio_eos"], "text_config": text})
         cfg.architectures = ["Qwen2_5OmniModel"]
         processor_cls = transformers.Qwen2_5OmniProcessor
     else:
         patch = 16
         cfg = transformers.Qwen3OmniMoeConfig(thinker_config={
-            "audio_token_id": ids["<|AUDIO|>"], "image_token_id": ids["<|IMAGE|>"], "video_token_id": ids["<|VIDEO|>"],
-            "audio_start_token_id": ids["<|audio_bos|>"], "vision_start_token_id": ids["<|vision_bos|>"],
+            "audio_token_id": ids["audio"], "image_token_id": ids["image"], "video_token_id": ids["video"],
+            "audio_start_token_id": ids["audio_bos"], "vision_start_token_id": ids["vision_bos"],
+            # Not fields of transformers' thinker config; the published config.json has them and SGLang reads them.
+            "vision_end_token_id": ids["vision_eos"], "audio_end_token_id": ids["audio_eos"],
             "text_config": {**text, "moe_intermediate_size": 32, "num_experts": 2, "num_experts_per_tok": 1}})
         cfg.architectures = ["Qwen3OmniMoeForConditionalGeneration"]
         processor_cls = transformers.Qwen3OmniMoeProcessor

@@ -35,7 +35,7 @@ __all__ = ["PACKAGE", "PluginSettings", "install", "settings"]
 
 def install(**options: Any) -> type:
     """Register gpu-mm's processors for SGLang's Qwen-VL architectures (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-    Qwen3-VL-MoE, Qwen3.5), GLM-4.1V / 4.5V and Gemma 3; return the Qwen-VL one's class.
+    Qwen3-VL-MoE, Qwen3.5), GLM-4.1V / 4.5V, Gemma 3 and Qwen3-Omni; return the Qwen-VL one's class.
 
     ``options`` are :class:`PluginSettings` fields (unknown names raise ``TypeError``); fields not given
     come from the environment. Sets ``SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE`` (for a TokenizerManager

@@ -253,6 +253,75 @@ async def families(server_args):
     return out
 
 
+async def omni(server_args):
+    """Qwen3-Omni: SGLang's own Qwen-VL processor and gpu-mm's (the same with the image, video and audio drop-ins),
+    each built from the same weightless model folder, on images, two clips (a 16 kHz WAV and a 44.1 kHz MP3, as data
+    URIs) and a video: ids, items, offsets, M-RoPE positions and features; and how many log-mels gpu-mm computed."""
+    import tempfile
+
+    import transformers
+    from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
+
+    from gpu_mm.integrations import hf
+    from gpu_mm.integrations.sglang_processors.families import GpuMMQwenOmniProcessor
+    from gpu_mm.media.synth import make_audio
+
+    from family_folders import omni_folder
+
+    log_mels: list[int] = []
+    log_mel = hf.log_mel
+
+    def counted_log_mel(*args, **kwargs):
+        log_mels.append(1)
+        return log_mel(*args, **kwargs)
+
+    hf.log_mel = counted_log_mel
+    folder = omni_folder("qwen3_omni_moe", tempfile.mkdtemp(prefix="gpu-mm-qwen3-omni-"))
+    config = transformers.AutoConfig.from_pretrained(folder)
+    theirs = QwenVLImageProcessor(config, server_args, transformers.AutoProcessor.from_pretrained(folder), "default")
+    ours = GpuMMQwenOmniProcessor(config, server_args, transformers.AutoProcessor.from_pretrained(folder), "default")
+    image, audio = "<|vision_start|><|image_pad|><|vision_end|>", "<|audio_start|><|audio_pad|><|audio_end|>"
+    clips = [_data_uri(make_audio(3.0, seed=1), "audio/wav"),
+             _data_uri(make_audio(7.5, 44100, codec="libmp3lame", fmt="mp3", seed=2), "audio/mpeg")]
+    requests = {
+        "images_and_audio": (f"{image} describe {image} and {audio} listen {audio}", list(IMAGES), None, clips),
+        "image_and_audio": (f"{image} describe {audio} listen", IMAGES[:1], None, clips[:1]),
+        "audio": (f"{audio} listen {audio}", None, None, clips),
+        "video": ("<|vision_start|><|video_pad|><|vision_end|> describe", None, [_data_uri(VIDEO, "video/mp4")],
+                  None),
+    }
+    out = {"components": [type(getattr(ours._processor, a, None)).__name__
+                          for a in ("image_processor", "video_processor", "feature_extractor")]}
+    for name, (text, images, videos, audios) in requests.items():
+        got = {}
+        for side, proc in (("gpu_mm", ours), ("sglang", theirs)):
+            req = GenerateReqInput(text=text, image_data=images, video_data=videos, audio_data=audios, rid=name)
+            try:
+                got[side] = await proc.process_mm_data_async(
+                    image_data=req.image_data, audio_data=req.audio_data, input_text=text, request_obj=req,
+                    max_req_input_len=1 << 20)
+            except Exception as exc:  # noqa: BLE001 - reported to the test, which decides
+                got[side] = f"{type(exc).__name__}: {exc}"[:300]
+        a, b = got["gpu_mm"], got["sglang"]
+        if isinstance(a, str) or isinstance(b, str):
+            out[name] = {"gpu_mm_error": a if isinstance(a, str) else None,
+                         "sglang_error": b if isinstance(b, str) else None}
+            continue
+        out[name] = {
+            "same_ids": list(a.input_ids) == list(b.input_ids), "n_ids": len(a.input_ids),
+            "items": _items(a), "same_items": _items(a) == _items(b),
+            "feature_max_abs_diff": feature_diff(a, b),
+            "same_extra": all(torch.equal(torch.as_tensor(x.model_specific_data[k]),
+                                          torch.as_tensor(y.model_specific_data[k]))
+                              for x, y in zip(a.mm_items, b.mm_items) for k in x.model_specific_data),
+            "same_mrope": bool(torch.equal(torch.as_tensor(a.mrope_positions), torch.as_tensor(b.mrope_positions))),
+        }
+    out["log_mel_calls"] = len(log_mels)
+    out["drop_ins_that_computed"] = sorted({type(d).__name__ for d in list(hf._PREPROCESSORS.keys())})
+    hf.log_mel = log_mel
+    return out
+
+
 async def client_mode(server_args):
     """GPU_MM_SERVICE: the plug-in sends its pixel work to a gpu-mm service started with the plug-in's spec; the
     same requests give SGLang's own ids and items and the in-process plug-in's features. A service serving another
@@ -357,7 +426,8 @@ def main():
         install()
         results["registered"] = {m.__name__: c.__name__ for m, c in PROCESSOR_MAPPING.items()
                                  if m.__name__ in {*ARCH.values(), "Glm4vForConditionalGeneration",
-                                                   "Gemma3ForConditionalGeneration", "InternVLChatModel"}}
+                                                   "Gemma3ForConditionalGeneration", "InternVLChatModel",
+                                                   "Qwen3OmniMoeForConditionalGeneration"}}
 
         async def run_all():
             for mt in ARCH:
@@ -367,6 +437,7 @@ def main():
             results["limits"] = await limits(server_args)
             results["bad_settings"] = bad_settings(server_args)
             results["families"] = await families(server_args)
+            results["omni"] = await omni(server_args)
             results["client_mode"] = await client_mode(server_args)
             # GPU_MM_WORKERS=threads: each slot's work on its thread (on the CPU the default is a process per slot).
             results["qwen2_vl_slot_threads"] = await compare("qwen2_vl", server_args, workers="threads")

@@ -79,12 +79,13 @@ def test_sglangs_tokenizer_manager_routes_requests_through_the_plugin():
     assert r["gpu_mm_completed"] == 1
 
 
-def test_registered_for_the_qwen_vl_glm_and_gemma_families_and_not_internvl():
+def test_registered_for_the_qwen_vl_glm_gemma_and_omni_families_and_not_internvl():
     assert scenarios()["registered"] == {"Qwen2VLForConditionalGeneration": "GpuMMQwenVLProcessor",
                                          "Qwen2_5_VLForConditionalGeneration": "GpuMMQwenVLProcessor",
                                          "Qwen3VLForConditionalGeneration": "GpuMMQwenVLProcessor",
                                          "Glm4vForConditionalGeneration": "GpuMMGlm4vProcessor",
                                          "Gemma3ForConditionalGeneration": "GpuMMGemma3Processor",
+                                         "Qwen3OmniMoeForConditionalGeneration": "GpuMMQwenOmniProcessor",
                                          # SGLang computes InternVL's tiles itself (see the plug-in's families module)
                                          "InternVLChatModel": "InternVLProcessor"}
 
@@ -122,6 +123,28 @@ def test_glm_and_gemma_give_sglangs_own_ids_items_and_features(case):
     computed = {"glm4v/images": "GpuMMGlm4vImageProcessor", "glm4v/video": "GpuMMGlm4vVideoProcessor",
                 "gemma3/images": "GpuMMGemma3ImageProcessor"}
     assert computed[case] in r["drop_ins_that_computed"]
+
+
+@pytest.mark.parametrize("request_name", ["image_and_audio", "audio", "video"])
+def test_qwen3_omni_gives_sglangs_own_ids_items_and_features(request_name):
+    """SGLang's own Qwen3-Omni processing and the plug-in's (the same with gpu-mm's image, video and audio drop-ins)
+    from the same weightless model folder: identical ids, items, offsets, per-item tensors (the audio mask and
+    lengths too) and M-RoPE positions, features bit for bit; gpu-mm computed the log-mel and the pixels."""
+    r = scenarios()["omni"]
+    got = r[request_name]
+    assert "gpu_mm_error" not in got, got
+    assert got["same_ids"] and got["same_items"] and got["same_extra"] and got["same_mrope"]
+    assert got["feature_max_abs_diff"] and all(d == 0.0 for d in got["feature_max_abs_diff"])
+    assert r["components"] == ["GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor",
+                               "GpuMMWhisperFeatureExtractor"]
+    assert r["log_mel_calls"] >= 2 and {"GpuMMQwen2VLImageProcessor", "GpuMMQwen2VLVideoProcessor"} <= set(
+        r["drop_ins_that_computed"])
+
+
+def test_qwen3_omni_fails_in_sglang_itself_for_two_images_and_two_clips_and_the_plugin_changes_nothing():
+    """SGLang 0.5's own Qwen3-Omni path fails on two images beside two clips; the plug-in fails alike."""
+    got = scenarios()["omni"]["images_and_audio"]
+    assert got.get("sglang_error") and got.get("gpu_mm_error") == got["sglang_error"]
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])

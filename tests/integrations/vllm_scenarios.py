@@ -24,7 +24,7 @@ import torch
 
 from gpu_mm.bench.vllm import IMAGE_TOKEN, VIDEO_TOKEN, Engine, data_uri, model_folder
 
-from family_folders import family_folder, omni_folder
+from family_folders import OMNI_SPECIAL, family_folder, omni_folder
 from media_helpers import make_image, make_video
 
 # 45 frames at 15 fps = 3 s; the Qwen rule samples 2 fps -> 6 frames (3 temporal steps).
@@ -125,19 +125,24 @@ def compare(theirs, ours, request=REQUEST):
 
 
 OMNI_AUDIO = [(0.1 * np.random.default_rng(7).standard_normal(int(16000 * s))).astype(np.float32) for s in (1.3, 4.0)]
-OMNI_PROMPTS = {"audio": "<|audio_bos|><|AUDIO|><|audio_eos|> listen <|audio_bos|><|AUDIO|><|audio_eos|>",
-                "image": "<|vision_bos|><|IMAGE|><|vision_eos|> describe"}
+
+
+def omni_prompts(model_type):
+    """Two clips, then an image, each between its start and end tokens (the family's names)."""
+    image, audio, _, vision_bos, vision_eos, audio_bos, audio_eos = OMNI_SPECIAL[model_type]
+    clip = f"{audio_bos}{audio}{audio_eos}"
+    return {"audio": f"{clip} listen {clip}", "image": f"{vision_bos}{image}{vision_eos} describe"}
 
 
 def omni_engine(model_type, name):
     return Engine(omni_folder(model_type, os.path.join(ROOT, f"{model_type}-{name}")))
 
 
-def omni_compare(theirs, ours):
+def omni_compare(model_type, theirs, ours):
     """The Omni thinkers' processing (vLLM's own, and with the plug-in) on two clips given as 16 kHz arrays, and
     on an image: ids, placeholders and every tensor."""
     out = {}
-    for kind, prompt in OMNI_PROMPTS.items():
+    for kind, prompt in omni_prompts(model_type).items():
         got = []
         for engine in (ours, theirs):
             mm = ({"audio": [(a, 16000) for a in OMNI_AUDIO]} if kind == "audio"
@@ -494,7 +499,7 @@ def main():
     result["omni_components"] = {m: [type(getattr(ours_omni[m].processor.info.get_hf_processor(), a)).__name__
                                      for a in ("image_processor", "video_processor", "feature_extractor")]
                                  for m in omni}
-    result["omni"] = {m: omni_compare(stock_omni[m], ours_omni[m]) for m in omni}
+    result["omni"] = {m: omni_compare(m, stock_omni[m], ours_omni[m]) for m in omni}
     result["omni_log_mel_calls"] = len(log_mels)
     result["families_hf_components"] = {
         m: [type(getattr(ours[(m, True)].processor.info.get_hf_processor(), attr, None)).__name__
