@@ -28,7 +28,7 @@ from .models.qwen2_vl import Qwen2VLConfig, Qwen2VLFeatures
 from .models.qwen3_vl import Qwen3VLConfig, Qwen3VLFeatures
 from .models.qwen_omni import Qwen2_5OmniConfig, Qwen3OmniConfig, QwenOmniFeatures
 from .options import RequestOptions
-from .pipeline import Decoded, Features, ItemReport, Preprocessor, PreprocessorStatistics
+from .pipeline import Decoded, Features, ItemReport, MemoryStatement, Preprocessor, PreprocessorStatistics
 from .pipeline.families import (
     Gemma3Preprocessor,
     Glm4vPreprocessor,
@@ -80,6 +80,7 @@ __all__ = [
     "LimitExceeded",
     "MediaError",
     "MediaLimits",
+    "MemoryStatement",
     "Overloaded",
     "Preprocessor",
     "PreprocessorStatistics",

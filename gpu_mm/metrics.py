@@ -104,6 +104,7 @@ class PrometheusMetrics:
         self._watched: list[Any] = []
         self._caches: list[Any] = []
         self._leases: list[Any] = []
+        self._memory: list[Any] = []
         self.registry.register(_Counts(self))
 
     def watch(self, processor: Any) -> None:
@@ -121,6 +122,11 @@ class PrometheusMetrics:
 
     def observe_request(self, seconds: float) -> None:
         self._request.observe(seconds)
+
+    def watch_memory(self, preprocessor: Any) -> None:
+        """Expose a :class:`gpu_mm.Preprocessor`'s :class:`~gpu_mm.pipeline.MemoryStatement` at every scrape
+        (summed over the preprocessors watched), by part (``working``, ``cache``) and device."""
+        self._memory.append(preprocessor)
 
     def watch_leases(self, leases: Any) -> None:
         """Expose a :class:`gpu_mm.leases.HandleLeases`'s statistics at every scrape."""
@@ -167,6 +173,19 @@ class _Counts:
                             ("reclaimed_gone", "reclaimed from ended client processes")):
                 yield CounterMetricFamily(f"{ns}_leases_{k}", f"Feature block leases {what}",
                                           value=sum(getattr(st, k) for st in stats))
+        if m._memory:
+            statements = [p.memory_statement() for p in m._memory]
+            budget = GaugeMetricFamily(f"{ns}_memory_budget_bytes", "Bytes the preprocessor may hold at once, by part",
+                                       labels=["part", "device"])
+            held = GaugeMetricFamily(f"{ns}_memory_held_bytes", "Bytes the preprocessor holds now, by part",
+                                     labels=["part", "device"])
+            for st in statements:
+                budget.add_metric(["working", st.device], st.working_budget_bytes)
+                budget.add_metric(["cache", st.cache_device], st.cache_max_bytes)
+                held.add_metric(["working", st.device], st.working_bytes)
+                held.add_metric(["cache", st.cache_device], st.cache_bytes)
+            yield budget
+            yield held
         if m._caches:
             stats = [c.statistics() for c in m._caches]
             for k in ("bytes", "entries"):

@@ -344,6 +344,7 @@ def build_app(
                     "normal policy (a thread could not leave SCHED_IDLE again here: needs root or CAP_SYS_NICE)")
     metrics = PrometheusMetrics()
     metrics.watch_cache(pre.cache)
+    metrics.watch_memory(pre)
     leases = None
     if settings.uds is not None:  # features handed to the socket's clients in shared blocks (gpu_mm.leases)
         leases = HandleLeases(pre.device if pre.output == "device" else "cpu", max_blocks=settings.handle_blocks,

@@ -170,3 +170,21 @@ async def test_a_burst_of_requests_starts_no_thread_on_the_loop(monkeypatch):
     assert started == []
     monkeypatch.undo()
     await pre.aclose()
+
+
+async def test_closing_releases_the_cache_and_every_slots_decoders():
+    """What a preprocessor holds (device memory on a GPU) goes when it closes: the feature cache at once, the
+    synchronous API's decoders at once, each slot's decoders as its thread exits."""
+    from media_helpers import make_video
+
+    video = make_video(12, 64, 96)
+    pre = Qwen2VLPreprocessor("cpu", workers="threads", num_slots=1, video_decoder="pyav")
+    pre(videos=[video])  # the calling thread's slot now holds a PyAV decoder
+    await pre.preprocess(videos=[make_video(12, 64, 96, seed=1)])  # and a slot thread one
+    used = [slot for slot in (*pre._slots._slots, *pre._sync_slots) if slot.state]
+    before = pre.statistics().memory
+    assert len(used) == 2 and before.cache_bytes == pre.cache.statistics().bytes > 0
+    assert before.budget_bytes == pre.memory_budget_bytes + pre.cache.max_bytes and before.working_bytes == 0
+    await pre.aclose()
+    assert pre.cache.statistics().entries == 0 and pre.statistics().memory.cache_bytes == 0
+    assert not any(slot.state for slot in used)

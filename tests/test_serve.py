@@ -688,3 +688,19 @@ async def test_hostile_audio_is_a_typed_400_naming_the_item_and_the_service_carr
         assert status == 400 and answer["error"] == "UnsupportedMedia" and "audio" in answer["message"]
     finally:
         await qwen.close()
+
+
+async def test_metrics_state_the_memory_budget_and_what_is_held():
+    """/metrics and statistics() say what the preprocessor may hold (working memory, cache) and holds now."""
+    client = await _client(memory_budget_bytes=1 << 30, cache_bytes=64 << 20)
+    try:
+        status, _ = await _post(client, {"images": [b64(make_image(56, 84, "PNG"))]})
+        assert status == 200
+        text = await (await client.get("/metrics")).text()
+    finally:
+        await client.close()
+    assert 'gpu_mm_memory_budget_bytes{device="cpu",part="working"} 1.073741824e+09' in text
+    assert 'gpu_mm_memory_budget_bytes{device="cpu",part="cache"} 6.7108864e+07' in text
+    held = re.search(r'gpu_mm_memory_held_bytes\{device="cpu",part="cache"\} (\S+)', text)
+    assert held and float(held.group(1)) == 24 * 1176 * 4  # the one image's rows, cached
+    assert re.search(r'gpu_mm_memory_held_bytes\{device="cpu",part="working"\} 0\.0', text)

@@ -17,13 +17,14 @@ from .devices import choose_image_decoder, resolve_device, same_device
 from .families import Qwen2VLPreprocessor, Qwen3VLPreprocessor, preprocessor_class
 from .memory import default_cache_bytes, default_memory_budget
 from .preprocessor import Preprocessor
-from .types import Decoded, Features, ItemReport, PreprocessorStatistics
+from .types import Decoded, Features, ItemReport, MemoryStatement, PreprocessorStatistics
 
 __all__ = [
     "Decoded",
     "Features",
     "ItemReport",
     "Preprocessor",
+    "MemoryStatement",
     "PreprocessorStatistics",
     "Qwen2VLPreprocessor",
     "Qwen3VLPreprocessor",

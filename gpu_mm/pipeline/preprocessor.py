@@ -38,7 +38,7 @@ from .memory import default_cache_bytes, default_memory_budget
 from .plan import ItemPlan, Planner
 from .processes import SlotProcesses, choose_workers, close_slot_process, ready_slot_process, weakly
 from .routing import Router
-from .types import Features, PreprocessorStatistics
+from .types import Features, MemoryStatement, PreprocessorStatistics
 
 F = TypeVar("F", bound=Features)
 
@@ -205,6 +205,8 @@ class Preprocessor(Closeable, Generic[F]):
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
         self._sync_local = threading.local()
+        self._sync_slots: list[Slot] = []
+        """Every thread's slot for the synchronous API, so that :meth:`close` can drop their decoders."""
         if cache_bytes is None:
             cache_bytes = default_cache_bytes()
         self.cache = FeatureCache(cache_bytes, copy_on_hit=copy_on_hit)
@@ -293,7 +295,7 @@ class Preprocessor(Closeable, Generic[F]):
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle) gets its own threads, slots and per-thread decoders, never these.
         state = self.__dict__.copy()
-        state.update(_slots=None, _io=None)
+        state.update(_slots=None, _io=None, _sync_slots=[])
         state.pop("_sync_local", None)
         return state
 
@@ -307,6 +309,8 @@ class Preprocessor(Closeable, Generic[F]):
         slot = getattr(self._sync_local, "slot", None)
         if slot is None:
             slot = self._sync_local.slot = Slot(-1, self.device)
+            with _lock:
+                self._sync_slots.append(slot)
         return slot
 
     # ------------------------------------------------------------------ async API
@@ -385,19 +389,37 @@ class Preprocessor(Closeable, Generic[F]):
         return feats.processor_output(input_text)
 
     def statistics(self) -> PreprocessorStatistics:
-        """Return a snapshot of the slots, the feature cache and the computations in flight."""
+        """Return a snapshot of the slots, the feature cache, the computations in flight and the memory held."""
         processes = {} if self._processes is None else self._processes.counts()
+        slots = None if self._slots is None else self._slots.statistics()
+        cache = self.cache.statistics()
         return PreprocessorStatistics(
-            device=self.device, memory_budget_bytes=self.memory_budget_bytes,
-            slots=None if self._slots is None else self._slots.statistics(),
-            cache=self.cache.statistics(), computations_in_flight=len(self._router.inflight),
-            concurrency=self.concurrency, workers=self.workers,
+            device=self.device, memory_budget_bytes=self.memory_budget_bytes, slots=slots,
+            cache=cache, computations_in_flight=len(self._router.inflight),
+            concurrency=self.concurrency, workers=self.workers, memory=self.memory_statement(slots, cache),
             **processes,
         )
 
+    def memory_statement(self, slots: Any = None, cache: Any = None) -> MemoryStatement:
+        """What this preprocessor may hold and holds now (:class:`MemoryStatement`)."""
+        slots = slots if slots is not None else (None if self._slots is None else self._slots.statistics())
+        cache = cache if cache is not None else self.cache.statistics()
+        return MemoryStatement(
+            device=self.device, budget_bytes=self.memory_budget_bytes + cache.max_bytes,
+            working_budget_bytes=self.memory_budget_bytes,
+            working_bytes=0 if slots is None else slots.bytes_in_flight,
+            cache_max_bytes=cache.max_bytes, cache_bytes=cache.bytes,
+            cache_device=self.device if self.output == "device" else "cpu")
+
     def close(self) -> None:
-        """Refuse new calls and let the slot and IO threads exit once their current work ends (no wait)."""
+        """Refuse new calls and let the slot and IO threads exit once their current work ends (no wait). What this
+        preprocessor holds goes with them: the feature cache is emptied now, each slot's decoders (DALI pipelines,
+        NVDEC sessions) and process go as its thread exits, the synchronous API's decoders now (a call still
+        running keeps its own until it returns)."""
         self._closed = True
+        self.cache.clear()
+        for slot in list(self._sync_slots):
+            slot.state.clear()
         if self._slots is not None:
             self._slots.close()
         if self._io is not None:
@@ -406,8 +428,12 @@ class Preprocessor(Closeable, Generic[F]):
     shutdown = close
 
     async def aclose(self) -> None:
-        """:meth:`close`, then wait for running work (abandoned work included) to end."""
+        """:meth:`close`, then wait for running work (abandoned work included) to end (the slots' threads drop
+        their decoders and processes as they exit)."""
         self._closed = True
+        self.cache.clear()
+        for slot in list(self._sync_slots):
+            slot.state.clear()
         if self._slots is not None:
             await self._slots.aclose()  # the slot threads close their processes as they exit
         if self._io is not None:

@@ -107,7 +107,9 @@ def ready_slot_process(slot: Slot) -> None:
 
 
 def close_slot_process(slot: Slot) -> None:
-    """``slot_exit``: a slot's thread, as it exits, stops its process (if it has one)."""
+    """``slot_exit``: a slot's thread, as it exits, stops its process (if it has one) and drops the rest of its
+    state (its decoders: a DALI pipeline or an NVDEC session holds device memory until it is dropped)."""
     proc = slot.state.pop("process", None)
     if proc is not None:
         proc.close()
+    slot.state.clear()

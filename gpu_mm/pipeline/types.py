@@ -9,7 +9,29 @@ from ..concurrency import Concurrency
 from ..features import Decoded, Features, ItemReport
 from ..slots import SlotPoolStatistics
 
-__all__ = ["Decoded", "Features", "ItemReport", "PreprocessorStatistics"]
+__all__ = ["Decoded", "Features", "ItemReport", "MemoryStatement", "PreprocessorStatistics"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryStatement:
+    """What a preprocessor may hold at once and what it holds now, in bytes, and where. Its working memory (the
+    items running: decoded frames, intermediates, outputs, as their plans state them) is bounded by
+    ``working_budget_bytes`` (items beyond it queue; one that could never fit is refused with
+    :class:`gpu_mm.LimitExceeded`), its feature cache by ``cache_max_bytes`` (least recently used entries go); the
+    two together are ``budget_bytes``. Not counted: the features a call returned (the caller's), an output pool's
+    blocks (the pool's ``max_blocks`` bounds them) and the decoders' own state (a DALI pipeline or NVDEC session per
+    slot). Everything counted here is released by ``close()``."""
+
+    device: str
+    """Where the preprocessor computes (its working memory is there, and on the host for CPU decoders)."""
+    budget_bytes: int
+    working_budget_bytes: int
+    working_bytes: int
+    """Planned working memory of the slot jobs running now."""
+    cache_max_bytes: int
+    cache_bytes: int
+    cache_device: str
+    """Where the cache's features live: the preprocessor's device when it returns features there, else ``cpu``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,3 +56,5 @@ class PreprocessorStatistics:
     process_blocks: int = 0
     """Shared-memory blocks created so far for slot processes' rows (a block is reused once the features in it
     are dropped, so this stops growing under a steady load)."""
+    memory: MemoryStatement | None = None
+    """What it may hold and holds now (:class:`MemoryStatement`)."""
