@@ -206,3 +206,48 @@ def test_omni_audio_on_cuda_matches_the_cpu_through_every_api(family):
     out = asyncio.run(run())
     assert out.input_features.device.type == "cpu"
     assert float((out.input_features - cpu.input_features).abs().max()) <= 1e-4
+
+
+async def test_device_memory_of_200_mixed_requests_stays_within_the_stated_budget_and_goes_at_close():
+    """An Omni preprocessor on CUDA, 200 requests (JPEG and PNG images of several sizes, short clips, audio), 8 at a
+    time: torch's allocations on the device (``memory_allocated``: tensors; not NVDEC's or nvJPEG's own buffers)
+    never exceed the stated budget (working memory + cache) plus the features the 8 callers hold, and after
+    ``aclose`` (which empties the cache) they are back where they started, within 1 MiB."""
+    import gc
+
+    from gpu_mm import Preprocessor
+    from gpu_mm.media.synth import make_audio
+
+    device = torch.device("cuda")
+    torch.cuda.synchronize()
+    gc.collect()
+    base = torch.cuda.memory_allocated(device)
+    pre = Preprocessor.for_model("qwen2_5_omni", device="cuda", memory_budget_bytes=512 << 20,
+                                 cache_bytes=128 << 20)
+    requests = [
+        {"images": [make_image(1080, 1920, "JPEG", seed=1)]},
+        {"images": [make_image(720, 1280, "JPEG", seed=2), make_image(333, 517, "PNG", mode="RGBA")]},
+        {"videos": [clip("h264", 24, 240, 320)]},
+        {"audios": [make_audio(5.0)]},
+        {"images": [make_image(480, 640, "JPEG", seed=3)], "audios": [make_audio(2.0, seed=1)]},
+    ]
+    torch.cuda.reset_peak_memory_stats(device)
+    held = [0]
+
+    async def one(k: int) -> None:
+        out = await pre.preprocess(**requests[k % len(requests)], deadline=None)
+        nbytes = sum(t.numel() * t.element_size() for t in out.to_dict().values() if t.is_cuda)
+        held[0] = max(held[0], nbytes)
+        del out
+
+    for start in range(0, 200, 8):
+        await asyncio.gather(*(one(k) for k in range(start, start + 8)))
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated(device) - base
+    statement = pre.statistics().memory
+    assert statement.cache_device.startswith("cuda") and statement.budget_bytes == (512 + 128) << 20
+    assert peak <= statement.budget_bytes + 8 * held[0], (peak, statement, held[0])
+    await pre.aclose()
+    gc.collect()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated(device) <= base + (1 << 20)
