@@ -255,17 +255,18 @@ class SlotProcess:
 
     def run(self, plans: list[Any], shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, *,
             abandoned_since: Callable[[], float | None] = lambda: None,
-            stop_after_s: float | None = None) -> list[tuple[torch.Tensor, Any]]:
+            stop_after_s: float | None = None, config: Any = None) -> list[tuple[torch.Tensor, Any]]:
         """Run one slot job in the child: each plan's rows (of ``shapes[i]``) land in a fresh shared tensor.
         Returns ``[(rows, (decoded, stages))]``; raises what the child raised, or :class:`DecodeError` naming
         the items if the child died. With ``stop_after_s``, a job whose caller gave up (``abandoned_since()``, a
-        ``time.monotonic()`` instant) that long ago has its child killed: :class:`ProcessingTimeout`."""
+        ``time.monotonic()`` instant) that long ago has its child killed: :class:`ProcessingTimeout`. ``config``:
+        the family spec for this job instead of the executor's own (a call with its own settings)."""
         outs = [self._arena.tensor(shape, dtype) for shape in shapes]
         items = ", ".join(p.src.item for p in plans)
         for attempt in (1, 2):
             child = self._ready_child()
             try:
-                self._send(child, plans, outs, dtype)
+                self._send(child, plans, outs, dtype, config)
                 if stop_after_s is not None:
                     self._wait_unless_abandoned(child, items, abandoned_since, stop_after_s)
                 child.conn.recv_bytes()  # the child has the job: from here on, its death is the job's
@@ -320,7 +321,7 @@ class SlotProcess:
         return child
 
     def _send(self, child: _Child, plans: list[Any], outs: list[tuple[torch.Tensor, _Block]],
-              dtype: torch.dtype) -> None:
+              dtype: torch.dtype, config: Any = None) -> None:
         """The job, then the descriptors of blocks the child has not mapped yet; blocks it mapped that the arena
         has closed since are named for it to unmap."""
         new = [b for _, b in outs if b.block_id not in child.mapped]
@@ -331,6 +332,7 @@ class SlotProcess:
             "dtype": str(dtype).removeprefix("torch."),
             "new": [(b.block_id, b.size) for b in new],
             "retired": sorted(retired),
+            "config": config,
         })
         for b in new:
             reduction.send_handle(child.conn, b.fd, child.process.pid)  # SCM_RIGHTS: the child gets a copy
@@ -451,7 +453,8 @@ def _child_main(conn: Any, spec: dict[str, Any], idle: bool, threads: int) -> No
             numel = math.prod(shape)
             outs.append(torch.frombuffer(maps[block_id], dtype=dtype, count=numel).view(shape) if numel else None)
         try:
-            reply: tuple[Any, ...] = ("ok", executor.run_plans(slot, job["plans"], outs))
+            runner = executor if job.get("config") is None else dataclasses.replace(executor, config=job["config"])
+            reply: tuple[Any, ...] = ("ok", runner.run_plans(slot, job["plans"], outs))
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller, typed where it was
             reply = ("error", exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
         del outs  # the views of the shared blocks go before a block can be retired

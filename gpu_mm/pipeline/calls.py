@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
+import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -29,6 +32,20 @@ class CallRunner:
         self._planner, self._router, self._executor, self._processes = planner, router, executor, processes
         self.output_pool, self.features_class = output_pool, features_class
         self.config, self.device, self.output = planner.config, planner.device, executor.output
+        self._own_spec: Any = None
+        """The call's own family spec, when it is not the preprocessor's (see :meth:`for_spec`)."""
+
+    def for_spec(self, spec: Any) -> CallRunner:
+        """This runner for calls with their own settings (``spec``, of the same family): the same slots, memory
+        budget, cache and computations in flight; planning and pixel work by ``spec``, and cache keys too."""
+        if spec is None or spec == self.config:
+            return self
+        runner = copy.copy(self)
+        identity = (repr(spec), *self._planner.cache_identity[1:])
+        runner._planner = dataclasses.replace(self._planner, config=spec, cache_identity=identity)
+        runner._executor = dataclasses.replace(self._executor, config=spec)
+        runner.config = runner._own_spec = spec
+        return runner
 
     def run(self, slot: Slot, images: Any, videos: Any, request: dict[str, Any], audios: Any = None) -> Any:
         """A call on the calling thread, its slot jobs run one after another on ``slot``."""
@@ -131,7 +148,10 @@ class CallRunner:
             begun.append(True)
             # Audio decodes on the slot's thread (FFmpeg releases the interpreter lock; nothing to lay out in rows).
             processes = self._processes is not None and group[0].plan.kind != "audio"
-            work = self._processes.run if processes else self._executor.run  # type: ignore[union-attr]
+            work: Any = self._executor.run
+            if processes:
+                assert self._processes is not None
+                work = functools.partial(self._processes.run, config=self._own_spec)
             return await slots.run(work, group, nbytes=sum(p.plan.nbytes for p in group),
                                    deadline=deadline, on_release=on_release, on_done=on_done)
 

@@ -24,7 +24,7 @@ from .._lifecycle import Closeable
 from .._workers import prestarted_executor
 from ..cache import FeatureCache
 from ..concurrency import choose as choose_concurrency
-from ..errors import ProcessorClosed, UnsupportedMedia
+from ..errors import InvalidRequest, ProcessorClosed, UnsupportedMedia
 from ..media.sources import MediaLimits
 from ..media.video import choose_video_decoder
 from ..models import Family, get_family
@@ -270,16 +270,35 @@ class Preprocessor(Closeable, Generic[F]):
         images: Sequence[Any] | Any | None = None,
         videos: Sequence[Any] | Any | None = None,
         audios: Sequence[Any] | Any | None = None,
+        *,
+        spec: Any = None,
         **request: Any,
     ) -> F:
         """Preprocess on the calling thread (scripts, tests); returns the family's features.
 
         ``audios``: encoded audio (any container FFmpeg reads), for families that take it (``config.modalities``).
-        Per-request options as keywords or ``options=RequestOptions(...)``: the :class:`gpu_mm.RequestOptions`
-        fields the family reads (``config.options``); others raise :class:`gpu_mm.InvalidRequest`."""
+        ``spec``: settings for this call only, a spec of this preprocessor's family (``config_class``), e.g. another
+        pixel bound or output dtype; the slots, memory budget and cache stay this preprocessor's (cache entries are
+        kept apart by spec). Per-request options as keywords or ``options=RequestOptions(...)``: the
+        :class:`gpu_mm.RequestOptions` fields the family reads (``config.options``); others raise
+        :class:`gpu_mm.InvalidRequest`."""
         if self._closed:
             raise ProcessorClosed(f"{type(self).__name__} is closed")
-        return self._calls.run(self._sync_slot(), images, videos, request, audios)  # type: ignore[no-any-return]
+        calls = self._calls.for_spec(self._call_spec(spec))
+        return calls.run(self._sync_slot(), images, videos, request, audios)  # type: ignore[no-any-return]
+
+    def _call_spec(self, spec: Any) -> Any:
+        """A call's own spec, checked: of this family, valid."""
+        if spec is None:
+            return None
+        if type(spec) is not self.config_class:
+            raise InvalidRequest("spec", f"this {self.config.family} preprocessor takes a {self.config_class.__name__},"
+                                         f" got {type(spec).__name__}")
+        try:
+            spec.validate()
+        except ValueError as exc:
+            raise InvalidRequest("spec", str(exc)) from None
+        return spec
 
     def plan(
         self,
@@ -352,18 +371,20 @@ class Preprocessor(Closeable, Generic[F]):
         audios: Sequence[Any] | Any | None = None,
         *,
         deadline: float | None = None,
+        spec: Any = None,
         **request: Any,
     ) -> F:
         """Like ``__call__`` but async: planning on IO threads, pixel work on device slots.
 
         ``deadline`` is a ``time.monotonic()`` instant; past it :class:`gpu_mm.ProcessingTimeout` is
-        raised and any running item keeps its slot until it ends.
+        raised and any running item keeps its slot until it ends. ``spec``: as for ``__call__``.
         """
         if self._closed:
             raise ProcessorClosed(f"{type(self).__name__} is closed")
         slots = self._pools()
         assert self._io is not None
-        return await self._calls.run_async(  # type: ignore[no-any-return]
+        calls = self._calls.for_spec(self._call_spec(spec))
+        return await calls.run_async(  # type: ignore[no-any-return]
             slots, self._io, images, videos, request, deadline, audios)
 
     async def process_mm_data_async(

@@ -43,17 +43,19 @@ class SlotProcesses:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def run(self, slot: Slot, group: list[Item]) -> list[tuple[torch.Tensor, Decoded]]:
+    def run(self, slot: Slot, group: list[Item], config: Any = None) -> list[tuple[torch.Tensor, Decoded]]:
         """:meth:`Executor.run` in the slot's process, from the slot's thread: the items' plans go (frozen,
-        picklable), each item's rows come back in shared memory, its stage timings with them."""
+        picklable), each item's rows come back in shared memory, its stage timings with them. ``config``: the
+        call's own family spec, when it has one."""
         proc = slot.state.get("process")
         if proc is None:
             proc = self.start(slot)
-        cfg = self.executor.config
+        cfg = self.executor.config if config is None else config
         shapes = [cfg.item_shape(item.plan.grid) for item in group]
         out = []
         results = proc.run([item.plan for item in group], shapes, cfg.output_dtype,
-                           abandoned_since=lambda: slot.abandoned_at, stop_after_s=self.stop_abandoned_after_s)
+                           abandoned_since=lambda: slot.abandoned_at, stop_after_s=self.stop_abandoned_after_s,
+                           config=config)
         for item, (rows, (decoded, stages)) in zip(group, results):
             item.timer.stages.update(stages)
             out.append((self.executor.place(slot, item, rows), decoded))
