@@ -17,11 +17,12 @@ import json
 import pickle
 from typing import Any
 
-from . import errors
+from . import errors, uploads
 from ._lifecycle import Closeable
 from .errors import GpuMMError, InvalidRequest, ProcessingTimeout, ServiceUnavailable
 from .features import Features
 from .handoff import FeatureReceiver
+from .models.base import spec_to_json
 from .options import RequestOptions
 from .wire import CONTENT_TYPE, HANDLE_CONTENT_TYPE, features_from_body, features_from_parts
 
@@ -71,17 +72,25 @@ class Client(Closeable):
 
     # ------------------------------------------------------------------ calls
 
-    async def preprocess(self, images: Any = None, videos: Any = None, audios: Any = None,
+    async def preprocess(self, images: Any = None, videos: Any = None, audios: Any = None, *, spec: Any = None,
                          **options: Any) -> Features:
-        """The service's features for ``images``, ``videos`` and ``audios`` (a list, or one item, of each)."""
+        """The service's features for ``images``, ``videos`` and ``audios`` (a list, or one item, of each).
+        ``spec``: settings for this call only, a spec of the service's family (as ``Preprocessor(...)(spec=...)``).
+        Over a ``unix://`` URL, decoded images and videos (uint8 numpy arrays or tensors, ``H x W x C`` /
+        ``T x H x W x C``) go in shared memory (:mod:`gpu_mm.uploads`), removed once the answer is in."""
         if self._closed:
             raise errors.ProcessorClosed("the client is closed")
-        body = request_body(images, videos, options, audios)
-        if self._session is None:
-            self._session = self._new_session()
-        return await self._post(self._session, body)
+        body, sent = request_body(images, videos, options, audios, spec=spec, uploads_ok=self.socket_path is not None)
+        try:
+            if self._session is None:
+                self._session = self._new_session()
+            return await self._post(self._session, body)
+        finally:
+            for item in sent:
+                uploads.discard(item)
 
-    def __call__(self, images: Any = None, videos: Any = None, audios: Any = None, **options: Any) -> Features:
+    def __call__(self, images: Any = None, videos: Any = None, audios: Any = None, *, spec: Any = None,
+                 **options: Any) -> Features:
         """:meth:`preprocess` from synchronous code (a connection of its own, closed after the call)."""
         try:
             asyncio.get_running_loop()
@@ -91,13 +100,17 @@ class Client(Closeable):
             raise RuntimeError("Client(...)(...) is the synchronous call; on an event loop, await client.preprocess()")
         if self._closed:
             raise errors.ProcessorClosed("the client is closed")
-        body = request_body(images, videos, options, audios)
+        body, sent = request_body(images, videos, options, audios, spec=spec, uploads_ok=self.socket_path is not None)
 
         async def once() -> Features:
             async with self._new_session() as session:
                 return await self._post(session, body)
 
-        return asyncio.run(once())
+        try:
+            return asyncio.run(once())
+        finally:
+            for item in sent:
+                uploads.discard(item)
 
     def _new_session(self) -> Any:
         import aiohttp
@@ -216,28 +229,47 @@ class Client(Closeable):
             self._session = None
 
 
-def request_body(images: Any, videos: Any, options: dict[str, Any], audios: Any = None) -> bytes:
-    """A call as the service's JSON body: encoded media as base64, strings as they are, the options checked."""
+def request_body(images: Any, videos: Any, options: dict[str, Any], audios: Any = None, *, spec: Any = None,
+                 uploads_ok: bool = False) -> tuple[bytes, list[dict[str, Any]]]:
+    """A call as the service's JSON body (encoded media as base64, strings as they are, the options checked, the
+    call's own spec), and the shared-memory uploads it names (decoded images and videos, with ``uploads_ok``: the
+    caller removes them once the answer is in)."""
     given = options.pop("options", None)
     if given is not None and options:
         raise TypeError("pass per-request options either as options=RequestOptions(...) or as keywords")
     parsed = RequestOptions.parse(given if given is not None else options)
     body: dict[str, Any] = dict(parsed.as_dict())
-    for key, items in (("images", images), ("videos", videos), ("audios", audios)):
-        if items is None:
-            continue
-        items = list(items) if isinstance(items, (list, tuple)) else [items]
-        body[key] = [_wire_item(x, f"{key[:-1]}[{i}]") for i, x in enumerate(items)]
-    return json.dumps(body).encode()
+    if spec is not None:
+        body["spec"] = spec_to_json(spec)
+    sent: list[dict[str, Any]] = []
+    try:
+        for key, items in (("images", images), ("videos", videos), ("audios", audios)):
+            if items is None:
+                continue
+            items = list(items) if isinstance(items, (list, tuple)) else [items]
+            body[key] = [_wire_item(x, f"{key[:-1]}[{i}]", sent if uploads_ok and key != "audios" else None)
+                         for i, x in enumerate(items)]
+        return json.dumps(body).encode(), sent
+    except BaseException:
+        for item in sent:
+            uploads.discard(item)
+        raise
 
 
-def _wire_item(x: Any, item: str) -> str:
+def _wire_item(x: Any, item: str, sent: list[dict[str, Any]] | None) -> Any:
     if isinstance(x, (bytes, bytearray, memoryview)):
         return base64.b64encode(x).decode("ascii")
     if isinstance(x, str):
         return x
+    if sent is not None and type(x).__module__.split(".")[0] in ("numpy", "torch"):
+        try:
+            upload = uploads.put(x)
+        except ValueError as exc:
+            raise InvalidRequest(item, str(exc)) from None
+        sent.append(upload)
+        return upload
     raise InvalidRequest(item, f"a service takes encoded media (bytes) or a string, got {type(x).__name__}; "
-                               "decoded pixels stay with an in-process Preprocessor")
+                               "decoded images and videos (uint8 arrays) go over a unix:// URL only")
 
 
 def error_from_answer(status: int, payload: bytes) -> GpuMMError:

@@ -34,6 +34,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from . import uploads
 from ._procslots import process_threads
 from .errors import GpuMMError, InvalidRequest, Overloaded, ProcessingTimeout
 from .leases import HandleLeases, Peer, peer_of
@@ -132,12 +133,13 @@ async def read_body(content: Any, max_bytes: int) -> list[bytes]:
 
 
 class ParsedRequest(NamedTuple):
-    """A ``/v1/preprocess`` body's media lists and options."""
+    """A ``/v1/preprocess`` body's media lists and options, and the call's own spec (its JSON) if it names one."""
 
     images: list[Any]
     videos: list[Any]
     options: RequestOptions
     audios: list[Any]
+    spec: dict[str, Any] | None = None
 
 
 def parse_request(raw: bytes | list[bytes], max_items: int = DEFAULT_MAX_ITEMS) -> ParsedRequest:
@@ -169,7 +171,21 @@ def parse_request(raw: bytes | list[bytes], max_items: int = DEFAULT_MAX_ITEMS) 
         lists.append(items)
     if sum(map(len, lists)) > max_items:
         raise InvalidRequest("images", f"{sum(map(len, lists))} items is over max_items={max_items}")
-    return ParsedRequest(lists[0], lists[1], RequestOptions.parse(body), lists[2])
+    spec = body.pop("spec", None)
+    if spec is not None and not isinstance(spec, dict):
+        raise InvalidRequest("spec", "must be a spec object (gpu_mm.models.base.spec_to_json), got "
+                                     f"{type(spec).__name__}")
+    return ParsedRequest(lists[0], lists[1], RequestOptions.parse(body), lists[2], spec)
+
+
+def take_uploads(parsed: ParsedRequest, peer_uid: int | None, max_bytes: int) -> ParsedRequest:
+    """A parsed request with its images' and videos' shared-memory uploads (:mod:`gpu_mm.uploads`) mapped as
+    arrays: only from a process of the node, over the Unix socket (``peer_uid``); each at most ``max_bytes``."""
+    lists = []
+    for kind, items in (("image", parsed.images), ("video", parsed.videos)):
+        lists.append([uploads.take(x, f"{kind}[{i}]", peer_uid, max_bytes) if uploads.is_upload(x) else x
+                      for i, x in enumerate(items)])
+    return parsed._replace(images=lists[0], videos=lists[1])
 
 
 _LONG_STRING = 1 << 16
@@ -382,6 +398,17 @@ def build_app(
         finally:
             bodies["bytes"] -= reserved
 
+    def call_spec(data: dict[str, Any]) -> Any:
+        """A request's own spec: of the family served (its settings may differ: the slots, budget and cache are
+        shared), else InvalidRequest."""
+        try:
+            spec = spec_from_json(data)
+        except ValueError as exc:
+            raise InvalidRequest("spec", str(exc)[:300]) from None
+        if spec.family != family:
+            raise InvalidRequest("spec", f"this service serves the {family} family, not {spec.family}")
+        return spec
+
     def socket_peer(request: web.Request) -> Peer:
         """The client process of a request that came over the service's Unix socket (else InvalidRequest)."""
         peer = peer_of(request.transport.get_extra_info("socket")) if leases is not None and request.transport else None
@@ -410,10 +437,17 @@ def build_app(
             fmt = answer_format(request)
             peer = socket_peer(request) if fmt == "handles" else None
             # A request carrying a base64 video is megabytes of JSON: parse it off the event loop.
-            images, videos, options, audios = await asyncio.get_running_loop().run_in_executor(
-                parser, parse_request, raw, max_items)
+            parsed = await asyncio.get_running_loop().run_in_executor(parser, parse_request, raw, max_items)
             del raw
-            kw = {"options": options} if options.as_dict() else {}
+            if any(uploads.is_upload(x) for x in (*parsed.images, *parsed.videos)):
+                sock_peer = peer_of(request.transport.get_extra_info("socket")) if request.transport else None
+                parsed = await asyncio.get_running_loop().run_in_executor(
+                    parser, take_uploads, parsed, None if sock_peer is None else sock_peer.uid,
+                    settings.max_upload_bytes)
+            images, videos, options, audios, spec_json = parsed
+            kw: dict[str, Any] = {"options": options} if options.as_dict() else {}
+            if spec_json is not None:
+                kw["spec"] = call_spec(spec_json)
             out = await wrapper.process(image_data=images, video_data=videos, audio_data=audios or None, **kw)
             # A body (or a block) is the size of the features: made off the loop too.
             if fmt == "safetensors":

@@ -83,6 +83,8 @@ class Settings:
                                   "(?format=handles; Overloaded, 503, beyond)", flag="--handle-blocks")
     handle_lease_s: float = _setting(60.0, "with --uds: the longest a client holds a leased block before it is "
                                      "reclaimed (also when the client's process ends)", flag="--handle-lease-s")
+    max_upload_bytes: int = _setting(1024 * MiB, "with --uds: largest decoded image or video a client of the node "
+                                     "hands over in shared memory (MiB; 400 beyond)", flag="--max-upload-mb", unit=MiB)
     max_body_bytes: int = _setting(64 * MiB, "largest request body (MiB; 413 beyond)", flag="--max-body-mb", unit=MiB)
     body_budget_bytes: int = _setting(512 * MiB, "request bodies being read or processed at once (MiB; 503 beyond)",
                                       flag="--body-budget-mb", unit=MiB)
@@ -114,6 +116,8 @@ class Settings:
             raise ValueError(f"stop_abandoned_after_s must be >= 0 or None, got {self.stop_abandoned_after_s!r}")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {self.timeout_s!r}")
+        if self.max_upload_bytes < 1:
+            raise ValueError(f"max_upload_bytes must be >= 1, got {self.max_upload_bytes!r}")
         if self.handle_blocks < 1:
             raise ValueError(f"handle_blocks must be >= 1, got {self.handle_blocks!r}")
         if not self.handle_lease_s > 0:

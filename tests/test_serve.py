@@ -555,7 +555,7 @@ def test_parse_request_joins_chunks_as_one_body():
 
     body = json.dumps({"images": ["A" * 200_000], "videos": ["B" * 70_000]}).encode()
     chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
-    images, videos, _, _ = parse_request(chunks)
+    images, videos, *_ = parse_request(chunks)
     assert images == ["A" * 200_000] and videos == ["B" * 70_000]
 
 
