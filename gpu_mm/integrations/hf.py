@@ -59,6 +59,7 @@ from ..pipeline.families import (
     Qwen2VLPreprocessor,
     Qwen3VLPreprocessor,
 )
+from .service import service_calls
 
 __all__ = ["GpuMMGemma3ImageProcessor", "GpuMMGlm46VVideoProcessor", "GpuMMGlm4vImageProcessor",
            "GpuMMGlm4vVideoProcessor", "GpuMMGotOcr2ImageProcessor", "GpuMMInternVLVideoProcessor",
@@ -200,8 +201,13 @@ class _DropIn:
 
     def _run(self, cls: type[Any], items: list[Any], config: Any, **call: Any) -> Any:
         """``items`` through this drop-in's gpu-mm preprocessor for ``config`` (made once per device and config;
-        no feature cache: a drop-in computes every call, as the transformers class it replaces does)."""
+        no feature cache: a drop-in computes every call, as the transformers class it replaces does), or through the
+        node's service when one serves the family (:mod:`gpu_mm.integrations.service`; pixels on the CPU)."""
         device = items[0].device
+        if device.type == "cpu":
+            service = service_calls(cls.config_class.family)
+            if service is not None:
+                return service(config, **call)
         name = "cpu" if device.type == "cpu" else str(device)
         cache = _PREPROCESSORS.setdefault(self, {})
         key = (cls, name, config)

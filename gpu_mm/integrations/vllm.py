@@ -59,6 +59,7 @@ from ..models import qwen3_vl
 from ..options import _integer, _number
 from ..pipeline import default_memory_budget, resolve_device
 from ._settings import PluginSettings
+from .service import use_service
 
 __all__ = [
     "ENABLE_VARIABLE",
@@ -443,9 +444,12 @@ def register(parts: Any = None, **options: Any) -> dict[str, list[str]]:
             if _current is not None:
                 _current.close()
                 _current = None
-        if _settings().service is not None:  # an invalid GPU_MM_* variable or keyword fails here, at start-up
-            _log.warning("gpu-mm: GPU_MM_SERVICE is not used by the vLLM plug-in: vLLM hands its processors pixels it "
-                         "decoded itself, and a gpu-mm service takes encoded media; the pixel work stays in-process")
+        service = _settings().service  # an invalid GPU_MM_* variable or keyword fails here, at start-up
+        if service is not None and "processors" in wanted:
+            # vLLM hands its processors pixels it decoded itself: they go to the service in shared memory, so over
+            # its Unix socket (gpu_mm.integrations.service); a drop-in of a family it does not serve stays here.
+            use_service(service)
+            _log.info("gpu-mm: the processors' pixel work goes to the service at %s", service)
         if "loader" in wanted:
             loads = _loads()  # a decoder that is not usable fails at start-up, not per request
             for name, (loader, processors) in LOADERS.items():

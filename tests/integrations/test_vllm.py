@@ -95,6 +95,16 @@ def test_images_and_video_give_vllms_own_ids_placeholders_and_features(model_typ
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_client_mode_sends_vllms_decoded_frames_to_the_service_and_changes_nothing(mode):
+    """GPU_MM_SERVICE=unix://...: the processors' drop-ins hand vLLM's decoded frames to a gpu-mm service started by
+    the test (shared memory, each call's own settings as its spec): vLLM's own ids, placeholders and features, bit
+    for bit, computed by the service (per request one call for its two images, one for its video: 4 in all)."""
+    r = scenarios()["client_mode"]
+    _same(r[f"qwen2_5_vl/{mode}"])
+    assert r["served"] == 4
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
 def test_video_only_requests_equal_vllms_own(model_type, mode):
     _same(scenarios()["compare_videos_only"][f"{model_type}/{mode}"])

@@ -158,6 +158,34 @@ def omni_compare(model_type, theirs, ours):
     return out
 
 
+def client_mode(stock, ours):
+    """GPU_MM_SERVICE=unix://...: the plug-in's drop-ins send vLLM's decoded frames to a gpu-mm service (one started
+    here, serving the qwen2_vl family with its defaults: each call brings its own settings) in shared memory; the
+    same requests as in-process give vLLM's own ids, placeholders and features, and the service computed them."""
+    import pathlib
+    import re
+    import urllib.request
+
+    from gpu_mm.integrations.service import use_service
+
+    from service_helpers import serving
+
+    out = {}
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="gpu-mm-vllm-service-"))
+    with serving(folder, "qwen2_vl") as (tcp, uds):
+        use_service(uds)
+        try:
+            for mode in (True, False):
+                key = f"qwen2_5_vl/{'device' if mode else 'cpu'}_normalize"
+                out[key] = compare(stock[("qwen2_5_vl", mode)], ours[("qwen2_5_vl", mode)])
+        finally:
+            use_service(None)
+        text = urllib.request.urlopen(f"{tcp}/metrics", timeout=30).read().decode()
+    served = re.findall(r'gpu_mm_client_requests_total\{client="drop-ins",outcome="ok"\} (\S+)', text)
+    out["served"] = sum(float(v) for v in served)
+    return out
+
+
 def loader_vs_vllm(model_type):
     """The two loaders on the same bytes, as vLLM's connector calls them."""
     from vllm.multimodal.media.image import ImageMediaIO
@@ -509,6 +537,7 @@ def main():
     # Which drop-in classes computed with gpu-mm (each drop-in keeps the gpu-mm preprocessors it ran), not
     # transformers' fallback. (vLLM may hand the processor other component instances per call: by class.)
     result["drop_ins_that_computed"] = sorted({type(d).__name__ for d in hf._PREPROCESSORS.keys()} | set(chat_calls))
+    result["client_mode"] = client_mode(stock, ours)
     result["loader"] = {m: loader_vs_vllm(m) for m in ("qwen2_vl", "qwen3_vl", "internvl")}
     result["sampling"] = sampling_grid()
     result["errors"] = errors()

@@ -28,7 +28,9 @@ from sglang.srt.multimodal.processors.gemma3 import Gemma3SGLangImageProcessor
 from sglang.srt.multimodal.processors.glm4v import Glm4vImageProcessor
 from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
 
+from gpu_mm.integrations._settings import settings
 from gpu_mm.integrations.hf import adopt_drop_ins
+from gpu_mm.integrations.service import use_plugin_service
 
 __all__ = ["GpuMMGemma3Processor", "GpuMMGlm4vProcessor", "GpuMMQwenOmniProcessor"]
 
@@ -40,6 +42,7 @@ class GpuMMGlm4vProcessor(Glm4vImageProcessor):
 
     def __init__(self, hf_config: Any, server_args: Any, _processor: Any, *args: Any, **kwargs: Any) -> None:
         adopt_drop_ins(_processor)
+        use_plugin_service(settings().service)  # GPU_MM_SERVICE: the drop-ins' calls go to the node's service
         super().__init__(hf_config, server_args, _processor, *args, **kwargs)
 
 
@@ -50,6 +53,7 @@ class GpuMMGemma3Processor(Gemma3SGLangImageProcessor):
 
     def __init__(self, hf_config: Any, server_args: Any, _processor: Any, *args: Any, **kwargs: Any) -> None:
         adopt_drop_ins(_processor)
+        use_plugin_service(settings().service)  # GPU_MM_SERVICE: the drop-ins' calls go to the node's service
         super().__init__(hf_config, server_args, _processor, *args, **kwargs)
 
 
@@ -66,4 +70,5 @@ class GpuMMQwenOmniProcessor(QwenVLImageProcessor):
 
     def __init__(self, hf_config: Any, server_args: Any, _processor: Any, *args: Any, **kwargs: Any) -> None:
         adopt_drop_ins(_processor)
+        use_plugin_service(settings().service)  # GPU_MM_SERVICE: the drop-ins' calls go to the node's service
         super().__init__(hf_config, server_args, _processor, *args, **kwargs)

@@ -59,6 +59,7 @@ from gpu_mm.pipeline import Preprocessor, resolve_device
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor, Qwen3VLPreprocessor
 from gpu_mm.processor import AsyncMMDataProcessor
 
+from ..service import use_plugin_service
 from ._service import ServiceRunner, encoded
 
 logger = logging.getLogger("gpu_mm.integrations.sglang")
@@ -156,6 +157,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         super().__init__(hf_config, server_args, _processor, *args, **kwargs)
         self._gpu_mm_qwen3 = qwen3
         self.gpu_mm_settings: PluginSettings = settings()
+        use_plugin_service(self.gpu_mm_settings.service)  # the drop-ins of SGLang's own path (decoded media) too
         self.gpu_mm_fallbacks: collections.Counter[str] = collections.Counter()
         self._gpu_mm_config, self._gpu_mm_request, self.gpu_mm_unsupported = self._gpu_mm_configure()
         self._gpu_mm_emits_spgt = "second_per_grid_ts" in getattr(_processor, "model_input_names", ())
