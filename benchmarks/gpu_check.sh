@@ -50,6 +50,14 @@ BENCH_S=${GPU_CHECK_BENCH_S:-150}
 timeout "$BENCH_S" "$PY" benchmarks/gpu_bench.py --out "$OUT" --deadline-s $((BENCH_S - 10)) ${GPU_CHECK_BENCH_ARGS:-} \
   > "$OUT/gpu_bench.txt" 2>&1
 log "gpu bench rc=$?"
+# Optional (GPU_CHECK_NODE_SERVICE=1; ~1-2 minutes): 4 front ends each with a CUDA preprocessor against the same 4 as
+# clients of one service on the GPU: CUDA contexts and device memory besides wall time, latency and PSS.
+if [ "${GPU_CHECK_NODE_SERVICE:-0}" = 1 ]; then
+  timeout "${GPU_CHECK_NODE_SERVICE_S:-150}" "$PY" benchmarks/node_service.py --device cuda --out /tmp/node_service.json \
+    >> "$OUT/gpu_bench.txt" 2>&1
+  log "node service rc=$?"
+  cat /tmp/node_service.json >> "$OUT/gpu_bench.txt" 2> /dev/null
+fi
 # The kernel's counters (issue 4: 28% of a device copy's bandwidth; which cost dominates was not known), where
 # Nsight Compute is installed: each variant's second launch, speed of light, memory, launch and occupancy.
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)

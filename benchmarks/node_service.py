@@ -14,10 +14,13 @@ Both setups use gpu-mm's defaults for the machine (slot processes on the CPU, th
 it is to be judged (a serving node's cores); the figures of a run go to ``benchmarks/results/``.
 
     python benchmarks/node_service.py [--front-ends 4] [--images 8] [--clips 2] [--concurrency 2] [--distinct]
-                                      [--out FILE]
+                                      [--device cpu|cuda] [--out FILE]
 
 ``--distinct`` gives each front end media of its own: nothing repeats, so the service's shared cache gains nothing
 and what remains is the price of the extra hop and the gain of one set of slot processes instead of four.
+
+``--device cuda`` (a GPU node; the GPU check): every preprocessor on the GPU, and per setup also the processes that
+hold a CUDA context and their device memory at its peak (``nvidia-smi --query-compute-apps``, sampled with PSS).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def trace(images: int, clips: int, first_seed: int = 0) -> list[tuple[str, bytes
 
 
 def front_end(mode: str, url: str, images: int, clips: int, concurrency: int, seed: int, ready: str,
-              distinct: bool) -> None:
+              distinct: bool, device: str = "cpu") -> None:
     """Run the trace (shuffled by ``seed``; with ``distinct``, media of this front end's own) through an in-process
     preprocessor or a client; print a JSON line."""
     import gpu_mm
@@ -61,7 +64,7 @@ def front_end(mode: str, url: str, images: int, clips: int, concurrency: int, se
     random.Random(seed).shuffle(items)
     pre: gpu_mm.Preprocessor | gpu_mm.Client
     if mode == "in-process":
-        pre = gpu_mm.Preprocessor.for_model("qwen2_vl", device="cpu")
+        pre = gpu_mm.Preprocessor.for_model("qwen2_vl", device=device)
     else:
         pre = gpu_mm.Client(url, timeout_s=600, handles=mode == "client-handles")
 
@@ -117,6 +120,35 @@ def pss(pids: list[int]) -> int:
     return total
 
 
+def gpu_apps(text: str | None = None) -> dict[int, int]:
+    """The processes holding a CUDA context and their device memory in bytes: ``nvidia-smi
+    --query-compute-apps=pid,used_memory --format=csv,noheader,nounits`` (``text``: its output, for a test); empty
+    where there is no nvidia-smi."""
+    if text is None:
+        try:
+            text = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                                   "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
+    apps: dict[int, int] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            apps[int(parts[0])] = apps.get(int(parts[0]), 0) + int(parts[1]) * 2**20
+    return apps
+
+
+def tree(pids: list[int]) -> set[int]:
+    """``pids`` and all their descendants."""
+    out: set[int] = set()
+    for pid in pids:
+        try:
+            out |= {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def wait_healthy(sock: str, server: subprocess.Popen) -> None:
     """Until the service answers ``GET /health`` on its socket (it readies its slot processes first)."""
     import socket
@@ -143,16 +175,23 @@ def run_setup(mode: str, args: argparse.Namespace, url: str, extra_pids: list[in
         ready = os.path.join(d, f"ready-{i}")
         cmd = [sys.executable, __file__, "--child", mode, "--url", url, "--images", str(args.images),
                "--clips", str(args.clips), "--concurrency", str(args.concurrency), "--seed", str(i),
-               "--ready", ready] + (["--distinct"] if args.distinct else [])
+               "--ready", ready, "--device", args.device] + (["--distinct"] if args.distinct else [])
         procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT), ready))
     while not all(os.path.exists(r) for _, r in procs):
         time.sleep(0.05)
     peak = [0]
+    gpu = {"contexts": 0, "bytes": 0}
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], pss([p.pid for p, _ in procs] + extra_pids))
+            pids = [p.pid for p, _ in procs] + extra_pids
+            peak[0] = max(peak[0], pss(pids))
+            if args.device != "cpu":
+                ours = tree(pids)
+                held = {pid: n for pid, n in gpu_apps().items() if pid in ours}
+                gpu["contexts"] = max(gpu["contexts"], len(held))
+                gpu["bytes"] = max(gpu["bytes"], sum(held.values()))
             stop.wait(0.25)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -169,7 +208,8 @@ def run_setup(mode: str, args: argparse.Namespace, url: str, extra_pids: list[in
     requests = len(lat)
     return {"wall_s": wall, "requests": requests, "requests_per_s": requests / wall,
             "p50_ms": statistics.median(lat) * 1e3, "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3,
-            "decoded": sum(o["decoded"] for o in outs), "peak_pss_mib": peak[0] / 2**20}
+            "decoded": sum(o["decoded"] for o in outs), "peak_pss_mib": peak[0] / 2**20,
+            "cuda_contexts": gpu["contexts"], "peak_device_mib": gpu["bytes"] / 2**20}
 
 
 def main() -> int:
@@ -180,6 +220,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=2, help="requests in flight per front end")
     ap.add_argument("--distinct", action="store_true",
                     help="each front end its own media (no repeats across front ends: no cache to share)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU node")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None)
     ap.add_argument("--url", default="")
@@ -188,11 +229,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         front_end(args.child, args.url, args.images, args.clips, args.concurrency, args.seed, args.ready,
-                  args.distinct)
+                  args.distinct, args.device)
         return 0
     from gpu_mm.bench.machine import machine_info, machine_label
 
-    result: dict = {"machine": machine_info(), "front_ends": args.front_ends,
+    result: dict = {"machine": machine_info(), "front_ends": args.front_ends, "device": args.device,
                     "trace": {"images_720p_jpeg": args.images, "clips_240p_2s": args.clips,
                               "concurrency_per_front_end": args.concurrency,
                               "repeats_across_front_ends": not args.distinct}}
@@ -201,7 +242,7 @@ def main() -> int:
     for key, mode in (("service", "client"), ("service_handles", "client-handles")):
         sock = os.path.join(tempfile.mkdtemp(), "gpu-mm.sock")  # a fresh service (and cache) for each
         server = subprocess.Popen([sys.executable, "-m", "gpu_mm.cli", "serve", "--model", "qwen2_vl", "--device",
-                                   "cpu", "--port", "0", "--uds", sock], cwd=ROOT, stderr=subprocess.DEVNULL)
+                                   args.device, "--port", "0", "--uds", sock], cwd=ROOT, stderr=subprocess.DEVNULL)
         try:
             wait_healthy(sock, server)
             result[key] = run_setup(mode, args, f"unix://{sock}", [server.pid])
@@ -213,9 +254,11 @@ def main() -> int:
           f"{args.concurrency} in flight each, "
           f"{'each its own media' if args.distinct else 'the same media in each front end'}:")
     print(f"  {'':22s} {'in-process':>12s} {'one service':>12s} {'+ handles':>12s}")
-    for key, label in (("wall_s", "wall (s)"), ("requests_per_s", "requests/s"), ("p50_ms", "latency p50 (ms)"),
-                       ("p99_ms", "latency p99 (ms)"), ("decoded", "items decoded"),
-                       ("peak_pss_mib", "peak PSS (MiB)")):
+    rows = [("wall_s", "wall (s)"), ("requests_per_s", "requests/s"), ("p50_ms", "latency p50 (ms)"),
+            ("p99_ms", "latency p99 (ms)"), ("decoded", "items decoded"), ("peak_pss_mib", "peak PSS (MiB)")]
+    if args.device != "cpu":
+        rows += [("cuda_contexts", "CUDA contexts"), ("peak_device_mib", "peak device memory (MiB)")]
+    for key, label in rows:
         print(f"  {label:22s} {a[key]:12.1f} {b[key]:12.1f} {c[key]:12.1f}")
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))

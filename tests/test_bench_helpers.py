@@ -66,3 +66,18 @@ def test_audio_bench_times_gpu_mm_and_both_transformers_paths_on_the_same_clips(
     with redirect_stdout(out):
         _print_audio(r)
     assert out.getvalue().count("gpu-mm") == 2
+
+
+def test_node_service_counts_the_cuda_contexts_and_device_memory_of_its_processes():
+    """benchmarks/node_service.py --device cuda: nvidia-smi's compute apps, parsed per pid (a process listed twice,
+    one per context, summed); nothing where there is no nvidia-smi."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "node_service.py"
+    spec = importlib.util.spec_from_file_location("node_service", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.gpu_apps("1234, 512\n5678, 1024\n[Not Supported]\n1234, 10\n") == {
+        1234: 522 * 2**20, 5678: 1024 * 2**20}
+    assert module.gpu_apps("") == {}
