@@ -219,6 +219,7 @@ async def families(server_args):
                        "<|begin_of_video|><|video|><|end_of_video|>"),
              "gemma3": (Gemma3SGLangImageProcessor, GpuMMGemma3Processor, "<start_of_image>", None)}
     out = {}
+    computed = set()  # drop-in classes that computed (their instances may be collected once a model's are done)
     for model_type, (stock, plugin, image, video) in cases.items():
         folder = family_folder(model_type, tempfile.mkdtemp(prefix=f"gpu-mm-{model_type}-"))
         config = transformers.AutoConfig.from_pretrained(folder)
@@ -249,8 +250,35 @@ async def families(server_args):
                 or bool(torch.equal(torch.as_tensor(a.mrope_positions), torch.as_tensor(b.mrope_positions))),
             }
         out[model_type] = result
-    out["drop_ins_that_computed"] = sorted({type(d).__name__ for d in list(hf._PREPROCESSORS.keys())})
+        computed |= {type(d).__name__ for d in list(hf._PREPROCESSORS.keys())}
+        # GPU_MM_SERVICE=unix://...: the same requests with the drop-ins' calls sent to a service of the family (one
+        # started here, its defaults: each call brings its own settings); SGLang's own results, bit for bit.
+        from gpu_mm.integrations.service import use_service
+
+        service_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"gpu-mm-{model_type}-service-"))
+        with serving(service_dir, model_type) as (tcp, uds):
+            use_service(uds)
+            try:
+                for name, (text, images, videos) in requests.items():
+                    a, b = await call(ours, text, images, videos), await call(theirs, text, images, videos)
+                    result[f"{name}_via_service"] = {
+                        "same_ids": list(a.input_ids) == list(b.input_ids), "same_items": _items(a) == _items(b),
+                        "feature_max_abs_diff": feature_diff(a, b)}
+            finally:
+                use_service(None)
+            result["served"] = _served(tcp)
+    out["drop_ins_that_computed"] = sorted(computed)
     return out
+
+
+def _served(tcp):
+    """Requests a service answered for the drop-ins (its /metrics)."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{tcp}/metrics", timeout=30).read().decode()
+    return sum(float(v) for v in re.findall(
+        r'gpu_mm_client_requests_total\{client="drop-ins",outcome="ok"\} (\S+)', text))
 
 
 async def omni(server_args):

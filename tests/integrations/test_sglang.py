@@ -125,6 +125,19 @@ def test_glm_and_gemma_give_sglangs_own_ids_items_and_features(case):
     assert computed[case] in r["drop_ins_that_computed"]
 
 
+@pytest.mark.parametrize("case", ["glm4v/images", "glm4v/video", "gemma3/images"])
+def test_glm_and_gemma_in_client_mode_send_the_drop_ins_calls_to_a_service_and_change_nothing(case):
+    """GPU_MM_SERVICE=unix://...: the drop-ins inside SGLang's GLM and Gemma 3 processors hand SGLang's decoded
+    pixels to a service of the family (started by the test) in shared memory, with each call's settings: SGLang's
+    own ids, items and features, bit for bit, and the service computed them."""
+    r = scenarios()["families"]
+    model_type, request = case.split("/")
+    got = r[model_type][f"{request}_via_service"]
+    assert got["same_ids"] and got["same_items"], got
+    assert got["feature_max_abs_diff"] and all(d == 0.0 for d in got["feature_max_abs_diff"])
+    assert r[model_type]["served"] >= len([k for k in r[model_type] if k.endswith("_via_service")])
+
+
 @pytest.mark.parametrize("request_name", ["image_and_audio", "audio", "video"])
 def test_qwen3_omni_gives_sglangs_own_ids_items_and_features(request_name):
     """SGLang's own Qwen3-Omni processing and the plug-in's (the same with gpu-mm's image, video and audio drop-ins)
