@@ -287,3 +287,31 @@ def test_choose_workers():
     assert choose_workers("threads", "cpu") == "threads" and choose_workers("processes", "cpu") == "processes"
     with pytest.raises(ValueError, match="workers must be"):
         choose_workers("fibers", "cpu")
+
+
+def test_decoded_arrays_with_slot_processes_equal_the_synchronous_features():
+    """Decoded images and videos (arrays: a drop-in's or a node service's uploads) with slot processes, the CPU
+    default: they are laid out on the slot's thread (no copy to a process), the same features as the synchronous
+    API. (Sent to a process, a torch tensor's pickle could not be opened there.)"""
+    import asyncio
+
+    import numpy as np
+    import torch
+
+    from gpu_mm import Qwen2VLPreprocessor
+    from gpu_mm.media.synth import pattern
+
+    frames = np.stack([pattern(96, 128, seed=t) for t in range(6)])
+    image = pattern(64, 80, seed=9)
+    want = Qwen2VLPreprocessor("cpu")(images=[image], videos=[frames])
+
+    async def main():
+        pre = Qwen2VLPreprocessor("cpu", workers="processes", num_slots=1)
+        try:
+            return await pre.preprocess(images=[image], videos=[frames])
+        finally:
+            await pre.aclose()
+
+    got = asyncio.run(main())
+    assert torch.equal(got.pixel_values, want.pixel_values)
+    assert torch.equal(got.pixel_values_videos, want.pixel_values_videos)

@@ -146,8 +146,10 @@ class CallRunner:
 
         async def run() -> Any:
             begun.append(True)
-            # Audio decodes on the slot's thread (FFmpeg releases the interpreter lock; nothing to lay out in rows).
-            processes = self._processes is not None and group[0].plan.kind != "audio"
+            # Audio decodes on the slot's thread (FFmpeg releases the interpreter lock; nothing to lay out in rows);
+            # decoded arrays are resized and laid out there too (torch's ops release it), not copied to a process.
+            processes = self._processes is not None and group[0].plan.kind != "audio" and all(
+                item.plan.src.kind != "array" for item in group)
             work: Any = self._executor.run
             if processes:
                 assert self._processes is not None

@@ -384,9 +384,23 @@ async def client_mode(server_args):
             }
             remote.shutdown()
             await asyncio.sleep(0.05)  # the close it schedules on this loop runs
-    # A service serving the family's defaults, not this processor's spec: refused at start, naming --spec.
+    # A service of the family with its defaults (no --spec): each request brings the processor's spec, so it
+    # serves SGLang's sampling and resizes all the same; decoded arrays go in shared memory.
+    with serving(pathlib.Path(folder), "qwen2_5_vl", uds=os.path.join(folder, "defaults.sock")) as (_, uds):
+        _, remote = build("qwen2_5_vl", server_args, service=uds)
+        _, local = build("qwen2_5_vl", server_args)
+        frames = torch.from_numpy(make_video_frames()).numpy()
+        a = await call(remote, f"{IMG} describe {VID} this", [IMAGES[0]], [frames])
+        b = await call(local, f"{IMG} describe {VID} this", [IMAGES[0]], [frames])
+        out["defaults_service"] = {"fallbacks": dict(remote.gpu_mm_fallbacks),
+                                   "completed": remote.gpu_mm_processor().completed,
+                                   "same_ids": list(a.input_ids) == list(b.input_ids),
+                                   "feature_diff_vs_in_process": feature_diff(a, b)}
+        remote.shutdown()
+        await asyncio.sleep(0.05)
+    # A service of another family: refused at start, naming the family to serve.
     try:
-        with serving(pathlib.Path(folder), "qwen2_5_vl", uds=os.path.join(folder, "defaults.sock")) as (_, uds):
+        with serving(pathlib.Path(folder), "glm4v", uds=os.path.join(folder, "glm.sock")) as (_, uds):
             build("qwen2_5_vl", server_args, service=uds)
         out["mismatch"] = None
     except ValueError as exc:
@@ -394,6 +408,15 @@ async def client_mode(server_args):
     finally:
         install(service=None)
     return out
+
+
+def make_video_frames():
+    """The test clip's first 6 frames, decoded (T x H x W x 3 uint8), as a caller handing decoded frames has them."""
+    from gpu_mm.media.sources import load_source
+    from gpu_mm.media.video import get_video_decoder, probe_video
+
+    src = load_source(VIDEO, "video")
+    return get_video_decoder("pyav").get_frames_at(src, probe_video(src), list(range(6))).numpy()
 
 
 def tokenizer_manager():

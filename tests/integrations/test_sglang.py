@@ -100,11 +100,17 @@ def test_client_mode_sends_the_pixel_work_to_a_service_and_changes_nothing(model
     assert r["feature_diff_vs_in_process"] == [0.0, 0.0, 0.0]
 
 
-def test_client_mode_refuses_a_service_serving_another_spec():
-    """A service serving the family's defaults (not SGLang's sampling and bilinear video resizes): refused when the
-    processor is built, naming what differs and the JSON for gpu-mm serve --spec."""
-    message = scenarios()["client_mode"]["mismatch"]
-    assert message and "sampling" in message and "video_resample" in message and "--spec" in message
+def test_client_mode_sends_each_requests_spec_so_a_service_of_the_family_serves_and_takes_decoded_frames():
+    """A service of the family started with its defaults (not SGLang's sampling and bilinear video resizes): each
+    request carries the processor's spec, so the features are the in-process plug-in's bit for bit, decoded frames
+    included (in shared memory, no fallback to SGLang's path); a service of another family is refused at start,
+    naming the family to serve."""
+    r = scenarios()["client_mode"]
+    got = r["defaults_service"]
+    assert got["fallbacks"] == {} and got["completed"] == 1 and got["same_ids"]
+    assert got["feature_diff_vs_in_process"] == [0.0, 0.0]
+    message = r["mismatch"]
+    assert message and "'glm4v' family" in message and "--model qwen2_vl" in message
 
 
 @pytest.mark.parametrize("case", ["glm4v/images", "glm4v/video", "gemma3/images"])

@@ -2,11 +2,12 @@
 plug-in's process: one service for every tokenizer worker of the node (one cache, one memory budget, one set of
 decoders), features as the service computes them with the plug-in's own spec.
 
-At server start the runner asks the service which spec it serves (``GET /v1/config``) and refuses to start unless
-it is exactly the spec the plug-in would compute with in-process (which mirrors SGLang's processor: its sampling
-constants, bilinear video resizes, the model folder's pixel bounds); the error holds the JSON for ``gpu-mm serve
---spec``. Media are resolved here, under the limits an in-process plug-in applies (local paths and URLs as there),
-and sent encoded; an item already decoded (a PIL image, an array) stays with SGLang's own path.
+Each request carries the spec the plug-in would compute with in-process (which mirrors SGLang's processor: its
+sampling constants, bilinear video resizes, the model folder's pixel bounds), so any service of the family serves
+it; at server start the runner asks the service which family it serves (``GET /v1/config``) and refuses to start on
+another. Media are resolved here, under the limits an in-process plug-in applies (local paths and URLs as there), and
+sent encoded; decoded arrays go in shared memory over a ``unix://`` service (:mod:`gpu_mm.uploads`); a PIL image
+stays with SGLang's own path.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ from gpu_mm.errors import InvalidRequest
 from gpu_mm.media.sources import MediaLimits, load_source
 from gpu_mm.models.base import ModelSpec, spec_to_json
 
-__all__ = ["ServiceRunner", "encoded"]
+__all__ = ["ServiceRunner", "encoded", "uploadable"]
 
 
 def encoded(x: Any) -> bool:
     """Whether an item can go to a service as it is or once read (bytes, a string, a path): not decoded pixels."""
     return isinstance(x, (bytes, bytearray, memoryview, str, os.PathLike))
+
+
+def uploadable(x: Any) -> bool:
+    """Whether an item is a decoded array (numpy or torch), which a ``unix://`` service takes in shared memory."""
+    return type(x).__module__.split(".")[0] in ("numpy", "torch")
 
 
 class ServiceRunner:
@@ -42,31 +48,31 @@ class ServiceRunner:
         self.client = Client(url, timeout_s=timeout_s, name=name)
         self.limits = limits or MediaLimits()
         self.completed = 0
-        want = spec_to_json(spec)
+        self.spec = spec
+        self.arrays = url.startswith("unix://")
+        """Whether decoded arrays go to the service (in shared memory: its node's Unix socket only)."""
 
         async def served() -> dict[str, Any]:
             async with Client(url, timeout_s=timeout_s, name=name) as probe:
                 return await probe.spec()
 
         got = _in_thread(served)
-        if got != json.loads(json.dumps(want)):
-            diff = sorted(k for k in {*want["fields"], *got.get("fields", {})}
-                          if want["fields"].get(k) != got.get("fields", {}).get(k))
-            raise ValueError(f"GPU_MM_SERVICE={url} serves {got.get('family')!r} with settings that differ from this "
-                             f"SGLang processor's ({', '.join(diff) or 'family'}); start the service with "
-                             f"`gpu-mm serve --spec FILE` where FILE holds: {json.dumps(want)}")
+        if got.get("family") != spec.family:
+            raise ValueError(f"GPU_MM_SERVICE={url} serves the {got.get('family')!r} family, not this SGLang "
+                             f"processor's {spec.family!r}; start it with `gpu-mm serve --model {spec.family}` (each "
+                             f"request brings this processor's settings: {json.dumps(spec_to_json(spec))})")
 
     async def process(self, image_data: Any = None, video_data: Any = None, options: Any = None) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         # Reading a path or a URL is I/O: off the serving loop, under the in-process plug-in's limits.
         images, videos = await loop.run_in_executor(None, self._read, image_data, video_data)
         kw = {"options": options} if options is not None else {}
-        feats = await self.client.preprocess(images=images, videos=videos, **kw)
+        feats = await self.client.preprocess(images=images, videos=videos, spec=self.spec, **kw)
         self.completed += 1
         return feats.processor_output(None)
 
-    def _read(self, image_data: Any, video_data: Any) -> tuple[list[bytes] | None, list[bytes] | None]:
-        out: list[list[bytes] | None] = []
+    def _read(self, image_data: Any, video_data: Any) -> tuple[list[Any] | None, list[Any] | None]:
+        out: list[list[Any] | None] = []
         for kind, items in (("image", image_data), ("video", video_data)):
             if not items:
                 out.append(None)
@@ -74,6 +80,9 @@ class ServiceRunner:
             data = []
             for i, x in enumerate(items):
                 src = load_source(x, f"{kind}[{i}]", self.limits)
+                if src.kind == "array" and self.arrays:
+                    data.append(src.pixels)  # uploaded in shared memory by the client
+                    continue
                 if src.data is None:
                     raise InvalidRequest(src.item, "a decoded item cannot go to the gpu-mm service")
                 data.append(src.data)

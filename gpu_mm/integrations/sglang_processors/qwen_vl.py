@@ -60,7 +60,7 @@ from gpu_mm.pipeline.families import Qwen2VLPreprocessor, Qwen3VLPreprocessor
 from gpu_mm.processor import AsyncMMDataProcessor
 
 from ..service import use_plugin_service
-from ._service import ServiceRunner, encoded
+from ._service import ServiceRunner, encoded, uploadable
 
 logger = logging.getLogger("gpu_mm.integrations.sglang")
 
@@ -226,7 +226,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
 
     def _gpu_mm_build(self) -> None:
         st = self.gpu_mm_settings
-        if st.service is not None:  # the node's service computes, with this processor's spec (checked now)
+        if st.service is not None:  # the node's service computes, with this processor's spec (its family checked now)
             assert self._gpu_mm_config is not None
             self._gpu_mm_runner = ServiceRunner(st.service, self._gpu_mm_config, timeout_s=st.timeout_s)
             return
@@ -309,9 +309,11 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
                 return "preprocessed input (processor_output / precomputed_embedding)"
         if not videos and (self.mm_preprocess_cache.enabled or self.uses_media_artifacts_without_cache):
             return "image-only request served by SGLang's preprocessing cache"
-        if isinstance(self._gpu_mm_runner, ServiceRunner) and not all(
-                encoded(_unwrap(x)) for x in [*(image_data or []), *(videos or [])]):
-            return "decoded media (a PIL image or an array) cannot go to GPU_MM_SERVICE"
+        runner = self._gpu_mm_runner
+        if isinstance(runner, ServiceRunner) and not all(
+                encoded(item) or (runner.arrays and uploadable(item))
+                for item in map(_unwrap, [*(image_data or []), *(videos or [])])):
+            return "decoded media (a PIL image, or an array over http://) cannot go to GPU_MM_SERVICE"
         return None
 
     def _gpu_mm_combine(
