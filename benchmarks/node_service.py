@@ -14,10 +14,14 @@ Both setups use gpu-mm's defaults for the machine (slot processes on the CPU, th
 it is to be judged (a serving node's cores); the figures of a run go to ``benchmarks/results/``.
 
     python benchmarks/node_service.py [--front-ends 4] [--images 8] [--clips 2] [--concurrency 2] [--distinct]
-                                      [--device cpu|cuda] [--out FILE]
+                                      [--device cpu|cuda] [--decoded] [--out FILE]
 
 ``--distinct`` gives each front end media of its own: nothing repeats, so the service's shared cache gains nothing
 and what remains is the price of the extra hop and the gain of one set of slot processes instead of four.
+
+``--decoded``: the front ends hand over decoded pixels, as vLLM's processors get them (images as H x W x 3 arrays,
+clips as their first 16 frames): in-process they go straight in, to a service in shared memory (``gpu_mm.uploads``);
+the handles setup is left out.
 
 ``--device cuda`` (a GPU node; the GPU check): every preprocessor on the GPU, and per setup also the processes that
 hold a CUDA context and their device memory at its peak (``nvidia-smi --query-compute-apps``, sampled with PSS).
@@ -43,24 +47,43 @@ import psutil
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def trace(images: int, clips: int, first_seed: int = 0) -> list[tuple[str, bytes]]:
+def trace(images: int, clips: int, first_seed: int = 0, decoded: bool = False) -> list[tuple[str, object]]:
     from gpu_mm.media.synth import make_image, make_video
 
-    items = [("image", make_image(720, 1280, "JPEG", seed=first_seed + i)) for i in range(images)]
+    items: list[tuple[str, object]] = [("image", make_image(720, 1280, "JPEG", seed=first_seed + i))
+                                       for i in range(images)]
     items += [("video", make_video(60, 240, 320, fps=30, seed=first_seed + i)) for i in range(clips)]
+    if decoded:
+        items = [(kind, _decode(kind, data)) for kind, data in items]  # type: ignore[arg-type]
     return items
+
+
+def _decode(kind: str, data: bytes) -> object:
+    """An item as a front end that decoded it holds it: H x W x 3, or a clip's first 16 frames T x H x W x 3."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if kind == "image":
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    from gpu_mm.media.sources import load_source
+    from gpu_mm.media.video import get_video_decoder, probe_video
+
+    src = load_source(data, "video")
+    return get_video_decoder("pyav").get_frames_at(src, probe_video(src), list(range(16))).numpy()
 
 
 # ---------------------------------------------------------------- one front end (a child process)
 
 
 def front_end(mode: str, url: str, images: int, clips: int, concurrency: int, seed: int, ready: str,
-              distinct: bool, device: str = "cpu") -> None:
+              distinct: bool, device: str = "cpu", decoded: bool = False) -> None:
     """Run the trace (shuffled by ``seed``; with ``distinct``, media of this front end's own) through an in-process
     preprocessor or a client; print a JSON line."""
     import gpu_mm
 
-    items = trace(images, clips, first_seed=1000 * (seed + 1) if distinct else 0)
+    items = trace(images, clips, first_seed=1000 * (seed + 1) if distinct else 0, decoded=decoded)
     random.Random(seed).shuffle(items)
     pre: gpu_mm.Preprocessor | gpu_mm.Client
     if mode == "in-process":
@@ -78,7 +101,7 @@ def front_end(mode: str, url: str, images: int, clips: int, concurrency: int, se
         latencies: list[float] = []
         states: list[str | None] = []
 
-        async def one(kind: str, data: bytes) -> None:
+        async def one(kind: str, data: object) -> None:
             async with gate:
                 t0 = time.perf_counter()
                 feats = await pre.preprocess(**{f"{kind}s": [data]})
@@ -175,7 +198,8 @@ def run_setup(mode: str, args: argparse.Namespace, url: str, extra_pids: list[in
         ready = os.path.join(d, f"ready-{i}")
         cmd = [sys.executable, __file__, "--child", mode, "--url", url, "--images", str(args.images),
                "--clips", str(args.clips), "--concurrency", str(args.concurrency), "--seed", str(i),
-               "--ready", ready, "--device", args.device] + (["--distinct"] if args.distinct else [])
+               "--ready", ready, "--device", args.device] + (["--distinct"] if args.distinct else []) + (
+                   ["--decoded"] if args.decoded else [])
         procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT), ready))
     while not all(os.path.exists(r) for _, r in procs):
         time.sleep(0.05)
@@ -221,6 +245,7 @@ def main() -> int:
     ap.add_argument("--distinct", action="store_true",
                     help="each front end its own media (no repeats across front ends: no cache to share)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU node")
+    ap.add_argument("--decoded", action="store_true", help="the front ends hand over decoded pixels (as vLLM's)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None)
     ap.add_argument("--url", default="")
@@ -229,17 +254,19 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         front_end(args.child, args.url, args.images, args.clips, args.concurrency, args.seed, args.ready,
-                  args.distinct, args.device)
+                  args.distinct, args.device, args.decoded)
         return 0
     from gpu_mm.bench.machine import machine_info, machine_label
 
     result: dict = {"machine": machine_info(), "front_ends": args.front_ends, "device": args.device,
+                    "decoded": args.decoded,
                     "trace": {"images_720p_jpeg": args.images, "clips_240p_2s": args.clips,
                               "concurrency_per_front_end": args.concurrency,
                               "repeats_across_front_ends": not args.distinct}}
     print(f"machine: {machine_label(result['machine'])}", flush=True)
     result["in_process"] = run_setup("in-process", args, "", [])
-    for key, mode in (("service", "client"), ("service_handles", "client-handles")):
+    setups = [("service", "client")] + ([] if args.decoded else [("service_handles", "client-handles")])
+    for key, mode in setups:
         sock = os.path.join(tempfile.mkdtemp(), "gpu-mm.sock")  # a fresh service (and cache) for each
         server = subprocess.Popen([sys.executable, "-m", "gpu_mm.cli", "serve", "--model", "qwen2_vl", "--device",
                                    args.device, "--port", "0", "--uds", sock], cwd=ROOT, stderr=subprocess.DEVNULL)
@@ -249,17 +276,17 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(30)
-    a, b, c = result["in_process"], result["service"], result["service_handles"]
-    print(f"{args.front_ends} front ends x ({args.images} JPEGs 720p + {args.clips} clips), "
-          f"{args.concurrency} in flight each, "
+    columns = [result[k] for k in ("in_process", "service", "service_handles") if k in result]
+    print(f"{args.front_ends} front ends x ({args.images} JPEGs 720p + {args.clips} clips"
+          f"{', decoded' if args.decoded else ''}), {args.concurrency} in flight each, "
           f"{'each its own media' if args.distinct else 'the same media in each front end'}:")
-    print(f"  {'':22s} {'in-process':>12s} {'one service':>12s} {'+ handles':>12s}")
+    print(f"  {'':22s} {'in-process':>12s} {'one service':>12s}" + (f" {'+ handles':>12s}" if len(columns) > 2 else ""))
     rows = [("wall_s", "wall (s)"), ("requests_per_s", "requests/s"), ("p50_ms", "latency p50 (ms)"),
             ("p99_ms", "latency p99 (ms)"), ("decoded", "items decoded"), ("peak_pss_mib", "peak PSS (MiB)")]
     if args.device != "cpu":
         rows += [("cuda_contexts", "CUDA contexts"), ("peak_device_mib", "peak device memory (MiB)")]
     for key, label in rows:
-        print(f"  {label:22s} {a[key]:12.1f} {b[key]:12.1f} {c[key]:12.1f}")
+        print(f"  {label:22s}" + "".join(f" {col[key]:12.1f}" for col in columns))
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
