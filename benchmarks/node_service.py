@@ -20,8 +20,8 @@ it is to be judged (a serving node's cores); the figures of a run go to ``benchm
 and what remains is the price of the extra hop and the gain of one set of slot processes instead of four.
 
 ``--decoded``: the front ends hand over decoded pixels, as vLLM's processors get them (images as H x W x 3 arrays,
-clips as their first 16 frames): in-process they go straight in, to a service in shared memory (``gpu_mm.uploads``);
-the handles setup is left out.
+clips as their first 16 frames): in-process they go straight in, to a service in shared memory (``gpu_mm.uploads``),
+as the drop-ins send them in client mode (with handles).
 
 ``--device cuda`` (a GPU node; the GPU check): every preprocessor on the GPU, and per setup also the processes that
 hold a CUDA context and their device memory at its peak (``nvidia-smi --query-compute-apps``, sampled with PSS).
@@ -265,8 +265,7 @@ def main() -> int:
                               "repeats_across_front_ends": not args.distinct}}
     print(f"machine: {machine_label(result['machine'])}", flush=True)
     result["in_process"] = run_setup("in-process", args, "", [])
-    setups = [("service", "client")] + ([] if args.decoded else [("service_handles", "client-handles")])
-    for key, mode in setups:
+    for key, mode in (("service", "client"), ("service_handles", "client-handles")):
         sock = os.path.join(tempfile.mkdtemp(), "gpu-mm.sock")  # a fresh service (and cache) for each
         server = subprocess.Popen([sys.executable, "-m", "gpu_mm.cli", "serve", "--model", "qwen2_vl", "--device",
                                    args.device, "--port", "0", "--uds", sock], cwd=ROOT, stderr=subprocess.DEVNULL)
