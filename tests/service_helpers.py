@@ -25,8 +25,8 @@ def serving(tmp_path, model: str = "qwen2_vl", state: dict | None = None, **sett
         state["loop"] = loop
 
         async def start() -> None:
-            app = build_app(device="cpu", model=model, workers="threads", idle_workers=False, cache_bytes=0,
-                            **settings)
+            app = build_app(**{"device": "cpu", "model": model, "workers": "threads", "idle_workers": False,
+                               "cache_bytes": 0, **settings})
             runner = web.AppRunner(app)
             await runner.setup()
             tcp = web.TCPSite(runner, "127.0.0.1", 0)

@@ -51,6 +51,15 @@ def test_decoded_images_and_videos_over_the_socket_equal_the_in_process_features
     assert set(_left()) == before  # the service unlinked each object as it took it
 
 
+def test_uploads_to_a_service_with_slot_processes_the_cpu_default(tmp_path):
+    """The service as it runs on a CPU node by default (slot processes): decoded pixels are laid out on the slots'
+    threads, the in-process features bit for bit."""
+    pre = gpu_mm.Qwen2VLPreprocessor("cpu", cache_bytes=0)
+    with serving(tmp_path, workers="processes", num_slots=1) as (_, uds):
+        got = gpu_mm.Client(uds, handles=True)(images=[IMAGE], videos=[FRAMES], spec=OTHER)
+        assert _equal(got, pre(images=[IMAGE], videos=[FRAMES], spec=OTHER))
+
+
 def test_no_upload_over_tcp_and_a_spec_of_another_family_is_refused(tmp_path):
     with serving(tmp_path) as (tcp, uds):
         with pytest.raises(InvalidRequest, match="unix://"):
