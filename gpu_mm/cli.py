@@ -363,7 +363,7 @@ def cmd_preprocess_dataset(args: argparse.Namespace) -> int:
     except GpuMMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    paths = gray.list_inputs(args.input)
+    paths = gray.list_inputs(args.input, audio=gray.takes_audio(args.model))
     _progress(f"{len(paths)} media files under {args.input}; output {args.output}; cluster {args.address}")
     gray.connect(args.address)
     summary = gray.preprocess_dataset(

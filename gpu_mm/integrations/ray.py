@@ -9,11 +9,14 @@ written, by content hash.
 
 Layout of each row (plain Parquet types, readable without Ray):
 
-- ``path``, ``content_hash`` (sha256 of the file's bytes), ``kind`` (image | video), ``model`` (family),
+- ``path``, ``content_hash`` (sha256 of the file's bytes), ``kind`` (image | video | audio: audio files are listed
+  for the Omni families), ``model`` (family),
 - ``features``: the item's feature rows as little-endian float32 bytes, ``features_shape`` ([rows, width]):
   ``np.frombuffer(features, "<f4").reshape(features_shape)`` is exactly what gpu-mm returns. (Ray's tensor
   extension types change between fixed and variable shape from block to block, which plain Parquet readers
-  then refuse to read as one table; raw bytes with a shape are exact and portable.)
+  then refuse to read as one table; raw bytes with a shape are exact and portable.) An audio file's features are
+  its ``input_features`` ([mel bins, frames], padded as the family pads one clip), ``grid_thw`` [1, bins, valid
+  frames] (the attention mask: that many ones, then zeros).
 - ``grid_thw``, ``frame_indices``, ``video_fps``, ``sample_fps``, ``second_per_grid_ts`` (Qwen2-VL family)
   or ``timestamps`` (Qwen3-VL: seconds per temporal step),
 - ``error``: ``"<ErrorType>: <message>"`` or null.
@@ -39,10 +42,12 @@ from ..errors import GpuMMError, MediaError
 from ..options import RequestOptions
 from ..pipeline import Preprocessor
 
-__all__ = ["COLUMNS", "GpuMMWorker", "MEDIA_SUFFIXES", "Summary", "preprocess_dataset"]
+__all__ = ["AUDIO_SUFFIXES", "COLUMNS", "GpuMMWorker", "MEDIA_SUFFIXES", "Summary", "preprocess_dataset"]
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".weba"})
+"""Listed for families that take audio (the Omni families)."""
 MEDIA_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
 COLUMNS = ("path", "content_hash", "kind", "model", "features", "features_shape", "grid_thw", "frame_indices",
            "video_fps", "sample_fps", "second_per_grid_ts", "timestamps", "error")
@@ -89,7 +94,8 @@ class GpuMMWorker:
 
     def row(self, data: bytes, path: str) -> dict[str, Any]:
         """The row of one file (what the dataset holds for it)."""
-        kind = "video" if Path(path).suffix.lower() in VIDEO_SUFFIXES else "image"
+        suffix = Path(path).suffix.lower()
+        kind = "video" if suffix in VIDEO_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES else "image"
         row: dict[str, Any] = {name: None for name in COLUMNS}
         row.update(path=path, content_hash=content_hash(data), kind=kind, model=self.model)
         try:
@@ -99,8 +105,13 @@ class GpuMMWorker:
             row.update(error=f"{type(exc).__name__}: {path}: {why}", features=b"",
                        features_shape=[0, self.pre.config.row_size])
             return row
-        pixels = feats.pixel_values if kind == "image" else feats.pixel_values_videos
+        # An audio file's row: its input_features (mel bins x padded frames, as the family's processor pads a
+        # clip alone); its grid_thw says the valid frames (the feature_attention_mask's ones come first).
+        pixels = {"image": feats.pixel_values, "video": feats.pixel_values_videos,
+                  "audio": getattr(feats, "input_features", None)}[kind]
         array = pixels.detach().to("cpu").numpy().astype("<f4", copy=False)
+        if kind == "audio":
+            array = array[0]
         item = feats.items[0]
         row.update(features=array.tobytes(), features_shape=list(array.shape), grid_thw=list(item.grid_thw),
                    frame_indices=item.frame_indices, video_fps=item.video_fps, sample_fps=item.sample_fps)
@@ -131,16 +142,32 @@ class Summary:
     manifest: str
 
 
-def list_inputs(inputs: str | Sequence[str]) -> list[str]:
-    """Media files named by a glob, a directory (searched recursively) or a list of either."""
+def list_inputs(inputs: str | Sequence[str], *, audio: bool = False) -> list[str]:
+    """Media files named by a glob, a directory (searched recursively) or a list of either (audio files too with
+    ``audio``)."""
+    suffixes = MEDIA_SUFFIXES | AUDIO_SUFFIXES if audio else MEDIA_SUFFIXES
     found: list[str] = []
     for entry in [inputs] if isinstance(inputs, str) else list(inputs):
         if os.path.isdir(entry):
             paths = glob.glob(os.path.join(entry, "**", "*"), recursive=True)
         else:
             paths = glob.glob(entry, recursive=True) or ([entry] if os.path.isfile(entry) else [])
-        found += [p for p in paths if os.path.isfile(p) and Path(p).suffix.lower() in MEDIA_SUFFIXES]
+        found += [p for p in paths if os.path.isfile(p) and Path(p).suffix.lower() in suffixes]
     return sorted(set(found))
+
+
+def takes_audio(model: str) -> bool:
+    """Whether ``model`` (a family name, model type or local folder) is of a family that takes audio."""
+    from ..models import get_family
+    from ..pipeline.folder import _read_json
+
+    name = model
+    if os.path.isdir(model):
+        name = str((_read_json(Path(model) / "config.json") or {}).get("model_type", ""))
+    try:
+        return "audio" in get_family(name).config_class.modalities
+    except KeyError:
+        return False
 
 
 def written_hashes(output: str) -> set[str]:
@@ -176,7 +203,7 @@ def preprocess_dataset(
     import ray
 
     t0 = time.monotonic()
-    paths = list_inputs(inputs)
+    paths = list_inputs(inputs, audio=takes_audio(model))
     done = written_hashes(output)
     os.makedirs(output, exist_ok=True)
     todo = paths

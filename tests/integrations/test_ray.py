@@ -122,3 +122,25 @@ def test_cli_end_to_end(cluster, media, tmp_path, capsys):
     assert out[0].startswith("0 files") and out[1].startswith("1 files: 0 already done, 1 written (0 failed)")
     assert main(["preprocess-dataset", str(folder / "**" / "*.png"), output, "--device", "cpu"]) == 0
     assert "1 already done, 0 written" in capsys.readouterr().out
+
+
+def test_an_omni_worker_writes_audio_rows_and_audio_files_are_listed_for_omni_families(tmp_path):
+    """Without a cluster: the actor's row for an audio file holds the family's input_features for the clip alone,
+    exactly, with the valid frames in grid_thw; audio files are listed only for families that take audio."""
+    import torch
+
+    from gpu_mm import Qwen2_5OmniPreprocessor
+    from gpu_mm.media.synth import make_audio
+
+    data = make_audio(2.5, 44100, codec="flac", fmt="flac")
+    (tmp_path / "a.flac").write_bytes(data)
+    (tmp_path / "b.jpg").write_bytes(make_image(64, 64, "JPEG"))
+    row = gray.GpuMMWorker("qwen2_5_omni", device="cpu").row(data, str(tmp_path / "a.flac"))
+    want = Qwen2_5OmniPreprocessor("cpu")(audios=[data])
+    assert row["kind"] == "audio" and row["error"] is None
+    assert torch.equal(torch.from_numpy(gray.features_of(row).copy()), want.input_features[0])
+    assert row["grid_thw"] == [1, 128, int(want.feature_attention_mask[0].sum())]
+    assert [os.path.basename(p) for p in gray.list_inputs(str(tmp_path), audio=gray.takes_audio("qwen2_5_omni"))] == [
+        "a.flac", "b.jpg"]
+    assert [os.path.basename(p) for p in gray.list_inputs(str(tmp_path), audio=gray.takes_audio("qwen2_vl"))] == [
+        "b.jpg"]
