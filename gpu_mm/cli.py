@@ -20,16 +20,15 @@ _MODEL_HELP = ("a model family or transformers model_type (qwen2_vl, qwen2_5_vl,
                "model folder whose processor configs to follow (default qwen2_vl)")
 _OPTIONS = ("fps", "nframes", "video_start", "video_end", "min_pixels", "max_pixels", "total_pixels",
             "do_pan_and_scan", "use_audio_in_video")
-_VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
-_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".weba")
 
 
 def _kind_of(source: Any, args: argparse.Namespace) -> str:
     """``image``, ``video`` or ``audio``: as ``--video`` / ``--audio`` say, else by the file's suffix."""
+    from .media.sources import kind_of_path
+
     if args.video or args.audio:
         return "video" if args.video else "audio"
-    name = source.lower() if isinstance(source, str) else ""
-    return "video" if name.endswith(_VIDEO_SUFFIXES) else "audio" if name.endswith(_AUDIO_SUFFIXES) else "image"
+    return kind_of_path(source) if isinstance(source, str) else "image"
 
 
 def _progress(msg: str) -> None:

@@ -39,16 +39,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import GpuMMError, MediaError
+from ..media.sources import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, kind_of_path
 from ..options import RequestOptions
 from ..pipeline import Preprocessor
 
 __all__ = ["AUDIO_SUFFIXES", "COLUMNS", "GpuMMWorker", "MEDIA_SUFFIXES", "Summary", "preprocess_dataset"]
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"})
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".weba"})
-"""Listed for families that take audio (the Omni families)."""
 MEDIA_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
+"""Listed for every family; :data:`AUDIO_SUFFIXES` too for families that take audio (the Omni families)."""
 COLUMNS = ("path", "content_hash", "kind", "model", "features", "features_shape", "grid_thw", "frame_indices",
            "video_fps", "sample_fps", "second_per_grid_ts", "timestamps", "error")
 
@@ -94,8 +92,7 @@ class GpuMMWorker:
 
     def row(self, data: bytes, path: str) -> dict[str, Any]:
         """The row of one file (what the dataset holds for it)."""
-        suffix = Path(path).suffix.lower()
-        kind = "video" if suffix in VIDEO_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES else "image"
+        kind = kind_of_path(path)
         row: dict[str, Any] = {name: None for name in COLUMNS}
         row.update(path=path, content_hash=content_hash(data), kind=kind, model=self.model)
         try:

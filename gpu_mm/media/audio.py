@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DecodeError, GpuMMError, LimitExceeded, UnsupportedMedia, describe
+from ..audio import SAMPLE_RATE
+from ..errors import DecodeError, LimitExceeded, UnsupportedMedia
 from .sources import MediaLimits, Source
-from .video.probe import open_av
+from .video.probe import read_av
 
 __all__ = ["AudioClip", "AudioInfo", "MAX_SOURCE_RATE", "SAMPLE_RATE", "decode_audio", "probe_audio"]
 
-SAMPLE_RATE = 16000
 MAX_SOURCE_RATE = 768_000
 """The highest source sample rate accepted (FFmpeg's own limit for most codecs); anything above is refused."""
 
@@ -69,15 +69,11 @@ def probe_audio(src: Source, limits: MediaLimits = MediaLimits(), *, required: b
     """
     if src.kind != "encoded":
         raise UnsupportedMedia(src.item, "audio must be encoded bytes (a file, bytes, a data URI, base64)")
-    try:
-        with open_av(src, "audio or video") as container:
-            if not container.streams.audio and not required:
-                return None
-            return _header(container, src, limits)
-    except (GpuMMError, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever FFmpeg or PyAV raise on a corrupt header
-        raise DecodeError(src.item, f"cannot read the audio header: {describe(exc)}") from None
+    def read(container: Any) -> AudioInfo | None:
+        return None if not container.streams.audio and not required else _header(container, src, limits)
+
+    info: AudioInfo | None = read_av(src, read, what="audio or video", failure="cannot read the audio header")
+    return info
 
 
 def decode_audio(src: Source, limits: MediaLimits = MediaLimits()) -> AudioClip:
@@ -90,13 +86,9 @@ def decode_audio(src: Source, limits: MediaLimits = MediaLimits()) -> AudioClip:
     """
     if src.kind != "encoded":
         raise UnsupportedMedia(src.item, "audio must be encoded bytes (a file, bytes, a data URI, base64)")
-    try:
-        with open_av(src, "audio or video") as container:
-            return _decode(container, src, limits)
-    except (GpuMMError, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever FFmpeg or PyAV raise on a corrupt stream
-        raise DecodeError(src.item, f"cannot decode audio: {describe(exc)}") from None
+    clip: AudioClip = read_av(src, lambda container: _decode(container, src, limits), what="audio or video",
+                              failure="cannot decode audio")
+    return clip
 
 
 def _header(container: Any, src: Source, limits: MediaLimits) -> AudioInfo:

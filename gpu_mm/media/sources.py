@@ -107,6 +107,18 @@ class Source:
     pixels: Any = None
 
 
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".weba"})
+"""File name suffixes of each kind of media (the command line and dataset runs sort files by them)."""
+
+
+def kind_of_path(path: str) -> Literal["image", "video", "audio"]:
+    """``video`` or ``audio`` by a file name's suffix, else ``image``."""
+    suffix = os.path.splitext(path)[1].lower()
+    return "video" if suffix in VIDEO_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES else "image"
+
+
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?)(?P<b64>;base64)?,", re.I)
 _B64ISH = re.compile(r"[A-Za-z0-9+/=\s_-]+")
 _MAX_NESTING = 4

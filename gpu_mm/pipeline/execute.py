@@ -147,6 +147,10 @@ class Executor:
         if item.out is not None:
             into_block(item, pv)
             return item.out
+        return self._placed(slot, pv)
+
+    def _placed(self, slot: Slot, pv: torch.Tensor) -> torch.Tensor:
+        """A finished tensor on the device, the CPU or pinned host memory, as ``output`` says."""
         if self.output == "device" and pv.device.type == "cuda" and slot.stream is not None:
             # Allocated on the slot's stream, read by the caller on its own (usually the default stream):
             # once the caller frees it, the block must not go to the slot's next item before the default
@@ -167,15 +171,8 @@ class Executor:
         on the slot's device and placed as :meth:`place` places rows; the time goes to each item's
         ``audio_features`` stage."""
         t0 = time.perf_counter()
-        device = torch.device(slot.device)
-        out = self.config.audio_features(clips, device)
-        if self.output == "device" and device.type == "cuda" and slot.stream is not None:
-            for t in out.values():
-                t.record_stream(torch.cuda.default_stream(device))
-        elif self.output == "cpu" and device.type != "cpu":
-            out = {k: t.to("cpu") for k, t in out.items()}
-        elif self.output == "pinned":
-            out = {k: t.to("cpu").pin_memory() for k, t in out.items()}
+        features = self.config.audio_features(clips, torch.device(slot.device))
+        out = {k: self._placed(slot, t) for k, t in features.items()}
         share = (time.perf_counter() - t0) / max(len(items), 1)
         for item in items:
             item.timer.add("audio_features", share)

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..audio import SAMPLE_RATE
 from ..models.base import VideoSampling
 from .execute import into_block
 from .plan import Item
@@ -116,7 +117,7 @@ def _audio_report(item: Item, samples: torch.Tensor, decoded: Any, clip: int, au
     return ItemReport(kind="audio", item=item.plan.src.item, source_size=(0, 0), resized=(0, 0),
                       grid_thw=(1, bins, frames), num_tokens=cfg.audio_token_count(frames) if frames else 0,
                       decoder=str(decoded), timings=dict(item.timer.stages), cache=item.cache_state, decoded=decoded,
-                      working_bytes=item.plan.nbytes, seconds=samples.numel() / 16000)
+                      working_bytes=item.plan.nbytes, seconds=samples.numel() / SAMPLE_RATE)
 
 
 def join(parts: list[torch.Tensor], *, pinned: bool) -> torch.Tensor:

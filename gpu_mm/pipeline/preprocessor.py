@@ -438,9 +438,7 @@ class Preprocessor(Closeable, Generic[F]):
         NVDEC sessions) and process go as its thread exits, the synchronous API's decoders now (a call still
         running keeps its own until it returns)."""
         self._closed = True
-        self.cache.clear()
-        for slot in list(self._sync_slots):
-            slot.state.clear()
+        self._drop_held()
         if self._slots is not None:
             self._slots.close()
         if self._io is not None:
@@ -448,13 +446,18 @@ class Preprocessor(Closeable, Generic[F]):
 
     shutdown = close
 
+    def _drop_held(self) -> None:
+        """What a closed preprocessor lets go at once: its cache and the synchronous API's decoders (a call still
+        running keeps its own until it returns; the slots' threads drop theirs as they exit)."""
+        self.cache.clear()
+        for slot in list(self._sync_slots):
+            slot.state.clear()
+
     async def aclose(self) -> None:
         """:meth:`close`, then wait for running work (abandoned work included) to end (the slots' threads drop
         their decoders and processes as they exit)."""
         self._closed = True
-        self.cache.clear()
-        for slot in list(self._sync_slots):
-            slot.state.clear()
+        self._drop_held()
         if self._slots is not None:
             await self._slots.aclose()  # the slot threads close their processes as they exit
         if self._io is not None:

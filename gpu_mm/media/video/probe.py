@@ -72,6 +72,19 @@ def open_av(src: Source, what: str = "video") -> Any:
         raise DecodeError(src.item, f"cannot open {what}: {_describe(exc)}") from None
 
 
+def read_av(src: Source, read: Any, *, what: str = "video", failure: str = "cannot read video") -> Any:
+    """``read(container)`` on ``src``'s bytes opened by PyAV (:func:`open_av`, closed after): gpu-mm's typed errors
+    pass, anything else FFmpeg or PyAV raise on a hostile or corrupt stream is a :class:`DecodeError` naming the
+    item (``failure``: what could not be done)."""
+    try:
+        with open_av(src, what) as container:
+            return read(container)
+    except (GpuMMError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever FFmpeg or PyAV raise on a hostile container
+        raise DecodeError(src.item, f"{failure}: {_describe(exc)}") from None
+
+
 _ROTATION_TO_ORIENTATION = {90: 8, 180: 3, 270: 6}
 """A counter-clockwise display rotation as the EXIF orientation that shows a frame the same way."""
 
@@ -102,13 +115,8 @@ def probe_video(src: Source, limits: MediaLimits = MediaLimits()) -> VideoInfo:
     """
     if src.kind != "encoded":
         raise UnsupportedMedia(src.item, "probe_video needs encoded bytes")
-    try:
-        with open_av(src) as container:
-            return _probe(container, src, limits)
-    except (GpuMMError, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever FFmpeg or PyAV raise on a hostile container
-        raise DecodeError(src.item, f"cannot read video: {_describe(exc)}") from None
+    info: VideoInfo = read_av(src, lambda container: _probe(container, src, limits))
+    return info
 
 
 def _probe(container: Any, src: Source, limits: MediaLimits) -> VideoInfo:
