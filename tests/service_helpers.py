@@ -1,10 +1,13 @@
-"""A ``gpu-mm serve`` application run on a thread of its own, for tests and the engines' scenarios."""
+"""A ``gpu-mm serve`` application run on a thread of its own, for tests and the engines' scenarios, and what they
+observe of gpu-mm: requests a service answered, calls a function got."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
+import urllib.request
 
 from gpu_mm.serve import build_app, unix_socket
 
@@ -49,3 +52,24 @@ def serving(tmp_path, model: str = "qwen2_vl", state: dict | None = None, **sett
     finally:
         state["loop"].call_soon_threadsafe(state["loop"].stop)
         thread.join(30)
+
+
+def served(tcp: str, client: str = "drop-ins") -> float:
+    """Requests the service at ``tcp`` answered ``ok`` for the client named ``client`` (its /metrics)."""
+    text = urllib.request.urlopen(f"{tcp}/metrics", timeout=30).read().decode()
+    pattern = rf'gpu_mm_client_requests_total\{{client="{re.escape(client)}",outcome="ok"\}} (\S+)'
+    return sum(float(v) for v in re.findall(pattern, text))
+
+
+def counting(owner, name: str) -> tuple[list, object]:
+    """Count the calls of ``owner.name`` from now on: returns the list that gets one entry per call (the first
+    argument's type name) and a function that puts the original back."""
+    original = getattr(owner, name)
+    calls: list = []
+
+    def counted(*args, **kwargs):
+        calls.append(type(args[0]).__name__ if args else None)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, counted)
+    return calls, lambda: setattr(owner, name, original)

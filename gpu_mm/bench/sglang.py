@@ -108,11 +108,11 @@ def build(model_type: str, server_args: Any, **settings: Any) -> tuple[Any, Any]
 
 
 async def call(processor: Any, text: str | None, images: list[Any] | None = None, videos: list[Any] | None = None,
-               prompt: list[int] | None = None) -> Any:
+               prompt: list[int] | None = None, audios: list[Any] | None = None) -> Any:
     """One request, as SGLang's TokenizerManager sends it (``prompt``: the prompt as token ids instead)."""
     from sglang.srt.managers.io_struct import GenerateReqInput
 
-    req = GenerateReqInput(text=text, image_data=images, video_data=videos, rid="bench")
+    req = GenerateReqInput(text=text, image_data=images, video_data=videos, audio_data=audios, rid="bench")
     return await processor.process_mm_data_async(image_data=req.image_data, audio_data=req.audio_data,
                                                  input_text=text if prompt is None else prompt, request_obj=req,
                                                  max_req_input_len=1 << 20)

@@ -28,7 +28,7 @@ from gpu_mm.pipeline.execute import Executor
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 from media_helpers import make_image, make_video
-from service_helpers import serving
+from service_helpers import counting, served, serving
 
 allow_cpu_video()
 
@@ -231,24 +231,7 @@ async def families(server_args):
         result = {"components": [type(getattr(ours._processor, a, None)).__name__
                                  for a in ("image_processor", "video_processor")]}
         for name, (text, images, videos) in requests.items():
-            got = {}
-            for side, proc in (("gpu_mm", ours), ("sglang", theirs)):
-                try:
-                    got[side] = await call(proc, text, images, videos)
-                except Exception as exc:  # noqa: BLE001 - reported to the test, which decides
-                    got[side] = f"{type(exc).__name__}: {exc}"[:300]
-            a, b = got["gpu_mm"], got["sglang"]
-            if isinstance(a, str) or isinstance(b, str):
-                result[name] = {"gpu_mm_error": a if isinstance(a, str) else None,
-                                "sglang_error": b if isinstance(b, str) else None}
-                continue
-            result[name] = {
-                "same_ids": list(a.input_ids) == list(b.input_ids), "n_ids": len(a.input_ids),
-                "items": _items(a), "same_items": _items(a) == _items(b),
-                "feature_max_abs_diff": feature_diff(a, b),
-                "same_mrope": (a.mrope_positions is None and b.mrope_positions is None)
-                or bool(torch.equal(torch.as_tensor(a.mrope_positions), torch.as_tensor(b.mrope_positions))),
-            }
+            result[name] = await side_by_side(ours, theirs, text, images, videos)
         out[model_type] = result
         computed |= {type(d).__name__ for d in list(hf._PREPROCESSORS.keys())}
         # GPU_MM_SERVICE=unix://...: the same requests with the drop-ins' calls sent to a service of the family (one
@@ -266,19 +249,33 @@ async def families(server_args):
                         "feature_max_abs_diff": feature_diff(a, b)}
             finally:
                 use_service(None)
-            result["served"] = _served(tcp)
+            result["served"] = served(tcp)
     out["drop_ins_that_computed"] = sorted(computed)
     return out
 
 
-def _served(tcp):
-    """Requests a service answered for the drop-ins (its /metrics)."""
-    import re
-    import urllib.request
-
-    text = urllib.request.urlopen(f"{tcp}/metrics", timeout=30).read().decode()
-    return sum(float(v) for v in re.findall(
-        r'gpu_mm_client_requests_total\{client="drop-ins",outcome="ok"\} (\S+)', text))
+async def side_by_side(ours, theirs, text, images, videos, audios=None):
+    """One request through the plug-in's processor and SGLang's own: what failed, or how the two outputs compare
+    (ids, items, per-item tensors, M-RoPE positions, features)."""
+    got = {}
+    for side, proc in (("gpu_mm", ours), ("sglang", theirs)):
+        try:
+            got[side] = await call(proc, text, images, videos, audios=audios)
+        except Exception as exc:  # noqa: BLE001 - reported to the test, which decides
+            got[side] = f"{type(exc).__name__}: {exc}"[:300]
+    a, b = got["gpu_mm"], got["sglang"]
+    if isinstance(a, str) or isinstance(b, str):
+        return {"gpu_mm_error": a if isinstance(a, str) else None, "sglang_error": b if isinstance(b, str) else None}
+    return {
+        "same_ids": list(a.input_ids) == list(b.input_ids), "n_ids": len(a.input_ids),
+        "items": _items(a), "same_items": _items(a) == _items(b),
+        "feature_max_abs_diff": feature_diff(a, b),
+        "same_extra": all(torch.equal(torch.as_tensor(x.model_specific_data[k]),
+                                      torch.as_tensor(y.model_specific_data[k]))
+                          for x, y in zip(a.mm_items, b.mm_items) for k in x.model_specific_data),
+        "same_mrope": (a.mrope_positions is None and b.mrope_positions is None)
+        or bool(torch.equal(torch.as_tensor(a.mrope_positions), torch.as_tensor(b.mrope_positions))),
+    }
 
 
 async def omni(server_args):
@@ -296,14 +293,7 @@ async def omni(server_args):
 
     from family_folders import omni_folder
 
-    log_mels: list[int] = []
-    log_mel = hf.log_mel
-
-    def counted_log_mel(*args, **kwargs):
-        log_mels.append(1)
-        return log_mel(*args, **kwargs)
-
-    hf.log_mel = counted_log_mel
+    log_mels, restore = counting(hf, "log_mel")
     folder = omni_folder("qwen3_omni_moe", tempfile.mkdtemp(prefix="gpu-mm-qwen3-omni-"))
     config = transformers.AutoConfig.from_pretrained(folder)
     theirs = QwenVLImageProcessor(config, server_args, transformers.AutoProcessor.from_pretrained(folder), "default")
@@ -321,32 +311,10 @@ async def omni(server_args):
     out = {"components": [type(getattr(ours._processor, a, None)).__name__
                           for a in ("image_processor", "video_processor", "feature_extractor")]}
     for name, (text, images, videos, audios) in requests.items():
-        got = {}
-        for side, proc in (("gpu_mm", ours), ("sglang", theirs)):
-            req = GenerateReqInput(text=text, image_data=images, video_data=videos, audio_data=audios, rid=name)
-            try:
-                got[side] = await proc.process_mm_data_async(
-                    image_data=req.image_data, audio_data=req.audio_data, input_text=text, request_obj=req,
-                    max_req_input_len=1 << 20)
-            except Exception as exc:  # noqa: BLE001 - reported to the test, which decides
-                got[side] = f"{type(exc).__name__}: {exc}"[:300]
-        a, b = got["gpu_mm"], got["sglang"]
-        if isinstance(a, str) or isinstance(b, str):
-            out[name] = {"gpu_mm_error": a if isinstance(a, str) else None,
-                         "sglang_error": b if isinstance(b, str) else None}
-            continue
-        out[name] = {
-            "same_ids": list(a.input_ids) == list(b.input_ids), "n_ids": len(a.input_ids),
-            "items": _items(a), "same_items": _items(a) == _items(b),
-            "feature_max_abs_diff": feature_diff(a, b),
-            "same_extra": all(torch.equal(torch.as_tensor(x.model_specific_data[k]),
-                                          torch.as_tensor(y.model_specific_data[k]))
-                              for x, y in zip(a.mm_items, b.mm_items) for k in x.model_specific_data),
-            "same_mrope": bool(torch.equal(torch.as_tensor(a.mrope_positions), torch.as_tensor(b.mrope_positions))),
-        }
+        out[name] = await side_by_side(ours, theirs, text, images, videos, audios)
     out["log_mel_calls"] = len(log_mels)
     out["drop_ins_that_computed"] = sorted({type(d).__name__ for d in list(hf._PREPROCESSORS.keys())})
-    hf.log_mel = log_mel
+    restore()
     return out
 
 

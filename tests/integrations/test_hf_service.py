@@ -4,9 +4,6 @@ spec) and give the in-process drop-in's output bit for bit; another family's dro
 
 from __future__ import annotations
 
-import re
-import urllib.request
-
 import numpy as np
 import pytest
 import torch
@@ -22,17 +19,11 @@ from gpu_mm.integrations.hf import (  # noqa: E402
 from gpu_mm.integrations.service import use_service  # noqa: E402
 from gpu_mm.media.synth import pattern  # noqa: E402
 
-from service_helpers import serving  # noqa: E402
+from service_helpers import served, serving  # noqa: E402
 
 IMAGES = [torch.from_numpy(pattern(140, 180, seed=s)).permute(2, 0, 1).contiguous() for s in (1, 2)]
 VIDEO = torch.from_numpy(np.stack([np.roll(pattern(96, 128, seed=4), 3 * t, axis=1) for t in range(8)])).permute(
     0, 3, 1, 2).contiguous()
-
-
-def _served(tcp: str) -> float:
-    text = urllib.request.urlopen(f"{tcp}/metrics", timeout=30).read().decode()
-    return sum(float(v) for v in re.findall(r'gpu_mm_client_requests_total\{client="drop-ins",outcome="ok"\} (\S+)',
-                                            text))
 
 
 def _calls():
@@ -55,9 +46,9 @@ def test_drop_in_calls_go_to_the_service_and_give_the_in_process_output(tmp_path
                 got = call()
                 assert set(got) == set(want[name]), name
                 assert all(torch.equal(got[k], want[name][k]) for k in got), name
-            assert _served(tcp) == len(want)
+            assert served(tcp) == len(want)
             glm = GpuMMGlm4vImageProcessor()(images=IMAGES, return_tensors="pt")  # another family: in-process
-            assert all(torch.equal(glm[k], glm_want[k]) for k in glm) and _served(tcp) == len(want)
+            assert all(torch.equal(glm[k], glm_want[k]) for k in glm) and served(tcp) == len(want)
         finally:
             use_service(None)
 

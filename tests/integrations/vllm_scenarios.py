@@ -26,6 +26,7 @@ from gpu_mm.bench.vllm import IMAGE_TOKEN, VIDEO_TOKEN, Engine, data_uri, model_
 
 from family_folders import OMNI_SPECIAL, family_folder, omni_folder
 from media_helpers import make_image, make_video
+from service_helpers import counting, served, serving
 
 # 45 frames at 15 fps = 3 s; the Qwen rule samples 2 fps -> 6 frames (3 temporal steps).
 VIDEO = make_video(45, 120, 160, fps=15)
@@ -163,12 +164,8 @@ def client_mode(stock, ours):
     here, serving the qwen2_vl family with its defaults: each call brings its own settings) in shared memory; the
     same requests as in-process give vLLM's own ids, placeholders and features, and the service computed them."""
     import pathlib
-    import re
-    import urllib.request
 
     from gpu_mm.integrations.service import use_service
-
-    from service_helpers import serving
 
     out = {}
     folder = pathlib.Path(tempfile.mkdtemp(prefix="gpu-mm-vllm-service-"))
@@ -180,9 +177,7 @@ def client_mode(stock, ours):
                 out[key] = compare(stock[("qwen2_5_vl", mode)], ours[("qwen2_5_vl", mode)])
         finally:
             use_service(None)
-        text = urllib.request.urlopen(f"{tcp}/metrics", timeout=30).read().decode()
-    served = re.findall(r'gpu_mm_client_requests_total\{client="drop-ins",outcome="ok"\} (\S+)', text)
-    out["served"] = sum(float(v) for v in served)
+        out["served"] = served(tcp)
     return out
 
 
@@ -501,28 +496,12 @@ def main():
                                                                                            ours[(m, n)], video_only)
                                      for m in model_types for n in (True, False)}
     ours.update({(m, True): build_ours(m, True) for m in families})
-    # Which of vLLM's own InternVL processors computed with gpu-mm: counted where they call it (test-side).
-    from gpu_mm.integrations import vllm_internvl
+    # Which of vLLM's own InternVL processors computed with gpu-mm: counted where they call it (test-side); the
+    # Whisper feature extractor drop-in's log-mels counted the same way.
+    from gpu_mm.integrations import hf, vllm_internvl
 
-    chat_calls: list[str] = []
-    run = vllm_internvl._run
-
-    def counted(owner, config, **call):
-        chat_calls.append(type(owner).__name__)
-        return run(owner, config, **call)
-
-    vllm_internvl._run = counted
-    # The Whisper feature extractor drop-in's calls, counted the same way.
-    from gpu_mm.integrations import hf
-
-    log_mels: list[int] = []
-    log_mel = hf.log_mel
-
-    def counted_log_mel(*args, **kwargs):
-        log_mels.append(1)
-        return log_mel(*args, **kwargs)
-
-    hf.log_mel = counted_log_mel
+    chat_calls, _ = counting(vllm_internvl, "_run")
+    log_mels, _ = counting(hf, "log_mel")
     ours_omni = {m: omni_engine(m, "gpu-mm") for m in omni}
     result["omni_components"] = {m: [type(getattr(ours_omni[m].processor.info.get_hf_processor(), a)).__name__
                                      for a in ("image_processor", "video_processor", "feature_extractor")]
