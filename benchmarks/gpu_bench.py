@@ -171,6 +171,15 @@ def main() -> int:
         return {**t, "images_per_s": 64 / t["p50_ms"] * 1e3, "device": str(feats.pixel_values.device),
                 "stages_ms_one": {k: v * 1e3 for k, v in feats.items[0].timings.items()}}
 
+    def images_one_by_one() -> dict[str, Any]:
+        """The same batch with each decoded image resized and normalized on its own (the path before same-size
+        images were finished together): what finishing them together gains, measured in the same run."""
+        from unittest import mock
+
+        singles = lambda group, images, figures: [[k] for k in range(len(group))]  # noqa: E731
+        with mock.patch("gpu_mm.pipeline.execute.same_size_runs", singles):
+            return images()
+
     def hf_images() -> dict[str, Any]:
         from PIL import Image
         from transformers import Qwen2VLImageProcessor
@@ -218,6 +227,7 @@ def main() -> int:
         section("kernel", kernel_bandwidth)
     if "jpeg" in parts:
         section("jpeg_batch64_gpu_mm", images)
+        section("jpeg_batch64_gpu_mm_finished_one_by_one", images_one_by_one)
         section("jpeg_batch64_decode_only", jpeg_decode_only)
         section("jpeg_batch64_hf_cuda", hf_images)
     if "video" in parts:

@@ -132,6 +132,9 @@ class FeatureCache:
         nbytes = rows.numel() * rows.element_size()
         if not self.enabled or nbytes > self.max_bytes:
             return
+        if rows.untyped_storage().nbytes() > nbytes:
+            # A slice of a batch's rows would keep the whole batch alive, uncounted: keep a copy of its own.
+            rows = rows.clone()
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:

@@ -344,7 +344,8 @@ def normalize_patchify(
     dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Normalize uint8 ``[T, C, H, W]`` and lay it out as patch rows (:func:`patchify`'s order), as ``dtype``.
+    """Normalize uint8 ``[T, C, H, W]`` and lay it out as patch rows (:func:`patchify`'s order), as ``dtype``;
+    ``[B, T, C, H, W]``: B items of one size, each item's rows after the previous item's (the grid is one item's).
 
     The result is bit-identical to transformers' (normalize the frames in float32, ``(x - 255 mean) /
     (255 std)``, then lay out the patches, then ``.to(dtype)``), computed with fewer passes over memory. On
@@ -356,6 +357,8 @@ def normalize_patchify(
     """
     if out is not None and out.dtype != dtype:
         raise ValueError(f"out must be {dtype}, got {out.dtype}")
+    if frames.ndim == 5:
+        return _item_by_item(frames, out, dtype, patch_size, temporal_patch_size, merge_size, mean=mean, std=std)
     if dtype == torch.uint8:
         return patch_rows(frames, patch_size, temporal_patch_size, merge_size, out=out)
     if _kernel_takes(frames, dtype):
@@ -364,6 +367,20 @@ def normalize_patchify(
         pv, grid = patchify(normalize(frames, mean, std), patch_size, temporal_patch_size, merge_size, out=out)
         return pv.to(dtype), grid
     return _normalize_patchify_torch(frames, mean, std, patch_size, temporal_patch_size, merge_size, out)
+
+
+def _item_by_item(frames: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype, p: int, tp: int, m: int,
+                  **kw: Any) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """:func:`normalize_patchify` of ``[B, T, C, H, W]`` items, one at a time, each into its slice of one output."""
+    b, t, c, h, w = frames.shape
+    gh, gw = _grid_hw(h, w, p, m)
+    grid = (-(-t // tp), gh, gw)
+    per = grid[0] * gh * gw
+    out = _rows_out(out, b * per, c * tp * p * p, dtype, frames.device)
+    for k in range(b):
+        normalize_patchify(frames[k], patch_size=p, temporal_patch_size=tp, merge_size=m, dtype=dtype,
+                           out=out[k * per : (k + 1) * per], **kw)
+    return out, grid
 
 
 def _normalize_patchify_torch(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], patch_size: int,

@@ -42,17 +42,21 @@ def _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, y0, x0, cols, 
 
 # The sizes are runtime values: without do_not_specialize Triton compiles a variant per size class (== 1,
 # divisible by 16), and a new variant compiles inside a slot job, against its deadline.
-@triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW"])
+@triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS"])
 def _normalize_patchify_kernel(
-    src_ptr,  # uint8 [T, C, H, W], contiguous
-    out_ptr,  # [rows, C * TP * P * P]
+    src_ptr,  # uint8 [B, T, C, H, W], contiguous
+    out_ptr,  # [B * rows, C * TP * P * P]
     mean_ptr,  # float32 [C], already * 255
     std_ptr,  # float32 [C], already * 255
     lut_ptr,  # float32 [C, 256]: (level - mean) / std
     T, H, W, GH, GW,
+    ITEM_PIXELS, ITEM_ROWS,  # one item's source elements (T*C*H*W) and output rows; program axis 1 is the item
     C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
     ROW: tl.constexpr, BLOCK: tl.constexpr, LUT: tl.constexpr,
 ):
+    item = tl.program_id(1).to(tl.int64)
+    src_ptr += item * ITEM_PIXELS
+    out_ptr += item * ITEM_ROWS * ROW
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < ROW
@@ -72,13 +76,16 @@ def _normalize_patchify_kernel(
 
 # One program per merge block (M*M consecutive output rows, which share their frame rows: runs of M*P bytes
 # instead of P); with LUT, the default (see VARIANTS for the H200's timings of both kernels).
-@triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW"])
+@triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS"])
 def _normalize_patchify_block_kernel(
     src_ptr, out_ptr, mean_ptr, std_ptr, lut_ptr,
-    T, H, W, GH, GW,
+    T, H, W, GH, GW, ITEM_PIXELS, ITEM_ROWS,
     C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
     ROW: tl.constexpr, BLOCK: tl.constexpr, LUT: tl.constexpr, RB: tl.constexpr,
 ):
+    item = tl.program_id(1).to(tl.int64)
+    src_ptr += item * ITEM_PIXELS
+    out_ptr += item * ITEM_ROWS * ROW
     blk = tl.program_id(0).to(tl.int64)
     per_t = (GH // M) * (GW // M)
     gt = blk // per_t
@@ -125,30 +132,36 @@ def fused_normalize_patchify(
     out: torch.Tensor | None = None,
     variant: str = "block-lut",
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Normalize uint8 ``[T, C, H, W]`` frames and lay them out as Qwen2-VL ``pixel_values`` rows.
+    """Normalize uint8 ``[T, C, H, W]`` frames and lay them out as Qwen2-VL ``pixel_values`` rows; or
+    ``[B, T, C, H, W]``: B items of one size in one launch, each item's rows after the previous item's, the same
+    bits as one call per item.
 
     Args:
-        out: optional preallocated ``[rows, C*tp*p*p]`` output (e.g. from a reused pool).
+        out: optional preallocated ``[rows, C*tp*p*p]`` output (e.g. from a reused pool), all items' rows.
         variant: one of :data:`VARIANTS` (``"block-lut"`` the default, measured fastest; all are timed side by
             side by ``benchmarks/gpu_bench.py``); the same bits every way.
 
     Returns:
-        (pixel_values, (grid_t, grid_h, grid_w)).
+        (pixel_values, (grid_t, grid_h, grid_w)): the grid of one item.
     """
-    if frames.dtype != torch.uint8 or frames.ndim != 4:
-        raise ValueError(f"frames must be uint8 [T, C, H, W], got {frames.dtype} {tuple(frames.shape)}")
-    t, c, h, w = frames.shape
+    if frames.dtype != torch.uint8 or frames.ndim not in (4, 5):
+        raise ValueError(f"frames must be uint8 [T, C, H, W] or [B, T, C, H, W], got {frames.dtype} "
+                         f"{tuple(frames.shape)}")
+    items = frames.shape[0] if frames.ndim == 5 else 1
+    t, c, h, w = frames.shape[-4:]
     factor = patch_size * merge_size
     if h % factor or w % factor:
         raise ValueError(f"frame size {h}x{w} is not a multiple of {factor}")
     frames = frames.contiguous()
     gt = -(-t // temporal_patch_size)
     gh, gw = h // patch_size, w // patch_size
-    rows, row = gt * gh * gw, c * temporal_patch_size * patch_size * patch_size
+    item_rows, row = gt * gh * gw, c * temporal_patch_size * patch_size * patch_size
+    rows = items * item_rows
     if out is None:
         out = torch.empty((rows, row), dtype=dtype, device=frames.device)
-    elif out.shape != (rows, row) or out.dtype != dtype or out.device != frames.device:
-        raise ValueError(f"out must be {dtype} {(rows, row)} on {frames.device}, got {out.dtype} {tuple(out.shape)}")
+    elif out.shape != (rows, row) or out.dtype != dtype or out.device != frames.device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} {(rows, row)} tensor on {frames.device}, got {out.dtype} "
+                         f"{tuple(out.shape)}")
     m, s = _mean_std(frames, mean, std)  # the reference's float32 constants, so results are bit-identical
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -156,10 +169,11 @@ def fused_normalize_patchify(
     table = _levels(str(frames.device), tuple(float(v) for v in mean), tuple(float(v) for v in std)) if lut else m
     geometry = dict(C=c, TP=temporal_patch_size, P=patch_size, M=merge_size, ROW=row, BLOCK=triton.next_power_of_2(row),
                     LUT=lut)
+    sizes = (t, h, w, gh, gw, t * c * h * w, item_rows)
     if rows and variant.startswith("row"):
-        _normalize_patchify_kernel[(rows,)](frames, out, m, s, table, t, h, w, gh, gw, **geometry)
+        _normalize_patchify_kernel[(item_rows, items)](frames, out, m, s, table, *sizes, **geometry)
     elif rows:
         rb = triton.next_power_of_2(merge_size * merge_size)
-        _normalize_patchify_block_kernel[(rows // (merge_size * merge_size),)](
-            frames, out, m, s, table, t, h, w, gh, gw, **geometry, RB=rb, num_warps=8)
+        _normalize_patchify_block_kernel[(item_rows // (merge_size * merge_size), items)](
+            frames, out, m, s, table, *sizes, **geometry, RB=rb, num_warps=8)
     return out, (gt, gh, gw)

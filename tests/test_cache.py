@@ -137,6 +137,19 @@ class TestBudget:
         cache.put(b"huge", torch.zeros(1000), "x")  # larger than the whole cache: not kept
         assert cache.get(b"huge") is None and cache.statistics().bytes == 3000
 
+    def test_a_slice_of_a_larger_tensor_is_kept_as_its_own_copy(self):
+        """Rows resized and normalized with other images are slices of one tensor: kept as they are, the whole
+        batch would stay alive behind an entry that counts one item's bytes."""
+        cache = FeatureCache(max_bytes=10_000)
+        batch = torch.arange(1000, dtype=torch.float32).reshape(4, 250)
+        cache.put(b"a", batch[1], "a")
+        entry = cache.get(b"a")
+        assert entry is not None and torch.equal(entry.rows, batch[1])
+        assert entry.rows.untyped_storage().nbytes() == 1000 == cache.statistics().bytes
+        whole = torch.zeros(250)
+        cache.put(b"b", whole, "b")  # a tensor of its own is kept without a copy
+        assert cache.get(b"b").rows is whole
+
     def test_never_grows_past_its_budget_over_a_long_run(self):
         pre = Qwen2VLPreprocessor("cpu", cache_bytes=2 * 2**20)
         held = []

@@ -230,3 +230,24 @@ def test_uint8_output_is_the_patch_layout_of_the_raw_pixels(frames, patch):
     assert torch.equal(out, rows)
     with pytest.raises(ValueError, match="uint8"):
         ops.patch_rows(x.float(), patch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+@pytest.mark.parametrize("kernel", ["c", "torch"])
+def test_items_of_one_size_are_their_rows_one_after_another(dtype, kernel, monkeypatch):
+    """``[B, T, C, H, W]`` (a batch of same-size images, as the pipeline resizes them together): each item's rows
+    after the previous item's, the bits of one call per item, with the C kernel and with torch ops."""
+    if kernel == "torch":
+        monkeypatch.setattr(ops, "_cpu_patch", None)
+    elif not ops.cpu_kernel_available():
+        pytest.skip("the C kernel is not built here")
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 256, (3, 1, 3, 56, 84), dtype=torch.uint8, generator=g)
+    rows, grid = ops.normalize_patchify(x, dtype=dtype)
+    each = [ops.normalize_patchify(x[k], dtype=dtype) for k in range(3)]
+    assert grid == each[0][1] == (1, 4, 6)
+    assert torch.equal(rows, torch.cat([r for r, _ in each]))
+    out = torch.zeros_like(rows)
+    assert ops.normalize_patchify(x, dtype=dtype, out=out)[0] is out and torch.equal(out, rows)
+    with pytest.raises(ValueError, match="out must be"):
+        ops.normalize_patchify(x, dtype=dtype, out=out[:-1])

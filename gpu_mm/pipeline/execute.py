@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from ..media.sources import MediaLimits
 from ..media.video import get_video_decoder, rotate_frames
 from ..slots import Slot
 from .devices import _normalize_patchify_impl, same_device
+from .memory import _feature_bytes
 from .plan import Item, ItemPlan
 from .types import Decoded
 
@@ -42,11 +44,48 @@ class Executor:
         images = decode_jpegs([(p.plan.src, p.plan.image_info) for p in group if p.plan.image_info is not None], on)
         share = (time.perf_counter() - t0) / len(group)
         decoded = Decoded(self.image_decoder, batch_size=len(group))
-        out = []
-        for item, image in zip(group, images):
+        for item in group:
             item.timer.add("decode", share)
-            out.append(self._finish(slot, item, image.unsqueeze(0), decoded))
-        return out
+        out: list[tuple[torch.Tensor, Decoded] | None] = [None] * len(group)
+        for members in same_size_runs(group, images, batch_resize_bytes(self.config)):
+            if len(members) == 1:
+                k = members[0]
+                out[k] = self._finish(slot, group[k], images[k].unsqueeze(0), decoded)
+                continue
+            rows = self._finish_together(slot, [group[k] for k in members], [images[k] for k in members])
+            for k, r in zip(members, rows):
+                out[k] = (r, decoded)
+        return [r for r in out if r is not None]
+
+    def _finish_together(self, slot: Slot, items: list[Item], images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Images of one size with one plan (target, no views) stacked, resized in one call and normalized (and
+        patchified) in one launch; each item's rows a slice of the result (placed as :meth:`place` places rows).
+        The same bits as one item at a time: every op computes each image on its own."""
+        cfg = self.config
+        plan = items[0].plan
+        b = len(items)
+        t0 = time.perf_counter()
+        frames = to_device(torch.stack(images), torch.device(slot.device))  # [B, 3, H, W]
+        t1 = time.perf_counter()
+        if plan.presize is not None:
+            frames = ops.resize(frames, plan.presize, "bilinear")
+        frames = ops.resize(frames, plan.target, cfg.image_resample)
+        t2 = time.perf_counter()
+        if cfg.layout == "pixels":
+            rows = torch.empty((b, *cfg.item_shape(plan.grid)), dtype=cfg.output_dtype, device=frames.device)
+            self._normalize_into(frames.unsqueeze(1), rows)
+            parts = list(rows.unbind(0))
+        else:
+            pv, grid = self._normalize_patchify(frames.unsqueeze(1))  # [B, 1, 3, h, w]: B items of one frame
+            if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
+                raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
+            parts = list(pv.chunk(b))
+        t3 = time.perf_counter()
+        for item in items:
+            item.timer.add("transfer", (t1 - t0) / b)
+            item.timer.add("resize", (t2 - t1) / b)
+            item.timer.add("normalize_patchify", (t3 - t2) / b)
+        return [self.place(slot, item, rows) for item, rows in zip(items, parts)]
 
     def run_plans(self, slot: Slot, plans: list[ItemPlan],
                   outs: list[torch.Tensor | None]) -> list[tuple[Decoded, dict[str, float]]]:
@@ -94,14 +133,8 @@ class Executor:
 
     def _upload(self, slot: Slot, item: Item, frames: torch.Tensor) -> torch.Tensor:
         """Frames (uint8 ``[T, 3, H, W]``, any device) on the slot's device."""
-        device = torch.device(slot.device)
         with item.timer.stage("transfer"):
-            if not same_device(frames.device, device):
-                if device.type == "cuda" and frames.device.type == "cpu":
-                    frames = frames.pin_memory().to(device, non_blocking=True)
-                else:
-                    frames = frames.to(device)
-        return frames
+            return to_device(frames, torch.device(slot.device))
 
     def _resize(self, item: Item, frames: torch.Tensor) -> torch.Tensor:
         """Frames shown as displayed, resized to the plan's target."""
@@ -291,6 +324,60 @@ def frame_chunks(decoder: Any, item: Item) -> Any:
             first, k = first + k, 0
     if k:
         yield first, buf[:k]
+
+
+def to_device(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Frames on ``device`` (from the CPU to a GPU through pinned memory, without blocking the host)."""
+    if same_device(frames.device, device):
+        return frames
+    if device.type == "cuda" and frames.device.type == "cpu":
+        return frames.pin_memory().to(device, non_blocking=True)
+    return frames.to(device)
+
+
+def batch_resize_bytes(config: Any) -> Callable[[Item], tuple[int, int]]:
+    """Per item of a batch: (the working bytes its plan reserved beyond its decoded image and its rows, what it
+    holds while resized with others: a stacked copy, float32 copies of the source and the target (torch's CUDA
+    resize works in float32) and the resized image)."""
+    def figures(item: Item) -> tuple[int, int]:
+        (h, w), (th, tw) = item.plan.source_size, item.plan.target
+        reserved = item.plan.nbytes - 3 * h * w - _feature_bytes(item.plan.grid, config)
+        return reserved, (3 + 12) * h * w + (12 + 3) * th * tw
+    return figures
+
+
+def same_size_runs(group: list[Item], images: list[torch.Tensor],
+                   figures: Callable[[Item], tuple[int, int]]) -> list[list[int]]:
+    """A batch's items in runs that can be resized and normalized together: one decoded size, one plan (target,
+    pre-resize, the whole image as it is resized), in order of first appearance, each run cut so that what its
+    members hold together stays within what the whole batch reserved (the budget counts each item once)."""
+    spare = sum(figures(item)[0] for item in group)
+    runs: dict[Any, list[int]] = {}
+    for k, (item, image) in enumerate(zip(group, images)):
+        plan = item.plan
+        key = (tuple(image.shape), plan.target, plan.presize) if _whole_image(plan) else ("alone", k)
+        runs.setdefault(key, []).append(k)
+    out: list[list[int]] = []
+    for members in runs.values():
+        run: list[int] = []
+        held = 0
+        for k in members:
+            need = figures(group[k])[1]
+            if run and held + need > spare:
+                out.append(run)
+                run, held = [], 0
+            run.append(k)
+            held += need
+        out.append(run)
+    return out
+
+
+def _whole_image(plan: ItemPlan) -> bool:
+    """Whether an image becomes its resized self alone (patch rows, or one view of all of it), so that same-size
+    images with the same plan are resized and normalized together."""
+    views = plan.views
+    return plan.kind == "image" and (views is None or (len(views) == 1 and views[0].crop is None
+                                                       and views[0].tile is None and views[0].size == plan.target))
 
 
 def into_block(item: Item, rows: torch.Tensor) -> None:

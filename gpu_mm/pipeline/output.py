@@ -125,9 +125,24 @@ def join(parts: list[torch.Tensor], *, pinned: bool) -> torch.Tensor:
     if len(parts) == 1:
         return parts[0]
     rows = sum(p.shape[0] for p in parts)
+    if not pinned and _adjacent(parts):  # slices of one batch's rows, in order: already one tensor
+        return parts[0].as_strided((rows, *parts[0].shape[1:]), parts[0].stride())
     out = torch.empty((rows, *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device,
                       pin_memory=pinned and parts[0].device.type == "cpu")
     return torch.cat(parts, out=out)
+
+
+def _adjacent(parts: list[torch.Tensor]) -> bool:
+    """Whether contiguous ``parts`` lie one after another in one storage, so that they are one tensor's rows."""
+    first = parts[0]
+    storage = first.untyped_storage().data_ptr()
+    end = first.storage_offset()
+    for p in parts:
+        if (not p.is_contiguous() or p.untyped_storage().data_ptr() != storage or p.storage_offset() != end
+                or p.dtype != first.dtype or p.shape[1:] != first.shape[1:]):
+            return False
+        end += p.numel()
+    return True
 
 
 class LeaseGuard:

@@ -76,6 +76,24 @@ def test_custom_patch_geometry_and_mean_std(device, variant):
     assert torch.equal(fused_normalize_patchify(y, variant=variant, **kw3)[0], ops.normalize_patchify(y, **kw3)[0])
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("b,t,h,w", [(3, 1, 28, 56), (2, 2, 56, 28), (4, 3, 28, 28)])
+def test_items_of_one_size_in_one_launch_equal_one_launch_each(device, b, t, h, w, variant):
+    """``[B, T, C, H, W]``: each item's rows after the previous item's, the bits of one call per item."""
+    device = _on(device)
+    x = torch.randint(0, 256, (b, t, 3, h, w), dtype=torch.uint8, device=device)
+    out, grid = fused_normalize_patchify(x, variant=variant)
+    each = [fused_normalize_patchify(x[k], variant=variant) for k in range(b)]
+    assert grid == each[0][1]
+    assert torch.equal(out, torch.cat([rows for rows, _ in each]))
+    ref, ref_grid = ops.normalize_patchify(x)  # the torch/CPU path takes the same batch, item by item
+    assert ref_grid == grid and torch.equal(out, ref)
+    kw = dict(patch_size=8, temporal_patch_size=2, merge_size=3)  # a block that is not a power of two
+    y = torch.randint(0, 256, (b, t, 3, 48, 72), dtype=torch.uint8, device=device)
+    assert torch.equal(fused_normalize_patchify(y, variant=variant, **kw)[0], ops.normalize_patchify(y, **kw)[0])
+
+
 def test_preallocated_output_and_argument_errors():
     _on("cpu")
     x = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
@@ -88,6 +106,14 @@ def test_preallocated_output_and_argument_errors():
         fused_normalize_patchify(x[..., :27])
     with pytest.raises(ValueError, match="out must be"):
         fused_normalize_patchify(x, out=torch.empty(3, 1176))
+    batch = torch.stack([x, x.flip(0)])
+    buf = torch.empty(8, 1176)
+    out, _ = fused_normalize_patchify(batch, out=buf)
+    assert out is buf and torch.equal(out, ops.normalize_patchify(batch)[0])
+    with pytest.raises(ValueError, match="out must be"):
+        fused_normalize_patchify(batch, out=torch.empty(4, 1176))  # one item's rows, not two
+    with pytest.raises(ValueError, match=r"\[B, T, C, H, W\]"):
+        fused_normalize_patchify(batch[None])
 
 
 _COMPILE = r"""
@@ -101,7 +127,7 @@ out = {"sizes": [p.name for p in kernel.params if not p.is_constexpr and not p.n
        "not_specialized": [p.name for p in kernel.params if p.do_not_specialize]}
 for name, dtype, lut in (("fp32", "*fp32", False), ("bf16", "*bf16", False), ("lut_fp32", "*fp32", True)):
     sig = {"src_ptr": "*u8", "out_ptr": dtype, "mean_ptr": "*fp32", "std_ptr": "*fp32", "lut_ptr": "*fp32",
-           **{n: "i32" for n in ("T", "H", "W", "GH", "GW")},
+           **{n: "i32" for n in ("T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS")},
            **{n: "constexpr" for n in ("C", "TP", "P", "M", "ROW", "BLOCK", "LUT")}}
     consts = {"C": 3, "TP": 2, "P": 14, "M": 2, "ROW": 1176, "BLOCK": 2048, "LUT": lut}
     try:
@@ -166,7 +192,7 @@ def test_sizes_do_not_make_new_kernel_variants():
     result = _compiled()
     if "skip" in result:
         pytest.skip(result["skip"])
-    assert result["sizes"] == ["T", "H", "W", "GH", "GW"]
+    assert result["sizes"] == ["T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS"]
     assert set(result["sizes"]) <= set(result["not_specialized"])
 
 

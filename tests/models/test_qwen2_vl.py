@@ -314,6 +314,87 @@ class TestImageBatches:
             asyncio.run(run())
             assert pool.statistics().leased == 0
 
+    SAME = [make_image(120, 160, "JPEG", seed=s) for s in range(10, 15)]
+
+    @staticmethod
+    def _resizes(monkeypatch) -> list[tuple[int, ...]]:
+        from gpu_mm import ops
+
+        shapes: list[tuple[int, ...]] = []
+        resize = ops.resize
+
+        def spy(frames, size, interpolation="bicubic"):
+            shapes.append(tuple(frames.shape))
+            return resize(frames, size, interpolation)
+
+        monkeypatch.setattr(ops, "resize", spy)
+        return shapes
+
+    def test_same_size_images_are_resized_and_normalized_together(self, pre, monkeypatch):
+        """Same-size JPEGs of a batch go through one resize and one normalize+patchify: the same bits as one
+        by one, whether they are all of the call's images (their rows become the call's without a copy) or
+        mixed with others (rows joined in the call's order)."""
+        shapes = self._resizes(monkeypatch)
+        batched = Qwen2VLPreprocessor("cpu", image_batch=8, cache_bytes=0)
+        alone = batched(images=self.SAME)
+        assert shapes == [(5, 3, 120, 160)]
+        assert torch.equal(alone.pixel_values, pre(images=self.SAME).pixel_values)
+        assert [it.decoded.batch_size for it in alone.items] == [5] * 5
+        shapes.clear()
+        mixed = [self.SAME[0], self.IMAGES[5], *self.SAME[1:3], self.IMAGES[1], self.SAME[3]]
+        a = batched(images=mixed)
+        assert sorted(shapes) == sorted([(4, 3, 120, 160), (1, 3, 90, 64), (1, 3, 60, 90)])
+        b = pre(images=mixed)
+        assert torch.equal(a.pixel_values, b.pixel_values) and torch.equal(a.image_grid_thw, b.image_grid_thw)
+
+    def test_same_size_images_into_a_pool_block_and_the_cache(self, pre):
+        from gpu_mm.handoff import FeaturePool
+
+        ref = pre(images=self.SAME).pixel_values
+        with FeaturePool(max_blocks=2) as pool:
+            batched = Qwen2VLPreprocessor("cpu", image_batch=8, output_pool=pool)
+            feats = batched(images=self.SAME)
+            assert torch.equal(feats.pixel_values, ref)
+            pool.release(feats.handle)
+            stats = batched.cache.statistics()
+            assert stats.entries == 5 and stats.bytes == ref.numel() * ref.element_size()
+            again = batched(images=self.SAME[::-1])  # every item a hit, in another order
+            assert [it.cache for it in again.items] == ["hit"] * 5
+            rows = ref.chunk(5)
+            assert torch.equal(again.pixel_values, torch.cat(rows[::-1]))
+            pool.release(again.handle)
+
+    def test_whole_image_families_batch_too(self, monkeypatch):
+        """Gemma 3 (whole normalized images): same-size images resized together, as one by one."""
+        from gpu_mm import Gemma3Preprocessor
+
+        one = Gemma3Preprocessor("cpu", cache_bytes=0)(images=self.SAME[:3])
+        shapes = self._resizes(monkeypatch)
+        together = Gemma3Preprocessor("cpu", image_batch=4, cache_bytes=0)(images=self.SAME[:3])
+        assert shapes == [(3, 3, 120, 160)]
+        assert torch.equal(together.pixel_values, one.pixel_values)
+        shapes.clear()
+        crops = Gemma3Preprocessor("cpu", image_batch=4, cache_bytes=0)(
+            images=[make_image(300, 900, "JPEG", seed=s) for s in (1, 2)], do_pan_and_scan=True)
+        assert all(s[0] == 1 for s in shapes) and crops.pixel_values.shape[0] == 8  # views: one image at a time
+
+    def test_runs_are_cut_to_what_the_batch_reserved(self):
+        from types import SimpleNamespace
+
+        from gpu_mm.models.base import ImageView
+        from gpu_mm.pipeline.execute import same_size_runs
+
+        def item(target, views=None):
+            return SimpleNamespace(plan=SimpleNamespace(kind="image", target=target, presize=None, views=views))
+
+        tiled = (ImageView((28, 28), tile=(0, 0, 14, 14)),)
+        group = [item((28, 28)), item((28, 28)), item((56, 56)), item((28, 28)), item((28, 28), views=tiled)]
+        images = [torch.empty(3, 30, 30)] * 5
+        assert same_size_runs(group, images, lambda it: (100, 10)) == [[0, 1, 3], [2], [4]]
+        # Five items reserved 500 spare bytes in all: three holding 240 each cannot be resized together.
+        assert same_size_runs(group, images, lambda it: (100, 300)) == [[0], [1], [3], [2], [4]]
+        assert same_size_runs(group, images, lambda it: (100, 240)) == [[0, 1], [3], [2], [4]]
+
     def test_image_batch_must_be_positive(self):
         with pytest.raises(ValueError, match="image_batch"):
             Qwen2VLPreprocessor("cpu", image_batch=0)
