@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
+from gpu_mm import BackendUnavailable
 from gpu_mm.bench.machine import machine_info
 from gpu_mm.media.synth import make_image, make_video
+from gpu_mm.media.video import get_video_decoder
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 
@@ -230,9 +232,18 @@ def main() -> int:
         section("jpeg_batch64_gpu_mm_finished_one_by_one", images_one_by_one)
         section("jpeg_batch64_decode_only", jpeg_decode_only)
         section("jpeg_batch64_hf_cuda", hf_images)
+    try:  # installed and loadable here (the package needs the driver's NVDEC and NVENC libraries)
+        get_video_decoder("pynvvideocodec")
+        nvcodec = True
+    except BackendUnavailable as exc:
+        nvcodec = False
+        res["pynvvideocodec"] = f"not measured: {exc}"
     if "video" in parts:
         section("video_gpu_mm_pyav",
                 lambda: gpu_mm_video(Qwen2VLPreprocessor("cuda", cache_bytes=0, video_decoder="pyav")))
+        if nvcodec:  # the second NVDEC backend, beside DALI and PyAV in the same run
+            section("video_gpu_mm_pynvvideocodec", lambda: gpu_mm_video(
+                Qwen2VLPreprocessor("cuda", cache_bytes=0, video_decoder="pynvvideocodec")))
         if "idx" in plan:
             section("video_hf_cuda_given_frames", hf_video)
         if pre.video_decoder == "dali" and "idx" in plan:
@@ -241,6 +252,10 @@ def main() -> int:
     if "video_concurrency" in parts:
         for slots in (1, 4):
             section(f"video_8_concurrent_pyav_{slots}_slots", lambda slots=slots: video_concurrency("pyav", slots))
+        if nvcodec:
+            for slots in (1, 4):
+                section(f"video_8_concurrent_pynvvideocodec_{slots}_slots",
+                        lambda slots=slots: video_concurrency("pynvvideocodec", slots))
         if pre.video_decoder == "dali":
             for slots in (1, 2, 4):
                 section(f"video_8_concurrent_dali_{slots}_slots", lambda slots=slots: video_concurrency("dali", slots))

@@ -17,8 +17,8 @@ class Decoded:
     """How an item's pixels were obtained."""
 
     backend: str
-    """Video: the decoder's registered name (``pyav``, ``dali``, ``dali-cpu``, ``torchcodec``, ``decord``);
-    images: ``nvjpeg`` or ``cpu`` (libjpeg-turbo or Pillow); ``array``: decoded pixels were given."""
+    """Video: the decoder's registered name (``pyav``, ``dali``, ``dali-cpu``, ``pynvvideocodec``, ``torchcodec``,
+    ``decord``); images: ``nvjpeg`` or ``cpu`` (libjpeg-turbo or Pillow); ``array``: decoded pixels were given."""
     fallback_reason: str | None = None
     """Why the configured video decoder did not decode this item (``backend`` is then ``pyav``)."""
     batch_size: int = 1

@@ -34,7 +34,8 @@ class Settings:
     device: str = _setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N", flag="--device",
                            env="GPU_MM_DEVICE")
     video_decoder: str = _setting("auto", "auto (DALI/NVDEC on CUDA when installed, else PyAV), pyav, dali, "
-                                  "dali-cpu, decord, torchcodec; a codec the decoder lacks falls back to PyAV",
+                                  "dali-cpu, pynvvideocodec (NVDEC), decord, torchcodec; a codec the decoder "
+                                  "lacks falls back to PyAV",
                                   flag="--video-decoder", env="GPU_MM_VIDEO_DECODER")
     image_decoder: str = _setting("auto", "JPEG decoder: auto (nvJPEG on CUDA), nvjpeg, cpu (libjpeg-turbo: "
                                   "transformers' decode of 4:2:0 JPEGs)", flag="--image-decoder",

@@ -41,11 +41,12 @@ DECODE_CALL_BYTES = 1 << 30
 """Decoded frames (uint8 RGB at the source size) one call of a :data:`PER_CALL_DECODERS` decoder may return."""
 
 
-PER_CALL_DECODERS = frozenset({"dali"})
+PER_CALL_DECODERS = frozenset({"dali", "pynvvideocodec"})
 """Decoders asked for as many frames per call as :data:`DECODE_CALL_BYTES` allows, not a chunk at a time: each
 DALI/NVDEC call builds its own demuxer and decoder and decodes every frame from the start of the stream up to its
-last wanted one (a 30 s 720p clip on an H200: ten 6-frame calls 5467 ms, one call 992 ms). Their frames are on
-the GPU, whose budget holds them; the chunks are resized and patchified from the call's frames as before."""
+last wanted one (a 30 s 720p clip on an H200: ten 6-frame calls 5467 ms, one call 992 ms); PyNvVideoCodec reopens
+the source and seeks again on each call. Their frames are on the GPU, whose budget holds them; the chunks are
+resized and patchified from the call's frames as before."""
 
 
 def video_call_frames(size: tuple[int, int], chunk: int, frames: int) -> int:

@@ -68,8 +68,8 @@ class Preprocessor(Closeable, Generic[F]):
             overrides of its fields may be given directly.
         limits: :class:`MediaLimits` applied to every item.
         video_decoder: a registered decoder name: ``"pyav"`` (always there), ``"dali"`` (NVDEC),
-            ``"dali-cpu"``; ``"auto"``: DALI/NVDEC on CUDA when installed, else PyAV. An item whose codec
-            the decoder lacks falls back to PyAV, and its report says so.
+            ``"dali-cpu"``, ``"pynvvideocodec"`` (NVDEC); ``"auto"``: DALI/NVDEC on CUDA when installed, else
+            PyAV. An item whose codec the decoder lacks falls back to PyAV, and its report says so.
         num_slots: device slots. ``None``: :func:`gpu_mm.concurrency.choose` for the device and the cores this
             process may use (CUDA: 1, as SGLang found one GPU worker best; CPU: 1 on one core, 2 on two or
             three, as measured, cores / 2 up to 8 beyond); :attr:`concurrency` says what was chosen and why.

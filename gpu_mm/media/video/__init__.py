@@ -51,6 +51,7 @@ _BACKENDS: dict[str, _Backend] = {
     "torchcodec": _Backend(f"{__name__}.torchcodec:TorchCodecDecoder", ("torchcodec",)),
     "dali": _Backend(f"{__name__}.dali:DALIVideoDecoder", ("nvidia.dali",), ("mixed",)),
     "dali-cpu": _Backend(f"{__name__}.dali:DALIVideoDecoder", ("nvidia.dali",), ("cpu",)),
+    "pynvvideocodec": _Backend(f"{__name__}.nvcodec:PyNvVideoCodecDecoder", ("PyNvVideoCodec",)),
 }
 _lock = threading.Lock()
 
