@@ -164,12 +164,12 @@ def main() -> int:
 
     batch = [jpeg] * 64
 
-    def images() -> dict[str, Any]:
+    def images(p: Qwen2VLPreprocessor = pre) -> dict[str, Any]:
         async def run() -> None:
-            await pre.preprocess(images=batch)
+            await p.preprocess(images=batch)
 
         t = cuda_times(lambda: asyncio.run(run()), 5)
-        feats = pre(images=batch[:1])
+        feats = p(images=batch[:1])
         return {**t, "images_per_s": 64 / t["p50_ms"] * 1e3, "device": str(feats.pixel_values.device),
                 "stages_ms_one": {k: v * 1e3 for k, v in feats.items[0].timings.items()}}
 
@@ -203,6 +203,19 @@ def main() -> int:
         t = cuda_times(lambda: decode_jpeg(data, device="cuda"), 5)
         return {**t, "images_per_s": 64 / t["p50_ms"] * 1e3}
 
+    def nvimgcodec_decode_only() -> dict[str, Any]:
+        """nvImageCodec's batched decode of the same 64 JPEGs alone (its hardware JPEG engines where the chip has
+        them), on one stream, the images handed to torch: the floor under ``image_decoder="nvimgcodec"``."""
+        from gpu_mm.media.image import probe_image
+        from gpu_mm.media.nvimgcodec import NvImageCodecDecoder
+        from gpu_mm.media.sources import load_source
+
+        dec = NvImageCodecDecoder("cuda")
+        src = load_source(jpeg, "image")
+        items = [(src, probe_image(src))] * 64
+        t = cuda_times(lambda: dec.decode(items), 5)
+        return {**t, "images_per_s": 64 / t["p50_ms"] * 1e3}
+
     def video_concurrency(decoder: str, slots: int | None = None, n: int = 8) -> dict[str, Any]:
         """``n`` requests of the clip at once through one preprocessor (``slots`` stream slots; None: its
         default): wall time and the CPU seconds the process spent (what a serving node's other work lost)."""
@@ -231,6 +244,13 @@ def main() -> int:
         section("jpeg_batch64_gpu_mm", images)
         section("jpeg_batch64_gpu_mm_finished_one_by_one", images_one_by_one)
         section("jpeg_batch64_decode_only", jpeg_decode_only)
+        try:
+            with_nvimgcodec = Qwen2VLPreprocessor("cuda", cache_bytes=0, image_decoder="nvimgcodec")
+        except BackendUnavailable as exc:
+            res["nvimgcodec"] = f"not measured: {exc}"
+        else:
+            section("jpeg_batch64_gpu_mm_nvimgcodec", lambda: images(with_nvimgcodec))
+            section("jpeg_batch64_nvimgcodec_decode_only", nvimgcodec_decode_only)
         section("jpeg_batch64_hf_cuda", hf_images)
     try:  # installed and loadable here (the package needs the driver's NVDEC and NVENC libraries)
         get_video_decoder("pynvvideocodec")

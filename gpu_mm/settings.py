@@ -37,9 +37,10 @@ class Settings:
                                   "dali-cpu, pynvvideocodec (NVDEC), decord, torchcodec; a codec the decoder "
                                   "lacks falls back to PyAV",
                                   flag="--video-decoder", env="GPU_MM_VIDEO_DECODER")
-    image_decoder: str = _setting("auto", "JPEG decoder: auto (nvJPEG on CUDA), nvjpeg, cpu (libjpeg-turbo: "
-                                  "transformers' decode of 4:2:0 JPEGs)", flag="--image-decoder",
-                                  env="GPU_MM_IMAGE_DECODER", choices=("auto", "nvjpeg", "cpu"))
+    image_decoder: str = _setting("auto", "JPEG decoder: auto (nvJPEG on CUDA), nvjpeg, nvimgcodec (batched; "
+                                  "hardware JPEG engines on CUDA), cpu (libjpeg-turbo: transformers' decode of "
+                                  "4:2:0 JPEGs)", flag="--image-decoder", env="GPU_MM_IMAGE_DECODER",
+                                  choices=("auto", "nvjpeg", "nvimgcodec", "cpu"))
     workers: str = _setting("auto", "where a slot's pixel work runs: auto (a process of its own per slot on the "
                             "CPU, the slot's thread on CUDA), threads, processes (CPU only)", flag="--workers",
                             env="GPU_MM_WORKERS", choices=("auto", "threads", "processes"))

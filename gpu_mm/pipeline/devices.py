@@ -42,14 +42,22 @@ def same_device(actual: torch.device, wanted: torch.device) -> bool:
     return index == actual_index
 
 
+IMAGE_DECODERS = ("auto", "nvjpeg", "nvimgcodec", "cpu")
+
+
 def choose_image_decoder(name: str, device: str) -> str:
-    """``image_decoder`` resolved for ``device``: ``"nvjpeg"`` or ``"cpu"``.
+    """``image_decoder`` resolved for ``device``: ``"nvjpeg"``, ``"nvimgcodec"`` or ``"cpu"``.
 
     Raises:
         ValueError: an unknown name, or nvJPEG without a CUDA device.
+        BackendUnavailable: nvImageCodec is not installed or cannot load.
     """
-    if name not in ("auto", "nvjpeg", "cpu"):
-        raise ValueError(f"image_decoder must be 'auto', 'nvjpeg' or 'cpu', got {name!r}")
+    if name not in IMAGE_DECODERS:
+        raise ValueError(f"image_decoder must be one of {IMAGE_DECODERS}, got {name!r}")
+    if name == "nvimgcodec":
+        from ..media.nvimgcodec import load_nvimgcodec
+
+        load_nvimgcodec()  # fail now, not per request
     cuda = device.startswith("cuda")
     if name == "nvjpeg" and not cuda:
         raise ValueError(f"image_decoder='nvjpeg' needs a CUDA device, got device={device!r}")

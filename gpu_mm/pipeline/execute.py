@@ -13,7 +13,8 @@ import torch
 from .. import ops
 from ..errors import MediaError
 from ..media.audio import decode_audio
-from ..media.image import decode_image, decode_jpeg_cuda, decode_jpeg_scaled, decode_jpegs
+from ..media.image import decode_image, decode_jpeg_cuda, decode_jpeg_scaled, decode_jpegs, is_plain_jpeg
+from ..media.nvimgcodec import NvImageCodecDecoder
 from ..media.sources import MediaLimits
 from ..media.video import get_video_decoder, rotate_frames
 from ..slots import Slot
@@ -40,8 +41,11 @@ class Executor:
         if len(group) == 1:
             return [self._execute(slot, group[0])]
         t0 = time.perf_counter()
-        on = slot.device if self.image_decoder == "nvjpeg" else "cpu"
-        images = decode_jpegs([(p.plan.src, p.plan.image_info) for p in group if p.plan.image_info is not None], on)
+        jpegs = [(p.plan.src, p.plan.image_info) for p in group if p.plan.image_info is not None]
+        if self.image_decoder == "nvimgcodec":
+            images = self._image_decoder(slot).decode(jpegs)
+        else:
+            images = decode_jpegs(jpegs, slot.device if self.image_decoder == "nvjpeg" else "cpu")
         share = (time.perf_counter() - t0) / len(group)
         decoded = Decoded(self.image_decoder, batch_size=len(group))
         for item in group:
@@ -262,12 +266,23 @@ class Executor:
                 gpu = decode_jpeg_cuda(src, slot.device, self.limits, item.plan.image_info)
                 if gpu is not None:
                     return gpu.unsqueeze(0), Decoded("nvjpeg")
+            info = item.plan.image_info
+            if self.image_decoder == "nvimgcodec" and info is not None and is_plain_jpeg(src, info):
+                return self._image_decoder(slot).decode([(src, info)])[0].unsqueeze(0), Decoded("nvimgcodec")
             return decode_image(src, self.limits, item.plan.image_info).unsqueeze(0), Decoded("cpu")
         assert src.kind == "array" and item.plan.indices is not None
         frames = src.pixels
         if item.plan.indices != list(range(frames.shape[0])):  # every frame in order (a drop-in's call): no copy
             frames = frames[item.plan.indices]
         return frames.permute(0, 3, 1, 2), Decoded("array")
+
+    @staticmethod
+    def _image_decoder(slot: Slot) -> NvImageCodecDecoder:
+        """The slot thread's own nvImageCodec decoder."""
+        decoder = slot.state.get("image_decoder")
+        if decoder is None:
+            decoder = slot.state["image_decoder"] = NvImageCodecDecoder(slot.device)
+        return decoder
 
     @staticmethod
     def _decoder(slot: Slot, name: str) -> Any:

@@ -89,11 +89,14 @@ class Preprocessor(Closeable, Generic[F]):
             ``"pinned"`` (CUDA only) copies them asynchronously into pinned host memory on the slot's
             stream, the slot's completion event covering the copy.
         image_decoder: who decodes JPEGs. ``"auto"``: nvJPEG on CUDA, libjpeg-turbo on the CPU. ``"nvjpeg"``
-            (CUDA only). ``"cpu"``: libjpeg-turbo on the CPU, then the pixels are uploaded (on CUDA: the
-            decode transformers sees, since nvJPEG upsamples 4:2:0 chroma differently from libjpeg-turbo;
+            (CUDA only). ``"nvimgcodec"``: nvImageCodec, a batch per call (on CUDA its hardware JPEG engines where
+            the chip has them, or nvJPEG's decoders; on the CPU its libjpeg-turbo backend on its own threads,
+            the bits of ``"cpu"``). ``"cpu"``: libjpeg-turbo on the CPU, then the pixels are uploaded (on CUDA:
+            the decode transformers sees, since nvJPEG upsamples 4:2:0 chroma differently from libjpeg-turbo;
             4:4:4 JPEGs decode identically; README, "The CUDA path").
         image_batch: plain JPEGs of one call decoded together, up to this many per slot job (default 32 with
-            nvJPEG, which decodes a list in one batched call; 1 with libjpeg-turbo, which gains nothing).
+            nvJPEG or nvImageCodec, which decode a list in one batched call; 1 with libjpeg-turbo, which gains
+            nothing).
         output_pool: a :class:`gpu_mm.handoff.FeaturePool`; features are then written straight into a
             block leased from it (in place on the CPU; by the kernel's ``out=`` on CUDA), ready to hand to
             another process with ``features.handle``.
@@ -164,7 +167,7 @@ class Preprocessor(Closeable, Generic[F]):
             raise ValueError(f"stop_abandoned_after_s must be >= 0 or None, got {stop_abandoned_after_s!r}")
         self.stop_abandoned_after_s = stop_abandoned_after_s
         self.image_decoder = choose_image_decoder(image_decoder, device)
-        """``"nvjpeg"`` or ``"cpu"``: who decodes this preprocessor's JPEGs."""
+        """``"nvjpeg"``, ``"nvimgcodec"`` or ``"cpu"``: who decodes this preprocessor's JPEGs."""
         if output not in ("device", "cpu", "pinned"):
             raise ValueError(f"output must be 'device', 'cpu' or 'pinned', got {output!r}")
         if output_pool is not None and output != "device":
@@ -191,7 +194,7 @@ class Preprocessor(Closeable, Generic[F]):
         if image_batch is not None and image_batch < 1:
             raise ValueError(f"image_batch must be >= 1 or None, got {image_batch!r}")
         # nvJPEG decodes a list in one batched (hardware where present) call; libjpeg-turbo gains nothing.
-        self._image_batch = image_batch or (32 if self.image_decoder == "nvjpeg" else 1)
+        self._image_batch = image_batch or (32 if self.image_decoder in ("nvjpeg", "nvimgcodec") else 1)
         if memory_budget_bytes is None:
             memory_budget_bytes = default_memory_budget(device)
         if memory_budget_bytes < 1:

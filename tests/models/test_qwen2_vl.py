@@ -512,7 +512,8 @@ class TestImageDecoderChoice:
         assert choose_image_decoder(name, device) == chosen
 
     @pytest.mark.parametrize("name,device,message", [
-        ("nvjpeg", "cpu", "needs a CUDA device"), ("pillow", "cpu", "must be 'auto', 'nvjpeg' or 'cpu'"),
+        ("nvjpeg", "cpu", "needs a CUDA device"),
+        ("pillow", "cpu", r"must be one of \('auto', 'nvjpeg', 'nvimgcodec', 'cpu'\)"),
     ])
     def test_refused(self, name, device, message):
         from gpu_mm.pipeline import choose_image_decoder

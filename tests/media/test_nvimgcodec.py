@@ -1,0 +1,110 @@
+"""nvImageCodec as the JPEG decoder: its CPU backend (libjpeg-turbo) here, bit for bit against torchvision's decode
+with gpu-mm's EXIF handling, batched and one by one, through the preprocessor; its CUDA backends under ``cuda``."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from gpu_mm import BackendUnavailable, DecodeError
+from gpu_mm.media.image import decode_jpegs, probe_image
+from gpu_mm.media.sources import load_source
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
+
+from media_helpers import make_image
+
+pytest.importorskip("nvidia.nvimgcodec")
+from gpu_mm.media.nvimgcodec import NvImageCodecDecoder  # noqa: E402
+
+
+def _oriented(h: int, w: int, orientation: int, seed: int) -> bytes:
+    img = Image.open(io.BytesIO(make_image(h, w, "PNG", seed=seed))).convert("RGB")
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+JPEGS = [make_image(100, 200, "JPEG", seed=1), make_image(64, 64, "JPEG", seed=2, subsampling=0),
+         make_image(70, 70, "JPEG", seed=5, mode="L"), *(_oriented(80, 50, o, seed=o) for o in range(1, 9))]
+
+
+def _items(datas: list[bytes]):
+    out = []
+    for i, data in enumerate(datas):
+        src = load_source(data, f"image[{i}]")
+        out.append((src, probe_image(src)))
+    return out
+
+
+def test_cpu_backend_is_torchvisions_decode_with_exif_bit_for_bit():
+    items = _items(JPEGS)
+    got = NvImageCodecDecoder("cpu").decode(items)
+    ref = decode_jpegs(items, "cpu")
+    for (src, info), a, b in zip(items, got, ref):
+        assert a.shape == (3, info.height, info.width) and a.dtype == torch.uint8
+        assert torch.equal(a, b), src.item
+
+
+def test_corrupt_jpegs_are_named():
+    data = make_image(64, 96, "JPEG", seed=9)
+    truncated = data[: data.index(b"\xff\xda") + 40]
+    items = _items([JPEGS[0], truncated, JPEGS[1]])
+    with pytest.raises(DecodeError, match=r"^image\[1\].*nvImageCodec could not decode"):
+        NvImageCodecDecoder("cpu").decode(items)
+
+
+def test_the_preprocessor_with_it_equals_libjpeg_turbo_batched_and_alone():
+    images = [*JPEGS[:4], make_image(60, 90, "PNG", seed=2), JPEGS[6]]
+    ref = Qwen2VLPreprocessor("cpu", cache_bytes=0)(images=images)
+    batched = Qwen2VLPreprocessor("cpu", image_decoder="nvimgcodec", cache_bytes=0)
+    assert batched.image_decoder == "nvimgcodec"
+    feats = batched(images=images)
+    assert torch.equal(feats.pixel_values, ref.pixel_values)
+    assert torch.equal(feats.image_grid_thw, ref.image_grid_thw)
+    jpegs = [it.decoder for i, it in enumerate(feats.items) if i != 4]
+    assert jpegs == ["nvimgcodec, batch of 5"] * 5 and feats.items[4].decoder == "cpu (libjpeg-turbo/pillow)"
+    alone = Qwen2VLPreprocessor("cpu", image_decoder="nvimgcodec", image_batch=1, cache_bytes=0)(images=images)
+    assert torch.equal(alone.pixel_values, ref.pixel_values)
+    assert alone.items[0].decoder == "nvimgcodec"
+
+
+async def test_async_slots_each_build_their_decoder():
+    pre = Qwen2VLPreprocessor("cpu", image_decoder="nvimgcodec", workers="threads", num_slots=2, cache_bytes=0)
+    try:
+        feats = await pre.preprocess(images=JPEGS)
+    finally:
+        await pre.aclose()
+    assert torch.equal(feats.pixel_values, Qwen2VLPreprocessor("cpu", cache_bytes=0)(images=JPEGS).pixel_values)
+
+
+def test_unavailable_is_said_when_the_preprocessor_is_built(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)
+    with pytest.raises(BackendUnavailable, match="nvidia-nvimgcodec-cu13"):
+        Qwen2VLPreprocessor("cpu", image_decoder="nvimgcodec")
+    with pytest.raises(ValueError, match="image_decoder must be one of"):
+        Qwen2VLPreprocessor("cpu", image_decoder="turbo")
+
+
+@pytest.mark.cuda
+def test_cuda_backends_match_nvjpeg_on_444_and_stay_within_its_420_tolerance():
+    """On a card: 4:4:4 JPEGs decode as libjpeg-turbo does (the IDCT and colour conversion agree, as nvJPEG's);
+    4:2:0 within nvJPEG's chroma upsampling bounds (tests/test_cuda_path.py); batched and alone the same."""
+    from test_cuda_path import NVJPEG_420, _levels, _within
+
+    exact = [make_image(720, 1280, "JPEG", subsampling=0, seed=s) for s in range(3)]
+    items = _items(exact)
+    got = NvImageCodecDecoder("cuda").decode(items)
+    assert all(g.is_cuda for g in got)
+    for a, b in zip(got, decode_jpegs(items, "cpu")):
+        assert torch.equal(a.cpu(), b)
+    common = [make_image(1080, 1920, "JPEG", seed=s) for s in range(4)]
+    feats = Qwen2VLPreprocessor("cuda", image_decoder="nvimgcodec", cache_bytes=0)(images=common)
+    cpu = Qwen2VLPreprocessor("cpu", cache_bytes=0)(images=common)
+    assert feats.items[0].decoder == "nvimgcodec, batch of 4"
+    _within(_levels(feats.pixel_values, cpu.pixel_values), NVJPEG_420)
