@@ -13,6 +13,7 @@ __all__ = [
     "InvalidRequest",
     "LimitExceeded",
     "MediaError",
+    "MemoryExhausted",
     "Overloaded",
     "ProcessingTimeout",
     "ProcessorClosed",
@@ -57,6 +58,23 @@ class ServiceUnavailable(GpuMMError, ConnectionError):
 
 class BackendUnavailable(GpuMMError, RuntimeError):
     """Raised when a requested backend (CUDA, DALI, decord, ...) is not installed or usable."""
+
+
+class MemoryExhausted(GpuMMError, MemoryError):
+    """Raised for a call whose work ran out of memory on its device (or the host) although its plan fitted the
+    budget: the device holds more than the budget assumed (an engine's own memory grew, or the budget is set
+    above what is free). Nothing of the call is kept and its slot is free again; a later retry may pass, or lower
+    ``memory_budget_bytes`` (HTTP 503)."""
+
+    status_code = 503
+
+    def __init__(self, item: str, reason: str) -> None:
+        self.item = item
+        self.reason = reason
+        super().__init__(f"{item}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.item, self.reason)
 
 
 class MediaError(GpuMMError, ValueError):

@@ -262,3 +262,23 @@ async def test_device_memory_of_200_mixed_requests_stays_within_the_stated_budge
     gc.collect()
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated(device) <= base + (1 << 20)
+
+
+def test_a_real_out_of_memory_is_typed_and_the_next_call_runs():
+    """The caching allocator capped just above what is reserved (as when an engine holds the rest): a 24 MP image
+    is a ``MemoryExhausted`` naming it, not torch's error; with the cap lifted the same call runs."""
+    from gpu_mm import MemoryExhausted
+
+    pre = Qwen2VLPreprocessor("cuda", cache_bytes=0)
+    big = [make_image(4000, 6000, "JPEG", subsampling=0)]
+    pre(images=[make_image(64, 64, "JPEG")])  # warm: nvJPEG's and the kernel's own state exist
+    torch.cuda.synchronize()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_reserved() + 64 * 2**20) / total))
+    try:
+        with pytest.raises(MemoryExhausted, match=r"^image\[0\].*out of memory") as info:
+            pre(images=big)
+        assert info.value.status_code == 503 and info.value.__context__ is None
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert pre(images=big).pixel_values.is_cuda

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .. import ops
-from ..errors import MediaError
+from ..errors import MediaError, MemoryExhausted, describe
 from ..media.audio import decode_audio
 from ..media.image import decode_image, decode_jpeg_cuda, decode_jpeg_scaled, decode_jpegs, is_plain_jpeg
 from ..media.nvimgcodec import NvImageCodecDecoder
@@ -37,7 +37,15 @@ class Executor:
     """``device``, ``cpu`` or ``pinned``: where finished rows go (see :class:`gpu_mm.Preprocessor`)."""
 
     def run(self, slot: Slot, group: list[Item]) -> list[tuple[torch.Tensor, Decoded]]:
-        """Run one slot job: one item, or a batch of plain JPEGs decoded in one call."""
+        """Run one slot job: one item, or a batch of plain JPEGs decoded in one call.
+
+        Raises:
+            MemoryExhausted: the device (or the host) ran out of memory for it; nothing of it is held after.
+        """
+        item = group[0].plan.src.item if len(group) == 1 else f"{group[0].plan.src.item} (a batch of {len(group)})"
+        return within_memory(lambda: self._run(slot, group), item)
+
+    def _run(self, slot: Slot, group: list[Item]) -> list[tuple[torch.Tensor, Decoded]]:
         if len(group) == 1:
             return [self._execute(slot, group[0])]
         t0 = time.perf_counter()
@@ -208,7 +216,8 @@ class Executor:
         on the slot's device and placed as :meth:`place` places rows; the time goes to each item's
         ``audio_features`` stage."""
         t0 = time.perf_counter()
-        features = self.config.audio_features(clips, torch.device(slot.device))
+        features = within_memory(lambda: self.config.audio_features(clips, torch.device(slot.device)),
+                                 items[0].plan.src.item if len(items) == 1 else f"the call's {len(items)} clips")
         out = {k: self._placed(slot, t) for k, t in features.items()}
         share = (time.perf_counter() - t0) / max(len(items), 1)
         for item in items:
@@ -339,6 +348,24 @@ def frame_chunks(decoder: Any, item: Item) -> Any:
             first, k = first + k, 0
     if k:
         yield first, buf[:k]
+
+
+_T = TypeVar("_T")
+
+
+def within_memory(work: Callable[[], _T], item: str) -> _T:
+    """``work()``, its allocation failures (torch's on CUDA, the CPU allocator's RuntimeError, Python's
+    MemoryError) raised as :class:`MemoryExhausted` naming ``item``; other errors as they are."""
+    try:
+        return work()
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not (isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+                or "DefaultCPUAllocator: can't allocate memory" in str(exc)):
+            raise
+        reason = f"out of memory while computing it ({describe(exc)}); the device holds more than the memory " \
+                 "budget assumed"
+    # Raised outside the handler: the allocator's exception, and the tensors its traceback holds, are gone.
+    raise MemoryExhausted(item, reason)
 
 
 def to_device(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
