@@ -64,12 +64,32 @@ def kernel_bandwidth() -> dict[str, Any]:
         for k, fn in runs.items():
             times[k].append(cuda_times(fn, 20))
     p50 = {k: statistics.median(t["p50_ms"] for t in v) for k, v in times.items()}
+    # Images: 16 same-size 1080p-class frames of one frame each, in one launch ([B, 1, C, H, W]); each value
+    # computed once and stored in both temporal slots (the default) against computed per slot, and a copy.
+    imgs = torch.randint(0, 256, (16, 1, 3, 1092, 1932), dtype=torch.uint8, device="cuda")
+    img_out = torch.empty(16 * 78 * 138, 1176, device="cuda")
+    img_moved = imgs.numel() + img_out.numel() * 4
+    img_src = torch.empty(img_moved // 2, dtype=torch.uint8, device="cuda")
+    img_dst = torch.empty_like(img_src)
+    img_runs: dict[str, Callable[[], Any]] = {
+        "block-lut": lambda: fused_normalize_patchify(imgs, out=img_out),
+        "block-lut-per-slot": lambda: fused_normalize_patchify(imgs, out=img_out, one_frame=False),
+        "copy": lambda: img_dst.copy_(img_src)}
+    img_same = torch.equal(fused_normalize_patchify(imgs)[0], fused_normalize_patchify(imgs, one_frame=False)[0])
+    img_times: dict[str, list[dict[str, float]]] = {k: [] for k in img_runs}
+    for _ in range(3):
+        for k, fn in img_runs.items():
+            img_times[k].append(cuda_times(fn, 20))
+    img_p50 = {k: statistics.median(t["p50_ms"] for t in v) for k, v in img_times.items()}
     return {
         "bytes_moved": moved,
         "ms": p50,
         "GBps": {k: moved / v / 1e6 for k, v in p50.items()},
         "of_copy": {k: p50["copy"] / v for k, v in p50.items()},
         "equals_row": same,
+        "images_16x1092x1932": {"bytes_moved": img_moved, "ms": img_p50,
+                                "of_copy": {k: img_p50["copy"] / v for k, v in img_p50.items()},
+                                "one_frame_equals_per_slot": img_same},
     }
 
 

@@ -52,14 +52,13 @@ def _normalize_patchify_kernel(
     T, H, W, GH, GW,
     ITEM_PIXELS, ITEM_ROWS,  # one item's source elements (T*C*H*W) and output rows; program axis 1 is the item
     C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
-    ROW: tl.constexpr, BLOCK: tl.constexpr, LUT: tl.constexpr,
+    ROW: tl.constexpr, BLOCK: tl.constexpr, LUT: tl.constexpr, ONE: tl.constexpr,
 ):
     item = tl.program_id(1).to(tl.int64)
     src_ptr += item * ITEM_PIXELS
     out_ptr += item * ITEM_ROWS * ROW
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
-    mask = cols < ROW
     # row -> (gt, bh, bw, mh, mw)
     per_t = GH * GW
     gt = row // per_t
@@ -69,9 +68,18 @@ def _normalize_patchify_kernel(
     blk = rem // (M * M)
     bw = blk % (GW // M)
     bh = blk // (GW // M)
-    y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + mh) * P, (bw * M + mw) * P, cols,
-                    mask, mask, C, TP, P, LUT)
-    tl.store(out_ptr + row * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    if ONE:  # one frame: its values once per (channel, patch pixel), stored in each of the TP temporal slots
+        mask = cols < C * P * P
+        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, 1, H, W, 0, (bh * M + mh) * P, (bw * M + mw) * P, cols,
+                        mask, mask, C, 1, P, LUT)
+        dst = row * ROW + (cols // (P * P)) * (TP * P * P) + cols % (P * P)
+        for tt in tl.static_range(TP):
+            tl.store(out_ptr + dst + tt * (P * P), y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        mask = cols < ROW
+        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + mh) * P, (bw * M + mw) * P,
+                        cols, mask, mask, C, TP, P, LUT)
+        tl.store(out_ptr + row * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # One program per merge block (M*M consecutive output rows, which share their frame rows: runs of M*P bytes
@@ -81,7 +89,7 @@ def _normalize_patchify_block_kernel(
     src_ptr, out_ptr, mean_ptr, std_ptr, lut_ptr,
     T, H, W, GH, GW, ITEM_PIXELS, ITEM_ROWS,
     C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
-    ROW: tl.constexpr, BLOCK: tl.constexpr, LUT: tl.constexpr, RB: tl.constexpr,
+    ROW: tl.constexpr, BLOCK: tl.constexpr, LUT: tl.constexpr, ONE: tl.constexpr, RB: tl.constexpr,
 ):
     item = tl.program_id(1).to(tl.int64)
     src_ptr += item * ITEM_PIXELS
@@ -94,11 +102,21 @@ def _normalize_patchify_block_kernel(
     bh = rem // (GW // M)
     r = tl.arange(0, RB)[:, None]  # the block's rows (M*M of them, padded to a power of two)
     cols = tl.arange(0, BLOCK)[None, :]
-    cmask = cols < ROW
-    mask = (r < M * M) & cmask
-    y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + r // M) * P, (bw * M + r % M) * P,
-                    cols, mask, cmask, C, TP, P, LUT)
-    tl.store(out_ptr + (blk * (M * M) + r) * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    rows = (blk * (M * M) + r) * ROW
+    if ONE:  # one frame: its values once per (channel, patch pixel), stored in each of the TP temporal slots
+        cmask = cols < C * P * P
+        mask = (r < M * M) & cmask
+        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, 1, H, W, 0, (bh * M + r // M) * P,
+                        (bw * M + r % M) * P, cols, mask, cmask, C, 1, P, LUT)
+        dst = rows + (cols // (P * P)) * (TP * P * P) + cols % (P * P)
+        for tt in tl.static_range(TP):
+            tl.store(out_ptr + dst + tt * (P * P), y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        cmask = cols < ROW
+        mask = (r < M * M) & cmask
+        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + r // M) * P,
+                        (bw * M + r % M) * P, cols, mask, cmask, C, TP, P, LUT)
+        tl.store(out_ptr + rows + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 VARIANTS = ("row", "block", "row-lut", "block-lut")
@@ -107,7 +125,10 @@ normalized value instead of a division per element. The same bits, all four (tes
 interpreter). On an H200 (2026-11-28, 60x3x560x1008 -> float32, 508 MB moved, three interleaved rounds) the
 dividing row kernel was compute-bound (Nsight Compute: 79% SM vs 22% memory throughput) at 0.553 ms; block 0.536,
 row-lut 0.403, block-lut 0.378 ms (1.46x the row kernel; a device copy of the same bytes: 0.140 ms), so
-``block-lut`` is the default."""
+``block-lut`` is the default. Items of one frame (images, whose temporal slots all hold the same pixels) compute
+each value once and store it in every slot (``one_frame``): half the loads, lookups and index arithmetic of the
+image path, the same bits (tested under the interpreter and compiled for sm_90; its speed waits for a card,
+``gpu_bench.py``'s ``images_16x1092x1932``)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -131,6 +152,7 @@ def fused_normalize_patchify(
     dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
     variant: str = "block-lut",
+    one_frame: bool | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """Normalize uint8 ``[T, C, H, W]`` frames and lay them out as Qwen2-VL ``pixel_values`` rows; or
     ``[B, T, C, H, W]``: B items of one size in one launch, each item's rows after the previous item's, the same
@@ -140,6 +162,9 @@ def fused_normalize_patchify(
         out: optional preallocated ``[rows, C*tp*p*p]`` output (e.g. from a reused pool), all items' rows.
         variant: one of :data:`VARIANTS` (``"block-lut"`` the default, measured fastest; all are timed side by
             side by ``benchmarks/gpu_bench.py``); the same bits every way.
+        one_frame: for items of one frame (images), compute each value once and store it in every temporal slot
+            (``None``: whenever ``T == 1`` and ``temporal_patch_size > 1``; ``False``: compute it per slot, as for
+            video, kept for the benchmark's side-by-side). The same bits either way.
 
     Returns:
         (pixel_values, (grid_t, grid_h, grid_w)): the grid of one item.
@@ -167,8 +192,9 @@ def fused_normalize_patchify(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     lut = variant.endswith("-lut")
     table = _levels(str(frames.device), tuple(float(v) for v in mean), tuple(float(v) for v in std)) if lut else m
-    geometry = dict(C=c, TP=temporal_patch_size, P=patch_size, M=merge_size, ROW=row, BLOCK=triton.next_power_of_2(row),
-                    LUT=lut)
+    one = (t == 1 and temporal_patch_size > 1) if one_frame is None else (one_frame and t == 1)
+    block = triton.next_power_of_2(c * patch_size * patch_size if one else row)
+    geometry = dict(C=c, TP=temporal_patch_size, P=patch_size, M=merge_size, ROW=row, BLOCK=block, LUT=lut, ONE=one)
     sizes = (t, h, w, gh, gw, t * c * h * w, item_rows)
     if rows and variant.startswith("row"):
         _normalize_patchify_kernel[(item_rows, items)](frames, out, m, s, table, *sizes, **geometry)

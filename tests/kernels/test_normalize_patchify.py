@@ -125,11 +125,12 @@ from gpu_mm.kernels.normalize_patchify import _normalize_patchify_kernel as kern
 
 out = {"sizes": [p.name for p in kernel.params if not p.is_constexpr and not p.name.endswith("_ptr")],
        "not_specialized": [p.name for p in kernel.params if p.do_not_specialize]}
-for name, dtype, lut in (("fp32", "*fp32", False), ("bf16", "*bf16", False), ("lut_fp32", "*fp32", True)):
+for name, dtype, lut, one in (("fp32", "*fp32", False, False), ("bf16", "*bf16", False, False),
+                              ("lut_fp32", "*fp32", True, False), ("one_fp32", "*fp32", False, True)):
     sig = {"src_ptr": "*u8", "out_ptr": dtype, "mean_ptr": "*fp32", "std_ptr": "*fp32", "lut_ptr": "*fp32",
            **{n: "i32" for n in ("T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS")},
-           **{n: "constexpr" for n in ("C", "TP", "P", "M", "ROW", "BLOCK", "LUT")}}
-    consts = {"C": 3, "TP": 2, "P": 14, "M": 2, "ROW": 1176, "BLOCK": 2048, "LUT": lut}
+           **{n: "constexpr" for n in ("C", "TP", "P", "M", "ROW", "BLOCK", "LUT", "ONE")}}
+    consts = {"C": 3, "TP": 2, "P": 14, "M": 2, "ROW": 1176, "BLOCK": 1024 if one else 2048, "LUT": lut, "ONE": one}
     try:
         ptx = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
                              target=GPUTarget("cuda", 90, 32)).asm["ptx"]
@@ -180,6 +181,27 @@ def test_level_table_is_the_division_it_replaces():
     levels = torch.arange(256, dtype=torch.uint8).repeat(3, 1).reshape(1, 3, 16, 16)
     ref = ops.normalize(levels)[0].reshape(3, 256)
     assert torch.equal(_levels("cpu", ops.OPENAI_CLIP_MEAN, ops.OPENAI_CLIP_STD), ref)
+
+
+def test_compiled_one_frame_kernel_divides_with_ieee_rounding_too():
+    """Images (one frame) compute each value once and store it per temporal slot: the same division."""
+    ops_ = _ptx_ops("one_fp32")
+    assert "div.rn.f32" in ops_ and "div.full.f32" not in ops_
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_frame_stored_per_slot_equals_computed_per_slot(device, variant):
+    """``one_frame`` (the default for images) against computing every temporal slot (as for video): the same bits,
+    for one image, a batch of them, and a temporal patch of three."""
+    device = _on(device)
+    for shape, kw in (((1, 3, 56, 84), {}), ((4, 1, 3, 28, 56), {}),
+                      ((1, 3, 32, 48), dict(patch_size=8, temporal_patch_size=3, merge_size=2))):
+        x = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+        once, grid = fused_normalize_patchify(x, variant=variant, **kw)
+        each, grid2 = fused_normalize_patchify(x, variant=variant, one_frame=False, **kw)
+        assert grid == grid2 and torch.equal(once, each)
+        assert torch.equal(once, ops.normalize_patchify(x, **kw)[0])
 
 
 def test_compiled_bfloat16_cast_rounds_to_nearest_even():
