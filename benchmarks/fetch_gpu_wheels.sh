@@ -4,8 +4,9 @@
 # pytest-timeout and hypothesis, but no PyAV and no DALI, and nothing can be fetched there. The project's
 # source travels with the working tree; only these wheels are carried (git-ignored):
 #   .whl/                     PyAV for CPython 3.12, qwen-vl-utils (test_ops.py's reference), pytest-asyncio
-#                             (the suite's async tests) and PyNvVideoCodec (the second NVDEC backend; ~63 MB,
-#                             under one call's 64 MiB with the working tree): the first call's `carry`
+#                             (the suite's async tests) and PyNvVideoCodec (the second NVDEC backend, without
+#                             the FFmpeg sources, samples and benchmarks its wheel carries; ~46 MB): the first
+#                             call's `carry`
 #   .whl-dali-1 .. -N/        with --with-dali: DALI and its nvImageCodec/nvCOMP/nvJPEG wheels, tarred and
 #                             split into parts of at most 50 MB, one folder (and one call) per part
 # See benchmarks/GPU_CHECK.md for the device calls.
@@ -18,6 +19,7 @@ rm -rf .whl .whl-dali-* .whl-dali-tmp
 mkdir -p .whl
 "$PY" -m pip download --quiet --no-deps "${PLAT[@]}" -d .whl "av==18.1.0" "qwen-vl-utils==0.0.14" \
   "pytest-asyncio==1.5.0" "pynvvideocodec==2.2.4"
+"$PY" benchmarks/strip_wheel.py .whl/pynvvideocodec-*.whl pynvvideocodec-2.2.4.data/ samples/ benchmarks/
 du -sh .whl
 if [ "${1:-}" = "--with-dali" ]; then
   mkdir -p .whl-dali-tmp

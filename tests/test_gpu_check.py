@@ -77,3 +77,25 @@ def test_a_missing_part_is_named_not_installed(tmp_path):
 def test_device_scripts_parse(script):
     r = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_stripped_wheel_keeps_its_code_and_installs_offline(tmp_path):
+    """PyNvVideoCodec's wheel carries FFmpeg's sources and samples; dropped, it still installs and imports."""
+    path = _wheel(tmp_path)
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("gpumm_probe-0.1.data/data/external/src.c", "int main(){}\n" * 1000)
+        z.writestr("samples/demo.ipynb", "{}")
+    before = zipfile.ZipFile(path).read("gpumm_probe/__init__.py")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "strip_wheel.py"), str(path),
+                        "gpumm_probe-0.1.data/", "samples/"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "2 members dropped" in r.stdout, r.stderr
+    names = zipfile.ZipFile(path).namelist()
+    assert not [n for n in names if n.startswith(("samples/", "gpumm_probe-0.1.data/"))]
+    assert zipfile.ZipFile(path).read("gpumm_probe/__init__.py") == before
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site),
+                        str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-c", "import gpumm_probe; print(gpumm_probe.VALUE)"],
+                       env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "42"
