@@ -45,6 +45,9 @@ class SimpleDecoder:
     batches: list[list[int]] = []
     fail_on: set[str] = set()
     """Path contents (first bytes, as hex) on which decoding raises, as NVDEC does on a stream it cannot take."""
+    refuse: set[str] = set()
+    """Path contents on which opening raises a bare ``Exception``, as ``SimpleDecoder`` does for a stream whose
+    container states no frame count."""
 
     def __init__(self, enc_file_path: Any, gpu_id: int = 0, cuda_context: int = 0, cuda_stream: int = 0,
                  use_device_memory: bool = True, max_width: int = 0, max_height: int = 0,
@@ -69,6 +72,8 @@ class SimpleDecoder:
             rgb = self.kw["output_color_type"] == OutputColorType.RGB
             self._frames = [torch.from_numpy(f.to_ndarray(format="rgb24" if rgb else "nv12"))
                             for f in container.decode(stream)]
+        if head.hex() in SimpleDecoder.refuse:
+            raise Exception("Elementary streams not supported by Simple Decoder. Invalid input stream.")  # noqa: TRY002
         self._fail = head.hex() in SimpleDecoder.fail_on
 
     def reconfigure_decoder(self, new_source: str) -> None:
@@ -107,7 +112,7 @@ def install(monkeypatch: Any) -> Stream:
     module.PyNvVCExceptionUnsupported = PyNvVCExceptionUnsupported  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "PyNvVideoCodec", module)
     SimpleDecoder.built, SimpleDecoder.reopened, SimpleDecoder.batches = [], [], []
-    SimpleDecoder.fail_on = set()
+    SimpleDecoder.fail_on, SimpleDecoder.refuse = set(), set()
     stream = Stream()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)

@@ -66,9 +66,6 @@ class PyNvVideoCodecDecoder:
             raise BackendUnavailable("PyNvVideoCodec decodes with NVDEC and needs a CUDA device")
         self.device_id = device_id
         self._sessions: dict[tuple[int, int], _Session] = {}
-        self._errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError, IndexError, *(
-            t for name in dir(self._nvc) if name.startswith("PyNvVCException")
-            and isinstance(t := getattr(self._nvc, name), type) and issubclass(t, BaseException)))
 
     def supports(self, codec: str) -> bool:
         return codec in NVDEC_CODECS
@@ -109,9 +106,9 @@ class PyNvVideoCodecDecoder:
                     # (and before they go back to it). The slot's thread waits; the caller's deadline does not.
                     stream.synchronize()
                     del batch, got
-        except DecodeError:
+        except (DecodeError, torch.OutOfMemoryError):
             raise
-        except self._errors as exc:
+        except Exception as exc:  # noqa: BLE001 - the library raises its own types, RuntimeError and bare Exception
             self._sessions.pop(_key(stream), None)  # a failed session is rebuilt for the next item
             raise DecodeError(src.item, f"PyNvVideoCodec failed: {_first_line(exc)}") from None
         if wanted == list(indices):

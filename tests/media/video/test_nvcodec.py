@@ -86,6 +86,9 @@ def test_a_stream_it_fails_on_is_a_decode_error_and_the_session_is_rebuilt(strea
         _decode(decoder, bad, [0, 1], "video[2]")
     assert torch.equal(_decode(decoder, good, [1]), torch.from_numpy(all_frames(good)[[1]]))
     assert len(fake_nvcodec.SimpleDecoder.built) == 2  # the failed session was not reused
+    fake_nvcodec.SimpleDecoder.refuse = {bad[:64].hex()}  # the library's bare Exception, at open
+    with pytest.raises(DecodeError, match=r"^video\[4\].*PyNvVideoCodec failed: Elementary streams not supported"):
+        _decode(decoder, bad, [0], "video[4]")
 
 
 def test_fewer_frames_than_planned_and_codecs_nvdec_lacks_are_typed(stream, monkeypatch):
