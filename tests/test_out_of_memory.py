@@ -58,7 +58,7 @@ def test_sync_call_raises_typed_and_holds_nothing(oom_once):
 async def test_async_call_frees_its_slot_and_the_next_call_runs(oom_once):
     pre = Qwen2VLPreprocessor("cpu", workers="threads", num_slots=1)
     try:
-        with pytest.raises(MemoryExhausted, match=r"^image\[0\]"):
+        with pytest.raises(MemoryExhausted, match=r"^image\[[01]\]"):
             await pre.preprocess(images=IMAGES)
         stats = pre.statistics()
         assert (stats.slots.busy, stats.slots.quarantined, stats.slots.bytes_in_flight) == (0, 0, 0)
@@ -93,7 +93,7 @@ def test_it_pickles_and_crosses_a_service_as_itself(tmp_path, oom_once):
     assert gpu_mm.MemoryExhausted is MemoryExhausted
     with serving(tmp_path) as (tcp, _):
         with Client(tcp) as client:
-            with pytest.raises(MemoryExhausted, match=r"^image\[0\].*: out of memory") as info:
+            with pytest.raises(MemoryExhausted, match=r"^image\[[01]\].*: out of memory") as info:  # items run at once
                 client(images=IMAGES)
             assert info.value.status_code == 503
             assert client(images=IMAGES).image_grid_thw.shape == (2, 3)  # the service answers on
