@@ -133,7 +133,8 @@ class FeatureCache:
         if not self.enabled or nbytes > self.max_bytes:
             return
         if rows.untyped_storage().nbytes() > nbytes:
-            # A slice of a batch's rows would keep the whole batch alive, uncounted: keep a copy of its own.
+            # A slice of a larger tensor would keep all of it alive, uncounted: keep a copy of its own (the
+            # pipeline gives batched rows their own storage on the slot's thread; this guards other callers).
             rows = rows.clone()
         with self._lock:
             old = self._entries.pop(key, None)

@@ -92,6 +92,10 @@ class Executor:
             if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
                 raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
             parts = list(pv.chunk(b))
+        # Rows the cache will keep get their own storage here, on the slot's thread: a slice would keep the whole
+        # batch alive behind an entry that counts one item (the cache would copy it, on the caller's loop).
+        parts = [rows.clone() if item.plan.key is not None and item.out is None else rows
+                 for item, rows in zip(items, parts)]
         t3 = time.perf_counter()
         for item in items:
             item.timer.add("transfer", (t1 - t0) / b)

@@ -347,6 +347,17 @@ class TestImageBatches:
         b = pre(images=mixed)
         assert torch.equal(a.pixel_values, b.pixel_values) and torch.equal(a.image_grid_thw, b.image_grid_thw)
 
+    def test_same_size_images_cached_each_in_storage_of_its_own(self, pre):
+        """With the cache on, each item's rows are its own tensor (made on the slot's thread), so an entry holds
+        exactly the bytes it counts; hits give the same features."""
+        ref = pre(images=self.SAME).pixel_values
+        batched = Qwen2VLPreprocessor("cpu", image_batch=8)
+        assert torch.equal(batched(images=self.SAME).pixel_values, ref)
+        entries = list(batched.cache._entries.values())
+        assert len(entries) == 5 and all(e.rows.untyped_storage().nbytes() == e.nbytes for e in entries)
+        again = batched(images=self.SAME)
+        assert [it.cache for it in again.items] == ["hit"] * 5 and torch.equal(again.pixel_values, ref)
+
     def test_same_size_images_into_a_pool_block_and_the_cache(self, pre):
         from gpu_mm.handoff import FeaturePool
 
