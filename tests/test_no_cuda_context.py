@@ -10,9 +10,12 @@ fails here on its own (no driver) and is held to the same hook on a GPU machine.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 SCRIPT = textwrap.dedent('''
     import asyncio, traceback
@@ -75,3 +78,51 @@ def test_the_cpu_path_never_initialises_cuda():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "families" in proc.stdout and int(proc.stdout.split("families")[-1]) >= 9
+
+
+CONTEXT_PROBE = textwrap.dedent('''
+    import os, sys, time
+    import gpu_mm
+    from gpu_mm.media.synth import make_image
+
+    device, image_decoder = sys.argv[1], sys.argv[2]
+    pre = gpu_mm.Qwen2VLPreprocessor(device, image_decoder=image_decoder, workers="threads", cache_bytes=0)
+    pre(images=[make_image(96, 128, "JPEG", seed=s) for s in range(3)])
+    print("ready", os.getpid(), flush=True)
+    time.sleep(60)
+''')
+
+
+def _compute_pids(smi: str) -> set[str]:
+    out = subprocess.run([smi, "--query-compute-apps=pid", "--format=csv,noheader"], capture_output=True, text=True,
+                         timeout=30).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def _context_of(device: str, image_decoder: str, smi: str) -> bool:
+    """Whether a process that built a ``device`` preprocessor and decoded JPEGs with ``image_decoder`` holds a CUDA
+    context (it is among nvidia-smi's compute processes)."""
+    proc = subprocess.Popen([sys.executable, "-c", CONTEXT_PROBE, device, image_decoder], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline().split() if proc.stdout else []
+        assert line[:1] == ["ready"], f"the probe did not start: {line}"
+        return line[1] in _compute_pids(smi)
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+@pytest.mark.cuda
+def test_nvimgcodecs_cpu_backend_creates_no_context_beside_a_gpu():
+    """nvImageCodec's default decoder asks CUDA's runtime for devices; gpu-mm builds a CPU preprocessor's decoder
+    with the library's CPU-only device and backend, so decoding with it holds no CUDA context (nvidia-smi's compute
+    processes, checked against a CUDA preprocessor's process, which must appear there)."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        pytest.skip("no nvidia-smi")
+    if not _context_of("cuda", "nvjpeg", smi):
+        pytest.skip("nvidia-smi does not list this container's processes (PID namespace)")
+    assert not _context_of("cpu", "nvimgcodec", smi)
+    assert not _context_of("cpu", "cpu", smi)
