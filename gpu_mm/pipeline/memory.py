@@ -49,6 +49,17 @@ the source and seeks again on each call. Their frames are on the GPU, whose budg
 resized and patchified from the call's frames as before."""
 
 
+DECODER_HELD_FRAMES = {"pynvvideocodec": 32}
+"""Decoded RGB frames a decoder holds in buffers of its own while a call copies them out (PyNvVideoCodec: one
+batch of ``gpu_mm.media.video.nvcodec.FRAMES_PER_BATCH``), beyond the frames the call returns."""
+
+
+def decoder_held_bytes(decoder: str, size: tuple[int, int], frames: int) -> int:
+    """What ``decoder`` holds of its own while decoding ``frames`` planned frames of ``size`` (0 for decoders whose
+    frames are the call's own)."""
+    return min(DECODER_HELD_FRAMES.get(decoder, 0), frames) * 3 * size[0] * size[1]
+
+
 def video_call_frames(size: tuple[int, int], chunk: int, frames: int) -> int:
     """Frames per decoder call for :data:`PER_CALL_DECODERS`: every planned frame when their decoded bytes fit
     :data:`DECODE_CALL_BYTES`, else as many whole chunks as fit (at least one)."""

@@ -261,6 +261,7 @@ class Planner:
         if info is not None and self.video_decoder in memory.PER_CALL_DECODERS:
             call = video_call_frames(size, chunk, len(indices))
             nbytes += (call - chunk) * 3 * size[0] * size[1]  # the call's decoded frames beyond one chunk
+            nbytes += memory.decoder_held_bytes(self.video_decoder, size, len(indices))
         return ItemPlan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
                         presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, video_fps=sampling.video_fps)
 

@@ -30,7 +30,8 @@ from .probe import VideoInfo, check_planned_indices
 __all__ = ["FRAMES_PER_BATCH", "PyNvVideoCodecDecoder", "memory_file"]
 
 FRAMES_PER_BATCH = 32
-"""Frames per ``get_batch_frames_by_index`` call: the decoded surfaces one call keeps until they are copied out."""
+"""Frames per ``get_batch_frames_by_index`` call: the decoded frames one call keeps until they are copied out
+(counted in each item's planned working memory: ``gpu_mm.pipeline.memory.DECODER_HELD_FRAMES``)."""
 
 
 def _nvc() -> Any:

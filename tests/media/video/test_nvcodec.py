@@ -169,3 +169,18 @@ async def test_nvdec_through_the_async_api_on_slot_streams_matches_the_cpu_path(
             assert d.mean() < 6 and d.median() < 5
     finally:
         await pre.aclose()
+
+
+def test_the_plan_counts_the_batch_the_decoder_holds(stream):
+    """Besides the call's frames (as DALI's), the item's working memory counts the one batch of RGB frames
+    PyNvVideoCodec holds until they are copied out."""
+    from gpu_mm.pipeline import memory
+
+    data = clip("h264", 80)
+    nv = Qwen2VLPreprocessor("cpu", video_decoder="pynvvideocodec").plan(videos=[data], nframes=40)[0]
+    dali_like = memory.video_call_frames(nv.source_size, nv.chunk, 40)
+    assert nv.call == dali_like
+    frame = 3 * nv.source_size[0] * nv.source_size[1]
+    pyav = Qwen2VLPreprocessor("cpu", video_decoder="pyav").plan(videos=[data], nframes=40)[0]
+    assert nv.nbytes - pyav.nbytes == (nv.call - nv.chunk) * frame + FRAMES_PER_BATCH * frame
+    assert memory.DECODER_HELD_FRAMES["pynvvideocodec"] == FRAMES_PER_BATCH
