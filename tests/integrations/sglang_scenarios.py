@@ -64,6 +64,14 @@ def feature_diff(a, b):
 
 async def compare(model_type, server_args, **settings):
     theirs, ours = build(model_type, server_args, **settings)
+    # Before any request: the plug-in started its slots (and their processes, the CPU default) when SGLang built it;
+    # each slot's thread launches its process as it starts, so give them a moment, no request yet.
+    pre = ours._gpu_mm_preprocessor
+    waited = time.monotonic() + 30
+    while pre.workers == "processes" and pre.statistics().process_starts < pre.concurrency.slots \
+            and time.monotonic() < waited:
+        await asyncio.sleep(0.05)
+    started_at_build = pre.statistics().process_starts
     text = f"{IMG} describe this and {VID} this {IMG}"
     # Media as the OpenAI-compatible routes pass them: ImageData / VideoData carrying data: URIs.
     images = [ImageData(url=_data_uri(IMAGES[0], "image/jpeg")), IMAGES[1]]
@@ -83,6 +91,7 @@ async def compare(model_type, server_args, **settings):
         "completed": stats.completed, "in_flight": stats.in_flight,
         "workers": ours._gpu_mm_preprocessor.statistics().workers,
         "process_starts": ours._gpu_mm_preprocessor.statistics().process_starts,
+        "process_starts_at_build": started_at_build,
     }
 
 

@@ -192,6 +192,8 @@ def test_slot_processes_inside_sglang_give_the_same_features():
     processes, threads = scenarios()["qwen2_vl"], scenarios()["qwen2_vl_slot_threads"]
     assert threads["workers"] == "threads" and threads["process_starts"] == 0
     assert processes["workers"] == "processes" and processes["process_starts"] >= 1
+    # Started when SGLang built the processor, not by the first request (which would wait seconds for them).
+    assert processes["process_starts_at_build"] == processes["process_starts"]
     assert processes["fallbacks"] == {} and processes["completed"] == 2
     assert processes["ours"] == threads["ours"] and processes["ours_from_ids"] == threads["ours_from_ids"]
     assert processes["feature_max_abs_diff"] == threads["feature_max_abs_diff"]

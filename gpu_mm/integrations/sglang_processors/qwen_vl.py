@@ -235,6 +235,7 @@ class GpuMMQwenVLProcessor(QwenVLImageProcessor):
         self._gpu_mm_preprocessor = cls(config=self._gpu_mm_config, output="device" if keep_on_device else "cpu",
                                         **st.preprocessor_kwargs(resolve_device(st.device)))
         self._gpu_mm_runner = AsyncMMDataProcessor(self._gpu_mm_preprocessor, **st.processor_kwargs())
+        self._gpu_mm_preprocessor.start_soon()  # slot processes (the CPU default) start now, not in the first request
 
     def gpu_mm_processor(self) -> Any:
         """What requests go through: a :class:`gpu_mm.AsyncMMDataProcessor`, or with ``GPU_MM_SERVICE`` a
