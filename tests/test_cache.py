@@ -123,6 +123,37 @@ class TestHitsAndMisses:
             pool.release(again.handle)
 
 
+    @pytest.mark.parametrize("workers", ["threads", "processes"])
+    async def test_rows_in_a_pool_block_are_copied_for_the_cache_by_the_slot_job(self, workers, monkeypatch):
+        """An item whose rows go into a pool block (which its caller hands back for reuse) is cached as a copy of
+        its own made by its slot job, on the slot's thread: the cache's ``put`` on the caller's loop copies
+        nothing."""
+        from gpu_mm.pipeline.routing import Router
+
+        kept: list[bool] = []
+        keep = Router.keep
+
+        def spy(self, item, out):
+            kept.append(item.kept is not None and item.kept.data_ptr() != item.out.data_ptr())
+            return keep(self, item, out)
+
+        monkeypatch.setattr(Router, "keep", spy)
+        images = [make_image(56, 84, "PNG", seed=1), make_image(84, 56, "JPEG", seed=2)]
+        with FeaturePool(max_blocks=2) as pool:
+            pre = Qwen2VLPreprocessor("cpu", output_pool=pool, workers=workers, num_slots=1)
+            try:
+                first = await pre.preprocess(images=images)
+                rows = first.pixel_values.clone()
+                pool.release(first.handle)
+                again = await pre.preprocess(images=images)
+                assert [it.cache for it in again.items] == ["hit", "hit"]
+                assert torch.equal(again.pixel_values, rows)
+                pool.release(again.handle)
+            finally:
+                await pre.aclose()
+        assert kept == [True, True]
+
+
 class TestBudget:
     def test_lru_eviction_by_bytes(self):
         cache = FeatureCache(max_bytes=3000)

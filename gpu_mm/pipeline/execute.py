@@ -107,7 +107,8 @@ class Executor:
                   outs: list[torch.Tensor | None]) -> list[tuple[Decoded, dict[str, float]]]:
         """A slot process's job: ``plans`` as the parent sent them, each item's rows written into its ``outs``
         tensor (shared memory); returns each item's decoder and stage times."""
-        items = [Item(plan, out=out) for plan, out in zip(plans, outs)]
+        # No cache key here: the parent's slot thread keeps what the cache needs (a slot process's rows are its own).
+        items = [Item(dataclasses.replace(plan, key=None), out=out) for plan, out in zip(plans, outs)]
         results = self.run(slot, items)
         return [(decoded, item.timer.stages) for item, (_, decoded) in zip(items, results)]
 
@@ -195,6 +196,9 @@ class Executor:
         """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned)."""
         if item.out is not None:
             into_block(item, pv)
+            if item.plan.key is not None:  # the cache keeps it: rows of its own, copied here, not on the caller's loop
+                own = pv is not item.out and pv.untyped_storage().nbytes() == pv.numel() * pv.element_size()
+                item.kept = pv if own else pv.clone()
             return item.out
         return self._placed(slot, pv)
 

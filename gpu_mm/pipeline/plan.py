@@ -80,6 +80,9 @@ class Item:
     shared block)."""
     grid_out: torch.Tensor | None = None
     """This item's row of the per-item tensor inside that lease, written by the item's slot job."""
+    kept: torch.Tensor | None = None
+    """Rows of its own for the cache when the item's rows went into ``out`` (a block the caller hands back for
+    reuse), made by its slot job so that no copy falls on the caller's event loop."""
     cached: Entry | None = None
     """The cache's entry, when this item is a hit (nothing is decoded)."""
     cache_state: Literal["hit", "miss", "coalesced"] | None = None

@@ -81,8 +81,8 @@ class Router:
         if plan.key is None:
             return
         rows, decoder = out
-        if item.out is not None:
-            rows = rows.clone()
+        if item.out is not None:  # its rows are in a block the caller will hand back: a copy of their own
+            rows = item.kept if item.kept is not None else rows.clone()
         self.cache.put(plan.key, rows, {
             "target": plan.target, "grid": plan.grid, "source_size": plan.source_size, "indices": plan.indices,
             "sample_fps": plan.sample_fps, "video_fps": plan.video_fps, "decoder": decoder,
