@@ -10,6 +10,7 @@ images are handed to torch through DLPack without a copy.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,10 @@ def load_nvimgcodec() -> Any:
     Raises:
         BackendUnavailable: not installed, or its library cannot load here.
     """
+    # Its C library prints an ERROR and a WARNING line for every corrupt image (read once, at its import): a client
+    # sending corrupt JPEGs would flood the server's output, while gpu-mm answers each with a typed error naming
+    # it. Quiet unless the operator asks otherwise (PYNVIMGCODEC_VERBOSITY=1: errors, 2: warnings too).
+    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
     try:
         return importlib.import_module("nvidia.nvimgcodec")
     except (ImportError, OSError, RuntimeError) as exc:

@@ -111,3 +111,33 @@ def test_cuda_backends_match_nvjpeg_on_444_and_stay_within_its_420_tolerance():
     cpu = Qwen2VLPreprocessor("cpu", cache_bytes=0)(images=common)
     assert feats.items[0].decoder == "nvimgcodec, batch of 4"
     _within(_levels(feats.pixel_values, cpu.pixel_values), NVJPEG_420)
+
+
+_CORRUPT = """
+import sys
+sys.path.insert(0, "tests")
+from media_helpers import make_image
+import gpu_mm
+data = make_image(64, 96, "JPEG", seed=9)
+try:
+    gpu_mm.Qwen2VLPreprocessor("cpu", image_decoder="nvimgcodec")(images=[data[: data.index(b"\\xff\\xda") + 40]])
+except gpu_mm.DecodeError as exc:
+    print("typed:", exc.item)
+"""
+
+
+@pytest.mark.parametrize("verbosity,quiet", [(None, True), ("2", False)])
+def test_corrupt_input_does_not_flood_the_output_unless_the_operator_asks(verbosity, quiet):
+    """nvImageCodec's library prints an ERROR and a WARNING line per corrupt image; gpu-mm quiets it (each is a
+    typed error already) unless ``PYNVIMGCODEC_VERBOSITY`` says otherwise."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "PYNVIMGCODEC_VERBOSITY"}
+    if verbosity is not None:
+        env["PYNVIMGCODEC_VERBOSITY"] = verbosity
+    proc = subprocess.run([sys.executable, "-c", _CORRUPT], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "typed: image[0]" in proc.stdout
+    printed = proc.stdout + proc.stderr
+    assert ("Could not decode jpeg" not in printed) is quiet, printed[-2000:]
