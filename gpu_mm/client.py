@@ -287,7 +287,7 @@ def error_from_answer(status: int, payload: bytes) -> GpuMMError:
         err.status_code = status
         return err
     item, reason = answer.get("item"), answer.get("reason")
-    if issubclass(cls, (errors.MediaError, errors.MemoryExhausted, InvalidRequest)):
+    if issubclass(cls, (errors.ItemError, InvalidRequest)):
         if isinstance(item, str) and isinstance(reason, str):
             return cls(item, reason)
         return cls("request", message)

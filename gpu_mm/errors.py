@@ -11,6 +11,7 @@ __all__ = [
     "DecodeError",
     "GpuMMError",
     "InvalidRequest",
+    "ItemError",
     "LimitExceeded",
     "MediaError",
     "MemoryExhausted",
@@ -60,27 +61,8 @@ class BackendUnavailable(GpuMMError, RuntimeError):
     """Raised when a requested backend (CUDA, DALI, decord, ...) is not installed or usable."""
 
 
-class MemoryExhausted(GpuMMError, MemoryError):
-    """Raised for a call whose work ran out of memory on its device (or the host) although its plan fitted the
-    budget: the device holds more than the budget assumed (an engine's own memory grew, or the budget is set
-    above what is free). Nothing of the call is kept and its slot is free again; a later retry may pass, or lower
-    ``memory_budget_bytes`` (HTTP 503)."""
-
-    status_code = 503
-
-    def __init__(self, item: str, reason: str) -> None:
-        self.item = item
-        self.reason = reason
-        super().__init__(f"{item}: {reason}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        return type(self), (self.item, self.reason)
-
-
-class MediaError(GpuMMError, ValueError):
-    """Base class of errors about one input item; the message names the item and the reason."""
-
-    status_code = 400
+class ItemError(GpuMMError):
+    """Base class of errors about one item of a call: ``item`` names it, ``reason`` says why; the message is both."""
 
     def __init__(self, item: str, reason: str) -> None:
         self.item = item
@@ -91,6 +73,21 @@ class MediaError(GpuMMError, ValueError):
         # Rebuilt from (item, reason), not from args (the joined message): pickling (Ray, multiprocessing) and
         # copy.copy (web frameworks' error handlers) need it.
         return type(self), (self.item, self.reason)
+
+
+class MemoryExhausted(ItemError, MemoryError):
+    """Raised for a call whose work ran out of memory on its device (or the host) although its plan fitted the
+    budget: the device holds more than the budget assumed (an engine's own memory grew, or the budget is set
+    above what is free). Nothing of the call is kept and its slot is free again; a later retry may pass, or lower
+    ``memory_budget_bytes`` (HTTP 503)."""
+
+    status_code = 503
+
+
+class MediaError(ItemError, ValueError):
+    """Base class of errors about one input item; the message names the item and the reason."""
+
+    status_code = 400
 
 
 class SourceError(MediaError):
@@ -123,7 +120,12 @@ class InvalidRequest(GpuMMError, ValueError):
         super().__init__(f"{field}: {reason}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (what a decoder library says), or its type's name when it says nothing."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def describe(exc: BaseException) -> str:
     """``TypeName: first line of the message`` (at most 200 characters), for an error that names its item."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}"[:200] if str(exc).strip() else type(exc).__name__

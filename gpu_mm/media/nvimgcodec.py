@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BackendUnavailable, DecodeError
+from ..errors import BackendUnavailable, DecodeError, first_line
 from .image import ImageInfo
 from .sources import Source
 
@@ -37,7 +37,7 @@ def load_nvimgcodec() -> Any:
     try:
         return importlib.import_module("nvidia.nvimgcodec")
     except (ImportError, OSError, RuntimeError) as exc:
-        raise BackendUnavailable(f"nvImageCodec is not usable ({str(exc).strip().splitlines()[0]}); pip install "
+        raise BackendUnavailable(f"nvImageCodec is not usable ({first_line(exc)}); pip install "
                                  "nvidia-nvimgcodec-cu13 (or gpu-mm[nvimgcodec])") from None
 
 
@@ -74,7 +74,7 @@ class NvImageCodecDecoder:
         try:
             images = self._decoder.decode(streams, params=self._params, cuda_stream=cuda_stream)
         except RuntimeError as exc:
-            raise DecodeError(items[0][0].item, f"nvImageCodec failed: {str(exc).splitlines()[0]}") from None
+            raise DecodeError(items[0][0].item, f"nvImageCodec failed: {first_line(exc)}") from None
         out = []
         for (src, info), image in zip(items, images):
             if image is None:

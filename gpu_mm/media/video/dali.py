@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import BackendUnavailable, DecodeError, UnsupportedMedia
+from ...errors import BackendUnavailable, DecodeError, UnsupportedMedia, first_line
 from ..sources import Source
 from .probe import VideoInfo, check_planned_indices
 
@@ -90,7 +90,7 @@ class DALIVideoDecoder:
                 out = ndd.decoders.video(encoded, device=self.ndd_device, frames=wanted)
                 frames = torch.from_dlpack(out) if self.backend == "mixed" else torch.from_numpy(np.array(out))
         except RuntimeError as exc:
-            raise DecodeError(src.item, f"DALI {self.backend} decode failed: {str(exc).splitlines()[0]}") from None
+            raise DecodeError(src.item, f"DALI {self.backend} decode failed: {first_line(exc)}") from None
         if frames.shape[0] != len(wanted):
             raise DecodeError(src.item, f"DALI returned {frames.shape[0]} frames, {len(wanted)} were planned")
         if wanted == list(indices):

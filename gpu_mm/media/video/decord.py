@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...errors import BackendUnavailable, DecodeError
+from ...errors import BackendUnavailable, DecodeError, first_line
 from ..sources import Source
 from .probe import VideoInfo
 
@@ -56,5 +56,5 @@ class DecordDecoder:
                 raise DecodeError(src.item, f"decord reaches {available} frames; planned index {beyond[0]} is beyond")
             frames = reader.get_batch(list(indices)).asnumpy()
         except decord.DECORDError as exc:
-            raise DecodeError(src.item, f"decord failed: {str(exc).splitlines()[0]}") from None
+            raise DecodeError(src.item, f"decord failed: {first_line(exc)}") from None
         return torch.from_numpy(frames)

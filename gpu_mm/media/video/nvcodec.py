@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ...errors import BackendUnavailable, DecodeError, UnsupportedMedia
+from ...errors import BackendUnavailable, DecodeError, UnsupportedMedia, first_line
 from ..sources import Source
 from .dali import NVDEC_CODECS
 from .probe import VideoInfo, check_planned_indices
@@ -38,7 +38,7 @@ def _nvc() -> Any:
     try:
         import PyNvVideoCodec as nvc
     except (ImportError, OSError, RuntimeError) as exc:  # no package, or no driver / NVDEC library to load
-        raise BackendUnavailable(f"PyNvVideoCodec is not usable ({_first_line(exc)}); pip install pynvvideocodec, on a "
+        raise BackendUnavailable(f"PyNvVideoCodec is not usable ({first_line(exc)}); pip install pynvvideocodec, on a "
                                  "machine with an NVIDIA driver") from None
     return nvc
 
@@ -111,7 +111,7 @@ class PyNvVideoCodecDecoder:
             raise
         except Exception as exc:  # noqa: BLE001 - the library raises its own types, RuntimeError and bare Exception
             self._sessions.pop(_key(stream), None)  # a failed session is rebuilt for the next item
-            raise DecodeError(src.item, f"PyNvVideoCodec failed: {_first_line(exc)}") from None
+            raise DecodeError(src.item, f"PyNvVideoCodec failed: {first_line(exc)}") from None
         if wanted == list(indices):
             return frames
         pos = {f: k for k, f in enumerate(wanted)}
@@ -128,11 +128,6 @@ class PyNvVideoCodecDecoder:
     def close(self) -> None:
         """Drop every session (their NVDEC decoders and surfaces go with them)."""
         self._sessions.clear()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _key(stream: torch.cuda.Stream) -> tuple[int, int]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...errors import BackendUnavailable, DecodeError
+from ...errors import BackendUnavailable, DecodeError, first_line
 from ..sources import Source
 from .decord import refuse_together
 from .probe import VideoInfo
@@ -41,7 +41,7 @@ class TorchCodecDecoder:
             _load_torchcodec_ffmpeg()
         except (ImportError, RuntimeError, OSError) as exc:
             raise BackendUnavailable(
-                f"torchcodec is not usable ({str(exc).splitlines()[0]}); it needs pip install torchcodec "
+                f"torchcodec is not usable ({first_line(exc)}); it needs pip install torchcodec "
                 "and FFmpeg's shared libraries (4..9) on the system"
             ) from None
         self._cls = _VideoDecoder
@@ -60,4 +60,4 @@ class TorchCodecDecoder:
                 raise DecodeError(src.item, reason)
             return decoder.get_frames_at(list(indices)).data
         except (RuntimeError, ValueError) as exc:
-            raise DecodeError(src.item, f"torchcodec failed: {str(exc).splitlines()[0]}") from None
+            raise DecodeError(src.item, f"torchcodec failed: {first_line(exc)}") from None
