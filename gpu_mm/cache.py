@@ -81,6 +81,11 @@ class Entry:
     nbytes: int
 
 
+def holds_more(rows: torch.Tensor) -> bool:
+    """Whether ``rows`` keep more memory alive than their own elements (a slice of a larger tensor)."""
+    return rows.untyped_storage().nbytes() > rows.numel() * rows.element_size()
+
+
 class FeatureCache:
     """LRU by bytes over finished items; thread-safe (planning threads look up, the loop inserts).
 
@@ -132,9 +137,9 @@ class FeatureCache:
         nbytes = rows.numel() * rows.element_size()
         if not self.enabled or nbytes > self.max_bytes:
             return
-        if rows.untyped_storage().nbytes() > nbytes:
+        if holds_more(rows):
             # A slice of a larger tensor would keep all of it alive, uncounted: keep a copy of its own (the
-            # pipeline gives batched rows their own storage on the slot's thread; this guards other callers).
+            # pipeline gives the rows it keeps their own storage on the slot's thread; this guards other callers).
             rows = rows.clone()
         with self._lock:
             old = self._entries.pop(key, None)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import torch
 
 from .. import ops
+from ..cache import holds_more
 from ..errors import MediaError, MemoryExhausted, describe
 from ..media.audio import decode_audio
 from ..media.image import decode_image, decode_jpeg_cuda, decode_jpeg_scaled, decode_jpegs, is_plain_jpeg
@@ -92,10 +93,6 @@ class Executor:
             if grid != plan.grid:  # pragma: no cover - plan and run share the arithmetic
                 raise RuntimeError(f"{plan.src.item}: planned grid {plan.grid} but produced {grid}")
             parts = list(pv.chunk(b))
-        # Rows the cache will keep get their own storage here, on the slot's thread: a slice would keep the whole
-        # batch alive behind an entry that counts one item (the cache would copy it, on the caller's loop).
-        parts = [rows.clone() if item.plan.key is not None and item.out is None else rows
-                 for item, rows in zip(items, parts)]
         t3 = time.perf_counter()
         for item in items:
             item.timer.add("transfer", (t1 - t0) / b)
@@ -193,14 +190,17 @@ class Executor:
             out.copy_(ops.normalize(frames, cfg.image_mean, cfg.image_std))
 
     def place(self, slot: Slot, item: Item, pv: torch.Tensor) -> torch.Tensor:
-        """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned)."""
+        """Put an item's finished rows where the caller wants them (pool block, device, CPU or pinned). Rows the
+        cache will keep get storage of their own here, on the slot's thread, not on the caller's loop: a slice of a
+        batch's rows would keep the whole batch alive behind an entry that counts one item, and a pool block goes
+        back to its pool."""
+        keep = item.plan.key is not None
         if item.out is not None:
             into_block(item, pv)
-            if item.plan.key is not None:  # the cache keeps it: rows of its own, copied here, not on the caller's loop
-                own = pv is not item.out and pv.untyped_storage().nbytes() == pv.numel() * pv.element_size()
-                item.kept = pv if own else pv.clone()
+            if keep:
+                item.kept = pv if pv is not item.out and not holds_more(pv) else pv.clone()
             return item.out
-        return self._placed(slot, pv)
+        return self._placed(slot, pv.clone() if keep and holds_more(pv) else pv)
 
     def _placed(self, slot: Slot, pv: torch.Tensor) -> torch.Tensor:
         """A finished tensor on the device, the CPU or pinned host memory, as ``output`` says."""
