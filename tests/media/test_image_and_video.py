@@ -16,7 +16,7 @@ from gpu_mm.media.image import decode_image, probe_image
 from gpu_mm.media.sources import MediaLimits, load_source
 from gpu_mm.media.video import PyAVDecoder, available_video_decoders, get_video_decoder, probe_video
 
-from media_helpers import all_frames, clip, make_image
+from media_helpers import all_frames, clip, exif_jpeg, make_image
 
 
 class TestSources:
@@ -143,20 +143,16 @@ class TestImages:
 
         from gpu_mm.media.image import apply_exif_orientation
 
-        img = Image.open(io.BytesIO(make_image(30, 52, "PNG", seed=orientation))).convert("RGB")
-        exif = img.getexif()
-        exif[0x0112] = orientation
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
-        src = load_source(buf.getvalue(), "i")
+        data = exif_jpeg(30, 52, orientation, seed=orientation, quality=95)
+        src = load_source(data, "i")
         info = probe_image(src)
         ours = decode_image(src, info=info)
-        ref_img = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB")
+        ref_img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
         ref = torch.from_numpy(np.array(ref_img)).permute(2, 0, 1)
         assert info.orientation == orientation and (info.height, info.width) == tuple(ref.shape[1:])
         assert torch.equal(ours, ref)
         # The same function on a stored image, as the CUDA path uses it after nvJPEG.
-        stored = torch.from_numpy(np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))).permute(2, 0, 1)
+        stored = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
         assert torch.equal(apply_exif_orientation(stored, orientation), ref)
 
     def test_16_bit_keeps_high_byte(self):

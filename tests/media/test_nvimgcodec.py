@@ -3,35 +3,23 @@ with gpu-mm's EXIF handling, batched and one by one, through the preprocessor; i
 
 from __future__ import annotations
 
-import io
 import sys
 
 import pytest
 import torch
-from PIL import Image
 
 from gpu_mm import BackendUnavailable, DecodeError
 from gpu_mm.media.image import decode_jpegs, probe_image
 from gpu_mm.media.sources import load_source
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
-from media_helpers import make_image
+from media_helpers import exif_jpeg, make_image
 
 pytest.importorskip("nvidia.nvimgcodec")
 from gpu_mm.media.nvimgcodec import NvImageCodecDecoder  # noqa: E402
 
-
-def _oriented(h: int, w: int, orientation: int, seed: int) -> bytes:
-    img = Image.open(io.BytesIO(make_image(h, w, "PNG", seed=seed))).convert("RGB")
-    exif = img.getexif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif.tobytes())
-    return buf.getvalue()
-
-
 JPEGS = [make_image(100, 200, "JPEG", seed=1), make_image(64, 64, "JPEG", seed=2, subsampling=0),
-         make_image(70, 70, "JPEG", seed=5, mode="L"), *(_oriented(80, 50, o, seed=o) for o in range(1, 9))]
+         make_image(70, 70, "JPEG", seed=5, mode="L"), *(exif_jpeg(80, 50, o, seed=o) for o in range(1, 9))]
 
 
 def _items(datas: list[bytes]):
@@ -116,7 +104,7 @@ def test_cuda_backends_match_nvjpeg_on_444_and_stay_within_its_420_tolerance():
 _CORRUPT = """
 import sys
 sys.path.insert(0, "tests")
-from media_helpers import make_image
+from media_helpers import exif_jpeg, make_image
 import gpu_mm
 data = make_image(64, 96, "JPEG", seed=9)
 try:

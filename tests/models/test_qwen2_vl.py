@@ -17,7 +17,7 @@ import gpu_mm
 from gpu_mm import LimitExceeded, MediaError, ProcessingTimeout
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
-from media_helpers import all_frames, clip, make_image, make_video
+from media_helpers import all_frames, clip, exif_jpeg, make_image, make_video
 
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil, Qwen2VLVideoProcessor  # noqa: E402
@@ -239,15 +239,6 @@ class TestBadInputThroughPipeline:
             pre(images=[make_image(30, 30, "PNG")], colour="blue")
 
 
-def _rotated_jpeg(h: int, w: int, orientation: int, seed: int) -> bytes:
-    img = Image.open(io.BytesIO(make_image(h, w, "PNG", seed=seed))).convert("RGB")
-    exif = img.getexif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif.tobytes())
-    return buf.getvalue()
-
-
 def _truncated_jpeg() -> bytes:
     data = make_image(64, 96, "JPEG", seed=9)
     return data[: data.index(b"\xff\xda") + 40]  # header intact, scan cut short
@@ -258,7 +249,7 @@ class TestImageBatches:
     with ``image_batch`` so the grouping, ordering, errors and leases are checked on the CPU."""
 
     IMAGES = [make_image(100, 200, "JPEG", seed=1), make_image(60, 90, "PNG", seed=2),
-              _rotated_jpeg(80, 50, 6, seed=3), make_image(40, 300, "JPEG", seed=4),
+              exif_jpeg(80, 50, 6, seed=3), make_image(40, 300, "JPEG", seed=4),
               make_image(70, 70, "JPEG", seed=5, mode="L"), make_image(90, 64, "JPEG", seed=6)]
 
     def test_same_features_as_one_by_one_in_order(self, pre):
