@@ -43,6 +43,15 @@ def cuda_times(fn, reps: int) -> dict[str, float]:
     return {"p50_ms": statistics.median(xs) * 1e3, "min_ms": min(xs) * 1e3, "reps": reps}
 
 
+def interleaved(runs: dict[str, Callable[[], Any]], rounds: int = 3, reps: int = 20) -> dict[str, float]:
+    """Each run's median p50 (ms) over ``rounds`` rounds in which every run is timed in turn."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, fn in runs.items():
+            times[k].append(cuda_times(fn, reps)["p50_ms"])
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def kernel_bandwidth() -> dict[str, Any]:
     """The fused kernel's variants (gpu_mm.kernels.normalize_patchify.VARIANTS: one program per output row or per
     merge block, each dividing per element or looking levels up) against a device-to-device copy of the same
@@ -59,11 +68,7 @@ def kernel_bandwidth() -> dict[str, Any]:
     runs["copy"] = lambda: dst.copy_(src)  # reads moved/2 + writes moved/2 bytes
     ref = fused_normalize_patchify(x, variant="row")[0]  # the first kernel, the one the others replace
     same = {v: torch.equal(fused_normalize_patchify(x, variant=v)[0], ref) for v in VARIANTS}
-    times: dict[str, list[dict[str, float]]] = {k: [] for k in runs}
-    for _ in range(3):  # interleaved rounds
-        for k, fn in runs.items():
-            times[k].append(cuda_times(fn, 20))
-    p50 = {k: statistics.median(t["p50_ms"] for t in v) for k, v in times.items()}
+    p50 = interleaved(runs)
     # Images: 16 same-size 1080p-class frames of one frame each, in one launch ([B, 1, C, H, W]); each value
     # computed once and stored in both temporal slots (the default) against computed per slot, and a copy.
     imgs = torch.randint(0, 256, (16, 1, 3, 1092, 1932), dtype=torch.uint8, device="cuda")
@@ -76,11 +81,7 @@ def kernel_bandwidth() -> dict[str, Any]:
         "block-lut-per-slot": lambda: fused_normalize_patchify(imgs, out=img_out, one_frame=False),
         "copy": lambda: img_dst.copy_(img_src)}
     img_same = torch.equal(fused_normalize_patchify(imgs)[0], fused_normalize_patchify(imgs, one_frame=False)[0])
-    img_times: dict[str, list[dict[str, float]]] = {k: [] for k in img_runs}
-    for _ in range(3):
-        for k, fn in img_runs.items():
-            img_times[k].append(cuda_times(fn, 20))
-    img_p50 = {k: statistics.median(t["p50_ms"] for t in v) for k, v in img_times.items()}
+    img_p50 = interleaved(img_runs)
     return {
         "bytes_moved": moved,
         "ms": p50,
