@@ -15,7 +15,7 @@ import torch
 
 from ...errors import BackendUnavailable, DecodeError, UnsupportedMedia, first_line
 from ..sources import Source
-from .probe import VideoInfo, check_planned_indices
+from .probe import VideoInfo, check_planned_indices, in_planned_order
 
 __all__ = ["CPU_CODECS", "DALIVideoDecoder", "NVDEC_CODECS"]
 
@@ -93,9 +93,4 @@ class DALIVideoDecoder:
             raise DecodeError(src.item, f"DALI {self.backend} decode failed: {first_line(exc)}") from None
         if frames.shape[0] != len(wanted):
             raise DecodeError(src.item, f"DALI returned {frames.shape[0]} frames, {len(wanted)} were planned")
-        if wanted == list(indices):
-            return frames
-        pos = {f: k for k, f in enumerate(wanted)}
-        # Views stacked on the device: an index tensor built here would be a pageable host-to-device copy
-        # that synchronizes the slot's stream.
-        return torch.stack([frames[pos[int(i)]] for i in indices])
+        return in_planned_order(frames, wanted, indices)

@@ -25,7 +25,7 @@ import torch
 from ...errors import BackendUnavailable, DecodeError, UnsupportedMedia, first_line
 from ..sources import Source
 from .dali import NVDEC_CODECS
-from .probe import VideoInfo, check_planned_indices
+from .probe import VideoInfo, check_planned_indices, in_planned_order
 
 __all__ = ["FRAMES_PER_BATCH", "PyNvVideoCodecDecoder", "memory_file"]
 
@@ -93,11 +93,12 @@ class PyNvVideoCodecDecoder:
                 frames = torch.empty((len(wanted), info.height, info.width, 3), dtype=torch.uint8,
                                      device=stream.device)
                 for start in range(0, len(wanted), FRAMES_PER_BATCH):
-                    batch = decoder.get_batch_frames_by_index(wanted[start : start + FRAMES_PER_BATCH])
+                    asked = wanted[start : start + FRAMES_PER_BATCH]
+                    batch = decoder.get_batch_frames_by_index(asked)
                     got = [_hwc(torch.from_dlpack(frame)) for frame in batch]
-                    if len(got) != len(wanted[start : start + FRAMES_PER_BATCH]):
+                    if len(got) != len(asked):
                         raise DecodeError(src.item, f"PyNvVideoCodec returned {len(got)} frames for "
-                                                    f"{len(wanted[start:start + FRAMES_PER_BATCH])} indices")
+                                                    f"{len(asked)} indices")
                     for k, frame in enumerate(got):
                         if tuple(frame.shape) != (info.height, info.width, 3):
                             raise DecodeError(src.item, f"PyNvVideoCodec returned a {tuple(frame.shape)} frame, "
@@ -112,10 +113,7 @@ class PyNvVideoCodecDecoder:
         except Exception as exc:  # noqa: BLE001 - the library raises its own types, RuntimeError and bare Exception
             self._sessions.pop(_key(stream), None)  # a failed session is rebuilt for the next item
             raise DecodeError(src.item, f"PyNvVideoCodec failed: {first_line(exc)}") from None
-        if wanted == list(indices):
-            return frames
-        pos = {f: k for k, f in enumerate(wanted)}
-        return torch.stack([frames[pos[int(i)]] for i in indices])  # device views: no host-to-device index copy
+        return in_planned_order(frames, wanted, indices)
 
     def _session(self, stream: torch.cuda.Stream) -> _Session:
         key = _key(stream)
@@ -124,10 +122,6 @@ class PyNvVideoCodecDecoder:
             device = stream.device_index if self.device_id is None else self.device_id
             session = self._sessions[key] = _Session(self._nvc, device, stream.cuda_stream)
         return session
-
-    def close(self) -> None:
-        """Drop every session (their NVDEC decoders and surfaces go with them)."""
-        self._sessions.clear()
 
 
 def _key(stream: torch.cuda.Stream) -> tuple[int, int]:

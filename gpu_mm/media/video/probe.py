@@ -16,7 +16,8 @@ from ...errors import DecodeError, GpuMMError, LimitExceeded, UnsupportedMedia
 from ...errors import describe as _describe
 from ..sources import MediaLimits, Source
 
-__all__ = ["VideoDecoder", "VideoInfo", "check_planned_indices", "frames_from_array", "probe_video", "rotate_frames"]
+__all__ = ["VideoDecoder", "VideoInfo", "check_planned_indices", "frames_from_array", "in_planned_order",
+           "probe_video", "rotate_frames"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +225,17 @@ def check_planned_indices(indices: Sequence[int], info: VideoInfo) -> None:
     bad = [i for i in indices if not 0 <= i < info.num_frames]
     if bad:
         raise ValueError(f"frame indices {bad[:5]} out of range [0, {info.num_frames})")
+
+
+def in_planned_order(frames: torch.Tensor, wanted: list[int], indices: Sequence[int]) -> torch.Tensor:
+    """``frames`` decoded at ``wanted`` (the planned indices sorted, each once: what a decoder that fetches by index
+    is asked for) as the plan orders them, repeats included."""
+    if wanted == list(indices):
+        return frames
+    pos = {f: k for k, f in enumerate(wanted)}
+    # Views stacked on the device: an index tensor built here would be a pageable host-to-device copy that
+    # synchronizes the slot's stream.
+    return torch.stack([frames[pos[int(i)]] for i in indices])
 
 
 class VideoDecoder(Protocol):
