@@ -40,6 +40,28 @@ def _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, y0, x0, cols, 
     return tl.math.div_rn(x - m, s)
 
 
+@triton.jit
+def _write_rows(src_ptr, out_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, y0, x0, starts, cols, rmask,
+                C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, ROW: tl.constexpr, LUT: tl.constexpr,
+                ONE: tl.constexpr):
+    """Output rows whose patch starts at frame row ``y0``, column ``x0`` of temporal group ``gt``, each beginning at
+    element ``starts`` of ``out_ptr`` (``rmask``: the rows that exist). ``ONE``: the item is one frame, so its values
+    are computed once per (channel, patch pixel), ``cols`` ranging over those, and stored in each of the TP
+    temporal slots; otherwise ``cols`` range over the whole row."""
+    if ONE:
+        cmask = cols < C * P * P
+        mask = rmask & cmask
+        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, 1, H, W, 0, y0, x0, cols, mask, cmask, C, 1, P, LUT)
+        dst = starts + (cols // (P * P)) * (TP * P * P) + cols % (P * P)
+        for tt in tl.static_range(TP):
+            tl.store(out_ptr + dst + tt * (P * P), y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        cmask = cols < ROW
+        mask = rmask & cmask
+        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, y0, x0, cols, mask, cmask, C, TP, P, LUT)
+        tl.store(out_ptr + starts + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 # The sizes are runtime values: without do_not_specialize Triton compiles a variant per size class (== 1,
 # divisible by 16), and a new variant compiles inside a slot job, against its deadline.
 @triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS"])
@@ -68,18 +90,8 @@ def _normalize_patchify_kernel(
     blk = rem // (M * M)
     bw = blk % (GW // M)
     bh = blk // (GW // M)
-    if ONE:  # one frame: its values once per (channel, patch pixel), stored in each of the TP temporal slots
-        mask = cols < C * P * P
-        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, 1, H, W, 0, (bh * M + mh) * P, (bw * M + mw) * P, cols,
-                        mask, mask, C, 1, P, LUT)
-        dst = row * ROW + (cols // (P * P)) * (TP * P * P) + cols % (P * P)
-        for tt in tl.static_range(TP):
-            tl.store(out_ptr + dst + tt * (P * P), y.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        mask = cols < ROW
-        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + mh) * P, (bw * M + mw) * P,
-                        cols, mask, mask, C, TP, P, LUT)
-        tl.store(out_ptr + row * ROW + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    _write_rows(src_ptr, out_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + mh) * P, (bw * M + mw) * P,
+                row * ROW, cols, cols >= 0, C, TP, P, ROW, LUT, ONE)
 
 
 # One program per merge block (M*M consecutive output rows, which share their frame rows: runs of M*P bytes
@@ -102,21 +114,8 @@ def _normalize_patchify_block_kernel(
     bh = rem // (GW // M)
     r = tl.arange(0, RB)[:, None]  # the block's rows (M*M of them, padded to a power of two)
     cols = tl.arange(0, BLOCK)[None, :]
-    rows = (blk * (M * M) + r) * ROW
-    if ONE:  # one frame: its values once per (channel, patch pixel), stored in each of the TP temporal slots
-        cmask = cols < C * P * P
-        mask = (r < M * M) & cmask
-        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, 1, H, W, 0, (bh * M + r // M) * P,
-                        (bw * M + r % M) * P, cols, mask, cmask, C, 1, P, LUT)
-        dst = rows + (cols // (P * P)) * (TP * P * P) + cols % (P * P)
-        for tt in tl.static_range(TP):
-            tl.store(out_ptr + dst + tt * (P * P), y.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        cmask = cols < ROW
-        mask = (r < M * M) & cmask
-        y = _normalized(src_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + r // M) * P,
-                        (bw * M + r % M) * P, cols, mask, cmask, C, TP, P, LUT)
-        tl.store(out_ptr + rows + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    _write_rows(src_ptr, out_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + r // M) * P,
+                (bw * M + r % M) * P, (blk * (M * M) + r) * ROW, cols, r < M * M, C, TP, P, ROW, LUT, ONE)
 
 
 VARIANTS = ("row", "block", "row-lut", "block-lut")
