@@ -52,25 +52,38 @@ def interleaved(runs: dict[str, Callable[[], Any]], rounds: int = 3, reps: int =
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def kernel_bandwidth() -> dict[str, Any]:
-    """The fused kernel's variants (gpu_mm.kernels.normalize_patchify.VARIANTS: one program per output row or per
-    merge block, each dividing per element or looking levels up) against a device-to-device copy of the same
-    bytes, interleaved; each variant's output compared with the first kernel's (row)."""
+def _variants_against_copy(x: torch.Tensor, patch_size: int) -> dict[str, Any]:
+    """Every kernel variant on uint8 frames ``x`` against a device-to-device copy of the bytes they move,
+    interleaved; each variant's output compared with the first kernel's (row)."""
     from gpu_mm.kernels.normalize_patchify import VARIANTS, fused_normalize_patchify
 
-    x = torch.randint(0, 256, (60, 3, 560, 1008), dtype=torch.uint8, device="cuda")
-    out = torch.empty(60 // 2 * 40 * 72, 1176, device="cuda")
+    ref = fused_normalize_patchify(x, variant="row", patch_size=patch_size)[0]  # the first kernel
+    out = torch.empty_like(ref)
     moved = x.numel() + out.numel() * 4
     src = torch.empty(moved // 2, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     runs: dict[str, Callable[[], Any]] = {
-        v: (lambda v=v: fused_normalize_patchify(x, out=out, variant=v)) for v in VARIANTS}
+        v: (lambda v=v: fused_normalize_patchify(x, out=out, variant=v, patch_size=patch_size)) for v in VARIANTS}
     runs["copy"] = lambda: dst.copy_(src)  # reads moved/2 + writes moved/2 bytes
-    ref = fused_normalize_patchify(x, variant="row")[0]  # the first kernel, the one the others replace
-    same = {v: torch.equal(fused_normalize_patchify(x, variant=v)[0], ref) for v in VARIANTS}
+    same = {v: torch.equal(fused_normalize_patchify(x, variant=v, patch_size=patch_size)[0], ref) for v in VARIANTS}
     p50 = interleaved(runs)
+    return {"bytes_moved": moved, "ms": p50, "GBps": {k: moved / v / 1e6 for k, v in p50.items()},
+            "of_copy": {k: p50["copy"] / v for k, v in p50.items()}, "equals_row": same}
+
+
+def kernel_bandwidth() -> dict[str, Any]:
+    """The fused kernel's variants (gpu_mm.kernels.normalize_patchify.VARIANTS: one program per output row, per
+    merge block or per merge block with patch-pixel lanes, each dividing per element or looking levels up) against a
+    device-to-device copy of the same bytes: a 60-frame clip with Qwen2-VL's 14-pixel patches and with Qwen3-VL's 16,
+    and 16 images in one launch."""
+    from gpu_mm.kernels.normalize_patchify import fused_normalize_patchify
+
+    result = _variants_against_copy(torch.randint(0, 256, (60, 3, 560, 1008), dtype=torch.uint8, device="cuda"), 14)
+    result["patch_16"] = _variants_against_copy(
+        torch.randint(0, 256, (60, 3, 576, 1024), dtype=torch.uint8, device="cuda"), 16)
     # Images: 16 same-size 1080p-class frames of one frame each, in one launch ([B, 1, C, H, W]); each value
-    # computed once and stored in both temporal slots (the default) against computed per slot, and a copy.
+    # computed once and stored in both temporal slots (the default) against computed per slot, the tile kernel, and a
+    # copy.
     imgs = torch.randint(0, 256, (16, 1, 3, 1092, 1932), dtype=torch.uint8, device="cuda")
     img_out = torch.empty(16 * 78 * 138, 1176, device="cuda")
     img_moved = imgs.numel() + img_out.numel() * 4
@@ -79,19 +92,16 @@ def kernel_bandwidth() -> dict[str, Any]:
     img_runs: dict[str, Callable[[], Any]] = {
         "block-lut": lambda: fused_normalize_patchify(imgs, out=img_out),
         "block-lut-per-slot": lambda: fused_normalize_patchify(imgs, out=img_out, one_frame=False),
+        "tile-lut": lambda: fused_normalize_patchify(imgs, out=img_out, variant="tile-lut"),
         "copy": lambda: img_dst.copy_(img_src)}
-    img_same = torch.equal(fused_normalize_patchify(imgs)[0], fused_normalize_patchify(imgs, one_frame=False)[0])
+    img_ref = fused_normalize_patchify(imgs)[0]
+    img_same = torch.equal(img_ref, fused_normalize_patchify(imgs, one_frame=False)[0])
+    tile_same = torch.equal(img_ref, fused_normalize_patchify(imgs, variant="tile-lut")[0])
     img_p50 = interleaved(img_runs)
-    return {
-        "bytes_moved": moved,
-        "ms": p50,
-        "GBps": {k: moved / v / 1e6 for k, v in p50.items()},
-        "of_copy": {k: p50["copy"] / v for k, v in p50.items()},
-        "equals_row": same,
-        "images_16x1092x1932": {"bytes_moved": img_moved, "ms": img_p50,
-                                "of_copy": {k: img_p50["copy"] / v for k, v in img_p50.items()},
-                                "one_frame_equals_per_slot": img_same},
-    }
+    result["images_16x1092x1932"] = {
+        "bytes_moved": img_moved, "ms": img_p50, "of_copy": {k: img_p50["copy"] / v for k, v in img_p50.items()},
+        "one_frame_equals_per_slot": img_same, "tile_lut_equals_block_lut": tile_same}
+    return result
 
 
 def main() -> int:

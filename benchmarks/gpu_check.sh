@@ -64,7 +64,8 @@ fi
 # Nsight Compute is installed: each variant's second launch, speed of light, memory, launch and occupancy.
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
 if [ -n "$NCU" ]; then
-  timeout "${GPU_CHECK_NCU_S:-60}" "$NCU" -k regex:normalize_patchify --launch-skip 4 --launch-count 4 \
+  N=$("$PY" -c "from gpu_mm.kernels.normalize_patchify import VARIANTS; print(len(VARIANTS))")
+  timeout "${GPU_CHECK_NCU_S:-60}" "$NCU" -k regex:normalize_patchify --launch-skip "$N" --launch-count "$N" \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
     "$PY" -c "import torch; from gpu_mm.kernels.normalize_patchify import VARIANTS, fused_normalize_patchify as f
 x = torch.randint(0, 256, (60, 3, 560, 1008), dtype=torch.uint8, device='cuda')

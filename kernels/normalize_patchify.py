@@ -118,7 +118,56 @@ def _normalize_patchify_block_kernel(
                 (bw * M + r % M) * P, (blk * (M * M) + r) * ROW, cols, r < M * M, C, TP, P, ROW, LUT, ONE)
 
 
-VARIANTS = ("row", "block", "row-lut", "block-lut")
+@triton.jit
+def _level_values(v, mean_ptr, std_ptr, lut_ptr, c, LUT: tl.constexpr):
+    """The normalized values of uint8 levels ``v``, all of channel ``c``: looked up, or divided (as in _normalized)."""
+    if LUT:
+        return tl.load(lut_ptr + c * 256 + v.to(tl.int32))
+    return tl.math.div_rn(v.to(tl.float32) - tl.load(mean_ptr + c), tl.load(std_ptr + c))
+
+
+# One program per merge block, like the block kernel, but its lanes are the block's M*M rows by one patch's P*P
+# pixels, and the channels and temporal slots are a loop unrolled at compile time: where a lane reads in the frame and
+# writes in its row is worked out once per program and each (channel, slot) adds a scalar to it, instead of the block
+# kernel's per-element division of a column index into (channel, slot, patch row, patch column). A lane of P*P pads
+# to a power of two (196 -> 256 lanes at P=14, none at P=16) where the block kernel pads a whole row (1176 -> 2048).
+@triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS"])
+def _normalize_patchify_tile_kernel(
+    src_ptr, out_ptr, mean_ptr, std_ptr, lut_ptr,
+    T, H, W, GH, GW, ITEM_PIXELS, ITEM_ROWS,
+    C: tl.constexpr, TP: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
+    ROW: tl.constexpr, BLOCK: tl.constexpr, LUT: tl.constexpr, ONE: tl.constexpr, RB: tl.constexpr,
+):
+    item = tl.program_id(1).to(tl.int64)
+    blk = tl.program_id(0).to(tl.int64)
+    per_t = (GH // M) * (GW // M)
+    gt = blk // per_t
+    rem = blk % per_t
+    bw = rem % (GW // M)
+    bh = rem // (GW // M)
+    frame = H.to(tl.int64) * W
+    src_ptr += item * ITEM_PIXELS + (bh * (M * P)) * W + bw * (M * P)  # the block's top-left pixel in frame 0
+    out_ptr += (item * ITEM_ROWS + blk * (M * M)) * ROW  # the block's first row
+    r = tl.arange(0, RB)[:, None]  # the block's rows (M*M, padded to a power of two)
+    k = tl.arange(0, BLOCK)[None, :]  # one patch's pixels (P*P, padded)
+    mask = (r < M * M) & (k < P * P)
+    at = ((r // M) * P + k // P) * W + (r % M) * P + k % P  # where each lane reads, from the top-left pixel
+    to = r * ROW + k  # where each lane writes, from the block's first row, for channel 0 and slot 0
+    for c in tl.static_range(C):
+        if ONE:  # one frame: each value computed once, stored in every temporal slot
+            y = _level_values(tl.load(src_ptr + c * frame + at, mask=mask, other=0), mean_ptr, std_ptr, lut_ptr, c,
+                              LUT)
+            for tt in tl.static_range(TP):
+                tl.store(out_ptr + (c * TP + tt) * (P * P) + to, y.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            for tt in tl.static_range(TP):
+                t = tl.minimum(gt * TP + tt, T - 1)  # odd frame count: repeat the last frame
+                v = tl.load(src_ptr + (t * C + c) * frame + at, mask=mask, other=0)
+                y = _level_values(v, mean_ptr, std_ptr, lut_ptr, c, LUT)
+                tl.store(out_ptr + (c * TP + tt) * (P * P) + to, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+VARIANTS = ("row", "block", "row-lut", "block-lut", "tile", "tile-lut")
 """One program per output row or per merge block; ``-lut``: each uint8 level looked up in a table of its
 normalized value instead of a division per element. The same bits, all four (tested on an H200 and under the
 interpreter). On an H200 (2026-11-28, 60x3x560x1008 -> float32, 508 MB moved, three interleaved rounds) the
@@ -127,7 +176,10 @@ row-lut 0.403, block-lut 0.378 ms (1.46x the row kernel; a device copy of the sa
 ``block-lut`` is the default. Items of one frame (images, whose temporal slots all hold the same pixels) compute
 each value once and store it in every slot (``one_frame``): half the loads, lookups and index arithmetic of the
 image path, the same bits (tested under the interpreter and compiled for sm_90; its speed waits for a card,
-``gpu_bench.py``'s ``images_16x1092x1932``)."""
+``gpu_bench.py``'s ``images_16x1092x1932``). ``tile``: one program per merge block whose lanes are patch pixels, the
+same bits; compiled for sm_90 by the GPU machine's Triton (3.6) ``tile-lut`` issues 0.67 warp instructions per output
+element with 42 registers where ``block-lut`` issues 1.66 with 80 (``benchmarks/kernel_sass.py``); whether that makes
+it faster waits for a card (``gpu_bench.py``'s ``kernel`` section times every variant)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -197,6 +249,10 @@ def fused_normalize_patchify(
     sizes = (t, h, w, gh, gw, t * c * h * w, item_rows)
     if rows and variant.startswith("row"):
         _normalize_patchify_kernel[(item_rows, items)](frames, out, m, s, table, *sizes, **geometry)
+    elif rows and variant.startswith("tile"):
+        geometry["BLOCK"] = triton.next_power_of_2(patch_size * patch_size)
+        _normalize_patchify_tile_kernel[(item_rows // (merge_size * merge_size), items)](
+            frames, out, m, s, table, *sizes, **geometry, RB=triton.next_power_of_2(merge_size * merge_size))
     elif rows:
         rb = triton.next_power_of_2(merge_size * merge_size)
         _normalize_patchify_block_kernel[(item_rows // (merge_size * merge_size), items)](

@@ -15,7 +15,7 @@ import torch
 from gpu_mm import ops
 
 pytest.importorskip("triton")
-from gpu_mm.kernels.normalize_patchify import fused_normalize_patchify  # noqa: E402
+from gpu_mm.kernels.normalize_patchify import VARIANTS, fused_normalize_patchify  # noqa: E402
 from gpu_mm.kernels.runtime import triton_available  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton cannot run here")
@@ -27,9 +27,6 @@ def _on(device: str) -> str:
     if device == "cpu" and torch.cuda.is_available():
         pytest.skip("the interpreter path is exercised on machines without a GPU")
     return device
-
-
-VARIANTS = ["row", "block", "row-lut", "block-lut"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -121,22 +118,26 @@ import json, re, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from gpu_mm.kernels.normalize_patchify import _normalize_patchify_kernel as kernel
+from gpu_mm.kernels.normalize_patchify import _normalize_patchify_kernel, _normalize_patchify_tile_kernel
 
-out = {"sizes": [p.name for p in kernel.params if not p.is_constexpr and not p.name.endswith("_ptr")],
-       "not_specialized": [p.name for p in kernel.params if p.do_not_specialize]}
-for name, dtype, lut, one in (("fp32", "*fp32", False, False), ("bf16", "*bf16", False, False),
-                              ("lut_fp32", "*fp32", True, False), ("one_fp32", "*fp32", False, True)):
-    sig = {"src_ptr": "*u8", "out_ptr": dtype, "mean_ptr": "*fp32", "std_ptr": "*fp32", "lut_ptr": "*fp32",
-           **{n: "i32" for n in ("T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS")},
-           **{n: "constexpr" for n in ("C", "TP", "P", "M", "ROW", "BLOCK", "LUT", "ONE")}}
-    consts = {"C": 3, "TP": 2, "P": 14, "M": 2, "ROW": 1176, "BLOCK": 1024 if one else 2048, "LUT": lut, "ONE": one}
-    try:
-        ptx = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
-                             target=GPUTarget("cuda", 90, 32)).asm["ptx"]
-    except Exception as exc:
-        print(json.dumps({"skip": f"{type(exc).__name__}: {exc}"[:300]})); sys.exit(0)
-    out[name] = sorted(set(re.findall(r"(?:div|cvt)\.[a-z0-9.]+", ptx)))
+out = {}
+kernels = ((_normalize_patchify_kernel, "", {}), (_normalize_patchify_tile_kernel, "tile_", {"RB": 4}))
+for kernel, prefix, extra in kernels:
+    out[prefix + "sizes"] = [p.name for p in kernel.params if not p.is_constexpr and not p.name.endswith("_ptr")]
+    out[prefix + "not_specialized"] = [p.name for p in kernel.params if p.do_not_specialize]
+    for name, dtype, lut, one in (("fp32", "*fp32", False, False), ("bf16", "*bf16", False, False),
+                                  ("lut_fp32", "*fp32", True, False), ("one_fp32", "*fp32", False, True)):
+        sig = {"src_ptr": "*u8", "out_ptr": dtype, "mean_ptr": "*fp32", "std_ptr": "*fp32", "lut_ptr": "*fp32",
+               **{n: "i32" for n in ("T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS")},
+               **{n: "constexpr" for n in ("C", "TP", "P", "M", "ROW", "BLOCK", "LUT", "ONE", *extra)}}
+        block = 256 if extra else 1024 if one else 2048
+        consts = {"C": 3, "TP": 2, "P": 14, "M": 2, "ROW": 1176, "BLOCK": block, "LUT": lut, "ONE": one, **extra}
+        try:
+            ptx = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                                 target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        except Exception as exc:
+            print(json.dumps({"skip": f"{type(exc).__name__}: {exc}"[:300]})); sys.exit(0)
+        out[prefix + name] = sorted(set(re.findall(r"(?:div|cvt)\.[a-z0-9.]+", ptx)))
 print(json.dumps(out))
 """
 
@@ -159,19 +160,24 @@ def _ptx_ops(dtype: str) -> list[str]:
     return result[dtype]
 
 
+KERNELS = ["", "tile_"]  # the row and block kernels' shared code (compiled as the row kernel), and the tile kernel
+
+
 @pytest.mark.slow
-def test_compiled_kernel_divides_with_ieee_rounding():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compiled_kernel_divides_with_ieee_rounding(kernel):
     """torch divides float32 with IEEE round-to-nearest; a plain ``/`` in Triton compiles to div.full.f32
     (up to 2 ulp off), so the GPU exactness claim rests on the kernel asking for div.rn."""
-    ops_ = _ptx_ops("fp32")
+    ops_ = _ptx_ops(kernel + "fp32")
     assert "div.rn.f32" in ops_
     assert "div.full.f32" not in ops_ and "div.approx.f32" not in ops_
 
 
-def test_compiled_lookup_variant_does_not_divide():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compiled_lookup_variant_does_not_divide(kernel):
     """The ``-lut`` variants read each level's value from a table computed with torch's own division."""
-    assert not [op for op in _ptx_ops("lut_fp32") if op.startswith("div.") and op.endswith("f32")]
-    assert "div.rn.f32" in _ptx_ops("fp32")  # what the same check finds in the dividing variant
+    assert not [op for op in _ptx_ops(kernel + "lut_fp32") if op.startswith("div.") and op.endswith("f32")]
+    assert "div.rn.f32" in _ptx_ops(kernel + "fp32")  # what the same check finds in the dividing variant
 
 
 def test_level_table_is_the_division_it_replaces():
@@ -183,9 +189,10 @@ def test_level_table_is_the_division_it_replaces():
     assert torch.equal(_levels("cpu", ops.OPENAI_CLIP_MEAN, ops.OPENAI_CLIP_STD), ref)
 
 
-def test_compiled_one_frame_kernel_divides_with_ieee_rounding_too():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compiled_one_frame_kernel_divides_with_ieee_rounding_too(kernel):
     """Images (one frame) compute each value once and store it per temporal slot: the same division."""
-    ops_ = _ptx_ops("one_fp32")
+    ops_ = _ptx_ops(kernel + "one_fp32")
     assert "div.rn.f32" in ops_ and "div.full.f32" not in ops_
 
 
@@ -204,18 +211,20 @@ def test_one_frame_stored_per_slot_equals_computed_per_slot(device, variant):
         assert torch.equal(once, ops.normalize_patchify(x, **kw)[0])
 
 
-def test_compiled_bfloat16_cast_rounds_to_nearest_even():
-    assert "cvt.rn.bf16.f32" in _ptx_ops("bf16")
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compiled_bfloat16_cast_rounds_to_nearest_even(kernel):
+    assert "cvt.rn.bf16.f32" in _ptx_ops(kernel + "bf16")
 
 
-def test_sizes_do_not_make_new_kernel_variants():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sizes_do_not_make_new_kernel_variants(kernel):
     """Triton specializes int arguments (== 1, divisible by 16) unless told not to: each variant would
     compile inside a slot job. Every runtime size of the kernel is exempt."""
     result = _compiled()
     if "skip" in result:
         pytest.skip(result["skip"])
-    assert result["sizes"] == ["T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS"]
-    assert set(result["sizes"]) <= set(result["not_specialized"])
+    assert result[kernel + "sizes"] == ["T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS"]
+    assert set(result[kernel + "sizes"]) <= set(result[kernel + "not_specialized"])
 
 
 def test_pipeline_picks_the_kernel_for_float_output_on_cuda(monkeypatch):
