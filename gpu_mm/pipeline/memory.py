@@ -114,5 +114,4 @@ def default_cache_bytes() -> int:
 
 
 def _feature_bytes(grid: tuple[int, int, int], cfg: ModelSpec) -> int:
-    itemsize = torch.empty((), dtype=cfg.output_dtype).element_size()
-    return math.prod(cfg.item_shape(grid)) * itemsize
+    return math.prod(cfg.item_shape(grid)) * cfg.output_dtype.itemsize

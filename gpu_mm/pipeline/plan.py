@@ -181,8 +181,9 @@ class Planner:
             return hit_item(kind, src, key, hit, timer, self.config)
         if kind == "audio":
             return Item(self._plan_audio(src, timer, audio, key), timer)
-        plan = self._plan_image(src, options, timer) if kind == "image" else self._plan_video(src, options, timer)
-        return Item(dataclasses.replace(plan, key=key, meta=self.config.item_meta(plan.grid)), timer)
+        if kind == "image":
+            return Item(self._plan_image(src, options, timer, key), timer)
+        return Item(self._plan_video(src, options, timer, key), timer)
 
     def _plan_audio(self, src: Source, timer: StageTimer, info: AudioInfo | None, key: bytes | None) -> ItemPlan:
         if info is None:
@@ -204,7 +205,7 @@ class Planner:
             info = probe_audio(track, self.limits, required=False)
         return None if info is None else self._plan_source("audio", track, options, timer, info)
 
-    def _plan_image(self, src: Source, options: RequestOptions, timer: StageTimer) -> ItemPlan:
+    def _plan_image(self, src: Source, options: RequestOptions, timer: StageTimer, key: bytes | None) -> ItemPlan:
         with timer.stage("load"):
             info = probe_image(src, self.limits)
         cfg = self.config
@@ -224,9 +225,9 @@ class Planner:
         nbytes = image_working_bytes((info.height, info.width), target, _feature_bytes(grid, cfg),
                                      via_pillow=not is_plain_jpeg(src, info) or scale > 1)
         return ItemPlan("image", src, target, grid, (info.height, info.width), image_info=info, nbytes=nbytes,
-                        jpeg_scale=scale, views=views)
+                        jpeg_scale=scale, views=views, key=key, meta=cfg.item_meta(grid))
 
-    def _plan_video(self, src: Source, options: RequestOptions, timer: StageTimer) -> ItemPlan:
+    def _plan_video(self, src: Source, options: RequestOptions, timer: StageTimer, key: bytes | None) -> ItemPlan:
         info: VideoInfo | None = None
         try:
             if src.kind == "encoded":
@@ -245,10 +246,10 @@ class Planner:
             raise
         except ValueError as exc:  # the family's arithmetic refused the video
             raise LimitExceeded(src.item, str(exc)) from None
-        return self._video_plan(src, sampling, info, size)
+        return self._video_plan(src, sampling, info, size, key)
 
     def _video_plan(self, src: Source, sampling: VideoSampling, info: VideoInfo | None,
-                    size: tuple[int, int]) -> ItemPlan:
+                    size: tuple[int, int], key: bytes | None) -> ItemPlan:
         cfg = self.config
         indices, target = sampling.indices, sampling.target
         grid = cfg.grid(len(indices), target)
@@ -266,7 +267,8 @@ class Planner:
             nbytes += (call - chunk) * 3 * size[0] * size[1]  # the call's decoded frames beyond one chunk
             nbytes += memory.decoder_held_bytes(self.video_decoder, size, len(indices))
         return ItemPlan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
-                        presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, video_fps=sampling.video_fps)
+                        presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, video_fps=sampling.video_fps,
+                        key=key, meta=cfg.item_meta(grid))
 
     def groups(self, items: list[Item]) -> list[list[int]]:
         """Which plans run together as one slot job: plain JPEGs in batches of up to ``image_batch`` (one
