@@ -213,6 +213,18 @@ def main() -> int:
         with mock.patch("gpu_mm.pipeline.execute.same_size_runs", singles):
             return images()
 
+    def images_concurrent(slots: int) -> dict[str, Any]:
+        """The 64 JPEGs as 8 calls of 8 at once through a preprocessor of ``slots`` stream slots: whether slots
+        beyond the CUDA default's one cost images anything (video gains from them: runs 6-7 on the H200)."""
+        p = Qwen2VLPreprocessor("cuda", cache_bytes=0, num_slots=slots)
+
+        async def run() -> None:
+            await asyncio.gather(*(p.preprocess(images=batch[k : k + 8]) for k in range(0, 64, 8)))
+
+        t = cuda_times(lambda: asyncio.run(run()), 5)
+        p.close()
+        return {**t, "images_per_s": 64 / t["p50_ms"] * 1e3, "slots": slots}
+
     def hf_images() -> dict[str, Any]:
         from PIL import Image
         from transformers import Qwen2VLImageProcessor
@@ -282,6 +294,8 @@ def main() -> int:
         else:
             section("jpeg_batch64_gpu_mm_nvimgcodec", lambda: images(with_nvimgcodec))
             section("jpeg_batch64_nvimgcodec_decode_only", nvimgcodec_decode_only)
+        for slots in (1, 4):
+            section(f"jpeg_8_calls_of_8_{slots}_slots", lambda slots=slots: images_concurrent(slots))
         section("jpeg_batch64_hf_cuda", hf_images)
     try:  # installed and loadable here (the package needs the driver's NVDEC and NVENC libraries)
         get_video_decoder("pynvvideocodec")
