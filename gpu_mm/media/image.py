@@ -14,7 +14,7 @@ import dataclasses
 import io
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -256,14 +256,28 @@ def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tenso
     return image
 
 
+def jpeg_codec() -> Callable[..., Any] | None:
+    """torchvision's ``decode_jpeg`` (libjpeg-turbo on the CPU, nvJPEG on CUDA), the fast JPEG path's decoder; None
+    once torchvision has none (0.29 deprecated its image codecs for removal, in favour of torchcodec's): Pillow then
+    decodes every image (the same libjpeg-turbo pixels) and CUDA has no nvJPEG (``image_decoder="auto"`` decodes on
+    the CPU). torchcodec's own JPEG decoder is not the fallback: it loads the system's FFmpeg libraries, which clash
+    with decord's in one process, and its nvJPEG path has not run on a card here."""
+    try:
+        from torchvision.io import decode_jpeg
+    except ImportError:
+        return None
+    return decode_jpeg
+
+
 def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torch.Tensor | None:
     """torchvision's JPEG decoder (libjpeg-turbo on the CPU, nvJPEG on CUDA) for plain RGB/grayscale
-    JPEGs (``info`` from :func:`probe_image`); None when Pillow must decode instead (CMYK/YCCK, or not
-    a JPEG)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    JPEGs (``info`` from :func:`probe_image`); None when Pillow must decode instead (CMYK/YCCK, not
+    a JPEG, or a torchvision without image codecs)."""
+    decode_jpeg = jpeg_codec()
+    if decode_jpeg is None or not is_plain_jpeg(src, info):
+        return None  # not a JPEG, or CMYK / YCCK, or no JPEG codec in torchvision: Pillow decodes it
+    from torchvision.io import ImageReadMode
 
-    if not is_plain_jpeg(src, info):
-        return None  # not a JPEG, or CMYK / YCCK: Pillow decodes it
     data = torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8)
     try:
         with warnings.catch_warnings():
@@ -332,7 +346,10 @@ def decode_jpegs(items: Sequence[tuple[Source, ImageInfo]], device: str = "cpu")
     Raises:
         DecodeError: naming the first corrupt item (the batch is retried one by one to find it).
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
+    decode_jpeg = jpeg_codec()
+    if decode_jpeg is None:  # Pillow, one by one (image_decoder="nvjpeg" is refused without torchvision's codecs)
+        return [decode_image(src, info=info) for src, info in items]
+    from torchvision.io import ImageReadMode
 
     data = [torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8) for src, _ in items]
     try:

@@ -12,6 +12,7 @@ from .. import ops
 from ..errors import (
     BackendUnavailable,
 )
+from ..media.image import jpeg_codec
 
 
 def resolve_device(device: str) -> str:
@@ -50,7 +51,8 @@ def choose_image_decoder(name: str, device: str) -> str:
 
     Raises:
         ValueError: an unknown name, or nvJPEG without a CUDA device.
-        BackendUnavailable: nvImageCodec is not installed or cannot load.
+        BackendUnavailable: nvImageCodec is not installed or cannot load; nvJPEG asked of a torchvision without
+            image codecs.
     """
     if name not in IMAGE_DECODERS:
         raise ValueError(f"image_decoder must be one of {IMAGE_DECODERS}, got {name!r}")
@@ -61,8 +63,12 @@ def choose_image_decoder(name: str, device: str) -> str:
     cuda = device.startswith("cuda")
     if name == "nvjpeg" and not cuda:
         raise ValueError(f"image_decoder='nvjpeg' needs a CUDA device, got device={device!r}")
+    nvjpeg = jpeg_codec() is not None  # torchvision's; a torchvision without image codecs has none
+    if name == "nvjpeg" and not nvjpeg:
+        raise BackendUnavailable("image_decoder='nvjpeg' needs torchvision's decode_jpeg, which this torchvision "
+                                 "does not have (its image codecs were deprecated in 0.29); use 'nvimgcodec' or 'cpu'")
     if name == "auto":
-        return "nvjpeg" if cuda else "cpu"
+        return "nvjpeg" if cuda and nvjpeg else "cpu"
     return name
 
 
