@@ -260,8 +260,9 @@ def jpeg_codec() -> Callable[..., Any] | None:
     """torchvision's ``decode_jpeg`` (libjpeg-turbo on the CPU, nvJPEG on CUDA), the fast JPEG path's decoder; None
     once torchvision has none (0.29 deprecated its image codecs for removal, in favour of torchcodec's): Pillow then
     decodes every image (the same libjpeg-turbo pixels) and CUDA has no nvJPEG (``image_decoder="auto"`` decodes on
-    the CPU). torchcodec's own JPEG decoder is not the fallback: it loads the system's FFmpeg libraries, which clash
-    with decord's in one process, and its nvJPEG path has not run on a card here."""
+    the CPU). torchcodec's own JPEG decoder is not the fallback: it loads the system's FFmpeg libraries (gpu-mm keeps
+    those and decord's out of one process, :func:`gpu_mm.media.video.decord.refuse_together`), it applies the EXIF
+    orientation itself on the CPU, and its nvJPEG path has not run on a card here."""
     try:
         from torchvision.io import decode_jpeg
     except ImportError:
