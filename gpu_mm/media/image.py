@@ -11,6 +11,7 @@ Policy (the same pixels transformers' Qwen2-VL processors see when given the dec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import struct
 import warnings
@@ -256,38 +257,68 @@ def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tenso
     return image
 
 
-def jpeg_codec() -> Callable[..., Any] | None:
-    """torchvision's ``decode_jpeg`` (libjpeg-turbo on the CPU, nvJPEG on CUDA), the fast JPEG path's decoder; None
-    once torchvision has none (0.29 deprecated its image codecs for removal, in favour of torchcodec's): Pillow then
-    decodes every image (the same libjpeg-turbo pixels) and CUDA has no nvJPEG (``image_decoder="auto"`` decodes on
-    the CPU). torchcodec's own JPEG decoder is not the fallback: it loads the system's FFmpeg libraries (gpu-mm keeps
-    those and decord's out of one process, :func:`gpu_mm.media.video.decord.refuse_together`), it applies the EXIF
-    orientation itself on the CPU, and its nvJPEG path has not run on a card here."""
+_JPEG_OPS = ("image::decode_jpeg(Tensor data, int mode, bool apply_exif_orientation=False) -> Tensor",
+              "image::decode_jpegs_cuda(Tensor[] encoded_images, int mode, Device device) -> Tensor[]")
+_RGB = 3  # torchvision's ImageReadMode.RGB
+
+
+def jpeg_codec() -> Callable[[Any, str], Any] | None:
+    """torchvision's JPEG decoder (libjpeg-turbo on the CPU, nvJPEG on CUDA) as ``decode(data, device)``: RGB, EXIF not
+    applied, ``data`` one uint8 CPU tensor of a file's bytes or a list of them (one batched nvJPEG call on CUDA).
+    None once torchvision has none (0.29 deprecated its image codecs for removal, in favour of torchcodec's): Pillow
+    then decodes every image (the same libjpeg-turbo pixels) and CUDA has no nvJPEG (``image_decoder="auto"``
+    decodes on the CPU). torchcodec's own JPEG decoder is not the fallback: it loads the system's FFmpeg libraries
+    (gpu-mm keeps those and decord's out of one process, :func:`gpu_mm.media.video.decord.refuse_together`), it
+    applies the EXIF orientation itself on the CPU, and its nvJPEG path has not run on a card here.
+
+    torchvision's registered ops are called directly when their schemas are the ones known here: its Python
+    ``decode_jpeg`` warns of the deprecation on every call, and silencing that takes ``warnings.catch_warnings``,
+    which is not thread-safe (concurrent slot threads restore each other's filters: an operator's filter can be
+    lost and the deprecation can escape, or become an error under ``-W error``)."""
     try:
-        from torchvision.io import decode_jpeg
+        from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
         return None
-    return decode_jpeg
+    ops = _registered_jpeg_ops()
+    if ops is None:  # pragma: no cover - a torchvision whose ops differ from the ones known here
+        return functools.partial(_decode_through_wrapper, decode_jpeg, ImageReadMode.RGB)
+    return functools.partial(_decode_through_ops, *ops)
+
+
+@functools.cache
+def _registered_jpeg_ops() -> tuple[Any, Any] | None:
+    try:
+        ops = torch.ops.image.decode_jpeg.default, torch.ops.image.decode_jpegs_cuda.default
+    except (AttributeError, RuntimeError):  # pragma: no cover - not registered by this torchvision
+        return None
+    return ops if tuple(str(op._schema) for op in ops) == _JPEG_OPS else None
+
+
+def _decode_through_ops(cpu: Any, cuda: Any, data: Any, device: str) -> Any:
+    where = torch.device(device)
+    if where.type == "cpu":
+        return [cpu(d, _RGB, False) for d in data] if isinstance(data, list) else cpu(data, _RGB, False)
+    return cuda(data, _RGB, where) if isinstance(data, list) else cuda([data], _RGB, where)[0]
+
+
+def _decode_through_wrapper(decode_jpeg: Callable[..., Any], rgb: Any, data: Any, device: str) -> Any:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*image decoding.*")
+        return decode_jpeg(data, mode=rgb, device=device)
 
 
 def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torch.Tensor | None:
     """torchvision's JPEG decoder (libjpeg-turbo on the CPU, nvJPEG on CUDA) for plain RGB/grayscale
     JPEGs (``info`` from :func:`probe_image`); None when Pillow must decode instead (CMYK/YCCK, not
     a JPEG, or a torchvision without image codecs)."""
-    decode_jpeg = jpeg_codec()
-    if decode_jpeg is None or not is_plain_jpeg(src, info):
+    decode = jpeg_codec()
+    if decode is None or not is_plain_jpeg(src, info):
         return None  # not a JPEG, or CMYK / YCCK, or no JPEG codec in torchvision: Pillow decodes it
-    from torchvision.io import ImageReadMode
-
     data = torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8)
     try:
-        with warnings.catch_warnings():
-            # torchvision 0.29 marks its image codecs deprecated in favour of torchcodec; they still
-            # are the libjpeg-turbo (CPU) and nvJPEG (CUDA) decoders we want.
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*image decoding.*")
-            _before_nvjpeg(device)
-            # EXIF is applied here, on either device: torchvision applies it on the CPU only.
-            image = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        _before_nvjpeg(device)
+        # EXIF is applied here, on either device: torchvision applies it on the CPU only.
+        image = decode(data, device)
     except RuntimeError as exc:
         raise DecodeError(src.item, f"corrupt JPEG: {exc}") from None
     # libjpeg-turbo's HWC buffer seen as [3, H, W]: kept so (no copy), the layout torch's uint8 resize
@@ -347,17 +378,13 @@ def decode_jpegs(items: Sequence[tuple[Source, ImageInfo]], device: str = "cpu")
     Raises:
         DecodeError: naming the first corrupt item (the batch is retried one by one to find it).
     """
-    decode_jpeg = jpeg_codec()
-    if decode_jpeg is None:  # Pillow, one by one (image_decoder="nvjpeg" is refused without torchvision's codecs)
+    decode = jpeg_codec()
+    if decode is None:  # Pillow, one by one (image_decoder="nvjpeg" is refused without torchvision's codecs)
         return [decode_image(src, info=info) for src, info in items]
-    from torchvision.io import ImageReadMode
-
     data = [torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8) for src, _ in items]
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*image decoding.*")
-            _before_nvjpeg(device)
-            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        _before_nvjpeg(device)
+        images = decode(data, device)
     except RuntimeError:
         out = []
         for src, info in items:  # torchvision returns nothing for a failed batch: find the bad item

@@ -320,8 +320,6 @@ def test_nvjpeg_waits_for_the_slot_streams_earlier_work(monkeypatch, batched):
     """pytorch/vision#9606: CUDA decode_jpeg writes from its own stream into memory allocated on the current
     one; the current stream must have finished its earlier work before the decode starts (checked here with
     a fake stream and decoder, since the order of calls is what matters)."""
-    import torchvision.io
-
     import gpu_mm.media.image as image
 
     calls: list[str] = []
@@ -330,13 +328,13 @@ def test_nvjpeg_waits_for_the_slot_streams_earlier_work(monkeypatch, batched):
         def synchronize(self):
             calls.append("synchronize")
 
-    def fake_decode(data, mode=None, device="cpu"):
+    def fake_decode(data, device):
         calls.append(f"decode on {device}")
         out = torch.zeros(3, 16, 16, dtype=torch.uint8)
         return [out for _ in data] if isinstance(data, list) else out
 
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
-    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
+    monkeypatch.setattr(image, "jpeg_codec", lambda: fake_decode)
     data = make_image(16, 16, "JPEG")
     src = load_source(data, "image[0]")
     info = image.probe_image(src)

@@ -1,14 +1,18 @@
-"""A torchvision without its image codecs (0.29 deprecated them for removal): JPEGs are decoded by Pillow to the
-same pixels, batches included, and CUDA has no nvJPEG (``image_decoder="auto"`` decodes on the CPU, ``"nvjpeg"`` is
-refused with a typed error). Simulated by taking ``decode_jpeg`` out of ``torchvision.io``."""
+"""torchvision's JPEG decoder as gpu-mm calls it (its registered ops, without the deprecated Python wrapper's warning),
+and a torchvision without its image codecs (0.29 deprecated them for removal): JPEGs are then decoded by Pillow to
+the same pixels, batches included, and CUDA has no nvJPEG (``image_decoder="auto"`` decodes on the CPU, ``"nvjpeg"``
+is refused with a typed error). Simulated by taking ``decode_jpeg`` out of ``torchvision.io``."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
 import torchvision.io
 
 from gpu_mm import BackendUnavailable
+from gpu_mm.media import image
 from gpu_mm.media.image import decode_image, decode_jpegs, jpeg_codec, probe_image
 from gpu_mm.media.sources import Source
 from gpu_mm.pipeline.devices import choose_image_decoder
@@ -28,6 +32,22 @@ def without_codecs(monkeypatch):
 def _items():
     srcs = [Source(f"image[{k}]", "encoded", data=b) for k, b in enumerate(JPEGS)]
     return [(s, probe_image(s)) for s in srcs]
+
+
+def test_torchvisions_ops_decode_as_its_wrapper_does_and_warn_nothing():
+    """The registered ops (what gpu-mm calls) against torchvision's public decode_jpeg, one file and a batch; the
+    deprecation warning the wrapper gives on every call is not given (silencing it per call was not thread-safe)."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as public
+
+    assert image._registered_jpeg_ops() is not None  # the installed torchvision's schemas are the known ones
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in JPEGS]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        one, batch = jpeg_codec()(data[0], "cpu"), jpeg_codec()(data, "cpu")
+    assert not seen
+    wrapper = image._decode_through_wrapper(public, ImageReadMode.RGB, data, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(batch, wrapper)) and torch.equal(one, wrapper[0])
 
 
 def test_jpegs_decode_to_the_same_pixels_through_pillow(request):
