@@ -48,14 +48,14 @@ def _open(src: Source) -> Any:
 
     assert src.data is not None
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above its MAX_IMAGE_PIXELS (89.5 Mpx); gpu-mm's own max_image_pixels, checked from
-            # the header right after, is the one limit (Pillow still refuses more than twice its number).
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(src.data))
+        # Pillow warns above its MAX_IMAGE_PIXELS (89.5 Mpx): a line in the log, once per process, since gpu-mm's
+        # own max_image_pixels, checked from the header right after, is the limit (and Pillow refuses more than
+        # twice its number). Not silenced per call: warnings.catch_warnings is not thread-safe, and planning and
+        # slot threads open images at once.
+        return Image.open(io.BytesIO(src.data))
     except UnidentifiedImageError:
         raise UnsupportedMedia(src.item, "not a recognised image format") from None
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning: under -W error
         raise LimitExceeded(src.item, f"image header declares too many pixels ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on hostile headers
         raise DecodeError(src.item, f"corrupt image header: {_describe(exc)}") from None

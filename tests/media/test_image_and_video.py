@@ -183,6 +183,26 @@ class TestImages:
             decode_image(load_source(data, "image[7]"))
         assert "image[7]" in str(ei.value)
 
+    @pytest.mark.parametrize("action", ["default", "error"])
+    def test_a_header_past_pillows_warning_size_is_over_the_limit_whatever_the_warning_filters(self, action):
+        """100 Mpx: past Pillow's warning size (89.5 Mpx), under its refusal (179 Mpx), over gpu-mm's default limit
+        (67 Mpx): LimitExceeded, whether Pillow's warning is printed (production) or raised (-W error, the tests);
+        no filter of gpu-mm's own (a per-call filter was not thread-safe)."""
+        import warnings
+
+        from PIL import Image
+
+        before = list(warnings.filters)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter(action)
+            with pytest.raises(LimitExceeded, match="image\\[3\\].*pixels"):
+                probe_image(load_source(_png_claiming(10000, 10000), "image[3]"))
+            allowed = MediaLimits(max_image_pixels=10000 * 10000)
+            if action == "default":  # the operator's larger limit holds; Pillow's warning is a line in the log
+                assert probe_image(load_source(_png_claiming(10000, 10000), "image[3]"), allowed).width == 10000
+                assert seen and all(issubclass(w.category, Image.DecompressionBombWarning) for w in seen)
+        assert warnings.filters == before
+
     def test_bit_flipped_jpeg_never_crashes(self):
         data = bytearray(make_image(64, 64, "JPEG"))
         rng = np.random.default_rng(1)

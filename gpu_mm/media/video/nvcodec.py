@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -153,11 +152,11 @@ class _Session:
             except Exception:  # noqa: BLE001 - a source the session cannot take: build one that can
                 self.decoder = None
         size = (max(info.width, self.max_size[0]), max(info.height, self.max_size[1]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its notes on buffer copies; a path is read in place
-            self.decoder = self.nvc.SimpleDecoder(
-                path, gpu_id=self.device, cuda_stream=self.cuda_stream, use_device_memory=True,
-                output_color_type=self.nvc.OutputColorType.RGB, max_width=size[0], max_height=size[1],
-                decoder_cache_size=1)
+        # A path: SimpleDecoder 2.2's only warning at construction is for large in-memory buffers (nothing to
+        # silence, and silencing per call in slot threads would race on the process's warning filters).
+        self.decoder = self.nvc.SimpleDecoder(
+            path, gpu_id=self.device, cuda_stream=self.cuda_stream, use_device_memory=True,
+            output_color_type=self.nvc.OutputColorType.RGB, max_width=size[0], max_height=size[1],
+            decoder_cache_size=1)
         self.max_size = size
         return self.decoder
