@@ -317,8 +317,8 @@ def main() -> int:
     if "video_concurrency" in parts:
         for slots in (1, 4):
             section(f"video_8_concurrent_pyav_{slots}_slots", lambda slots=slots: video_concurrency("pyav", slots))
-        if nvcodec:
-            for slots in (1, 4):
+        if nvcodec:  # 7: an H100's or H200's NVDEC engines, one session per slot
+            for slots in (1, 4, 7):
                 section(f"video_8_concurrent_pynvvideocodec_{slots}_slots",
                         lambda slots=slots: video_concurrency("pynvvideocodec", slots))
         if pre.video_decoder == "dali":
