@@ -61,15 +61,15 @@ if [ "${GPU_CHECK_NODE_SERVICE:-0}" = 1 ]; then
   cat /tmp/node_service.json >> "$OUT/gpu_bench.txt" 2> /dev/null
 fi
 # The kernel's counters (issue 4: 28% of a device copy's bandwidth; which cost dominates was not known), where
-# Nsight Compute is installed: each variant's second launch, speed of light, memory, launch and occupancy.
+# Nsight Compute is installed: second launches, speed of light, memory, launch and occupancy.
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
 if [ -n "$NCU" ]; then
-  N=$("$PY" -c "from gpu_mm.kernels.normalize_patchify import VARIANTS; print(len(VARIANTS))")
-  timeout "${GPU_CHECK_NCU_S:-60}" "$NCU" -k regex:normalize_patchify --launch-skip "$N" --launch-count "$N" \
+  # The default and the tile variants (the row and block kernels' counters are in the H200's run5-7 files).
+  timeout "${GPU_CHECK_NCU_S:-60}" "$NCU" -k regex:normalize_patchify --launch-skip 3 --launch-count 3 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
-    "$PY" -c "import torch; from gpu_mm.kernels.normalize_patchify import VARIANTS, fused_normalize_patchify as f
+    "$PY" -c "import torch; from gpu_mm.kernels.normalize_patchify import fused_normalize_patchify as f
 x = torch.randint(0, 256, (60, 3, 560, 1008), dtype=torch.uint8, device='cuda')
-[f(x, variant=v) for v in VARIANTS * 2]; torch.cuda.synchronize()" > "$OUT/ncu.txt" 2>&1
+[f(x, variant=v) for v in ('block-lut', 'tile', 'tile-lut') * 2]; torch.cuda.synchronize()" > "$OUT/ncu.txt" 2>&1
   log "ncu rc=$? ($NCU)"
 else
   log "no ncu on this machine"
