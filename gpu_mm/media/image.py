@@ -279,26 +279,31 @@ def jpeg_codec() -> Callable[[Any, str], Any] | None:
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
         return None
-    ops = _registered_jpeg_ops()
-    if ops is None:  # pragma: no cover - a torchvision whose ops differ from the ones known here
-        return functools.partial(_decode_through_wrapper, decode_jpeg, ImageReadMode.RGB)
-    return functools.partial(_decode_through_ops, *ops)
+    return functools.partial(_decode, *_registered_jpeg_ops(), functools.partial(_decode_through_wrapper, decode_jpeg,
+                                                                                 ImageReadMode.RGB))
 
 
 @functools.cache
-def _registered_jpeg_ops() -> tuple[Any, Any] | None:
-    try:
-        ops = torch.ops.image.decode_jpeg.default, torch.ops.image.decode_jpegs_cuda.default
-    except (AttributeError, RuntimeError):  # pragma: no cover - not registered by this torchvision
-        return None
-    return ops if tuple(str(op._schema) for op in ops) == _JPEG_OPS else None
+def _registered_jpeg_ops() -> tuple[Any, Any]:
+    """torchvision's CPU and CUDA JPEG ops, each None where this torchvision does not register it with the schema
+    known here (that device then goes through the Python wrapper)."""
+    ops = []
+    for name, schema in zip(("decode_jpeg", "decode_jpegs_cuda"), _JPEG_OPS):
+        try:
+            op = getattr(torch.ops.image, name).default
+        except (AttributeError, RuntimeError):  # pragma: no cover - not registered by this torchvision
+            op = None
+        ops.append(op if op is not None and str(op._schema) == schema else None)
+    return ops[0], ops[1]
 
 
-def _decode_through_ops(cpu: Any, cuda: Any, data: Any, device: str) -> Any:
+def _decode(cpu: Any, cuda: Any, wrapper: Callable[[Any, str], Any], data: Any, device: str) -> Any:
     where = torch.device(device)
-    if where.type == "cpu":
+    if where.type == "cpu" and cpu is not None:
         return [cpu(d, _RGB, False) for d in data] if isinstance(data, list) else cpu(data, _RGB, False)
-    return cuda(data, _RGB, where) if isinstance(data, list) else cuda([data], _RGB, where)[0]
+    if where.type == "cuda" and cuda is not None:
+        return cuda(data, _RGB, where) if isinstance(data, list) else cuda([data], _RGB, where)[0]
+    return wrapper(data, device)  # a torchvision whose ops differ from the ones known here
 
 
 def _decode_through_wrapper(decode_jpeg: Callable[..., Any], rgb: Any, data: Any, device: str) -> Any:

@@ -40,7 +40,7 @@ def test_torchvisions_ops_decode_as_its_wrapper_does_and_warn_nothing():
     from torchvision.io import ImageReadMode
     from torchvision.io import decode_jpeg as public
 
-    assert image._registered_jpeg_ops() is not None  # the installed torchvision's schemas are the known ones
+    assert None not in image._registered_jpeg_ops()  # the installed torchvision's schemas are the known ones
     data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in JPEGS]
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -48,6 +48,10 @@ def test_torchvisions_ops_decode_as_its_wrapper_does_and_warn_nothing():
     assert not seen
     wrapper = image._decode_through_wrapper(public, ImageReadMode.RGB, data, "cpu")
     assert all(torch.equal(a, b) for a, b in zip(batch, wrapper)) and torch.equal(one, wrapper[0])
+    # A torchvision whose ops are not the known ones: the wrapper decodes (under its filter), the same pixels.
+    through = image._decode(None, None, lambda d, dev: image._decode_through_wrapper(public, ImageReadMode.RGB, d, dev),
+                            data, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(batch, through))
 
 
 def test_jpegs_decode_to_the_same_pixels_through_pillow(request):
