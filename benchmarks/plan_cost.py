@@ -29,7 +29,7 @@ def main() -> int:
     args = parser.parse_args()
     pre = Qwen2VLPreprocessor("cpu", cache_bytes=0, workers="threads")
     jpegs = [make_image(1080, 1920, "JPEG", seed=s) for s in range(64)]
-    pillow = mock.patch.object(image, "_jpeg_header", lambda data: None)
+    pillow = mock.patch.object(image, "read_jpeg_header", lambda data: None)
 
     def per_image_us(reps: int = 20) -> float:
         times = []

@@ -1,6 +1,6 @@
-"""gpu-mm's JPEG header reader (``media.image._jpeg_header``) against Pillow's (``_pillow_header``, the reader behind
-transformers' ``load_image``): where it answers, the same size, mode and EXIF orientation as Pillow; where a header
-is not of the common layout, or is one Pillow would refuse, it leaves the answer to Pillow."""
+"""gpu-mm's JPEG header reader (``gpu_mm.media.jpeg_header``) against Pillow's (``media.image._pillow_header``, the
+reader behind transformers' ``load_image``): where it answers, the same size, mode and EXIF orientation as Pillow;
+where a header is not of the common layout, or is one Pillow would refuse, it leaves the answer to Pillow."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms
 
 from gpu_mm import GpuMMError
-from gpu_mm.media.image import _jpeg_header, _pillow_header, probe_image
+from gpu_mm.media.image import ImageInfo, _pillow_header, probe_image
+from gpu_mm.media.jpeg_header import read_jpeg_header
 from gpu_mm.media.sources import Source
 
 from media_helpers import exif_jpeg, make_image
@@ -45,6 +46,12 @@ COMMON = {
 
 def _pillows(data: bytes):
     return _pillow_header(Source("image[0]", "encoded", data=data))
+
+
+def _jpeg_header(data: bytes) -> ImageInfo | None:
+    """The reader's answer as the probe's ImageInfo (what it is compared with)."""
+    h = read_jpeg_header(data)
+    return None if h is None else ImageInfo(h.width, h.height, "JPEG", h.mode, h.orientation)
 
 
 @pytest.mark.parametrize("name", COMMON)
