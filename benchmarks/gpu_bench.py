@@ -296,6 +296,11 @@ def main() -> int:
             section("jpeg_batch64_nvimgcodec_decode_only", nvimgcodec_decode_only)
         for slots in (1, 4):
             section(f"jpeg_8_calls_of_8_{slots}_slots", lambda slots=slots: images_concurrent(slots))
+        # The host's planning per image on this machine's CPU (serial within a call), both header readers.
+        sys.path.insert(0, str(pathlib.Path(__file__).parent))
+        from plan_cost import measure
+
+        section("jpeg_plan_us_per_image", lambda: measure(rounds=3, jpegs=batch))
         section("jpeg_batch64_hf_cuda", hf_images)
     try:  # installed and loadable here (the package needs the driver's NVDEC and NVENC libraries)
         get_video_decoder("pynvvideocodec")

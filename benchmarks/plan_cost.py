@@ -14,6 +14,7 @@ import pathlib
 import statistics
 import sys
 import time
+from typing import Any
 from unittest import mock
 
 from gpu_mm.bench.machine import machine_info
@@ -22,13 +23,11 @@ from gpu_mm.media.synth import make_image
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=pathlib.Path)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def measure(rounds: int = 5, jpegs: list[bytes] | None = None) -> dict[str, Any]:
+    """Planning time per image (median of each round's median) of ``jpegs`` (64 1080p JPEGs made here when None),
+    both header readers interleaved."""
     pre = Qwen2VLPreprocessor("cpu", cache_bytes=0, workers="threads")
-    jpegs = [make_image(1080, 1920, "JPEG", seed=s) for s in range(64)]
+    jpegs = jpegs or [make_image(1080, 1920, "JPEG", seed=s) for s in range(64)]
     pillow = mock.patch.object(image, "read_jpeg_header", lambda data: None)
 
     def per_image_us(reps: int = 20) -> float:
@@ -41,14 +40,22 @@ def main() -> int:
 
     per_image_us(3)  # warm
     runs: dict[str, list[float]] = {"header_reader": [], "pillow": []}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         runs["header_reader"].append(per_image_us())
         with pillow:
             runs["pillow"].append(per_image_us())
     pre.close()
     p50 = {k: statistics.median(v) for k, v in runs.items()}
-    result = {"machine": machine_info(), "images": len(jpegs), "size": "1920x1080 JPEG",
-              "plan_us_per_image": p50, "pillow_over_reader": p50["pillow"] / p50["header_reader"], "rounds": runs}
+    return {"images": len(jpegs), "size": "1920x1080 JPEG", "plan_us_per_image": p50,
+            "pillow_over_reader": p50["pillow"] / p50["header_reader"], "rounds": runs}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=pathlib.Path)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    result = {"machine": machine_info(), **measure(args.rounds)}
     print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "rounds")}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
