@@ -94,6 +94,14 @@ def _normalize_patchify_kernel(
                 row * ROW, cols, cols >= 0, C, TP, P, ROW, LUT, ONE)
 
 
+@triton.jit
+def _merge_block(blk, GH, GW, M: tl.constexpr):
+    """Merge block ``blk`` of an item as (temporal group, block row, block column): blocks in Qwen2-VL row order."""
+    per_t = (GH // M) * (GW // M)
+    rem = blk % per_t
+    return blk // per_t, rem // (GW // M), rem % (GW // M)
+
+
 # One program per merge block (M*M consecutive output rows, which share their frame rows: runs of M*P bytes
 # instead of P); with LUT, the default (see VARIANTS for the H200's timings of both kernels).
 @triton.jit(do_not_specialize=["T", "H", "W", "GH", "GW", "ITEM_PIXELS", "ITEM_ROWS"])
@@ -107,11 +115,7 @@ def _normalize_patchify_block_kernel(
     src_ptr += item * ITEM_PIXELS
     out_ptr += item * ITEM_ROWS * ROW
     blk = tl.program_id(0).to(tl.int64)
-    per_t = (GH // M) * (GW // M)
-    gt = blk // per_t
-    rem = blk % per_t
-    bw = rem % (GW // M)
-    bh = rem // (GW // M)
+    gt, bh, bw = _merge_block(blk, GH, GW, M)
     r = tl.arange(0, RB)[:, None]  # the block's rows (M*M of them, padded to a power of two)
     cols = tl.arange(0, BLOCK)[None, :]
     _write_rows(src_ptr, out_ptr, mean_ptr, std_ptr, lut_ptr, T, H, W, gt, (bh * M + r // M) * P,
@@ -140,11 +144,7 @@ def _normalize_patchify_tile_kernel(
 ):
     item = tl.program_id(1).to(tl.int64)
     blk = tl.program_id(0).to(tl.int64)
-    per_t = (GH // M) * (GW // M)
-    gt = blk // per_t
-    rem = blk % per_t
-    bw = rem % (GW // M)
-    bh = rem // (GW // M)
+    gt, bh, bw = _merge_block(blk, GH, GW, M)
     frame = H.to(tl.int64) * W
     src_ptr += item * ITEM_PIXELS + (bh * (M * P)) * W + bw * (M * P)  # the block's top-left pixel in frame 0
     out_ptr += (item * ITEM_ROWS + blk * (M * M)) * ROW  # the block's first row
