@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from ..media.video.nvcodec import FRAMES_PER_BATCH
 from ..models.base import ModelSpec
 
 CHUNK_BYTES = 128 * 2**20
@@ -49,9 +50,9 @@ the source and seeks again on each call. Their frames are on the GPU, whose budg
 resized and patchified from the call's frames as before."""
 
 
-DECODER_HELD_FRAMES = {"pynvvideocodec": 32}
+DECODER_HELD_FRAMES = {"pynvvideocodec": FRAMES_PER_BATCH}
 """Decoded RGB frames a decoder holds in buffers of its own while a call copies them out (PyNvVideoCodec: one
-batch of ``gpu_mm.media.video.nvcodec.FRAMES_PER_BATCH``), beyond the frames the call returns."""
+batch), beyond the frames the call returns."""
 
 
 def decoder_held_bytes(decoder: str, size: tuple[int, int], frames: int) -> int:
