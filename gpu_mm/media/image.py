@@ -211,9 +211,11 @@ def _decode_jpeg_fast(src: Source, info: ImageInfo, device: str = "cpu") -> torc
     """torchvision's JPEG decoder (libjpeg-turbo on the CPU, nvJPEG on CUDA) for plain RGB/grayscale
     JPEGs (``info`` from :func:`probe_image`); None when Pillow must decode instead (CMYK/YCCK, not
     a JPEG, or a torchvision without image codecs)."""
+    if not is_plain_jpeg(src, info):
+        return None  # not a JPEG, or CMYK / YCCK: Pillow decodes it
     decode = jpeg_codec()
-    if decode is None or not is_plain_jpeg(src, info):
-        return None  # not a JPEG, or CMYK / YCCK, or no JPEG codec in torchvision: Pillow decodes it
+    if decode is None:
+        return None  # no JPEG codec in torchvision: Pillow decodes it
     data = torch.frombuffer(bytearray(src.data or b""), dtype=torch.uint8)
     try:
         _before_nvjpeg(device)
