@@ -177,9 +177,9 @@ row-lut 0.403, block-lut 0.378 ms (1.46x the row kernel; a device copy of the sa
 each value once and store it in every slot (``one_frame``): half the loads, lookups and index arithmetic of the
 image path, the same bits (tested under the interpreter and compiled for sm_90; its speed waits for a card,
 ``gpu_bench.py``'s ``images_16x1092x1932``). ``tile``: one program per merge block whose lanes are patch pixels, the
-same bits; compiled for sm_90 by the GPU machine's Triton (3.6) ``tile-lut`` issues 0.67 warp instructions per output
-element with 42 registers where ``block-lut`` issues 1.66 with 80 (``benchmarks/kernel_sass.py``); whether that makes
-it faster waits for a card (``gpu_bench.py``'s ``kernel`` section times every variant)."""
+same bits; compiled for sm_90 it asks for far fewer instructions and registers than ``block-lut``
+(``benchmarks/kernel_sass.py``, figures in docs/benchmarks.md); whether that makes it faster waits for a card
+(``gpu_bench.py``'s ``kernel`` section times every variant)."""
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,7 +1,7 @@
 """A JPEG's size, mode and EXIF orientation from its markers, as Pillow reports them, in microseconds.
 
-Pillow's JPEG header parse reads every quantization table in Python: 57 of the 105 us that planning an image took
-(2-vCPU VM, 1080p JPEGs; ``benchmarks/plan_cost.py``). This reader walks the segments up to the start of scan and
+Pillow's JPEG header parse reads every quantization table in Python: most of what planning an image took
+(``benchmarks/plan_cost.py``, figures in docs/benchmarks.md). This reader walks the segments up to the start of scan and
 reads only the frame header and the first Exif directory's orientation. It answers only for the common layout and
 for what Pillow would read to the same answer; for anything else it returns None and the caller asks Pillow, with
 its own rules and errors. Every read is bounded by the bytes at hand (the input is hostile). Held to Pillow by
