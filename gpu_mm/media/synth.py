@@ -70,19 +70,23 @@ def make_video(
     pix_fmt: str | None = None,
     rotation: int = 0,
     audio_rate: int | None = None,
+    single_slice: bool = False,
 ) -> bytes:
     """Encode ``num_frames`` moving :func:`pattern` frames with PyAV and return the container bytes.
 
     ``codec``: h264 (libx264), hevc (libx265), vp9 (libvpx-vp9), av1 (libsvtav1), mjpeg, mpeg4.
     ``rotation``: a display-matrix rotation in degrees, counter-clockwise (as phones tag portrait clips).
     ``audio_rate``: add an AAC track as long as the video at this rate (:func:`make_audio`'s signal, stereo).
+    ``single_slice``: H.264 with one slice per frame, as phones, cameras and ``ffmpeg``'s x264 write it (x264's
+    frame threads). By default PyAV runs x264 with slice threads, one slice per thread of the encoding machine,
+    and FFmpeg's slice threads then decode such a clip on several cores.
     """
     encoder = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}.get(codec, codec)
     if container is None:
         container = {"vp9": "webm", "mjpeg": "avi"}.get(codec, "mp4")
     with _keeps_scheduling():
         return _encode(num_frames, height, width, encoder, codec, fps, gop, bframes, container, bit_rate, seed,
-                       pix_fmt, rotation, audio_rate)
+                       pix_fmt, rotation, audio_rate, single_slice)
 
 
 @contextlib.contextmanager
@@ -104,7 +108,7 @@ def _keeps_scheduling() -> Iterator[None]:
 
 def _encode(num_frames: int, height: int, width: int, encoder: str, codec: str, fps: int, gop: int, bframes: int,
             container: str, bit_rate: int | None, seed: int, pix_fmt: str | None, rotation: int,
-            audio_rate: int | None = None) -> bytes:
+            audio_rate: int | None = None, single_slice: bool = False) -> bytes:
     import av
 
     buf = io.BytesIO()
@@ -118,6 +122,8 @@ def _encode(num_frames: int, height: int, width: int, encoder: str, codec: str, 
             stream.codec_context.gop_size = gop
         if bit_rate:
             stream.bit_rate = bit_rate
+        if single_slice:
+            stream.codec_context.thread_type = "FRAME"
         opts: dict[str, Any] = {}
         if encoder == "libx264":
             opts = {"preset": "ultrafast" if not bframes else "veryfast", "bf": str(bframes)}
