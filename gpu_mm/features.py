@@ -23,12 +23,17 @@ class Decoded:
     """Why the configured video decoder did not decode this item (``backend`` is then ``pyav``)."""
     batch_size: int = 1
     """Items decoded in the same call (plain JPEGs batched on one slot job)."""
+    threads: int = 1
+    """Threads that decoded a video's keyframe runs at once (more than 1 with spare cores:
+    :mod:`gpu_mm.pipeline.split_decode`)."""
 
     def __str__(self) -> str:
         if self.batch_size > 1:
             name = "cpu (libjpeg-turbo)" if self.backend == "cpu" else self.backend
             return f"{name}, batch of {self.batch_size}"
         name = "cpu (libjpeg-turbo/pillow)" if self.backend == "cpu" else self.backend
+        if self.threads > 1:
+            name = f"{name}, {self.threads} keyframe runs at once"
         return name if self.fallback_reason is None else f"{name} (fallback: {self.fallback_reason})"
 
 

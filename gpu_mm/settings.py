@@ -61,6 +61,10 @@ class Settings:
                                                     "callers gave up, freeing its slot; None: never",
                                                     flag="--stop-abandoned-after-s",
                                                     env="GPU_MM_STOP_ABANDONED_AFTER_S")
+    decode_threads: int | None = _setting(None, "threads lent to videos PyAV decodes beyond their slots' own: a "
+                                          "video's keyframe runs then decode at once (same features); None: the "
+                                          "cores no slot uses (cores - slots - express slots); 0: off",
+                                          flag="--decode-threads", env="GPU_MM_DECODE_THREADS")
     # -- admission
     max_concurrent_calls: int | None = _setting(None, "requests in flight at once, abandoned ones included; None: "
                                                 "32 (the vLLM video loader: decodes at once, the cores up to 8)",
@@ -108,7 +112,7 @@ class Settings:
             choices = f.metadata["choices"]
             if choices is not None and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
-        for name in ("num_slots", "max_queued", "memory_budget_bytes", "cache_bytes"):
+        for name in ("num_slots", "max_queued", "memory_budget_bytes", "cache_bytes", "decode_threads"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0 or None, got {value!r}")
@@ -191,7 +195,7 @@ class Settings:
                     workers=self.resolved_workers(device), num_slots=self.num_slots,
                     memory_budget_bytes=self.memory_budget_bytes, cache_bytes=self.cache_bytes,
                     fast_jpeg=self.fast_jpeg, idle_workers=self.idle_workers and device == "cpu",
-                    stop_abandoned_after_s=self.stop_abandoned_after_s)
+                    stop_abandoned_after_s=self.stop_abandoned_after_s, decode_threads=self.decode_threads)
 
     def processor_kwargs(self) -> dict[str, Any]:
         """Keywords for :class:`gpu_mm.AsyncMMDataProcessor`."""

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .._aio import await_or_abandon
+from ..concurrency import SpareThreads
 from ..errors import InvalidRequest, ProcessingTimeout
 from ..slots import Slot, SlotPool
 from . import output
@@ -22,14 +23,16 @@ from .output import LeaseGuard
 from .plan import Item, Planner
 from .processes import SlotProcesses
 from .routing import Router
+from .split_decode import split_threads
 
 
 class CallRunner:
     """Runs calls through one preprocessor's planner, router, executor (or slot processes) and output pool."""
 
     def __init__(self, planner: Planner, router: Router, executor: Executor, processes: SlotProcesses | None, *,
-                 output_pool: Any, features_class: type[Any]) -> None:
+                 output_pool: Any, features_class: type[Any], spare: SpareThreads | None = None) -> None:
         self._planner, self._router, self._executor, self._processes = planner, router, executor, processes
+        self._spare = spare or SpareThreads(0)
         self.output_pool, self.features_class = output_pool, features_class
         self.config, self.device, self.output = planner.config, planner.device, executor.output
         self._own_spec: Any = None
@@ -55,7 +58,7 @@ class CallRunner:
             # cuda:N: the current device for every kernel launched here (slot threads get it from their stream).
             with torch.cuda.device(self.device) if self.device.startswith("cuda") else contextlib.nullcontext():
                 for group in call.groups:
-                    results = self._executor.run(slot, call.members(group))
+                    results = self._lending(self._executor.run, slot, call.members(group))
                     call.fill(group, results)
                     for item, out in zip(call.members(group), results):
                         self._router.keep(item, out)
@@ -71,6 +74,20 @@ class CallRunner:
             with torch.cuda.device(self.device) if self.device.startswith("cuda") else contextlib.nullcontext():
                 audio = self._executor.audio_features(slot, audio_items, clips)
         return output.assemble(call, self.features_class, self.config, self.output, audio)
+
+    def _lending(self, work: Any, slot: Slot, group: list[Item]) -> Any:
+        """``work(slot, group)`` on the slot's thread, a lone video's plan given the spare threads free now that its
+        keyframe runs can use (given back when it ends)."""
+        lent = 0
+        if len(group) == 1 and self._spare.capacity:
+            item = group[0]
+            lent = self._spare.take(_useful_threads(self._executor, item, 1 + self._spare.capacity) - 1)
+            if lent:
+                item.plan = dataclasses.replace(item.plan, decode_threads=1 + lent)
+        try:
+            return work(slot, group)
+        finally:
+            self._spare.give(lent)
 
     async def run_async(self, slots: SlotPool, io: concurrent.futures.Executor, images: Any, videos: Any,
                         request: dict[str, Any], deadline: float | None, audios: Any = None) -> Any:
@@ -154,8 +171,9 @@ class CallRunner:
             if processes:
                 assert self._processes is not None
                 work = functools.partial(self._processes.run, config=self._own_spec)
-            return await slots.run(work, group, nbytes=sum(p.plan.nbytes for p in group),
-                                   deadline=deadline, on_release=on_release, on_done=on_done)
+            return await slots.run(functools.partial(self._lending, work), group,
+                                   nbytes=sum(p.plan.nbytes for p in group), deadline=deadline,
+                                   on_release=on_release, on_done=on_done)
 
         def never_begun(task: asyncio.Task[Any]) -> None:
             if begun:
@@ -168,6 +186,14 @@ class CallRunner:
         task = asyncio.ensure_future(run())
         task.add_done_callback(never_begun)
         return task
+
+
+def _useful_threads(executor: Executor, item: Item, most: int) -> int:
+    """How many threads could decode ``item`` at once: its keyframe runs that fit its planned memory (1 for
+    anything but a video PyAV decodes)."""
+    if item.plan.kind != "video" or item.plan.info is None or executor.video_decoder != "pyav":
+        return 1
+    return split_threads(item.plan, executor.config.temporal_patch_size, most)
 
 
 def _clips(call: Any) -> tuple[list[Item], list[torch.Tensor]]:

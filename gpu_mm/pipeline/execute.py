@@ -3,9 +3,10 @@ into its rows on the slot's device. Slot threads and slot processes run the same
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 import torch
@@ -22,6 +23,7 @@ from ..slots import Slot
 from .devices import _normalize_patchify_impl, same_device
 from .memory import _feature_bytes
 from .plan import Item, ItemPlan
+from .split_decode import split_frame_chunks, split_plan
 from .types import Decoded
 
 
@@ -242,35 +244,41 @@ class Executor:
         else:
             out = torch.empty(cfg.item_shape(item.plan.grid), dtype=cfg.output_dtype, device=device)
         try:
-            decoded = Decoded(self._video_chunks(slot, item, self.video_decoder, out))
+            decoded = self._video_chunks(slot, item, self.video_decoder, out)
         except MediaError as exc:
             # A codec the backend lacks (UnsupportedMedia), or a stream it failed on (DecodeError: e.g. a
             # codec this chip's NVDEC does not have): PyAV decodes it instead, or names what is wrong.
             if self.video_decoder == "pyav":
                 raise
-            decoded = Decoded(self._video_chunks(slot, item, "pyav", out), fallback_reason=exc.reason)
+            decoded = dataclasses.replace(self._video_chunks(slot, item, "pyav", out), fallback_reason=exc.reason)
         return self.place(slot, item, out), decoded
 
-    def _video_chunks(self, slot: Slot, item: Item, decoder_name: str, out: torch.Tensor) -> str:
+    def _video_chunks(self, slot: Slot, item: Item, decoder_name: str, out: torch.Tensor) -> Decoded:
+        """Decode the item's planned frames a chunk at a time (PyAV given spare threads: its keyframe runs at once,
+        their chunks in any order), each resized and laid out into the rows its position says."""
         assert item.plan.info is not None and item.plan.indices is not None
         cfg = self.config
         tp = cfg.temporal_patch_size
         rows_per_step = item.plan.grid[1] * item.plan.grid[2] if cfg.layout == "patches" else 1
         decoder = self._decoder(slot, decoder_name)
+        starts, frames_per_run = split_plan(item.plan, tp, item.plan.decode_threads if decoder_name == "pyav" else 1)
+        chunks: Generator[tuple[int, torch.Tensor], None, None] = (
+            split_frame_chunks(item, starts, frames_per_run) if len(starts) > 1 else frame_chunks(decoder, item))
         done = 0
-        for first, frames in frame_chunks(decoder, item):
-            frames = self._resize(item, self._upload(slot, item, frames.permute(0, 3, 1, 2)))
-            steps = -(-frames.shape[0] // tp)
-            begin = first // tp * rows_per_step
-            with item.timer.stage("normalize_patchify"):
-                if cfg.layout == "pixels":  # one image per frame
-                    self._normalize_into(frames, out[begin : begin + steps])
-                else:
-                    self._normalize_patchify(frames, out[begin : begin + steps * rows_per_step])
-            done = first + frames.shape[0]
+        with contextlib.closing(chunks):
+            for first, frames in chunks:
+                frames = self._resize(item, self._upload(slot, item, frames.permute(0, 3, 1, 2)))
+                steps = -(-frames.shape[0] // tp)
+                begin = first // tp * rows_per_step
+                with item.timer.stage("normalize_patchify"):
+                    if cfg.layout == "pixels":  # one image per frame
+                        self._normalize_into(frames, out[begin : begin + steps])
+                    else:
+                        self._normalize_patchify(frames, out[begin : begin + steps * rows_per_step])
+                done += frames.shape[0]
         if done != len(item.plan.indices):  # pragma: no cover - decoders raise for frames they cannot reach
             raise RuntimeError(f"{item.plan.src.item}: decoded {done} of {len(item.plan.indices)} planned frames")
-        return decoder.name
+        return Decoded(decoder.name, threads=len(starts))
 
     def _decode(self, slot: Slot, item: Item) -> tuple[torch.Tensor, Decoded]:
         src = item.plan.src

@@ -69,11 +69,53 @@ def video_call_frames(size: tuple[int, int], chunk: int, frames: int) -> int:
     return whole if whole <= fit else max(fit // chunk, 1) * chunk
 
 
-def video_working_bytes(size: tuple[int, int], target: tuple[int, int], chunk: int, feature_bytes: int) -> int:
-    """Peak bytes of one video item: its output rows, one chunk in flight, the decoder's own frames (FFmpeg's
-    reference and threading buffers, up to ~20 YUV 4:2:0 frames, plus one RGB conversion) and a slack."""
+DECODER_STATE_PER_PIXEL = 33
+"""Bytes per source pixel a software decoder holds of its own: FFmpeg's reference and threading buffers, up to ~20
+YUV 4:2:0 frames, plus one RGB conversion."""
+
+
+SPLIT_MAX_DECODERS = 4
+"""Decoders a video's plan reserves memory for at most, when it may decode its keyframe runs at once
+(:mod:`gpu_mm.pipeline.split_decode`): each costs :func:`split_decoder_bytes` (1080p: ~93 MB), reserved
+whether or not threads are free when it runs."""
+
+
+def split_decoder_bytes(size: tuple[int, int], step: int) -> int:
+    """What one decoder of a split decode holds: its state and two buffers of ``step`` frames."""
+    return (DECODER_STATE_PER_PIXEL + 2 * step * 3) * size[0] * size[1]
+
+
+def _split_extra(size: tuple[int, int], step: int, decoders: int) -> int:
+    """What ``decoders`` decoders of a split decode hold beyond the one decoder's state every video counts."""
+    if decoders < 2:
+        return 0
+    return decoders * split_decoder_bytes(size, step) - DECODER_STATE_PER_PIXEL * size[0] * size[1]
+
+
+def video_working_bytes(size: tuple[int, int], target: tuple[int, int], chunk: int, feature_bytes: int, *,
+                        decoders: int = 1, step: int = 1) -> int:
+    """Peak bytes of one video item: its output rows, one chunk in flight, the decoder's own frames
+    (:data:`DECODER_STATE_PER_PIXEL`), with ``decoders > 1`` the decoders of a split decode
+    (:func:`split_decoder_bytes`, buffers of ``step`` frames), and a slack."""
     src = size[0] * size[1]
-    return feature_bytes + chunk * _video_frame_bytes(size, target) + 33 * src + SLACK_BYTES
+    return (feature_bytes + chunk * _video_frame_bytes(size, target) + DECODER_STATE_PER_PIXEL * src
+            + _split_extra(size, step, decoders) + SLACK_BYTES)
+
+
+def split_decode_fit(size: tuple[int, int], target: tuple[int, int], chunk: int, step: int, threads: int,
+                     decoders: int = 1) -> tuple[int, int]:
+    """``(threads, frames)``: how many decoders (at most ``threads``) may decode one video's planned frames at once
+    within what :func:`video_working_bytes` reserved (for a ``chunk`` and ``decoders`` decoders), and how many
+    frames each decoder's two buffers hold (a multiple of ``step``). Each decoder holds its own state and two
+    buffers; the slot's thread resizes one buffer at a time. ``(1, chunk)`` when two do not fit."""
+    src = size[0] * size[1]
+    frame = _video_frame_bytes(size, target)
+    reserved = chunk * frame + DECODER_STATE_PER_PIXEL * src + _split_extra(size, step, decoders)
+    for n in range(threads, 1, -1):
+        frames = (reserved - n * DECODER_STATE_PER_PIXEL * src) // (frame + n * 2 * 3 * src) // step * step
+        if frames >= step:
+            return n, min(frames, chunk)
+    return 1, chunk
 
 
 def image_working_bytes(size: tuple[int, int], target: tuple[int, int], feature_bytes: int, *,

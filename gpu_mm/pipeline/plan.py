@@ -16,6 +16,7 @@ from ..media.audio import AudioInfo, probe_audio
 from ..media.image import ImageInfo, is_plain_jpeg, jpeg_draft_scale, probe_image
 from ..media.sources import MediaLimits, Source, load_source
 from ..media.video import VideoInfo, frames_from_array, probe_video
+from ..media.video.runs import split_starts
 from ..metrics import StageTimer
 from ..models.base import ImageView, VideoSampling
 from ..options import RequestOptions
@@ -66,6 +67,12 @@ class ItemPlan:
     audio: AudioInfo | None = None
     """An audio item's header (its pixel fields are zeros: its slot job decodes it to 16 kHz samples, and the
     call's clips become features together)."""
+    decoders: int = 1
+    """Decoders whose memory ``nbytes`` reserves: more than 1 for a video whose keyframe runs may decode at once
+    (:mod:`gpu_mm.pipeline.split_decode`)."""
+    decode_threads: int = 1
+    """Threads its keyframe runs decode on (at most ``decoders``): set as its slot job starts, from the threads
+    free then (:class:`gpu_mm.concurrency.SpareThreads`)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -106,6 +113,9 @@ class Planner:
     cache: FeatureCache
     cache_identity: tuple[Any, ...]
     """Everything besides the media and the request's options that changes an item's features."""
+    spare_threads: int = 0
+    """Threads the preprocessor may lend to videos' decodes (a PyAV video plans memory for its keyframe runs
+    decoding at once, up to :data:`gpu_mm.pipeline.memory.SPLIT_MAX_DECODERS` decoders)."""
 
     def _options(self, request: dict[str, Any]) -> RequestOptions:
         """The call's options, from ``options=RequestOptions(...)`` or keywords, checked against what the
@@ -255,12 +265,15 @@ class Planner:
         grid = cfg.grid(len(indices), target)
         # Working memory follows the larger of the intermediate and the final frames.
         held = max(target, sampling.presize or target, key=lambda s: s[0] * s[1])
+        decoders = 1
         if info is None:  # decoded frames given: they are all in memory already; one pass over them
             chunk = len(indices)
             nbytes = image_working_bytes(size, held, _feature_bytes(grid, cfg), via_pillow=False, frames=chunk)
         else:
             chunk = video_chunk_frames(size, held, cfg.temporal_patch_size, len(indices))
-            nbytes = video_working_bytes(size, held, chunk, _feature_bytes(grid, cfg))
+            decoders = self._decoders(info, indices)
+            nbytes = video_working_bytes(size, held, chunk, _feature_bytes(grid, cfg), decoders=decoders,
+                                         step=cfg.temporal_patch_size)
         call = chunk
         if info is not None and self.video_decoder in memory.PER_CALL_DECODERS:
             call = video_call_frames(size, chunk, len(indices))
@@ -268,7 +281,14 @@ class Planner:
             nbytes += memory.decoder_held_bytes(self.video_decoder, size, len(indices))
         return ItemPlan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
                         presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, video_fps=sampling.video_fps,
-                        key=key, meta=cfg.item_meta(grid))
+                        key=key, meta=cfg.item_meta(grid), decoders=decoders)
+
+    def _decoders(self, info: VideoInfo, indices: list[int]) -> int:
+        """Decoders a video's keyframe runs may use at once (1 unless PyAV decodes and threads may be lent)."""
+        most = min(1 + self.spare_threads, memory.SPLIT_MAX_DECODERS)
+        if self.video_decoder != "pyav" or most < 2:
+            return 1
+        return len(split_starts(info, indices, most, self.config.temporal_patch_size))
 
     def groups(self, items: list[Item]) -> list[list[int]]:
         """Which plans run together as one slot job: plain JPEGs in batches of up to ``image_batch`` (one

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from .._lifecycle import Closeable
 from .._workers import prestarted_executor
 from ..cache import FeatureCache
+from ..concurrency import SpareThreads, spare_threads
 from ..concurrency import choose as choose_concurrency
 from ..errors import InvalidRequest, ProcessorClosed, UnsupportedMedia
 from ..media.sources import MediaLimits
@@ -126,6 +127,11 @@ class Preprocessor(Closeable, Generic[F]):
             (its items fail with :class:`gpu_mm.ProcessingTimeout`; the slot's next job starts a new process). A
             thread cannot be stopped, so with threads, and with ``None`` (the default), such a job keeps its slot
             until it ends.
+        decode_threads: threads lent to videos being decoded, beyond their slots' own (PyAV): a video whose
+            planned frames span several keyframes decodes its runs in parallel
+            (:mod:`gpu_mm.pipeline.split_decode`), on threads free at its start, never waited for, within its
+            planned memory; the features are the same bits. ``None``: the cores no slot uses
+            (:attr:`concurrency`'s ``spare_threads``: cores - slots - express slots); ``0``: one thread per video.
     """
 
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots
@@ -156,6 +162,7 @@ class Preprocessor(Closeable, Generic[F]):
         image_decoder: str = "auto",
         workers: Literal["auto", "threads", "processes"] = "auto",
         stop_abandoned_after_s: float | None = None,
+        decode_threads: int | None = None,
         **overrides: Any,
     ) -> None:
         device = resolve_device(device)
@@ -186,9 +193,13 @@ class Preprocessor(Closeable, Generic[F]):
         self.video_decoder = choose_video_decoder(video_decoder, device)
         self.output = output
         chosen = choose_concurrency(device)
+        slots = num_slots or chosen.slots
+        express = chosen.express_slots if express_slots is None else express_slots
+        if decode_threads is not None and decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0 or None, got {decode_threads!r}")
         self.concurrency = dataclasses.replace(
-            chosen, slots=num_slots or chosen.slots,
-            express_slots=chosen.express_slots if express_slots is None else express_slots,
+            chosen, slots=slots, express_slots=express,
+            spare_threads=spare_threads(chosen.cores, slots, express) if decode_threads is None else decode_threads,
             reason=chosen.reason if num_slots is None and express_slots is None else "set by the caller")
         """The slots this preprocessor runs (:class:`gpu_mm.concurrency.Concurrency`), with the reason."""
         if image_batch is not None and image_batch < 1:
@@ -219,7 +230,8 @@ class Preprocessor(Closeable, Generic[F]):
         self._cache_identity = (repr(self.config), self.device, self.output, self.video_decoder, fast_jpeg,
                                 self.image_decoder)
         self._planner = Planner(self.config, device, self.limits, self.video_decoder, fast_jpeg, memory_budget_bytes,
-                                self._image_batch, self.cache, self._cache_identity)
+                                self._image_batch, self.cache, self._cache_identity,
+                                spare_threads=self.concurrency.spare_threads)
         self._executor = Executor(self.config, self.limits, self.video_decoder, self.image_decoder, output)
         self._router = Router(self.cache, self._planner)
         self._processes = SlotProcesses(
@@ -227,7 +239,8 @@ class Preprocessor(Closeable, Generic[F]):
             slots=self.concurrency.slots + self.concurrency.express_slots,
             stop_abandoned_after_s=stop_abandoned_after_s) if workers == "processes" else None
         self._calls = CallRunner(self._planner, self._router, self._executor, self._processes,
-                                 output_pool=output_pool, features_class=self.features_class)
+                                 output_pool=output_pool, features_class=self.features_class,
+                                 spare=SpareThreads(self.concurrency.spare_threads))
 
     @classmethod
     def for_model(cls, model: str | os.PathLike[str], *, device: str = "auto", **kwargs: Any) -> Any:

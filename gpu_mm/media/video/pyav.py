@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,11 @@ class PyAVDecoder:
 
     name = "pyav"
 
-    def __init__(self, thread_type: str | None = None) -> None:
+    def __init__(self, thread_type: str | None = None, thread_count: int | None = None) -> None:
         self.thread_type = thread_type
+        self.thread_count = thread_count
+        """FFmpeg's decoding threads (None: its own choice, one per core; slice threads pay only for streams
+        of several slices per frame)."""
 
     def get_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> torch.Tensor:
         order = sorted(range(len(indices)), key=lambda k: indices[k])
@@ -35,7 +38,8 @@ class PyAVDecoder:
             out[k] = frame
         return torch.from_numpy(out)
 
-    def iter_frames_at(self, src: Source, info: VideoInfo, indices: Sequence[int]) -> Iterator[np.ndarray]:
+    def iter_frames_at(self, src: Source, info: VideoInfo,
+                       indices: Sequence[int]) -> Generator[np.ndarray, None, None]:
         """Yield the frame at each of ``indices`` (ascending) as uint8 ``[H, W, 3]``, in order.
 
         Raises:
@@ -54,6 +58,8 @@ class PyAVDecoder:
                 stream = container.streams.video[0]
                 if self.thread_type:
                     stream.thread_type = self.thread_type
+                if self.thread_count is not None:
+                    stream.codec_context.thread_count = self.thread_count
                 found = (self._by_pts(container, stream, info, wanted) if info.frame_pts
                          else self._sequential(container, stream, wanted))
                 for index, frame in found:
