@@ -1,0 +1,114 @@
+"""One video's keyframe runs decoded at once on spare threads (``decode_threads``) against one decoder per video,
+side by side and interleaved in one run, on the CPU path with its default workers (slot processes):
+
+1. One request at a time, a 30 s 720p H.264 clip (60 planned frames of 900, a keyframe every 2 s, B-frames):
+   latency p50. Twice: encoded with one slice per frame (as phones, cameras and ``ffmpeg``'s x264 write it: FFmpeg
+   then decodes it on one core), and with several slices (PyAV's default x264, which FFmpeg's slice threads
+   already spread over the cores).
+2. 8 such one-slice clips at once: wall time and CPU seconds, the machine busy.
+
+The configurations: ``slots`` slots and an express slot with no threads lent (what a machine whose slots take
+every core gets by default), and the same with ``--lend`` threads lent (a machine with cores beyond its slots gets
+cores - slots - 1 by default). Same features in both (checked each run).
+
+    python benchmarks/split_decode.py [--reps 5] [--lend 1] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+from gpu_mm.bench.machine import machine_info
+from gpu_mm.media.synth import make_video
+from gpu_mm.pipeline.families import Qwen2VLPreprocessor
+
+
+def _cpu_s() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # slot processes count once they exit
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _children_cpu_s(pre: Any) -> float:
+    """CPU seconds of the preprocessor's running slot processes so far (/proc: they have not exited)."""
+    total = 0.0
+    for pid in pre.statistics().process_pids:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks (100 Hz)
+    return total
+
+
+async def measure(reps: int = 5, lend: int = 1, slots: int | None = None) -> dict[str, Any]:
+    clips = {"one_slice": make_video(900, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000, single_slice=True),
+             "several_slices": make_video(900, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000)}
+    configs = {"no_threads_lent": 0, f"{lend}_lent": lend}
+    pres = {name: Qwen2VLPreprocessor("cpu", cache_bytes=0, num_slots=slots, decode_threads=n)
+            for name, n in configs.items()}
+    try:
+        for pre in pres.values():
+            await pre.start()
+        runs: dict[str, dict[str, list[float]]] = {clip: {name: [] for name in pres} for clip in clips}
+        threads: dict[str, dict[str, int]] = {clip: {} for clip in clips}
+        for clip, data in clips.items():  # warm, and the same features from each
+            got = {name: await pre.preprocess(videos=[data]) for name, pre in pres.items()}
+            first, *others = got.values()
+            assert all(torch.equal(first.pixel_values_videos, o.pixel_values_videos) for o in others), clip
+        for _ in range(reps):
+            for clip, data in clips.items():
+                for name, pre in pres.items():
+                    t0 = time.perf_counter()
+                    out = await pre.preprocess(videos=[data])
+                    runs[clip][name].append(time.perf_counter() - t0)
+                    threads[clip][name] = out.items[0].decoded.threads
+        load: dict[str, list[dict[str, float]]] = {name: [] for name in pres}
+        for _ in range(max(2, reps // 2)):
+            for name, pre in pres.items():
+                c0, k0, t0 = _cpu_s(), _children_cpu_s(pre), time.perf_counter()
+                await asyncio.gather(*(pre.preprocess(videos=[clips["one_slice"]]) for _ in range(8)))
+                load[name].append({"wall_s": time.perf_counter() - t0,
+                                   "cpu_s": _cpu_s() - c0 + _children_cpu_s(pre) - k0})
+        concurrency = next(iter(pres.values())).concurrency.as_dict()
+    finally:
+        for pre in pres.values():
+            await pre.aclose()
+    p50 = {clip: {name: statistics.median(v) * 1e3 for name, v in r.items()} for clip, r in runs.items()}
+    names = list(pres)
+    return {
+        "clip": "30 s 720p H.264, GOP 60, 2 B-frames, 900 frames, 60 planned -> grid [30, 40, 72]",
+        "slots": {k: concurrency[k] for k in ("cores", "slots", "express_slots")},
+        "one_request_p50_ms": p50,
+        "keyframe_runs": threads,
+        "one_request_speedup": {clip: p50[clip][names[0]] / p50[clip][names[1]] for clip in clips},
+        "eight_at_once": {name: {k: statistics.median(r[k] for r in v) for k in ("wall_s", "cpu_s")}
+                          for name, v in load.items()},
+        "rounds_ms": {clip: {name: [round(x * 1e3, 1) for x in v] for name, v in r.items()}
+                      for clip, r in runs.items()},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--lend", type=int, default=1, help="threads lent in the second configuration")
+    parser.add_argument("--slots", type=int, default=None, help="slots (default: chosen for the machine)")
+    parser.add_argument("--out", type=pathlib.Path)
+    args = parser.parse_args()
+    result = {"machine": machine_info(), **asyncio.run(measure(args.reps, args.lend, args.slots))}
+    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "rounds_ms")}, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
