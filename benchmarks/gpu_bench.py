@@ -138,12 +138,14 @@ def main() -> int:
     res["video_decoder"] = pre.video_decoder
     plan: dict[str, Any] = {}
 
-    def gpu_mm_video(p: Qwen2VLPreprocessor) -> dict[str, Any]:
+    def gpu_mm_video(p: Qwen2VLPreprocessor, data: bytes = clip) -> dict[str, Any]:
         r: dict[str, Any] = {"video_decoder": p.video_decoder,
-                             "timing": cuda_times(lambda: p(videos=[clip]), args.video_reps)}
-        feats = p(videos=[clip])
-        plan["idx"] = feats.items[0].frame_indices
-        plan["chunk"] = p.plan(videos=[clip])[0].chunk
+                             "timing": cuda_times(lambda: p(videos=[data]), args.video_reps)}
+        feats = p(videos=[data])
+        if data is clip:
+            plan["idx"] = feats.items[0].frame_indices
+            plan["chunk"] = p.plan(videos=[clip])[0].chunk
+        r["keyframe_runs_at_once"] = feats.items[0].decoded.threads
         r["grid"] = feats.video_grid_thw.tolist()
         r["device"] = str(feats.pixel_values_videos.device)
         r["decoder_ran"] = feats.items[0].decoder
@@ -311,6 +313,13 @@ def main() -> int:
     if "video" in parts:
         section("video_gpu_mm_pyav",
                 lambda: gpu_mm_video(Qwen2VLPreprocessor("cuda", cache_bytes=0, video_decoder="pyav")))
+        # The same content with one slice per frame (most encoders' output: FFmpeg decodes it on one core), with one
+        # decoder and with its keyframe runs on the spare cores (the default: cores - 1 slot - 1 express slot).
+        one_slice = make_video(900, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000, single_slice=True)
+        for lend in (0, None):
+            section(f"video_gpu_mm_pyav_one_slice_{'default' if lend is None else 'no'}_threads_lent",
+                    lambda lend=lend: gpu_mm_video(Qwen2VLPreprocessor(
+                        "cuda", cache_bytes=0, video_decoder="pyav", decode_threads=lend), one_slice))
         if nvcodec:  # the second NVDEC backend, beside DALI and PyAV in the same run
             section("video_gpu_mm_pynvvideocodec", lambda: gpu_mm_video(
                 Qwen2VLPreprocessor("cuda", cache_bytes=0, video_decoder="pynvvideocodec")))
