@@ -239,3 +239,23 @@ async def test_keyframe_runs_at_once_on_a_cuda_preprocessor_give_one_decoders_bi
     finally:
         one.close()
         await split.aclose()
+
+
+def test_runs_into_one_array_are_one_decoders_frames_and_leave_no_thread():
+    """PyAVDecoder.get_frames_in_runs (the vLLM loader's decode): the first run on the calling thread, the others on
+    threads joined before it returns, repeated frames across runs included; a failing run is the item's error."""
+    data = _clip(frames=96)
+    src = load_source(data, "video[0]")
+    info = probe_video(src)
+    indices = [0, 0, 5, 23, 24, 24, 30, 47, 48, 48, 60, 95, 95, 95]
+    want = PyAVDecoder().get_frames_at(src, info, indices)
+    for starts in ([0], [0, 4], [0, 4, 8, 11]):
+        assert torch.equal(PyAVDecoder().get_frames_in_runs(src, info, indices, starts), want)
+    for bad in ([], [1], [0, 0], [0, 14]):
+        with pytest.raises(ValueError, match="runs must begin"):
+            PyAVDecoder().get_frames_in_runs(src, info, indices, bad)
+    vp9 = _clip("vp9", frames=96, bframes=0)
+    cut = load_source(vp9[: len(vp9) * 2 // 3], "video[2]")
+    with pytest.raises(DecodeError, match=r"video\[2\].*could not be decoded"):
+        PyAVDecoder().get_frames_in_runs(cut, probe_video(load_source(vp9, "v")), list(range(0, 96, 4)), [0, 8, 16])
+    assert [t.name for t in threading.enumerate() if t.name.startswith("gpu-mm-video-run")] == []

@@ -11,8 +11,8 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
   the loader it replaces (the rule vLLM's own Qwen loaders port from transformers: ``fps`` 2 capped at 30,
   ``min_frames`` 4, ``max_frames`` at most 768, ``temporal_patch_size`` 2; vLLM's default loader's ``num_frames``
   (32) evenly spread; all overridable with ``--media-io-kwargs``), decodes only those frames (PyAV, or DALI/NVDEC
-  on CUDA, copied to host memory as vLLM's own GPU loader does) and returns them with the metadata vLLM's loaders
-  return.
+  on CUDA, copied to host memory as vLLM's own GPU loader does; PyAV decodes a clip's keyframe runs at once on
+  cores the loader's workers leave, ``decode_threads``) and returns them with the metadata vLLM's loaders return.
   Loads run on the plug-in's own threads behind an admission bound: at most ``max_concurrent_calls``
   decoding and ``memory_budget_bytes`` of decoded frames in flight, ``max_queued`` waiting; beyond that
   :class:`VLLMOverloaded` (HTTP 503) at once; past ``timeout_s`` :class:`VLLMTimeout` (HTTP 504), the
@@ -52,12 +52,15 @@ from vllm.exceptions import GracefulHTTPError
 from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, VideoLoader
 
 from .. import ops
+from ..concurrency import SpareThreads, usable_cores
 from ..errors import InvalidRequest, LimitExceeded, MediaError, Overloaded, ProcessingTimeout
 from ..media.sources import MediaLimits, load_source
-from ..media.video import choose_video_decoder, get_video_decoder, probe_video, rotate_frames
+from ..media.video import PyAVDecoder, choose_video_decoder, get_video_decoder, probe_video, rotate_frames
+from ..media.video.runs import split_starts
 from ..models import qwen3_vl
 from ..options import _integer, _number
 from ..pipeline import default_memory_budget, resolve_device
+from ..pipeline.memory import SPLIT_MAX_DECODERS
 from ._settings import PluginSettings
 from .service import use_service
 
@@ -199,6 +202,9 @@ class _Loads:
         # Decoded frames end in host memory (a GPU decoder's are copied out), so the host's budget applies.
         self.budget = settings.memory_budget_bytes or default_memory_budget("cpu")
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="gpu-mm-vllm-video")
+        # A PyAV load decodes its keyframe runs at once on threads lent from the cores its workers leave.
+        lend = settings.decode_threads
+        self.spare = SpareThreads(max(0, usable_cores() - self.workers) if lend is None else lend)
         self._cond = threading.Condition()
         self.running = 0
         self.waiting = 0
@@ -268,7 +274,10 @@ class _Loads:
     def decode(self, plan: _Plan) -> tuple[Any, dict[str, Any]]:
         src, info, indices = plan.src, plan.info, plan.indices
         try:
-            frames = get_video_decoder(self.decoder).get_frames_at(src, info, indices)
+            if self.decoder == "pyav" and self.spare.capacity:
+                frames = self._decode_runs(plan)
+            else:
+                frames = get_video_decoder(self.decoder).get_frames_at(src, info, indices)
             backend = self.decoder
         except MediaError:
             if self.decoder == "pyav":
@@ -279,6 +288,20 @@ class _Loads:
                 "video_backend": f"gpu_mm:{backend}", "frames_indices": indices,
                 "do_sample_frames": len(indices) == info.num_frames}
         return frames.numpy(), meta
+
+
+    def _decode_runs(self, plan: _Plan) -> Any:
+        """PyAV's frames for a plan, its keyframe runs decoded at once on the threads free now (at most
+        :data:`gpu_mm.pipeline.memory.SPLIT_MAX_DECODERS` decoders; each holds its own state, outside the frame
+        budget as a lone decoder's is)."""
+        lent = self.spare.take(SPLIT_MAX_DECODERS - 1)
+        try:
+            starts = split_starts(plan.info, plan.indices, 1 + lent, 1)
+            self.spare.give(lent - (len(starts) - 1))  # what the runs cannot use goes back at once
+            lent = len(starts) - 1
+            return PyAVDecoder().get_frames_in_runs(plan.src, plan.info, plan.indices, starts)
+        finally:
+            self.spare.give(lent)
 
 
 _current: _Loads | None = None

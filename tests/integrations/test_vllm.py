@@ -199,6 +199,15 @@ def test_loader_returns_vllms_frames_and_metadata(family):
     assert r["frame_diff"] == 0.0
 
 
+def test_loader_decodes_keyframe_runs_at_once_with_the_same_frames():
+    """Three threads lent: the 16 sampled frames of a four-GOP clip decode as four runs at once, the same frames as
+    one decoder and as vLLM's own Qwen loader; nothing stays lent. None lent: one decoder."""
+    r = scenarios()["loader_runs"]
+    assert r["runs"] == [4] and r["lent_after"] == [0, 0]
+    assert r["shapes"] == [[16, 120, 160, 3]] * 2
+    assert r["same_as_one_decoder"] and r["diff_vllm"] == 0.0 and r["backend"] == "gpu_mm:pyav"
+
+
 def test_sampling_equals_vllms_own_loaders_rules():
     """gpu-mm's arithmetic against vLLM's ``compute_frames_index_to_sample`` for both Qwen families (1280 cases of
     clip length, source fps, fps and frame bounds; both refuse the same too-short clips) and for vLLM's default

@@ -197,6 +197,41 @@ def loader_vs_vllm(model_type):
             "frame_mean_diff": float(np.abs(f1.astype(np.int16) - f2.astype(np.int16)).mean())}
 
 
+def loader_runs():
+    """The loader's PyAV decode with a clip's keyframe runs at once (threads lent) against one decoder and against
+    vLLM's own loader, on a clip of four GOPs with one slice per frame."""
+    from vllm.multimodal.media.image import ImageMediaIO
+    from vllm.multimodal.media.video import VideoMediaIO
+
+    from gpu_mm.integrations.vllm import _Loads
+    from gpu_mm.media.video import pyav
+    from gpu_mm.settings import Settings
+
+    clip = make_video(120, 120, 160, fps=15, gop=30, bframes=2, single_slice=True)
+    runs: list[int] = []
+    real = pyav.PyAVDecoder.get_frames_in_runs
+
+    def counted(self, src, info, indices, starts):
+        runs.append(len(starts))
+        return real(self, src, info, indices, starts)
+
+    pyav.PyAVDecoder.get_frames_in_runs = counted
+    frames, lent_after = {}, {}
+    try:
+        for lend in (0, 3):
+            loads = _Loads(Settings(decode_threads=lend))
+            frames[lend], meta = loads.decode(loads.plan("qwen2_vl", clip, {}))
+            lent_after[lend] = loads.spare.lent
+            loads.close()
+    finally:
+        pyav.PyAVDecoder.get_frames_in_runs = real
+    theirs, _ = VideoMediaIO(ImageMediaIO(), video_backend=OWN_LOADER["qwen2_vl"]).load_bytes(clip).media
+    return {"runs": runs, "lent_after": list(lent_after.values()), "shapes": [list(f.shape) for f in frames.values()],
+            "same_as_one_decoder": bool(np.array_equal(frames[0], frames[3])),
+            "diff_vllm": float(np.abs(theirs.astype(np.int16) - frames[3].astype(np.int16)).max()),
+            "backend": meta["video_backend"]}
+
+
 def sampling_grid():
     """gpu-mm's sampling against vLLM's own Qwen loaders' index rule over many clips and settings."""
     from vllm.multimodal.video import Qwen2VLVideoBackend, Qwen3VLVideoBackend
@@ -518,6 +553,7 @@ def main():
     result["drop_ins_that_computed"] = sorted({type(d).__name__ for d in hf._PREPROCESSORS.keys()} | set(chat_calls))
     result["client_mode"] = client_mode(stock, ours)
     result["loader"] = {m: loader_vs_vllm(m) for m in ("qwen2_vl", "qwen3_vl", "internvl")}
+    result["loader_runs"] = loader_runs()
     result["sampling"] = sampling_grid()
     result["errors"] = errors()
     result["fallback"] = fallback(stock[("qwen2_vl", False)], ours[("qwen2_vl", False)])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
+import threading
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
@@ -36,6 +38,48 @@ class PyAVDecoder:
         out = np.empty((len(indices), info.height, info.width, 3), np.uint8)
         for k, frame in zip(order, self.iter_frames_at(src, info, [indices[k] for k in order])):
             out[k] = frame
+        return torch.from_numpy(out)
+
+    def get_frames_in_runs(self, src: Source, info: VideoInfo, indices: Sequence[int],
+                           starts: Sequence[int]) -> torch.Tensor:
+        """:meth:`get_frames_at` for ascending ``indices`` cut into runs that begin at positions ``starts``
+        (``[0, ...]``, e.g. :func:`gpu_mm.media.video.runs.split_starts`): each run decoded at once by a decoder of its
+        own, one FFmpeg thread each, the first on the calling thread and each other on a thread it starts and
+        joins. The same frames as one decoder.
+
+        Raises:
+            DecodeError: as :meth:`get_frames_at`, the first failing run's (the others stop at their next frame).
+        """
+        if list(starts[:1]) != [0] or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= len(indices):
+            raise ValueError(f"runs must begin at 0 and at ascending positions within the indices, got {starts}")
+        out = np.empty((len(indices), info.height, info.width, 3), np.uint8)
+        bounds = [*starts, len(indices)]
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def run(a: int, b: int) -> None:
+            decoder = PyAVDecoder(self.thread_type, thread_count=1)
+            try:
+                with contextlib.closing(decoder.iter_frames_at(src, info, indices[a:b])) as frames:
+                    for k, frame in enumerate(frames):
+                        if stop.is_set():
+                            return
+                        out[a + k] = frame
+            except BaseException as exc:  # noqa: BLE001 - raised on the calling thread once every run has ended
+                errors.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=run, args=(a, b), name=f"gpu-mm-video-run-{k}", daemon=True)
+                   for k, (a, b) in enumerate(zip(bounds[1:], bounds[2:]), start=1)]
+        for t in threads:
+            t.start()
+        try:
+            run(bounds[0], bounds[1])
+        finally:
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
         return torch.from_numpy(out)
 
     def iter_frames_at(self, src: Source, info: VideoInfo,
