@@ -73,8 +73,10 @@ class GpuMMWorker:
 
     def __init__(self, model: str = "qwen2_vl", device: str = "auto", options: dict[str, Any] | None = None,
                  preprocessor_kwargs: dict[str, Any] | None = None) -> None:
-        # One item at a time on this actor's thread: no feature cache (each file once), no express slot.
-        kwargs = {"cache_bytes": 0, **(preprocessor_kwargs or {})}
+        # One item at a time on this actor's thread: no feature cache (each file once), no express slot. The actor
+        # holds the CPUs Ray gave it, not the node's: no threads lent to a video's keyframe runs unless asked
+        # (preprocess_dataset lends those of cpus_per_worker beyond the first).
+        kwargs = {"cache_bytes": 0, "decode_threads": 0, **(preprocessor_kwargs or {})}
         self.pre = Preprocessor.for_model(model, device=device, **kwargs)
         self.model = self.pre.config.family
         self.options = RequestOptions.parse(options)
@@ -194,7 +196,8 @@ def preprocess_dataset(
     process is connected to (``ray.init(...)`` first; :func:`gpu_mm.integrations.ray.connect` helps).
 
     ``workers`` actors, each with ``gpus_per_worker`` GPUs (fractions share a card: 0.25 puts four on one)
-    and ``cpus_per_worker`` CPUs; files go to them ``batch_size`` at a time. Files whose content is already in
+    and ``cpus_per_worker`` CPUs (those beyond the first decode a video's keyframe runs at once); files go to them
+    ``batch_size`` at a time. Files whose content is already in
     ``output`` are skipped.
     """
     import ray
@@ -213,7 +216,8 @@ def preprocess_dataset(
         ds = ds.map_batches(
             GpuMMWorker,
             fn_constructor_kwargs={"model": model, "device": device, "options": options,
-                                   "preprocessor_kwargs": preprocessor_kwargs},
+                                   "preprocessor_kwargs": {"decode_threads": max(0, int(cpus_per_worker) - 1),
+                                                           **(preprocessor_kwargs or {})}},
             compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker or None,
             num_cpus=cpus_per_worker, batch_size=batch_size, batch_format="numpy",
         )

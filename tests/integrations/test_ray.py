@@ -144,3 +144,11 @@ def test_an_omni_worker_writes_audio_rows_and_audio_files_are_listed_for_omni_fa
         "a.flac", "b.jpg"]
     assert [os.path.basename(p) for p in gray.list_inputs(str(tmp_path), audio=gray.takes_audio("qwen2_vl"))] == [
         "b.jpg"]
+
+
+def test_an_actor_lends_no_threads_unless_given_cpus_for_them():
+    """An actor holds the CPUs Ray gave it, not the node's: its preprocessor lends a video's keyframe runs no threads
+    by default, and the ones it is told to (preprocess_dataset: cpus_per_worker beyond the first)."""
+    assert gray.GpuMMWorker("qwen2_vl", device="cpu").pre.concurrency.spare_threads == 0
+    worker = gray.GpuMMWorker("qwen2_vl", device="cpu", preprocessor_kwargs={"decode_threads": 3})
+    assert worker.pre.concurrency.spare_threads == 3
