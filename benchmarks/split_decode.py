@@ -7,6 +7,9 @@ side by side and interleaved in one run, on the CPU path with its default worker
    already spread over the cores).
 2. 8 such one-slice clips at once: wall time and CPU seconds, the machine busy.
 
+3. With vLLM installed: the vLLM plug-in's video loader (``gpu_mm.integrations.vllm``, PyAV), the one-slice clip's
+   frames for Qwen2-VL, one load at a time, with no thread lent and with ``--lend``.
+
 The configurations: ``slots`` slots and an express slot with no threads lent (what a machine whose slots take
 every core gets by default), and the same with ``--lend`` threads lent (a machine with cores beyond its slots gets
 cores - slots - 1 by default). Same features in both (checked each run).
@@ -96,6 +99,31 @@ async def measure(reps: int = 5, lend: int = 1, slots: int | None = None) -> dic
     }
 
 
+def measure_vllm_loader(reps: int = 5, lend: int = 1) -> dict[str, Any]:
+    """The vLLM loader's decode of the one-slice clip (p50 ms), no thread lent and ``lend`` lent, interleaved."""
+    try:
+        from gpu_mm.integrations.vllm import _Loads
+    except ImportError as exc:
+        return {"not measured": f"vLLM is not installed ({exc})"}
+    from gpu_mm.settings import Settings
+
+    clip = make_video(900, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000, single_slice=True)
+    loads = {name: _Loads(Settings(decode_threads=n)) for name, n in (("no_threads_lent", 0), (f"{lend}_lent", lend))}
+    times: dict[str, list[float]] = {name: [] for name in loads}
+    frames = {}
+    for _ in range(reps + 1):
+        for name, loader in loads.items():
+            t0 = time.perf_counter()
+            frames[name], _ = loader.decode(loader.plan("qwen2_vl", clip, {}))
+            times[name].append(time.perf_counter() - t0)
+    first, second = frames.values()
+    assert (first == second).all()
+    for loader in loads.values():
+        loader.close()
+    p50 = {name: statistics.median(v[1:]) * 1e3 for name, v in times.items()}  # the first round warms
+    return {"frames": list(first.shape), "p50_ms": p50, "speedup": p50["no_threads_lent"] / p50[f"{lend}_lent"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -103,7 +131,8 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=None, help="slots (default: chosen for the machine)")
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
-    result = {"machine": machine_info(), **asyncio.run(measure(args.reps, args.lend, args.slots))}
+    result = {"machine": machine_info(), **asyncio.run(measure(args.reps, args.lend, args.slots)),
+              "vllm_loader": measure_vllm_loader(args.reps, args.lend)}
     print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "rounds_ms")}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
