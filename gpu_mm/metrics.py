@@ -186,6 +186,11 @@ class _Counts:
                 held.add_metric(["cache", st.cache_device], st.cache_bytes)
             yield budget
             yield held
+            spare = [p.spare_threads for p in m._memory]
+            yield GaugeMetricFamily(f"{ns}_decode_threads", "Threads videos' keyframe runs may borrow",
+                                    value=sum(t.capacity for t in spare))
+            yield GaugeMetricFamily(f"{ns}_decode_threads_lent", "Threads lent now to videos' keyframe runs",
+                                    value=sum(t.lent for t in spare))
         if m._caches:
             stats = [c.statistics() for c in m._caches]
             for k in ("bytes", "entries"):

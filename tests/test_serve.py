@@ -692,7 +692,7 @@ async def test_hostile_audio_is_a_typed_400_naming_the_item_and_the_service_carr
 
 async def test_metrics_state_the_memory_budget_and_what_is_held():
     """/metrics and statistics() say what the preprocessor may hold (working memory, cache) and holds now."""
-    client = await _client(memory_budget_bytes=1 << 30, cache_bytes=64 << 20)
+    client = await _client(memory_budget_bytes=1 << 30, cache_bytes=64 << 20, decode_threads=3)
     try:
         status, _ = await _post(client, {"images": [b64(make_image(56, 84, "PNG"))]})
         assert status == 200
@@ -704,3 +704,5 @@ async def test_metrics_state_the_memory_budget_and_what_is_held():
     held = re.search(r'gpu_mm_memory_held_bytes\{device="cpu",part="cache"\} (\S+)', text)
     assert held and float(held.group(1)) == 24 * 1176 * 4  # the one image's rows, cached
     assert re.search(r'gpu_mm_memory_held_bytes\{device="cpu",part="working"\} 0\.0', text)
+    # The threads videos' keyframe runs may borrow (--decode-threads), and how many are lent now.
+    assert "gpu_mm_decode_threads 3.0" in text and "gpu_mm_decode_threads_lent 0.0" in text

@@ -18,6 +18,7 @@ from gpu_mm import DecodeError, Qwen2VLPreprocessor
 from gpu_mm.concurrency import SpareThreads, choose
 from gpu_mm.media.sources import load_source
 from gpu_mm.media.video import PyAVDecoder, probe_video
+from gpu_mm.pipeline import execute
 from gpu_mm.pipeline.families import preprocessor_class
 from gpu_mm.pipeline.memory import split_decode_fit, video_chunk_frames
 from gpu_mm.pipeline.plan import Item, ItemPlan
@@ -46,10 +47,18 @@ def _same(a, b) -> None:
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "glm4v", "internvl", "qwen2_5_omni"])
-def test_runs_at_once_give_one_decoders_bits_for_every_layout(family):
+def test_runs_at_once_give_one_decoders_bits_for_every_layout(family, monkeypatch):
     cls = preprocessor_class(family)
     one = cls("cpu", cache_bytes=0, decode_threads=0)
     split = cls("cpu", cache_bytes=0, decode_threads=3)
+    lent_while_running = []
+    real = execute.split_frame_chunks
+
+    def watched(item, starts, frames):
+        lent_while_running.append((len(starts), split.statistics().decode_threads_lent))
+        return real(item, starts, frames)
+
+    monkeypatch.setattr(execute, "split_frame_chunks", watched)
     try:
         clip = _clip()
         a, b = one(videos=[clip]), split(videos=[clip])
@@ -57,7 +66,9 @@ def test_runs_at_once_give_one_decoders_bits_for_every_layout(family):
         assert a.items[0].decoded.threads == 1
         assert b.items[0].decoded.threads > 1, b.items[0].decoded
         assert "keyframe runs at once" in str(b.items[0].decoded)
-        assert split._calls._spare.lent == 0
+        # The runs beyond the first ran on lent threads, given back when the call ended.
+        assert lent_while_running == [(b.items[0].decoded.threads, b.items[0].decoded.threads - 1)]
+        assert split.statistics().decode_threads_lent == 0
     finally:
         one.close()
         split.close()
@@ -91,7 +102,7 @@ async def test_slot_threads_and_processes_lend_and_give_back(workers):
         threads = [g.items[0].decoded.threads for g in got]
         # Two slots, two spare threads: each video got what was free as it started, never more than lent in all.
         assert max(threads) > 1 and all(1 <= t <= 3 for t in threads)
-        assert pre._calls._spare.lent == 0
+        assert pre.spare_threads.lent == 0
     finally:
         await pre.aclose()
         ref.close()

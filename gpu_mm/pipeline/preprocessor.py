@@ -238,9 +238,11 @@ class Preprocessor(Closeable, Generic[F]):
             self._executor, memory_budget_bytes=memory_budget_bytes, idle=idle_workers, cores=self.concurrency.cores,
             slots=self.concurrency.slots + self.concurrency.express_slots,
             stop_abandoned_after_s=stop_abandoned_after_s) if workers == "processes" else None
+        self.spare_threads = SpareThreads(self.concurrency.spare_threads)
+        """The threads lent to videos' keyframe runs (``capacity``; ``lent`` now)."""
         self._calls = CallRunner(self._planner, self._router, self._executor, self._processes,
                                  output_pool=output_pool, features_class=self.features_class,
-                                 spare=SpareThreads(self.concurrency.spare_threads))
+                                 spare=self.spare_threads)
 
     @classmethod
     def for_model(cls, model: str | os.PathLike[str], *, device: str = "auto", **kwargs: Any) -> Any:
@@ -443,7 +445,7 @@ class Preprocessor(Closeable, Generic[F]):
             device=self.device, memory_budget_bytes=self.memory_budget_bytes, slots=slots,
             cache=cache, computations_in_flight=len(self._router.inflight),
             concurrency=self.concurrency, workers=self.workers, memory=self.memory_statement(slots, cache),
-            **processes,
+            decode_threads_lent=self.spare_threads.lent, **processes,
         )
 
     def memory_statement(self, slots: Any = None, cache: Any = None) -> MemoryStatement:

@@ -58,3 +58,5 @@ class PreprocessorStatistics:
     are dropped, so this stops growing under a steady load)."""
     memory: MemoryStatement | None = None
     """What it may hold and holds now (:class:`MemoryStatement`)."""
+    decode_threads_lent: int = 0
+    """Threads lent now to videos' keyframe runs (of ``concurrency.spare_threads``)."""
