@@ -130,8 +130,8 @@ class _Run:
             for frame in frames:
                 if k == 0:
                     self.free[which].wait()
-                    if self.stop.is_set():
-                        return
+                if self.stop.is_set():  # another run failed, or the slot's thread stopped early
+                    return
                 self.buffers[which][k] = frame
                 k += 1
                 if k == self.buffers[which].shape[0]:
