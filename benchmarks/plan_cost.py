@@ -9,7 +9,6 @@ each microsecond here is 64 microseconds of the batch.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -17,7 +16,7 @@ import time
 from typing import Any
 from unittest import mock
 
-from gpu_mm.bench.machine import machine_info
+from gpu_mm.bench.machine import machine_info, report
 from gpu_mm.media import image
 from gpu_mm.media.synth import make_image
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor
@@ -56,9 +55,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     result = {"machine": machine_info(), **measure(args.rounds)}
-    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "rounds")}, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    report(result, args.out, quiet=("rounds",))
     return 0
 
 

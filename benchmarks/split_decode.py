@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import pathlib
 import resource
 import statistics
@@ -31,7 +30,7 @@ from typing import Any
 
 import torch
 
-from gpu_mm.bench.machine import machine_info
+from gpu_mm.bench.machine import machine_info, report
 from gpu_mm.media.synth import make_video
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 
@@ -133,9 +132,7 @@ def main() -> int:
     args = parser.parse_args()
     result = {"machine": machine_info(), **asyncio.run(measure(args.reps, args.lend, args.slots)),
               "vllm_loader": measure_vllm_loader(args.reps, args.lend)}
-    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "rounds_ms")}, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    report(result, args.out, quiet=("rounds_ms",))
     return 0
 
 

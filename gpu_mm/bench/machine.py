@@ -92,3 +92,11 @@ def write_runs(out: str | os.PathLike[str], name: str, summary: dict[str, Any],
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine_info(), "summary": summary, "runs": runs}, indent=1, default=str))
     return path
+
+
+def report(result: dict[str, Any], out: str | os.PathLike[str] | None, *, quiet: tuple[str, ...] = ()) -> None:
+    """A benchmark script's ending: ``result`` printed as JSON without the ``machine`` and ``quiet`` keys, and all
+    of it written to ``out`` when given."""
+    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", *quiet)}, indent=1))
+    if out is not None:
+        pathlib.Path(out).write_text(json.dumps(result, indent=1) + "\n")
