@@ -120,7 +120,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     reps = 5 if quick else 15
     _progress(f"machine: {machine_label(info)}; device {device}; {'quick' if quick else 'full'} run")
     concurrency = choose(device)
-    _progress(f"concurrency: {concurrency.slots} slots + {concurrency.express_slots} express ({concurrency.reason})")
+    _progress(f"concurrency: {concurrency.slots} slots + {concurrency.express_slots} express ({concurrency.reason}); "
+              f"{concurrency.spare_threads} threads to lend to videos' keyframe runs")
     clips = {"360p": (360, 640)} if quick else {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
     step = _Steps(1 + 1 + len(clips) + 1 + 1 + 1 + 1 + 1 + (0 if args.no_http else 2))
     step("generating media (JPEG 1920x1080, H.264 clips) in memory ...")
