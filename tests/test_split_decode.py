@@ -18,13 +18,14 @@ from gpu_mm import DecodeError, Qwen2VLPreprocessor
 from gpu_mm.concurrency import SpareThreads, choose
 from gpu_mm.media.sources import load_source
 from gpu_mm.media.video import PyAVDecoder, probe_video
+from gpu_mm.media.video.runs import keyframe_positions
 from gpu_mm.pipeline import execute
 from gpu_mm.pipeline.families import preprocessor_class
 from gpu_mm.pipeline.memory import split_decode_fit, video_chunk_frames
 from gpu_mm.pipeline.plan import Item, ItemPlan
 from gpu_mm.pipeline.split_decode import split_frame_chunks, split_plan
 
-from media_helpers import make_video
+from media_helpers import all_frames, make_video
 
 
 def _clip(codec: str = "h264", frames: int = 240, bframes: int = 2) -> bytes:
@@ -84,6 +85,34 @@ def test_other_codecs_split_the_same(codec):
         b = split(videos=[clip])
         _same(one(videos=[clip]), b)
         assert b.items[0].decoded.threads > 1
+    finally:
+        one.close()
+        split.close()
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_open_gops_split_the_same(codec):
+    """Open GOPs (x264's open-gop; x265's default): the B-frames shown just before a keyframe refer to the GOP before
+    it and cannot be decoded from that keyframe. They belong to the run before (runs are cut by presentation
+    time), whose decoder goes on through the keyframe: every frame equals a sequential decode of the whole clip."""
+    data = make_video(240, 64, 96, codec=codec, fps=24, gop=24, bframes=3, single_slice=codec == "h264",
+                      open_gop=codec == "h264")
+    src = load_source(data, "video[0]")
+    info = probe_video(src)
+    keys = keyframe_positions(info)
+    assert len(keys) >= 8  # (both encodings here put B-frames shown before a keyframe after it: 9 and 27 of them)
+    every = list(range(info.num_frames))
+    starts = keys[::2]  # runs that begin exactly at keyframes, right after the frames shown before them
+    whole = torch.from_numpy(all_frames(data))
+    assert torch.equal(PyAVDecoder().get_frames_in_runs(src, info, every, starts), whole)
+    one = Qwen2VLPreprocessor("cpu", cache_bytes=0, decode_threads=0)
+    split = Qwen2VLPreprocessor("cpu", cache_bytes=0, decode_threads=3)
+    try:
+        for frames in (None, 48, 120):
+            options = {} if frames is None else {"nframes": frames}
+            b = split(videos=[data], **options)
+            _same(one(videos=[data], **options), b)
+            assert b.items[0].decoded.threads > 1
     finally:
         one.close()
         split.close()

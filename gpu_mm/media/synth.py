@@ -71,6 +71,7 @@ def make_video(
     rotation: int = 0,
     audio_rate: int | None = None,
     single_slice: bool = False,
+    open_gop: bool = False,
 ) -> bytes:
     """Encode ``num_frames`` moving :func:`pattern` frames with PyAV and return the container bytes.
 
@@ -80,13 +81,15 @@ def make_video(
     ``single_slice``: H.264 with one slice per frame, as phones, cameras and ``ffmpeg``'s x264 write it (x264's
     frame threads). By default PyAV runs x264 with slice threads, one slice per thread of the encoding machine,
     and FFmpeg's slice threads then decode such a clip on several cores.
+    ``open_gop``: H.264 with open GOPs (B-frames shown before a keyframe refer to the GOP before it, as broadcast
+    encoders write them); x265 writes HEVC with open GOPs already.
     """
     encoder = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}.get(codec, codec)
     if container is None:
         container = {"vp9": "webm", "mjpeg": "avi"}.get(codec, "mp4")
     with _keeps_scheduling():
         return _encode(num_frames, height, width, encoder, codec, fps, gop, bframes, container, bit_rate, seed,
-                       pix_fmt, rotation, audio_rate, single_slice)
+                       pix_fmt, rotation, audio_rate, single_slice, open_gop)
 
 
 @contextlib.contextmanager
@@ -108,7 +111,7 @@ def _keeps_scheduling() -> Iterator[None]:
 
 def _encode(num_frames: int, height: int, width: int, encoder: str, codec: str, fps: int, gop: int, bframes: int,
             container: str, bit_rate: int | None, seed: int, pix_fmt: str | None, rotation: int,
-            audio_rate: int | None = None, single_slice: bool = False) -> bytes:
+            audio_rate: int | None = None, single_slice: bool = False, open_gop: bool = False) -> bytes:
     import av
 
     buf = io.BytesIO()
@@ -129,6 +132,8 @@ def _encode(num_frames: int, height: int, width: int, encoder: str, codec: str, 
             opts = {"preset": "ultrafast" if not bframes else "veryfast", "bf": str(bframes)}
             if not bframes:
                 opts["tune"] = "zerolatency"
+            if open_gop:
+                opts["x264-params"] = "open-gop=1"
         elif encoder == "libx265":
             opts = {"preset": "ultrafast", "x265-params": f"log-level=error:keyint={gop}:bframes={bframes}"}
         elif encoder == "libvpx-vp9":
