@@ -60,7 +60,7 @@ from ..media.video.runs import split_starts
 from ..models import qwen3_vl
 from ..options import _integer, _number
 from ..pipeline import default_memory_budget, resolve_device
-from ..pipeline.memory import SPLIT_MAX_DECODERS
+from ..pipeline.memory import DECODER_STATE_PER_PIXEL, SPLIT_MAX_DECODERS
 from ._settings import PluginSettings
 from .service import use_service
 
@@ -164,11 +164,15 @@ class _Plan:
     src: Any
     info: Any
     indices: list[int]
+    decoders: int = 1
+    """PyAV decoders that may decode its keyframe runs at once (each beyond the first holds a decoder's state)."""
 
     @property
     def nbytes(self) -> int:
-        """The decoded frames' bytes (uint8 RGB), what a load holds while it runs and hands to vLLM."""
-        return len(self.indices) * self.info.width * self.info.height * 3
+        """The decoded frames' bytes (uint8 RGB), what a load holds while it runs and hands to vLLM, and the state
+        of its decoders beyond the first."""
+        pixels = self.info.width * self.info.height
+        return len(self.indices) * pixels * 3 + (self.decoders - 1) * DECODER_STATE_PER_PIXEL * pixels
 
 
 def sampling_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -217,10 +221,13 @@ class _Loads:
             indices = sample_indices(family, info.num_frames, info.fps, **options)
         except ValueError as exc:  # too few frames for the rule (vLLM's own loader fails on them too)
             raise LimitExceeded(src.item, f"cannot sample frames: {exc}") from None
-        plan = _Plan(src, info, indices)
+        decoders = 1
+        if self.decoder == "pyav" and self.spare.capacity:
+            decoders = len(split_starts(info, indices, min(1 + self.spare.capacity, SPLIT_MAX_DECODERS), 1))
+        plan = _Plan(src, info, indices, decoders)
         if plan.nbytes > self.budget:
             raise LimitExceeded(src.item, f"{len(indices)} frames of {info.width}x{info.height} need "
-                                          f"{plan.nbytes / 2**20:.0f} MiB decoded, over the loader's budget of "
+                                          f"{plan.nbytes / 2**20:.0f} MiB to decode, over the loader's budget of "
                                           f"{self.budget / 2**20:.0f} MiB (GPU_MM_MEMORY_BUDGET_MB)")
         return plan
 
@@ -291,10 +298,9 @@ class _Loads:
 
 
     def _decode_runs(self, plan: _Plan) -> Any:
-        """PyAV's frames for a plan, its keyframe runs decoded at once on the threads free now (at most
-        :data:`gpu_mm.pipeline.memory.SPLIT_MAX_DECODERS` decoders; each holds its own state, outside the frame
-        budget as a lone decoder's is)."""
-        lent = self.spare.take(SPLIT_MAX_DECODERS - 1)
+        """PyAV's frames for a plan, its keyframe runs decoded at once on the threads free now (at most the
+        decoders its bytes count)."""
+        lent = self.spare.take(plan.decoders - 1)
         try:
             starts = split_starts(plan.info, plan.indices, 1 + lent, 1)
             self.spare.give(lent - (len(starts) - 1))  # what the runs cannot use goes back at once

@@ -204,6 +204,9 @@ def test_loader_decodes_keyframe_runs_at_once_with_the_same_frames():
     one decoder and as vLLM's own Qwen loader; nothing stays lent. None lent: one decoder."""
     r = scenarios()["loader_runs"]
     assert r["runs"] == [4] and r["lent_after"] == [0, 0]
+    # The admission bytes count the three more decoders' state (33 bytes per source pixel each) beside the frames.
+    (one, frame_bytes), (four, split_bytes) = r["planned"]
+    assert (one, four) == (1, 4) and split_bytes - frame_bytes == 3 * 33 * 120 * 160
     assert r["shapes"] == [[16, 120, 160, 3]] * 2
     assert r["same_as_one_decoder"] and r["diff_vllm"] == 0.0 and r["backend"] == "gpu_mm:pyav"
 

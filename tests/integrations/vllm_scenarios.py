@@ -216,17 +216,20 @@ def loader_runs():
         return real(self, src, info, indices, starts)
 
     pyav.PyAVDecoder.get_frames_in_runs = counted
-    frames, lent_after = {}, {}
+    frames, lent_after, planned = {}, {}, {}
     try:
         for lend in (0, 3):
             loads = _Loads(Settings(decode_threads=lend))
-            frames[lend], meta = loads.decode(loads.plan("qwen2_vl", clip, {}))
+            plan = loads.plan("qwen2_vl", clip, {})
+            planned[lend] = (plan.decoders, plan.nbytes)
+            frames[lend], meta = loads.decode(plan)
             lent_after[lend] = loads.spare.lent
             loads.close()
     finally:
         pyav.PyAVDecoder.get_frames_in_runs = real
     theirs, _ = VideoMediaIO(ImageMediaIO(), video_backend=OWN_LOADER["qwen2_vl"]).load_bytes(clip).media
-    return {"runs": runs, "lent_after": list(lent_after.values()), "shapes": [list(f.shape) for f in frames.values()],
+    return {"runs": runs, "lent_after": list(lent_after.values()), "planned": list(planned.values()),
+            "shapes": [list(f.shape) for f in frames.values()],
             "same_as_one_decoder": bool(np.array_equal(frames[0], frames[3])),
             "diff_vllm": float(np.abs(theirs.astype(np.int16) - frames[3].astype(np.int16)).max()),
             "backend": meta["video_backend"]}
@@ -322,8 +325,9 @@ def admission():
                             "message": str(exc), "seconds": time.perf_counter() - t0}
 
     def first_held(results, **settings):
-        """The loader with ``settings``, and a first load started whose decode waits for ``release``."""
-        plugin.register(("loader",), **settings)
+        """The loader with ``settings``, and a first load started whose decode waits for ``release``. No threads
+        lent: a load's bytes are its frames' alone."""
+        plugin.register(("loader",), decode_threads=0, **settings)
         loads = plugin._loads()
         release, started = threading.Event(), threading.Event()
         real = loads.decode
