@@ -164,8 +164,12 @@ class _Plan:
     src: Any
     info: Any
     indices: list[int]
-    decoders: int = 1
-    """PyAV decoders that may decode its keyframe runs at once (each beyond the first holds a decoder's state)."""
+    runs: tuple[int, ...] = (0,)
+    """Where its keyframe runs begin in ``indices`` when PyAV decodes them at once (a decoder each)."""
+
+    @property
+    def decoders(self) -> int:
+        return len(self.runs)
 
     @property
     def nbytes(self) -> int:
@@ -221,10 +225,10 @@ class _Loads:
             indices = sample_indices(family, info.num_frames, info.fps, **options)
         except ValueError as exc:  # too few frames for the rule (vLLM's own loader fails on them too)
             raise LimitExceeded(src.item, f"cannot sample frames: {exc}") from None
-        decoders = 1
+        runs: tuple[int, ...] = (0,)
         if self.decoder == "pyav" and self.spare.capacity:
-            decoders = len(split_starts(info, indices, min(1 + self.spare.capacity, SPLIT_MAX_DECODERS), 1))
-        plan = _Plan(src, info, indices, decoders)
+            runs = tuple(split_starts(info, indices, min(1 + self.spare.capacity, SPLIT_MAX_DECODERS), 1))
+        plan = _Plan(src, info, indices, runs)
         if plan.nbytes > self.budget:
             raise LimitExceeded(src.item, f"{len(indices)} frames of {info.width}x{info.height} need "
                                           f"{plan.nbytes / 2**20:.0f} MiB to decode, over the loader's budget of "
@@ -281,7 +285,7 @@ class _Loads:
     def decode(self, plan: _Plan) -> tuple[Any, dict[str, Any]]:
         src, info, indices = plan.src, plan.info, plan.indices
         try:
-            if self.decoder == "pyav" and self.spare.capacity:
+            if plan.decoders > 1:
                 frames = self._decode_runs(plan)
             else:
                 frames = get_video_decoder(self.decoder).get_frames_at(src, info, indices)
@@ -296,13 +300,13 @@ class _Loads:
                 "do_sample_frames": len(indices) == info.num_frames}
         return frames.numpy(), meta
 
-
     def _decode_runs(self, plan: _Plan) -> Any:
-        """PyAV's frames for a plan, its keyframe runs decoded at once on the threads free now (at most the
-        decoders its bytes count)."""
+        """PyAV's frames for a plan, its keyframe runs decoded at once on the threads free now (its planned runs
+        when there is one for each, else fewer)."""
         lent = self.spare.take(plan.decoders - 1)
         try:
-            starts = split_starts(plan.info, plan.indices, 1 + lent, 1)
+            starts = list(plan.runs) if lent == plan.decoders - 1 else split_starts(plan.info, plan.indices,
+                                                                                    1 + lent, 1)
             self.spare.give(lent - (len(starts) - 1))  # what the runs cannot use goes back at once
             lent = len(starts) - 1
             return PyAVDecoder().get_frames_in_runs(plan.src, plan.info, plan.indices, starts)

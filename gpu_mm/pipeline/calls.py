@@ -23,7 +23,6 @@ from .output import LeaseGuard
 from .plan import Item, Planner
 from .processes import SlotProcesses
 from .routing import Router
-from .split_decode import split_threads
 
 
 class CallRunner:
@@ -76,12 +75,12 @@ class CallRunner:
         return output.assemble(call, self.features_class, self.config, self.output, audio)
 
     def _lending(self, work: Any, slot: Slot, group: list[Item]) -> Any:
-        """``work(slot, group)`` on the slot's thread, a lone video's plan given the spare threads free now that its
-        keyframe runs can use (given back when it ends)."""
+        """``work(slot, group)`` on the slot's thread, a lone video's plan given the spare threads free now for its
+        keyframe runs beyond the first (as many as its plan reserved decoders for; given back when it ends)."""
         lent = 0
-        if len(group) == 1 and self._spare.capacity:
+        if len(group) == 1 and group[0].plan.decoders > 1:
             item = group[0]
-            lent = self._spare.take(_useful_threads(self._executor, item, 1 + self._spare.capacity) - 1)
+            lent = self._spare.take(item.plan.decoders - 1)
             if lent:
                 item.plan = dataclasses.replace(item.plan, decode_threads=1 + lent)
         try:
@@ -186,14 +185,6 @@ class CallRunner:
         task = asyncio.ensure_future(run())
         task.add_done_callback(never_begun)
         return task
-
-
-def _useful_threads(executor: Executor, item: Item, most: int) -> int:
-    """How many threads could decode ``item`` at once: its keyframe runs that fit its planned memory (1 for
-    anything but a video PyAV decodes)."""
-    if item.plan.kind != "video" or item.plan.info is None or executor.video_decoder != "pyav":
-        return 1
-    return split_threads(item.plan, executor.config.temporal_patch_size, most)
 
 
 def _clips(call: Any) -> tuple[list[Item], list[torch.Tensor]]:

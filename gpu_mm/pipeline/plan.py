@@ -67,12 +67,17 @@ class ItemPlan:
     audio: AudioInfo | None = None
     """An audio item's header (its pixel fields are zeros: its slot job decodes it to 16 kHz samples, and the
     call's clips become features together)."""
-    decoders: int = 1
-    """Decoders whose memory ``nbytes`` reserves: more than 1 for a video whose keyframe runs may decode at once
-    (:mod:`gpu_mm.pipeline.split_decode`)."""
+    runs: tuple[int, ...] = (0,)
+    """Where a video's keyframe runs begin in ``indices`` when they decode at once (more than one only for PyAV
+    with threads to lend: :mod:`gpu_mm.pipeline.split_decode`); ``nbytes`` reserves a decoder for each."""
     decode_threads: int = 1
     """Threads its keyframe runs decode on (at most ``decoders``): set as its slot job starts, from the threads
     free then (:class:`gpu_mm.concurrency.SpareThreads`)."""
+
+    @property
+    def decoders(self) -> int:
+        """Decoders whose memory ``nbytes`` reserves: one per keyframe run."""
+        return len(self.runs)
 
 
 @dataclasses.dataclass(eq=False)
@@ -265,14 +270,14 @@ class Planner:
         grid = cfg.grid(len(indices), target)
         # Working memory follows the larger of the intermediate and the final frames.
         held = max(target, sampling.presize or target, key=lambda s: s[0] * s[1])
-        decoders = 1
+        runs: tuple[int, ...] = (0,)
         if info is None:  # decoded frames given: they are all in memory already; one pass over them
             chunk = len(indices)
             nbytes = image_working_bytes(size, held, _feature_bytes(grid, cfg), via_pillow=False, frames=chunk)
         else:
             chunk = video_chunk_frames(size, held, cfg.temporal_patch_size, len(indices))
-            decoders = self._decoders(info, indices)
-            nbytes = video_working_bytes(size, held, chunk, _feature_bytes(grid, cfg), decoders=decoders,
+            runs = self._runs(info, indices)
+            nbytes = video_working_bytes(size, held, chunk, _feature_bytes(grid, cfg), decoders=len(runs),
                                          step=cfg.temporal_patch_size)
         call = chunk
         if info is not None and self.video_decoder in memory.PER_CALL_DECODERS:
@@ -281,14 +286,15 @@ class Planner:
             nbytes += memory.decoder_held_bytes(self.video_decoder, size, len(indices))
         return ItemPlan("video", src, target, grid, size, indices=indices, info=info, sample_fps=sampling.sample_fps,
                         presize=sampling.presize, nbytes=nbytes, chunk=chunk, call=call, video_fps=sampling.video_fps,
-                        key=key, meta=cfg.item_meta(grid), decoders=decoders)
+                        key=key, meta=cfg.item_meta(grid), runs=runs)
 
-    def _decoders(self, info: VideoInfo, indices: list[int]) -> int:
-        """Decoders a video's keyframe runs may use at once (1 unless PyAV decodes and threads may be lent)."""
+    def _runs(self, info: VideoInfo, indices: list[int]) -> tuple[int, ...]:
+        """Where a video's keyframe runs begin when they decode at once (``(0,)`` unless PyAV decodes and threads
+        may be lent)."""
         most = min(1 + self.spare_threads, memory.SPLIT_MAX_DECODERS)
         if self.video_decoder != "pyav" or most < 2:
-            return 1
-        return len(split_starts(info, indices, most, self.config.temporal_patch_size))
+            return (0,)
+        return tuple(split_starts(info, indices, most, self.config.temporal_patch_size))
 
     def groups(self, items: list[Item]) -> list[list[int]]:
         """Which plans run together as one slot job: plain JPEGs in batches of up to ``image_batch`` (one

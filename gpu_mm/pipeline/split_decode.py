@@ -30,13 +30,13 @@ from ..sched import leave_idle_policy, set_idle_policy
 from .memory import split_decode_fit
 from .plan import Item, ItemPlan
 
-__all__ = ["split_frame_chunks", "split_plan", "split_threads"]
+__all__ = ["split_frame_chunks", "split_plan"]
 
 
 def split_plan(plan: ItemPlan, step: int, most: int) -> tuple[list[int], int]:
-    """``(starts, frames)``: where the runs of a video decoded by up to ``most`` threads begin
-    (:func:`split_starts`; ``[0]``: one decoder) and the frames each run's buffers hold, within the plan's memory
-    (:func:`gpu_mm.pipeline.memory.split_decode_fit`)."""
+    """``(starts, frames)``: where the runs of a video decoded by up to ``most`` threads begin (its planned runs
+    when it got a thread for each, else :func:`split_starts` for fewer; ``[0]``: one decoder) and the frames each
+    run's buffers hold, within the plan's memory (:func:`gpu_mm.pipeline.memory.split_decode_fit`)."""
     most = min(most, plan.decoders)
     if plan.kind != "video" or plan.info is None or plan.indices is None or most < 2:
         return [0], plan.chunk
@@ -44,12 +44,9 @@ def split_plan(plan: ItemPlan, step: int, most: int) -> tuple[list[int], int]:
     threads, frames = split_decode_fit(plan.source_size, held, plan.chunk, step, most, plan.decoders)
     if threads < 2:
         return [0], plan.chunk
+    if threads == plan.decoders:
+        return list(plan.runs), frames
     return split_starts(plan.info, plan.indices, threads, step), frames
-
-
-def split_threads(plan: ItemPlan, step: int, most: int) -> int:
-    """How many of ``most`` threads a video's decode can use (1: not worth splitting)."""
-    return len(split_plan(plan, step, most)[0])
 
 
 def split_frame_chunks(item: Item, starts: list[int],
