@@ -263,20 +263,29 @@ def main() -> int:
 
     def video_concurrency(decoder: str, slots: int | None = None, n: int = 8) -> dict[str, Any]:
         """``n`` requests of the clip at once through one preprocessor (``slots`` stream slots; None: its
-        default): wall time and the CPU seconds the process spent (what a serving node's other work lost)."""
+        default): wall time, the CPU seconds the process spent (what a serving node's other work lost), and the
+        caller's event loop meanwhile (``gpu_mm.bench.loop_lag.measure``: a 1 ms timer's lateness and a posted
+        callback's wait). A decoder library that keeps the interpreter lock while it decodes stalls the loop for
+        as long as each of its calls, whatever thread it runs on: the lag's maximum shows it."""
+        from gpu_mm.bench.loop_lag import measure
+
         p = Qwen2VLPreprocessor("cuda", cache_bytes=0, video_decoder=decoder, num_slots=slots)
 
-        async def run(k: int) -> None:
-            await asyncio.gather(*(p.preprocess(videos=[clip]) for _ in range(k)))
+        async def run(k: int) -> dict[str, Any]:
+            return await measure(lambda i: p.preprocess(videos=[clip]), k)
 
         asyncio.run(run(1))  # warm: the decoder of each slot is built on first use
         rounds = []
         for _ in range(2):
             t0, c0 = time.perf_counter(), time.process_time()
-            asyncio.run(run(n))
+            probed = asyncio.run(run(n))
             torch.cuda.synchronize()
-            rounds.append({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0})
-            print(f"[gpu_bench]   {n} x clip via {decoder}: {rounds[-1]}", file=sys.stderr, flush=True)
+            rounds.append({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                           "loop_lag_ms": probed["loop_lag"], "health_probe_ms": probed["health_probe"],
+                           "errors": probed["errors"]})
+            print(f"[gpu_bench]   {n} x clip via {decoder}: wall {rounds[-1]['wall_s']:.2f} s, "
+                  f"cpu {rounds[-1]['cpu_s']:.2f} s, loop lag p99 {probed['loop_lag']['p99_ms']:.1f} ms, "
+                  f"max {probed['loop_lag']['max_ms']:.1f} ms", file=sys.stderr, flush=True)
         stats = p.statistics()
         p.close()
         return {"requests": n, "rounds": rounds, "concurrency": str(stats.concurrency)}
