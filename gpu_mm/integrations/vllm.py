@@ -14,10 +14,11 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
   on CUDA, copied to host memory as vLLM's own GPU loader does; PyAV decodes a clip's keyframe runs at once on
   cores the loader's workers leave, ``decode_threads``) and returns them with the metadata vLLM's loaders return.
   Loads run on the plug-in's own threads behind an admission bound: at most ``max_concurrent_calls``
-  decoding and ``memory_budget_bytes`` of decoded frames in flight, ``max_queued`` waiting; beyond that
-  :class:`VLLMOverloaded` (HTTP 503) at once; past ``timeout_s`` :class:`VLLMTimeout` (HTTP 504), the
-  abandoned decode keeping its place and bytes until it really ends. Bad media, and a video whose frames
-  alone exceed the budget, raise gpu-mm's typed :class:`gpu_mm.MediaError` (a ``ValueError``: HTTP 400).
+  decoding and ``memory_budget_bytes`` of loads in flight (decoded frames and decoders' state),
+  ``max_queued`` waiting; beyond that :class:`VLLMOverloaded` (HTTP 503) at once; past ``timeout_s``
+  :class:`VLLMTimeout` (HTTP 504), the abandoned decode keeping its place and bytes until it really ends. Bad
+  media, and a video whose load alone exceeds the budget, raise gpu-mm's typed :class:`gpu_mm.MediaError` (a
+  ``ValueError``: HTTP 400).
 * **processors**: vLLM's Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, GLM-4.1V / 4.5V, InternVL (-hf, served by
   vLLM's InternS1 class) and Gemma 3 multimodal processors, re-registered with a processing-info class whose
   transformers processor carries gpu-mm's drop-ins (:mod:`gpu_mm.integrations.hf`), and InternVL's original
@@ -173,10 +174,10 @@ class _Plan:
 
     @property
     def nbytes(self) -> int:
-        """The decoded frames' bytes (uint8 RGB), what a load holds while it runs and hands to vLLM, and the state
-        of its decoders beyond the first."""
+        """What a load holds while it runs: the decoded frames (uint8 RGB), which it hands to vLLM, and the state of
+        each of its decoders (a GPU decoder's falls back to PyAV's on the host)."""
         pixels = self.info.width * self.info.height
-        return len(self.indices) * pixels * 3 + (self.decoders - 1) * DECODER_STATE_PER_PIXEL * pixels
+        return (len(self.indices) * 3 + self.decoders * DECODER_STATE_PER_PIXEL) * pixels
 
 
 def sampling_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -194,11 +195,12 @@ def sampling_options(values: dict[str, Any]) -> dict[str, Any]:
 
 class _Loads:
     """The loader's bounded work. A load is planned in its caller's thread (probe and sampling: no pixels),
-    then admitted: at most ``workers`` decoding at once and at most ``budget`` bytes of decoded frames in
-    flight, up to ``queued`` loads waiting for that; a load past both is refused at once, and one whose frames
-    alone exceed the budget is refused as a limit. Each load's deadline covers its wait and its decode; a
-    load that times out leaves its decode running, its place and bytes held until the decode ends (so the
-    bounds count the work really running). Frames already handed to vLLM are vLLM's to account for."""
+    then admitted: at most ``workers`` decoding at once and at most ``budget`` bytes of loads (frames and
+    decoders' state, :attr:`_Plan.nbytes`) in flight, up to ``queued`` loads waiting for that; a load past both
+    is refused at once, and one that alone exceeds the budget is refused as a limit. Each load's deadline covers
+    its wait and its decode; a load that times out leaves its decode running, its place and bytes held until the
+    decode ends (so the bounds count the work really running). Frames already handed to vLLM are vLLM's to account
+    for."""
 
     def __init__(self, settings: PluginSettings) -> None:
         self.settings = settings

@@ -204,9 +204,10 @@ def test_loader_decodes_keyframe_runs_at_once_with_the_same_frames():
     one decoder and as vLLM's own Qwen loader; nothing stays lent. None lent: one decoder."""
     r = scenarios()["loader_runs"]
     assert r["runs"] == [4] and r["lent_after"] == [0, 0]
-    # The admission bytes count the three more decoders' state (33 bytes per source pixel each) beside the frames.
-    (one, frame_bytes), (four, split_bytes) = r["planned"]
-    assert (one, four) == (1, 4) and split_bytes - frame_bytes == 3 * 33 * 120 * 160
+    # The admission bytes count each decoder's state (33 bytes per source pixel) beside the frames.
+    (one, one_bytes), (four, split_bytes) = r["planned"]
+    assert (one, four) == (1, 4) and one_bytes == (16 * 3 + 33) * 120 * 160
+    assert split_bytes - one_bytes == 3 * 33 * 120 * 160
     assert r["shapes"] == [[16, 120, 160, 3]] * 2
     assert r["same_as_one_decoder"] and r["diff_vllm"] == 0.0 and r["backend"] == "gpu_mm:pyav"
 
@@ -246,7 +247,7 @@ def test_options_gpu_mm_does_not_implement_run_transformers_own_code():
 def test_admission_bound_and_deadline_map_to_503_and_504_and_hold_places_until_work_ends():
     a = scenarios()["admission"]
     count = a["count"]
-    assert a["while_one_runs"] == {"running": 1, "bytes": a["frame_bytes"]}
+    assert a["while_one_runs"] == {"running": 1, "bytes": a["load_bytes"]}
     assert a["with_one_waiting"] == {"running": 1, "waiting": 1}
     # Refused while the first load was still held: it did not wait for a place.
     assert count["third"]["raised"] == "VLLMOverloaded" and count["third"]["http"] == 503
@@ -255,7 +256,7 @@ def test_admission_bound_and_deadline_map_to_503_and_504_and_hold_places_until_w
     assert count["first"]["raised"] == "VLLMTimeout"  # its caller gave up ...
     assert "decoding" in count["first"]["message"]
     # ... but its decode still ran, holding its place and its bytes, and the waiter left.
-    assert a["abandoned_decode_runs"] == {"running": 1, "waiting": 0, "bytes": a["frame_bytes"]}
+    assert a["abandoned_decode_runs"] == {"running": 1, "waiting": 0, "bytes": a["load_bytes"]}
     assert a["after_count"] == {"running": 0, "waiting": 0, "bytes": 0}
     assert a["loader_threads_at_end"] == []  # loaders replaced by new settings left no threads behind
 
@@ -263,7 +264,7 @@ def test_admission_bound_and_deadline_map_to_503_and_504_and_hold_places_until_w
 def test_decoded_frames_in_flight_are_bounded_by_the_memory_budget():
     a = scenarios()["admission"]
     # Two decoders free, but the budget holds one clip's frames: the second load waited for bytes, timed out.
-    assert a["bytes_bound_while_waiting"] == {"running": 1, "bytes": a["frame_bytes"]}
+    assert a["bytes_bound_while_waiting"] == {"running": 1, "bytes": a["load_bytes"]}
     assert a["bytes"]["second"]["raised"] == "VLLMTimeout" and a["bytes"]["second"]["http"] == 504
     assert a["bytes"]["first"]["raised"] == "VLLMTimeout"  # held past its deadline by the test
     assert a["after_bytes"] == {"running": 0, "waiting": 0, "bytes": 0}

@@ -312,8 +312,8 @@ def admission():
 
     from gpu_mm.integrations import vllm as plugin
 
-    frame_bytes = 6 * 120 * 160 * 3  # the clip's 6 sampled frames
-    out = {"frame_bytes": frame_bytes}
+    load_bytes = (6 * 3 + 33) * 120 * 160  # the clip's 6 sampled frames and its decoder's state
+    out = {"load_bytes": load_bytes}
     io_ = VideoMediaIO(ImageMediaIO(), video_backend="gpu_mm_qwen2_vl")
 
     def attempt(results, key):
@@ -326,7 +326,7 @@ def admission():
 
     def first_held(results, **settings):
         """The loader with ``settings``, and a first load started whose decode waits for ``release``. No threads
-        lent: a load's bytes are its frames' alone."""
+        lent: a load's bytes are its frames' and one decoder's state."""
         plugin.register(("loader",), decode_threads=0, **settings)
         loads = plugin._loads()
         release, started = threading.Event(), threading.Event()
@@ -367,18 +367,18 @@ def admission():
     out["count"] = results
     out["after_count"] = settle(loads)
 
-    # Bounded by bytes: room for one clip's frames; a second load waits for them (two decoders free).
+    # Bounded by bytes: room for one load; a second load waits for its bytes (two decoders free).
     results = {}
     loads, release, first = first_held(results, max_concurrent_calls=2, max_queued=4, timeout_s=0.5,
-                                       memory_budget_bytes=frame_bytes + frame_bytes // 2)
+                                       memory_budget_bytes=load_bytes + load_bytes // 2)
     attempt(results, "second")
     out["bytes_bound_while_waiting"] = {"running": loads.running, "bytes": loads.bytes}
     release.set()
     first.join(10)
     out["after_bytes"] = settle(loads)
-    # A clip whose sampled frames alone exceed the budget: refused before any decoding.
+    # A clip whose load alone exceeds the budget: refused before any decoding.
     plugin.register(("loader",), max_concurrent_calls=2, max_queued=4, timeout_s=0.5,
-                    memory_budget_bytes=frame_bytes - 1)
+                    memory_budget_bytes=load_bytes - 1)
     attempt(results, "too_big")
     out["bytes"] = results
     plugin.register(("loader",), max_concurrent_calls=None, max_queued=None, timeout_s=None,
