@@ -329,6 +329,11 @@ def main() -> int:
             section(f"video_gpu_mm_pyav_one_slice_{'default' if lend is None else 'no'}_threads_lent",
                     lambda lend=lend: gpu_mm_video(Qwen2VLPreprocessor(
                         "cuda", cache_bytes=0, video_decoder="pyav", decode_threads=lend), one_slice))
+        # The decoder alone on the card machine's cores: one thread, FFmpeg's frame threads, keyframe runs.
+        sys.path.insert(0, str(pathlib.Path(__file__).parent))
+        from split_decode import measure_decoder_alone
+
+        section("pyav_one_slice_decoder_alone", lambda: measure_decoder_alone(3))
         if nvcodec:  # the second NVDEC backend, beside DALI and PyAV in the same run
             section("video_gpu_mm_pynvvideocodec", lambda: gpu_mm_video(
                 Qwen2VLPreprocessor("cuda", cache_bytes=0, video_decoder="pynvvideocodec")))

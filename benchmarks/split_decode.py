@@ -7,7 +7,11 @@ side by side and interleaved in one run, on the CPU path with its default worker
    already spread over the cores).
 2. 8 such one-slice clips at once: wall time and CPU seconds, the machine busy.
 
-3. With vLLM installed: the vLLM plug-in's video loader (``gpu_mm.integrations.vllm``, PyAV), the one-slice clip's
+3. The decoder alone on the one-slice clip's planned frames, against the library's own answer to a one-slice
+   stream: FFmpeg's frame threads (``thread_type="FRAME"``, one per core), with keyframe runs (one per core, at most
+   the 4 a plan reserves) and with one thread; wall time and CPU seconds (this process's, every thread counted).
+
+4. With vLLM installed: the vLLM plug-in's video loader (``gpu_mm.integrations.vllm``, PyAV), the one-slice clip's
    frames for Qwen2-VL, one load at a time, with no thread lent and with ``--lend``.
 
 The configurations: ``slots`` slots and an express slot with no threads lent (what a machine whose slots take
@@ -123,6 +127,45 @@ def measure_vllm_loader(reps: int = 5, lend: int = 1) -> dict[str, Any]:
     return {"frames": list(first.shape), "p50_ms": p50, "speedup": p50["no_threads_lent"] / p50[f"{lend}_lent"]}
 
 
+def measure_decoder_alone(reps: int = 5) -> dict[str, Any]:
+    """PyAV on the one-slice clip's 60 planned frames (Qwen2-VL's plan), interleaved: one FFmpeg thread, FFmpeg's
+    frame threads (one per core), keyframe runs at once (one per core, at most ``SPLIT_MAX_DECODERS``); wall p50 and
+    CPU seconds p50. Every configuration's frames equal the first's (checked)."""
+    import os
+
+    from gpu_mm.media.sources import load_source
+    from gpu_mm.media.video import PyAVDecoder, probe_video
+    from gpu_mm.media.video.runs import split_starts
+    from gpu_mm.pipeline.memory import SPLIT_MAX_DECODERS
+
+    cores = len(os.sched_getaffinity(0))
+    clip = make_video(900, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000, single_slice=True)
+    src = load_source(clip, "video")
+    info = probe_video(src)
+    indices = Qwen2VLPreprocessor("cpu", cache_bytes=0, workers="threads").plan(videos=[clip])[0].indices
+    assert indices is not None
+    starts = split_starts(info, indices, min(cores, SPLIT_MAX_DECODERS), 2)
+    configs = {
+        "one_thread": lambda: PyAVDecoder("SLICE", 1).get_frames_at(src, info, indices),
+        f"frame_threads_{cores}": lambda: PyAVDecoder("FRAME", cores).get_frames_at(src, info, indices),
+        f"keyframe_runs_{len(starts)}": lambda: PyAVDecoder().get_frames_in_runs(src, info, indices, starts),
+    }
+    first = configs["one_thread"]()
+    wall: dict[str, list[float]] = {name: [] for name in configs}
+    cpu: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(reps):
+        for name, decode in configs.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            frames = decode()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+            assert torch.equal(frames, first), name
+    p50 = {name: statistics.median(v) * 1e3 for name, v in wall.items()}
+    return {"cores": cores, "frames": len(indices), "wall_p50_ms": p50,
+            "cpu_p50_s": {name: statistics.median(v) for name, v in cpu.items()},
+            "speedup_vs_one_thread": {name: p50["one_thread"] / v for name, v in p50.items()}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -131,6 +174,7 @@ def main() -> int:
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
     result = {"machine": machine_info(), **asyncio.run(measure(args.reps, args.lend, args.slots)),
+              "decoder_alone": measure_decoder_alone(args.reps),
               "vllm_loader": measure_vllm_loader(args.reps, args.lend)}
     report(result, args.out, quiet=("rounds_ms",))
     return 0
