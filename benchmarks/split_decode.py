@@ -9,14 +9,15 @@ side by side and interleaved in one run, on the CPU path with its default worker
 
 3. The decoder alone on the one-slice clip's planned frames, against the library's own answer to a one-slice
    stream: FFmpeg's frame threads (``thread_type="FRAME"``, one per core), with keyframe runs (one per core, at most
-   the 4 a plan reserves) and with one thread; wall time and CPU seconds (this process's, every thread counted).
+   the 4 a plan reserves; with cores to spare beyond them, also runs of frame-threaded decoders) and with one
+   thread; wall time and CPU seconds (this process's, every thread counted).
 
 4. With vLLM installed: the vLLM plug-in's video loader (``gpu_mm.integrations.vllm``, PyAV), the one-slice clip's
    frames for Qwen2-VL, one load at a time, with no thread lent and with ``--lend``.
 
-The configurations: ``slots`` slots and an express slot with no threads lent (what a machine whose slots take
-every core gets by default), and the same with ``--lend`` threads lent (a machine with cores beyond its slots gets
-cores - slots - 1 by default). Same features in both (checked each run).
+The configurations: ``slots`` slots and an express slot with no threads lent (``decode_threads=0``), the same with
+``--lend`` threads lent whatever runs (``decode_threads=N``), and the default (the cores no running slot job uses,
+taken as a video's job starts). Same features in all (checked each run).
 
     python benchmarks/split_decode.py [--reps 5] [--lend 1] [--out FILE.json]
 """
@@ -57,7 +58,7 @@ def _children_cpu_s(pre: Any) -> float:
 async def measure(reps: int = 5, lend: int = 1, slots: int | None = None) -> dict[str, Any]:
     clips = {"one_slice": make_video(900, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000, single_slice=True),
              "several_slices": make_video(900, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000)}
-    configs = {"no_threads_lent": 0, f"{lend}_lent": lend}
+    configs: dict[str, int | None] = {"no_threads_lent": 0, f"{lend}_lent": lend, "default_idle_cores": None}
     pres = {name: Qwen2VLPreprocessor("cpu", cache_bytes=0, num_slots=slots, decode_threads=n)
             for name, n in configs.items()}
     try:
@@ -77,12 +78,15 @@ async def measure(reps: int = 5, lend: int = 1, slots: int | None = None) -> dic
                     runs[clip][name].append(time.perf_counter() - t0)
                     threads[clip][name] = out.items[0].decoded.threads
         load: dict[str, list[dict[str, float]]] = {name: [] for name in pres}
-        for _ in range(max(2, reps // 2)):
+        for pre in pres.values():  # every slot warm (one at a time above used one slot): its first job costs more
+            await asyncio.gather(*(pre.preprocess(videos=[clips["one_slice"]]) for _ in range(8)))
+        for _ in range(max(3, reps // 2)):
             for name, pre in pres.items():
                 c0, k0, t0 = _cpu_s(), _children_cpu_s(pre), time.perf_counter()
-                await asyncio.gather(*(pre.preprocess(videos=[clips["one_slice"]]) for _ in range(8)))
+                outs = await asyncio.gather(*(pre.preprocess(videos=[clips["one_slice"]]) for _ in range(8)))
                 load[name].append({"wall_s": time.perf_counter() - t0,
-                                   "cpu_s": _cpu_s() - c0 + _children_cpu_s(pre) - k0})
+                                   "cpu_s": _cpu_s() - c0 + _children_cpu_s(pre) - k0,
+                                   "runs": [o.items[0].decoded.threads for o in outs]})
         concurrency = next(iter(pres.values())).concurrency.as_dict()
     finally:
         for pre in pres.values():
@@ -94,9 +98,11 @@ async def measure(reps: int = 5, lend: int = 1, slots: int | None = None) -> dic
         "slots": {k: concurrency[k] for k in ("cores", "slots", "express_slots")},
         "one_request_p50_ms": p50,
         "keyframe_runs": threads,
-        "one_request_speedup": {clip: p50[clip][names[0]] / p50[clip][names[1]] for clip in clips},
+        "one_request_speedup": {clip: {name: p50[clip][names[0]] / p50[clip][name] for name in names[1:]}
+                                for clip in clips},
         "eight_at_once": {name: {k: statistics.median(r[k] for r in v) for k in ("wall_s", "cpu_s")}
                           for name, v in load.items()},
+        "eight_at_once_rounds": load,
         "rounds_ms": {clip: {name: [round(x * 1e3, 1) for x in v] for name, v in r.items()}
                       for clip, r in runs.items()},
     }
@@ -150,6 +156,10 @@ def measure_decoder_alone(reps: int = 5) -> dict[str, Any]:
         f"frame_threads_{cores}": lambda: PyAVDecoder("FRAME", cores).get_frames_at(src, info, indices),
         f"keyframe_runs_{len(starts)}": lambda: PyAVDecoder().get_frames_in_runs(src, info, indices, starts),
     }
+    per_run = cores // len(starts)
+    if per_run >= 2:  # cores beyond the runs' (16 cores: 4 runs of 4 frame threads each)
+        configs[f"keyframe_runs_{len(starts)}_of_{per_run}_frame_threads"] = (
+            lambda: PyAVDecoder("FRAME", per_run).get_frames_in_runs(src, info, indices, starts))
     first = configs["one_thread"]()
     wall: dict[str, list[float]] = {name: [] for name in configs}
     cpu: dict[str, list[float]] = {name: [] for name in configs}

@@ -6,9 +6,11 @@ component (the preprocessor, ``gpu-mm serve``, ``gpu-mm bench``) reports the sam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
+from collections.abc import Iterator
 
 __all__ = ["Concurrency", "SpareThreads", "choose", "usable_cores"]
 
@@ -27,8 +29,9 @@ class Concurrency:
     """Threads that plan items (probe, read headers) and assemble results, off the caller's loop."""
     reason: str
     spare_threads: int = 0
-    """Cores no slot uses (cores - slots - express slots), lent to videos being decoded: a video's keyframe runs
-    then decode in parallel (:mod:`gpu_mm.pipeline.split_decode`)."""
+    """The most threads lent at once to videos being decoded, so that a video's keyframe runs decode in parallel
+    (:mod:`gpu_mm.pipeline.split_decode`): by default every core but one, and at run time only the cores no running
+    slot job uses (:meth:`SpareThreads.of_cores`)."""
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -61,32 +64,78 @@ def choose(device: str, cores: int | None = None) -> Concurrency:
         reason = (f"CPU, {n} cores: {slots} slots (cores / 2, at most 8) and an express slot; not measured on this "
                   "many cores: extrapolated from 2, where parallel decodes paid and torch's ops already share every "
                   "core (benchmarks/cpu_concurrency.py measures it)")
-    return Concurrency(device, n, slots=slots, express_slots=1, io_threads=4, reason=reason,
-                       spare_threads=spare_threads(n, slots, 1))
-
-
-def spare_threads(cores: int, slots: int, express_slots: int) -> int:
-    """The cores that ``slots + express_slots`` slots leave (at least 0)."""
-    return max(0, cores - slots - express_slots)
+    return Concurrency(device, n, slots=slots, express_slots=1, io_threads=4, reason=reason, spare_threads=n - 1)
 
 
 class SpareThreads:
-    """Threads a preprocessor may run beyond its slots' own, lent to one slot job at a time: taken without waiting
-    (a job gets what is free now, possibly nothing) and given back when the job ends. Thread-safe."""
+    """Threads a preprocessor may run beyond its slot jobs' own, lent to one slot job at a time: taken without
+    waiting (a job gets what is free now, possibly nothing) and given back when the job ends. Thread-safe.
 
-    def __init__(self, capacity: int) -> None:
+    Two kinds: a fixed number (``SpareThreads(n)``: at most ``n`` lent), or the cores that the work in flight leaves
+    (:meth:`of_cores`): at most ``cores - 1`` lent, and never more than ``cores`` minus the work in flight minus the
+    threads lent. The work in flight is the larger of the calls in flight (each counted inside :meth:`call`, from
+    its start: planning, waiting for a slot, its jobs) and the slot jobs running (inside :meth:`job`: a job whose
+    callers gave up still runs). So a lone video borrows the cores of idle slots, and a burst of calls, or a machine
+    whose slots are all busy, lends nothing."""
+
+    def __init__(self, capacity: int, cores: int | None = None) -> None:
         if capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {capacity!r}")
+        if cores is not None and cores < 1:
+            raise ValueError(f"cores must be >= 1 or None, got {cores!r}")
         self.capacity = capacity
+        self.cores = cores
+        """When set, lending is also bounded by the cores the running jobs leave."""
         self._free = capacity
+        self._jobs = 0
+        self._calls = 0
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> dict[str, int]:
-        # A copy (deepcopy, pickle: a preprocessor's copy) lends threads of its own, none lent yet.
-        return {"capacity": self.capacity}
+    @classmethod
+    def of_cores(cls, cores: int) -> SpareThreads:
+        """Threads from the cores no running job uses (of ``cores``): the default lending."""
+        return cls(max(0, cores - 1), cores)
 
-    def __setstate__(self, state: dict[str, int]) -> None:
-        self.__init__(state["capacity"])  # type: ignore[misc]
+    def __getstate__(self) -> dict[str, int | None]:
+        # A copy (deepcopy, pickle: a preprocessor's copy) lends threads of its own, none lent yet.
+        return {"capacity": self.capacity, "cores": self.cores}
+
+    def __setstate__(self, state: dict[str, int | None]) -> None:
+        capacity = state["capacity"]
+        assert capacity is not None
+        self.__init__(capacity, state.get("cores"))  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[None]:
+        """Count a slot job as running (on a core of its own) while inside."""
+        with self._lock:
+            self._jobs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._jobs -= 1
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """Count a call as in flight (work that will want a core) while inside."""
+        with self._lock:
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._calls -= 1
+
+    @property
+    def jobs(self) -> int:
+        """Slot jobs running now (inside :meth:`job`)."""
+        return self._jobs
+
+    @property
+    def calls(self) -> int:
+        """Calls in flight now (inside :meth:`call`)."""
+        return self._calls
 
     @property
     def lent(self) -> int:
@@ -94,9 +143,15 @@ class SpareThreads:
         return self.capacity - self._free
 
     def take(self, wanted: int) -> int:
-        """Up to ``wanted`` threads, as many as are free (0 when none are)."""
+        """Up to ``wanted`` threads, as many as are free (0 when none are); with ``cores``, only as many as the work
+        in flight (the taker's own counted, when it is inside :meth:`call` or :meth:`job`) and the threads lent
+        leave."""
         with self._lock:
-            n = max(0, min(wanted, self._free))
+            free = self._free
+            if self.cores is not None:
+                busy = max(self._calls, self._jobs)
+                free = min(free, self.cores - busy - (self.capacity - self._free))
+            n = max(0, min(wanted, free))
             self._free -= n
             return n
 

@@ -187,7 +187,7 @@ class _Counts:
             yield budget
             yield held
             spare = [p.spare_threads for p in m._memory]
-            yield GaugeMetricFamily(f"{ns}_decode_threads", "Threads videos' keyframe runs may borrow",
+            yield GaugeMetricFamily(f"{ns}_decode_threads", "Threads videos' keyframe runs may borrow at most",
                                     value=sum(t.capacity for t in spare))
             yield GaugeMetricFamily(f"{ns}_decode_threads_lent", "Threads lent now to videos' keyframe runs",
                                     value=sum(t.lent for t in spare))

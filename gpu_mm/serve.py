@@ -349,8 +349,8 @@ def build_app(
     family = pre.config.family
     served_spec = spec_to_json(pre.config)
     c = pre.concurrency
-    logger.info("%s on %s: %d slots + %d express (%s), each slot's work in %s; %d threads to lend to videos' "
-                "keyframe runs", type(pre).__name__, pre.device, c.slots, c.express_slots, c.reason,
+    logger.info("%s on %s: %d slots + %d express (%s), each slot's work in %s; up to %d threads to lend to "
+                "videos' keyframe runs", type(pre).__name__, pre.device, c.slots, c.express_slots, c.reason,
                 f"a process of its own ({process_threads(c.cores, c.slots + c.express_slots)} torch threads each)"
                 if workers == "processes" else "its thread", c.spare_threads)
     if idle_workers:

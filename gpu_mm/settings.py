@@ -63,7 +63,8 @@ class Settings:
                                                     env="GPU_MM_STOP_ABANDONED_AFTER_S")
     decode_threads: int | None = _setting(None, "threads lent to videos PyAV decodes beyond their slots' own: a "
                                           "video's keyframe runs then decode at once (same features); None: the "
-                                          "cores no slot uses (cores - slots - express slots); 0: off",
+                                          "cores no running slot job uses, taken as the video starts (at most "
+                                          "cores - 1); N: at most N, whatever runs; 0: off",
                                           flag="--decode-threads", env="GPU_MM_DECODE_THREADS")
     # -- admission
     max_concurrent_calls: int | None = _setting(None, "requests in flight at once, abandoned ones included; None: "

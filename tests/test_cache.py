@@ -14,6 +14,7 @@ import torch
 
 from gpu_mm import DecodeError, FeaturePool, ProcessingTimeout
 from gpu_mm.cache import FeatureCache, content_key
+from gpu_mm.concurrency import SpareThreads
 from gpu_mm.media.video import PyAVDecoder
 from gpu_mm.pipeline.families import Qwen2VLPreprocessor
 from gpu_mm.pipeline.plan import Planner
@@ -35,6 +36,8 @@ def decodes(monkeypatch):
         yield from original(self, src, info, indices)
 
     monkeypatch.setattr(PyAVDecoder, "iter_frames_at", counted)
+    # One decoder per item, so that each decode counts once (a video's keyframe runs would each count).
+    monkeypatch.setattr(SpareThreads, "take", lambda self, wanted: 0)
 
     class Decodes:
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from gpu_mm.cli import main
 
@@ -17,7 +18,9 @@ def test_preprocess_json_reports_grid_tokens_decoder_and_frames(tmp_path, capsys
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["grid_thw"] == [1, 34, 46] and rows[0]["tokens"] == 391 and rows[0]["shape"] == [1564, 1176]
     assert rows[1]["kind"] == "video" and rows[1]["frame_indices"] == [0, 16, 31, 47]
-    assert rows[1]["decoder"] == "pyav" and set(rows[1]["timings_ms"]) >= {"decode", "resize"}
+    # A lone video borrows the idle cores for its keyframe runs (one decoder on a single core).
+    assert re.fullmatch(r"pyav(, [2-4] keyframe runs at once)?", rows[1]["decoder"]), rows[1]["decoder"]
+    assert set(rows[1]["timings_ms"]) >= {"decode", "resize"}
 
 
 def test_preprocess_bad_input_exits_non_zero_naming_the_item(tmp_path, capsys):

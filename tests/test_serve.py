@@ -83,7 +83,9 @@ async def test_slot_processes_are_ready_before_the_port_opens_and_answer_as_thre
             assert r.status == 200
             answer = await r.json()
             answers.append({k: v for k, v in answer.items() if k != "items"})
-            answers.append([{k: v for k, v in it.items() if k != "timings_ms"} for it in answer["items"]])
+            # How many keyframe runs a video decoded at once depends on what else ran as it started (lent cores).
+            answers.append([{k: re.sub(r", \d keyframe runs at once", "", v) if k == "decoder" else v
+                             for k, v in it.items() if k != "timings_ms"} for it in answer["items"]])
         finally:
             await client.close()
         assert set(_children()) - before == set()  # ended with the server

@@ -138,6 +138,34 @@ async def test_slot_threads_and_processes_lend_and_give_back(workers):
     assert _split_threads_alive() == []
 
 
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+async def test_by_default_a_lone_video_borrows_the_idle_slots_core_and_a_busy_machine_lends_none(workers, monkeypatch):
+    """Two cores, two slots (the CPU default there): a video alone decodes two keyframe runs at once; while another
+    slot job runs, or another call is in flight, or in a burst of calls, it decodes with one thread. The same
+    features either way, nothing lent after."""
+    monkeypatch.setattr("gpu_mm.concurrency.usable_cores", lambda: 2)
+    clip = _clip()
+    pre = Qwen2VLPreprocessor("cpu", cache_bytes=0, workers=workers)
+    try:
+        assert (pre.concurrency.slots, pre.concurrency.spare_threads) == (2, 1)
+        alone = await pre.preprocess(videos=[clip])
+        assert alone.items[0].decoded.threads == 2
+        with pre.spare_threads.job():  # another slot's job running
+            busy = await pre.preprocess(videos=[clip])
+        assert busy.items[0].decoded.threads == 1
+        with pre.spare_threads.call():  # another call in flight (planning, or waiting for a slot)
+            assert (await pre.preprocess(videos=[clip])).items[0].decoded.threads == 1
+        # Two calls at once (each entered before either's planning ends): each job starts with both in flight.
+        burst = await asyncio.gather(*(pre.preprocess(videos=[clip]) for _ in range(2)))
+        assert [b.items[0].decoded.threads for b in burst] == [1, 1]
+        _same(alone, busy)
+        sync = pre(videos=[clip])  # the synchronous API lends alike
+        assert sync.items[0].decoded.threads == 2
+        assert (pre.spare_threads.lent, pre.spare_threads.jobs, pre.spare_threads.calls) == (0, 0, 0)
+    finally:
+        await pre.aclose()
+
+
 def test_a_plan_without_spare_threads_reserves_one_decoder():
     clip = _clip()
     off = Qwen2VLPreprocessor("cpu", cache_bytes=0, decode_threads=0)
@@ -223,18 +251,50 @@ def test_spare_threads_are_lent_without_waiting_and_never_beyond_capacity():
     assert (twin.capacity, twin.lent, spare.lent) == (3, 0, 2)
 
 
-@pytest.mark.parametrize(("device", "cores", "spare"), [("cpu", 1, 0), ("cpu", 2, 0), ("cpu", 16, 7), ("cpu", 64, 55),
-                                                       ("cuda", 2, 0), ("cuda", 16, 14)])
-def test_spare_threads_are_the_cores_no_slot_uses(device, cores, spare):
-    assert choose(device, cores).spare_threads == spare
+def test_cores_lend_only_what_the_work_in_flight_leaves():
+    """The default lending: a lone job borrows every other core; each running job (a slot's), or each call in flight
+    if there are more of them (a burst: planned, queued), and each thread lent holds one; lending never waits and
+    never exceeds cores - 1."""
+    spare = SpareThreads.of_cores(4)
+    assert (spare.capacity, spare.cores) == (3, 4)
+    with spare.job():
+        assert spare.take(5) == 3  # alone: the other three cores
+        with spare.job():
+            assert spare.take(1) == 0  # every core busy: one job each, three lent
+        spare.give(3)
+        with spare.job(), spare.job():
+            assert spare.take(3) == 1  # three jobs running: one core left
+            assert spare.take(1) == 0
+            spare.give(1)
+    assert (spare.jobs, spare.lent) == (0, 0)
+    with spare.call(), spare.call(), spare.call(), spare.job():
+        assert spare.take(3) == 1  # three calls in flight, one of them running: one core left
+        spare.give(1)
+    with spare.call(), spare.job(), spare.job():
+        assert spare.take(3) == 2  # a job whose call gave up still runs: two cores busy
+        spare.give(2)
+    assert (spare.calls, spare.jobs, spare.lent) == (0, 0, 0)
+    with spare.job():
+        assert SpareThreads(2).take(3) == 2  # a fixed number counts no jobs
+        twin = copy.deepcopy(spare)
+        assert (twin.capacity, twin.cores, twin.jobs) == (3, 4, 0)
+    assert SpareThreads.of_cores(1).capacity == 0
+    with pytest.raises(ValueError, match="cores"):
+        SpareThreads(1, cores=0)
 
 
-def test_decode_threads_is_the_callers_or_the_spare_cores():
+@pytest.mark.parametrize(("device", "cores"), [("cpu", 1), ("cpu", 2), ("cpu", 16), ("cuda", 16)])
+def test_spare_threads_are_at_most_every_core_but_one(device, cores):
+    assert choose(device, cores).spare_threads == cores - 1
+
+
+def test_decode_threads_is_the_callers_or_the_idle_cores():
     pre = Qwen2VLPreprocessor("cpu", cache_bytes=0, num_slots=1, express_slots=0)
-    assert pre.concurrency.spare_threads == max(0, pre.concurrency.cores - 1)
+    assert pre.concurrency.spare_threads == pre.concurrency.cores - 1
+    assert pre.spare_threads.cores == pre.concurrency.cores
     pre.close()
     pre = Qwen2VLPreprocessor("cpu", cache_bytes=0, decode_threads=5)
-    assert pre.concurrency.spare_threads == 5
+    assert pre.concurrency.spare_threads == 5 and pre.spare_threads.cores is None
     pre.close()
     with pytest.raises(ValueError, match="decode_threads"):
         Qwen2VLPreprocessor("cpu", decode_threads=-1)
@@ -291,6 +351,8 @@ def test_runs_into_one_array_are_one_decoders_frames_and_leave_no_thread():
     want = PyAVDecoder().get_frames_at(src, info, indices)
     for starts in ([0], [0, 4], [0, 4, 8, 11]):
         assert torch.equal(PyAVDecoder().get_frames_in_runs(src, info, indices, starts), want)
+    # Runs of frame-threaded decoders (a decoder's thread settings go to each run's): the same frames.
+    assert torch.equal(PyAVDecoder("FRAME", 2).get_frames_in_runs(src, info, indices, [0, 4, 8, 11]), want)
     for bad in ([], [1], [0, 0], [0, 14]):
         with pytest.raises(ValueError, match="runs must begin"):
             PyAVDecoder().get_frames_in_runs(src, info, indices, bad)

@@ -12,7 +12,7 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
   ``min_frames`` 4, ``max_frames`` at most 768, ``temporal_patch_size`` 2; vLLM's default loader's ``num_frames``
   (32) evenly spread; all overridable with ``--media-io-kwargs``), decodes only those frames (PyAV, or DALI/NVDEC
   on CUDA, copied to host memory as vLLM's own GPU loader does; PyAV decodes a clip's keyframe runs at once on
-  cores the loader's workers leave, ``decode_threads``) and returns them with the metadata vLLM's loaders return.
+  cores no running load uses, ``decode_threads``) and returns them with the metadata vLLM's loaders return.
   Loads run on the plug-in's own threads behind an admission bound: at most ``max_concurrent_calls``
   decoding and ``memory_budget_bytes`` of loads in flight (decoded frames and decoders' state),
   ``max_queued`` waiting; beyond that :class:`VLLMOverloaded` (HTTP 503) at once; past ``timeout_s``
@@ -212,9 +212,9 @@ class _Loads:
         # Decoded frames end in host memory (a GPU decoder's are copied out), so the host's budget applies.
         self.budget = settings.memory_budget_bytes or default_memory_budget("cpu")
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="gpu-mm-vllm-video")
-        # A PyAV load decodes its keyframe runs at once on threads lent from the cores its workers leave.
+        # A PyAV load decodes its keyframe runs at once on threads lent from the cores no running load uses.
         lend = settings.decode_threads
-        self.spare = SpareThreads(max(0, usable_cores() - self.workers) if lend is None else lend)
+        self.spare = SpareThreads.of_cores(usable_cores()) if lend is None else SpareThreads(lend)
         self._cond = threading.Condition()
         self.running = 0
         self.waiting = 0
@@ -247,6 +247,10 @@ class _Loads:
             self._cond.notify_all()
 
     def load(self, family: str, data: bytes, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        with self.spare.call():  # in flight from now: a burst of loads lends no core to the first one's runs
+            return self._load(family, data, options)
+
+    def _load(self, family: str, data: bytes, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         timeout = self.settings.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         plan = self.plan(family, data, options)
@@ -287,10 +291,11 @@ class _Loads:
     def decode(self, plan: _Plan) -> tuple[Any, dict[str, Any]]:
         src, info, indices = plan.src, plan.info, plan.indices
         try:
-            if plan.decoders > 1:
-                frames = self._decode_runs(plan)
-            else:
-                frames = get_video_decoder(self.decoder).get_frames_at(src, info, indices)
+            with self.spare.job():  # a running load: its core is not lent to another's runs
+                if plan.decoders > 1:
+                    frames = self._decode_runs(plan)
+                else:
+                    frames = get_video_decoder(self.decoder).get_frames_at(src, info, indices)
             backend = self.decoder
         except MediaError:
             if self.decoder == "pyav":

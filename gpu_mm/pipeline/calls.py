@@ -51,6 +51,10 @@ class CallRunner:
 
     def run(self, slot: Slot, images: Any, videos: Any, request: dict[str, Any], audios: Any = None) -> Any:
         """A call on the calling thread, its slot jobs run one after another on ``slot``."""
+        with self._spare.call():  # in flight: its cores are not lent to another call's video
+            return self._run(slot, images, videos, request, audios)
+
+    def _run(self, slot: Slot, images: Any, videos: Any, request: dict[str, Any], audios: Any) -> Any:
         plans = self._plan(images, videos, request, audios)
         call = self._router.route(plans, output.lease(self.output_pool, self.config, plans))
         try:
@@ -75,23 +79,30 @@ class CallRunner:
         return output.assemble(call, self.features_class, self.config, self.output, audio)
 
     def _lending(self, work: Any, slot: Slot, group: list[Item]) -> Any:
-        """``work(slot, group)`` on the slot's thread, a lone video's plan given the spare threads free now for its
-        keyframe runs beyond the first (as many as its plan reserved decoders for; given back when it ends)."""
-        lent = 0
-        if len(group) == 1 and group[0].plan.decoders > 1:
-            item = group[0]
-            lent = self._spare.take(item.plan.decoders - 1)
-            if lent:
-                item.plan = dataclasses.replace(item.plan, decode_threads=1 + lent)
-        try:
-            return work(slot, group)
-        finally:
-            self._spare.give(lent)
+        """``work(slot, group)`` on the slot's thread, counted as a running job (:meth:`SpareThreads.job`), a lone
+        video's plan given the spare threads free now for its keyframe runs beyond the first (as many as its plan
+        reserved decoders for; given back when it ends)."""
+        with self._spare.job():
+            lent = 0
+            if len(group) == 1 and group[0].plan.decoders > 1:
+                item = group[0]
+                lent = self._spare.take(item.plan.decoders - 1)
+                if lent:
+                    item.plan = dataclasses.replace(item.plan, decode_threads=1 + lent)
+            try:
+                return work(slot, group)
+            finally:
+                self._spare.give(lent)
 
     async def run_async(self, slots: SlotPool, io: concurrent.futures.Executor, images: Any, videos: Any,
                         request: dict[str, Any], deadline: float | None, audios: Any = None) -> Any:
         """A call from an event loop: planning on ``io`` threads, slot jobs on ``slots``, ``deadline`` a
         ``time.monotonic()`` instant (past it :class:`gpu_mm.ProcessingTimeout`; running items keep their slots)."""
+        with self._spare.call():  # in flight from now: a burst of calls lends no core to the first one's video
+            return await self._run_async(slots, io, images, videos, request, deadline, audios)
+
+    async def _run_async(self, slots: SlotPool, io: concurrent.futures.Executor, images: Any, videos: Any,
+                         request: dict[str, Any], deadline: float | None, audios: Any) -> Any:
         loop = asyncio.get_running_loop()
         # Planning and leasing the output block (an allocation, a CUDA IPC handle) run on an IO thread.
         plan_future = loop.run_in_executor(io, self._plan_and_lease, images, videos, request, audios)

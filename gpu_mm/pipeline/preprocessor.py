@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from .._lifecycle import Closeable
 from .._workers import prestarted_executor
 from ..cache import FeatureCache
-from ..concurrency import SpareThreads, spare_threads
+from ..concurrency import SpareThreads
 from ..concurrency import choose as choose_concurrency
 from ..errors import InvalidRequest, ProcessorClosed, UnsupportedMedia
 from ..media.sources import MediaLimits
@@ -130,8 +130,11 @@ class Preprocessor(Closeable, Generic[F]):
         decode_threads: threads lent to videos being decoded, beyond their slots' own (PyAV): a video whose
             planned frames span several keyframes decodes its runs in parallel
             (:mod:`gpu_mm.pipeline.split_decode`), on threads free at its start, never waited for, within its
-            planned memory; the features are the same bits. ``None``: the cores no slot uses
-            (:attr:`concurrency`'s ``spare_threads``: cores - slots - express slots); ``0``: one thread per video.
+            planned memory; the features are the same bits. ``None``: the cores no running slot job uses, taken
+            as the video's job starts (at most cores - 1, :attr:`concurrency`'s ``spare_threads``): a lone video
+            borrows the cores of idle slots, and a machine whose slots are all busy lends nothing
+            (:meth:`gpu_mm.concurrency.SpareThreads.of_cores`); ``N``: at most ``N`` lent, whatever runs; ``0``:
+            one thread per video.
     """
 
     thread_safe = True  # no shared mutable state: per-thread state lives in the slots
@@ -199,7 +202,7 @@ class Preprocessor(Closeable, Generic[F]):
             raise ValueError(f"decode_threads must be >= 0 or None, got {decode_threads!r}")
         self.concurrency = dataclasses.replace(
             chosen, slots=slots, express_slots=express,
-            spare_threads=spare_threads(chosen.cores, slots, express) if decode_threads is None else decode_threads,
+            spare_threads=chosen.spare_threads if decode_threads is None else decode_threads,
             reason=chosen.reason if num_slots is None and express_slots is None else "set by the caller")
         """The slots this preprocessor runs (:class:`gpu_mm.concurrency.Concurrency`), with the reason."""
         if image_batch is not None and image_batch < 1:
@@ -238,8 +241,9 @@ class Preprocessor(Closeable, Generic[F]):
             self._executor, memory_budget_bytes=memory_budget_bytes, idle=idle_workers, cores=self.concurrency.cores,
             slots=self.concurrency.slots + self.concurrency.express_slots,
             stop_abandoned_after_s=stop_abandoned_after_s) if workers == "processes" else None
-        self.spare_threads = SpareThreads(self.concurrency.spare_threads)
-        """The threads lent to videos' keyframe runs (``capacity``; ``lent`` now)."""
+        self.spare_threads = (SpareThreads.of_cores(self.concurrency.cores) if decode_threads is None
+                              else SpareThreads(decode_threads))
+        """The threads lent to videos' keyframe runs (``capacity``: the most at once; ``lent`` now)."""
         self._calls = CallRunner(self._planner, self._router, self._executor, self._processes,
                                  output_pool=output_pool, features_class=self.features_class,
                                  spare=self.spare_threads)

@@ -7,8 +7,8 @@ work). :func:`split_frame_chunks` decodes each run on a thread of its own (PyAV:
 without the interpreter lock) into two small buffers and yields the chunks as they are ready, in any order, to
 the slot's thread, which resizes and lays out each where its position says: the same bits as one decoder's.
 
-The threads are borrowed from :class:`gpu_mm.concurrency.SpareThreads` (cores no slot uses) as the item's slot
-job starts, never waited for; its decoders and buffers fit what its plan reserved
+The threads are borrowed from :class:`gpu_mm.concurrency.SpareThreads` (cores no running slot job uses) as the
+item's slot job starts, never waited for; its decoders and buffers fit what its plan reserved
 (:func:`gpu_mm.pipeline.memory.split_decode_fit`). Measured in ``benchmarks/split_decode.py``.
 """
 

@@ -158,7 +158,7 @@ class TestVideoParity:
         assert torch.equal(ours.video_grid_thw, ref["video_grid_thw"])
         torch.testing.assert_close(ours.pixel_values_videos, ref["pixel_values_videos"], rtol=0, atol=0)
         assert ours.second_per_grid_ts == pytest.approx([2 / (4 / 48 * 24)])
-        assert item.decoder == "pyav"
+        assert item.decoded.backend == "pyav"  # its keyframe runs at once where cores are idle (same bits)
 
     def test_hf_rule_with_odd_frame_count_repeats_last_frame(self):
         data = clip("h264", 7, 64, 64, gop=4)

@@ -44,8 +44,8 @@ class PyAVDecoder:
                            starts: Sequence[int]) -> torch.Tensor:
         """:meth:`get_frames_at` for ascending ``indices`` cut into runs that begin at positions ``starts``
         (``[0, ...]``, e.g. :func:`gpu_mm.media.video.runs.split_starts`): each run decoded at once by a decoder of its
-        own, one FFmpeg thread each, the first on the calling thread and each other on a thread it starts and
-        joins. The same frames as one decoder.
+        own (``thread_count`` FFmpeg threads each, default one: the runs are the parallelism), the first on the
+        calling thread and each other on a thread it starts and joins. The same frames as one decoder.
 
         Raises:
             DecodeError: as :meth:`get_frames_at`, the first failing run's (the others stop at their next frame).
@@ -58,7 +58,7 @@ class PyAVDecoder:
         errors: list[BaseException] = []
 
         def run(a: int, b: int) -> None:
-            decoder = PyAVDecoder(self.thread_type, thread_count=1)
+            decoder = PyAVDecoder(self.thread_type, thread_count=self.thread_count or 1)
             try:
                 with contextlib.closing(decoder.iter_frames_at(src, info, indices[a:b])) as frames:
                     for k, frame in enumerate(frames):

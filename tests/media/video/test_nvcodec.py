@@ -181,6 +181,6 @@ def test_the_plan_counts_the_batch_the_decoder_holds(stream):
     dali_like = memory.video_call_frames(nv.source_size, nv.chunk, 40)
     assert nv.call == dali_like
     frame = 3 * nv.source_size[0] * nv.source_size[1]
-    pyav = Qwen2VLPreprocessor("cpu", video_decoder="pyav").plan(videos=[data], nframes=40)[0]
+    pyav = Qwen2VLPreprocessor("cpu", video_decoder="pyav", decode_threads=0).plan(videos=[data], nframes=40)[0]
     assert nv.nbytes - pyav.nbytes == (nv.call - nv.chunk) * frame + FRAMES_PER_BATCH * frame
     assert memory.DECODER_HELD_FRAMES["pynvvideocodec"] == FRAMES_PER_BATCH
