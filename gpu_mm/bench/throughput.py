@@ -125,6 +125,7 @@ def _video_vs_qwen_vl_utils(pre: Any, clip: bytes, device: str, reps: int, proce
     def finish(res: dict[str, Any]) -> dict[str, Any]:
         item = last["items"][0]
         res["gpu_mm"]["stages_ms"] = {k: v * 1e3 for k, v in item.timings.items()}
+        res["gpu_mm"]["keyframe_runs"] = item.decoded.threads  # decoded at once (threads lent: decode_threads)
         res["grid_thw"] = list(item.grid_thw)
         res["frames"] = len(item.frame_indices or [])
         return res
