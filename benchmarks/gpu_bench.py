@@ -323,7 +323,7 @@ def main() -> int:
         section("video_gpu_mm_pyav",
                 lambda: gpu_mm_video(Qwen2VLPreprocessor("cuda", cache_bytes=0, video_decoder="pyav")))
         # The same content with one slice per frame (most encoders' output: FFmpeg decodes it on one core), with one
-        # decoder and with its keyframe runs on the spare cores (the default: cores - 1 slot - 1 express slot).
+        # decoder and with its keyframe runs on the idle cores (the default: those no call or running job uses).
         one_slice = make_video(900, 720, 1280, fps=30, gop=60, bframes=2, bit_rate=550_000, single_slice=True)
         for lend in (0, None):
             section(f"video_gpu_mm_pyav_one_slice_{'default' if lend is None else 'no'}_threads_lent",
