@@ -30,8 +30,8 @@ class Concurrency:
     reason: str
     spare_threads: int = 0
     """The most threads lent at once to videos being decoded, so that a video's keyframe runs decode in parallel
-    (:mod:`gpu_mm.pipeline.split_decode`): by default every core but one, and at run time only the cores no running
-    slot job uses (:meth:`SpareThreads.of_cores`)."""
+    (:mod:`gpu_mm.pipeline.split_decode`): by default every core but one, and at run time only the cores the calls
+    in flight and the running slot jobs leave (:meth:`SpareThreads.of_cores`)."""
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -85,7 +85,7 @@ class SpareThreads:
             raise ValueError(f"cores must be >= 1 or None, got {cores!r}")
         self.capacity = capacity
         self.cores = cores
-        """When set, lending is also bounded by the cores the running jobs leave."""
+        """When set, lending is also bounded by the cores the work in flight leaves."""
         self._free = capacity
         self._jobs = 0
         self._calls = 0
@@ -93,7 +93,7 @@ class SpareThreads:
 
     @classmethod
     def of_cores(cls, cores: int) -> SpareThreads:
-        """Threads from the cores no running job uses (of ``cores``): the default lending."""
+        """Threads from the cores the work in flight leaves (of ``cores``): the default lending."""
         return cls(max(0, cores - 1), cores)
 
     def __getstate__(self) -> dict[str, int | None]:
