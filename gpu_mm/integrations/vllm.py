@@ -12,7 +12,7 @@ Two parts, each off unless the operator asks for it (``GPU_MM_VLLM``: ``1``/``al
   ``min_frames`` 4, ``max_frames`` at most 768, ``temporal_patch_size`` 2; vLLM's default loader's ``num_frames``
   (32) evenly spread; all overridable with ``--media-io-kwargs``), decodes only those frames (PyAV, or DALI/NVDEC
   on CUDA, copied to host memory as vLLM's own GPU loader does; PyAV decodes a clip's keyframe runs at once on
-  cores no running load uses, ``decode_threads``) and returns them with the metadata vLLM's loaders return.
+  cores no other load in flight uses, ``decode_threads``) and returns them with the metadata vLLM's loaders return.
   Loads run on the plug-in's own threads behind an admission bound: at most ``max_concurrent_calls``
   decoding and ``memory_budget_bytes`` of loads in flight (decoded frames and decoders' state),
   ``max_queued`` waiting; beyond that :class:`VLLMOverloaded` (HTTP 503) at once; past ``timeout_s``
@@ -212,7 +212,7 @@ class _Loads:
         # Decoded frames end in host memory (a GPU decoder's are copied out), so the host's budget applies.
         self.budget = settings.memory_budget_bytes or default_memory_budget("cpu")
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="gpu-mm-vllm-video")
-        # A PyAV load decodes its keyframe runs at once on threads lent from the cores no running load uses.
+        # A PyAV load decodes its keyframe runs at once on threads lent from the cores the loads in flight leave.
         lend = settings.decode_threads
         self.spare = SpareThreads.of_cores(usable_cores()) if lend is None else SpareThreads(lend)
         self._cond = threading.Condition()
