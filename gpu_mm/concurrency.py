@@ -87,8 +87,7 @@ class SpareThreads:
         self.cores = cores
         """When set, lending is also bounded by the cores the work in flight leaves."""
         self._free = capacity
-        self._jobs = 0
-        self._calls = 0
+        self._running = {"jobs": 0, "calls": 0}
         self._lock = threading.Lock()
 
     @classmethod
@@ -105,37 +104,33 @@ class SpareThreads:
         assert capacity is not None
         self.__init__(capacity, state.get("cores"))  # type: ignore[misc]
 
-    @contextlib.contextmanager
-    def job(self) -> Iterator[None]:
+    def job(self) -> contextlib.AbstractContextManager[None]:
         """Count a slot job as running (on a core of its own) while inside."""
-        with self._lock:
-            self._jobs += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._jobs -= 1
+        return self._counted("jobs")
+
+    def call(self) -> contextlib.AbstractContextManager[None]:
+        """Count a call as in flight (work that will want a core) while inside."""
+        return self._counted("calls")
 
     @contextlib.contextmanager
-    def call(self) -> Iterator[None]:
-        """Count a call as in flight (work that will want a core) while inside."""
+    def _counted(self, kind: str) -> Iterator[None]:
         with self._lock:
-            self._calls += 1
+            self._running[kind] += 1
         try:
             yield
         finally:
             with self._lock:
-                self._calls -= 1
+                self._running[kind] -= 1
 
     @property
     def jobs(self) -> int:
         """Slot jobs running now (inside :meth:`job`)."""
-        return self._jobs
+        return self._running["jobs"]
 
     @property
     def calls(self) -> int:
         """Calls in flight now (inside :meth:`call`)."""
-        return self._calls
+        return self._running["calls"]
 
     @property
     def lent(self) -> int:
@@ -149,8 +144,7 @@ class SpareThreads:
         with self._lock:
             free = self._free
             if self.cores is not None:
-                busy = max(self._calls, self._jobs)
-                free = min(free, self.cores - busy - (self.capacity - self._free))
+                free = min(free, self.cores - max(self._running.values()) - self.lent)
             n = max(0, min(wanted, free))
             self._free -= n
             return n

@@ -57,7 +57,7 @@ from ..concurrency import SpareThreads, usable_cores
 from ..errors import InvalidRequest, LimitExceeded, MediaError, Overloaded, ProcessingTimeout
 from ..media.sources import MediaLimits, load_source
 from ..media.video import PyAVDecoder, choose_video_decoder, get_video_decoder, probe_video, rotate_frames
-from ..media.video.runs import split_starts
+from ..media.video.runs import runs_for, split_starts
 from ..models import qwen3_vl
 from ..options import _integer, _number
 from ..pipeline import default_memory_budget, resolve_device
@@ -312,8 +312,7 @@ class _Loads:
         when there is one for each, else fewer)."""
         lent = self.spare.take(plan.decoders - 1)
         try:
-            starts = list(plan.runs) if lent == plan.decoders - 1 else split_starts(plan.info, plan.indices,
-                                                                                    1 + lent, 1)
+            starts = runs_for(plan.runs, plan.info, plan.indices, 1 + lent, 1)
             self.spare.give(lent - (len(starts) - 1))  # what the runs cannot use goes back at once
             lent = len(starts) - 1
             return PyAVDecoder().get_frames_in_runs(plan.src, plan.info, plan.indices, starts)

@@ -130,9 +130,10 @@ class Preprocessor(Closeable, Generic[F]):
         decode_threads: threads lent to videos being decoded, beyond their slots' own (PyAV): a video whose
             planned frames span several keyframes decodes its runs in parallel
             (:mod:`gpu_mm.pipeline.split_decode`), on threads free at its start, never waited for, within its
-            planned memory; the features are the same bits. ``None``: the cores no running slot job uses, taken
-            as the video's job starts (at most cores - 1, :attr:`concurrency`'s ``spare_threads``): a lone video
-            borrows the cores of idle slots, and a machine whose slots are all busy lends nothing
+            planned memory; the features are the same bits. ``None``: the cores that the calls in flight and the
+            running slot jobs leave, taken as the video's job starts (at most cores - 1, :attr:`concurrency`'s
+            ``spare_threads``): a lone video borrows the cores of idle slots, and a burst of calls, or a machine
+            whose slots are all busy, lends nothing
             (:meth:`gpu_mm.concurrency.SpareThreads.of_cores`); ``N``: at most ``N`` lent, whatever runs; ``0``:
             one thread per video.
     """

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..media.video import PyAVDecoder, VideoInfo
-from ..media.video.runs import split_starts
+from ..media.video.runs import runs_for
 from ..sched import leave_idle_policy, set_idle_policy
 from .memory import split_decode_fit
 from .plan import Item, ItemPlan
@@ -44,9 +44,7 @@ def split_plan(plan: ItemPlan, step: int, most: int) -> tuple[list[int], int]:
     threads, frames = split_decode_fit(plan.source_size, held, plan.chunk, step, most, plan.decoders)
     if threads < 2:
         return [0], plan.chunk
-    if threads == plan.decoders:
-        return list(plan.runs), frames
-    return split_starts(plan.info, plan.indices, threads, step), frames
+    return runs_for(plan.runs, plan.info, plan.indices, threads, step), frames
 
 
 def split_frame_chunks(item: Item, starts: list[int],

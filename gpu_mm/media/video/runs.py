@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .probe import VideoInfo
 
-__all__ = ["keyframe_positions", "split_starts"]
+__all__ = ["keyframe_positions", "runs_for", "split_starts"]
 
 
 def keyframe_positions(info: VideoInfo) -> list[int]:
@@ -50,3 +50,9 @@ def split_starts(info: VideoInfo, indices: Sequence[int], parts: int, step: int)
         if abs(key_of(indices[best]) - ideal) < span / parts / 2 or best == later[0]:
             starts.append(best)
     return starts
+
+
+def runs_for(planned: Sequence[int], info: VideoInfo, indices: Sequence[int], parts: int, step: int) -> list[int]:
+    """Where the runs begin when ``parts`` decoders are at hand: the ``planned`` runs when there is one for each,
+    else :func:`split_starts` into ``parts`` (fewer decoders than planned)."""
+    return list(planned) if parts == len(planned) else split_starts(info, indices, parts, step)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gpu_mm.media.sources import load_source
 from gpu_mm.media.video import VideoInfo, probe_video
-from gpu_mm.media.video.runs import keyframe_positions, split_starts
+from gpu_mm.media.video.runs import keyframe_positions, runs_for, split_starts
 
 from media_helpers import make_video
 
@@ -77,3 +77,13 @@ def test_runs_are_whole_steps_each_beginning_in_a_later_gop(frames, data, parts,
     for p in starts[1:]:
         assert p % step == 0
         assert _key_of(keys, indices[p]) > _key_of(keys, indices[p - step])
+
+
+def test_runs_for_keeps_the_planned_runs_with_a_decoder_each_else_splits_into_fewer():
+    info = _info(240, list(range(0, 240, 24)))
+    indices = _uniform(240, 40)
+    planned = split_starts(info, indices, 4, 2)
+    assert len(planned) == 4
+    assert runs_for([0, 10, 20, 30], info, indices, 4, 2) == [0, 10, 20, 30]  # a decoder for each: as planned
+    assert runs_for(planned, info, indices, 2, 2) == split_starts(info, indices, 2, 2)
+    assert runs_for(planned, info, indices, 1, 2) == [0]
